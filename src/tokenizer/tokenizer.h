@@ -1,0 +1,93 @@
+// Byte-level BPE tokenizer (GPT-2 family: Llama 3, SmolLM/SmolLM2, Qwen2,
+// Mistral-Nemo ...), built from a HF tokenizer.json or from GGUF metadata.
+// Encoding must equal the Python `tokenizers` package exactly.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "core/status.h"
+
+namespace cartserve {
+
+// Tokenizer fields of a GGUF file (tokenizer.ggml.*), read by the model loader.
+struct GgufTokenizerData {
+  std::string model;                // tokenizer.ggml.model, e.g. "gpt2"
+  std::string pre;                  // tokenizer.ggml.pre, e.g. "llama-bpe", "smollm", "qwen2"
+  std::vector<std::string> tokens;  // id -> token text (byte-level encoded)
+  std::vector<std::string> merges;  // "a b" pairs in rank order
+  std::vector<int32_t> token_types; // 1 normal, 2 unknown, 3 control, 4 user-defined, 5 unused, 6 byte
+  std::optional<int32_t> bos_id, eos_id, eot_id, eom_id, unk_id, pad_id;
+  std::optional<bool> add_bos, add_eos;
+};
+
+// Per-model settings from tokenizer_config.json that affect encoding.
+struct HfTokenizerConfig {
+  std::optional<std::string> bos_token;  // token text, e.g. "<|begin_of_text|>"
+  std::optional<std::string> eos_token;
+  std::optional<bool> add_bos_token;
+  std::optional<bool> add_eos_token;
+};
+
+class Tokenizer {
+ public:
+  // tokenizer.json text; `config` may refine bos/eos and add_bos.
+  static Result<Tokenizer> from_hf_json(std::string_view json_text,
+                                        const HfTokenizerConfig& config = {});
+  static Result<Tokenizer> from_gguf(const GgufTokenizerData& data);
+
+  // Encodes text. Special/added tokens in the text are matched when
+  // `parse_special` (as HF does for added tokens). BOS is NOT added here:
+  // callers decide (see add_bos_by_default()).
+  std::vector<int32_t> encode(std::string_view text, bool parse_special = true) const;
+
+  // Concatenated token bytes; special tokens dropped when skip_special.
+  // Invalid UTF-8 (a partial sequence) is replaced by U+FFFD as HF does.
+  std::string decode(std::span<const int32_t> ids, bool skip_special = false) const;
+
+  // Raw bytes of one token (byte-level decoded; the text for special tokens).
+  const std::string& token_bytes(int32_t id) const;
+  // The token as written in the vocabulary (byte-level encoded form).
+  const std::string& token_text(int32_t id) const;
+  std::optional<int32_t> token_to_id(std::string_view token_text) const;
+  bool is_special(int32_t id) const;
+
+  int32_t vocab_size() const;
+  std::optional<int32_t> bos_id() const;
+  std::optional<int32_t> eos_id() const;
+  // eos plus end-of-turn tokens (<|eot_id|>, <|im_end|>, <|eom_id|>) that end generation.
+  const std::vector<int32_t>& stop_ids() const;
+  bool add_bos_by_default() const;
+
+  Tokenizer();
+  ~Tokenizer();
+  Tokenizer(Tokenizer&&) noexcept;
+  Tokenizer& operator=(Tokenizer&&) noexcept;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+// Turns a token stream into text without ever emitting a broken UTF-8
+// sequence: bytes of an incomplete character are held until it completes.
+class StreamingDetokenizer {
+ public:
+  explicit StreamingDetokenizer(const Tokenizer& tok, bool skip_special = true);
+  // Text that became complete with this token (possibly empty).
+  std::string push(int32_t id);
+  // Whatever is still held (invalid trailing bytes become U+FFFD).
+  std::string flush();
+
+ private:
+  const Tokenizer& tok_;
+  bool skip_special_;
+  std::string pending_;
+};
+
+}  // namespace cartserve
