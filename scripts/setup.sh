@@ -30,3 +30,4 @@ if [ ! -x .venv/bin/python ] || ! cmp -s tools/requirements-test.txt .venv/.requ
 fi
 
 scripts/fetch_model.sh
+scripts/fetch_refs.sh
