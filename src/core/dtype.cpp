@@ -9,32 +9,52 @@ namespace cartserve {
 
 size_t dtype_size(DType t) {
   switch (t) {
-    case DType::kF32: return 4;
-    case DType::kF16: return 2;
-    case DType::kBF16: return 2;
-    case DType::kF64: return 8;
-    case DType::kI8: return 1;
-    case DType::kU8: return 1;
-    case DType::kI16: return 2;
-    case DType::kI32: return 4;
-    case DType::kI64: return 8;
-    case DType::kBool: return 1;
+    case DType::kF32:
+      return 4;
+    case DType::kF16:
+      return 2;
+    case DType::kBF16:
+      return 2;
+    case DType::kF64:
+      return 8;
+    case DType::kI8:
+      return 1;
+    case DType::kU8:
+      return 1;
+    case DType::kI16:
+      return 2;
+    case DType::kI32:
+      return 4;
+    case DType::kI64:
+      return 8;
+    case DType::kBool:
+      return 1;
   }
   return 0;
 }
 
 const char* dtype_name(DType t) {
   switch (t) {
-    case DType::kF32: return "float32";
-    case DType::kF16: return "float16";
-    case DType::kBF16: return "bfloat16";
-    case DType::kF64: return "float64";
-    case DType::kI8: return "int8";
-    case DType::kU8: return "uint8";
-    case DType::kI16: return "int16";
-    case DType::kI32: return "int32";
-    case DType::kI64: return "int64";
-    case DType::kBool: return "bool";
+    case DType::kF32:
+      return "float32";
+    case DType::kF16:
+      return "float16";
+    case DType::kBF16:
+      return "bfloat16";
+    case DType::kF64:
+      return "float64";
+    case DType::kI8:
+      return "int8";
+    case DType::kU8:
+      return "uint8";
+    case DType::kI16:
+      return "int16";
+    case DType::kI32:
+      return "int32";
+    case DType::kI64:
+      return "int64";
+    case DType::kBool:
+      return "bool";
   }
   return "unknown";
 }
@@ -88,7 +108,7 @@ uint16_t f32_to_fp16(float f) {
   std::memcpy(&bits, &f, sizeof(bits));
   const uint16_t sign = static_cast<uint16_t>((bits >> 16) & 0x8000u);
   const uint32_t abs = bits & 0x7fffffffu;
-  if (abs > 0x7f800000u) return sign | 0x7e00u;  // NaN
+  if (abs > 0x7f800000u) return sign | 0x7e00u;   // NaN
   if (abs >= 0x477ff000u) return sign | 0x7c00u;  // overflow (incl. inf) after rounding
   if (abs < 0x38800000u) {                        // subnormal or zero in fp16
     if (abs < 0x33000000u) return sign;           // rounds to zero
@@ -109,40 +129,51 @@ uint16_t f32_to_fp16(float f) {
 
 void convert_to_f32(DType src_type, const void* src, float* dst, size_t n) {
   switch (src_type) {
-    case DType::kF32: std::memcpy(dst, src, n * 4); return;
+    case DType::kF32:
+      std::memcpy(dst, src, n * 4);
+      return;
     case DType::kF16: {
       const auto* s = static_cast<const uint16_t*>(src);
-      for (size_t i = 0; i < n; ++i) dst[i] = fp16_to_f32(s[i]);
+      for (size_t i = 0; i < n; ++i)
+        dst[i] = fp16_to_f32(s[i]);
       return;
     }
     case DType::kBF16: {
       const auto* s = static_cast<const uint16_t*>(src);
-      for (size_t i = 0; i < n; ++i) dst[i] = bf16_to_f32(s[i]);
+      for (size_t i = 0; i < n; ++i)
+        dst[i] = bf16_to_f32(s[i]);
       return;
     }
     case DType::kF64: {
       const auto* s = static_cast<const double*>(src);
-      for (size_t i = 0; i < n; ++i) dst[i] = static_cast<float>(s[i]);
+      for (size_t i = 0; i < n; ++i)
+        dst[i] = static_cast<float>(s[i]);
       return;
     }
-    default: assert(false && "convert_to_f32: not a float type");
+    default:
+      assert(false && "convert_to_f32: not a float type");
   }
 }
 
 void convert_from_f32(const float* src, DType dst_type, void* dst, size_t n) {
   switch (dst_type) {
-    case DType::kF32: std::memcpy(dst, src, n * 4); return;
+    case DType::kF32:
+      std::memcpy(dst, src, n * 4);
+      return;
     case DType::kF16: {
       auto* d = static_cast<uint16_t*>(dst);
-      for (size_t i = 0; i < n; ++i) d[i] = f32_to_fp16(src[i]);
+      for (size_t i = 0; i < n; ++i)
+        d[i] = f32_to_fp16(src[i]);
       return;
     }
     case DType::kBF16: {
       auto* d = static_cast<uint16_t*>(dst);
-      for (size_t i = 0; i < n; ++i) d[i] = f32_to_bf16(src[i]);
+      for (size_t i = 0; i < n; ++i)
+        d[i] = f32_to_bf16(src[i]);
       return;
     }
-    default: assert(false && "convert_from_f32: unsupported target");
+    default:
+      assert(false && "convert_from_f32: unsupported target");
   }
 }
 

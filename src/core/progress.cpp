@@ -16,7 +16,9 @@ ProgressBar::ProgressBar(std::string label, uint64_t total)
       start_(std::chrono::steady_clock::now()),
       last_draw_(start_) {}
 
-ProgressBar::~ProgressBar() { finish(); }
+ProgressBar::~ProgressBar() {
+  finish();
+}
 
 void ProgressBar::update(uint64_t done) {
   done_ = done;

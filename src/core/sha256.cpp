@@ -19,13 +19,15 @@ constexpr std::array<uint32_t, 64> kK = {
     0x19a4c116, 0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
     0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2};
 
-inline uint32_t rotr(uint32_t x, int n) { return (x >> n) | (x << (32 - n)); }
+inline uint32_t rotr(uint32_t x, int n) {
+  return (x >> n) | (x << (32 - n));
+}
 
 }  // namespace
 
 Sha256::Sha256()
-    : h_{0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab,
-         0x5be0cd19} {}
+    : h_{0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a,
+         0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19} {}
 
 void Sha256::compress(const uint8_t* block) {
   uint32_t w[64];
@@ -95,9 +97,11 @@ Sha256::Digest Sha256::finish() {
   const uint8_t pad0 = 0x80;
   update(&pad0, 1);
   const uint8_t zero = 0;
-  while (buf_len_ != 56) update(&zero, 1);
+  while (buf_len_ != 56)
+    update(&zero, 1);
   uint8_t len[8];
-  for (int i = 0; i < 8; ++i) len[i] = static_cast<uint8_t>(bits >> (56 - 8 * i));
+  for (int i = 0; i < 8; ++i)
+    len[i] = static_cast<uint8_t>(bits >> (56 - 8 * i));
   update(len, 8);
   Digest d;
   for (int i = 0; i < 8; ++i) {
@@ -129,7 +133,9 @@ std::string sha256_hex(std::span<const uint8_t> bytes) {
   return Sha256::hex(Sha256::hash(bytes.data(), bytes.size()));
 }
 
-std::string sha256_hex(std::string_view s) { return Sha256::hex(Sha256::hash(s.data(), s.size())); }
+std::string sha256_hex(std::string_view s) {
+  return Sha256::hex(Sha256::hash(s.data(), s.size()));
+}
 
 Result<std::string> sha256_file_hex(const std::string& path) {
   std::FILE* f = std::fopen(path.c_str(), "rb");
@@ -137,7 +143,8 @@ Result<std::string> sha256_file_hex(const std::string& path) {
   Sha256 s;
   std::vector<uint8_t> buf(1 << 20);
   size_t n;
-  while ((n = std::fread(buf.data(), 1, buf.size(), f)) > 0) s.update(buf.data(), n);
+  while ((n = std::fread(buf.data(), 1, buf.size(), f)) > 0)
+    s.update(buf.data(), n);
   const bool err = std::ferror(f);
   std::fclose(f);
   if (err) return make_error(ErrorCode::kIo, "error reading '{}'", path);

@@ -13,16 +13,16 @@ namespace cartserve {
 
 enum class ErrorCode {
   kOk = 0,
-  kInvalidArgument,    // bad request / bad config value
-  kNotFound,           // missing file, tensor, key, id
-  kAlreadyExists,      // duplicate id
-  kIo,                 // read/write failure
-  kCorrupt,            // malformed file contents
-  kUnsupported,        // valid but not implemented (architecture, dtype, option)
-  kOutOfRange,         // index/size beyond limits (e.g. context length)
-  kResourceExhausted,  // cannot fit now (memory budget, KV blocks)
-  kFailedPrecondition, // operation not allowed in current state (pinned, in use)
-  kPermissionDenied,   // path outside allowed folders, bad API key
+  kInvalidArgument,     // bad request / bad config value
+  kNotFound,            // missing file, tensor, key, id
+  kAlreadyExists,       // duplicate id
+  kIo,                  // read/write failure
+  kCorrupt,             // malformed file contents
+  kUnsupported,         // valid but not implemented (architecture, dtype, option)
+  kOutOfRange,          // index/size beyond limits (e.g. context length)
+  kResourceExhausted,   // cannot fit now (memory budget, KV blocks)
+  kFailedPrecondition,  // operation not allowed in current state (pinned, in use)
+  kPermissionDenied,    // path outside allowed folders, bad API key
   kCancelled,
   kInternal,
 };
@@ -61,7 +61,7 @@ Status make_error(ErrorCode code, fmt::format_string<Args...> f, Args&&... args)
 template <typename T>
 class [[nodiscard]] Result {
  public:
-  Result(T value) : v_(std::move(value)) {}  // NOLINT: implicit by design
+  Result(T value) : v_(std::move(value)) {}        // NOLINT: implicit by design
   Result(Status status) : v_(std::move(status)) {  // NOLINT: implicit by design
     assert(!std::get<Status>(v_).ok() && "Result from an ok Status");
   }
@@ -93,10 +93,10 @@ class [[nodiscard]] Result {
 #define CS_CONCAT(a, b) CS_CONCAT_INNER(a, b)
 
 // Returns the Status from the enclosing function if `expr` is not ok.
-#define CS_RETURN_IF_ERROR(expr)                   \
-  do {                                             \
-    ::cartserve::Status cs_status_ = (expr);       \
-    if (!cs_status_.ok()) return cs_status_;       \
+#define CS_RETURN_IF_ERROR(expr)             \
+  do {                                       \
+    ::cartserve::Status cs_status_ = (expr); \
+    if (!cs_status_.ok()) return cs_status_; \
   } while (0)
 
 // `CS_ASSIGN_OR_RETURN(auto x, make_x());` declares x or returns the error.

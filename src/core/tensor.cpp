@@ -9,7 +9,8 @@ namespace cartserve {
 
 int64_t shape_numel(const Shape& shape) {
   int64_t n = 1;
-  for (int64_t d : shape) n *= d;
+  for (int64_t d : shape)
+    n *= d;
   return n;
 }
 
@@ -22,7 +23,9 @@ std::string shape_to_string(const Shape& shape) {
   return s + "]";
 }
 
-void Tensor::Free::operator()(void* p) const { std::free(p); }
+void Tensor::Free::operator()(void* p) const {
+  std::free(p);
+}
 
 Tensor::Tensor(DType dtype, Shape shape) : dtype_(dtype), shape_(std::move(shape)) {
   bytes_ = static_cast<size_t>(shape_numel(shape_)) * dtype_size(dtype_);

@@ -12,7 +12,8 @@ thread_local bool t_in_pool_task = false;
 
 ThreadPool::ThreadPool(size_t n_threads) {
   const size_t n = std::max<size_t>(1, n_threads);
-  for (size_t i = 0; i + 1 < n; ++i) workers_.emplace_back([this, i] { worker_loop(i); });
+  for (size_t i = 0; i + 1 < n; ++i)
+    workers_.emplace_back([this, i] { worker_loop(i); });
 }
 
 ThreadPool::~ThreadPool() {
@@ -21,7 +22,8 @@ ThreadPool::~ThreadPool() {
     stop_ = true;
   }
   cv_work_.notify_all();
-  for (auto& t : workers_) t.join();
+  for (auto& t : workers_)
+    t.join();
 }
 
 void ThreadPool::worker_loop(size_t /*index*/) {

@@ -53,8 +53,19 @@ std::string ggml_type_name(uint32_t type);
 // One metadata value. Arrays hold values of one element type.
 struct GgufValue {
   enum class Type : uint32_t {
-    kU8 = 0, kI8 = 1, kU16 = 2, kI16 = 3, kU32 = 4, kI32 = 5, kF32 = 6, kBool = 7,
-    kString = 8, kArray = 9, kU64 = 10, kI64 = 11, kF64 = 12,
+    kU8 = 0,
+    kI8 = 1,
+    kU16 = 2,
+    kI16 = 3,
+    kU32 = 4,
+    kI32 = 5,
+    kF32 = 6,
+    kBool = 7,
+    kString = 8,
+    kArray = 9,
+    kU64 = 10,
+    kI64 = 11,
+    kF64 = 12,
   };
   Type type = Type::kU8;
   // Integers (signed or unsigned) as int64/uint64, floats as double.

@@ -17,9 +17,9 @@ namespace cartserve::ops {
 // last q_len logical entries; query j attends to logical entries
 // [0, kv_len - q_len + j] (causal).
 struct AttnSeq {
-  int32_t q_start = 0;                // first row of this sequence in q/out
-  int32_t q_len = 0;                  // number of query tokens
-  int32_t kv_len = 0;                 // logical KV entries incl. the queries' own
+  int32_t q_start = 0;                   // first row of this sequence in q/out
+  int32_t q_len = 0;                     // number of query tokens
+  int32_t kv_len = 0;                    // logical KV entries incl. the queries' own
   const int32_t* block_table = nullptr;  // [n_blocks]
   const int32_t* block_lens = nullptr;   // [n_blocks] or null (all full)
   int32_t n_blocks = 0;

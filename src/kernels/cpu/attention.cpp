@@ -33,7 +33,8 @@ void paged_attention(const float* q, const float* k_cache, const float* v_cache,
                      int head_dim, int block_size, float scale) {
   const int group = n_heads / n_kv_heads;
   std::vector<std::vector<int32_t>> seq_slots(static_cast<size_t>(n_seqs));
-  for (int s = 0; s < n_seqs; ++s) seq_slots[s] = logical_slots(seqs[s], block_size);
+  for (int s = 0; s < n_seqs; ++s)
+    seq_slots[s] = logical_slots(seqs[s], block_size);
 
   // Tasks: (seq, head, chunk of kQChunk queries).
   constexpr int kQChunk = 16;
@@ -67,7 +68,8 @@ void paged_attention(const float* q, const float* k_cache, const float* v_cache,
           const float* kv = k_cache + static_cast<size_t>(slots[c]) * kv_stride +
                             static_cast<size_t>(kvh) * head_dim;
           float dot = 0.f;
-          for (int d = 0; d < head_dim; ++d) dot += qv[d] * kv[d];
+          for (int d = 0; d < head_dim; ++d)
+            dot += qv[d] * kv[d];
           scores[c] = dot * scale;
           max_score = std::max(max_score, scores[c]);
         }
@@ -81,11 +83,13 @@ void paged_attention(const float* q, const float* k_cache, const float* v_cache,
           const float* vv = v_cache + static_cast<size_t>(slots[c]) * kv_stride +
                             static_cast<size_t>(kvh) * head_dim;
           const float p = scores[c];
-          for (int d = 0; d < head_dim; ++d) acc[d] += p * vv[d];
+          for (int d = 0; d < head_dim; ++d)
+            acc[d] += p * vv[d];
         }
         float* o = out + (static_cast<size_t>(row) * n_heads + t.head) * head_dim;
         const float inv = static_cast<float>(1.0 / denom);
-        for (int d = 0; d < head_dim; ++d) o[d] = acc[d] * inv;
+        for (int d = 0; d < head_dim; ++d)
+          o[d] = acc[d] * inv;
       }
     }
   });

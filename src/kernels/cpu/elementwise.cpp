@@ -8,16 +8,20 @@
 namespace cartserve::ops::cpu {
 
 void silu_mul(const float* gate, const float* up, float* out, int64_t n) {
-  ThreadPool::global().parallel_for(static_cast<size_t>(n), [&](size_t b, size_t e) {
-    for (size_t i = b; i < e; ++i) {
-      const float g = gate[i];
-      out[i] = g / (1.0f + std::exp(-g)) * up[i];
-    }
-  }, 4096);
+  ThreadPool::global().parallel_for(
+      static_cast<size_t>(n),
+      [&](size_t b, size_t e) {
+        for (size_t i = b; i < e; ++i) {
+          const float g = gate[i];
+          out[i] = g / (1.0f + std::exp(-g)) * up[i];
+        }
+      },
+      4096);
 }
 
 void add_inplace(float* x, const float* y, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) x[i] += y[i];
+  for (int64_t i = 0; i < n; ++i)
+    x[i] += y[i];
 }
 
 void embedding(const float* table, const int32_t* ids, float* out, int n, int dim) {

@@ -17,7 +17,8 @@ void linear(const float* x, const float* w, const float* bias, float* y, int n, 
   if (bias) {
     for (int r = 0; r < n; ++r) {
       float* yr = y + static_cast<size_t>(r) * out_dim;
-      for (int i = 0; i < out_dim; ++i) yr[i] += bias[i];
+      for (int i = 0; i < out_dim; ++i)
+        yr[i] += bias[i];
     }
   }
 }

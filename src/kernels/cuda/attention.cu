@@ -21,10 +21,9 @@ struct DevSeq {
   const int32_t* block_lens;
 };
 
-__global__ void paged_attention_kernel(const float* q, const float* k_cache,
-                                       const float* v_cache, const DevSeq* seqs,
-                                       const int32_t* row_seq, float* out, int n_heads,
-                                       int n_kv_heads, int head_dim, int block_size,
+__global__ void paged_attention_kernel(const float* q, const float* k_cache, const float* v_cache,
+                                       const DevSeq* seqs, const int32_t* row_seq, float* out,
+                                       int n_heads, int n_kv_heads, int head_dim, int block_size,
                                        float scale) {
   const int row = blockIdx.x;
   const int head = blockIdx.y;
@@ -37,7 +36,8 @@ __global__ void paged_attention_kernel(const float* q, const float* k_cache,
 
   float m = -INFINITY, l = 0.f;
   float o_local[kMaxHeadDim];  // this thread's unnormalised output: [head_dim]
-  for (int d = 0; d < head_dim; ++d) o_local[d] = 0.f;
+  for (int d = 0; d < head_dim; ++d)
+    o_local[d] = 0.f;
 
   // Walk logical entries; thread t takes entries t, t + blockDim.x, ...
   int logical = 0;
@@ -47,14 +47,16 @@ __global__ void paged_attention_kernel(const float* q, const float* k_cache,
       const size_t slot = static_cast<size_t>(s.block_table[b]) * block_size + o;
       const float* kv = k_cache + slot * kv_stride + static_cast<size_t>(kvh) * head_dim;
       float dot = 0.f;
-      for (int d = 0; d < head_dim; ++d) dot += qv[d] * kv[d];
+      for (int d = 0; d < head_dim; ++d)
+        dot += qv[d] * kv[d];
       const float sc = dot * scale;
       const float m_new = fmaxf(m, sc);
       const float corr = __expf(m - m_new);
       const float p = __expf(sc - m_new);
       l = l * corr + p;
       const float* vv = v_cache + slot * kv_stride + static_cast<size_t>(kvh) * head_dim;
-      for (int d = 0; d < head_dim; ++d) o_local[d] = o_local[d] * corr + p * vv[d];
+      for (int d = 0; d < head_dim; ++d)
+        o_local[d] = o_local[d] * corr + p * vv[d];
       m = m_new;
     }
     logical += len;
@@ -66,19 +68,24 @@ __global__ void paged_attention_kernel(const float* q, const float* k_cache,
   sm_m[threadIdx.x] = m;
   __syncthreads();
   float g_max = -INFINITY;
-  for (int t = 0; t < blockDim.x; ++t) g_max = fmaxf(g_max, sm_m[t]);
+  for (int t = 0; t < blockDim.x; ++t)
+    g_max = fmaxf(g_max, sm_m[t]);
   const float w = (m == -INFINITY) ? 0.f : __expf(m - g_max);
   sm_l[threadIdx.x] = l * w;
   __syncthreads();
   float g_l = 0.f;
-  for (int t = 0; t < blockDim.x; ++t) g_l += sm_l[t];
+  for (int t = 0; t < blockDim.x; ++t)
+    g_l += sm_l[t];
   __shared__ float sm_o[kMaxHeadDim];
-  for (int d = threadIdx.x; d < head_dim; d += blockDim.x) sm_o[d] = 0.f;
+  for (int d = threadIdx.x; d < head_dim; d += blockDim.x)
+    sm_o[d] = 0.f;
   __syncthreads();
-  for (int d = 0; d < head_dim; ++d) atomicAdd(&sm_o[d], o_local[d] * w);
+  for (int d = 0; d < head_dim; ++d)
+    atomicAdd(&sm_o[d], o_local[d] * w);
   __syncthreads();
   float* orow = out + (static_cast<size_t>(row) * n_heads + head) * head_dim;
-  for (int d = threadIdx.x; d < head_dim; d += blockDim.x) orow[d] = sm_o[d] / g_l;
+  for (int d = threadIdx.x; d < head_dim; d += blockDim.x)
+    orow[d] = sm_o[d] / g_l;
 }
 
 }  // namespace
@@ -93,8 +100,8 @@ void paged_attention(const float* q, const float* k_cache, const float* v_cache,
   std::vector<DevSeq> host(static_cast<size_t>(n_seqs));
   std::vector<int32_t> row_seq;
   for (int i = 0; i < n_seqs; ++i) {
-    host[i] = {seqs[i].q_start, seqs[i].q_len, seqs[i].kv_len, seqs[i].n_blocks,
-               seqs[i].block_table, seqs[i].block_lens};
+    host[i] = {seqs[i].q_start,  seqs[i].q_len,       seqs[i].kv_len,
+               seqs[i].n_blocks, seqs[i].block_table, seqs[i].block_lens};
     for (int j = 0; j < seqs[i].q_len; ++j) {
       if (static_cast<int>(row_seq.size()) <= seqs[i].q_start + j) {
         row_seq.resize(static_cast<size_t>(seqs[i].q_start + j + 1), 0);
@@ -108,11 +115,10 @@ void paged_attention(const float* q, const float* k_cache, const float* v_cache,
   cudaMalloc(&d_seqs, host.size() * sizeof(DevSeq));
   cudaMalloc(&d_row_seq, row_seq.size() * sizeof(int32_t));
   cudaMemcpy(d_seqs, host.data(), host.size() * sizeof(DevSeq), cudaMemcpyHostToDevice);
-  cudaMemcpy(d_row_seq, row_seq.data(), row_seq.size() * sizeof(int32_t),
-             cudaMemcpyHostToDevice);
+  cudaMemcpy(d_row_seq, row_seq.data(), row_seq.size() * sizeof(int32_t), cudaMemcpyHostToDevice);
   const dim3 grid(static_cast<unsigned>(row_seq.size()), static_cast<unsigned>(n_heads));
-  paged_attention_kernel<<<grid, kThreads>>>(q, k_cache, v_cache, d_seqs, d_row_seq, out,
-                                             n_heads, n_kv_heads, head_dim, block_size, scale);
+  paged_attention_kernel<<<grid, kThreads>>>(q, k_cache, v_cache, d_seqs, d_row_seq, out, n_heads,
+                                             n_kv_heads, head_dim, block_size, scale);
   check_launch("paged_attention");
   cudaFree(d_seqs);
   cudaFree(d_row_seq);

@@ -20,7 +20,8 @@ inline void check_launch(const char* what) {
 
 // Sum over a block of `blockDim.x` threads (a multiple of 32, at most 1024).
 __device__ inline float block_sum(float v, float* shared /* [32] */) {
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  for (int o = 16; o > 0; o >>= 1)
+    v += __shfl_xor_sync(0xffffffffu, v, o);
   const int lane = threadIdx.x & 31;
   const int warp = threadIdx.x >> 5;
   if (lane == 0) shared[warp] = v;
@@ -28,7 +29,8 @@ __device__ inline float block_sum(float v, float* shared /* [32] */) {
   const int n_warps = (blockDim.x + 31) >> 5;
   v = (threadIdx.x < n_warps) ? shared[threadIdx.x] : 0.f;
   if (warp == 0) {
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    for (int o = 16; o > 0; o >>= 1)
+      v += __shfl_xor_sync(0xffffffffu, v, o);
     if (lane == 0) shared[0] = v;
   }
   __syncthreads();

@@ -32,7 +32,8 @@ __global__ void add_kernel(float* x, const float* y, long long n) {
 __global__ void embedding_kernel(const float* table, const int32_t* ids, float* out, int dim) {
   const float* src = table + static_cast<size_t>(ids[blockIdx.x]) * dim;
   float* dst = out + static_cast<size_t>(blockIdx.x) * dim;
-  for (int i = threadIdx.x; i < dim; i += blockDim.x) dst[i] = src[i];
+  for (int i = threadIdx.x; i < dim; i += blockDim.x)
+    dst[i] = src[i];
 }
 
 // One block per token.

@@ -10,10 +10,12 @@ __global__ void rms_norm_kernel(const float* x, const float* w, float* out, int 
   const float* xr = x + static_cast<size_t>(blockIdx.x) * dim;
   float* orow = out + static_cast<size_t>(blockIdx.x) * dim;
   float ss = 0.f;
-  for (int i = threadIdx.x; i < dim; i += blockDim.x) ss += xr[i] * xr[i];
+  for (int i = threadIdx.x; i < dim; i += blockDim.x)
+    ss += xr[i] * xr[i];
   ss = block_sum(ss, shared);
   const float inv = rsqrtf(ss / dim + eps);
-  for (int i = threadIdx.x; i < dim; i += blockDim.x) orow[i] = xr[i] * inv * w[i];
+  for (int i = threadIdx.x; i < dim; i += blockDim.x)
+    orow[i] = xr[i] * inv * w[i];
 }
 }  // namespace
 

@@ -14,9 +14,11 @@ TEST(ThreadPool, CoversEveryIndexOnce) {
   for (size_t n : {1u, 3u, 17u, 1000u}) {
     std::vector<std::atomic<int>> hits(n);
     pool.parallel_for(n, [&](size_t b, size_t e) {
-      for (size_t i = b; i < e; ++i) hits[i]++;
+      for (size_t i = b; i < e; ++i)
+        hits[i]++;
     });
-    for (size_t i = 0; i < n; ++i) EXPECT_EQ(hits[i].load(), 1) << i;
+    for (size_t i = 0; i < n; ++i)
+      EXPECT_EQ(hits[i].load(), 1) << i;
   }
 }
 
@@ -39,12 +41,14 @@ TEST(ThreadPool, ConcurrentCallersAreSerialised) {
     ts.emplace_back([&] {
       for (int r = 0; r < 50; ++r) {
         pool.parallel_for(100, [&](size_t b, size_t e) {
-          for (size_t i = b; i < e; ++i) sum += static_cast<long>(i);
+          for (size_t i = b; i < e; ++i)
+            sum += static_cast<long>(i);
         });
       }
     });
   }
-  for (auto& t : ts) t.join();
+  for (auto& t : ts)
+    t.join();
   EXPECT_EQ(sum.load(), 4L * 50 * 4950);
 }
 

@@ -1,0 +1,154 @@
+#include "model/llama.h"
+
+#include <cmath>
+
+#include "model/rope.h"
+
+namespace cartserve {
+
+LlamaForward::LlamaForward(const Model& model)
+    : model_(model), inv_freq_(rope_inv_freq(model.config, model.weights.rope_freq_factors)) {}
+
+void LlamaForward::dump(const char* name, int layer, const std::vector<float>& buf, int rows,
+                        int cols) {
+  if (dump_) dump_(name, layer, buf.data(), rows, cols);
+}
+
+Status LlamaForward::validate(const ForwardBatch& b, const KvCache& cache) const {
+  const size_t n = b.tokens.size();
+  if (b.positions.size() != n || b.slots.size() != n) {
+    return make_error(ErrorCode::kInvalidArgument,
+                      "forward: {} tokens but {} positions and {} slots", n, b.positions.size(),
+                      b.slots.size());
+  }
+  const int vocab = model_.config.vocab_size;
+  const int64_t num_slots = static_cast<int64_t>(cache.num_blocks()) * cache.block_size();
+  for (size_t i = 0; i < n; ++i) {
+    if (b.tokens[i] < 0 || b.tokens[i] >= vocab) {
+      return make_error(ErrorCode::kInvalidArgument, "forward: token id {} outside [0, {})",
+                        b.tokens[i], vocab);
+    }
+    if (b.slots[i] < 0 || b.slots[i] >= num_slots) {
+      return make_error(ErrorCode::kInvalidArgument, "forward: slot {} outside the cache ({})",
+                        b.slots[i], num_slots);
+    }
+  }
+  int32_t covered = 0;
+  for (const auto& s : b.seqs) {
+    if (s.q_start != covered || s.q_len <= 0 || s.kv_len < s.q_len) {
+      return make_error(ErrorCode::kInvalidArgument,
+                        "forward: sequence rows must be contiguous and kv_len >= q_len");
+    }
+    covered += s.q_len;
+    int64_t capacity = 0;
+    for (int bi = 0; bi < s.n_blocks; ++bi) {
+      if (s.block_table[bi] < 0 || s.block_table[bi] >= cache.num_blocks()) {
+        return make_error(ErrorCode::kInvalidArgument, "forward: block id {} outside the cache",
+                          s.block_table[bi]);
+      }
+      const int len = s.block_lens ? s.block_lens[bi] : cache.block_size();
+      if (len < 0 || len > cache.block_size()) {
+        return make_error(ErrorCode::kInvalidArgument, "forward: block length {} invalid", len);
+      }
+      capacity += len;
+    }
+    if (capacity < s.kv_len) {
+      return make_error(ErrorCode::kInvalidArgument,
+                        "forward: block table holds {} entries but kv_len is {}", capacity,
+                        s.kv_len);
+    }
+  }
+  if (static_cast<size_t>(covered) != n) {
+    return make_error(ErrorCode::kInvalidArgument, "forward: sequences cover {} of {} rows",
+                      covered, n);
+  }
+  for (int32_t r : b.logit_rows) {
+    if (r < 0 || static_cast<size_t>(r) >= n) {
+      return make_error(ErrorCode::kInvalidArgument, "forward: logit row {} outside the batch", r);
+    }
+  }
+  return {};
+}
+
+Status LlamaForward::forward(const ForwardBatch& b, KvCache& cache, std::vector<float>& logits) {
+  CS_RETURN_IF_ERROR(validate(b, cache));
+  const ModelConfig& c = model_.config;
+  const ModelWeights& w = model_.weights;
+  const int n = static_cast<int>(b.tokens.size());
+  const int h = c.hidden_size;
+  const int qd = c.q_dim();
+  const int kvd = c.kv_dim();
+  const int ff = c.intermediate_size;
+  const size_t nn = static_cast<size_t>(n);
+  x_.resize(nn * h);
+  xn_.resize(nn * h);
+  q_.resize(nn * qd);
+  k_.resize(nn * kvd);
+  v_.resize(nn * kvd);
+  attn_.resize(nn * qd);
+  proj_.resize(nn * h);
+  gate_.resize(nn * ff);
+  up_.resize(nn * ff);
+  const ops::RopeTable rope{inv_freq_.data(), c.head_dim};
+  const float scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
+
+  if (n > 0) {
+    ops::cpu::embedding(w.embed.data<float>(), b.tokens.data(), x_.data(), n, h);
+    dump("embed", -1, x_, n, h);
+  }
+  for (int li = 0; li < c.num_layers && n > 0; ++li) {
+    const LayerWeights& l = w.layers[li];
+    // Attention block: x += o_proj(attn(rope(q), rope(k), v)).
+    ops::cpu::rms_norm(x_.data(), l.attn_norm.data<float>(), xn_.data(), n, h, c.rms_norm_eps);
+    dump("attn_norm", li, xn_, n, h);
+    const float* bq = l.bq.empty() ? nullptr : l.bq.data<float>();
+    const float* bk = l.bk.empty() ? nullptr : l.bk.data<float>();
+    const float* bv = l.bv.empty() ? nullptr : l.bv.data<float>();
+    ops::cpu::linear(xn_.data(), l.wq.data<float>(), bq, q_.data(), n, h, qd);
+    ops::cpu::linear(xn_.data(), l.wk.data<float>(), bk, k_.data(), n, h, kvd);
+    ops::cpu::linear(xn_.data(), l.wv.data<float>(), bv, v_.data(), n, h, kvd);
+    ops::cpu::rope(q_.data(), b.positions.data(), rope, n, c.num_heads);
+    ops::cpu::rope(k_.data(), b.positions.data(), rope, n, c.num_kv_heads);
+    dump("q", li, q_, n, qd);
+    dump("k", li, k_, n, kvd);
+    dump("v", li, v_, n, kvd);
+    ops::cpu::kv_write(k_.data(), v_.data(), b.slots.data(), cache.k(li), cache.v(li), n, kvd);
+    ops::cpu::paged_attention(q_.data(), cache.k(li), cache.v(li), b.seqs.data(),
+                              static_cast<int>(b.seqs.size()), attn_.data(), c.num_heads,
+                              c.num_kv_heads, c.head_dim, cache.block_size(), scale);
+    dump("attn_out", li, attn_, n, qd);
+    ops::cpu::linear(attn_.data(), l.wo.data<float>(), nullptr, proj_.data(), n, qd, h);
+    dump("attn_proj", li, proj_, n, h);
+    ops::cpu::add_inplace(x_.data(), proj_.data(), static_cast<int64_t>(nn) * h);
+
+    // MLP block: x += down(silu(gate(xn)) * up(xn)).
+    ops::cpu::rms_norm(x_.data(), l.ffn_norm.data<float>(), xn_.data(), n, h, c.rms_norm_eps);
+    dump("ffn_norm", li, xn_, n, h);
+    ops::cpu::linear(xn_.data(), l.w_gate.data<float>(), nullptr, gate_.data(), n, h, ff);
+    ops::cpu::linear(xn_.data(), l.w_up.data<float>(), nullptr, up_.data(), n, h, ff);
+    ops::cpu::silu_mul(gate_.data(), up_.data(), gate_.data(), static_cast<int64_t>(nn) * ff);
+    ops::cpu::linear(gate_.data(), l.w_down.data<float>(), nullptr, proj_.data(), n, ff, h);
+    dump("ffn_out", li, proj_, n, h);
+    ops::cpu::add_inplace(x_.data(), proj_.data(), static_cast<int64_t>(nn) * h);
+    dump("hidden", li, x_, n, h);
+  }
+
+  // Only the requested rows go through the final norm and the LM head.
+  const int n_logits = static_cast<int>(b.logit_rows.size());
+  last_.resize(static_cast<size_t>(n_logits) * h);
+  for (int i = 0; i < n_logits; ++i) {
+    const float* src = x_.data() + static_cast<size_t>(b.logit_rows[i]) * h;
+    std::copy(src, src + h, last_.begin() + static_cast<ptrdiff_t>(i) * h);
+  }
+  logits.resize(static_cast<size_t>(n_logits) * c.vocab_size);
+  if (n_logits > 0) {
+    ops::cpu::rms_norm(last_.data(), w.final_norm.data<float>(), last_.data(), n_logits, h,
+                       c.rms_norm_eps);
+    dump("final_norm", -1, last_, n_logits, h);
+    ops::cpu::linear(last_.data(), w.lm_head.data<float>(), nullptr, logits.data(), n_logits, h,
+                     c.vocab_size);
+  }
+  return {};
+}
+
+}  // namespace cartserve

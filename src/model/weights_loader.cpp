@@ -1,0 +1,71 @@
+#include "model/weights_loader.h"
+
+#include "core/progress.h"
+
+namespace cartserve {
+
+namespace {
+
+Result<Tensor> load_checked(const TensorSource& src, const std::string& logical, int layer,
+                            const Shape& want) {
+  CS_ASSIGN_OR_RETURN(Tensor t, src.load(logical, layer));
+  if (t.shape() != want) {
+    return make_error(ErrorCode::kInvalidArgument, "{}tensor '{}' has shape {}, expected {} ({})",
+                      layer >= 0 ? "layer " + std::to_string(layer) + ": " : "", logical,
+                      shape_to_string(t.shape()), shape_to_string(want), src.describe());
+  }
+  return t;
+}
+
+}  // namespace
+
+Result<ModelWeights> load_weights(const TensorSource& src, const ModelConfig& c, bool progress) {
+  const int64_t h = c.hidden_size;
+  const int64_t q = c.q_dim();
+  const int64_t kv = c.kv_dim();
+  const int64_t ff = c.intermediate_size;
+  ModelWeights w;
+  ProgressBar bar("loading weights", static_cast<uint64_t>(c.num_layers) + 2);
+  if (!progress) bar.finish();
+
+  CS_ASSIGN_OR_RETURN(w.embed, load_checked(src, "embed", -1, {c.vocab_size, h}));
+  CS_ASSIGN_OR_RETURN(w.final_norm, load_checked(src, "final_norm", -1, {h}));
+  if (src.has("lm_head", -1)) {
+    CS_ASSIGN_OR_RETURN(w.lm_head, load_checked(src, "lm_head", -1, {c.vocab_size, h}));
+  } else if (c.tie_word_embeddings) {
+    w.lm_head = w.embed;  // shared storage
+  } else {
+    return src.load("lm_head", -1)
+        .status()
+        .with_context("untied model (tie_word_embeddings=false) without an output projection");
+  }
+  if (src.has("rope_freqs", -1)) {
+    CS_ASSIGN_OR_RETURN(Tensor f, load_checked(src, "rope_freqs", -1, {c.head_dim / 2}));
+    w.rope_freq_factors.assign(f.data<float>(), f.data<float>() + f.numel());
+  }
+  bar.update(2);
+
+  w.layers.resize(static_cast<size_t>(c.num_layers));
+  for (int i = 0; i < c.num_layers; ++i) {
+    LayerWeights& l = w.layers[i];
+    CS_ASSIGN_OR_RETURN(l.attn_norm, load_checked(src, "attn_norm", i, {h}));
+    CS_ASSIGN_OR_RETURN(l.wq, load_checked(src, "wq", i, {q, h}));
+    CS_ASSIGN_OR_RETURN(l.wk, load_checked(src, "wk", i, {kv, h}));
+    CS_ASSIGN_OR_RETURN(l.wv, load_checked(src, "wv", i, {kv, h}));
+    CS_ASSIGN_OR_RETURN(l.wo, load_checked(src, "wo", i, {h, q}));
+    if (c.attention_bias) {
+      CS_ASSIGN_OR_RETURN(l.bq, load_checked(src, "bq", i, {q}));
+      CS_ASSIGN_OR_RETURN(l.bk, load_checked(src, "bk", i, {kv}));
+      CS_ASSIGN_OR_RETURN(l.bv, load_checked(src, "bv", i, {kv}));
+    }
+    CS_ASSIGN_OR_RETURN(l.ffn_norm, load_checked(src, "ffn_norm", i, {h}));
+    CS_ASSIGN_OR_RETURN(l.w_gate, load_checked(src, "w_gate", i, {ff, h}));
+    CS_ASSIGN_OR_RETURN(l.w_up, load_checked(src, "w_up", i, {ff, h}));
+    CS_ASSIGN_OR_RETURN(l.w_down, load_checked(src, "w_down", i, {h, ff}));
+    bar.update(static_cast<uint64_t>(i) + 3);
+  }
+  bar.finish();
+  return w;
+}
+
+}  // namespace cartserve
