@@ -306,7 +306,8 @@ def expected_of(t):
 
 def make_safetensors():
     ts = st_tensors()
-    meta = {"format": "pt", "note": "h\u00e9llo"}
+    # One key only: the reference writer emits __metadata__ in HashMap order.
+    meta = {"note": "h\u00e9llo"}
     save_file(ts, str(OUT / "st_types.safetensors"), metadata=meta)
     doc = {
         "note": "written by Python safetensors (torch API); values exact",
