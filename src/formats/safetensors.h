@@ -39,7 +39,7 @@ class SafetensorsFile {
  public:
   static Result<SafetensorsFile> open(const std::string& path);
 
-  const std::vector<SafetensorsEntry>& entries() const { return entries_; }
+  const std::vector<SafetensorsEntry>& entries() const { return entries_; }  // in data order
   const SafetensorsEntry* find(std::string_view name) const;
   // Borrows the mapping: valid while this file lives. The data pointer is
   // aligned to the element size when the writer keeps offsets aligned (ours

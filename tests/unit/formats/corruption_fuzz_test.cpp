@@ -4,6 +4,7 @@
 // crash. Deterministic seeds; run under ASan/valgrind to catch over-reads.
 #include <gtest/gtest.h>
 
+#include <cstdlib>
 #include <random>
 #include <vector>
 
@@ -14,7 +15,11 @@
 namespace cartserve {
 namespace {
 
-constexpr int kIterations = 400;
+// 400 per format in the suite; CARTSERVE_FUZZ_ITERATIONS=N for a longer run.
+const int kIterations = [] {
+  const std::string v = testing::env_or_empty("CARTSERVE_FUZZ_ITERATIONS");
+  return v.empty() ? 400 : std::max(1, std::atoi(v.c_str()));
+}();
 
 // A mutated copy of `src`: mostly in the first `hot` bytes (header/metadata),
 // where corruption matters.
