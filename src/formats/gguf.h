@@ -73,12 +73,15 @@ struct GgufValue {
   Type array_type = Type::kU8;  // element type when type == kArray
 };
 
+// "u8", "string", "array", ...
+const char* gguf_value_type_name(GgufValue::Type type);
+
 struct GgufTensorInfo {
   std::string name;
   std::vector<int64_t> ne;  // ggml order: ne[0] is the fastest-moving dimension
   uint32_t type = 0;        // GgmlType value (may be unknown to us)
   uint64_t offset = 0;      // relative to the start of the data section
-  uint64_t nbytes = 0;      // validated to lie inside the file
+  uint64_t nbytes = 0;      // validated to lie inside the file; 0 for a type ggml does not define
   // Row-major shape (ne reversed): a weight [out, in] has ne = {in, out}.
   Shape shape() const;
 };
@@ -90,6 +93,8 @@ class GgufFile {
   uint32_t version() const { return version_; }
   uint64_t alignment() const { return alignment_; }
   const std::string& path() const { return file_.path(); }
+  uint64_t file_size() const { return file_.size(); }
+  uint64_t data_offset() const { return data_offset_; }  // start of the (aligned) data section
 
   // Metadata. The typed getters return kNotFound when the key is absent and
   // kCorrupt when it has another type (integers of any width convert).
