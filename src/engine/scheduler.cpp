@@ -15,6 +15,12 @@ Status SchedulerConfig::validate() const {
   CS_RETURN_IF_ERROR(positive("max_num_seqs", max_num_seqs));
   CS_RETURN_IF_ERROR(positive("max_num_batched_tokens", max_num_batched_tokens));
   CS_RETURN_IF_ERROR(positive("max_model_len", max_model_len));
+  // Else some running decodes could starve behind older ones every step (vLLM has the same rule).
+  if (max_num_batched_tokens < max_num_seqs) {
+    return make_error(ErrorCode::kInvalidArgument,
+                      "max_num_batched_tokens ({}) must be >= max_num_seqs ({})",
+                      max_num_batched_tokens, max_num_seqs);
+  }
   return Status::ok_status();
 }
 

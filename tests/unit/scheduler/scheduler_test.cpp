@@ -84,6 +84,10 @@ TEST(Scheduler, ConfigValidation) {
   auto bad = Scheduler::create(cfg(4, 1, 0), pool);
   ASSERT_FALSE(bad.ok());
   EXPECT_NE(bad.status().message().find("max_num_batched_tokens"), std::string::npos);
+  auto starving = Scheduler::create(cfg(4, 16, 8), pool);
+  ASSERT_FALSE(starving.ok());
+  EXPECT_NE(starving.status().message().find("must be >= max_num_seqs (16)"), std::string::npos);
+  EXPECT_TRUE(Scheduler::create(cfg(4, 8, 8), pool).ok());
 }
 
 TEST(Scheduler, AdmissionUnderTokenBudgetAndChunking) {
