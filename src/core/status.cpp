@@ -28,6 +28,7 @@ const char* error_code_name(ErrorCode code) {
       return "PermissionDenied";
     case ErrorCode::kCancelled:
       return "Cancelled";
+    case ErrorCode::kUnavailable: return "Unavailable";
     case ErrorCode::kInternal:
       return "Internal";
   }

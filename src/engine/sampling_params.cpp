@@ -30,6 +30,9 @@ Status SamplingParams::validate(int32_t vocab_size) const {
   if (top_logprobs < 0 || top_logprobs > kMaxTopLogprobs) {
     return bad("top_logprobs", top_logprobs, "in [0, 20]");
   }
+  if (prompt_logprobs < -1 || prompt_logprobs > kMaxTopLogprobs) {
+    return bad("prompt_logprobs", prompt_logprobs, "-1 (off) or in [0, 20]");
+  }
   if (n < 1) return bad("n", n, ">= 1");
   for (const auto& s : stop) {
     if (s.empty()) return make_error(ErrorCode::kInvalidArgument, "stop strings must not be empty");

@@ -43,6 +43,10 @@ struct SamplingParams {
   // log-softmax of the logits before penalties, temperature and filters).
   bool logprobs = false;
   int32_t top_logprobs = 0;
+  // Logprobs of the prompt tokens with this many alternatives each (-1: off),
+  // for echo. Such a request skips the prefix cache so every prompt position
+  // is computed.
+  int32_t prompt_logprobs = -1;
 
   // Completions per prompt. The engine fans n > 1 out into n requests
   // (the scheduler sees one sequence per request).

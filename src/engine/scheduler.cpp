@@ -233,7 +233,7 @@ Scheduler::Admission Scheduler::try_admit(Request& req, int32_t& budget, Schedul
   req.num_external_tokens = e;
   update_block_hashes(req);
   std::vector<int32_t> cached;
-  if (pool_.caching_enabled()) {
+  if (pool_.caching_enabled() && req.sampling.prompt_logprobs < 0) {
     const int32_t first_hashed = req.num_virtual_tokens / B;
     for (int32_t k = full_ext;; ++k) {
       const int32_t j = k - first_hashed;

@@ -27,9 +27,6 @@ class KvCache {
   const float* k(int layer) const { return k_[static_cast<size_t>(layer)].data(); }
   const float* v(int layer) const { return v_[static_cast<size_t>(layer)].data(); }
 
-  // Copies block `src` to block `dst` in every layer (copy-on-write of a partial block).
-  void copy_block(int src, int dst);
-
  private:
   int num_layers_, num_blocks_, block_size_, kv_dim_;
   size_t layer_elems_;

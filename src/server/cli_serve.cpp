@@ -1,16 +1,112 @@
-#include "server/cli.h"
+// `cartserve serve MODEL ...`: the OpenAI-compatible server (vLLM-like flags).
+#include <pthread.h>
+#include <signal.h>
+
+#include <cblas.h>
 
 #include <cstdio>
+#include <cstdlib>
+#include <optional>
+#include <string>
+#include <thread>
+
+#include "core/logging.h"
+#include "core/metrics.h"
+#include "core/progress.h"
+#include "engine/cpu_backend.h"
+#include "engine/engine.h"
+#include "model/model.h"
+#include "server/cli.h"
+#include "server/http_server.h"
+#include "server/kv_transfer_config.h"
+#include "server/openai_service.h"
+#include "server/serve_options.h"
 
 namespace cartserve::cli {
 
-void register_serve(CLI::App& app) {
-  auto* sub = app.add_subcommand("serve", "(not implemented yet)");
-  sub->allow_extras();
-  sub->callback([] {
-    std::fprintf(stderr, "cartserve serve: not implemented yet\n");
-    set_exit_code(2);
+namespace {
+
+int fail(const std::string& msg) {
+  std::fprintf(stderr, "error: %s\n", msg.c_str());
+  return 1;
+}
+
+int run_serve(const ServeOptions& o) {
+  set_log_level(o.log_level);
+  if (auto st = o.validate(); !st.ok()) return fail(st.message());
+  std::optional<KvTransferConfig> kv_config;
+  if (!o.kv_transfer_config.empty()) {
+    auto c = parse_kv_transfer_config(o.kv_transfer_config);
+    if (!c.ok()) return fail(c.status().message());
+    kv_config = std::move(c).value();
+  }
+  if (o.threads > 0) {
+    setenv("CARTSERVE_THREADS", std::to_string(o.threads).c_str(), 1);
+    openblas_set_num_threads(o.threads);
+  }
+
+  // Signals are taken by one waiting thread; every other thread blocks them.
+  sigset_t sigs;
+  sigemptyset(&sigs);
+  sigaddset(&sigs, SIGINT);
+  sigaddset(&sigs, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
+
+  auto loaded = load_model(o.model, LoadOptions{});
+  if (!loaded.ok()) return fail(loaded.status().message());
+  const Model& model = **loaded;
+
+  auto plan = o.plan(model.config);
+  if (!plan.ok()) return fail(plan.status().message());
+  if (kv_config) {
+    return fail("--kv-transfer-config: cartridge serving is not available in this build yet");
+  }
+  MetricsRegistry metrics;
+  auto backend = std::make_unique<CpuBackend>(model, plan->engine.num_kv_blocks,
+                                              plan->engine.scheduler.block_size);
+  auto engine = Engine::create(model, std::move(backend), plan->engine, &metrics);
+  if (!engine.ok()) return fail(engine.status().message());
+
+  ServiceConfig sc;
+  sc.served_model_names = plan->served_model_names;
+  sc.max_model_len = plan->engine.scheduler.max_model_len;
+  OpenAiService service(model, **engine, sc);
+  HttpServerConfig hc;
+  hc.host = o.host;
+  hc.port = o.port;
+  hc.api_key = o.api_key;
+  HttpServer http(service, metrics, hc);
+  if (auto st = http.start(); !st.ok()) return fail(st.message());
+  std::fprintf(
+      stderr,
+      "cartserve: serving '%s' on http://%s:%d (device cpu, max_model_len %d, KV cache "
+      "%d blocks x %d = %lld tokens, %s)%s\n",
+      sc.served_model_names.front().c_str(), o.host.c_str(), http.port(), sc.max_model_len,
+      plan->engine.num_kv_blocks - 1, plan->engine.scheduler.block_size,
+      static_cast<long long>(plan->engine.num_kv_blocks - 1) * plan->engine.scheduler.block_size,
+      format_bytes(plan->kv_bytes).c_str(), o.api_key.empty() ? "" : ", API key required");
+  std::fflush(stderr);
+
+  std::thread signal_thread([&] {
+    int sig = 0;
+    sigwait(&sigs, &sig);
+    std::fprintf(stderr, "cartserve: signal %d, shutting down\n", sig);
+    http.stop();
   });
+  http.wait();
+  pthread_kill(signal_thread.native_handle(), SIGTERM);
+  signal_thread.join();
+  (*engine)->stop();
+  return 0;
+}
+
+}  // namespace
+
+void register_serve(CLI::App& app) {
+  auto opts = std::make_shared<ServeOptions>();
+  auto* sub = app.add_subcommand("serve", "Serve a model over the OpenAI-compatible HTTP API");
+  opts->add_to(*sub);
+  sub->callback([opts] { set_exit_code(run_serve(*opts)); });
 }
 
 }  // namespace cartserve::cli

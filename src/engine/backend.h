@@ -1,0 +1,40 @@
+// What the engine needs from a device: run a batch over the paged KV cache,
+// copy KV slots between blocks, and write externally provided KV (cartridges)
+// into blocks. The CPU reference backend implements it here; the CUDA backend
+// implements the same interface.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "core/status.h"
+#include "model/llama.h"
+
+namespace cartserve {
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+
+  virtual std::string name() const = 0;
+  virtual int32_t num_blocks() const = 0;
+  virtual int32_t block_size() const = 0;
+  virtual uint64_t kv_cache_bytes() const = 0;
+
+  // logits: [batch.logit_rows.size(), vocab]
+  virtual Status forward(const ForwardBatch& batch, std::vector<float>& logits) = 0;
+
+  // The first num_slots slots of block src copied to block dst, every layer, K and V.
+  virtual void copy_slots(int32_t src_block, int32_t dst_block, int32_t num_slots) = 0;
+
+  // Writes K/V rows of one layer at the given slots.
+  // k, v: [n, kv_dim] float32; slots: [n]
+  virtual Status write_kv(int32_t layer, const float* k, const float* v, const int32_t* slots,
+                          int32_t n) = 0;
+  // Reads K/V rows of one layer from the given slots (cartridge building).
+  virtual Status read_kv(int32_t layer, const int32_t* slots, int32_t n, float* k,
+                         float* v) const = 0;
+};
+
+}  // namespace cartserve

@@ -1,0 +1,32 @@
+// The fp32 CPU reference backend: LlamaForward over a host KvCache.
+#pragma once
+
+#include <memory>
+
+#include "engine/backend.h"
+#include "model/kv_cache.h"
+#include "model/llama.h"
+
+namespace cartserve {
+
+class CpuBackend final : public Backend {
+ public:
+  CpuBackend(const Model& model, int32_t num_blocks, int32_t block_size);
+
+  std::string name() const override { return "cpu"; }
+  int32_t num_blocks() const override { return cache_.num_blocks(); }
+  int32_t block_size() const override { return cache_.block_size(); }
+  uint64_t kv_cache_bytes() const override { return cache_.nbytes(); }
+  Status forward(const ForwardBatch& batch, std::vector<float>& logits) override;
+  void copy_slots(int32_t src_block, int32_t dst_block, int32_t num_slots) override;
+  Status write_kv(int32_t layer, const float* k, const float* v, const int32_t* slots,
+                  int32_t n) override;
+  Status read_kv(int32_t layer, const int32_t* slots, int32_t n, float* k, float* v) const override;
+
+ private:
+  Status check_slots(int32_t layer, const int32_t* slots, int32_t n) const;
+  LlamaForward forward_;
+  KvCache cache_;
+};
+
+}  // namespace cartserve

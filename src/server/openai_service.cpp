@@ -1,0 +1,474 @@
+#include "server/openai_service.h"
+
+#include <chrono>
+#include <cmath>
+#include <ctime>
+#include <random>
+
+namespace cartserve {
+
+using api::ApiError;
+using api::bad_request;
+using nlohmann::json;
+
+namespace {
+
+constexpr const char* kSystemSentinel =
+    "\x01"
+    "cartserve-cartridge"
+    "\x01";
+
+int64_t unix_now() {
+  return static_cast<int64_t>(std::time(nullptr));
+}
+
+std::string random_hex(size_t n) {
+  static thread_local std::mt19937_64 rng(std::random_device{}());
+  static const char* kHex = "0123456789abcdef";
+  std::string s(n, '0');
+  for (auto& c : s)
+    c = kHex[rng() & 15];
+  return s;
+}
+
+api::TokenLogprobs make_token_logprob(const Tokenizer& tok, int32_t token, float logprob,
+                                      const std::vector<TokenLogprob>& top) {
+  api::TokenLogprobs t;
+  const std::string& bytes = tok.token_bytes(token);
+  t.token = bytes;
+  t.bytes.assign(bytes.begin(), bytes.end());
+  t.logprob = logprob;
+  for (const auto& e : top) {
+    const std::string& b = tok.token_bytes(e.token);
+    t.top.push_back({b, std::vector<uint8_t>(b.begin(), b.end()), e.logprob});
+  }
+  return t;
+}
+
+// One choice of a job: an engine stream and what it produced so far.
+struct ChoiceState {
+  std::shared_ptr<RequestStream> stream;
+  api::Choice choice;  // accumulated (non-streaming) or pending delta (streaming)
+  bool finished = false;
+  bool sent_first = false;  // streaming: the first chunk (role / echo) went out
+  int32_t prompt_tokens = 0;
+  int32_t output_tokens = 0;
+  std::string echo_text;  // prompt text when echo
+  std::vector<int32_t> prompt_ids;
+  bool echo_pending = false;
+  int64_t text_offset = 0;  // completions logprobs text_offset
+  std::optional<ApiError> error;
+};
+
+class Job final : public CompletionJob {
+ public:
+  Job(const Model& model, bool chat, bool stream, bool include_usage, std::string id,
+      std::string model_name, bool logprobs, bool discard_generation)
+      : model_(model),
+        chat_(chat),
+        stream_(stream),
+        include_usage_(include_usage),
+        id_(std::move(id)),
+        model_name_(std::move(model_name)),
+        created_(unix_now()),
+        logprobs_(logprobs),
+        discard_generation_(discard_generation) {}
+
+  std::vector<ChoiceState> choices;
+  int64_t unique_prompt_tokens = 0;
+
+  bool stream() const override { return stream_; }
+
+  std::optional<ApiError> early_error(std::chrono::milliseconds timeout) override {
+    for (auto& c : choices) {
+      if (!c.stream) continue;  // answered without the engine
+      c.stream->wait_accepted(timeout);
+      if (!c.stream->finished()) continue;
+      // Finished before producing anything: look for an error.
+      for (auto& o : c.stream->next(std::chrono::milliseconds(0)))
+        absorb(c, std::move(o), nullptr);
+      if (c.error) return c.error;
+    }
+    return std::nullopt;
+  }
+
+  bool poll(std::vector<json>& chunks, std::chrono::milliseconds timeout) override {
+    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    bool all_done = true;
+    for (auto& c : choices) {
+      if (!c.stream && stream_ && !c.sent_first) {  // answered without the engine
+        chunks.push_back(api::completion_chunk(id_, created_, model_name_, c.choice));
+        c.sent_first = true;
+      }
+      if (c.finished) continue;
+      const auto now = std::chrono::steady_clock::now();
+      const auto wait = now < deadline
+                            ? std::chrono::duration_cast<std::chrono::milliseconds>(deadline - now)
+                            : std::chrono::milliseconds(0);
+      for (auto& o : c.stream->next(wait))
+        absorb(c, std::move(o), stream_ ? &chunks : nullptr);
+      all_done = all_done && c.finished;
+    }
+    return all_done;
+  }
+
+  json final_json() override {
+    api::Usage usage;
+    usage.prompt_tokens = unique_prompt_tokens;
+    for (const auto& c : choices)
+      usage.completion_tokens += discard_generation_ ? 0 : c.output_tokens;
+    if (stream_) {
+      return include_usage_ ? api::usage_chunk(id_, created_, model_name_, usage, chat_) : json();
+    }
+    std::vector<api::Choice> out;
+    for (const auto& c : choices)
+      out.push_back(c.choice);
+    return chat_ ? api::chat_response(id_, created_, model_name_, out, usage)
+                 : api::completion_response(id_, created_, model_name_, out, usage);
+  }
+
+  void cancel() override {
+    for (auto& c : choices) {
+      if (c.stream) c.stream->cancel();
+    }
+  }
+
+ private:
+  // Folds one engine output into the choice; emits a chunk when streaming.
+  void absorb(ChoiceState& c, EngineOutput&& o, std::vector<json>* chunks) {
+    if (o.finished && !o.error.ok()) {
+      ApiError e;
+      e.http_status =
+          (o.error.code() == ErrorCode::kInternal || o.error.code() == ErrorCode::kUnavailable)
+              ? 500
+              : 400;
+      e.type = e.http_status == 500 ? "server_error" : "invalid_request_error";
+      e.message = o.error.message();
+      c.error = e;
+    }
+    c.prompt_tokens = o.num_prompt_tokens ? o.num_prompt_tokens : c.prompt_tokens;
+    c.output_tokens = o.num_output_tokens ? o.num_output_tokens : c.output_tokens;
+    api::Choice delta;
+    delta.index = c.choice.index;
+    delta.has_logprobs = logprobs_;
+    if (c.echo_pending) {
+      delta.text = c.echo_text;
+      if (logprobs_) append_prompt_logprobs(c, o, delta);
+      if (logprobs_ && o.prompt_logprobs.empty() && !c.prompt_ids.empty() && !o.finished) {
+        // Prompt logprobs arrive with the first token; keep echo pending until then.
+        delta.text.clear();
+      } else {
+        c.echo_pending = false;
+      }
+    }
+    if (!discard_generation_) {
+      delta.text += o.text;
+      if (logprobs_) {
+        for (size_t i = 0; i < o.logprobs.size(); ++i) {
+          const auto& s = o.logprobs[i];
+          auto t = make_token_logprob(model_.tokenizer, s.token, s.logprob, s.top_logprobs);
+          t.text_offset = c.text_offset;
+          c.text_offset += static_cast<int64_t>(t.token.size());
+          delta.logprobs.push_back(std::move(t));
+        }
+      }
+    }
+    if (o.finished) {
+      c.finished = true;
+      delta.finish_reason = discard_generation_ ? std::string("length")
+                            : o.finish_reason == FinishReason::kNone
+                                ? std::string("stop")
+                                : std::string(finish_reason_name(o.finish_reason));
+    }
+    if (chunks) {
+      if (c.error) return;  // the HTTP layer reports it
+      const bool first = !c.sent_first;
+      if (!delta.text.empty() || delta.finish_reason || first || !delta.logprobs.empty()) {
+        chunks->push_back(chat_ ? api::chat_chunk(id_, created_, model_name_, delta, first)
+                                : api::completion_chunk(id_, created_, model_name_, delta));
+        c.sent_first = true;
+      }
+    } else {
+      c.choice.text += delta.text;
+      c.choice.has_logprobs = logprobs_;
+      for (auto& t : delta.logprobs)
+        c.choice.logprobs.push_back(std::move(t));
+      if (delta.finish_reason) c.choice.finish_reason = delta.finish_reason;
+    }
+  }
+
+  void append_prompt_logprobs(ChoiceState& c, const EngineOutput& o, api::Choice& delta) {
+    if (o.prompt_logprobs.empty() && !o.finished) return;
+    // The first prompt token has no logprob (OpenAI: null).
+    for (size_t i = 0; i < c.prompt_ids.size(); ++i) {
+      api::TokenLogprobs t;
+      if (i == 0) {
+        t = make_token_logprob(model_.tokenizer, c.prompt_ids[0], NAN, {});
+      } else if (i - 1 < o.prompt_logprobs.size()) {
+        const auto& p = o.prompt_logprobs[i - 1];
+        t = make_token_logprob(model_.tokenizer, p.token, p.logprob, p.top);
+      } else {
+        continue;
+      }
+      t.text_offset = c.text_offset;
+      c.text_offset += static_cast<int64_t>(t.token.size());
+      delta.logprobs.push_back(std::move(t));
+    }
+  }
+
+  const Model& model_;
+  bool chat_, stream_, include_usage_;
+  std::string id_, model_name_;
+  int64_t created_;
+  bool logprobs_;
+  bool discard_generation_;  // echo with max_tokens=0 and logprobs: one token computed, dropped
+};
+
+}  // namespace
+
+OpenAiService::OpenAiService(const Model& model, Engine& engine, ServiceConfig config,
+                             CartridgeResolver cartridges)
+    : model_(model),
+      engine_(engine),
+      config_(std::move(config)),
+      cartridges_(std::move(cartridges)) {
+  if (!model.chat_template.empty()) {
+    auto t = ChatTemplate::parse(model.chat_template);
+    if (t.ok()) {
+      template_ = std::move(t).value();
+    } else {
+      template_error_ = t.status().message();
+    }
+  } else {
+    template_error_ = "the model has no chat template";
+  }
+}
+
+json OpenAiService::models_json() const {
+  json data = json::array();
+  for (const auto& name : config_.served_model_names) {
+    data.push_back({{"id", name},
+                    {"object", "model"},
+                    {"created", unix_now()},
+                    {"owned_by", "cartserve"},
+                    {"root", model_.path},
+                    {"max_model_len", config_.max_model_len}});
+  }
+  return {{"object", "list"}, {"data", data}};
+}
+
+std::optional<ApiError> OpenAiService::check_model(const std::string& name) const {
+  if (name.empty()) return std::nullopt;
+  for (const auto& n : config_.served_model_names) {
+    if (n == name) return std::nullopt;
+  }
+  ApiError e = bad_request("The model `" + name + "` does not exist.", "model");
+  e.type = "NotFoundError";
+  e.code = "model_not_found";
+  return e;
+}
+
+std::variant<SamplingParams, ApiError> OpenAiService::sampling_params(const api::SamplingFields& f,
+                                                                      int32_t prompt_len) const {
+  SamplingParams p;
+  p.temperature = static_cast<float>(f.temperature);
+  p.top_p = static_cast<float>(f.top_p);
+  p.top_k = static_cast<int32_t>(f.top_k);
+  p.min_p = static_cast<float>(f.min_p);
+  p.presence_penalty = static_cast<float>(f.presence_penalty);
+  p.frequency_penalty = static_cast<float>(f.frequency_penalty);
+  p.repetition_penalty = static_cast<float>(f.repetition_penalty);
+  if (f.seed) p.seed = static_cast<uint64_t>(*f.seed);
+  p.stop = f.stop;
+  p.stop_token_ids = f.stop_token_ids;
+  p.ignore_eos = f.ignore_eos;
+  p.skip_special_tokens = f.skip_special_tokens;
+  p.include_stop_str_in_output = f.include_stop_str_in_output;
+  p.min_tokens = static_cast<int32_t>(f.min_tokens);
+  const int64_t room = config_.max_model_len - static_cast<int64_t>(prompt_len);
+  const int64_t want = f.max_tokens ? *f.max_tokens : room;
+  if (prompt_len >= config_.max_model_len || want > room) {
+    return bad_request(fmt::format("This model's maximum context length is {} tokens. However, you "
+                                   "requested {} tokens ({} in the prompt, {} for the completion). "
+                                   "Please reduce the prompt or max_tokens.",
+                                   config_.max_model_len, prompt_len + want, prompt_len, want),
+                       "max_tokens");
+  }
+  p.max_tokens = static_cast<int32_t>(want);
+  if (p.min_tokens > p.max_tokens) {
+    return bad_request("'min_tokens' must not exceed 'max_tokens'", "min_tokens");
+  }
+  for (int32_t id : p.stop_token_ids) {
+    if (id >= model_.config.vocab_size) {
+      return bad_request(fmt::format("stop_token_ids holds {}, outside the vocabulary", id),
+                         "stop_token_ids");
+    }
+  }
+  return p;
+}
+
+std::variant<std::string, ApiError> OpenAiService::render_chat(
+    const std::vector<ChatMessage>& messages, bool add_generation_prompt,
+    bool strip_system_prefix) const {
+  if (!template_) {
+    ApiError e = bad_request("chat completions are unavailable: " + template_error_);
+    return e;
+  }
+  ChatTemplateOptions opts;
+  opts.add_generation_prompt = add_generation_prompt;
+  opts.bos_token = model_.bos_text;
+  opts.eos_token = model_.eos_text;
+  if (!strip_system_prefix) {
+    auto r = template_->render(messages, opts);
+    if (!r.ok()) return bad_request("chat template: " + r.status().message(), "messages");
+    return std::move(r).value();
+  }
+  // After a cartridge (which holds BOS and a system turn), the prompt is the
+  // rendering of [system, messages...] minus the rendering of [system] alone.
+  std::vector<ChatMessage> with_system = {{"system", kSystemSentinel}};
+  with_system.insert(with_system.end(), messages.begin(), messages.end());
+  auto full = template_->render(with_system, opts);
+  ChatTemplateOptions prefix_opts = opts;
+  prefix_opts.add_generation_prompt = false;
+  auto prefix = template_->render({{"system", kSystemSentinel}}, prefix_opts);
+  if (!full.ok() || !prefix.ok()) {
+    return bad_request(
+        "chat template: " + (full.ok() ? prefix.status().message() : full.status().message()),
+        "messages");
+  }
+  if (full->compare(0, prefix->size(), *prefix) != 0) {
+    return bad_request("the model's chat template cannot continue after a cartridge's system turn");
+  }
+  return full->substr(prefix->size());
+}
+
+std::variant<std::unique_ptr<CompletionJob>, ApiError> OpenAiService::start_completion(
+    const api::CompletionRequest& r) {
+  if (auto e = check_model(r.model)) return *e;
+  CartridgePlacement place;
+  if (cartridges_) {
+    auto p = cartridges_(r.cartridges);
+    if (auto* e = std::get_if<ApiError>(&p)) return *e;
+    place = std::get<CartridgePlacement>(p);
+  } else if (r.cartridges.present()) {
+    return bad_request("this server has no cartridges configured (--kv-transfer-config)",
+                       "kv_transfer_params");
+  }
+  const bool logprobs = r.logprobs.has_value();
+  const bool zero_tokens = r.sampling.max_tokens && *r.sampling.max_tokens == 0;
+  auto job = std::make_unique<Job>(
+      model_, /*chat=*/false, r.stream, r.include_usage, "cmpl-" + random_hex(24),
+      r.model.empty() ? config_.served_model_names.front() : r.model, logprobs, zero_tokens);
+  int64_t index = 0;
+  for (const auto& prompt : r.prompts) {
+    std::vector<int32_t> ids;
+    std::string text;
+    if (const auto* s = std::get_if<std::string>(&prompt)) {
+      text = *s;
+      if (!place.active && model_.tokenizer.add_bos_by_default() && model_.tokenizer.bos_id()) {
+        ids.push_back(*model_.tokenizer.bos_id());
+      }
+      auto body = model_.tokenizer.encode(*s);
+      ids.insert(ids.end(), body.begin(), body.end());
+    } else {
+      ids = std::get<std::vector<int32_t>>(prompt);
+      for (int32_t t : ids) {
+        if (t >= model_.config.vocab_size) {
+          return bad_request(fmt::format("prompt token id {} is outside the vocabulary of {}", t,
+                                         model_.config.vocab_size),
+                             "prompt");
+        }
+      }
+      text = model_.tokenizer.decode(ids);
+    }
+    if (ids.empty()) return bad_request("the prompt is empty after tokenization", "prompt");
+    const int32_t ctx_len = static_cast<int32_t>(ids.size()) + place.num_virtual_tokens;
+    api::SamplingFields fields = r.sampling;
+    if (zero_tokens) fields.max_tokens = 1;  // computed for prompt logprobs, then dropped
+    auto sp = sampling_params(fields, ctx_len);
+    if (auto* e = std::get_if<ApiError>(&sp)) return *e;
+    job->unique_prompt_tokens += static_cast<int64_t>(ids.size());
+    for (int64_t j = 0; j < r.sampling.n; ++j, ++index) {
+      SamplingParams p = std::get<SamplingParams>(sp);
+      p.logprobs = logprobs;
+      p.top_logprobs = logprobs ? static_cast<int32_t>(*r.logprobs) : 0;
+      if (r.echo && logprobs) p.prompt_logprobs = static_cast<int32_t>(*r.logprobs);
+      if (p.seed && j > 0) *p.seed += static_cast<uint64_t>(j);
+      ChoiceState c;
+      c.choice.index = index;
+      c.prompt_tokens = static_cast<int32_t>(ids.size());
+      c.prompt_ids = ids;
+      if (r.echo) {
+        c.echo_text = text;
+        c.echo_pending = true;
+      }
+      if (zero_tokens && !logprobs) {
+        // Nothing to compute: the answer is the (echoed) prompt.
+        c.choice.text = r.echo ? text : "";
+        c.choice.finish_reason = "length";
+        c.finished = true;
+        job->choices.push_back(std::move(c));
+        continue;
+      }
+      GenerateRequest g;
+      g.id = fmt::format("cmpl-{}-{}", next_id_++, index);
+      g.prompt_token_ids = ids;
+      g.sampling = std::move(p);
+      g.num_virtual_tokens = place.num_virtual_tokens;
+      g.cartridge_ids = place.cartridge_ids;
+      g.prefix_salt = place.prefix_salt;
+      c.stream = engine_.submit(std::move(g));
+      job->choices.push_back(std::move(c));
+    }
+  }
+  return std::unique_ptr<CompletionJob>(std::move(job));
+}
+
+std::variant<std::unique_ptr<CompletionJob>, ApiError> OpenAiService::start_chat(
+    const api::ChatCompletionRequest& r) {
+  if (auto e = check_model(r.model)) return *e;
+  CartridgePlacement place;
+  if (cartridges_) {
+    auto p = cartridges_(r.cartridges);
+    if (auto* e = std::get_if<ApiError>(&p)) return *e;
+    place = std::get<CartridgePlacement>(p);
+  } else if (r.cartridges.present()) {
+    return bad_request("this server has no cartridges configured (--kv-transfer-config)",
+                       "kv_transfer_params");
+  }
+  auto text = render_chat(r.messages, r.add_generation_prompt, place.strip_system_prefix);
+  if (auto* e = std::get_if<ApiError>(&text)) return *e;
+  const std::vector<int32_t> ids = model_.tokenizer.encode(std::get<std::string>(text));
+  if (ids.empty()) return bad_request("the conversation is empty after tokenization", "messages");
+  const int32_t ctx_len = static_cast<int32_t>(ids.size()) + place.num_virtual_tokens;
+  auto sp = sampling_params(r.sampling, ctx_len);
+  if (auto* e = std::get_if<ApiError>(&sp)) return *e;
+  if (std::get<SamplingParams>(sp).max_tokens == 0) {
+    return bad_request("'max_tokens' must be at least 1 for chat completions", "max_tokens");
+  }
+  auto job = std::make_unique<Job>(
+      model_, /*chat=*/true, r.stream, r.include_usage, "chatcmpl-" + random_hex(24),
+      r.model.empty() ? config_.served_model_names.front() : r.model, r.logprobs, false);
+  job->unique_prompt_tokens = static_cast<int64_t>(ids.size());
+  for (int64_t j = 0; j < r.sampling.n; ++j) {
+    SamplingParams p = std::get<SamplingParams>(sp);
+    p.logprobs = r.logprobs;
+    p.top_logprobs = static_cast<int32_t>(r.top_logprobs);
+    if (p.seed && j > 0) *p.seed += static_cast<uint64_t>(j);
+    ChoiceState c;
+    c.choice.index = j;
+    c.prompt_tokens = static_cast<int32_t>(ids.size());
+    GenerateRequest g;
+    g.id = fmt::format("chatcmpl-{}-{}", next_id_++, j);
+    g.prompt_token_ids = ids;
+    g.sampling = std::move(p);
+    g.num_virtual_tokens = place.num_virtual_tokens;
+    g.cartridge_ids = place.cartridge_ids;
+    g.prefix_salt = place.prefix_salt;
+    c.stream = engine_.submit(std::move(g));
+    job->choices.push_back(std::move(c));
+  }
+  return std::unique_ptr<CompletionJob>(std::move(job));
+}
+
+}  // namespace cartserve

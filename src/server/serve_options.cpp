@@ -1,0 +1,164 @@
+#include "server/serve_options.h"
+
+#include <cctype>
+#include <cmath>
+#include <filesystem>
+
+namespace cartserve {
+
+void ServeOptions::add_to(CLI::App& sub) {
+  sub.add_option("model", model, "Model: a .gguf file or a Hugging Face model folder")->required();
+  sub.add_option("--host", host, "Address to listen on")->default_val("0.0.0.0");
+  sub.add_option("--port", port, "Port to listen on (0: any free port)")
+      ->default_val(8000)
+      ->check(CLI::Range(0, 65535));
+  sub.add_option("--api-key", api_key,
+                 "Require 'Authorization: Bearer KEY' on /v1 endpoints (also CARTSERVE_API_KEY)")
+      ->envname("CARTSERVE_API_KEY");
+  sub.add_option("--served-model-name", served_model_name,
+                 "Name(s) clients use in 'model' (default: the model path)");
+  sub.add_option("--max-model-len", max_model_len,
+                 "Context length in tokens (default: the model's maximum)")
+      ->check(CLI::PositiveNumber);
+  sub.add_option("--block-size", block_size, "Tokens per KV cache block")
+      ->default_val(16)
+      ->check(CLI::IsMember({1, 2, 4, 8, 16, 32, 64, 128}));
+  sub.add_option("--max-num-seqs", max_num_seqs, "Maximum requests in a batch")
+      ->default_val(64)
+      ->check(CLI::Range(1, 4096));
+  sub.add_option("--max-num-batched-tokens", max_num_batched_tokens,
+                 "Token budget of one engine step (prefill chunks + decodes)")
+      ->default_val(2048)
+      ->check(CLI::Range(1, 1 << 20));
+  sub.add_option("--device", device, "cpu (fp32 reference backend) or cuda")
+      ->default_val("cpu")
+      ->check(CLI::IsMember({"cpu", "cuda"}));
+  sub.add_option("--dtype", dtype, "Compute dtype: auto, float32 (cpu); bfloat16 (cuda)")
+      ->default_val("auto");
+  sub.add_option("--kv-cache-memory", kv_cache_memory,
+                 "Bytes for the KV cache, e.g. 1GiB, 512MiB (cpu)")
+      ->default_val("1GiB");
+  sub.add_option("--gpu-memory-utilization", gpu_memory_utilization,
+                 "Fraction of GPU memory to use (cuda)")
+      ->check(CLI::Range(0.01, 1.0));
+  sub.add_flag("--enable-prefix-caching,!--no-enable-prefix-caching", enable_prefix_caching,
+               "Reuse KV blocks of identical prompt prefixes (default on)");
+  sub.add_option("--tensor-parallel-size,-tp", tensor_parallel_size, "GPUs to shard the model over")
+      ->default_val(1)
+      ->check(CLI::PositiveNumber);
+  sub.add_option("--kv-transfer-config", kv_transfer_config,
+                 "JSON: {\"kv_connector\": \"CartridgeConnector\", \"kv_connector_extra_config\": "
+                 "{...}}");
+  sub.add_option("--threads", threads, "CPU threads (default: all cores)")
+      ->check(CLI::NonNegativeNumber);
+  sub.add_option("--log-level", log_level, "trace|debug|info|warn|error")->default_val("info");
+}
+
+Status ServeOptions::validate() const {
+  if (device == "cuda") {
+    return make_error(ErrorCode::kUnsupported,
+                      "--device cuda is not supported yet in this build; use --device cpu");
+  }
+  if (tensor_parallel_size != 1) {
+    return make_error(ErrorCode::kUnsupported,
+                      "--tensor-parallel-size {} is not supported yet (CUDA backend only)",
+                      tensor_parallel_size);
+  }
+  if (gpu_memory_utilization) {
+    return make_error(ErrorCode::kUnsupported,
+                      "--gpu-memory-utilization applies to --device cuda; on the CPU use "
+                      "--kv-cache-memory");
+  }
+  if (dtype != "auto" && dtype != "float32" && dtype != "fp32") {
+    return make_error(ErrorCode::kUnsupported,
+                      "--dtype {} is not supported on the CPU backend (float32 only)", dtype);
+  }
+  if (max_num_batched_tokens < max_num_seqs) {
+    return make_error(ErrorCode::kInvalidArgument,
+                      "--max-num-batched-tokens ({}) must be at least --max-num-seqs ({})",
+                      max_num_batched_tokens, max_num_seqs);
+  }
+  return {};
+}
+
+Result<ServeOptions::Plan> ServeOptions::plan(const ModelConfig& config) const {
+  Plan p;
+  int64_t len = config.max_position_embeddings;
+  if (config.sliding_window && *config.sliding_window < len) len = *config.sliding_window;
+  if (max_model_len) {
+    if (*max_model_len > len) {
+      return make_error(ErrorCode::kInvalidArgument,
+                        "--max-model-len {} exceeds the model's maximum context of {}",
+                        *max_model_len, len);
+    }
+    len = *max_model_len;
+  }
+  CS_ASSIGN_OR_RETURN(p.kv_bytes, parse_byte_size(kv_cache_memory));
+  const uint64_t per_block =
+      static_cast<uint64_t>(config.kv_bytes_per_token(4)) * static_cast<uint64_t>(block_size);
+  const uint64_t blocks = p.kv_bytes / per_block;
+  if (blocks < 2) {
+    return make_error(ErrorCode::kInvalidArgument,
+                      "--kv-cache-memory {} holds {} KV blocks of {} bytes; at least 2 are needed",
+                      kv_cache_memory, blocks, per_block);
+  }
+  const uint64_t need = static_cast<uint64_t>((len + block_size - 1) / block_size) + 1;
+  if (blocks < need) {
+    return make_error(ErrorCode::kInvalidArgument,
+                      "--kv-cache-memory {} holds {} tokens, less than one request of "
+                      "--max-model-len {}; raise it or lower --max-model-len",
+                      kv_cache_memory, (blocks - 1) * block_size, len);
+  }
+  p.engine.num_kv_blocks = static_cast<int32_t>(std::min<uint64_t>(blocks, 1u << 30));
+  p.kv_bytes = per_block * static_cast<uint64_t>(p.engine.num_kv_blocks);
+  p.engine.enable_prefix_caching = enable_prefix_caching;
+  p.engine.scheduler.block_size = block_size;
+  p.engine.scheduler.max_num_seqs = max_num_seqs;
+  p.engine.scheduler.max_num_batched_tokens = max_num_batched_tokens;
+  p.engine.scheduler.max_model_len = static_cast<int32_t>(len);
+  p.served_model_names = served_model_name;
+  if (p.served_model_names.empty()) p.served_model_names.push_back(model);
+  return p;
+}
+
+Result<uint64_t> parse_byte_size(const std::string& text) {
+  size_t i = 0;
+  while (i < text.size() && (std::isdigit(static_cast<unsigned char>(text[i])) || text[i] == '.' ||
+                             text[i] == 'e' || text[i] == 'E' || text[i] == '+')) {
+    ++i;
+  }
+  double value = 0;
+  try {
+    value = std::stod(text.substr(0, i));
+  } catch (...) {
+    return make_error(ErrorCode::kInvalidArgument, "'{}' is not a size (e.g. 1GiB, 512MiB)", text);
+  }
+  std::string unit = text.substr(i);
+  for (auto& c : unit)
+    c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  double mult = 1;
+  if (unit.empty() || unit == "b") {
+    mult = 1;
+  } else if (unit == "k" || unit == "kb") {
+    mult = 1e3;
+  } else if (unit == "kib") {
+    mult = 1024.0;
+  } else if (unit == "m" || unit == "mb") {
+    mult = 1e6;
+  } else if (unit == "mib") {
+    mult = 1024.0 * 1024;
+  } else if (unit == "g" || unit == "gb") {
+    mult = 1e9;
+  } else if (unit == "gib") {
+    mult = 1024.0 * 1024 * 1024;
+  } else {
+    return make_error(ErrorCode::kInvalidArgument, "'{}': unknown size unit '{}'", text, unit);
+  }
+  const double bytes = value * mult;
+  if (!std::isfinite(bytes) || bytes <= 0 || bytes > 1e15) {
+    return make_error(ErrorCode::kInvalidArgument, "'{}' is not a usable size", text);
+  }
+  return static_cast<uint64_t>(bytes);
+}
+
+}  // namespace cartserve

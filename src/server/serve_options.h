@@ -1,0 +1,53 @@
+// Flags of `cartserve serve` (vLLM names) and how they turn into an engine
+// configuration for a given model.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <CLI/CLI.hpp>
+
+#include "core/status.h"
+#include "engine/engine.h"
+#include "model/config.h"
+
+namespace cartserve {
+
+struct ServeOptions {
+  std::string model;
+  std::string host = "0.0.0.0";
+  int port = 8000;
+  std::string api_key;
+  std::vector<std::string> served_model_name;
+  std::optional<int32_t> max_model_len;
+  int32_t block_size = 16;
+  int32_t max_num_seqs = 64;
+  int32_t max_num_batched_tokens = 2048;
+  std::string device = "cpu";
+  std::string dtype = "auto";
+  std::string kv_cache_memory = "1GiB";
+  std::optional<double> gpu_memory_utilization;
+  bool enable_prefix_caching = true;
+  int32_t tensor_parallel_size = 1;
+  std::string kv_transfer_config;
+  int32_t threads = 0;
+  std::string log_level = "info";
+
+  void add_to(CLI::App& sub);
+  // Flag combinations that are invalid or not supported yet.
+  Status validate() const;
+
+  struct Plan {
+    EngineConfig engine;
+    std::vector<std::string> served_model_names;
+    uint64_t kv_bytes = 0;
+  };
+  Result<Plan> plan(const ModelConfig& config) const;
+};
+
+// "1GiB", "512MiB", "2G", "1e9", "1048576" -> bytes.
+Result<uint64_t> parse_byte_size(const std::string& text);
+
+}  // namespace cartserve
