@@ -43,7 +43,7 @@ void put(Entries& entries, const std::string& key, TemplateValue v) {
 
 // transformers' _alias_reasoning_fields: the first non-None of
 // reasoning_content / thinking / reasoning is also exposed as "thinking"
-// (first key unless present) and "reasoning_content".
+// and "reasoning_content".
 Entries alias_reasoning(Entries entries) {
   const TemplateValue* reasoning = nullptr;
   for (const char* name : {"reasoning_content", "thinking", "reasoning"}) {
@@ -56,14 +56,13 @@ Entries alias_reasoning(Entries entries) {
     if (reasoning) break;
   }
   if (!reasoning) return entries;
+  // {"thinking": r, **message, "reasoning_content": r}: "thinking" is the
+  // first key even when the message has its own (whose value wins).
   const TemplateValue r = *reasoning;
   Entries out;
-  bool has_thinking = false;
-  for (const auto& [k, v] : entries)
-    has_thinking = has_thinking || k == "thinking";
-  if (!has_thinking) out.emplace_back("thinking", r);
-  for (auto& e : entries)
-    out.push_back(std::move(e));
+  out.emplace_back("thinking", r);
+  for (auto& [k, v] : entries)
+    put(out, k, std::move(v));
   put(out, "reasoning_content", r);
   return out;
 }

@@ -760,8 +760,10 @@ const std::map<std::string, TestFn, std::less<>>& tests() {
       {"string", simple_test([](const Value& v) { return v.is_string(); })},
       {"mapping", simple_test([](const Value& v) { return v.is_dict(); })},
       {"number", simple_test([](const Value& v) { return v.is_number(); })},
-      {"sequence",
-       simple_test([](const Value& v) { return v.is_string() || v.is_sequence() || v.is_dict(); })},
+      // Undefined has __len__ and __getitem__, so jinja2 calls it a sequence.
+      {"sequence", simple_test([](const Value& v) {
+         return v.is_undefined() || v.is_string() || v.is_sequence() || v.is_dict();
+       })},
       {"iterable", simple_test([](const Value& v) {
          return v.is_undefined() || v.is_string() || v.is_sequence() || v.is_dict() ||
                 (v.is_object() &&

@@ -609,8 +609,11 @@ class Interpreter {
   Result<TemplateValue> eval_filter_chain(const Expr& e, const ScopePtr& scope,
                                           const TemplateValue& body) {
     TemplateValue operand = body;
-    if (e.children[0]) {
-      CS_ASSIGN_OR_RETURN(operand, eval_filter_chain(*e.children[0], scope, body));
+    const Expr* inner = e.children[0].get();
+    if (inner != nullptr && inner->kind == ExprKind::kFilter) {
+      CS_ASSIGN_OR_RETURN(operand, eval_filter_chain(*inner, scope, body));
+    } else if (inner != nullptr) {
+      CS_ASSIGN_OR_RETURN(operand, eval(*inner, scope));
     }
     CS_ASSIGN_OR_RETURN(TemplateCallArgs args, eval_args(e, scope));
     auto r = apply_filter(e.name, operand, args);
