@@ -518,6 +518,35 @@ case("macro_too_many_args", "{% macro m(a) %}{% endmacro %}{{ m(1, 2) }}")
 case("call_non_callable", "{{ 'x'() }}")
 case("range_too_big", "{{ range(200000)|length }}")
 
+# generated data: float formatting and Unicode-aware str operations
+def _float_samples():
+    import random
+    rng = random.Random(1234)
+    xs = [0.0, -0.0, 1.0, -1.5, 0.1, 0.2, 0.3, 1 / 3, 2 / 3, 1e-4, 1e-5, 9.999e-5, 1e15, 1e16, 9999999999999998.0,
+          1e16 + 2, 123456789012345678.0, 1.7976931348623157e308, 5e-324, 2.2250738585072014e-308, 0.5, 100.0,
+          1e22, 1e23, 3.14159, 2.718281828459045, -1e-7, 12345.678, 0.000123, 1234567890123456.7]
+    for _ in range(150):
+        e = rng.randint(-30, 30)
+        xs.append(rng.choice([1, -1]) * rng.random() * 10.0 ** e)
+    for _ in range(30):
+        xs.append(float(rng.randint(-10**6, 10**6)) / rng.choice([1, 2, 4, 8, 10, 100, 1000]))
+    return xs
+
+
+case("float_formatting", "{% for f in xs %}{{ f }} {{ f|tojson }} {{ f|round(3) }} {{ f|int }} {{ [f] }};{% endfor %}",
+     xs=[x for x in _float_samples() if abs(x) < 9e18])
+case("float_formatting_large", "{% for f in xs %}{{ f }} {{ f|tojson }} {{ f|round(2) }};{% endfor %}",
+     xs=[x for x in _float_samples() if abs(x) >= 9e18])
+case("int_formatting", "{% for i in xs %}{{ i }} {{ i|tojson }} {{ -i }} {{ i // 7 }} {{ i % 7 }} {{ i / 4 }};{% endfor %}",
+     xs=[0, 1, -1, 7, -7, 2**31, -2**31, 2**53 + 1, 2**62, -(2**62), 9223372036854775807 // 2, 123456789])
+
+_TRICKY = ["  plain  ", "\t\ttabs\n", "\u3000全角\u3000", "\u00a0nbsp\u00a0", "\u2003em\u2002en\u2009thin",
+           "\u200bzero width\u200b", "mixed \u3000\t\n\r\x0b\x0c\x1c\x1d\x1e\x1f\x85 end",
+           "emoji 😀 👩‍👩‍👧 🇫🇷", "combining e\u0301 a\u0308", "", "   ", "a", "line\u2028sep\u2029para",
+           "ǅ ß İ ﬁ", "tab\tinside", "new\nline", "x" * 50 + " " + "y" * 50]
+case("unicode_str_ops", "{% for s in xs %}[{{ s|trim }}|{{ s.strip() }}|{{ s.lstrip() }}|{{ s.rstrip() }}|{{ s.split() }}|{{ s.split(' ') }}|{{ s.rsplit(None, 1) }}|{{ s|length }}|{{ s[::-1] }}|{{ s[1:3] }}|{{ s[-2:] }}|{{ s|tojson }}|{{ s|tojson(ensure_ascii=true) }}|{{ [s] }}|{{ s|list|length }}|{{ s.splitlines() }}|{{ s|replace(' ', '_') }}|{{ s|center(9) }}|{{ s.find('e') }}|{{ s.count(' ') }}|{{ 'e' in s }}]\n{% endfor %}",
+     xs=_TRICKY)
+
 # syntax errors (parse phase)
 case("syntax_unclosed_block", "{% if true %}x")
 case("syntax_unknown_tag", "{% frobnicate %}")

@@ -75,6 +75,8 @@ void append_json_string(std::string& out, const std::string& s, bool ensure_asci
   out.push_back('"');
 }
 
+constexpr int kMaxDepth = 500;  // Python raises RecursionError near 1000
+
 class JsonWriter {
  public:
   explicit JsonWriter(const JsonOptions& o)
@@ -82,6 +84,9 @@ class JsonWriter {
 
   Status write(const TemplateValue& v, std::string& out, int level) {
     using K = TemplateValue::Kind;
+    if (level > kMaxDepth) {
+      return Status(ErrorCode::kInvalidArgument, "maximum recursion depth exceeded in tojson");
+    }
     switch (v.kind()) {
       case K::kNone:
         out += "null";

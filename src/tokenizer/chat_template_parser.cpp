@@ -83,6 +83,22 @@ class Parser {
     return v;
   }
 
+  // Nesting guard: deeply nested input fails cleanly instead of exhausting
+  // the stack (the interpreter recurses as deep as the tree).
+  struct Nest {
+    explicit Nest(Parser* p) : p_(p) { ++p_->depth_; }
+    ~Nest() { --p_->depth_; }
+    Nest(const Nest&) = delete;
+    Nest& operator=(const Nest&) = delete;
+    Parser* p_;
+  };
+  static constexpr int kMaxNesting = 100;
+  Status check_depth() const {
+    if (depth_ <= kMaxNesting) return {};
+    return fail("template nested too deeply (more than " + std::to_string(kMaxNesting) +
+                " levels)");
+  }
+
   static ExprPtr make(ExprKind kind, int line) {
     auto e = std::make_unique<Expr>();
     e->kind = kind;
@@ -145,6 +161,8 @@ class Parser {
   void drop_end_tag() { advance(); }
 
   Status parse_statement(const std::vector<std::string_view>& outer_end_tags, Body& body) {
+    Nest nest(this);
+    CS_RETURN_IF_ERROR(check_depth());
     if (cur().type != TokenType::kName) return fail("tag name expected");
     const std::string tag = cur().value;
     const int line = cur().line;
@@ -483,6 +501,8 @@ class Parser {
   }
 
   Result<ExprPtr> parse_not() {
+    Nest nest(this);
+    CS_RETURN_IF_ERROR(check_depth());
     if (is_name(cur(), "not")) {
       const int line = cur().line;
       advance();
@@ -582,6 +602,8 @@ class Parser {
   }
 
   Result<ExprPtr> parse_unary(bool with_filter) {
+    Nest nest(this);
+    CS_RETURN_IF_ERROR(check_depth());
     const int line = cur().line;
     ExprPtr node;
     if (is_op(cur(), "-") || is_op(cur(), "+")) {
@@ -892,6 +914,7 @@ class Parser {
   std::vector<Token> tokens_;
   size_t pos_ = 0;
   int loop_depth_ = 0;
+  int depth_ = 0;  // recursion depth, see Nest
   std::vector<std::string> tag_stack_;
 };
 

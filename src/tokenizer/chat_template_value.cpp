@@ -163,13 +163,19 @@ bool truthy(const TemplateValue& v) {
   return false;
 }
 
-bool py_equal(const TemplateValue& a, const TemplateValue& b) {
+namespace {
+
+// Containers nested deeper than this compare unequal and print as "[...]":
+// no stack overflow on pathological data (Python raises RecursionError).
+constexpr int kMaxDepth = 500;
+
+bool equal_at(const TemplateValue& a, const TemplateValue& b, int depth) {
   using K = TemplateValue::Kind;
   if (a.is_number() && b.is_number()) {
     if (a.is_float() || b.is_float()) return a.as_double() == b.as_double();
     return a.as_int() == b.as_int();
   }
-  if (a.kind() != b.kind()) return false;
+  if (a.kind() != b.kind() || depth > kMaxDepth) return false;
   switch (a.kind()) {
     case K::kUndefined:
     case K::kNone:
@@ -182,7 +188,7 @@ bool py_equal(const TemplateValue& a, const TemplateValue& b) {
       const auto& y = b.items();
       if (x.size() != y.size()) return false;
       for (size_t i = 0; i < x.size(); ++i) {
-        if (!py_equal(x[i], y[i])) return false;
+        if (!equal_at(x[i], y[i], depth + 1)) return false;
       }
       return true;
     }
@@ -190,7 +196,7 @@ bool py_equal(const TemplateValue& a, const TemplateValue& b) {
       if (a.dict_items().size() != b.dict_items().size()) return false;
       for (const auto& [k, v] : a.dict_items()) {
         const TemplateValue* other = b.find(k);
-        if (other == nullptr || !py_equal(v, *other)) return false;
+        if (other == nullptr || !equal_at(v, *other, depth + 1)) return false;
       }
       return true;
     }
@@ -201,24 +207,23 @@ bool py_equal(const TemplateValue& a, const TemplateValue& b) {
   }
 }
 
-namespace {
+std::string str_at(const TemplateValue& v, bool repr, int depth);
 
-std::string join_repr(const TemplateValue::Items& items) {
+std::string join_repr(const TemplateValue::Items& items, int depth) {
   std::string out;
   for (size_t i = 0; i < items.size(); ++i) {
     if (i) out += ", ";
-    out += to_repr(items[i]);
+    out += str_at(items[i], true, depth);
   }
   return out;
 }
 
-}  // namespace
-
-std::string to_str(const TemplateValue& v) {
+std::string str_at(const TemplateValue& v, bool repr, int depth) {
   using K = TemplateValue::Kind;
+  if (depth > kMaxDepth && (v.is_sequence() || v.is_dict())) return "[...]";
   switch (v.kind()) {
     case K::kUndefined:
-      return "";
+      return repr ? "Undefined" : "";
     case K::kNone:
       return "None";
     case K::kBool:
@@ -228,18 +233,21 @@ std::string to_str(const TemplateValue& v) {
     case K::kFloat:
       return py_float_repr(v.as_double());
     case K::kString:
-      return v.as_string();
+      return repr ? py_str_repr(v.as_string()) : v.as_string();
     case K::kList:
-      return fmt::format("[{}]", join_repr(v.items()));
+      return fmt::format("[{}]", join_repr(v.items(), depth + 1));
     case K::kTuple:
-      return fmt::format("({}{}", join_repr(v.items()), v.items().size() == 1 ? ",)" : ")");
+      return fmt::format("({}{}", join_repr(v.items(), depth + 1),
+                         v.items().size() == 1 ? ",)" : ")");
     case K::kDict: {
       std::string out = "{";
       bool first = true;
       for (const auto& [k, val] : v.dict_items()) {
         if (!first) out += ", ";
         first = false;
-        out += to_repr(k) + ": " + to_repr(val);
+        out += str_at(k, true, depth + 1);
+        out += ": ";
+        out += str_at(val, true, depth + 1);
       }
       return out + "}";
     }
@@ -249,10 +257,18 @@ std::string to_str(const TemplateValue& v) {
   return "";
 }
 
+}  // namespace
+
+bool py_equal(const TemplateValue& a, const TemplateValue& b) {
+  return equal_at(a, b, 0);
+}
+
+std::string to_str(const TemplateValue& v) {
+  return str_at(v, false, 0);
+}
+
 std::string to_repr(const TemplateValue& v) {
-  if (v.is_string()) return py_str_repr(v.as_string());
-  if (v.is_undefined()) return "Undefined";
-  return to_str(v);
+  return str_at(v, true, 0);
 }
 
 std::string type_name(const TemplateValue& v) {
@@ -287,7 +303,9 @@ std::string object_type_repr(const TemplateValue& v) {
   return type_name(v) + " object";
 }
 
-Result<int> py_compare(const TemplateValue& a, const TemplateValue& b) {
+namespace {
+
+Result<int> compare_at(const TemplateValue& a, const TemplateValue& b, int depth) {
   if (a.is_undefined()) return undefined_error(a);
   if (b.is_undefined()) return undefined_error(b);
   if (a.is_number() && b.is_number()) {
@@ -307,13 +325,23 @@ Result<int> py_compare(const TemplateValue& a, const TemplateValue& b) {
     const auto& y = b.items();
     for (size_t i = 0; i < x.size() && i < y.size(); ++i) {
       if (py_equal(x[i], y[i])) continue;
-      return py_compare(x[i], y[i]);
+      if (depth > kMaxDepth) {
+        return Status(ErrorCode::kInvalidArgument,
+                      "maximum recursion depth exceeded in comparison");
+      }
+      return compare_at(x[i], y[i], depth + 1);
     }
     return x.size() < y.size() ? -1 : (x.size() > y.size() ? 1 : 0);
   }
   return make_error(ErrorCode::kInvalidArgument,
                     "ordering comparison not supported between instances of '{}' and '{}'",
                     type_name(a), type_name(b));
+}
+
+}  // namespace
+
+Result<int> py_compare(const TemplateValue& a, const TemplateValue& b) {
+  return compare_at(a, b, 0);
 }
 
 Status undefined_error(const TemplateValue& v) {
