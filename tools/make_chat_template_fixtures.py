@@ -547,6 +547,26 @@ _TRICKY = ["  plain  ", "\t\ttabs\n", "\u3000全角\u3000", "\u00a0nbsp\u00a0", 
 case("unicode_str_ops", "{% for s in xs %}[{{ s|trim }}|{{ s.strip() }}|{{ s.lstrip() }}|{{ s.rstrip() }}|{{ s.split() }}|{{ s.split(' ') }}|{{ s.rsplit(None, 1) }}|{{ s|length }}|{{ s[::-1] }}|{{ s[1:3] }}|{{ s[-2:] }}|{{ s|tojson }}|{{ s|tojson(ensure_ascii=true) }}|{{ [s] }}|{{ s|list|length }}|{{ s.splitlines() }}|{{ s|replace(' ', '_') }}|{{ s|center(9) }}|{{ s.find('e') }}|{{ s.count(' ') }}|{{ 'e' in s }}]\n{% endfor %}",
      xs=_TRICKY)
 
+# unknown filters/tests: compile-time errors, except inside if / inline-if ("soft" frames)
+case("soft_unknown_filter_not_run", "{% if false %}{{ x | from_json }}{% endif %}{% if true %}ok{% elif x is nosuchtest %}{% else %}{{ x|nosuch }}{% endif %}{{ 1 if true else x|nosuch }}[{{ (x|nosuch) if false }}]")
+case("soft_unknown_filter_run", "{% if true %}{{ 'x' | from_json }}{% endif %}")
+case("soft_unknown_test_run", "{{ 'a' if 'x' is nosuchtest else 'b' }}")
+case("soft_ends_in_for_body", "{% if true %}{% for i in [1] %}{{ i | from_json }}{% endfor %}{% endif %}")
+case("soft_ends_in_macro_body", "{% if true %}{% macro m() %}{{ 1 | from_json }}{% endmacro %}{% endif %}")
+case("soft_if_iterable_of_for", "{% if false %}{% for i in x | from_json %}{% endfor %}{% endif %}ok")
+
+# Markup (|safe, |escape): concatenating a plain str to Markup escapes the str
+case("markup_concat", "{{ 'a<b'|safe + '<i>' }}|{{ '<i>' + 'x'|safe }}|{{ 'a'|safe ~ '<i>' }}|{{ '<p>'|e + '&' }}|{{ ('x'|safe + 'y'|safe) }}")
+case("markup_preserved", "{{ ('<'|safe|trim + '>') }}|{{ ('<'|safe|upper + '>') }}|{{ ('<'|safe|string + '>') }}|{{ ('<'|safe|replace('x', 'y') + '>') }}|{{ ('<'|safe|title + '>') }}|{{ ('ab'|safe)[0] + '<' }}|{{ ('<'|safe * 2) + '>' }}")
+case("markup_escape_twice", "{{ '<a>'|e|e }}|{{ '<a>'|e|forceescape }}|{{ '<a>'|safe is escaped }}|{{ 'x' is escaped }}|{{ ['<'|safe] }}")
+case("markup_methods", "{{ ('<a>'|safe).strip() + '&' }}|{{ ('a b'|safe).split()|join('<') }}|{{ ('a-b'|safe).replace('-', '<') }}|{{ ('<'|safe).join(['&', '>']) }}")
+case("markup_tojson", "{{ ('x'|safe + 'a\"b') | tojson }}|{{ 'Use <b>'|safe + t|tojson }}", t={"d": "a<b & 'c'"})
+
+# str.format
+case("str_format", "{{ '{}-{}'.format(1, 'a') }}|{{ '{0}{1}{0}'.format('x', 'y') }}|{{ '{name}!'.format(name='n') }}|{{ '{{literal}} {}'.format(5) }}|{{ '{!r}'.format('q') }}|{{ '{0[k]} {1.real}'.format({'k': 'v'}, 3) }}")
+case("str_format_spec", "{{ '[{:>5}][{:<4}][{:^7}][{:*^9}]'.format('ab', 'c', 'mid', 'x') }}|{{ '{:.2f} {:5.1f} {:d} {:03d} {:,} {:x} {:e} {:.0%}'.format(3.14159, 2.25, 42, 7, 1234567, 255, 12345.678, 0.256) }}|{{ '{:+d} {: d}'.format(5, 5) }}")
+case("str_format_errors", "{{ '{} {}'.format(1) }}")
+
 # syntax errors (parse phase)
 case("syntax_unclosed_block", "{% if true %}x")
 case("syntax_unknown_tag", "{% frobnicate %}")

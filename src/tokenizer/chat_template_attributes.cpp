@@ -58,7 +58,7 @@ Result<TemplateValue> get_item(const TemplateValue& obj, const TemplateValue& ke
       if (i >= 0 && i < n) {
         std::string out;
         append_utf8(out, cps[static_cast<size_t>(i)]);
-        return TemplateValue::string(std::move(out));
+        return TemplateValue::string_like(obj, std::move(out));
       }
     } else {
       const auto n = static_cast<int64_t>(obj.items().size());

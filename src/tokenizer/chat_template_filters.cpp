@@ -28,7 +28,7 @@ using TestFn = std::function<Result<bool>(const Value&, const Args&)>;
 const std::set<std::string, std::less<>> kUnsupportedFilters = {
     "batch",     "filesizeformat", "format",    "groupby", "pprint",    "random",   "slice",
     "striptags", "truncate",       "urlencode", "urlize",  "wordcount", "wordwrap", "xmlattr"};
-const std::set<std::string, std::less<>> kUnsupportedTests = {"escaped"};
+const std::set<std::string, std::less<>> kUnsupportedTests = {};
 
 Status type_error(const std::string& msg) {
   return Status(ErrorCode::kInvalidArgument, msg);
@@ -245,10 +245,24 @@ Result<Value> f_length(const Value& v, const Args& a) {
   return Value::integer(n);
 }
 
+// soft_str(v).<op>(): a Markup operand stays Markup (Markup wraps str methods).
 Result<Value> f_string_op(const Value& v, const Args& a, std::string_view name,
                           std::string (*op)(std::string_view)) {
   CS_RETURN_IF_ERROR(bind_args(name, a, {}, 0).status());
-  return Value::string(op(to_str(v)));
+  return Value::string_like(v, op(to_str(v)));
+}
+
+// jinja2's title filter joins regex pieces into a plain str.
+Result<Value> f_title(const Value& v, const Args& a) {
+  CS_RETURN_IF_ERROR(bind_args("title", a, {}, 0).status());
+  return Value::string(jinja_title(to_str(v)));
+}
+
+// markupsafe.escape: Markup passes through, anything else is str()-ed and escaped.
+Result<Value> f_escape(const Value& v, const Args& a) {
+  CS_RETURN_IF_ERROR(bind_args("escape", a, {}, 0).status());
+  if (v.is_markup()) return v;
+  return Value::markup(html_escape(to_str(v)));
 }
 
 Result<Value> f_trim(const Value& v, const Args& a) {
@@ -257,7 +271,8 @@ Result<Value> f_trim(const Value& v, const Args& a) {
   if (b[0] && !b[0]->is_none()) {
     CS_ASSIGN_OR_RETURN(chars, arg_str("trim", "chars", *b[0]));
   }
-  return Value::string(py_strip(to_str(v), chars, true, true));
+  if (v.is_markup() && chars) *chars = html_escape(*chars);  // Markup escapes method args
+  return Value::string_like(v, py_strip(to_str(v), chars, true, true));
 }
 
 Result<Value> f_join(const Value& v, const Args& a) {
@@ -395,7 +410,7 @@ Result<Value> f_reverse(const Value& v, const Args& a) {
   if (v.is_string()) {
     std::u32string cps = decode_utf8(v.as_string());
     std::reverse(cps.begin(), cps.end());
-    return Value::string(encode_utf8(cps));
+    return Value::string_like(v, encode_utf8(cps));
   }
   const bool reversible = v.is_sequence() || v.is_dict();
   CS_ASSIGN_OR_RETURN(auto items, iterate(v));
@@ -507,7 +522,7 @@ Result<Value> f_center(const Value& v, const Args& a) {
   if (b[0]) {
     CS_ASSIGN_OR_RETURN(width, arg_int("center", "width", *b[0]));
   }
-  return Value::string(py_center(to_str(v), width));
+  return Value::string_like(v, py_center(to_str(v), width));
 }
 
 Result<Value> f_indent(const Value& v, const Args& a) {
@@ -540,7 +555,7 @@ Result<Value> f_indent(const Value& v, const Args& a) {
     }
   }
   if (bool_arg(b[1], false)) out = indention + out;
-  return Value::string(std::move(out));
+  return Value::string_like(v, std::move(out));
 }
 
 Result<Value> f_map(const Value& v, const Args& a) {
@@ -634,13 +649,17 @@ const std::map<std::string, FilterFn, std::less<>>& filters() {
       {"d", f_default},
       {"default", f_default},
       {"dictsort", f_dictsort},
-      {"e", [](const Value& v, const Args& a) { return f_string_op(v, a, "escape", html_escape); }},
-      {"escape",
-       [](const Value& v, const Args& a) { return f_string_op(v, a, "escape", html_escape); }},
+      {"e", f_escape},
+      {"escape", f_escape},
+
       {"first", f_first},
       {"float", f_float},
       {"forceescape",
-       [](const Value& v, const Args& a) { return f_string_op(v, a, "forceescape", html_escape); }},
+       [](const Value& v, const Args& a) -> Result<Value> {
+         CS_RETURN_IF_ERROR(bind_args("forceescape", a, {}, 0).status());
+         return Value::markup(html_escape(to_str(v)));
+       }},
+
       {"indent", f_indent},
       {"int", f_int},
       {"items", f_items},
@@ -663,7 +682,7 @@ const std::map<std::string, FilterFn, std::less<>>& filters() {
       {"safe",
        [](const Value& v, const Args& a) -> Result<Value> {
          CS_RETURN_IF_ERROR(bind_args("safe", a, {}, 0).status());
-         return Value::string(to_str(v));
+         return Value::markup(to_str(v));
        }},
       {"select", [](const Value& v, const Args& a) { return select_or_reject(v, a, true, false); }},
       {"selectattr",
@@ -672,11 +691,11 @@ const std::map<std::string, FilterFn, std::less<>>& filters() {
       {"string",
        [](const Value& v, const Args& a) -> Result<Value> {
          CS_RETURN_IF_ERROR(bind_args("string", a, {}, 0).status());
-         return Value::string(to_str(v));
+         return Value::string_like(v, to_str(v));
        }},
       {"sum", f_sum},
-      {"title",
-       [](const Value& v, const Args& a) { return f_string_op(v, a, "title", jinja_title); }},
+      {"title", f_title},
+
       {"tojson", f_tojson},
       {"trim", f_trim},
       {"unique", f_unique},
@@ -758,6 +777,7 @@ const std::map<std::string, TestFn, std::less<>>& tests() {
       {"lower", simple_test([](const Value& v) { return str_case_test(v, true); })},
       {"upper", simple_test([](const Value& v) { return str_case_test(v, false); })},
       {"string", simple_test([](const Value& v) { return v.is_string(); })},
+      {"escaped", simple_test([](const Value& v) { return v.is_markup(); })},
       {"mapping", simple_test([](const Value& v) { return v.is_dict(); })},
       {"number", simple_test([](const Value& v) { return v.is_number(); })},
       // Undefined has __len__ and __getitem__, so jinja2 calls it a sequence.
@@ -817,7 +837,11 @@ Result<TemplateValue> apply_filter(std::string_view name, const TemplateValue& o
                                    const TemplateCallArgs& args) {
   auto it = filters().find(name);
   if (it == filters().end()) {
-    return make_error(ErrorCode::kInvalidArgument, "No filter named '{}'.", name);
+    if (kUnsupportedFilters.count(name)) {
+      return make_error(ErrorCode::kInvalidArgument,
+                        "the '{}' filter is not supported in chat templates", name);
+    }
+    return make_error(ErrorCode::kInvalidArgument, "No filter named '{}' found.", name);
   }
   return it->second(operand, args);
 }
@@ -826,7 +850,11 @@ Result<bool> apply_test(std::string_view name, const TemplateValue& operand,
                         const TemplateCallArgs& args) {
   auto it = tests().find(name);
   if (it == tests().end()) {
-    return make_error(ErrorCode::kInvalidArgument, "No test named '{}'.", name);
+    if (kUnsupportedTests.count(name)) {
+      return make_error(ErrorCode::kInvalidArgument,
+                        "the '{}' test is not supported in chat templates", name);
+    }
+    return make_error(ErrorCode::kInvalidArgument, "No test named '{}' found.", name);
   }
   return it->second(operand, args);
 }

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <set>
 
+#include "tokenizer/chat_template_format.h"
 #include "tokenizer/chat_template_functions.h"
 #include "tokenizer/chat_template_ops.h"
 #include "tokenizer/chat_template_text.h"
@@ -20,20 +21,21 @@ const std::set<std::string, std::less<>> kDictMutators = {"clear", "pop", "popit
 // Real str attributes this interpreter does not implement: using one is an
 // error that names it, never a silently different result.
 const std::set<std::string, std::less<>> kUnsupportedStrMethods = {
-    "format",       "format_map", "casefold",    "encode",       "expandtabs",   "isdecimal",
-    "isidentifier", "isnumeric",  "isprintable", "istitle",      "ljust",        "rjust",
-    "maketrans",    "partition",  "rpartition",  "removeprefix", "removesuffix", "rindex",
-    "swapcase",     "translate",  "zfill"};
+    "format_map",   "casefold",  "encode",      "expandtabs", "isdecimal",
+    "isidentifier", "isnumeric", "isprintable", "istitle",    "ljust",
+    "rjust",        "maketrans", "partition",   "rpartition", "removeprefix",
+    "removesuffix", "rindex",    "swapcase",    "translate",  "zfill"};
 
 TemplateValue unsafe(const TemplateValue& obj, std::string_view name) {
   return TemplateValue::undefined("access to attribute '" + std::string(name) + "' of '" +
                                   type_name(obj) + "' object is unsafe.");
 }
 
-TemplateValue str_list(const std::vector<std::string>& parts) {
+TemplateValue str_list(const std::vector<std::string>& parts, bool markup) {
   TemplateValue::Items items;
-  for (const auto& p : parts)
-    items.push_back(TemplateValue::string(p));
+  for (const auto& p : parts) {
+    items.push_back(markup ? TemplateValue::markup(p) : TemplateValue::string(p));
+  }
   return TemplateValue::list(std::move(items));
 }
 
@@ -70,20 +72,29 @@ bool all_chars(const std::string& s, Pred pred) {
   return std::all_of(cps.begin(), cps.end(), pred);
 }
 
-std::optional<TemplateValue> str_method(const std::string& s, std::string_view name) {
+// Markup's str methods return Markup and escape their str arguments
+// (markupsafe's escaping wrappers); `esc` applies that to one argument.
+std::string esc(bool markup, const std::string& arg) {
+  return markup ? html_escape(arg) : arg;
+}
+
+std::optional<TemplateValue> str_method(const TemplateValue& self, std::string_view name) {
+  const std::string& s = self.as_string();
+  const bool markup = self.is_markup();
   const std::string n(name);
   auto fn = [&](NativeFunction f) { return make_function("str." + n, std::move(f)); };
   if (name == "strip" || name == "lstrip" || name == "rstrip") {
     const bool left = name != "rstrip", right = name != "lstrip";
-    return fn([s, n, left, right](const Args& a) -> Result<TemplateValue> {
+    return fn([self, n, left, right](const Args& a) -> Result<TemplateValue> {
       CS_ASSIGN_OR_RETURN(auto b, bind_args(n, a, {"chars"}, 0));
       CS_ASSIGN_OR_RETURN(auto chars, opt_str(n, "chars", b[0]));
-      return TemplateValue::string(py_strip(s, chars, left, right));
+      if (chars) *chars = esc(self.is_markup(), *chars);
+      return TemplateValue::string_like(self, py_strip(self.as_string(), chars, left, right));
     });
   }
   if (name == "split" || name == "rsplit") {
     const bool right = name == "rsplit";
-    return fn([s, n, right](const Args& a) -> Result<TemplateValue> {
+    return fn([s, n, right, markup](const Args& a) -> Result<TemplateValue> {
       CS_ASSIGN_OR_RETURN(auto b, bind_args(n, a, {"sep", "maxsplit"}, 0));
       CS_ASSIGN_OR_RETURN(auto sep, opt_str(n, "sep", b[0]));
       int64_t maxsplit = -1;
@@ -91,17 +102,17 @@ std::optional<TemplateValue> str_method(const std::string& s, std::string_view n
         CS_ASSIGN_OR_RETURN(maxsplit, arg_int(n, "maxsplit", *b[1]));
       }
       if (sep && sep->empty()) return Status(ErrorCode::kInvalidArgument, "empty separator");
-      return str_list(right ? py_rsplit(s, sep, maxsplit) : py_split(s, sep, maxsplit));
+      return str_list(right ? py_rsplit(s, sep, maxsplit) : py_split(s, sep, maxsplit), markup);
     });
   }
   if (name == "splitlines") {
-    return fn([s](const Args& a) -> Result<TemplateValue> {
+    return fn([s, markup](const Args& a) -> Result<TemplateValue> {
       CS_ASSIGN_OR_RETURN(auto b, bind_args("splitlines", a, {"keepends"}, 0));
       if (b[0] && truthy(*b[0])) {
         return Status(ErrorCode::kInvalidArgument,
                       "str.splitlines(keepends=True) is not supported");
       }
-      return str_list(py_splitlines(s));
+      return str_list(py_splitlines(s), markup);
     });
   }
   if (name == "startswith" || name == "endswith") {
@@ -119,16 +130,17 @@ std::optional<TemplateValue> str_method(const std::string& s, std::string_view n
     });
   }
   if (name == "upper" || name == "lower" || name == "title" || name == "capitalize") {
-    return fn([s, n](const Args& a) -> Result<TemplateValue> {
+    return fn([self, n](const Args& a) -> Result<TemplateValue> {
       CS_RETURN_IF_ERROR(bind_args(n, a, {}, 0).status());
-      if (n == "upper") return TemplateValue::string(ascii_upper(s));
-      if (n == "lower") return TemplateValue::string(ascii_lower(s));
-      if (n == "title") return TemplateValue::string(py_title(s));
-      return TemplateValue::string(py_capitalize(s));
+      const std::string& s = self.as_string();
+      if (n == "upper") return TemplateValue::string_like(self, ascii_upper(s));
+      if (n == "lower") return TemplateValue::string_like(self, ascii_lower(s));
+      if (n == "title") return TemplateValue::string_like(self, py_title(s));
+      return TemplateValue::string_like(self, py_capitalize(s));
     });
   }
   if (name == "replace") {
-    return fn([s](const Args& a) -> Result<TemplateValue> {
+    return fn([self](const Args& a) -> Result<TemplateValue> {
       CS_ASSIGN_OR_RETURN(auto b, bind_args("replace", a, {"old", "new", "count"}, 2));
       CS_ASSIGN_OR_RETURN(std::string old_s, arg_str("replace", "old", *b[0]));
       CS_ASSIGN_OR_RETURN(std::string new_s, arg_str("replace", "new", *b[1]));
@@ -136,7 +148,9 @@ std::optional<TemplateValue> str_method(const std::string& s, std::string_view n
       if (b[2]) {
         CS_ASSIGN_OR_RETURN(count, arg_int("replace", "count", *b[2]));
       }
-      return TemplateValue::string(py_replace(s, old_s, new_s, count));
+      const bool m = self.is_markup();
+      return TemplateValue::string_like(
+          self, py_replace(self.as_string(), esc(m, old_s), esc(m, new_s), count));
     });
   }
   if (name == "find" || name == "rfind" || name == "index" || name == "count") {
@@ -150,7 +164,7 @@ std::optional<TemplateValue> str_method(const std::string& s, std::string_view n
     });
   }
   if (name == "join") {
-    return fn([s](const Args& a) -> Result<TemplateValue> {
+    return fn([s, markup](const Args& a) -> Result<TemplateValue> {
       CS_ASSIGN_OR_RETURN(auto b, bind_args("join", a, {"iterable"}, 1));
       CS_ASSIGN_OR_RETURN(auto items, iterate(*b[0]));
       std::string out;
@@ -161,16 +175,23 @@ std::optional<TemplateValue> str_method(const std::string& s, std::string_view n
                             type_name(items[i]));
         }
         if (i) out += s;
-        out += items[i].as_string();
+        // Markup.join escapes plain items.
+        out += items[i].is_markup() ? items[i].as_string() : esc(markup, items[i].as_string());
       }
-      return TemplateValue::string(std::move(out));
+      return markup ? TemplateValue::markup(std::move(out)) : TemplateValue::string(std::move(out));
+    });
+  }
+  if (name == "format") {
+    return fn([self](const Args& a) -> Result<TemplateValue> {
+      CS_ASSIGN_OR_RETURN(std::string out, py_str_format(self.as_string(), a, self.is_markup()));
+      return TemplateValue::string_like(self, std::move(out));
     });
   }
   if (name == "center") {
-    return fn([s](const Args& a) -> Result<TemplateValue> {
+    return fn([self](const Args& a) -> Result<TemplateValue> {
       CS_ASSIGN_OR_RETURN(auto b, bind_args("center", a, {"width"}, 1));
       CS_ASSIGN_OR_RETURN(int64_t width, arg_int("center", "width", *b[0]));
-      return TemplateValue::string(py_center(s, width));
+      return TemplateValue::string_like(self, py_center(self.as_string(), width));
     });
   }
   if (name == "isspace" || name == "isdigit" || name == "isalpha" || name == "isalnum" ||
@@ -273,10 +294,20 @@ std::optional<TemplateValue> seq_method(const TemplateValue& l, std::string_view
   return std::nullopt;
 }
 
+// int / float attributes (x.real, x.imag, ...).
+std::optional<TemplateValue> number_attribute(const TemplateValue& v, std::string_view name) {
+  if (name == "real") return v.is_float() ? v : TemplateValue::integer(v.as_int());
+  if (name == "imag") return v.is_float() ? TemplateValue::number(0.0) : TemplateValue::integer(0);
+  if (!v.is_float() && name == "numerator") return TemplateValue::integer(v.as_int());
+  if (!v.is_float() && name == "denominator") return TemplateValue::integer(1);
+  return std::nullopt;
+}
+
 }  // namespace
 
 std::optional<TemplateValue> bound_method(const TemplateValue& obj, std::string_view name) {
-  if (obj.is_string()) return str_method(obj.as_string(), name);
+  if (obj.is_number()) return number_attribute(obj, name);
+  if (obj.is_string()) return str_method(obj, name);
   if (obj.is_dict()) return dict_method(obj, name);
   if (obj.is_sequence()) return seq_method(obj, name);
   return std::nullopt;

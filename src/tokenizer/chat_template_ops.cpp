@@ -57,7 +57,7 @@ Result<TemplateValue> repeat(const TemplateValue& seq, int64_t n) {
     out.reserve(s.size() * static_cast<size_t>(n));
     for (int64_t i = 0; i < n; ++i)
       out += s;
-    return TemplateValue::string(std::move(out));
+    return TemplateValue::string_like(seq, std::move(out));
   }
   const auto& items = seq.items();
   if (!items.empty() && static_cast<uint64_t>(n) > kMaxBuiltSize / items.size()) {
@@ -164,7 +164,14 @@ Result<TemplateValue> binary_op(std::string_view op, const TemplateValue& a,
   if (b.is_undefined()) return undefined_error(b);
   if (a.is_number() && b.is_number()) return numeric_op(op, a, b);
   if (op == "+") {
-    if (a.is_string() && b.is_string()) return TemplateValue::string(a.as_string() + b.as_string());
+    if (a.is_string() && b.is_string()) {
+      if (!a.is_markup() && !b.is_markup())
+        return TemplateValue::string(a.as_string() + b.as_string());
+      // Markup + str escapes the str (str + Markup too: Markup.__radd__).
+      const std::string left = a.is_markup() ? a.as_string() : html_escape(a.as_string());
+      const std::string right = b.is_markup() ? b.as_string() : html_escape(b.as_string());
+      return TemplateValue::markup(left + right);
+    }
     if ((a.is_list() && b.is_list()) || (a.is_tuple() && b.is_tuple())) {
       TemplateValue::Items out = a.items();
       out.insert(out.end(), b.items().begin(), b.items().end());
@@ -355,7 +362,7 @@ Result<TemplateValue> slice(const TemplateValue& v, const TemplateValue& start_v
     std::string out;
     for (int64_t i : idx)
       append_utf8(out, cps[static_cast<size_t>(i)]);
-    return TemplateValue::string(std::move(out));
+    return TemplateValue::string_like(v, std::move(out));
   }
   TemplateValue::Items out;
   for (int64_t i : idx)

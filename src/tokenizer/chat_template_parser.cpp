@@ -860,14 +860,6 @@ class Parser {
       start_inline = false;
       const int line = cur().line;
       CS_ASSIGN_OR_RETURN(std::string name, parse_dotted_name());
-      switch (filter_support(name)) {
-        case Support::kUnknown:
-          return fail("No filter named '" + name + "'.", line);
-        case Support::kUnsupported:
-          return fail("the '" + name + "' filter is not supported in chat templates", line);
-        case Support::kSupported:
-          break;
-      }
       auto e = make(ExprKind::kFilter, line);
       e->name = std::move(name);
       e->children.push_back(std::move(node));
@@ -882,14 +874,6 @@ class Parser {
     advance();  // is
     const bool negated = skip_name("not");
     CS_ASSIGN_OR_RETURN(std::string name, parse_dotted_name());
-    switch (test_support(name)) {
-      case Support::kUnknown:
-        return fail("No test named '" + name + "'.", line);
-      case Support::kUnsupported:
-        return fail("the '" + name + "' test is not supported in chat templates", line);
-      case Support::kSupported:
-        break;
-    }
     auto e = make(ExprKind::kTest, line);
     e->name = std::move(name);
     e->children.push_back(std::move(node));
@@ -918,11 +902,90 @@ class Parser {
   std::vector<std::string> tag_stack_;
 };
 
+// NOTE: jinja2 checks filter and test names when it compiles the template,
+// except inside {% if %} branches and inline if-expressions ("soft" frames),
+// where an unknown name only fails if that code runs. Loop, macro, with and
+// filter bodies open non-soft frames again. validate() mirrors this, so we
+// accept exactly the templates jinja2 accepts; a deferred name fails in
+// apply_filter / apply_test when evaluated.
+Status validate_expr(const Expr* e, bool soft);
+
+Status check_name(const Expr& e, bool soft) {
+  if (soft) return {};
+  const bool is_filter = e.kind == ExprKind::kFilter;
+  const Support support = is_filter ? filter_support(e.name) : test_support(e.name);
+  const char* what = is_filter ? "filter" : "test";
+  switch (support) {
+    case Support::kUnknown:
+      return make_error(ErrorCode::kInvalidArgument, "line {}: No {} named '{}'.", e.line, what,
+                        e.name);
+    case Support::kUnsupported:
+      return make_error(ErrorCode::kInvalidArgument,
+                        "line {}: the '{}' {} is not supported in chat templates", e.line, e.name,
+                        what);
+    case Support::kSupported:
+      break;
+  }
+  return {};
+}
+
+Status validate_expr(const Expr* e, bool soft) {
+  if (e == nullptr) return {};
+  if (e->kind == ExprKind::kCondExpr) soft = true;
+  if (e->kind == ExprKind::kFilter || e->kind == ExprKind::kTest)
+    CS_RETURN_IF_ERROR(check_name(*e, soft));
+  for (const auto& c : e->children)
+    CS_RETURN_IF_ERROR(validate_expr(c.get(), soft));
+  for (const auto& c : e->args)
+    CS_RETURN_IF_ERROR(validate_expr(c.get(), soft));
+  for (const auto& [k, c] : e->kwargs)
+    CS_RETURN_IF_ERROR(validate_expr(c.get(), soft));
+  return {};
+}
+
+Status validate(const Body& body, bool soft) {
+  for (const auto& s : body) {
+    switch (s->kind) {
+      case StmtKind::kIf:
+        for (const auto& [test, branch] : s->branches) {
+          CS_RETURN_IF_ERROR(validate_expr(test.get(), true));
+          CS_RETURN_IF_ERROR(validate(branch, true));
+        }
+        CS_RETURN_IF_ERROR(validate(s->else_body, true));
+        break;
+      case StmtKind::kFor:
+        CS_RETURN_IF_ERROR(validate_expr(s->expr.get(), soft));
+        CS_RETURN_IF_ERROR(validate_expr(s->cond.get(), false));
+        CS_RETURN_IF_ERROR(validate(s->body, false));
+        CS_RETURN_IF_ERROR(validate(s->else_body, false));
+        break;
+      case StmtKind::kWith:
+        for (const auto& v : s->values)
+          CS_RETURN_IF_ERROR(validate_expr(v.get(), soft));
+        CS_RETURN_IF_ERROR(validate(s->body, false));
+        break;
+      case StmtKind::kOutput:
+      case StmtKind::kSet:
+        CS_RETURN_IF_ERROR(validate_expr(s->expr.get(), soft));
+        break;
+      default:  // set-block, macro, filter block, generation: inner frames
+        CS_RETURN_IF_ERROR(validate_expr(s->expr.get(), false));
+        for (const auto& d : s->defaults)
+          CS_RETURN_IF_ERROR(validate_expr(d.get(), false));
+        CS_RETURN_IF_ERROR(validate(s->body, false));
+        break;
+    }
+  }
+  return {};
+}
+
 }  // namespace
 
 Result<Body> parse_template(std::string_view source) {
   CS_ASSIGN_OR_RETURN(std::vector<Token> tokens, tokenize(source));
-  return Parser(std::move(tokens)).parse();
+  CS_ASSIGN_OR_RETURN(Body body, Parser(std::move(tokens)).parse());
+  CS_RETURN_IF_ERROR(validate(body, false));
+  return body;
 }
 
 }  // namespace cartserve::jinja

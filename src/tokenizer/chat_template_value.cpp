@@ -56,6 +56,16 @@ TemplateValue TemplateValue::string(std::string s) {
   return v;
 }
 
+TemplateValue TemplateValue::markup(std::string s) {
+  TemplateValue v = string(std::move(s));
+  v.markup_ = true;
+  return v;
+}
+
+TemplateValue TemplateValue::string_like(const TemplateValue& like, std::string s) {
+  return like.is_markup() ? markup(std::move(s)) : string(std::move(s));
+}
+
 TemplateValue TemplateValue::list(Items items) {
   TemplateValue v;
   v.kind_ = Kind::kList;
@@ -233,7 +243,9 @@ std::string str_at(const TemplateValue& v, bool repr, int depth) {
     case K::kFloat:
       return py_float_repr(v.as_double());
     case K::kString:
-      return repr ? py_str_repr(v.as_string()) : v.as_string();
+      if (!repr) return v.as_string();
+      if (v.is_markup()) return fmt::format("Markup({})", py_str_repr(v.as_string()));
+      return py_str_repr(v.as_string());
     case K::kList:
       return fmt::format("[{}]", join_repr(v.items(), depth + 1));
     case K::kTuple:
@@ -285,7 +297,7 @@ std::string type_name(const TemplateValue& v) {
     case K::kFloat:
       return "float";
     case K::kString:
-      return "str";
+      return v.is_markup() ? "Markup" : "str";
     case K::kList:
       return "list";
     case K::kTuple:

@@ -81,6 +81,11 @@ class TemplateValue {
   // the caller's to avoid.
   static TemplateValue dict_from_items(DictItems entries);
   static TemplateValue object(std::shared_ptr<TemplateObject> obj);
+  // markupsafe.Markup: a str already safe for HTML (|safe, |escape). Adding a
+  // plain str to it HTML-escapes the plain one; otherwise it acts as a str.
+  static TemplateValue markup(std::string v);
+  // A str with the Markup flag of `like` (str operations that keep it).
+  static TemplateValue string_like(const TemplateValue& like, std::string v);
 
   Kind kind() const { return kind_; }
   bool is_undefined() const { return kind_ == Kind::kUndefined; }
@@ -91,6 +96,7 @@ class TemplateValue {
   // bool, int or float (Python's numbers.Number; bool is an int).
   bool is_number() const { return is_bool() || is_int() || is_float(); }
   bool is_string() const { return kind_ == Kind::kString; }
+  bool is_markup() const { return kind_ == Kind::kString && markup_; }
   bool is_list() const { return kind_ == Kind::kList; }
   bool is_tuple() const { return kind_ == Kind::kTuple; }
   bool is_sequence() const { return is_list() || is_tuple(); }
@@ -118,6 +124,7 @@ class TemplateValue {
 
  private:
   Kind kind_ = Kind::kUndefined;
+  bool markup_ = false;
   std::variant<std::string, bool, int64_t, double, std::shared_ptr<const Items>,
                std::shared_ptr<const DictItems>, std::shared_ptr<TemplateObject>>
       data_;
