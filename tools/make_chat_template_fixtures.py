@@ -19,6 +19,7 @@ time. Deterministic: running it again gives the same files.
 usage: /work/venv-tools/bin/python tools/make_chat_template_fixtures.py
 """
 
+import copy
 import datetime as _dt
 import hashlib
 import json
@@ -567,6 +568,104 @@ case("str_format", "{{ '{}-{}'.format(1, 'a') }}|{{ '{0}{1}{0}'.format('x', 'y')
 case("str_format_spec", "{{ '[{:>5}][{:<4}][{:^7}][{:*^9}]'.format('ab', 'c', 'mid', 'x') }}|{{ '{:.2f} {:5.1f} {:d} {:03d} {:,} {:x} {:e} {:.0%}'.format(3.14159, 2.25, 42, 7, 1234567, 255, 12345.678, 0.256) }}|{{ '{:+d} {: d}'.format(5, 5) }}")
 case("str_format_errors", "{{ '{} {}'.format(1) }}")
 
+# random expressions: operators, filters, tests and methods combined (fixed seed)
+RANDOM_CONTEXT = {"s": "Hello World", "n": 5, "f": 2.5, "l": [3, 1, 2, 1], "d": {"b": 1, "a": 2}, "e": "",
+                  "t": [1, "a"], "b": True, "ms": [{"role": "user", "content": "hi"},
+                                                   {"role": "assistant", "content": "yo"}]}
+
+
+def random_cases(count, seed):
+    """Random small templates. Slices are only taken of sequences and ** is
+    left out: jinja2 folds constant slices of numbers to Undefined but fails
+    on variables, and Python ints are unbounded; neither matters to chat
+    templates (see the report)."""
+    import random
+    rng = random.Random(seed)
+    strs = ["''", "'a'", "'Hello World'", "'  pad  '", "'x,y,,z'", "'é😀ß'", "'\\n\\t'", "'ABC def'", "'42'",
+            "'3.5'", "'a-b(c'", "'<b>&'"]
+    names = ["s", "n", "f", "l", "d", "u", "ms", "e", "t", "b"]
+    filters = ["trim", "length", "upper", "lower", "title", "capitalize", "first", "last", "list", "string", "int",
+               "float", "abs", "reverse|list", "sort", "unique|list", "tojson", "tojson(indent=2)", "items|list",
+               "dictsort", "join(',')", "join", "default('D')", "default('D', true)", "replace('a','b')", "round",
+               "round(1)", "sum", "min", "max", "select('odd')|list", "reject('none')|list",
+               "selectattr('role','equalto','user')|list", "map(attribute='role')|list", "map('upper')|list",
+               "center(9)", "indent(2)", "escape", "safe", "count", "map('length')|list", "first|default('z')",
+               "format(1)"]
+    tests = ["defined", "undefined", "none", "string", "number", "integer", "float", "mapping", "iterable",
+             "sequence", "odd", "even", "true", "false", "boolean", "divisibleby 3", "equalto 1", "in [1, 'a']",
+             "sameas none", "lower", "upper", "callable", "escaped", "gt 2", "lt 'm'"]
+    methods = [".strip()", ".split()", ".split(',')", ".upper()", ".lower()", ".startswith('a')", ".endswith('d')",
+               ".replace('l','L')", ".find('o')", ".count('a')", ".title()", ".items()|list", ".keys()|list",
+               ".values()|list", ".get('role')", ".get('x', 5)", ".rstrip('z')", ".lstrip()", ".isdigit()",
+               ".format(1, 2)", ".index(1)", ".center(7)", ".splitlines()"]
+    subscripts = ["[0]", "[-1]", "['role']", ".role", ".content", "[1]", "[10]"]
+    slices = ["[1:]", "[::-1]", "[:2]", "[-3:]"]
+
+    def atom(depth):
+        r = rng.random()
+        if r < 0.25:
+            return rng.choice(names)
+        if r < 0.45:
+            return rng.choice(strs)
+        if r < 0.6:
+            return str(rng.choice([0, 1, 2, 3, -1, 7, 10, 255, 1000]))
+        if r < 0.67:
+            return rng.choice(["0.5", "2.25", "1e3", "-1.5", "0.1"])
+        if r < 0.75:
+            return rng.choice(["none", "true", "false"])
+        if r < 0.85 and depth < 3:
+            return "[" + ", ".join(expr(depth + 1) for _ in range(rng.randint(0, 3))) + "]"
+        if r < 0.9 and depth < 3:
+            return "{" + ", ".join(f"{rng.choice(strs)}: {expr(depth + 1)}" for _ in range(rng.randint(0, 2))) + "}"
+        if depth < 3:
+            return "(" + expr(depth + 1) + ")"
+        return rng.choice(names)
+
+    def postfix(e):
+        r = rng.random()
+        if r < 0.15:
+            return e + rng.choice(methods)
+        if r < 0.22:
+            return e + rng.choice(subscripts)
+        if r < 0.27:
+            return rng.choice(["s", "l", "t", "ms", "e", "'abc'"]) + rng.choice(slices)
+        return e
+
+    def expr(depth=0):
+        if depth > 3:
+            return atom(depth)
+        r = rng.random()
+        if r < 0.3:
+            return postfix(atom(depth))
+        if r < 0.5:
+            return f"{postfix(atom(depth))} | {rng.choice(filters)}"
+        if r < 0.6:
+            return f"{atom(depth)} is {rng.choice(['', 'not '])}{rng.choice(tests)}"
+        if r < 0.8:
+            op = rng.choice(["+", "-", "*", "/", "//", "%", "~", "and", "or", "==", "!=", "<", "<=", ">", ">=",
+                             "in", "not in"])
+            return f"{expr(depth + 1)} {op} {expr(depth + 1)}"
+        if r < 0.88:
+            return f"not {expr(depth + 1)}"
+        if r < 0.93:
+            return f"-{atom(depth)}"
+        return f"{expr(depth + 1)} if {expr(depth + 1)} else {expr(depth + 1)}"
+
+    for i in range(count):
+        r = rng.random()
+        if r < 0.5:
+            src = "{{ " + expr() + " }}"
+        elif r < 0.7:
+            src = "{% for x in " + expr() + " %}[{{ x }}|{{ loop.index }}]{% else %}E{% endfor %}"
+        elif r < 0.85:
+            src = "{% if " + expr() + " %}Y{% elif " + expr() + " %}Z{% else %}N{% endif %}"
+        else:
+            src = "{% set v = " + expr() + " %}{{ v }}|{{ v | tojson }}"
+        case(f"random_{seed}_{i}", src, **copy.deepcopy(RANDOM_CONTEXT))
+
+
+random_cases(600, 2024)
+
 # syntax errors (parse phase)
 case("syntax_unclosed_block", "{% if true %}x")
 case("syntax_unknown_tag", "{% frobnicate %}")
@@ -596,7 +695,8 @@ def language_cases():
             out.append(entry)
             continue
         try:
-            entry["expected"] = compiled.render(**context)
+            # A copy: jinja2's indent filter extends a list argument in place.
+            entry["expected"] = compiled.render(**copy.deepcopy(context))
         except Exception as e:  # noqa: BLE001 -- any runtime error is an expected failure
             entry.update({"error_phase": "render", "error_type": type(e).__name__, "error": str(e)})
         out.append(entry)

@@ -10,6 +10,7 @@
 #include <set>
 
 #include "tokenizer/chat_template_attributes.h"
+#include "tokenizer/chat_template_format.h"
 #include "tokenizer/chat_template_functions.h"
 #include "tokenizer/chat_template_json.h"
 #include "tokenizer/chat_template_ops.h"
@@ -26,8 +27,8 @@ using TestFn = std::function<Result<bool>(const Value&, const Args&)>;
 
 // jinja2 builtins this interpreter leaves out; naming them gives a clear error.
 const std::set<std::string, std::less<>> kUnsupportedFilters = {
-    "batch",     "filesizeformat", "format",    "groupby", "pprint",    "random",   "slice",
-    "striptags", "truncate",       "urlencode", "urlize",  "wordcount", "wordwrap", "xmlattr"};
+    "batch",    "filesizeformat", "groupby", "pprint",    "random",   "slice",  "striptags",
+    "truncate", "urlencode",      "urlize",  "wordcount", "wordwrap", "xmlattr"};
 const std::set<std::string, std::less<>> kUnsupportedTests = {};
 
 Status type_error(const std::string& msg) {
@@ -49,7 +50,7 @@ Result<Value> lookup_attribute(const Value& item, const Value& attribute) {
 }
 
 Value ignore_case(const Value& v) {
-  return v.is_string() ? Value::string(ascii_lower(v.as_string())) : v;
+  return v.is_string() ? Value::string(py_lower(v.as_string())) : v;
 }
 
 // A key function as filters build it: optional attribute, optional lowercasing.
@@ -253,6 +254,22 @@ Result<Value> f_string_op(const Value& v, const Args& a, std::string_view name,
 }
 
 // jinja2's title filter joins regex pieces into a plain str.
+// value|format(*args) is `value % args`; value|format(**kw) is `value % kw`.
+Result<Value> f_format(const Value& v, const Args& a) {
+  if (!a.positional.empty() && !a.keyword.empty()) {
+    return type_error("can't handle positional and keyword arguments at the same time");
+  }
+  Value args;
+  if (!a.keyword.empty()) {
+    std::vector<std::pair<std::string, Value>> kw(a.keyword.begin(), a.keyword.end());
+    args = Value::dict(std::move(kw));
+  } else {
+    args = Value::tuple(a.positional);
+  }
+  const Value text = v.is_string() ? v : Value::string(to_str(v));
+  return py_percent_format(text, args);
+}
+
 Result<Value> f_title(const Value& v, const Args& a) {
   CS_RETURN_IF_ERROR(bind_args("title", a, {}, 0).status());
   return Value::string(jinja_title(to_str(v)));
@@ -361,6 +378,7 @@ Result<Value> f_unique(const Value& v, const Args& a) {
   std::vector<Value> seen, out;
   for (const auto& item : items) {
     CS_ASSIGN_OR_RETURN(Value k, key(item));
+    if (!is_hashable(k)) return type_error(fmt::format("unhashable type: '{}'", type_name(k)));
     if (std::any_of(seen.begin(), seen.end(), [&](const Value& s) { return py_equal(s, k); }))
       continue;
     seen.push_back(k);
@@ -654,6 +672,7 @@ const std::map<std::string, FilterFn, std::less<>>& filters() {
 
       {"first", f_first},
       {"float", f_float},
+      {"format", f_format},
       {"forceescape",
        [](const Value& v, const Args& a) -> Result<Value> {
          CS_RETURN_IF_ERROR(bind_args("forceescape", a, {}, 0).status());
@@ -667,8 +686,7 @@ const std::map<std::string, FilterFn, std::less<>>& filters() {
       {"last", f_last},
       {"length", f_length},
       {"list", f_list},
-      {"lower",
-       [](const Value& v, const Args& a) { return f_string_op(v, a, "lower", ascii_lower); }},
+      {"lower", [](const Value& v, const Args& a) { return f_string_op(v, a, "lower", py_lower); }},
       {"map", f_map},
       {"max", [](const Value& v, const Args& a) { return f_min_max(v, a, true); }},
       {"min", [](const Value& v, const Args& a) { return f_min_max(v, a, false); }},
@@ -699,8 +717,7 @@ const std::map<std::string, FilterFn, std::less<>>& filters() {
       {"tojson", f_tojson},
       {"trim", f_trim},
       {"unique", f_unique},
-      {"upper",
-       [](const Value& v, const Args& a) { return f_string_op(v, a, "upper", ascii_upper); }},
+      {"upper", [](const Value& v, const Args& a) { return f_string_op(v, a, "upper", py_upper); }},
   };
   return *table;
 }
@@ -725,22 +742,14 @@ TestFn simple_test(bool (*pred)(const Value&)) {
   };
 }
 
+// Undefined defines __call__ (it raises), so callable() is true for it.
 bool callable_value(const Value& v) {
-  return v.is_object() && v.as_object()->is_callable();
+  return v.is_undefined() || (v.is_object() && v.as_object()->is_callable());
 }
 
 bool str_case_test(const Value& v, bool lower) {
-  bool cased = false;
-  for (char c : to_str(v)) {
-    if (c >= 'a' && c <= 'z') {
-      if (!lower) return false;
-      cased = true;
-    } else if (c >= 'A' && c <= 'Z') {
-      if (lower) return false;
-      cased = true;
-    }
-  }
-  return cased;
+  const std::string text = to_str(v);
+  return lower ? py_islower(text) : py_isupper(text);
 }
 
 const std::map<std::string, TestFn, std::less<>>& tests() {

@@ -443,7 +443,240 @@ class Formatter {
   bool manual_ = false;
 };
 
+// One %-conversion: flags, width, precision and the conversion character.
+struct Conversion {
+  bool minus = false, plus = false, space = false, alt = false, zero = false;
+  int64_t width = -1;
+  int64_t precision = -1;
+  char type = 0;
+};
+
+std::string pad_printf(const std::string& sign_prefix, const std::string& digits,
+                       const Conversion& c) {
+  std::string body = sign_prefix + digits;
+  const auto len = static_cast<int64_t>(utf8_length(body));
+  if (c.width <= len) return body;
+  const auto n = static_cast<size_t>(c.width - len);
+  if (c.minus) return body + std::string(n, ' ');
+  if (c.zero) return sign_prefix + std::string(n, '0') + digits;
+  return std::string(n, ' ') + body;
+}
+
+Result<std::string> convert_int(const TemplateValue& v, const Conversion& c) {
+  int64_t i = 0;
+  if (v.is_bool() || v.is_int()) {
+    i = v.as_int();
+  } else if (v.is_float() && (c.type == 'd' || c.type == 'i' || c.type == 'u')) {
+    const double d = v.as_double();
+    if (!std::isfinite(d) || std::fabs(d) >= 9.2e18)
+      return value_error("cannot convert float to a 64-bit integer");
+    i = static_cast<int64_t>(d);
+  } else {
+    if (v.is_undefined()) return undefined_error(v);
+    const bool decimal = c.type == 'd' || c.type == 'i' || c.type == 'u';
+    return value_error(fmt::format("%{} format: {} is required, not {}", c.type,
+                                   decimal ? "a real number" : "an integer", type_name(v)));
+  }
+  const bool negative = i < 0;
+  uint64_t m = negative ? 0 - static_cast<uint64_t>(i) : static_cast<uint64_t>(i);
+  const int base = (c.type == 'x' || c.type == 'X') ? 16 : (c.type == 'o' ? 8 : 10);
+  std::string digits;
+  do {
+    const int d = static_cast<int>(m % static_cast<uint64_t>(base));
+    digits.insert(digits.begin(),
+                  static_cast<char>(d < 10 ? '0' + d : (c.type == 'X' ? 'A' : 'a') + d - 10));
+    m /= static_cast<uint64_t>(base);
+  } while (m > 0);
+  if (c.precision > static_cast<int64_t>(digits.size())) {
+    digits.insert(0, static_cast<size_t>(std::min<int64_t>(c.precision, kMaxWidth)) - digits.size(),
+                  '0');
+  }
+  std::string head = negative ? "-" : (c.plus ? "+" : (c.space ? " " : ""));
+  if (c.alt && base != 10) head += c.type == 'o' ? "0o" : (c.type == 'X' ? "0X" : "0x");
+  return pad_printf(head, digits, c);
+}
+
+Result<std::string> convert_float(const TemplateValue& v, const Conversion& c) {
+  if (!v.is_number()) {
+    if (v.is_undefined()) return undefined_error(v);
+    return value_error(fmt::format("must be real number, not {}", type_name(v)));
+  }
+  const double d = v.as_double();
+  const bool negative = std::signbit(d) && !std::isnan(d);
+  std::string digits;
+  if (std::isnan(d) || std::isinf(d)) {
+    digits = std::isnan(d) ? "nan" : "inf";
+    if (c.type == 'E' || c.type == 'F' || c.type == 'G') digits = ascii_upper(digits);
+  } else {
+    const int p = static_cast<int>(std::min<int64_t>(c.precision < 0 ? 6 : c.precision, 500));
+    const char conv[2] = {c.type, 0};
+    digits = printf_double(conv, (c.type == 'g' || c.type == 'G') ? std::max(p, 1) : p, c.alt,
+                           std::fabs(d));
+  }
+  const std::string head = negative ? "-" : (c.plus ? "+" : (c.space ? " " : ""));
+  Conversion cc = c;
+  if (std::isnan(d) || std::isinf(d)) cc.zero = false;
+  return pad_printf(head, digits, cc);
+}
+
+Result<std::string> convert_text(const std::string& text, const Conversion& c) {
+  std::u32string cps = decode_utf8(text);
+  if (c.precision >= 0 && static_cast<int64_t>(cps.size()) > c.precision) {
+    cps.resize(static_cast<size_t>(c.precision));
+  }
+  Conversion cc = c;
+  cc.zero = false;
+  return pad_printf("", encode_utf8(cps), cc);
+}
+
 }  // namespace
+
+Result<TemplateValue> py_percent_format(const TemplateValue& format, const TemplateValue& args) {
+  const std::string& f = format.as_string();
+  const bool markup = format.is_markup();
+  // A tuple spreads into arguments; mapping-like values (anything with
+  // __getitem__ that is not a tuple or str) may also serve %(key)s.
+  std::vector<TemplateValue> list;
+  if (args.is_tuple()) {
+    list = args.items();
+  } else {
+    list.push_back(args);
+  }
+  const bool mapping = args.is_dict() || args.is_list() || args.is_undefined();
+  size_t next = 0;
+  bool used_key = false;
+  std::string out;
+  size_t i = 0;
+  while (i < f.size()) {
+    if (f[i] != '%') {
+      out.push_back(f[i++]);
+      continue;
+    }
+    ++i;
+    if (i >= f.size()) return value_error("incomplete format");
+    std::optional<TemplateValue> keyed;
+    if (f[i] == '(') {
+      const size_t close = f.find(')', i);
+      if (close == std::string::npos) return value_error("incomplete format key");
+      if (!mapping) return value_error("format requires a mapping");
+      const std::string key = f.substr(i + 1, close - i - 1);
+      if (!args.is_dict()) {
+        return value_error(
+            fmt::format("{} indices must be integers or slices, not str", type_name(args)));
+      }
+      const TemplateValue* found = args.find(key);
+      if (found == nullptr) return value_error(fmt::format("'{}'", key));
+      keyed = *found;
+      used_key = true;
+      i = close + 1;
+    }
+    Conversion c;
+    for (; i < f.size(); ++i) {
+      const char ch = f[i];
+      if (ch == '-') {
+        c.minus = true;
+      } else if (ch == '+') {
+        c.plus = true;
+      } else if (ch == ' ') {
+        c.space = true;
+      } else if (ch == '#') {
+        c.alt = true;
+      } else if (ch == '0') {
+        c.zero = true;
+      } else {
+        break;
+      }
+    }
+    auto number = [&](int64_t* out_v) -> Status {
+      if (i < f.size() && f[i] == '*')
+        return value_error("'*' width or precision in %-format is not supported");
+      int64_t v = 0;
+      bool any = false;
+      while (i < f.size() && f[i] >= '0' && f[i] <= '9') {
+        v = std::min<int64_t>(v * 10 + (f[i] - '0'), kMaxWidth + 1);
+        ++i;
+        any = true;
+      }
+      if (any) *out_v = v;
+      if (v > kMaxWidth) return value_error("format width or precision is too large");
+      return {};
+    };
+    CS_RETURN_IF_ERROR(number(&c.width));
+    if (i < f.size() && f[i] == '.') {
+      ++i;
+      c.precision = 0;
+      CS_RETURN_IF_ERROR(number(&c.precision));
+    }
+    while (i < f.size() && (f[i] == 'h' || f[i] == 'l' || f[i] == 'L'))
+      ++i;
+    if (i >= f.size()) return value_error("incomplete format");
+    c.type = f[i++];
+    if (c.type == '%') {
+      out.push_back('%');
+      continue;
+    }
+    TemplateValue arg;
+    if (keyed) {
+      arg = *keyed;
+    } else {
+      if (next >= list.size()) return value_error("not enough arguments for format string");
+      arg = list[next++];
+    }
+    std::string piece;
+    switch (c.type) {
+      case 's':
+      case 'r':
+      case 'a': {
+        std::string text =
+            c.type == 's' ? to_str(arg) : (c.type == 'r' ? to_repr(arg) : ascii_repr(arg));
+        // Markup % args escapes each plain argument.
+        if (markup && !(c.type == 's' && arg.is_markup())) text = html_escape(text);
+        CS_ASSIGN_OR_RETURN(piece, convert_text(text, c));
+        break;
+      }
+      case 'd':
+      case 'i':
+      case 'u':
+      case 'x':
+      case 'X':
+      case 'o': {
+        CS_ASSIGN_OR_RETURN(piece, convert_int(arg, c));
+        break;
+      }
+      case 'e':
+      case 'E':
+      case 'f':
+      case 'F':
+      case 'g':
+      case 'G': {
+        CS_ASSIGN_OR_RETURN(piece, convert_float(arg, c));
+        break;
+      }
+      case 'c': {
+        std::string ch;
+        if (arg.is_int() || arg.is_bool()) {
+          if (arg.as_int() < 0 || arg.as_int() > 0x10FFFF)
+            return value_error("%c arg not in range(0x110000)");
+          append_utf8(ch, static_cast<char32_t>(arg.as_int()));
+        } else if (arg.is_string() && utf8_length(arg.as_string()) == 1) {
+          ch = arg.as_string();
+        } else {
+          return value_error("%c requires an int or a unicode character");
+        }
+        CS_ASSIGN_OR_RETURN(piece, convert_text(ch, c));
+        break;
+      }
+      default:
+        return value_error(
+            fmt::format("unsupported format character '{}' at index {}", c.type, i - 1));
+    }
+    out += piece;
+  }
+  if (!used_key && next < list.size() && !mapping) {
+    return value_error("not all arguments converted during string formatting");
+  }
+  return TemplateValue::string_like(format, std::move(out));
+}
 
 Result<std::string> py_format_value(const TemplateValue& value, std::string_view spec_text) {
   if (spec_text.empty()) return to_str(value);

@@ -18,6 +18,11 @@ namespace cartserve::jinja {
 Result<std::string> py_str_format(std::string_view format, const TemplateCallArgs& args,
                                   bool escape_fields);
 
+// printf-style `format % args` (str.__mod__ / Markup.__mod__ when `format`
+// is Markup: args are escaped). A tuple gives several arguments; a dict (or
+// another mapping-like value) serves %(key)s fields.
+Result<TemplateValue> py_percent_format(const TemplateValue& format, const TemplateValue& args);
+
 // format(value, spec), i.e. value.__format__(spec).
 Result<std::string> py_format_value(const TemplateValue& value, std::string_view spec);
 

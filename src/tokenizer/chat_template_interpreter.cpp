@@ -222,6 +222,19 @@ bool references_name(const Expr* e, std::string_view name) {
   return false;
 }
 
+// A literal jinja2 can evaluate at compile time: constants and list, tuple
+// and dict displays of them.
+bool is_literal(const Expr& e) {
+  if (e.kind == ExprKind::kConst) return true;
+  if (e.kind != ExprKind::kList && e.kind != ExprKind::kTuple && e.kind != ExprKind::kDict) {
+    return false;
+  }
+  for (const auto& c : e.children) {
+    if (!is_literal(*c)) return false;
+  }
+  return true;
+}
+
 enum class Flow { kNormal, kBreak, kContinue };
 
 class Interpreter {
@@ -410,6 +423,10 @@ class Interpreter {
           if (kv.size() != 2) {
             return make_error(ErrorCode::kInvalidArgument,
                               "{}(): sequence elements must have length 2", fn);
+          }
+          if (!is_hashable(kv[0])) {
+            return make_error(ErrorCode::kInvalidArgument, "unhashable type: '{}'",
+                              type_name(kv[0]));
           }
           put(kv[0], kv[1]);
         }
@@ -644,7 +661,7 @@ class Interpreter {
         for (size_t i = 0; i + 1 < e.children.size(); i += 2) {
           CS_ASSIGN_OR_RETURN(TemplateValue k, eval(*e.children[i], scope));
           CS_ASSIGN_OR_RETURN(TemplateValue v, eval(*e.children[i + 1], scope));
-          if (k.is_list() || k.is_dict() || k.is_undefined()) {
+          if (!is_hashable(k)) {
             return make_error(ErrorCode::kInvalidArgument, "unhashable type: '{}'", type_name(k));
           }
           bool replaced = false;
@@ -675,7 +692,17 @@ class Interpreter {
           }
           if (obj.is_undefined()) return undefined_error(obj);
           if (!obj.is_string() && !obj.is_sequence()) {
-            return TemplateValue::undefined(object_type_repr(obj) + " has no element slice");
+            // Slices bypass the sandbox's getitem, so Python's TypeError
+            // surfaces; except on a literal, which jinja2's optimizer folds
+            // through that getitem at compile time: an Undefined then.
+            if (is_literal(*e.children[0])) {
+              return TemplateValue::undefined(
+                  fmt::format("{} has no element slice", object_type_repr(obj)));
+            }
+            if (obj.is_dict())
+              return Status(ErrorCode::kInvalidArgument, "unhashable type: 'slice'");
+            return make_error(ErrorCode::kInvalidArgument, "'{}' object is not subscriptable",
+                              type_name(obj));
           }
           return slice(obj, parts[0], parts[1], parts[2]);
         }

@@ -133,8 +133,8 @@ std::optional<TemplateValue> str_method(const TemplateValue& self, std::string_v
     return fn([self, n](const Args& a) -> Result<TemplateValue> {
       CS_RETURN_IF_ERROR(bind_args(n, a, {}, 0).status());
       const std::string& s = self.as_string();
-      if (n == "upper") return TemplateValue::string_like(self, ascii_upper(s));
-      if (n == "lower") return TemplateValue::string_like(self, ascii_lower(s));
+      if (n == "upper") return TemplateValue::string_like(self, py_upper(s));
+      if (n == "lower") return TemplateValue::string_like(self, py_lower(s));
       if (n == "title") return TemplateValue::string_like(self, py_title(s));
       return TemplateValue::string_like(self, py_capitalize(s));
     });
@@ -198,28 +198,16 @@ std::optional<TemplateValue> str_method(const TemplateValue& self, std::string_v
       name == "islower" || name == "isupper") {
     return fn([s, n](const Args& a) -> Result<TemplateValue> {
       CS_RETURN_IF_ERROR(bind_args(n, a, {}, 0).status());
+      // isdigit: ASCII digits only (Python also counts other Unicode digits).
       auto digit = [](char32_t c) { return c >= '0' && c <= '9'; };
-      auto alpha = [](char32_t c) { return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z'); };
       if (n == "isspace") return TemplateValue::boolean(all_chars(s, py_isspace));
       if (n == "isdigit") return TemplateValue::boolean(all_chars(s, digit));
-      if (n == "isalpha") return TemplateValue::boolean(all_chars(s, alpha));
+      if (n == "isalpha") return TemplateValue::boolean(all_chars(s, py_isalpha_cp));
       if (n == "isalnum") {
         return TemplateValue::boolean(
-            all_chars(s, [&](char32_t c) { return digit(c) || alpha(c); }));
+            all_chars(s, [&](char32_t c) { return digit(c) || py_isalpha_cp(c); }));
       }
-      // islower/isupper: at least one cased char and none of the other case.
-      const bool want_lower = n == "islower";
-      bool cased = false;
-      for (char c : s) {
-        if (c >= 'a' && c <= 'z') {
-          if (!want_lower) return TemplateValue::boolean(false);
-          cased = true;
-        } else if (c >= 'A' && c <= 'Z') {
-          if (want_lower) return TemplateValue::boolean(false);
-          cased = true;
-        }
-      }
-      return TemplateValue::boolean(cased);
+      return TemplateValue::boolean(n == "islower" ? py_islower(s) : py_isupper(s));
     });
   }
   if (kUnsupportedStrMethods.count(name)) {

@@ -2,6 +2,7 @@
 
 #include <cmath>
 
+#include "tokenizer/chat_template_format.h"
 #include "tokenizer/chat_template_text.h"
 
 namespace cartserve::jinja {
@@ -161,6 +162,8 @@ TemplateValue make_iterator(std::string type_name, std::vector<TemplateValue> it
 Result<TemplateValue> binary_op(std::string_view op, const TemplateValue& a,
                                 const TemplateValue& b) {
   if (a.is_undefined()) return undefined_error(a);
+  // str % args: printf-style formatting (an Undefined argument prints as "").
+  if (op == "%" && a.is_string()) return py_percent_format(a, b);
   if (b.is_undefined()) return undefined_error(b);
   if (a.is_number() && b.is_number()) return numeric_op(op, a, b);
   if (op == "+") {
@@ -188,11 +191,6 @@ Result<TemplateValue> binary_op(std::string_view op, const TemplateValue& a,
     const bool b_seq = b.is_string() || b.is_sequence();
     if (a_seq && (b.is_int() || b.is_bool())) return repeat(a, b.as_int());
     if (b_seq && (a.is_int() || a.is_bool())) return repeat(b, a.as_int());
-  }
-  if (op == "%" && a.is_string()) {
-    return Status(
-        ErrorCode::kInvalidArgument,
-        "printf-style string formatting ('...' % args) is not supported in chat templates");
   }
   return type_error(op, a, b);
 }
@@ -231,7 +229,12 @@ Result<bool> contains(const TemplateValue& container, const TemplateValue& item)
     }
     return false;
   }
-  if (container.is_dict()) return container.find(item) != nullptr;
+  if (container.is_dict()) {
+    if (!is_hashable(item)) {
+      return make_error(ErrorCode::kInvalidArgument, "unhashable type: '{}'", type_name(item));
+    }
+    return container.find(item) != nullptr;
+  }
   if (container.is_undefined()) return false;
   if (container.is_object()) {
     if (auto items = container.as_object()->iterate_items()) {

@@ -1,5 +1,7 @@
 #include "tokenizer/chat_template_text.h"
 
+#include <locale.h>
+#include <wctype.h>
 #include <algorithm>
 #include <charconv>
 #include <cmath>
@@ -13,19 +15,6 @@ constexpr char32_t kEscapeBase = 0xDC00;  // surrogateescape: invalid byte b -> 
 
 bool is_continuation(unsigned char c) {
   return (c & 0xC0) == 0x80;
-}
-
-bool is_ascii_lower(char32_t c) {
-  return c >= 'a' && c <= 'z';
-}
-bool is_ascii_upper(char32_t c) {
-  return c >= 'A' && c <= 'Z';
-}
-char32_t to_upper_cp(char32_t c) {
-  return is_ascii_lower(c) ? c - 32 : c;
-}
-char32_t to_lower_cp(char32_t c) {
-  return is_ascii_upper(c) ? c + 32 : c;
 }
 
 // Python's str.isprintable() approximated without the Unicode database: the
@@ -260,39 +249,235 @@ std::string ascii_lower(std::string_view s) {
   return out;
 }
 
+namespace {
+
+// C.UTF-8 carries glibc's Unicode case tables; created once, never freed.
+locale_t unicode_locale() {
+  static const locale_t loc = newlocale(LC_CTYPE_MASK, "C.UTF-8", static_cast<locale_t>(0));
+  return loc;
+}
+
+char32_t simple_upper(char32_t c) {
+  if (c < 0x80) return (c >= 'a' && c <= 'z') ? c - 32 : c;
+  if (c >= 0xD800 && c <= 0xDFFF) return c;  // surrogate escapes of invalid bytes
+  const locale_t loc = unicode_locale();
+  return loc ? static_cast<char32_t>(towupper_l(static_cast<wint_t>(c), loc)) : c;
+}
+
+char32_t simple_lower(char32_t c) {
+  if (c < 0x80) return (c >= 'A' && c <= 'Z') ? c + 32 : c;
+  if (c >= 0xD800 && c <= 0xDFFF) return c;
+  const locale_t loc = unicode_locale();
+  return loc ? static_cast<char32_t>(towlower_l(static_cast<wint_t>(c), loc)) : c;
+}
+
+// Cased letters (Lu, Ll, Lt and the like): they have a case mapping or a case.
+bool is_cased(char32_t c) {
+  if (c < 0x80) return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
+  if (c >= 0xD800 && c <= 0xDFFF) return false;
+  const locale_t loc = unicode_locale();
+  if (!loc) return false;
+  const auto w = static_cast<wint_t>(c);
+  return simple_upper(c) != c || simple_lower(c) != c || iswupper_l(w, loc) || iswlower_l(w, loc);
+}
+
+bool is_upper_cp(char32_t c) {
+  const locale_t loc = unicode_locale();
+  if (c < 0x80 || !loc) return c >= 'A' && c <= 'Z';
+  return iswupper_l(static_cast<wint_t>(c), loc) || (simple_lower(c) != c && simple_upper(c) == c);
+}
+
+bool is_lower_cp(char32_t c) {
+  const locale_t loc = unicode_locale();
+  if (c < 0x80 || !loc) return c >= 'a' && c <= 'z';
+  return iswlower_l(static_cast<wint_t>(c), loc) || (simple_upper(c) != c && simple_lower(c) == c);
+}
+
+// SpecialCasing.txt entries Python applies that expand to several code points.
+const char32_t* full_upper(char32_t c) {
+  switch (c) {
+    case 0x00DF:
+      return U"SS";
+    case 0x0149:
+      return U"\u02BCN";
+    case 0x01F0:
+      return U"J\u030C";
+    case 0xFB00:
+      return U"FF";
+    case 0xFB01:
+      return U"FI";
+    case 0xFB02:
+      return U"FL";
+    case 0xFB03:
+      return U"FFI";
+    case 0xFB04:
+      return U"FFL";
+    case 0xFB05:
+    case 0xFB06:
+      return U"ST";
+    default:
+      return nullptr;
+  }
+}
+
+const char32_t* full_title(char32_t c) {
+  switch (c) {
+    case 0x00DF:
+      return U"Ss";
+    case 0x0149:
+      return U"\u02BCN";
+    case 0x01F0:
+      return U"J\u030C";
+    case 0xFB00:
+      return U"Ff";
+    case 0xFB01:
+      return U"Fi";
+    case 0xFB02:
+      return U"Fl";
+    case 0xFB03:
+      return U"Ffi";
+    case 0xFB04:
+      return U"Ffl";
+    case 0xFB05:
+    case 0xFB06:
+      return U"St";
+    default:
+      return nullptr;
+  }
+}
+
+void append_upper(std::u32string& out, char32_t c) {
+  if (const char32_t* f = full_upper(c)) {
+    out += f;
+  } else {
+    out.push_back(simple_upper(c));
+  }
+}
+
+void append_title(std::u32string& out, char32_t c) {
+  if (const char32_t* f = full_title(c)) {
+    out += f;
+    return;
+  }
+  // The digraphs DŽ LJ NJ DZ have a distinct titlecase form.
+  if (c >= 0x01C4 && c <= 0x01CC) {
+    out.push_back(0x01C5 + 3 * ((c - 0x01C4) / 3));
+  } else if (c >= 0x01F1 && c <= 0x01F3) {
+    out.push_back(0x01F2);
+  } else {
+    out.push_back(simple_upper(c));
+  }
+}
+
+// Lowercases cps[i] into `out`; Σ becomes final ς after a cased letter when
+// no cased letter follows (Python's Final_Sigma rule, without skipping
+// case-ignorable characters).
+void append_lower(std::u32string& out, const std::u32string& cps, size_t i) {
+  const char32_t c = cps[i];
+  if (c == 0x0130) {  // İ -> i + combining dot above
+    out.push_back('i');
+    out.push_back(0x0307);
+    return;
+  }
+  if (c == 0x03A3) {
+    const bool after_cased = i > 0 && is_cased(cps[i - 1]);
+    const bool before_cased = i + 1 < cps.size() && is_cased(cps[i + 1]);
+    out.push_back(after_cased && !before_cased ? 0x03C2 : 0x03C3);
+    return;
+  }
+  out.push_back(simple_lower(c));
+}
+
+}  // namespace
+
+std::string py_upper(std::string_view s) {
+  std::u32string out;
+  for (char32_t c : decode_utf8(s))
+    append_upper(out, c);
+  return encode_utf8(out);
+}
+
+std::string py_lower(std::string_view s) {
+  const std::u32string cps = decode_utf8(s);
+  std::u32string out;
+  for (size_t i = 0; i < cps.size(); ++i)
+    append_lower(out, cps, i);
+  return encode_utf8(out);
+}
+
 std::string py_capitalize(std::string_view s) {
-  std::string out = ascii_lower(s);
-  if (!out.empty() && out[0] >= 'a' && out[0] <= 'z') out[0] = static_cast<char>(out[0] - 32);
-  return out;
+  const std::u32string cps = decode_utf8(s);
+  std::u32string out;
+  for (size_t i = 0; i < cps.size(); ++i) {
+    if (i == 0) {
+      append_title(out, cps[0]);
+    } else {
+      append_lower(out, cps, i);
+    }
+  }
+  return encode_utf8(out);
 }
 
 std::string py_title(std::string_view s) {
-  std::u32string cps = decode_utf8(s);
+  const std::u32string cps = decode_utf8(s);
+  std::u32string out;
   bool prev_cased = false;
-  for (char32_t& c : cps) {
-    const bool ascii_letter = is_ascii_lower(c) || is_ascii_upper(c);
-    if (ascii_letter) c = prev_cased ? to_lower_cp(c) : to_upper_cp(c);
-    // Non-ASCII code points count as cased letters (Latin-script text).
-    prev_cased = ascii_letter || c >= 0x80;
+  for (size_t i = 0; i < cps.size(); ++i) {
+    const char32_t c = cps[i];
+    if (prev_cased) {
+      append_lower(out, cps, i);
+    } else {
+      append_title(out, c);
+    }
+    prev_cased = is_cased(c);
   }
-  return encode_utf8(cps);
+  return encode_utf8(out);
 }
 
 std::string jinja_title(std::string_view s) {
-  std::u32string cps = decode_utf8(s);
+  // "".join(item[0].upper() + item[1:].lower() for each piece of the split)
+  const std::u32string cps = decode_utf8(s);
   auto is_sep = [](char32_t c) {
     return c == '-' || c == '(' || c == '{' || c == '[' || c == '<' || py_isspace(c);
   };
-  bool word_start = true;
-  for (char32_t& c : cps) {
-    if (is_sep(c)) {
-      word_start = true;
-      continue;
-    }
-    c = word_start ? to_upper_cp(c) : to_lower_cp(c);
-    word_start = false;
+  std::u32string out;
+  size_t i = 0;
+  while (i < cps.size()) {
+    const bool sep = is_sep(cps[i]);
+    size_t j = i;
+    while (j < cps.size() && is_sep(cps[j]) == sep)
+      ++j;
+    const std::u32string piece = cps.substr(i, j - i);
+    append_upper(out, piece[0]);
+    for (size_t k = 1; k < piece.size(); ++k)
+      append_lower(out, piece, k);
+    i = j;
   }
-  return encode_utf8(cps);
+  return encode_utf8(out);
+}
+
+bool py_islower(std::string_view s) {
+  bool cased = false;
+  for (char32_t c : decode_utf8(s)) {
+    if (is_upper_cp(c) || (is_cased(c) && !is_lower_cp(c))) return false;
+    cased = cased || is_lower_cp(c);
+  }
+  return cased;
+}
+
+bool py_isupper(std::string_view s) {
+  bool cased = false;
+  for (char32_t c : decode_utf8(s)) {
+    if (is_lower_cp(c) || (is_cased(c) && !is_upper_cp(c))) return false;
+    cased = cased || is_upper_cp(c);
+  }
+  return cased;
+}
+
+bool py_isalpha_cp(char32_t c) {
+  if (c < 0x80) return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
+  const locale_t loc = unicode_locale();
+  return loc && !(c >= 0xD800 && c <= 0xDFFF) && iswalpha_l(static_cast<wint_t>(c), loc);
 }
 
 std::string py_replace(std::string_view s, std::string_view old_s, std::string_view new_s,

@@ -1,8 +1,6 @@
 // Python str semantics on UTF-8 text, for the chat template interpreter.
 // Jinja2 runs on Python strings: lengths, indices and slices count code
 // points, strip()/split() use Unicode whitespace, floats print as repr().
-// NOTE: upper/lower/title/capitalize map ASCII letters only; other code
-// points pass through unchanged (Python applies full Unicode case mapping).
 #pragma once
 
 #include <cstdint>
@@ -36,11 +34,23 @@ std::vector<std::string> py_rsplit(std::string_view s, const std::optional<std::
 // str.splitlines(keepends=False): \n \r \r\n \v \f \x1c-\x1e \x85 U+2028 U+2029.
 std::vector<std::string> py_splitlines(std::string_view s);
 
-std::string ascii_upper(std::string_view s);
-std::string ascii_lower(std::string_view s);
+// Case mapping: Unicode simple mappings (glibc's C.UTF-8 tables, Unicode 14
+// as Python 3.11), plus the full mappings Python applies to ß, ŉ, the Latin
+// ligatures ﬀ-ﬆ and İ, the DŽ/LJ/NJ/DZ titlecase forms and final sigma.
+// Other multi-character SpecialCasing entries (some Greek and Armenian) map
+// one to one here.
+std::string py_upper(std::string_view s);       // str.upper()
+std::string py_lower(std::string_view s);       // str.lower()
 std::string py_capitalize(std::string_view s);  // str.capitalize()
 std::string py_title(std::string_view s);       // str.title()
 std::string jinja_title(std::string_view s);    // jinja2's `title` filter (splits on [-\s({[<]+)
+bool py_islower(std::string_view s);            // str.islower()
+bool py_isupper(std::string_view s);            // str.isupper()
+bool py_isalpha_cp(char32_t c);                 // str.isalpha() for one code point
+
+// ASCII-only case mapping, for text that is ASCII by construction.
+std::string ascii_upper(std::string_view s);
+std::string ascii_lower(std::string_view s);
 
 // str.replace(old, new, count); count < 0 replaces all.
 std::string py_replace(std::string_view s, std::string_view old_s, std::string_view new_s,

@@ -356,6 +356,16 @@ Result<int> py_compare(const TemplateValue& a, const TemplateValue& b) {
   return compare_at(a, b, 0);
 }
 
+bool is_hashable(const TemplateValue& v) {
+  if (v.is_list() || v.is_dict()) return false;
+  if (v.is_tuple()) {
+    for (const auto& x : v.items()) {
+      if (!is_hashable(x)) return false;
+    }
+  }
+  return true;
+}
+
 Status undefined_error(const TemplateValue& v) {
   const std::string& hint = v.undefined_hint();
   return Status(ErrorCode::kInvalidArgument, hint.empty() ? "value is undefined" : hint);

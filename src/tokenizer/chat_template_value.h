@@ -147,6 +147,9 @@ std::string object_type_repr(const TemplateValue& v);
 // comparable items; anything else is a TypeError.
 Result<int> py_compare(const TemplateValue& a, const TemplateValue& b);
 
+// Usable as a dict key / set member: not a list or dict, nor a tuple holding one.
+bool is_hashable(const TemplateValue& v);
+
 // The error an Undefined raises when used.
 Status undefined_error(const TemplateValue& v);
 

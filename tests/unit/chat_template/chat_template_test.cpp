@@ -62,7 +62,7 @@ TEST(ChatTemplateErrors, UnsupportedRuntimeFeaturesAreErrorsNotGuesses) {
   EXPECT_HAS(render_error("{{ 'a{x}'.format_map({'x': 1}) }}"),
              "str.format_map() is not supported");
   EXPECT_HAS(render_error("{{ '{:z}'.format(1) }}"), "'z' format option is not supported");
-  EXPECT_HAS(render_error("{{ '%s' % 'x' }}"), "printf-style");
+  EXPECT_HAS(render_error("{{ '%*d' % (5, 1) }}"), "'*' width or precision");
   EXPECT_HAS(render_error("{{ cycler(1, 2) }}"), "cycler() is not supported");
   EXPECT_HAS(render_error("{{ 'ab'.zfill(5) }}"), "str.zfill() is not supported");
   EXPECT_HAS(render_error("{{ 'a\\nb'.splitlines(true) }}"), "keepends");
