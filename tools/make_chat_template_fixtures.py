@@ -25,6 +25,7 @@ import hashlib
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
 
 import gguf
@@ -51,6 +52,8 @@ class _FixedDatetime(_dt.datetime):
 
 
 chat_template_utils.datetime = _FixedDatetime  # strftime_now() reads this name
+# Random templates such as "{{ 2[0] }}" make Python's compiler warn; harmless.
+warnings.filterwarnings("ignore", category=SyntaxWarning)
 
 
 def gguf_string(reader, key):

@@ -29,7 +29,6 @@ using TestFn = std::function<Result<bool>(const Value&, const Args&)>;
 const std::set<std::string, std::less<>> kUnsupportedFilters = {
     "batch",    "filesizeformat", "groupby", "pprint",    "random",   "slice",  "striptags",
     "truncate", "urlencode",      "urlize",  "wordcount", "wordwrap", "xmlattr"};
-const std::set<std::string, std::less<>> kUnsupportedTests = {};
 
 Status type_error(const std::string& msg) {
   return Status(ErrorCode::kInvalidArgument, msg);
@@ -837,9 +836,7 @@ Support filter_support(std::string_view name) {
 }
 
 Support test_support(std::string_view name) {
-  if (tests().count(name)) return Support::kSupported;
-  if (kUnsupportedTests.count(name)) return Support::kUnsupported;
-  return Support::kUnknown;
+  return tests().count(name) ? Support::kSupported : Support::kUnknown;
 }
 
 Result<TemplateValue> apply_filter(std::string_view name, const TemplateValue& operand,
@@ -859,10 +856,6 @@ Result<bool> apply_test(std::string_view name, const TemplateValue& operand,
                         const TemplateCallArgs& args) {
   auto it = tests().find(name);
   if (it == tests().end()) {
-    if (kUnsupportedTests.count(name)) {
-      return make_error(ErrorCode::kInvalidArgument,
-                        "the '{}' test is not supported in chat templates", name);
-    }
     return make_error(ErrorCode::kInvalidArgument, "No test named '{}' found.", name);
   }
   return it->second(operand, args);

@@ -13,7 +13,7 @@ namespace {
 // inheritance, includes and imports have no meaning for a single chat
 // template string; call blocks and autoescape are not used by chat templates).
 const std::set<std::string, std::less<>> kUnsupportedTags = {
-    "block", "extends", "include", "import", "from", "autoescape", "call", "raw", "endraw"};
+    "block", "extends", "include", "import", "from", "autoescape", "call"};
 
 std::string describe(const Token& t) {
   switch (t.type) {
