@@ -15,13 +15,16 @@
 
 namespace cartserve {
 
+struct TokenizerSpec;
+
 // Tokenizer fields of a GGUF file (tokenizer.ggml.*), read by the model loader.
 struct GgufTokenizerData {
   std::string model;                // tokenizer.ggml.model, e.g. "gpt2"
   std::string pre;                  // tokenizer.ggml.pre, e.g. "llama-bpe", "smollm", "qwen2"
   std::vector<std::string> tokens;  // id -> token text (byte-level encoded)
   std::vector<std::string> merges;  // "a b" pairs in rank order
-  std::vector<int32_t> token_types; // 1 normal, 2 unknown, 3 control, 4 user-defined, 5 unused, 6 byte
+  std::vector<int32_t>
+      token_types;  // 1 normal, 2 unknown, 3 control, 4 user-defined, 5 unused, 6 byte
   std::optional<int32_t> bos_id, eos_id, eot_id, eom_id, unk_id, pad_id;
   std::optional<bool> add_bos, add_eos;
 };
@@ -70,6 +73,7 @@ class Tokenizer {
   Tokenizer& operator=(Tokenizer&&) noexcept;
 
  private:
+  friend Result<Tokenizer> build_tokenizer(TokenizerSpec spec);
   struct Impl;
   std::unique_ptr<Impl> impl_;
 };
