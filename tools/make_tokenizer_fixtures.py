@@ -185,6 +185,10 @@ TEXTS = [
     "\u0928\u092e\u0938\u094d\u0924\u0947 \u0926\u0941\u0928\u093f\u092f\u093e",
     "\u0e2a\u0e27\u0e31\u0e2a\u0e14\u0e35\u0e04\u0e23\u0e31\u0e1a",
     "\u0395\u03bb\u03bb\u03b7\u03bd\u03b9\u03ba\u03ac",
+    # Words that are single Llama 3 tokens but that its merges alone would
+    # split: they differ with model.ignore_merges on and off.
+    "Vi\u1ec7t Nam c\u00f3 nhi\u1ec1u \u0111i\u1ec1u h\u1ee3p vi\u1ec7c; de\u011fi\u015f "
+    "g\u00f6r\u00fcnmektedir jeho \u0627\u06cc\u0631\u0627\u0646",
     "a\u00a0b\u2009c\u3000d",
     "a\u180eb x\u200by \u2028line nel\u0085x",
     "\x00null\x01 bell\x07",

@@ -18,9 +18,17 @@ struct Param {
   Loader loader;
 };
 
+const char* loader_name(Loader l) {
+  static const char* names[] = {"Gguf", "JsonStringMerges", "JsonPairMerges"};
+  return names[static_cast<int>(l)];
+}
+
 std::string param_name(const ::testing::TestParamInfo<Param>& p) {
-  static const char* loaders[] = {"Gguf", "JsonStringMerges", "JsonPairMerges"};
-  return p.param.model + "_" + loaders[static_cast<int>(p.param.loader)];
+  return p.param.model + "_" + loader_name(p.param.loader);
+}
+
+void PrintTo(const Param& p, std::ostream* os) {
+  *os << p.model << "/" << loader_name(p.loader);
 }
 
 Tokenizer load(const Param& p) {
