@@ -6,9 +6,12 @@
 // of that family holds. llama.cpp hand-codes the same splits; where its
 // regexes differ in form from HF's (e.g. '[sS] for (?i:'s) in qwen2) we use
 // HF's, since HF is the reference encoding.
+#include <algorithm>
+#include <climits>
 #include <string_view>
 
 #include "core/logging.h"
+#include "formats/gguf.h"
 #include "tokenizer/tokenizer_impl.h"
 
 namespace cartserve {
@@ -73,7 +76,59 @@ Result<std::unique_ptr<PreTokenizer>> make_pre_tokenizer(PreFamily f) {
   return make_sequence_pre_tokenizer(std::move(steps));
 }
 
+// An optional id-valued key: absent -> nullopt.
+Status read_optional_id(const GgufFile& file, const char* key, std::optional<int32_t>* out) {
+  if (file.find(key) == nullptr) return Status();
+  CS_ASSIGN_OR_RETURN(int64_t v, file.get_int(key));
+  if (v < 0 || v > INT32_MAX) {
+    return make_error(ErrorCode::kCorrupt, "{}: {} = {} is not a token id", file.path(), key, v);
+  }
+  *out = static_cast<int32_t>(v);
+  return Status();
+}
+
+Status read_optional_bool(const GgufFile& file, const char* key, std::optional<bool>* out) {
+  if (file.find(key) == nullptr) return Status();
+  CS_ASSIGN_OR_RETURN(*out, file.get_bool(key));
+  return Status();
+}
+
 }  // namespace
+
+Result<GgufTokenizerData> read_gguf_tokenizer_data(const GgufFile& file) {
+  GgufTokenizerData d;
+  if (file.find("tokenizer.ggml.model") == nullptr) {
+    return make_error(ErrorCode::kNotFound, "{}: no tokenizer (tokenizer.ggml.model is missing)",
+                      file.path());
+  }
+  CS_ASSIGN_OR_RETURN(d.model, file.get_string("tokenizer.ggml.model"));
+  if (file.find("tokenizer.ggml.pre") != nullptr) {
+    CS_ASSIGN_OR_RETURN(d.pre, file.get_string("tokenizer.ggml.pre"));
+  }
+  CS_ASSIGN_OR_RETURN(d.tokens, file.get_string_array("tokenizer.ggml.tokens"));
+  if (file.find("tokenizer.ggml.merges") != nullptr) {
+    CS_ASSIGN_OR_RETURN(d.merges, file.get_string_array("tokenizer.ggml.merges"));
+  } else if (d.model == "gpt2") {
+    return make_error(ErrorCode::kCorrupt, "{}: BPE tokenizer without tokenizer.ggml.merges",
+                      file.path());
+  }
+  if (file.find("tokenizer.ggml.token_type") != nullptr) {
+    CS_ASSIGN_OR_RETURN(std::vector<int64_t> types,
+                        file.get_int_array("tokenizer.ggml.token_type"));
+    d.token_types.reserve(types.size());
+    for (int64_t t : types)
+      d.token_types.push_back(static_cast<int32_t>(std::clamp<int64_t>(t, -1, 255)));
+  }
+  CS_RETURN_IF_ERROR(read_optional_id(file, "tokenizer.ggml.bos_token_id", &d.bos_id));
+  CS_RETURN_IF_ERROR(read_optional_id(file, "tokenizer.ggml.eos_token_id", &d.eos_id));
+  CS_RETURN_IF_ERROR(read_optional_id(file, "tokenizer.ggml.eot_token_id", &d.eot_id));
+  CS_RETURN_IF_ERROR(read_optional_id(file, "tokenizer.ggml.eom_token_id", &d.eom_id));
+  CS_RETURN_IF_ERROR(read_optional_id(file, "tokenizer.ggml.unknown_token_id", &d.unk_id));
+  CS_RETURN_IF_ERROR(read_optional_id(file, "tokenizer.ggml.padding_token_id", &d.pad_id));
+  CS_RETURN_IF_ERROR(read_optional_bool(file, "tokenizer.ggml.add_bos_token", &d.add_bos));
+  CS_RETURN_IF_ERROR(read_optional_bool(file, "tokenizer.ggml.add_eos_token", &d.add_eos));
+  return d;
+}
 
 Result<Tokenizer> Tokenizer::from_gguf(const GgufTokenizerData& data) {
   if (data.model != "gpt2") {

@@ -29,6 +29,12 @@ struct GgufTokenizerData {
   std::optional<bool> add_bos, add_eos;
 };
 
+class GgufFile;
+// Reads the tokenizer.ggml.* fields of an opened GGUF file. kNotFound when the
+// file has no tokenizer; kCorrupt (naming the key) for a field of the wrong
+// type or an id outside int32.
+Result<GgufTokenizerData> read_gguf_tokenizer_data(const GgufFile& file);
+
 // Per-model settings from tokenizer_config.json that affect encoding.
 struct HfTokenizerConfig {
   std::optional<std::string> bos_token;  // token text, e.g. "<|begin_of_text|>"

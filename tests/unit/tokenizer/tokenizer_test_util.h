@@ -13,7 +13,7 @@
 
 #include "core/mapped_file.h"
 #include "core/sha256.h"
-#include "gguf_vocab.h"
+#include "formats/gguf.h"
 #include "test_util.h"
 #include "tokenizer/tokenizer.h"
 
@@ -41,8 +41,13 @@ inline const GgufTokenizerData& fixture_gguf(const Json& fixture) {
   const std::string path =
       rel.rfind("models/", 0) == 0 ? test_model_path() : ref_path(rel.substr(4));
   GgufTokenizerData data;
-  GgufVocabReader reader;
-  EXPECT_TRUE(reader.read(path, &data)) << reader.error() << " (run scripts/setup.sh)";
+  auto file = GgufFile::open(path);
+  EXPECT_TRUE(file.ok()) << file.status().to_string() << " (run scripts/setup.sh)";
+  if (file.ok()) {
+    auto d = read_gguf_tokenizer_data(*file);
+    EXPECT_TRUE(d.ok()) << d.status().to_string();
+    if (d.ok()) data = std::move(d).value();
+  }
   // The fixture was made from exactly this vocabulary.
   Sha256 h;
   for (const auto& t : data.tokens)
