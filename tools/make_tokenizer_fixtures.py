@@ -36,7 +36,8 @@ NFKC, and added tokens with lstrip / rstrip / single_word / normalized.
 Ids are encode(text, add_special_tokens=False) (BOS is the caller's business),
 "ids_no_special" the same with encode_special_tokens=True (special tokens are
 not parsed: parse_special=false in C++). "decoded" / "decoded_skip" are
-decode(ids) without / with skip_special_tokens. "prefix_decodes" are decodes of
+decode(ids) without / with skip_special_tokens. "random_cases" are seeded
+random strings over many character classes. "prefix_decodes" are decodes of
 every prefix of the ids of short multi-byte texts: they pin the U+FFFD rules.
 """
 
@@ -44,6 +45,8 @@ import copy
 import hashlib
 import json
 import os
+import random
+import re
 import sys
 from pathlib import Path
 
@@ -191,6 +194,7 @@ TEXTS = [
     "g\u00f6r\u00fcnmektedir jeho \u0627\u06cc\u0631\u0627\u0646",
     "a\u00a0b\u2009c\u3000d",
     "a\u180eb x\u200by \u2028line nel\u0085x",
+    "\r \u180e\U0001D401 \u180e\u180eword",  # U+180E is not White_Space (PCRE2's \s has it)
     "\x00null\x01 bell\x07",
     "HeLLo WoRLD ALLCAPS",
     "https://example.com/path?q=1&r=2#frag user@example.org",
@@ -204,6 +208,52 @@ TEXTS = [
     "\U0001F602" * 40,
     "word " * 400,
 ]
+
+# Random strings over many character classes (letters of several scripts,
+# digits of many scripts, Unicode whitespace incl. U+180E, marks, emoji
+# sequences, special-token texts...): they find pre-tokenizer corner cases the
+# hand-written texts miss. Seeded, so the fixture is reproducible.
+RANDOM_POOLS = [
+    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ", "0123456789", " ",
+    "  \t\n\r\u00a0\u2009\u3000\u180e\u200b\u2028\u0085\u000b\u000c\u001c\u001f",
+    "'\u2019\"`.,;:!?()[]{}<>|/\\-_=+*&^%$#@~",
+    "\u00e9\u00e8\u00ea\u00eb\u00e0\u00e2\u00e4\u00f4\u00f6\u00fb\u00fc\u00e7\u00f1\u00c5"
+    "\u00d6\u0153\u00df\u017f",
+    "\u0301\u0308\u030a\u0327\u20dd\u0489",
+    "\u65e5\u672c\u8a9e\u4e2d\u6587\u5b57\u7b26\u6d4b\u8bd5\ud55c\uad6d\uc5b4\u30c6\u30ad"
+    "\u30b9\u30c8",
+    "\u041f\u0440\u0438\u0432\u0435\u0442 \u043c\u0438\u0440", "\u0645\u0631\u062d\u0628\u0627",
+    "\u0928\u092e\u0938\u094d\u0924\u0947", "\u0e2a\u0e27\u0e31\u0e2a\u0e14\u0e35",
+    "\u0395\u03bb\u03bb\u03b7\u03bd\u03b9\u03ba\u03ac",
+    "\u0660\u0661\u0662\u0663\u06f4\u06f5\u07c0\u0966\u0967\u0968\u0969\u0b66\u0be7"
+    "\u0d67\u0e51\u0ed1\u0f21\u1041\u1091\u17e0\u1811\u1946\u19d0\u1a80\u1b50\u1bb0"
+    "\u1c40\u1c50\ua620\ua8d0\ua900\ua9d0\uaa50\uabf0\uff10\uff11\uff12",
+    "\u2160\u2161\u2162\u2170\u2460\u2461\u2474\u2488\u00bd\u00bc\u00b2\u00b3",
+    "\U0001F600\U0001F602\U0001F44D\U0001F3FD\U0001F468\u200d\U0001F469\u200d\U0001F467"
+    "\U0001F3F3\ufe0f\u200d\U0001F308\U0001F1EF\U0001F1F5\U0001F389\U0001F680\u2764\ufe0f"
+    "\u2728",
+    "\ufb01\ufb02\uff21\uff22\uff23\uff41\uff42\uff43", "\U0001D400\U0001D401\U0001D402"
+    "\U0001D7CE\U0001D7CF", "\u0000\u0001\u0007\u007f", "\u01c5\u01c8\u01cb",
+    "\u02b0\u02b2\u02e0", "\u3005\u3006\u3007", "\u24d0\u24d1", "\ufeff\u200c\u200d",
+]
+SPECIAL_TEXTS = ["<|im_start|>", "<|im_end|>", "<|endoftext|>", "<|eot_id|>",
+                 "<|begin_of_text|>"]
+
+
+def random_texts(n, seed=20240601):
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        parts = []
+        for _ in range(rng.randint(1, 40)):
+            pool = rng.choice(RANDOM_POOLS + ["<special>"])
+            if pool == "<special>":
+                parts.append(rng.choice(SPECIAL_TEXTS))
+            else:
+                parts.append("".join(rng.choice(pool) for _ in range(rng.randint(1, 6))))
+        out.append("".join(parts))
+    return out
+
 
 # Short multi-byte texts whose id prefixes are decoded (U+FFFD rules).
 PREFIX_TEXTS = [
@@ -283,13 +333,18 @@ def cases_for(tok, texts):
         tok.encode_special_tokens = True
         ids_ns = tok.encode(text, add_special_tokens=False).ids
         tok.encode_special_tokens = False
-        out.append({
-            "text": text,
-            "ids": ids,
-            "ids_no_special": ids_ns,
-            "decoded": tok.decode(ids, skip_special_tokens=False),
-            "decoded_skip": tok.decode(ids, skip_special_tokens=True),
-        })
+        decoded = tok.decode(ids, skip_special_tokens=False)
+        decoded_skip = tok.decode(ids, skip_special_tokens=True)
+        # Fields equal to their default are left out to keep the files small:
+        # ids_no_special defaults to ids, decoded to text, decoded_skip to decoded.
+        case = {"text": text, "ids": ids}
+        if ids_ns != ids:
+            case["ids_no_special"] = ids_ns
+        if decoded != text:
+            case["decoded"] = decoded
+        if decoded_skip != decoded:
+            case["decoded_skip"] = decoded_skip
+        out.append(case)
     return out
 
 
@@ -298,15 +353,19 @@ def prefix_decodes(tok):
     for text in PREFIX_TEXTS:
         ids = tok.encode(text, add_special_tokens=False).ids
         for k in range(1, len(ids) + 1):
-            out.append({"ids": ids[:k], "decoded": tok.decode(ids[:k])})
+            out.append({"ids": ids[:k], "decoded": tok.decode(ids[:k], skip_special_tokens=False)})
     return out
 
 
 def write(name, data):
     OUT.mkdir(parents=True, exist_ok=True)
     path = OUT / f"{name}.json"
-    path.write_text(json.dumps(data, ensure_ascii=False, indent=0, sort_keys=True) + "\n",
-                    encoding="utf-8")
+    text = json.dumps(data, ensure_ascii=False, indent=0, sort_keys=True)
+    # Integer lists on one line (JSON strings hold no raw newline, so only
+    # structural lists match).
+    text = re.sub(r"\[\n[-\d,\n]*\]", lambda m: m.group(0).replace("\n", ""), text)
+    assert json.loads(text) == data
+    path.write_text(text + "\n", encoding="utf-8")
     print(f"wrote {path.relative_to(REPO)} ({path.stat().st_size} bytes)")
 
 
@@ -327,6 +386,7 @@ def model_fixture(name, rel):
         "vocab_sha256": vocab_digest(tokens, merges),
         "tokenizer_json": skeleton(j),
         "cases": cases_for(tok, TEXTS),
+        "random_cases": cases_for(tok, random_texts(150)),
         "prefix_decodes": prefix_decodes(tok),
     }, j
 

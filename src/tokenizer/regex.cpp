@@ -16,11 +16,50 @@ struct Regex::Code {
   ~Code() { pcre2_code_free(code); }
 };
 
+namespace {
+
+// PCRE2's \s (with UCP) is \p{Z} plus \h and \v, which takes in U+180E; the
+// Oniguruma regexes of HF `tokenizers` use the White_Space property. \s and \S
+// (inside or outside a class) become that property. Escaped backslashes and
+// \Q...\E quotes are copied as they are.
+std::string onig_compatible(std::string_view p) {
+  std::string out;
+  out.reserve(p.size() + 32);
+  for (size_t i = 0; i < p.size(); ++i) {
+    if (p[i] != '\\' || i + 1 >= p.size()) {
+      out.push_back(p[i]);
+      continue;
+    }
+    const char c = p[i + 1];
+    if (c == 'Q') {
+      const size_t end = p.find("\\E", i + 2);
+      const size_t stop = end == std::string_view::npos ? p.size() : end + 2;
+      out.append(p.substr(i, stop - i));
+      i = stop - 1;
+      continue;
+    }
+    if (c == 's') {
+      out += "\\p{White_Space}";
+    } else if (c == 'S') {
+      out += "\\P{White_Space}";
+    } else {
+      out.push_back('\\');
+      out.push_back(c);
+    }
+    ++i;
+  }
+  return out;
+}
+
+}  // namespace
+
 Result<Regex> Regex::compile(std::string_view pattern) {
   int err = 0;
   PCRE2_SIZE err_offset = 0;
-  pcre2_code* code = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(pattern.data()), pattern.size(),
-                                   PCRE2_UTF | PCRE2_UCP, &err, &err_offset, nullptr);
+  const std::string translated = onig_compatible(pattern);
+  pcre2_code* code =
+      pcre2_compile(reinterpret_cast<PCRE2_SPTR>(translated.data()), translated.size(),
+                    PCRE2_UTF | PCRE2_UCP, &err, &err_offset, nullptr);
   if (code == nullptr) {
     PCRE2_UCHAR msg[256];
     pcre2_get_error_message(err, msg, sizeof(msg));

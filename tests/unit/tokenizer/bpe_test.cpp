@@ -86,7 +86,7 @@ TEST(Bpe, ConcurrentEncodesAgree) {
   ASSERT_TRUE(t.ok()) << t.status().to_string();
   std::vector<std::string> texts;
   for (const Json& c : tokenizer_fixture("gpt2").at("cases"))
-    texts.push_back(c.at("text"));
+    texts.push_back(c.at("text").get<std::string>());
   std::vector<Ids> want;
   for (const auto& s : texts)
     want.push_back(t->encode(s));

@@ -45,22 +45,32 @@ Tokenizer load(const Param& p) {
 
 class HfReferenceTest : public ::testing::TestWithParam<Param> {};
 
+// All cases of a fixture: the hand-written texts and the random strings.
+std::vector<FixtureCase> all_cases(const Json& fx) {
+  std::vector<FixtureCase> out;
+  for (const Json& c : fx.at("cases"))
+    out.push_back(fixture_case(c));
+  for (const Json& c : fx.at("random_cases"))
+    out.push_back(fixture_case(c));
+  return out;
+}
+
+void expect_matches(const Tokenizer& tok, const FixtureCase& c) {
+  SCOPED_TRACE("text: \"" + escaped(c.text) + "\"");
+  EXPECT_EQ(tok.encode(c.text), c.ids);
+  EXPECT_EQ(tok.encode(c.text, /*parse_special=*/false), c.ids_no_special);
+  EXPECT_EQ(tok.decode(c.ids), c.decoded);
+  EXPECT_EQ(tok.decode(c.ids, /*skip_special=*/true), c.decoded_skip);
+}
+
 TEST_P(HfReferenceTest, EncodeDecodeMatchTokenizers) {
   const Json& fx = tokenizer_fixture(GetParam().model);
   const Tokenizer tok = load(GetParam());
   ASSERT_EQ(tok.vocab_size(), fx.at("n_tokens").get<int32_t>());
-  int n_cases = 0;
-  for (const Json& c : fx.at("cases")) {
-    const std::string text = c.at("text").get<std::string>();
-    SCOPED_TRACE("text: \"" + escaped(text) + "\"");
-    const std::vector<int32_t> ids = ids_of(c.at("ids"));
-    EXPECT_EQ(tok.encode(text), ids);
-    EXPECT_EQ(tok.encode(text, /*parse_special=*/false), ids_of(c.at("ids_no_special")));
-    EXPECT_EQ(tok.decode(ids), c.at("decoded").get<std::string>());
-    EXPECT_EQ(tok.decode(ids, /*skip_special=*/true), c.at("decoded_skip").get<std::string>());
-    ++n_cases;
-  }
-  EXPECT_GE(n_cases, 60);
+  const std::vector<FixtureCase> cases = all_cases(fx);
+  for (const FixtureCase& c : cases)
+    expect_matches(tok, c);
+  EXPECT_GE(cases.size(), 60u + 150u);
 }
 
 TEST_P(HfReferenceTest, PrefixDecodesMatchTokenizers) {
@@ -83,14 +93,12 @@ TEST_P(HfReferenceTest, PrefixDecodesMatchTokenizers) {
 TEST_P(HfReferenceTest, RoundTripsText) {
   const Json& fx = tokenizer_fixture(GetParam().model);
   const Tokenizer tok = load(GetParam());
-  for (const Json& c : fx.at("cases")) {
-    const std::string text = c.at("text").get<std::string>();
-    SCOPED_TRACE("text: \"" + escaped(text) + "\"");
+  for (const FixtureCase& c : all_cases(fx)) {
+    SCOPED_TRACE("text: \"" + escaped(c.text) + "\"");
     // Qwen2 normalizes to NFC, so its round trip gives the NFC text (HF's decode).
-    const std::string want =
-        GetParam().model == "qwen2" ? c.at("decoded").get<std::string>() : text;
-    EXPECT_EQ(tok.decode(tok.encode(text)), want);
-    EXPECT_EQ(tok.decode(tok.encode(text, false)), want);
+    const std::string& want = GetParam().model == "qwen2" ? c.decoded : c.text;
+    EXPECT_EQ(tok.decode(tok.encode(c.text)), want);
+    EXPECT_EQ(tok.decode(tok.encode(c.text, false)), want);
   }
 }
 
@@ -99,22 +107,19 @@ TEST_P(HfReferenceTest, StreamingDetokenizerEqualsDecode) {
   const Json& fx = tokenizer_fixture(GetParam().model);
   const Tokenizer tok = load(GetParam());
   int n_held = 0;
-  for (const Json& c : fx.at("cases")) {
-    const std::string text = c.at("text").get<std::string>();
-    SCOPED_TRACE("text: \"" + escaped(text) + "\"");
-    const std::vector<int32_t> ids = ids_of(c.at("ids"));
+  for (const FixtureCase& c : all_cases(fx)) {
+    SCOPED_TRACE("text: \"" + escaped(c.text) + "\"");
     for (bool skip : {false, true}) {
       StreamingDetokenizer detok(tok, skip);
       std::string all;
-      for (int32_t id : ids) {
+      for (int32_t id : c.ids) {
         const std::string piece = detok.push(id);
         EXPECT_TRUE(utf8::is_valid(piece)) << escaped(piece);
         if (piece.empty() && !tok.token_bytes(id).empty()) ++n_held;
         all += piece;
       }
       all += detok.flush();
-      EXPECT_EQ(
-          all, skip ? c.at("decoded_skip").get<std::string>() : c.at("decoded").get<std::string>());
+      EXPECT_EQ(all, skip ? c.decoded_skip : c.decoded);
     }
   }
   EXPECT_GT(n_held, 0) << "no token ever ended inside a character: the test proves little";
@@ -148,15 +153,8 @@ TEST(HfReferenceVariants, EncodeDecodeMatchTokenizers) {
       Result<Tokenizer> tok =
           Tokenizer::from_hf_json(hf_json_text(v.at("tokenizer_json"), data, pairs));
       ASSERT_TRUE(tok.ok()) << tok.status().to_string();
-      for (const Json& c : v.at("cases")) {
-        const std::string text = c.at("text").get<std::string>();
-        SCOPED_TRACE("text: \"" + escaped(text) + "\"");
-        const std::vector<int32_t> ids = ids_of(c.at("ids"));
-        EXPECT_EQ(tok->encode(text), ids);
-        EXPECT_EQ(tok->encode(text, false), ids_of(c.at("ids_no_special")));
-        EXPECT_EQ(tok->decode(ids), c.at("decoded").get<std::string>());
-        EXPECT_EQ(tok->decode(ids, true), c.at("decoded_skip").get<std::string>());
-      }
+      for (const Json& c : v.at("cases"))
+        expect_matches(*tok, fixture_case(c));
     }
     ++n_variants;
   }

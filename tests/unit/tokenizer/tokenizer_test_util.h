@@ -86,6 +86,23 @@ inline std::vector<int32_t> ids_of(const Json& j) {
   return j.get<std::vector<int32_t>>();
 }
 
+// One fixture case with the defaults of tools/make_tokenizer_fixtures.py
+// applied (fields equal to their default are not stored).
+struct FixtureCase {
+  std::string text;
+  std::vector<int32_t> ids, ids_no_special;
+  std::string decoded, decoded_skip;
+};
+inline FixtureCase fixture_case(const Json& c) {
+  FixtureCase f;
+  f.text = c.at("text").get<std::string>();
+  f.ids = ids_of(c.at("ids"));
+  f.ids_no_special = c.contains("ids_no_special") ? ids_of(c.at("ids_no_special")) : f.ids;
+  f.decoded = c.contains("decoded") ? c.at("decoded").get<std::string>() : f.text;
+  f.decoded_skip = c.contains("decoded_skip") ? c.at("decoded_skip").get<std::string>() : f.decoded;
+  return f;
+}
+
 // Printable form of text for failure messages (\n, \t and non-ASCII escaped).
 inline std::string escaped(std::string_view s, size_t max_len = 120) {
   std::string out;
