@@ -45,14 +45,24 @@ struct HfTokenizerConfig {
 
 class Tokenizer {
  public:
-  // tokenizer.json text; `config` may refine bos/eos and add_bos.
+  // tokenizer.json text; `config` may refine bos/eos and add_bos. Without a
+  // config, bos and add_bos come from a TemplateProcessing post_processor
+  // whose template starts with a special token (Llama 3); eos stays unset.
+  // kUnsupported for anything but byte-level BPE (e.g. SentencePiece-style
+  // byte_fallback, Metaspace, WordPiece), naming the field.
   static Result<Tokenizer> from_hf_json(std::string_view json_text,
                                         const HfTokenizerConfig& config = {});
+  // tokenizer.ggml.pre picks the pre-tokenizer (llama-bpe/llama3/llama-v3,
+  // qwen2, smollm, gpt-2; empty or "default" falls back to GPT-2's split with
+  // a warning; others are kUnsupported). Control tokens are special.
   static Result<Tokenizer> from_gguf(const GgufTokenizerData& data);
 
   // Encodes text. Special/added tokens in the text are matched when
-  // `parse_special` (as HF does for added tokens). BOS is NOT added here:
-  // callers decide (see add_bos_by_default()).
+  // `parse_special` (as HF does for added tokens); when false, special tokens
+  // are encoded as plain text (HF encode_special_tokens) while non-special
+  // added tokens still match. BOS is NOT added here: callers decide (see
+  // add_bos_by_default()). Invalid UTF-8 is first repaired (U+FFFD per
+  // maximal invalid subpart). Thread-safe.
   std::vector<int32_t> encode(std::string_view text, bool parse_special = true) const;
 
   // Concatenated token bytes; special tokens dropped when skip_special.
