@@ -1,3 +1,13 @@
+// Tokenizer: the encode pipeline of HF `tokenizers` for byte-level BPE.
+//
+// NOTE: encode() runs, in this order (as TokenizerImpl::encode_single_sequence):
+//   1. added tokens with normalized=false are split out of the raw text;
+//   2. each remaining piece is normalized (NFC for Qwen2), and added tokens
+//      with normalized=true are split out of it;
+//   3. the pre-tokenizer splits the rest (regex / Digits / ByteLevel);
+//   4. each pre-token goes through the BPE model (one symbol per byte).
+// decode() concatenates the byte-level-decoded tokens and repairs the result
+// to valid UTF-8, as the ByteLevel decoder does.
 #include "tokenizer/tokenizer.h"
 
 #include <algorithm>
@@ -7,9 +17,12 @@
 #include "tokenizer/utf8.h"
 
 namespace cartserve {
+namespace {
 
 // Ids above this are treated as corrupt input rather than allocated.
 constexpr int32_t kMaxVocabId = 1 << 24;
+
+}  // namespace
 
 const std::vector<std::string>& end_of_turn_texts() {
   static const std::vector<std::string> texts = {
