@@ -7,7 +7,8 @@ cd "$(dirname "$0")/.."
 
 PKGS=(build-essential cmake ninja-build pkg-config unzip
       nlohmann-json3-dev libcpp-httplib-dev libpcre2-dev libcli11-dev libspdlog-dev libfmt-dev
-      libopenblas-dev libxxhash-dev libsqlite3-dev libssl-dev libbrotli-dev libgtest-dev libgmock-dev libbenchmark-dev
+      libopenblas-dev libxxhash-dev libsqlite3-dev libssl-dev libbrotli-dev libutf8proc-dev
+      libgtest-dev libgmock-dev libbenchmark-dev
       python3 python3-venv python3-pip)
 
 missing=()

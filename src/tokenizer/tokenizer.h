@@ -15,6 +15,8 @@
 
 namespace cartserve {
 
+struct TokenizerSpec;
+
 // Tokenizer fields of a GGUF file (tokenizer.ggml.*), read by the model loader.
 struct GgufTokenizerData {
   std::string model;                // tokenizer.ggml.model, e.g. "gpt2"
@@ -27,6 +29,12 @@ struct GgufTokenizerData {
   std::optional<bool> add_bos, add_eos;
 };
 
+class GgufFile;
+// Reads the tokenizer.ggml.* fields of an opened GGUF file. kNotFound when the
+// file has no tokenizer; kCorrupt (naming the key) for a field of the wrong
+// type or an id outside int32.
+Result<GgufTokenizerData> read_gguf_tokenizer_data(const GgufFile& file);
+
 // Per-model settings from tokenizer_config.json that affect encoding.
 struct HfTokenizerConfig {
   std::optional<std::string> bos_token;  // token text, e.g. "<|begin_of_text|>"
@@ -37,14 +45,24 @@ struct HfTokenizerConfig {
 
 class Tokenizer {
  public:
-  // tokenizer.json text; `config` may refine bos/eos and add_bos.
+  // tokenizer.json text; `config` may refine bos/eos and add_bos. Without a
+  // config, bos and add_bos come from a TemplateProcessing post_processor
+  // whose template starts with a special token (Llama 3); eos stays unset.
+  // kUnsupported for anything but byte-level BPE (e.g. SentencePiece-style
+  // byte_fallback, Metaspace, WordPiece), naming the field.
   static Result<Tokenizer> from_hf_json(std::string_view json_text,
                                         const HfTokenizerConfig& config = {});
+  // tokenizer.ggml.pre picks the pre-tokenizer (llama-bpe/llama3/llama-v3,
+  // qwen2, smollm, gpt-2; empty or "default" falls back to GPT-2's split with
+  // a warning; others are kUnsupported). Control tokens are special.
   static Result<Tokenizer> from_gguf(const GgufTokenizerData& data);
 
   // Encodes text. Special/added tokens in the text are matched when
-  // `parse_special` (as HF does for added tokens). BOS is NOT added here:
-  // callers decide (see add_bos_by_default()).
+  // `parse_special` (as HF does for added tokens); when false, special tokens
+  // are encoded as plain text (HF encode_special_tokens) while non-special
+  // added tokens still match. BOS is NOT added here: callers decide (see
+  // add_bos_by_default()). Invalid UTF-8 is first repaired (U+FFFD per
+  // maximal invalid subpart). Thread-safe.
   std::vector<int32_t> encode(std::string_view text, bool parse_special = true) const;
 
   // Concatenated token bytes; special tokens dropped when skip_special.
@@ -71,6 +89,7 @@ class Tokenizer {
   Tokenizer& operator=(Tokenizer&&) noexcept;
 
  private:
+  friend Result<Tokenizer> build_tokenizer(TokenizerSpec spec);
   struct Impl;
   std::unique_ptr<Impl> impl_;
 };
