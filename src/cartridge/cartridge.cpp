@@ -4,10 +4,8 @@ namespace cartserve {
 
 uint64_t CartridgeData::nbytes() const {
   uint64_t n = 0;
-  for (const auto& t : keys)
-    n += t.nbytes();
-  for (const auto& t : values)
-    n += t.nbytes();
+  for (const auto& t : keys) n += t.nbytes();
+  for (const auto& t : values) n += t.nbytes();
   return n;
 }
 

@@ -13,9 +13,7 @@
 
 namespace cartserve {
 
-MappedFile::~MappedFile() {
-  reset();
-}
+MappedFile::~MappedFile() { reset(); }
 
 MappedFile::MappedFile(MappedFile&& o) noexcept
     : data_(o.data_), size_(o.size_), path_(std::move(o.path_)) {
@@ -90,8 +88,7 @@ Status write_file_atomic(const std::string& path, std::span<const uint8_t> bytes
   const std::string tmp =
       path + ".tmp." + std::to_string(::getpid()) + "." + std::to_string(counter.fetch_add(1));
   const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0)
-    return make_error(ErrorCode::kIo, "cannot create '{}': {}", tmp, std::strerror(errno));
+  if (fd < 0) return make_error(ErrorCode::kIo, "cannot create '{}': {}", tmp, std::strerror(errno));
   size_t off = 0;
   while (off < bytes.size()) {
     const ssize_t n = ::write(fd, bytes.data() + off, bytes.size() - off);
