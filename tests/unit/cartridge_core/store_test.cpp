@@ -5,6 +5,7 @@
 
 #include <atomic>
 #include <condition_variable>
+#include <latch>
 #include <map>
 #include <random>
 #include <thread>
@@ -358,25 +359,27 @@ TEST_F(StoreTest, ConcurrentAcquireReleaseBalances) {
 // store's counts must equal what the threads say they hold.
 TEST_F(StoreTest, MultiThreadedStress) {
   const std::vector<std::string> ids = {"s0", "s1", "s2", "s3", "s4"};
-  constexpr int kThreads = 8, kOps = 3000;
+  constexpr int kThreads = 8, kOps = 20000;
   std::atomic<int> errors{0}, acquired{0}, evicted{0};
   std::vector<std::map<std::string, int>> held(kThreads);
   std::vector<std::thread> ts;
+  std::latch start(kThreads);  // all threads begin together, for contention
   for (int t = 0; t < kThreads; ++t) {
     ts.emplace_back([&, t] {
+      start.arrive_and_wait();
       std::mt19937 rng(1234 + t);
       std::vector<std::pair<std::string, std::shared_ptr<const CartridgeData>>> mine;
       for (int op = 0; op < kOps; ++op) {
         const std::string& id = ids[rng() % ids.size()];
         const int seed = static_cast<int>(id[1] - '0');
-        switch (rng() % 7) {
+        switch (rng() % 8) {
           case 0: {  // load (may race with others: AlreadyExists is fine)
             Status s = store_.add(id, make_cartridge(1, 1, 4, 4, DType::kF32, 0, seed));
             if (!s.ok() && s.code() != ErrorCode::kAlreadyExists) ++errors;
             break;
           }
-          case 1:
-          case 2: {
+          case 1: {
+            if (mine.size() >= 2) break;  // hold few references so entries do go idle
             auto d = store_.acquire(id);
             if (d.ok()) {
               mine.emplace_back(id, *d);
@@ -387,6 +390,7 @@ TEST_F(StoreTest, MultiThreadedStress) {
             }
             break;
           }
+          case 2:
           case 3: {
             if (mine.empty()) break;
             const size_t k = rng() % mine.size();
@@ -396,7 +400,8 @@ TEST_F(StoreTest, MultiThreadedStress) {
             mine.erase(mine.begin() + static_cast<long>(k));
             break;
           }
-          case 4: {
+          case 4:
+          case 7: {
             Status s = store_.evict(id);
             if (s.ok()) ++evicted;
             if (!s.ok() && s.code() != ErrorCode::kFailedPrecondition &&
