@@ -22,7 +22,7 @@ namespace fs = std::filesystem;
 
 constexpr char kMagic[8] = {'C', 'S', 'K', 'V', 'C', 'H', 'N', 'K'};
 constexpr uint32_t kVersion = 1;
-constexpr size_t kFixedHeader = 8 + 4 * 10;  // magic + ten u32 fields
+constexpr size_t kFixedHeader = 8 + 4 * 9;  // magic + nine u32 fields
 constexpr size_t kDigest = 32;
 constexpr uint32_t kMaxDim = 1u << 20;
 constexpr size_t kMaxEscapedId = 240;  // leaves room for the file system's 255-byte names
