@@ -600,11 +600,7 @@ Status ResidencyManager::unpin(const std::string& cartridge_id, Tier tier) {
 Status ResidencyManager::prefetch(const std::string& cartridge_id, Tier tier) {
   Lock lk(mu_);
   CS_ASSIGN_OR_RETURN(EntryPtr e, find_locked(cartridge_id));
-  if (tier == Tier::kDevice) {
-    Want want;
-    want.allow_transient = true;
-    return ensure_device(lk, e, want).status();
-  }
+  if (tier == Tier::kDevice) return ensure_device(lk, e, Want{}).status();
   return ensure_host(lk, e, Want{}).status();
 }
 

@@ -142,6 +142,12 @@ Result<CartridgeData> get_cartridge(const StoragePlugin& plugin, const std::stri
   return d;
 }
 
+CartridgeLoader make_storage_loader(std::shared_ptr<const StoragePlugin> plugin) {
+  return [plugin = std::move(plugin)](const std::string& id) -> Result<CartridgeData> {
+    return get_cartridge(*plugin, id);
+  };
+}
+
 // ---- DirectoryStoragePlugin ----
 
 Result<std::unique_ptr<DirectoryStoragePlugin>> DirectoryStoragePlugin::open(

@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "cartridge/cartridge.h"
+#include "cartridge/loader.h"
 #include "core/status.h"
 #include "core/tensor.h"
 
@@ -58,6 +59,10 @@ Status put_cartridge(StoragePlugin& plugin, const std::string& cartridge_id,
                      const CartridgeData& data);
 // Reads every layer (layer 0 tells how many) and checks they agree.
 Result<CartridgeData> get_cartridge(const StoragePlugin& plugin, const std::string& cartridge_id);
+
+// A loader over `plugin` for the store and the residency manager: the
+// "path" it is given is the cartridge id inside the plugin.
+CartridgeLoader make_storage_loader(std::shared_ptr<const StoragePlugin> plugin);
 
 class DirectoryStoragePlugin final : public StoragePlugin {
  public:

@@ -17,9 +17,9 @@ namespace cartserve {
 namespace {
 
 using ::testing::HasSubstr;
-using ::testing::SizeIs;
 using testing::make_cartridge;
 using testing::make_manifest;
+using ::testing::SizeIs;
 using testing::TempDir;
 using testing::write_bytes;
 using json = nlohmann::json;
@@ -27,7 +27,9 @@ using json = nlohmann::json;
 // SHA-256("abc"), FIPS 180-4 appendix B.1.
 constexpr char kAbcSha256[] = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
 
-ServedModelInfo llama_3b() { return {"meta-llama/Llama-3.2-3B-Instruct", 28, 8, 128}; }
+ServedModelInfo llama_3b() {
+  return {"meta-llama/Llama-3.2-3B-Instruct", 28, 8, 128};
+}
 
 // ---- JSON round trip ----
 
@@ -125,13 +127,13 @@ TEST(ManifestJson, IgnoresUnknownKeys) {
 }
 
 TEST(ManifestJson, AcceptsDtypeAliases) {
-  for (const auto& [name, want] : std::vector<std::pair<std::string, DType>>{
-           {"bf16", DType::kBF16},
-           {"torch.bfloat16", DType::kBF16},
-           {"float16", DType::kF16},
-           {"fp16", DType::kF16},
-           {"float32", DType::kF32},
-           {"FP32", DType::kF32}}) {
+  for (const auto& [name, want] :
+       std::vector<std::pair<std::string, DType>>{{"bf16", DType::kBF16},
+                                                  {"torch.bfloat16", DType::kBF16},
+                                                  {"float16", DType::kF16},
+                                                  {"fp16", DType::kF16},
+                                                  {"float32", DType::kF32},
+                                                  {"FP32", DType::kF32}}) {
     json j = manifest_to_json(make_manifest());
     j["dtype"] = name;
     auto m = manifest_from_json(j);
@@ -279,7 +281,9 @@ INSTANTIATE_TEST_SUITE_P(
 
 // ---- validate(): internal consistency ----
 
-TEST(ManifestValidate, ReferenceShapeIsValid) { EXPECT_TRUE(make_manifest().validate().ok()); }
+TEST(ManifestValidate, ReferenceShapeIsValid) {
+  EXPECT_TRUE(make_manifest().validate().ok());
+}
 
 TEST(ManifestValidate, AlignedCountMustBeRoundedDown) {
   CartridgeManifest m = make_manifest();
@@ -487,8 +491,8 @@ TEST(ManifestModel, ModelIdMatching) {
   EXPECT_TRUE(model_ids_match("meta-llama/Llama-3.2-3B-Instruct", "Llama-3.2-3B-Instruct"));
   EXPECT_TRUE(model_ids_match("llama-3.2-3b-instruct", "meta-llama/Llama-3.2-3B-Instruct"));
   EXPECT_TRUE(model_ids_match("/models/Llama-3.2-3B-Instruct/", "Llama-3.2-3B-Instruct"));
-  EXPECT_TRUE(model_ids_match("Meta-Llama/Llama-3.2-3B-Instruct",
-                              "meta-llama/llama-3.2-3b-instruct"));
+  EXPECT_TRUE(
+      model_ids_match("Meta-Llama/Llama-3.2-3B-Instruct", "meta-llama/llama-3.2-3b-instruct"));
   EXPECT_FALSE(model_ids_match("org-a/model", "org-b/model"));
   EXPECT_FALSE(model_ids_match("Llama-3.2-3B-Instruct", "Llama-3.2-1B-Instruct"));
   EXPECT_FALSE(model_ids_match("meta-llama/Llama-3.2-3B-Instruct", "Qwen2.5-7B-Instruct"));
@@ -587,7 +591,8 @@ TEST(ManifestFile, ChecksumMismatchNamesBothDigests) {
   EXPECT_EQ(s.code(), ErrorCode::kCorrupt);
   EXPECT_THAT(s.message(), HasSubstr("checksum"));
   EXPECT_THAT(s.message(), HasSubstr(kAbcSha256));
-  EXPECT_THAT(s.message(), HasSubstr("a52d159f262b2c6ddb724a61840befc36eb30c88877a4030b65cbe86298449c9"));
+  EXPECT_THAT(s.message(),
+              HasSubstr("a52d159f262b2c6ddb724a61840befc36eb30c88877a4030b65cbe86298449c9"));
 }
 
 TEST(ManifestFile, SizeMismatchIsReportedBeforeHashing) {
@@ -689,8 +694,7 @@ TEST(ManifestDerive, FromDataAndFile) {
   EXPECT_EQ(m->checksum, kAbcSha256);
   EXPECT_EQ(m->file_size_bytes, 3u);
   ASSERT_TRUE(m->created_at.has_value());
-  EXPECT_TRUE(std::regex_match(*m->created_at,
-                               std::regex(R"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ)")))
+  EXPECT_TRUE(std::regex_match(*m->created_at, std::regex(R"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ)")))
       << *m->created_at;
   EXPECT_EQ(m->training_steps, 100);
   EXPECT_EQ(m->labels.at("doc_id"), "doc_001");

@@ -35,7 +35,8 @@ CartridgeManifest manifest(const std::string& id, std::map<std::string, std::str
 
 std::vector<std::string> ids_of(const std::vector<RegistryEntry>& v) {
   std::vector<std::string> out;
-  for (const auto& e : v) out.push_back(e.manifest.cartridge_id);
+  for (const auto& e : v)
+    out.push_back(e.manifest.cartridge_id);
   return out;
 }
 
@@ -102,11 +103,14 @@ TEST_F(RegistryTest, HasOneColumnPerManifestField) {
     if (!*row) break;
     cols.insert(st->column_text(0));
   }
-  for (const char* c :
-       {"cartridge_id", "model_id", "num_layers", "num_kv_heads", "head_dim", "dtype",
-        "num_tokens_raw", "num_tokens_aligned", "block_size", "num_blocks", "has_frozen_prefix",
-        "num_frozen_tokens", "checksum", "file_size_bytes", "created_at", "training_steps",
-        "source_document", "labels", "path", "manifest_json", "registered_at", "updated_at"}) {
+  for (const char* c : {"cartridge_id",   "model_id",           "num_layers",
+                        "num_kv_heads",   "head_dim",           "dtype",
+                        "num_tokens_raw", "num_tokens_aligned", "block_size",
+                        "num_blocks",     "has_frozen_prefix",  "num_frozen_tokens",
+                        "checksum",       "file_size_bytes",    "created_at",
+                        "training_steps", "source_document",    "labels",
+                        "path",           "manifest_json",      "registered_at",
+                        "updated_at"}) {
     EXPECT_TRUE(cols.count(c)) << c;
   }
 }
@@ -314,7 +318,8 @@ TEST_F(RegistryTest, FindByModel) {
 
 TEST_F(RegistryTest, ListEmptyAndOrdered) {
   EXPECT_TRUE(reg_->list()->empty());
-  for (int i = 4; i >= 0; --i) add(manifest(fmt::format("cart_{:02d}", i)));
+  for (int i = 4; i >= 0; --i)
+    add(manifest(fmt::format("cart_{:02d}", i)));
   auto all = reg_->list();
   ASSERT_TRUE(all.ok());
   EXPECT_THAT(ids_of(*all), ElementsAre("cart_00", "cart_01", "cart_02", "cart_03", "cart_04"));
@@ -446,7 +451,7 @@ TEST(SqliteMigrations, AppliesInOrderAndOnlyOnce) {
   ASSERT_TRUE(r.ok()) << r.status().to_string();
   EXPECT_EQ(*r, 2);
   EXPECT_EQ(*db->query_text("SELECT b FROM t WHERE a = 7"), "x");  // data kept, column added
-  r = migrate_schema(*db, v2);  // nothing left to do
+  r = migrate_schema(*db, v2);                                     // nothing left to do
   ASSERT_TRUE(r.ok());
   EXPECT_EQ(*r, 2);
   EXPECT_EQ(*read_schema_version(*db), 2);
@@ -502,7 +507,8 @@ TEST_F(RegistryTest, ManyThreadsRegisterAndRead) {
       }
     });
   }
-  for (auto& th : ts) th.join();
+  for (auto& th : ts)
+    th.join();
   EXPECT_EQ(failures.load(), 0);
   EXPECT_EQ(*reg_->count(), kThreads * (kPerThread - kPerThread / 10));
   for (int t = 0; t < kThreads; ++t) {
@@ -537,14 +543,16 @@ TEST(RegistryCrash, KilledWriterLeavesSoundDatabaseWithCommittedRows) {
   }
   ::close(fds[1]);
   int32_t last = -1, i = 0;
-  while (last < 150 && ::read(fds[0], &i, sizeof(i)) == sizeof(i)) last = i;
+  while (last < 150 && ::read(fds[0], &i, sizeof(i)) == sizeof(i))
+    last = i;
   ASSERT_EQ(::kill(pid, SIGKILL), 0);  // most likely mid-transaction
   int status = 0;
   ASSERT_EQ(::waitpid(pid, &status, 0), pid);
   ASSERT_TRUE(WIFSIGNALED(status)) << "child exited on its own with " << WEXITSTATUS(status);
   EXPECT_EQ(WTERMSIG(status), SIGKILL);
   // Drain what the child committed before dying.
-  while (::read(fds[0], &i, sizeof(i)) == sizeof(i)) last = i;
+  while (::read(fds[0], &i, sizeof(i)) == sizeof(i))
+    last = i;
   ::close(fds[0]);
   ASSERT_GE(last, 150);
 

@@ -17,10 +17,10 @@
 namespace cartserve {
 namespace {
 
-using ::testing::ElementsAre;
-using ::testing::HasSubstr;
 using testing::cartridge_value;
+using ::testing::ElementsAre;
 using testing::expected_kv_bytes;
+using ::testing::HasSubstr;
 using testing::make_cartridge;
 
 struct Spec {
@@ -514,7 +514,8 @@ TEST_F(ResidencyTest, HostPinProtectsTheHostCopy) {
   ASSERT_TRUE(mgr_->pin("A", Tier::kHost).ok());
   EXPECT_TRUE(mgr_->is_resident("A", Tier::kHost));
   EXPECT_FALSE(mgr_->is_resident("A", Tier::kDevice));
-  for (const char* id : {"B", "C", "D"}) ASSERT_TRUE(mgr_->prefetch(id, Tier::kHost).ok()) << id;
+  for (const char* id : {"B", "C", "D"})
+    ASSERT_TRUE(mgr_->prefetch(id, Tier::kHost).ok()) << id;
   EXPECT_TRUE(mgr_->is_resident("A", Tier::kHost));
   EXPECT_THAT(mgr_->lru_order(Tier::kHost), ElementsAre("A", "D"));
   check_invariants();
@@ -872,9 +873,9 @@ class ResidencyRandom : public ::testing::TestWithParam<uint32_t> {};
 TEST_P(ResidencyRandom, InvariantsHoldAfterEveryOperation) {
   // 2 layers x 2 heads x T tokens x 4 dims: 64*T bytes in bf16 / 128*T in fp32.
   const std::vector<std::pair<int, DType>> shapes = {
-      {4, DType::kBF16},  {8, DType::kBF16},  {12, DType::kF32}, {16, DType::kBF16},
-      {24, DType::kF16},  {32, DType::kBF16}, {48, DType::kF32}, {80, DType::kBF16},
-      {100, DType::kBF16}};
+      {4, DType::kBF16},  {8, DType::kBF16},  {12, DType::kF32},
+      {16, DType::kBF16}, {24, DType::kF16},  {32, DType::kBF16},
+      {48, DType::kF32},  {80, DType::kBF16}, {100, DType::kBF16}};
   FakeDisk disk;
   std::vector<std::string> ids;
   std::map<std::string, uint64_t> host_size, dev_size;
@@ -892,7 +893,8 @@ TEST_P(ResidencyRandom, InvariantsHoldAfterEveryOperation) {
   cfg.device_dtype = DType::kF32;
   auto alloc = std::make_shared<HostDeviceAllocator>();
   ResidencyManager mgr(cfg, disk.loader(), alloc);
-  for (const auto& id : ids) ASSERT_TRUE(mgr.add_cartridge(id, id).ok());
+  for (const auto& id : ids)
+    ASSERT_TRUE(mgr.add_cartridge(id, id).ok());
 
   std::map<std::string, int64_t> refs[2];
   std::map<std::string, bool> pinned[2];
@@ -926,8 +928,8 @@ TEST_P(ResidencyRandom, InvariantsHoldAfterEveryOperation) {
     const std::string& id = ids[rng() % ids.size()];
     const Tier tier = (rng() % 3 == 0) ? Tier::kHost : Tier::kDevice;
     const int op = static_cast<int>(rng() % 8);
-    SCOPED_TRACE(::testing::Message() << "step " << step << " op " << op << " " << id << " "
-                                      << tier_name(tier));
+    SCOPED_TRACE(::testing::Message()
+                 << "step " << step << " op " << op << " " << id << " " << tier_name(tier));
     switch (op) {
       case 0: {  // acquire
         if (tier == Tier::kDevice) {
@@ -969,7 +971,7 @@ TEST_P(ResidencyRandom, InvariantsHoldAfterEveryOperation) {
         }
         break;
       }
-      case 3: {  // pin
+      case 3: {                // pin
         if (rng() % 2) break;  // pins are rarer
         Status s = mgr.pin(id, tier);
         if (s.ok()) {
@@ -1018,7 +1020,8 @@ TEST_P(ResidencyRandom, InvariantsHoldAfterEveryOperation) {
       ASSERT_EQ(tc.bytes_promoted - tc.bytes_evicted, tc.bytes_resident) << tier_name(t);
       ASSERT_LE(tc.bytes_resident, tc.budget_bytes) << tier_name(t);
       uint64_t sum = 0;
-      for (const auto& rid : mgr.lru_order(t)) sum += size_in(t, rid);
+      for (const auto& rid : mgr.lru_order(t))
+        sum += size_in(t, rid);
       ASSERT_EQ(sum, tc.bytes_resident) << tier_name(t);
       for (const auto& rid : ids) {
         ASSERT_EQ(mgr.ref_count(rid, t), refs[ti(t)][rid]) << rid;
@@ -1060,7 +1063,8 @@ TEST_F(ResidencyTest, ConcurrentAcquiresOfOneCartridgePromoteOnce) {
   disk_.wait_loading(1);
   std::this_thread::sleep_for(std::chrono::milliseconds(20));  // let the others queue up
   disk_.hold(false);
-  for (auto& th : ts) th.join();
+  for (auto& th : ts)
+    th.join();
   EXPECT_EQ(ok.load(), kThreads);
   const ResidencyCounters c = mgr_->counters();
   EXPECT_EQ(c.disk_loads, 1u);
@@ -1098,7 +1102,8 @@ TEST_F(ResidencyTest, MultiThreadedStress) {
     disk_.put(path(ids.back()), Spec{2, 2, 8, 4, DType::kBF16, 10 + i});
   }
   make(4 * kBf16, 3 * kF32);
-  for (const auto& id : ids) ASSERT_TRUE(mgr_->add_cartridge(id, path(id)).ok());
+  for (const auto& id : ids)
+    ASSERT_TRUE(mgr_->add_cartridge(id, path(id)).ok());
   constexpr int kThreads = 6, kOps = 1500;
   std::atomic<int> errors{0}, served{0}, refused{0};
   std::latch start(kThreads);
@@ -1144,10 +1149,12 @@ TEST_F(ResidencyTest, MultiThreadedStress) {
       }
     });
   }
-  for (auto& th : ts) th.join();
+  for (auto& th : ts)
+    th.join();
   EXPECT_EQ(errors.load(), 0);
   EXPECT_GT(served.load(), 1000);
-  for (const auto& id : ids) EXPECT_EQ(mgr_->ref_count(id, Tier::kDevice), 0) << id;
+  for (const auto& id : ids)
+    EXPECT_EQ(mgr_->ref_count(id, Tier::kDevice), 0) << id;
   check_invariants();
   const ResidencyCounters c = mgr_->counters();
   EXPECT_EQ(c.device.hits + c.device.misses, static_cast<uint64_t>(served + refused));

@@ -33,8 +33,8 @@ std::string pick(const CartridgeRouter& r, const RoutingRequest& q) {
 
 // A fake label index: (key, value) -> ids, in the given order.
 LabelLookup table(std::map<std::pair<std::string, std::string>, std::vector<std::string>> t) {
-  return [t = std::move(t)](const std::string& k, const std::string& v)
-             -> Result<std::vector<std::string>> {
+  return [t = std::move(t)](const std::string& k,
+                            const std::string& v) -> Result<std::vector<std::string>> {
     auto it = t.find({k, v});
     if (it == t.end()) return std::vector<std::string>{};
     return it->second;
@@ -232,7 +232,8 @@ TEST(CompositeRouter, AnErrorStopsTheSearch) {
 TEST(CompositeRouter, ExplicitThenLabelThenDefault) {
   std::vector<std::unique_ptr<CartridgeRouter>> v;
   v.push_back(std::make_unique<ExplicitRouter>());
-  v.push_back(std::make_unique<LabelRouter>("topic", "topic", table({{{"topic", "law"}, {"c_law"}}})));
+  v.push_back(
+      std::make_unique<LabelRouter>("topic", "topic", table({{{"topic", "law"}, {"c_law"}}})));
   v.push_back(std::make_unique<StaticRouter>("c_default"));
   auto r = composite(std::move(v));
   EXPECT_EQ(pick(*r, req({{"cartridge_id", "c_x"}, {"topic", "law"}})), "c_x");
@@ -370,7 +371,8 @@ TEST(MakeRouter, FromTheSeedKvTransferConfig) {
 // ---- malformed configurations: each names what is wrong and where ----
 
 TEST(MakeRouterErrors, NotAnObject) {
-  EXPECT_THAT(build_error(R"([{"type": "explicit"}])"), HasSubstr("must be a JSON object, got array"));
+  EXPECT_THAT(build_error(R"([{"type": "explicit"}])"),
+              HasSubstr("must be a JSON object, got array"));
   EXPECT_THAT(build_error(R"("explicit")"), HasSubstr("got string"));
   EXPECT_THAT(build_error("42"), HasSubstr("got integer"));
 }
@@ -381,7 +383,8 @@ TEST(MakeRouterErrors, MissingType) {
 }
 
 TEST(MakeRouterErrors, TypeNotAString) {
-  EXPECT_THAT(build_error(R"({"type": 3})"), HasSubstr("field 'type' must be a string, got integer 3"));
+  EXPECT_THAT(build_error(R"({"type": 3})"),
+              HasSubstr("field 'type' must be a string, got integer 3"));
   EXPECT_THAT(build_error(R"({"type": ["explicit"]})"), HasSubstr("got array"));
 }
 
@@ -439,7 +442,8 @@ TEST(MakeRouterErrors, NestedErrorsCarryTheirPath) {
 
 TEST(MakeRouterErrors, NestingDepthIsBounded) {
   json j = {{"type", "explicit"}};
-  for (int i = 0; i < 40; ++i) j = {{"type", "composite"}, {"routers", json::array({j})}};
+  for (int i = 0; i < 40; ++i)
+    j = {{"type", "composite"}, {"routers", json::array({j})}};
   EXPECT_THAT(build_error(j.dump()), HasSubstr("nested deeper than 16"));
 }
 

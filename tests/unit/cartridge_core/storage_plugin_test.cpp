@@ -8,6 +8,8 @@
 #include <fstream>
 #include <thread>
 
+#include "cartridge/residency.h"
+#include "cartridge/store.h"
 #include "cartridge_test_util.h"
 #include "core/mapped_file.h"
 #include "core/sha256.h"
@@ -165,6 +167,37 @@ TEST_F(DirectoryPluginTest, WorksThroughTheInterface) {
   EXPECT_TRUE(*p.contains({"i", 0}));
 }
 
+TEST_F(DirectoryPluginTest, ServesAsTheResidencyManagersDisk) {
+  ASSERT_TRUE(put_cartridge(*writer_, "doc", cart_).ok());
+  ResidencyConfig cfg;
+  cfg.host_budget_bytes = 1 << 20;
+  cfg.device_budget_bytes = 1 << 20;
+  cfg.device_dtype = DType::kF32;
+  cfg.device_layout = KvLayout::kHeadMajor;
+  std::shared_ptr<const StoragePlugin> ro = reader();
+  ResidencyManager mgr(cfg, make_storage_loader(ro), std::make_shared<HostDeviceAllocator>());
+  ASSERT_TRUE(mgr.add_cartridge("doc", "doc").ok());
+  ASSERT_TRUE(mgr.add_cartridge("gone", "gone").ok());
+  auto r = mgr.acquire("doc");
+  ASSERT_TRUE(r.ok()) << r.status().to_string();
+  EXPECT_EQ(r->num_layers, 3);
+  EXPECT_EQ(r->num_frozen_tokens, 1);
+  // [H, T, D] = [2, 5, 4]: h=1, t=4, d=3 of layer 2's values.
+  EXPECT_EQ(static_cast<const float*>(r->values(2))[(1 * 5 + 4) * 4 + 3],
+            testing::cartridge_value(3, 2, 1, 1, 4, 3));
+  auto missing = mgr.acquire("gone");
+  ASSERT_FALSE(missing.ok());
+  EXPECT_EQ(missing.status().code(), ErrorCode::kNotFound);
+  EXPECT_THAT(missing.status().message(), HasSubstr("gone/0"));
+}
+
+TEST_F(DirectoryPluginTest, ServesAsTheStoresLoader) {
+  ASSERT_TRUE(put_cartridge(*writer_, "doc", cart_).ok());
+  CartridgeStore store(make_storage_loader(reader()));
+  ASSERT_TRUE(store.load("local_name", "doc").ok());
+  EXPECT_EQ(store.info("local_name")->num_tokens, 5);
+}
+
 // ---- read-only serving side ----
 
 TEST_F(DirectoryPluginTest, ReadOnlyRefusesWritesButReads) {
@@ -288,8 +321,8 @@ TEST_F(DirectoryPluginTest, MisplacedFileIsCorrupt) {
 // ---- keys ----
 
 TEST_F(DirectoryPluginTest, IdsAreEscapedInjectivelyInsideTheRoot) {
-  const std::vector<std::string> ids = {"a/b", "a%2Fb", "..", ".hidden", "../escape",
-                                        "sp ace",  "ünï", "a.b", "-x_y"};
+  const std::vector<std::string> ids = {"a/b",    "a%2Fb", "..",  ".hidden", "../escape",
+                                        "sp ace", "ünï",   "a.b", "-x_y"};
   for (size_t i = 0; i < ids.size(); ++i) {
     ASSERT_TRUE(writer_->put({ids[i], 0}, chunk_of(cart_, static_cast<int>(i % 3))).ok()) << ids[i];
   }
@@ -363,7 +396,8 @@ TEST_F(DirectoryPluginTest, ConcurrentWritersOfOneKeyLeaveAValidChunk) {
       }
     });
   }
-  for (auto& th : ts) th.join();
+  for (auto& th : ts)
+    th.join();
   auto c = writer_->get({"race", 0});
   ASSERT_TRUE(c.ok()) << c.status().to_string();
   bool matches_one = false;

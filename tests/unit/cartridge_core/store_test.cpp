@@ -15,8 +15,8 @@
 namespace cartserve {
 namespace {
 
-using ::testing::HasSubstr;
 using testing::expected_kv_bytes;
+using ::testing::HasSubstr;
 using testing::make_cartridge;
 
 // A fake disk: path -> cartridge shape. Counts loads; can fail or block.
@@ -333,7 +333,8 @@ TEST_F(StoreTest, ConcurrentReadsSeeConsistentData) {
       }
     });
   }
-  for (auto& th : ts) th.join();
+  for (auto& th : ts)
+    th.join();
   EXPECT_EQ(errors.load(), 0);
 }
 
@@ -348,7 +349,8 @@ TEST_F(StoreTest, ConcurrentAcquireReleaseBalances) {
       }
     });
   }
-  for (auto& th : ts) th.join();
+  for (auto& th : ts)
+    th.join();
   EXPECT_EQ(store_.info("c")->ref_count, 0);
 }
 
@@ -430,7 +432,8 @@ TEST_F(StoreTest, MultiThreadedStress) {
       }
     });
   }
-  for (auto& th : ts) th.join();
+  for (auto& th : ts)
+    th.join();
   EXPECT_EQ(errors.load(), 0);
   // The mix really exercised both paths.
   EXPECT_GT(acquired.load(), 1000);
