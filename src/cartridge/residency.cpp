@@ -43,7 +43,7 @@ void pack_tensor(const Tensor& src, DType dst_type, KvLayout layout, uint8_t* ds
     std::memcpy(dst, src.raw(), src.nbytes());
     return;
   }
-  std::vector<float> tmp(dim);
+  std::vector<float> tmp(dim);  // [head_dim]
   const auto* s = static_cast<const uint8_t*>(src.raw());
   const size_t ss = dtype_size(src_type), ds = dtype_size(dst_type);
   for (size_t h = 0; h < heads; ++h) {
@@ -60,7 +60,7 @@ void unpack_tensor(const uint8_t* src, DType src_type, KvLayout layout, Tensor& 
   const size_t tokens = static_cast<size_t>(dst.dim(1));
   const size_t dim = static_cast<size_t>(dst.dim(2));
   const DType dst_type = dst.dtype();
-  std::vector<float> tmp(dim);
+  std::vector<float> tmp(dim);  // [head_dim]
   auto* d = static_cast<uint8_t*>(dst.raw());
   const size_t ss = dtype_size(src_type), ds = dtype_size(dst_type);
   for (size_t h = 0; h < heads; ++h) {
@@ -276,7 +276,8 @@ void ResidencyManager::try_demote(Entry& e) {
   data->num_tokens = m.num_tokens;
   data->num_frozen_tokens = m.num_frozen_tokens;
   data->dtype = e.shape->dtype;
-  std::vector<uint8_t> staging(m.tensor_bytes());  // one device tensor
+  // One K or V tensor as on the device: [T, H, D] or [H, T, D] in m.dtype.
+  std::vector<uint8_t> staging(m.tensor_bytes());
   for (int32_t l = 0; l < m.num_layers; ++l) {
     for (int kv = 0; kv < 2; ++kv) {
       Tensor t(data->dtype, {m.num_kv_heads, m.num_tokens, m.head_dim});  // [H, T, D]
@@ -352,7 +353,8 @@ Result<void*> ResidencyManager::copy_to_device(const CartridgeData& data,
                                                const ResidentCartridge& meta) const {
   CS_ASSIGN_OR_RETURN(void* ptr, allocator_->allocate(meta.nbytes));
   const bool direct = meta.layout == KvLayout::kHeadMajor && meta.dtype == data.dtype;
-  std::vector<uint8_t> staging(direct ? 0 : meta.tensor_bytes());  // one tensor in device form
+  // One K or V tensor as on the device: [T, H, D] or [H, T, D] in meta.dtype.
+  std::vector<uint8_t> staging(direct ? 0 : meta.tensor_bytes());
   for (int32_t l = 0; l < meta.num_layers; ++l) {
     for (int kv = 0; kv < 2; ++kv) {
       const Tensor& src = kv == 0 ? data.keys[l] : data.values[l];

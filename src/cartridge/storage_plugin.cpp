@@ -274,7 +274,7 @@ Status DirectoryStoragePlugin::put(const ChunkKey& key, const LayerChunk& chunk)
                       k.dim(1));
   }
   CS_ASSIGN_OR_RETURN(uint32_t code, dtype_code(k.dtype()));
-  std::vector<uint8_t> buf;
+  std::vector<uint8_t> buf;  // header | id | keys [H, T, D] | values [H, T, D] | sha256
   buf.reserve(kFixedHeader + key.cartridge_id.size() + k.nbytes() + v.nbytes() + kDigest);
   buf.insert(buf.end(), kMagic, kMagic + 8);
   put_u32(buf, kVersion);
