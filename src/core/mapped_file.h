@@ -36,7 +36,7 @@ class MappedFile {
 };
 
 Result<std::string> read_file(const std::string& path);
-// Writes to `path.tmp.<pid>` then renames, so readers never see a partial file.
+// Writes to `path.tmp.<pid>.<n>` then renames, so readers never see a partial file.
 Status write_file_atomic(const std::string& path, std::span<const uint8_t> bytes);
 Status write_file_atomic(const std::string& path, const std::string& text);
 
