@@ -26,30 +26,6 @@ std::optional<T> opt(Result<T> r) {
   return std::nullopt;
 }
 
-Result<GgufTokenizerData> gguf_tokenizer_data(const GgufFile& g) {
-  GgufTokenizerData d;
-  CS_ASSIGN_OR_RETURN(d.model, g.get_string("tokenizer.ggml.model"));
-  d.pre = opt(g.get_string("tokenizer.ggml.pre")).value_or("default");
-  CS_ASSIGN_OR_RETURN(d.tokens, g.get_string_array("tokenizer.ggml.tokens"));
-  d.merges = opt(g.get_string_array("tokenizer.ggml.merges")).value_or(std::vector<std::string>{});
-  if (auto types = g.get_int_array("tokenizer.ggml.token_type"); types.ok()) {
-    d.token_types.assign(types->begin(), types->end());
-  }
-  auto id = [&](const char* key) -> std::optional<int32_t> {
-    if (auto v = g.get_int(key); v.ok()) return static_cast<int32_t>(*v);
-    return std::nullopt;
-  };
-  d.bos_id = id("tokenizer.ggml.bos_token_id");
-  d.eos_id = id("tokenizer.ggml.eos_token_id");
-  d.eot_id = id("tokenizer.ggml.eot_token_id");
-  d.eom_id = id("tokenizer.ggml.eom_token_id");
-  d.unk_id = id("tokenizer.ggml.unknown_token_id");
-  d.pad_id = id("tokenizer.ggml.padding_token_id");
-  d.add_bos = opt(g.get_bool("tokenizer.ggml.add_bos_token"));
-  d.add_eos = opt(g.get_bool("tokenizer.ggml.add_eos_token"));
-  return d;
-}
-
 void fill_special_texts(Model& m) {
   if (auto bos = m.tokenizer.bos_id()) m.bos_text = m.tokenizer.token_text(*bos);
   if (auto eos = m.tokenizer.eos_id()) m.eos_text = m.tokenizer.token_text(*eos);
@@ -61,7 +37,7 @@ Status load_gguf(const std::string& path, const LoadOptions& options, Model& m) 
   if (m.config.model_id.empty()) m.config.model_id = fs::path(path).stem().string();
   auto source = make_gguf_source(gguf, m.config);
   CS_ASSIGN_OR_RETURN(m.weights, load_weights(*source, m.config, options.progress));
-  CS_ASSIGN_OR_RETURN(GgufTokenizerData tok_data, gguf_tokenizer_data(gguf));
+  CS_ASSIGN_OR_RETURN(GgufTokenizerData tok_data, read_gguf_tokenizer_data(gguf));
   auto tok = Tokenizer::from_gguf(tok_data);
   if (!tok.ok()) return tok.status().with_context("tokenizer of '" + path + "'");
   m.tokenizer = std::move(tok).value();

@@ -1,6 +1,8 @@
 // `cartserve serve MODEL ...`: the OpenAI-compatible server (vLLM-like flags).
-#include <pthread.h>
 #include <signal.h>
+#include <unistd.h>
+
+#include <cerrno>
 
 #include <cblas.h>
 
@@ -26,6 +28,16 @@ namespace cartserve::cli {
 
 namespace {
 
+// SIGINT/SIGTERM write a byte to this pipe (async-signal-safe); a watcher
+// thread reads it and stops the server. Works whichever thread the kernel
+// picks for the signal (BLAS threads exist before main).
+int g_signal_pipe[2] = {-1, -1};
+
+void on_signal(int sig) {
+  const unsigned char b = static_cast<unsigned char>(sig);
+  [[maybe_unused]] ssize_t n = write(g_signal_pipe[1], &b, 1);
+}
+
 int fail(const std::string& msg) {
   std::fprintf(stderr, "error: %s\n", msg.c_str());
   return 1;
@@ -45,12 +57,12 @@ int run_serve(const ServeOptions& o) {
     openblas_set_num_threads(o.threads);
   }
 
-  // Signals are taken by one waiting thread; every other thread blocks them.
-  sigset_t sigs;
-  sigemptyset(&sigs);
-  sigaddset(&sigs, SIGINT);
-  sigaddset(&sigs, SIGTERM);
-  pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
+  if (pipe(g_signal_pipe) != 0) return fail("cannot create the signal pipe");
+  struct sigaction sa {};
+  sa.sa_handler = on_signal;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGINT, &sa, nullptr);
+  sigaction(SIGTERM, &sa, nullptr);
 
   auto loaded = load_model(o.model, LoadOptions{});
   if (!loaded.ok()) return fail(loaded.status().message());
@@ -88,13 +100,15 @@ int run_serve(const ServeOptions& o) {
   std::fflush(stderr);
 
   std::thread signal_thread([&] {
-    int sig = 0;
-    sigwait(&sigs, &sig);
-    std::fprintf(stderr, "cartserve: signal %d, shutting down\n", sig);
+    unsigned char sig = 0;
+    while (read(g_signal_pipe[0], &sig, 1) < 0 && errno == EINTR) {
+    }
+    if (sig != 0) std::fprintf(stderr, "cartserve: signal %d, shutting down\n", sig);
     http.stop();
   });
   http.wait();
-  pthread_kill(signal_thread.native_handle(), SIGTERM);
+  const unsigned char zero = 0;  // wakes the watcher if the server stopped on its own
+  [[maybe_unused]] ssize_t n = write(g_signal_pipe[1], &zero, 1);
   signal_thread.join();
   (*engine)->stop();
   return 0;

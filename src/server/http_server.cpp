@@ -248,9 +248,8 @@ void HttpServer::wait() {
 }
 
 void HttpServer::stop() {
-  if (!impl_ || impl_->stopped.exchange(true)) return;
+  if (impl_->stopped.exchange(true)) return;
   impl_->server.stop();
-  if (impl_->thread.joinable()) impl_->thread.join();
 }
 
 }  // namespace cartserve

@@ -48,8 +48,9 @@ class HttpServer {
   // Binds and serves on a background thread; returns once listening.
   Status start();
   int port() const;
-  // Blocks until stop() (from another thread or a signal handler).
+  // Blocks until the server has stopped (one thread may wait).
   void wait();
+  // Stops listening and serving; safe from any thread, idempotent.
   void stop();
 
  private:
