@@ -245,9 +245,7 @@ Result<ModelConfig> config_from_gguf(const GgufFile& gguf) {
   }
   auto req = [&](const std::string& suffix) -> Result<int64_t> {
     const std::string key = arch + "." + suffix;
-    auto v = gguf.get_int(key);
-    if (!v.ok()) return v.status().with_context("GGUF metadata '" + key + "'");
-    return *v;
+    return gguf.get_int(key);  // errors name the key and the file
   };
   CS_ASSIGN_OR_RETURN(int64_t hidden, req("embedding_length"));
   CS_ASSIGN_OR_RETURN(int64_t inter, req("feed_forward_length"));

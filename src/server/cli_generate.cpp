@@ -7,8 +7,9 @@
 
 #include "core/logging.h"
 #include "core/mapped_file.h"
+#include "engine/cpu_backend.h"
+#include "engine/engine.h"
 #include "model/model.h"
-#include "model/sequence_runner.h"
 #include "server/cli.h"
 #include "tokenizer/chat_template.h"
 #include "tokenizer/tokenizer.h"
@@ -31,10 +32,6 @@ struct GenerateArgs {
   std::string log_level = "info";
 };
 
-int argmax(const std::vector<float>& logits) {
-  return static_cast<int>(std::max_element(logits.begin(), logits.end()) - logits.begin());
-}
-
 int run_generate(const GenerateArgs& a) {
   set_log_level(a.log_level);
   std::string prompt = a.prompt;
@@ -53,10 +50,6 @@ int run_generate(const GenerateArgs& a) {
     return 1;
   }
   const Model& model = **loaded;
-  if (a.temperature != 0.f) {
-    std::fprintf(stderr, "error: sampling with temperature > 0 is not available yet in generate\n");
-    return 2;
-  }
 
   std::vector<int32_t> ids;
   if (a.chat) {
@@ -96,38 +89,58 @@ int run_generate(const GenerateArgs& a) {
     return 1;
   }
 
-  SequenceRunner runner(model, static_cast<int>(ids.size()) + a.max_tokens);
-  const auto t0 = std::chrono::steady_clock::now();
-  auto logits = runner.append(ids);
-  if (!logits.ok()) {
-    std::fprintf(stderr, "error: %s\n", logits.status().message().c_str());
+  // One request through the serving engine (same scheduler, sampler and
+  // detokenizer as `serve`).
+  const int32_t block_size = 16;
+  EngineConfig ec;
+  ec.scheduler.block_size = block_size;
+  ec.scheduler.max_num_seqs = 1;
+  ec.scheduler.max_model_len = static_cast<int32_t>(max_len);
+  ec.scheduler.max_num_batched_tokens = 512;
+  ec.num_kv_blocks =
+      (static_cast<int32_t>(ids.size()) + a.max_tokens + block_size - 1) / block_size + 2;
+  auto engine =
+      Engine::create(model, std::make_unique<CpuBackend>(model, ec.num_kv_blocks, block_size), ec);
+  if (!engine.ok()) {
+    std::fprintf(stderr, "error: %s\n", engine.status().message().c_str());
     return 1;
   }
-  const auto t1 = std::chrono::steady_clock::now();
-  StreamingDetokenizer detok(model.tokenizer);
-  const auto& stops = model.tokenizer.stop_ids();
+  GenerateRequest g;
+  g.id = "generate";
+  g.prompt_token_ids = ids;
+  g.sampling.max_tokens = a.max_tokens;
+  g.sampling.temperature = a.temperature;
+  g.sampling.top_p = a.top_p;
+  g.sampling.top_k = a.top_k;
+  g.sampling.seed = a.seed;
+  g.sampling.ignore_eos = a.ignore_eos;
+  const auto t0 = std::chrono::steady_clock::now();
+  auto stream = (*engine)->submit(std::move(g));
+  std::optional<std::chrono::steady_clock::time_point> t_first;
   int generated = 0;
-  for (; generated < a.max_tokens; ++generated) {
-    const int32_t tok = argmax(*logits);
-    if (!a.ignore_eos && std::find(stops.begin(), stops.end(), tok) != stops.end()) break;
-    std::fputs(detok.push(tok).c_str(), stdout);
-    std::fflush(stdout);
-    const int32_t one[1] = {tok};
-    logits = runner.append(one);
-    if (!logits.ok()) {
-      std::fprintf(stderr, "\nerror: %s\n", logits.status().message().c_str());
-      return 1;
+  for (bool done = false; !done;) {
+    for (auto& o : stream->next(std::chrono::milliseconds(100))) {
+      if (!o.error.ok()) {
+        std::fprintf(stderr, "\nerror: %s\n", o.error.message().c_str());
+        return 1;
+      }
+      if (!t_first && !o.token_ids.empty()) t_first = std::chrono::steady_clock::now();
+      std::fputs(o.text.c_str(), stdout);
+      std::fflush(stdout);
+      generated = std::max(generated, o.num_output_tokens);
+      done = done || o.finished;
     }
   }
-  std::fputs(detok.flush().c_str(), stdout);
   std::fputs("\n", stdout);
+  std::fflush(stdout);
   const auto t2 = std::chrono::steady_clock::now();
-  const double prefill_s = std::chrono::duration<double>(t1 - t0).count();
-  const double decode_s = std::chrono::duration<double>(t2 - t1).count();
-  std::fprintf(stderr,
-               "[%zu prompt tokens in %.2f s (%.1f tok/s), %d generated in %.2f s (%.1f tok/s)]\n",
-               ids.size(), prefill_s, ids.size() / prefill_s, generated, decode_s,
-               generated > 0 ? generated / decode_s : 0.0);
+  const auto t1 = t_first.value_or(t2);
+  std::fprintf(
+      stderr,
+      "[%zu prompt tokens, first token after %.2f s; %d generated, %.1f tok/s after the "
+      "first]\n",
+      ids.size(), std::chrono::duration<double>(t1 - t0).count(), generated,
+      generated > 1 ? (generated - 1) / std::chrono::duration<double>(t2 - t1).count() : 0.0);
   return 0;
 }
 
