@@ -34,6 +34,7 @@
 #pragma once
 
 #include <cstdint>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -65,6 +66,11 @@ Result<CartridgeData> load_cartridge(const std::string& path, CartridgeFileInfo*
                                      const CartridgeLoadOptions& options = {});
 Result<CartridgeData> load_cartridge_pt(const std::string& path, CartridgeFileInfo* info = nullptr,
                                         const CartridgeLoadOptions& options = {});
+// A .pt cartridge held in memory (`label` names it in messages).
+Result<CartridgeData> load_cartridge_pt_bytes(std::span<const uint8_t> bytes,
+                                              const std::string& label,
+                                              CartridgeFileInfo* info = nullptr,
+                                              const CartridgeLoadOptions& options = {});
 Result<CartridgeData> load_cartridge_safetensors(const std::string& path,
                                                  CartridgeFileInfo* info = nullptr);
 

@@ -324,22 +324,46 @@ Result<CartridgeData> PtCartridgeReader::read(std::string* layout) {
 
 }  // namespace
 
-Result<CartridgeData> load_cartridge_pt(const std::string& path, CartridgeFileInfo* info,
-                                        const CartridgeLoadOptions& options) {
-  PtOpenOptions po;
-  po.extra_classes = cartridge_object_classes();
-  po.verify_crc = options.verify_crc;
-  CS_ASSIGN_OR_RETURN(PtFile f, PtFile::open(path, po));
+namespace {
+
+Result<CartridgeData> read_pt(Result<PtFile> opened, CartridgeFileInfo* info) {
+  CS_ASSIGN_OR_RETURN(PtFile f, std::move(opened));
   PtCartridgeReader reader(f);
   std::string layout;
   CS_ASSIGN_OR_RETURN(CartridgeData data, reader.read(&layout));
   if (info) {
     info->format = CartridgeFormat::kTorchPt;
     info->layout = layout;
-    std::error_code ec;
-    info->file_bytes = std::filesystem::file_size(path, ec);
     info->pickle_protocol = f.pickle_protocol();
   }
+  return data;
+}
+
+PtOpenOptions open_options(const CartridgeLoadOptions& options) {
+  PtOpenOptions po;
+  po.extra_classes = cartridge_object_classes();
+  po.verify_crc = options.verify_crc;
+  return po;
+}
+
+}  // namespace
+
+Result<CartridgeData> load_cartridge_pt(const std::string& path, CartridgeFileInfo* info,
+                                        const CartridgeLoadOptions& options) {
+  CS_ASSIGN_OR_RETURN(CartridgeData data, read_pt(PtFile::open(path, open_options(options)), info));
+  if (info) {
+    std::error_code ec;
+    info->file_bytes = std::filesystem::file_size(path, ec);
+  }
+  return data;
+}
+
+Result<CartridgeData> load_cartridge_pt_bytes(std::span<const uint8_t> bytes,
+                                              const std::string& label, CartridgeFileInfo* info,
+                                              const CartridgeLoadOptions& options) {
+  CS_ASSIGN_OR_RETURN(CartridgeData data,
+                      read_pt(PtFile::open_bytes(bytes, label, open_options(options)), info));
+  if (info) info->file_bytes = bytes.size();
   return data;
 }
 

@@ -804,8 +804,10 @@ Result<Document> unpickle(std::span<const uint8_t> bytes, const Options& options
 
 namespace {
 
+constexpr size_t kMaxRender = 4096;  // shared subtrees can make a tree exponentially wide
+
 void render(const Value& v, int depth, size_t max_items, std::string& out) {
-  if (depth < 0) {
+  if (depth < 0 || out.size() > kMaxRender) {
     out += "...";
     return;
   }
@@ -884,6 +886,7 @@ void render(const Value& v, int depth, size_t max_items, std::string& out) {
 std::string to_debug_string(const Value& v, int max_depth, size_t max_items) {
   std::string out;
   render(v, max_depth, max_items, out);
+  if (out.size() > kMaxRender) out.resize(kMaxRender);
   return out;
 }
 

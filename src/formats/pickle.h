@@ -148,7 +148,7 @@ struct Options {
 
 Result<Document> unpickle(std::span<const uint8_t> bytes, const Options& options);
 
-// Compact rendering for tools and debugging (bounded depth and items).
+// Compact rendering for tools and debugging (bounded depth, items and length).
 std::string to_debug_string(const Value& v, int max_depth = 8, size_t max_items = 16);
 
 }  // namespace cartserve::pickle

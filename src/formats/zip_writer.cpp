@@ -109,7 +109,7 @@ Status ZipWriter::add(std::string_view name, std::span<const uint8_t> data) {
       return make_error(ErrorCode::kInvalidArgument, "duplicate zip entry '{}'", name);
     }
   }
-  const bool zip64 = data.size() >= kMax32;
+  const bool zip64 = force_zip64_ || data.size() >= kMax32 || offset_ >= kMax32;
   const uint64_t base = offset_ + 30 + name.size() + (zip64 ? 20 : 0);
   uint64_t pad = (alignment_ - base % alignment_) % alignment_;
   if (pad != 0 && pad < 4) pad += alignment_;  // an extra field needs 4 header bytes
@@ -119,6 +119,7 @@ Status ZipWriter::add(std::string_view name, std::span<const uint8_t> data) {
   c.crc = zip_crc32(data);
   c.size = data.size();
   c.offset = offset_;
+  c.zip64 = zip64;
 
   std::vector<uint8_t> h;
   put32(h, 0x04034b50);
@@ -128,8 +129,8 @@ Status ZipWriter::add(std::string_view name, std::span<const uint8_t> data) {
   put16(h, kDosTime);
   put16(h, kDosDate);
   put32(h, c.crc);
-  put32(h, sat32(c.size));
-  put32(h, sat32(c.size));
+  put32(h, zip64 ? kMax32 : sat32(c.size));
+  put32(h, zip64 ? kMax32 : sat32(c.size));
   put16(h, static_cast<uint16_t>(name.size()));
   put16(h, static_cast<uint16_t>((zip64 ? 20 : 0) + pad));
   h.insert(h.end(), name.begin(), name.end());
@@ -156,7 +157,8 @@ Status ZipWriter::finish() {
   const uint64_t cd_offset = offset_;
   std::vector<uint8_t> cd;
   for (const auto& c : central_) {
-    const bool big_size = c.size >= kMax32, big_off = c.offset >= kMax32;
+    const bool big_size = c.zip64 || c.size >= kMax32;
+    const bool big_off = c.zip64 || c.offset >= kMax32;
     const uint16_t x_len = static_cast<uint16_t>((big_size ? 16 : 0) + (big_off ? 8 : 0));
     put32(cd, 0x02014b50);
     put16(cd, 0x031e);  // made by: Unix, spec 3.0
@@ -166,15 +168,15 @@ Status ZipWriter::finish() {
     put16(cd, kDosTime);
     put16(cd, kDosDate);
     put32(cd, c.crc);
-    put32(cd, sat32(c.size));
-    put32(cd, sat32(c.size));
+    put32(cd, big_size ? kMax32 : sat32(c.size));
+    put32(cd, big_size ? kMax32 : sat32(c.size));
     put16(cd, static_cast<uint16_t>(c.name.size()));
     put16(cd, x_len ? static_cast<uint16_t>(4 + x_len) : 0);
     put16(cd, 0);               // comment
     put16(cd, 0);               // disk
     put16(cd, 0);               // internal attributes
     put32(cd, 0100644u << 16);  // external: regular file, rw-r--r--
-    put32(cd, sat32(c.offset));
+    put32(cd, big_off ? kMax32 : sat32(c.offset));
     cd.insert(cd.end(), c.name.begin(), c.name.end());
     if (x_len) {
       put16(cd, 0x0001);

@@ -39,6 +39,9 @@ class ZipWriter {
     return add(
         name, std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(text.data()), text.size()));
   }
+  // Writes ZIP64 extra fields for every following entry, as if it were large
+  // (what Python's zipfile force_zip64 does); for interoperability tests.
+  void set_force_zip64(bool on) { force_zip64_ = on; }
   // Writes the central directory and end records; for a file, renames it into place.
   Status finish();
 
@@ -52,6 +55,7 @@ class ZipWriter {
     uint32_t crc = 0;
     uint64_t size = 0;
     uint64_t offset = 0;
+    bool zip64 = false;
   };
   Status write(const void* data, size_t n);
   void abandon();
@@ -64,6 +68,7 @@ class ZipWriter {
   uint64_t offset_ = 0;
   std::vector<Central> central_;
   bool finished_ = false;
+  bool force_zip64_ = false;
 };
 
 }  // namespace cartserve
