@@ -293,6 +293,21 @@ def make_cartridge_fixtures():
     expect_ok("object_trainable_cache.pt", dtype="float32",
               layout="object cartridges.cache.TrainableCache: trainable_* as ParameterList, "
                      "frozen_* as ParameterList")
+    # --- parameters / tensors carrying Python attributes: torch pickles them through
+    #     _rebuild_parameter_with_state and torch._tensor._rebuild_from_type_v2 ---
+    d = split_lists(keys, values, TF)
+    for k in ("trainable_keys", "trainable_values"):
+        params = []
+        for x in d[k]:
+            p = nn.Parameter(x)
+            p.note = "trained"
+            params.append(p)
+        d[k] = params
+    for k in ("frozen_keys", "frozen_values"):
+        for x in d[k]:
+            x.layer_tag = 7
+    save(d, "attributes_state.pt")
+    expect_ok("attributes_state.pt", dtype="bfloat16", layout="dict: trainable_* as list, frozen_* as list")
     # --- token ids (int64 tensor) ---
     d = split_lists(keys, values, TF)
     d["token_ids"] = torch.arange(100, 100 + T, dtype=torch.int64)

@@ -1,5 +1,6 @@
 #include "formats/torch_pt.h"
 
+#include <cctype>
 #include <cstring>
 #include <new>
 #include <unordered_set>
@@ -34,12 +35,14 @@ constexpr const char* kRebuildTensor = "torch._utils._rebuild_tensor";
 constexpr const char* kRebuildParameter = "torch._utils._rebuild_parameter";
 constexpr const char* kRebuildParameterWithState = "torch._utils._rebuild_parameter_with_state";
 constexpr const char* kParameter = "torch.nn.parameter.Parameter";
+// A tensor with Python attributes: _rebuild_from_type_v2(func, torch.Tensor, args, state).
+constexpr const char* kRebuildFromTypeV2 = "torch._tensor._rebuild_from_type_v2";
 
 bool is_tensor_node(const Value& v) {
   return v.kind == Kind::kObject &&
          (v.is_global(kRebuildTensorV2) || v.is_global(kRebuildTensor) ||
           v.is_global(kRebuildParameter) || v.is_global(kRebuildParameterWithState) ||
-          v.is_global(kParameter));
+          v.is_global(kParameter) || v.is_global(kRebuildFromTypeV2));
 }
 
 // Storage keys are short decimal-ish names; refuse anything path-like.
@@ -105,6 +108,8 @@ pickle::Allowlist torch_pt_allowlist(const std::vector<std::string>& extra_class
   a.allow(kRebuildParameter, GlobalRole::kFunction);
   a.allow(kRebuildParameterWithState, GlobalRole::kFunction);
   a.allow(kParameter, GlobalRole::kFunction);
+  a.allow(kRebuildFromTypeV2, GlobalRole::kFunction);
+  a.allow("torch", "Tensor", GlobalRole::kReference);
   a.allow("torch.nn.modules.container", "ParameterList", GlobalRole::kClass);
   for (const auto& s : kStorageTypes)
     a.allow("torch", s.name, GlobalRole::kReference);
@@ -306,7 +311,7 @@ Status PtFile::decode_tensors(const Value& v, int depth, const std::string& path
   const auto bad = [&](std::string what) {
     return make_error(ErrorCode::kCorrupt, "'{}': tensor at {}: {}", label(), path, what);
   };
-  const auto& args = v.args->items;
+  std::vector<const Value*> args = v.args->items;
   if (v.is_global(kRebuildParameter) || v.is_global(kRebuildParameterWithState) ||
       v.is_global(kParameter)) {
     const size_t want = v.is_global(kRebuildParameter)            ? 3
@@ -318,7 +323,8 @@ Status PtFile::decode_tensors(const Value& v, int depth, const std::string& path
     }
     const Value& data = *args[0];
     if (data.kind != Kind::kObject ||
-        !(data.is_global(kRebuildTensorV2) || data.is_global(kRebuildTensor))) {
+        !(data.is_global(kRebuildTensorV2) || data.is_global(kRebuildTensor) ||
+          data.is_global(kRebuildFromTypeV2))) {
       return bad(fmt::format("parameter data is {}, expected a tensor", data.describe()));
     }
     if (depth > kMaxDepth) return bad("nested too deeply");
@@ -334,9 +340,24 @@ Status PtFile::decode_tensors(const Value& v, int depth, const std::string& path
     return {};
   }
 
-  const bool v2 = v.is_global(kRebuildTensorV2);
+  bool v2 = v.is_global(kRebuildTensorV2);
+  std::string fn = v.global->qualified();
+  if (v.is_global(kRebuildFromTypeV2)) {
+    // The state (the tensor's Python attributes) is ignored.
+    if (args.size() != 4 ||
+        !(args[0]->kind == Kind::kGlobal &&
+          (args[0]->is_global(kRebuildTensorV2) || args[0]->is_global(kRebuildTensor))) ||
+        !(args[1]->kind == Kind::kGlobal && args[1]->is_global("torch.Tensor")) ||
+        args[2]->kind != Kind::kTuple) {
+      return bad(fmt::format("{} must rebuild a torch.Tensor with {} or {}", fn, kRebuildTensorV2,
+                             kRebuildTensor));
+    }
+    v2 = args[0]->is_global(kRebuildTensorV2);
+    fn = args[0]->global->qualified();
+    args = args[2]->items;
+  }
   if (v2 ? (args.size() != 6 && args.size() != 7) : args.size() != 4) {
-    return bad(fmt::format("{} with {} arguments", v.global->qualified(), args.size()));
+    return bad(fmt::format("{} with {} arguments", fn, args.size()));
   }
   auto st = storages_.find(args[0]);
   if (st == storages_.end()) {

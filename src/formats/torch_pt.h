@@ -8,7 +8,9 @@
 // inert attribute records (NEWOBJ + BUILD, nothing executed). Storages
 // (BINPERSID ('storage', <StorageType>, key, location, numel)) resolve to zip
 // entries; each tensor node (torch._utils._rebuild_tensor_v2 and friends) is
-// decoded into a PtTensor with dtype, shape, strides, storage offset and a
+// decoded into a PtTensor (also tensors and parameters with Python attributes,
+// pickled through _rebuild_from_type_v2 / _rebuild_parameter_with_state, whose
+// attributes are ignored) with dtype, shape, strides, storage offset and a
 // zero-copy span of its storage.
 //
 // NOTE: every tensor is validated at open: storage entry size == numel *
@@ -55,9 +57,12 @@ struct PtOpenOptions {
   ZipLimits zip_limits;
 };
 
-// The allowlist used for torch files: OrderedDict, set/frozenset, torch.Size,
-// the tensor/parameter rebuild functions, ParameterList, the storage types
-// and dtype constants.
+// The allowlist used for torch files: collections.OrderedDict, builtins.set /
+// frozenset, torch.Size, torch._utils._rebuild_tensor(_v2),
+// _rebuild_parameter(_with_state), torch._tensor._rebuild_from_type_v2 with
+// torch.Tensor, torch.nn.parameter.Parameter,
+// torch.nn.modules.container.ParameterList, the torch.<Type>Storage classes
+// and dtype constants (torch.bfloat16, ...).
 pickle::Allowlist torch_pt_allowlist(const std::vector<std::string>& extra_classes = {});
 
 class PtFile {

@@ -334,7 +334,7 @@ Status write_archive(ZipWriter& zip, const PtValue& root, const std::string& arc
   for (const auto& [key, t] : storages) {
     const std::span<const uint8_t> bytes(static_cast<const uint8_t*>(t.data), t.nbytes());
     CS_RETURN_IF_ERROR(zip.add(p + "data/" + key, bytes));
-    id_hash.update(bytes.data(), bytes.size());
+    if (!bytes.empty()) id_hash.update(bytes.data(), bytes.size());
   }
   CS_RETURN_IF_ERROR(zip.add(p + "version", std::string_view("3\n")));
   // A 40-digit decimal id, as torch writes; derived from the content.
