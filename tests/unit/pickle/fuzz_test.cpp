@@ -1,6 +1,7 @@
 // Randomized robustness: mutated pickle streams and mutated .pt archives must
 // give a value or an error, never a crash, hang or over-read (run under ASan /
 // valgrind to check the latter). Seeds are fixed: failures reproduce.
+// CARTSERVE_FUZZ_ITERATIONS=N runs N iterations per loop instead.
 #include <gtest/gtest.h>
 
 #include <fstream>
@@ -18,6 +19,12 @@ namespace cartserve {
 namespace {
 
 using cartserve::testing::fixture_path;
+
+// CARTSERVE_FUZZ_ITERATIONS=N overrides the default iteration counts (longer runs).
+int iterations_or(int fallback) {
+  const std::string v = cartserve::testing::env_or_empty("CARTSERVE_FUZZ_ITERATIONS");
+  return v.empty() ? fallback : std::max(1, std::atoi(v.c_str()));
+}
 
 std::vector<uint8_t> file_bytes(const std::string& path) {
   auto s = read_file(path);
@@ -131,7 +138,7 @@ TEST(Fuzz, MutatedPickleStreams) {
     return doc.make(pickle::Kind::kNone);
   };
   std::mt19937_64 rng(20240611);
-  const int iterations = 30000;
+  const int iterations = iterations_or(30000);
   int ok = 0, err = 0;
   for (int i = 0; i < iterations; ++i) {
     std::vector<uint8_t> b = seeds[rng() % seeds.size()];
@@ -171,7 +178,7 @@ TEST(Fuzz, MutatedTorchArchives) {
   opts.extra_classes = {"cartridges.cache.TrainableCache", "cartridges.cache.AttnConfig"};
   opts.pickle_limits.max_nodes = 200000;
   std::mt19937_64 rng(77);
-  const int iterations = 6000;
+  const int iterations = iterations_or(6000);
   int ok = 0;
   size_t tensors = 0;
   for (int i = 0; i < iterations; ++i) {
