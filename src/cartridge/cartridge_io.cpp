@@ -61,6 +61,10 @@ Status save_cartridge(const std::string& path, const CartridgeData& data) {
                                           : save_cartridge_safetensors(path, data);
 }
 
+CartridgeLoader cartridge_file_loader(const CartridgeLoadOptions& options) {
+  return [options](const std::string& path) { return load_cartridge(path, nullptr, options); };
+}
+
 const std::vector<std::string>& cartridge_object_classes() {
   static const std::vector<std::string> classes = {
       "cartridges.cache.TrainableCache",  // TrainableCache(nn.Module) of HazyResearch/cartridges

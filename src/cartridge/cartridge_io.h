@@ -39,6 +39,7 @@
 #include <vector>
 
 #include "cartridge/cartridge.h"
+#include "cartridge/loader.h"
 #include "core/status.h"
 
 namespace cartserve {
@@ -85,6 +86,10 @@ Status save_cartridge_pt(const std::string& path, const CartridgeData& data,
 Status save_cartridge_safetensors(const std::string& path, const CartridgeData& data);
 // By extension (cartridge_format_for_path).
 Status save_cartridge(const std::string& path, const CartridgeData& data);
+
+// A CartridgeLoader (cartridge/loader.h) for the store and residency manager:
+// load_cartridge on the path. Safe to call from several threads at once.
+CartridgeLoader cartridge_file_loader(const CartridgeLoadOptions& options = {});
 
 // Classes (module.name) the .pt reader accepts as inert attribute records.
 const std::vector<std::string>& cartridge_object_classes();

@@ -6,11 +6,13 @@
 
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <random>
+#include <thread>
 
 #include "core/mapped_file.h"
 #include "formats/safetensors.h"
@@ -166,6 +168,26 @@ TEST(CartridgeFixtures, ObjectFormIsReadWithoutRunningAnything) {
   // Only those two classes are allowlisted.
   EXPECT_EQ(cartridge_object_classes(), (std::vector<std::string>{"cartridges.cache.TrainableCache",
                                                                   "cartridges.cache.AttnConfig"}));
+}
+
+TEST(CartridgeFixtures, FileLoaderIsSafeFromSeveralThreads) {
+  const CartridgeLoader loader = cartridge_file_loader();
+  const char* files[] = {"params_bf16.pt", "noncontig_fp16.pt", "object_trainable_cache.pt",
+                         "written_by_cartserve.safetensors"};
+  std::vector<std::thread> threads;
+  std::atomic<int> ok{0};
+  for (int i = 0; i < 8; ++i) {
+    threads.emplace_back([&, i] {
+      for (int k = 0; k < 20; ++k) {
+        auto c = loader(fx(files[(i + k) % 4]));
+        if (c.ok() && c->num_tokens == 8) ++ok;
+      }
+    });
+  }
+  for (auto& t : threads)
+    t.join();
+  EXPECT_EQ(ok.load(), 160);
+  EXPECT_EQ(loader(fx("evil_os_system.pt")).status().code(), ErrorCode::kPermissionDenied);
 }
 
 // --- faults ---------------------------------------------------------------------
