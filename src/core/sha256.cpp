@@ -68,6 +68,7 @@ void Sha256::compress(const uint8_t* block) {
 }
 
 void Sha256::update(const void* data, size_t n) {
+  if (n == 0) return;  // data may be null
   const auto* p = static_cast<const uint8_t*>(data);
   total_ += n;
   if (buf_len_) {
