@@ -100,7 +100,17 @@ std::string with_label(const std::string& name, const std::string& label) {
 }
 }  // namespace
 
+void MetricsRegistry::add_collector(std::function<void()> fn) {
+  std::lock_guard<std::mutex> lk(collectors_mu_);
+  collectors_.push_back(std::move(fn));
+}
+
 std::string MetricsRegistry::render() const {
+  {
+    std::lock_guard<std::mutex> clk(collectors_mu_);
+    for (const auto& c : collectors_)
+      c();
+  }
   std::lock_guard<std::mutex> lk(mu_);
   std::ostringstream out;
   for (const auto& [name, f] : families_) {

@@ -5,6 +5,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -64,9 +65,14 @@ class MetricsRegistry {
                        std::vector<double> bounds);
   // `label` is `key="value"` (already escaped), or "" for none.
 
+  // Runs before every render (e.g. to copy counters kept elsewhere into gauges).
+  void add_collector(std::function<void()> fn);
+
   std::string render() const;
 
  private:
+  mutable std::mutex collectors_mu_;
+  std::vector<std::function<void()>> collectors_;
   struct Family {
     std::string type;  // counter | gauge | histogram
     std::string help;

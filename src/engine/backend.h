@@ -28,13 +28,15 @@ class Backend {
   // The first num_slots slots of block src copied to block dst, every layer, K and V.
   virtual void copy_slots(int32_t src_block, int32_t dst_block, int32_t num_slots) = 0;
 
-  // Writes K/V rows of one layer at the given slots.
-  // k, v: [n, kv_dim] float32; slots: [n]
-  virtual Status write_kv(int32_t layer, const float* k, const float* v, const int32_t* slots,
-                          int32_t n) = 0;
-  // Reads K/V rows of one layer from the given slots (cartridge building).
-  virtual Status read_kv(int32_t layer, const int32_t* slots, int32_t n, float* k,
-                         float* v) const = 0;
+  // Writes rows of one layer's K (value = false) or V cache at the given slots.
+  // rows: [n, kv_dim] float32; slots: [n]
+  virtual Status write_cache(int32_t layer, bool value, const float* rows, const int32_t* slots,
+                             int32_t n) = 0;
+  // Reads them back (cartridge demotion and building). rows: [n, kv_dim]
+  virtual Status read_cache(int32_t layer, bool value, const int32_t* slots, int32_t n,
+                            float* rows) const = 0;
+  virtual int32_t num_layers() const = 0;
+  virtual int32_t kv_dim() const = 0;
 };
 
 }  // namespace cartserve

@@ -37,20 +37,24 @@ Status CpuBackend::check_slots(int32_t layer, const int32_t* slots, int32_t n) c
   return {};
 }
 
-Status CpuBackend::write_kv(int32_t layer, const float* k, const float* v, const int32_t* slots,
-                            int32_t n) {
+Status CpuBackend::write_cache(int32_t layer, bool value, const float* rows, const int32_t* slots,
+                               int32_t n) {
   CS_RETURN_IF_ERROR(check_slots(layer, slots, n));
-  ops::cpu::kv_write(k, v, slots, cache_.k(layer), cache_.v(layer), n, cache_.kv_dim());
+  const size_t row = static_cast<size_t>(cache_.kv_dim());
+  float* cache = value ? cache_.v(layer) : cache_.k(layer);
+  for (int32_t i = 0; i < n; ++i) {
+    std::memcpy(cache + static_cast<size_t>(slots[i]) * row, rows + i * row, row * sizeof(float));
+  }
   return {};
 }
 
-Status CpuBackend::read_kv(int32_t layer, const int32_t* slots, int32_t n, float* k,
-                           float* v) const {
+Status CpuBackend::read_cache(int32_t layer, bool value, const int32_t* slots, int32_t n,
+                              float* rows) const {
   CS_RETURN_IF_ERROR(check_slots(layer, slots, n));
   const size_t row = static_cast<size_t>(cache_.kv_dim());
+  const float* cache = value ? cache_.v(layer) : cache_.k(layer);
   for (int32_t i = 0; i < n; ++i) {
-    std::memcpy(k + i * row, cache_.k(layer) + static_cast<size_t>(slots[i]) * row, row * 4);
-    std::memcpy(v + i * row, cache_.v(layer) + static_cast<size_t>(slots[i]) * row, row * 4);
+    std::memcpy(rows + i * row, cache + static_cast<size_t>(slots[i]) * row, row * sizeof(float));
   }
   return {};
 }

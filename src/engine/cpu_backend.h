@@ -19,9 +19,12 @@ class CpuBackend final : public Backend {
   uint64_t kv_cache_bytes() const override { return cache_.nbytes(); }
   Status forward(const ForwardBatch& batch, std::vector<float>& logits) override;
   void copy_slots(int32_t src_block, int32_t dst_block, int32_t num_slots) override;
-  Status write_kv(int32_t layer, const float* k, const float* v, const int32_t* slots,
-                  int32_t n) override;
-  Status read_kv(int32_t layer, const int32_t* slots, int32_t n, float* k, float* v) const override;
+  Status write_cache(int32_t layer, bool value, const float* rows, const int32_t* slots,
+                     int32_t n) override;
+  Status read_cache(int32_t layer, bool value, const int32_t* slots, int32_t n,
+                    float* rows) const override;
+  int32_t num_layers() const override { return cache_.num_layers(); }
+  int32_t kv_dim() const override { return cache_.kv_dim(); }
 
  private:
   Status check_slots(int32_t layer, const int32_t* slots, int32_t n) const;

@@ -149,18 +149,20 @@ Result<std::unique_ptr<Engine>> Engine::create(const Model& model, std::unique_p
   std::unique_ptr<Engine> e(
       new Engine(model, std::move(backend), config, std::move(pool), metrics, connector));
   CS_ASSIGN_OR_RETURN(e->scheduler_, Scheduler::create(config.scheduler, e->pool_, connector));
+  if (connector) connector->bind(e->pool_, *e->backend_);
   e->thread_ = std::thread([raw = e.get()] { raw->loop(); });
   return e;
 }
 
 Engine::Engine(const Model& model, std::unique_ptr<Backend> backend, const EngineConfig& config,
-               BlockPool pool, MetricsRegistry* metrics, KvConnector* /*connector*/)
+               BlockPool pool, MetricsRegistry* metrics, KvConnector* connector)
     : model_(model),
       backend_(std::move(backend)),
       config_(config),
       pool_(std::move(pool)),
       sampler_(&ThreadPool::global()),
       metrics_(metrics),
+      connector_(connector),
       stop_ids_(model.tokenizer.stop_ids()),
       seed_counter_(std::random_device{}()) {
   if (metrics_) m_ = std::make_unique<Metrics>(make_metrics(*metrics_));
@@ -173,6 +175,7 @@ Engine::Engine(const Model& model, std::unique_ptr<Backend> backend, const Engin
 
 Engine::~Engine() {
   stop();
+  if (connector_) connector_->unbind();  // its device copies die with our KV cache
 }
 
 void Engine::stop() {

@@ -154,6 +154,7 @@ class Engine {
   Sampler sampler_;
   MetricsRegistry* metrics_;
   std::unique_ptr<Metrics> m_;  // null without a registry
+  KvConnector* connector_;      // may be null
   std::vector<int32_t> stop_ids_;
 
   // Inbox (any thread -> engine thread).

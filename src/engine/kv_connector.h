@@ -21,6 +21,9 @@
 //   3. on_blocks_allocated(req): the block table is final for this admission.
 //   4. on_request_preempted(req) or on_request_finished(req): the scheduler
 //      has dropped its references; the connector may release its own.
+//      on_request_finished comes for every request that ends, also one that
+//      never held blocks (get_blocks may have run for it before it waited), so
+//      the connector must track what it gave each request.
 #pragma once
 
 #include <cstdint>
@@ -31,9 +34,17 @@
 
 namespace cartserve {
 
+class Backend;
+class BlockPool;
+
 class KvConnector {
  public:
   virtual ~KvConnector() = default;
+  // Called once by the engine before its thread starts: the KV blocks and the
+  // device they live on.
+  virtual void bind(BlockPool& /*pool*/, Backend& /*backend*/) {}
+  // Called by the engine when it stops: the pool and backend are going away.
+  virtual void unbind() {}
   virtual Result<int32_t> get_num_matched_tokens(const Request& req) = 0;
   virtual Result<std::vector<int32_t>> get_blocks(const Request& req, int32_t num_tokens) = 0;
   virtual void on_blocks_allocated(const Request& /*req*/) {}

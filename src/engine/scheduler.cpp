@@ -105,9 +105,10 @@ void Scheduler::release_blocks(Request& req) {
 }
 
 void Scheduler::finish(Request& req, FinishReason reason, std::string message) {
-  const bool held_blocks = req.status == RequestStatus::kRunning;
   release_blocks(req);
-  if (held_blocks) connector_->on_request_finished(req);
+  // Also for waiting requests: get_blocks may have run for one that then
+  // waited for free blocks.
+  connector_->on_request_finished(req);
   req.status = RequestStatus::kFinished;
   req.finish_reason = reason;
   req.finish_message = std::move(message);

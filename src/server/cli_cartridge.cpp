@@ -1,4 +1,5 @@
-// `cartserve cartridge inspect FILE` and `cartserve cartridge convert IN OUT`.
+// `cartserve cartridge inspect FILE`, `cartserve cartridge convert IN OUT` and
+// `cartserve cartridge build MODEL --text FILE -o OUT`.
 // Errors print one line to stderr and exit with code 1.
 #include <cstdio>
 #include <filesystem>
@@ -8,8 +9,12 @@
 #include <nlohmann/json.hpp>
 
 #include "cartridge/cartridge_io.h"
+#include "cartridge/manifest.h"
+#include "core/mapped_file.h"
 #include "core/progress.h"
 #include "core/sha256.h"
+#include "engine/cartridge_builder.h"
+#include "model/model.h"
 #include "server/cli.h"
 
 namespace cartserve::cli {
@@ -27,6 +32,17 @@ struct ConvertArgs {
   std::string out;
   std::string dtype;
   std::string pt_layout = "parameterlist";
+};
+
+struct BuildArgs {
+  std::string model;
+  std::string text_file;
+  std::string out;
+  std::string cartridge_id;
+  std::string dtype = "bf16";
+  bool raw = false;
+  bool no_manifest = false;
+  int block_size = 16;
 };
 
 int fail(const Status& s) {
@@ -134,12 +150,54 @@ int run_convert(const ConvertArgs& a) {
   return 0;
 }
 
+// "dir/doc.pt" -> "dir/doc.manifest.json"
+std::string manifest_path_for(const std::string& out) {
+  std::filesystem::path p(out);
+  return (p.parent_path() / (p.stem().string() + ".manifest.json")).string();
+}
+
+int run_build(const BuildArgs& a) {
+  auto dtype = parse_dtype(a.dtype);
+  if (!dtype || (*dtype != DType::kBF16 && *dtype != DType::kF16 && *dtype != DType::kF32)) {
+    return fail(Status(ErrorCode::kInvalidArgument, "--dtype must be bf16, fp16 or fp32"));
+  }
+  if (auto f = cartridge_format_for_path(a.out); !f.ok()) return fail(f.status());
+  auto text = read_file(a.text_file);
+  if (!text.ok()) return fail(text.status());
+  auto model = load_model(a.model, LoadOptions{});
+  if (!model.ok()) return fail(model.status());
+  CartridgeBuildOptions o;
+  o.raw = a.raw;
+  o.dtype = *dtype;
+  auto data = build_cartridge(**model, *text, o);
+  if (!data.ok()) return fail(data.status());
+  if (auto st = save_cartridge(a.out, *data); !st.ok()) return fail(st);
+  std::string manifest_note;
+  if (!a.no_manifest) {
+    ManifestOptions mo;
+    mo.cartridge_id = a.cartridge_id;
+    mo.model_id = (*model)->config.model_id;
+    mo.block_size = a.block_size;
+    mo.source_document = a.text_file;
+    auto m = manifest_from_cartridge(*data, a.out, mo);
+    if (!m.ok()) return fail(m.status());
+    const std::string mpath = manifest_path_for(a.out);
+    if (auto st = write_manifest(mpath, *m); !st.ok()) return fail(st);
+    manifest_note = " and " + mpath;
+  }
+  std::printf("built cartridge %s%s: %d tokens (%s), %d layers x %d kv heads x %d, %s, %s\n",
+              a.out.c_str(), manifest_note.c_str(), data->num_tokens,
+              a.raw ? "raw text" : "chat system turn", data->num_layers, data->num_kv_heads,
+              data->head_dim, dtype_name(data->dtype), format_bytes(data->nbytes()).c_str());
+  return 0;
+}
+
 }  // namespace
 
 void register_cartridge(CLI::App& app) {
   auto* sub = app.add_subcommand(
       "cartridge",
-      "Inspect and convert cartridge files (precomputed KV caches: .pt, .safetensors)");
+      "Build, inspect and convert cartridge files (precomputed KV caches: .pt, .safetensors)");
   sub->require_subcommand(1);
 
   auto inspect_args = std::make_shared<InspectArgs>();
@@ -172,6 +230,33 @@ void register_cartridge(CLI::App& app) {
                    "torch.load(weights_only=True) without extra safe globals)")
       ->capture_default_str();
   convert->callback([convert_args] { set_exit_code(run_convert(*convert_args)); });
+
+  auto build_args = std::make_shared<BuildArgs>();
+  auto* build = sub->add_subcommand(
+      "build",
+      "Build a prefilled cartridge from a document: the model's KV cache over the text, with "
+      "the token ids stored (the canary of the reference system)");
+  build->add_option("MODEL", build_args->model, "Model: a .gguf file or a Hugging Face folder")
+      ->required();
+  build->add_option("--text", build_args->text_file, "The document (UTF-8 text file)")->required();
+  build
+      ->add_option("-o,--output", build_args->out,
+                   "Output cartridge (.pt or .safetensors, by extension); a manifest is written "
+                   "beside it as <name>.manifest.json")
+      ->required();
+  build->add_option("--id", build_args->cartridge_id,
+                    "cartridge_id in the manifest (default: the output name)");
+  build->add_option("--dtype", build_args->dtype, "bf16 (default), fp16 or fp32")
+      ->capture_default_str();
+  build->add_flag("--raw", build_args->raw,
+                  "Take the text as is instead of wrapping it as the system turn of the chat "
+                  "template");
+  build
+      ->add_option("--block-size", build_args->block_size,
+                   "Block size recorded in the manifest (the server's --block-size)")
+      ->capture_default_str();
+  build->add_flag("--no-manifest", build_args->no_manifest, "Do not write the manifest");
+  build->callback([build_args] { set_exit_code(run_build(*build_args)); });
 }
 
 }  // namespace cartserve::cli

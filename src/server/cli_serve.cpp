@@ -18,6 +18,7 @@
 #include "engine/cpu_backend.h"
 #include "engine/engine.h"
 #include "model/model.h"
+#include "server/cartridge_service.h"
 #include "server/cli.h"
 #include "server/http_server.h"
 #include "server/kv_transfer_config.h"
@@ -70,24 +71,34 @@ int run_serve(const ServeOptions& o) {
 
   auto plan = o.plan(model.config);
   if (!plan.ok()) return fail(plan.status().message());
-  if (kv_config) {
-    return fail("--kv-transfer-config: cartridge serving is not available in this build yet");
-  }
   MetricsRegistry metrics;
+  std::unique_ptr<CartridgeService> cartridges;
+  if (kv_config) {
+    auto c = CartridgeService::create(kv_config->cartridge, model,
+                                      plan->engine.scheduler.block_size, plan->kv_bytes, metrics);
+    if (!c.ok()) return fail(c.status().message());
+    cartridges = std::move(c).value();
+  }
   auto backend = std::make_unique<CpuBackend>(model, plan->engine.num_kv_blocks,
                                               plan->engine.scheduler.block_size);
-  auto engine = Engine::create(model, std::move(backend), plan->engine, &metrics);
+  auto engine = Engine::create(model, std::move(backend), plan->engine, &metrics,
+                               cartridges ? cartridges->connector() : nullptr);
   if (!engine.ok()) return fail(engine.status().message());
+  if (cartridges) {
+    if (auto st = cartridges->attach(**engine); !st.ok()) return fail(st.message());
+  }
 
   ServiceConfig sc;
   sc.served_model_names = plan->served_model_names;
   sc.max_model_len = plan->engine.scheduler.max_model_len;
-  OpenAiService service(model, **engine, sc);
+  OpenAiService service(model, **engine, sc,
+                        cartridges ? cartridges->resolver() : CartridgeResolver());
   HttpServerConfig hc;
   hc.host = o.host;
   hc.port = o.port;
   hc.api_key = o.api_key;
   HttpServer http(service, metrics, hc);
+  if (cartridges) cartridges->add_admin_routes(http);
   if (auto st = http.start(); !st.ok()) return fail(st.message());
   std::fprintf(
       stderr,
@@ -111,6 +122,7 @@ int run_serve(const ServeOptions& o) {
   [[maybe_unused]] ssize_t n = write(g_signal_pipe[1], &zero, 1);
   signal_thread.join();
   (*engine)->stop();
+  cartridges.reset();  // after the engine: its connector is in use until then
   return 0;
 }
 

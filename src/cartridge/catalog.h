@@ -1,0 +1,60 @@
+// What the server knows about each servable cartridge, in memory: its
+// manifest, file, content hash and (for prefilled cartridges) token ids.
+// Registration reads and checks the file once: format, dtype, model
+// compatibility, checksum. Composites (several cartridges concatenated in
+// request order) are entries too, built from their parts. Thread-safe.
+#pragma once
+
+#include <map>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "cartridge/cartridge.h"
+#include "cartridge/manifest.h"
+#include "core/status.h"
+
+namespace cartserve {
+
+struct CatalogEntry {
+  std::string cartridge_id;
+  std::string path;  // "" for composites
+  CartridgeManifest manifest;
+  std::string content_hash;        // sha256 hex: the file's, or of the parts' hashes
+  std::vector<int32_t> token_ids;  // stored with prefilled cartridges; else empty
+  std::vector<std::string> parts;  // composites: member ids, request order
+  bool rerotate = false;           // composites: members re-rotated to their positions
+  int32_t num_tokens() const { return static_cast<int32_t>(manifest.num_tokens_raw); }
+  bool composite() const { return !parts.empty(); }
+};
+
+// Reads `path` (and `manifest_path` when given, else <stem>.manifest.json
+// beside the file when it exists), checks everything against
+// the served model and the block size, and describes it. The manifest's
+// cartridge_id is replaced by `cartridge_id` when that is given.
+Result<CatalogEntry> inspect_cartridge_file(const std::string& cartridge_id,
+                                            const std::string& path,
+                                            const std::string& manifest_path,
+                                            const ServedModelInfo& model, int32_t block_size);
+
+// The id of the composite of `parts` ("a+b", "a+b@rerotate").
+std::string composite_id(const std::vector<std::string>& parts, bool rerotate);
+
+class CartridgeCatalog {
+ public:
+  Status add(CatalogEntry entry);  // AlreadyExists for a known id
+  bool remove(const std::string& cartridge_id);
+  std::optional<CatalogEntry> get(const std::string& cartridge_id) const;
+  bool contains(const std::string& cartridge_id) const;
+  std::vector<CatalogEntry> list() const;  // by id
+  // The composite entry for `parts` (created on first use from the parts'
+  // entries). NotFound naming an unknown part.
+  Result<CatalogEntry> composite(const std::vector<std::string>& parts, bool rerotate);
+
+ private:
+  mutable std::mutex mu_;
+  std::map<std::string, CatalogEntry> entries_;
+};
+
+}  // namespace cartserve

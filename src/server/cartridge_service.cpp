@@ -1,0 +1,479 @@
+#include "server/cartridge_service.h"
+
+#include <filesystem>
+#include <future>
+
+#include <nlohmann/json.hpp>
+
+#include "cartridge/cartridge_io.h"
+#include "cartridge/compose.h"
+#include "core/logging.h"
+#include "model/rope.h"
+
+namespace cartserve {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace {
+
+constexpr const char* kCompositePrefix = "composite:";
+constexpr uint64_t kDefaultHostBudget = 4ull << 30;
+
+std::string dump(const json& j) {
+  return j.dump(-1, ' ', false, json::error_handler_t::replace);
+}
+
+HttpResponse json_response(int status, const json& j) {
+  return {status, dump(j), "application/json"};
+}
+
+HttpResponse error_response(int status, const std::string& message, const std::string& type) {
+  api::ApiError e;
+  e.http_status = status;
+  e.message = message;
+  e.type = type;
+  return json_response(status, api::error_json(e));
+}
+
+// A Prometheus label value: backslash, quote and newline escaped.
+std::string label_value(const std::string& v) {
+  std::string out;
+  for (char c : v) {
+    if (c == '\\' || c == '"') out += '\\';
+    if (c == '\n') {
+      out += "\\n";
+      continue;
+    }
+    out += c;
+  }
+  return out;
+}
+
+int http_status_for(const Status& s) {
+  switch (s.code()) {
+    case ErrorCode::kNotFound:
+      return 404;
+    case ErrorCode::kAlreadyExists:
+    case ErrorCode::kFailedPrecondition:
+      return 409;
+    case ErrorCode::kPermissionDenied:
+      return 403;
+    case ErrorCode::kResourceExhausted:
+    case ErrorCode::kOutOfRange:
+      return 507;
+    case ErrorCode::kInternal:
+    case ErrorCode::kUnavailable:
+      return 500;
+    default:
+      return 400;
+  }
+}
+
+HttpResponse status_response(const Status& s) {
+  const int code = http_status_for(s);
+  return error_response(code, s.message(), code >= 500 ? "server_error" : "invalid_request_error");
+}
+
+}  // namespace
+
+CartridgeService::CartridgeService(const Model& model, int32_t block_size,
+                                   const CartridgeConnectorConfig& config, MetricsRegistry& metrics)
+    : model_(model), block_size_(block_size), config_(config), metrics_(metrics) {
+  served_.model_id = model.config.model_id;
+  served_.num_layers = model.config.num_layers;
+  served_.num_kv_heads = model.config.num_kv_heads;
+  served_.head_dim = model.config.head_dim;
+  inv_freq_ = rope_inv_freq(model.config, model.weights.rope_freq_factors);
+}
+
+CartridgeService::~CartridgeService() {
+  connector_.reset();  // stops its loader thread before the residency manager goes
+}
+
+Result<CartridgeData> CartridgeService::load(const std::string& path) const {
+  if (path.rfind(kCompositePrefix, 0) != 0) return load_cartridge(path);
+  const auto entry = catalog_.get(path.substr(std::string(kCompositePrefix).size()));
+  if (!entry || !entry->composite()) {
+    return make_error(ErrorCode::kNotFound, "unknown composite '{}'", path);
+  }
+  std::vector<CartridgeData> parts;
+  for (const auto& id : entry->parts) {
+    const auto part = catalog_.get(id);
+    if (!part) return make_error(ErrorCode::kNotFound, "composite part '{}' was removed", id);
+    CS_ASSIGN_OR_RETURN(CartridgeData d, load_cartridge(part->path));
+    parts.push_back(std::move(d));
+  }
+  std::vector<const CartridgeData*> ptrs;
+  for (const auto& p : parts)
+    ptrs.push_back(&p);
+  return compose_cartridges(ptrs, entry->rerotate, inv_freq_);
+}
+
+Result<std::unique_ptr<CartridgeService>> CartridgeService::create(
+    const CartridgeConnectorConfig& config, const Model& model, int32_t block_size,
+    uint64_t kv_cache_bytes, MetricsRegistry& metrics) {
+  std::unique_ptr<CartridgeService> s(new CartridgeService(model, block_size, config, metrics));
+  const std::string db = config.registry_db.empty() ? ":memory:" : config.registry_db;
+  auto reg = CartridgeRegistry::open(db);
+  if (!reg.ok()) return reg.status().with_context("registry_db '" + db + "'");
+  s->registry_ = std::move(reg).value();
+
+  ResidencyConfig rc;
+  rc.host_budget_bytes = config.host_capacity_bytes.value_or(kDefaultHostBudget);
+  rc.device_budget_bytes = config.gpu_capacity_bytes.value_or(kv_cache_bytes / 2);
+  if (rc.device_budget_bytes > kv_cache_bytes) {
+    return make_error(ErrorCode::kInvalidArgument,
+                      "--kv-transfer-config: gpu_capacity_bytes ({}) exceeds the KV cache ({} "
+                      "bytes, --kv-cache-memory)",
+                      rc.device_budget_bytes, kv_cache_bytes);
+  }
+  rc.device_dtype = DType::kF32;
+  rc.device_layout = KvLayout::kTokenMajor;
+  s->allocator_ = std::make_shared<KvBlockAllocator>(model.config.num_layers, model.config.kv_dim(),
+                                                     block_size);
+  CartridgeService* raw = s.get();
+  s->residency_ = std::make_unique<ResidencyManager>(
+      rc, [raw](const std::string& path) { return raw->load(path); }, s->allocator_);
+
+  // Configured cartridges first (errors stop the start), then what the
+  // registry remembers from earlier runs (errors are logged and skipped).
+  for (const auto& spec : config.cartridges) {
+    auto e = inspect_cartridge_file(spec.cartridge_id, spec.path, spec.manifest_path, s->served_,
+                                    block_size);
+    if (!e.ok())
+      return e.status().with_context("--kv-transfer-config cartridge '" + spec.cartridge_id + "'");
+    CS_RETURN_IF_ERROR(s->register_entry(std::move(e).value(), /*persist=*/true));
+  }
+  auto remembered = s->registry_->list();
+  if (!remembered.ok()) return remembered.status();
+  for (const auto& r : *remembered) {
+    if (s->catalog_.contains(r.manifest.cartridge_id)) continue;
+    auto e = inspect_cartridge_file(r.manifest.cartridge_id, r.path, "", s->served_, block_size);
+    if (!e.ok()) {
+      LOG_WARN("registered cartridge '{}' is not servable now: {}", r.manifest.cartridge_id,
+               e.status().message());
+      continue;
+    }
+    e->manifest.labels = r.manifest.labels;
+    CS_RETURN_IF_ERROR(s->register_entry(std::move(e).value(), /*persist=*/false));
+  }
+  for (const auto& id : config.preload) {
+    if (!s->catalog_.contains(id)) {
+      return make_error(ErrorCode::kInvalidArgument,
+                        "--kv-transfer-config: preload names unknown cartridge '{}'", id);
+    }
+  }
+
+  // Router: as configured; else the id a request names, falling back to the
+  // single configured cartridge (the seed's behaviour); else explicit ids only.
+  RouterDeps deps;
+  deps.label_lookup = [raw](const std::string& key, const std::string& value) {
+    return raw->registry_->ids_by_label(key, value);
+  };
+  if (!config.cartridges.empty())
+    deps.default_cartridge_id = config.cartridges.front().cartridge_id;
+  json router_cfg = config.router;
+  if (router_cfg.is_null()) {
+    router_cfg =
+        config.cartridges.size() == 1
+            ? json{{"type", "composite"},
+                   {"routers", json::array({json{{"type", "explicit"}}, json{{"type", "static"}}})}}
+            : json{{"type", "explicit"}};
+  }
+  auto router = make_router(router_cfg, deps);
+  if (!router.ok()) return router.status().with_context("--kv-transfer-config router");
+  s->router_ = std::move(router).value();
+
+  s->connector_ = std::make_unique<CartridgeConnector>(
+      *s->residency_, s->allocator_, s->catalog_,
+      config.mode == PlacementMode::kPrefix ? CartridgeMode::kPrefix : CartridgeMode::kVirtual,
+      block_size);
+  metrics.add_collector([raw] { raw->collect_metrics(); });
+  LOG_INFO("cartridges: {} registered, router {}, mode {}, device budget {} bytes, host {} bytes",
+           s->catalog_.list().size(), s->router_->describe(),
+           config.mode == PlacementMode::kPrefix ? "prefix" : "virtual", rc.device_budget_bytes,
+           rc.host_budget_bytes);
+  return s;
+}
+
+Status CartridgeService::register_entry(CatalogEntry entry, bool persist) {
+  if (persist) CS_RETURN_IF_ERROR(registry_->register_cartridge(entry.manifest, entry.path));
+  CS_RETURN_IF_ERROR(residency_->add_cartridge(entry.cartridge_id, entry.path, entry.manifest));
+  Status st = catalog_.add(entry);
+  if (!st.ok()) (void)residency_->remove_cartridge(entry.cartridge_id);
+  return st;
+}
+
+Status CartridgeService::on_engine(const std::function<Status()>& fn) {
+  if (!engine_) return fn();
+  return engine_->run_on_engine_thread([&](Backend&, BlockPool&) { return fn(); });
+}
+
+Status CartridgeService::attach(Engine& engine) {
+  engine_ = &engine;
+  for (const auto& id : config_.preload) {
+    Status st = on_engine([&] { return residency_->prefetch(id, Tier::kDevice); });
+    if (!st.ok()) LOG_WARN("preloading cartridge '{}': {}", id, st.message());
+  }
+  return {};
+}
+
+size_t CartridgeService::num_cartridges() const {
+  return catalog_.list().size();
+}
+
+Result<CatalogEntry> CartridgeService::ensure_composite(const std::vector<std::string>& ids,
+                                                        bool rerotate) {
+  const std::string id = composite_id(ids, rerotate);
+  if (auto e = catalog_.get(id)) return *e;
+  std::lock_guard<std::mutex> lk(admin_mu_);
+  CS_ASSIGN_OR_RETURN(CatalogEntry c, catalog_.composite(ids, rerotate));
+  if (!residency_->knows(id)) {
+    Status st = residency_->add_cartridge(id, kCompositePrefix + id, c.manifest);
+    if (!st.ok() && st.code() != ErrorCode::kAlreadyExists) {
+      catalog_.remove(id);
+      return st;
+    }
+  }
+  return c;
+}
+
+std::variant<CartridgePlacement, api::ApiError> CartridgeService::resolve(
+    const api::CartridgeSelection& sel) {
+  std::vector<std::string> ids = sel.cartridge_ids;
+  if (ids.empty()) {
+    RoutingRequest rr;
+    rr.params = sel.kv_transfer_params;
+    auto routed = router_->route(rr);
+    if (!routed.ok()) {
+      api::ApiError e = api::bad_request("cartridge routing failed: " + routed.status().message(),
+                                         "kv_transfer_params");
+      return e;
+    }
+    if (*routed) ids.push_back(**routed);
+  }
+  if (ids.empty()) return CartridgePlacement{};
+  for (const auto& id : ids) {
+    if (!catalog_.contains(id)) {
+      if (config_.on_unknown == OnUnknownCartridge::kIgnore) return CartridgePlacement{};
+      api::ApiError e =
+          api::bad_request("unknown cartridge '" + id + "'", "kv_transfer_params.cartridge_id");
+      e.code = "cartridge_not_found";
+      return e;
+    }
+  }
+  CatalogEntry entry;
+  if (ids.size() == 1) {
+    entry = *catalog_.get(ids[0]);
+  } else {
+    if (config_.mode == PlacementMode::kPrefix) {
+      return api::bad_request("composing several cartridges needs mode \"virtual\"",
+                              "kv_transfer_params.cartridge_id");
+    }
+    auto it = sel.kv_transfer_params.find("rerotate");
+    const bool rerotate = it != sel.kv_transfer_params.end() && it->second == "true";
+    auto c = ensure_composite(ids, rerotate);
+    if (!c.ok()) return api::bad_request(c.status().message(), "kv_transfer_params.cartridge_id");
+    entry = std::move(c).value();
+  }
+  CartridgePlacement p;
+  p.active = true;
+  p.cartridge_ids = {entry.cartridge_id};
+  p.prefix_salt = entry.content_hash;
+  if (config_.mode == PlacementMode::kVirtual) {
+    p.num_virtual_tokens = entry.num_tokens();
+    p.strip_system_prefix = true;
+  }
+  metrics_
+      .counter("cartserve:cartridge_requests_total", "Requests served with a cartridge",
+               "cartridge_id=\"" + label_value(entry.cartridge_id) + "\"")
+      .inc();
+  return p;
+}
+
+CartridgeResolver CartridgeService::resolver() {
+  return [this](const api::CartridgeSelection& sel) { return resolve(sel); };
+}
+
+void CartridgeService::collect_metrics() {
+  const ResidencyCounters c = residency_->counters();
+  for (Tier t : {Tier::kHost, Tier::kDevice}) {
+    const TierCounters& tc = c.tier(t);
+    const std::string label = std::string("tier=\"") + tier_name(t) + "\"";
+    metrics_
+        .gauge("cartserve:cartridge_resident_bytes", "Bytes of cartridges resident per tier", label)
+        .set(static_cast<double>(tc.bytes_resident));
+    metrics_.gauge("cartserve:cartridge_resident_count", "Cartridges resident per tier", label)
+        .set(static_cast<double>(tc.entries));
+    metrics_
+        .gauge("cartserve:cartridge_hits", "Acquisitions that found the cartridge resident", label)
+        .set(static_cast<double>(tc.hits));
+    metrics_
+        .gauge("cartserve:cartridge_misses", "Acquisitions that had to load the cartridge", label)
+        .set(static_cast<double>(tc.misses));
+    metrics_.gauge("cartserve:cartridge_promotions", "Cartridges brought into the tier", label)
+        .set(static_cast<double>(tc.promotions));
+    metrics_.gauge("cartserve:cartridge_evictions", "Cartridges evicted from the tier", label)
+        .set(static_cast<double>(tc.evictions));
+    metrics_.gauge("cartserve:cartridge_budget_bytes", "Byte budget of the tier", label)
+        .set(static_cast<double>(tc.budget_bytes));
+  }
+  metrics_.gauge("cartserve:cartridge_disk_loads", "Cartridge loads from disk")
+      .set(static_cast<double>(c.disk_loads));
+  metrics_.gauge("cartserve:cartridges_registered", "Cartridges in the catalogue")
+      .set(static_cast<double>(catalog_.list().size()));
+}
+
+// ---------------------------------------------------------------- admin API
+
+HttpResponse CartridgeService::list_cartridges() const {
+  json data = json::array();
+  for (const auto& e : catalog_.list()) {
+    json m = manifest_to_json(e.manifest);
+    json item = {{"id", e.cartridge_id},
+                 {"object", "cartridge"},
+                 {"path", e.path},
+                 {"num_tokens", e.num_tokens()},
+                 {"has_token_ids", !e.token_ids.empty()},
+                 {"content_hash", e.content_hash},
+                 {"manifest", m},
+                 {"resident",
+                  {{"host", residency_->is_resident(e.cartridge_id, Tier::kHost)},
+                   {"device", residency_->is_resident(e.cartridge_id, Tier::kDevice)}}},
+                 {"pinned", residency_->is_pinned(e.cartridge_id, Tier::kDevice)},
+                 {"in_use", residency_->ref_count(e.cartridge_id, Tier::kDevice)}};
+    if (e.composite()) item["parts"] = e.parts;
+    data.push_back(item);
+  }
+  return json_response(200, {{"object", "list"}, {"data", data}});
+}
+
+HttpResponse CartridgeService::post_cartridge(const HttpRequest& req) {
+  if (config_.cartridge_dir.empty()) {
+    return error_response(403,
+                          "registering cartridges over the API is disabled: the server has no "
+                          "cartridge_dir in --kv-transfer-config",
+                          "permission_error");
+  }
+  json body = json::parse(req.body, nullptr, false);
+  if (body.is_discarded() || !body.is_object()) {
+    return error_response(400, "request body must be a JSON object", "invalid_request_error");
+  }
+  auto str = [&](const char* key) -> std::optional<std::string> {
+    auto it = body.find(key);
+    if (it == body.end() || it->is_null()) return std::string();
+    if (!it->is_string()) return std::nullopt;
+    return it->get<std::string>();
+  };
+  auto path = str("path");
+  auto id = str("cartridge_id");
+  auto manifest_path = str("manifest_path");
+  if (!path || path->empty()) {
+    return error_response(400, "'path' (a file under cartridge_dir) is required",
+                          "invalid_request_error");
+  }
+  if (!id || !manifest_path) {
+    return error_response(400, "'cartridge_id' and 'manifest_path' must be strings",
+                          "invalid_request_error");
+  }
+  std::map<std::string, std::string> labels;
+  if (auto it = body.find("labels"); it != body.end() && !it->is_null()) {
+    if (!it->is_object())
+      return error_response(400, "'labels' must be an object", "invalid_request_error");
+    for (const auto& [k, v] : it->items())
+      labels[k] = v.is_string() ? v.get<std::string>() : v.dump();
+  }
+  // Paths from the API stay inside cartridge_dir (symlinks resolved).
+  auto confine = [&](const std::string& rel) -> Result<std::string> {
+    std::error_code ec;
+    const fs::path root = fs::weakly_canonical(config_.cartridge_dir, ec);
+    const fs::path full =
+        fs::weakly_canonical(fs::path(rel).is_absolute() ? fs::path(rel) : root / rel, ec);
+    const auto rel_to_root = full.lexically_relative(root);
+    if (ec || rel_to_root.empty() || *rel_to_root.begin() == "..") {
+      return make_error(ErrorCode::kPermissionDenied, "path '{}' is outside the cartridge folder",
+                        rel);
+    }
+    return full.string();
+  };
+  auto full = confine(*path);
+  if (!full.ok()) return status_response(full.status());
+  std::string full_manifest;
+  if (!manifest_path->empty()) {
+    auto m = confine(*manifest_path);
+    if (!m.ok()) return status_response(m.status());
+    full_manifest = *m;
+  }
+  std::lock_guard<std::mutex> lk(admin_mu_);
+  if (!id->empty() && catalog_.contains(*id)) {
+    return error_response(409, "cartridge '" + *id + "' is already registered", "conflict_error");
+  }
+  auto entry = inspect_cartridge_file(*id, *full, full_manifest, served_, block_size_);
+  if (!entry.ok())
+    return status_response(Status(ErrorCode::kInvalidArgument, entry.status().message()));
+  if (catalog_.contains(entry->cartridge_id)) {
+    return error_response(409, "cartridge '" + entry->cartridge_id + "' is already registered",
+                          "conflict_error");
+  }
+  for (const auto& [k, v] : labels)
+    entry->manifest.labels[k] = v;
+  const std::string new_id = entry->cartridge_id;
+  Status st = register_entry(std::move(entry).value(), /*persist=*/true);
+  if (!st.ok()) return status_response(st);
+  LOG_INFO("cartridge '{}' registered from {}", new_id, *full);
+  const auto e = catalog_.get(new_id);
+  return json_response(201, {{"id", new_id},
+                             {"object", "cartridge"},
+                             {"path", e->path},
+                             {"num_tokens", e->num_tokens()},
+                             {"manifest", manifest_to_json(e->manifest)}});
+}
+
+HttpResponse CartridgeService::delete_cartridge(const std::string& id) {
+  std::lock_guard<std::mutex> lk(admin_mu_);
+  const auto entry = catalog_.get(id);
+  if (!entry) return error_response(404, "unknown cartridge '" + id + "'", "not_found_error");
+  // Composites built on it go first (they cannot outlive a part).
+  std::vector<std::string> doomed;
+  for (const auto& e : catalog_.list()) {
+    if (std::find(e.parts.begin(), e.parts.end(), id) != e.parts.end())
+      doomed.push_back(e.cartridge_id);
+  }
+  doomed.push_back(id);
+  for (const auto& d : doomed) {
+    Status st = on_engine([&] { return residency_->remove_cartridge(d); });
+    if (!st.ok() && st.code() != ErrorCode::kNotFound) {
+      return error_response(409, "cartridge '" + d + "' cannot be removed now: " + st.message(),
+                            "conflict_error");
+    }
+    catalog_.remove(d);
+  }
+  auto removed = registry_->unregister(id);
+  if (!removed.ok()) return status_response(removed.status());
+  return json_response(200, {{"id", id}, {"object", "cartridge.deleted"}, {"deleted", true}});
+}
+
+HttpResponse CartridgeService::pin_cartridge(const std::string& id, bool pin) {
+  if (!catalog_.contains(id))
+    return error_response(404, "unknown cartridge '" + id + "'", "not_found_error");
+  Status st = on_engine([&] {
+    return pin ? residency_->pin(id, Tier::kDevice) : residency_->unpin(id, Tier::kDevice);
+  });
+  if (!st.ok()) return status_response(st);
+  return json_response(200, {{"id", id}, {"pinned", pin}});
+}
+
+void CartridgeService::add_admin_routes(HttpServer& http) {
+  http.add_route("GET", "/v1/cartridges", [this](const HttpRequest&) { return list_cartridges(); });
+  http.add_route("POST", "/v1/cartridges",
+                 [this](const HttpRequest& r) { return post_cartridge(r); });
+  http.add_route("DELETE", R"(/v1/cartridges/([^/]+))",
+                 [this](const HttpRequest& r) { return delete_cartridge(r.matches.at(0)); });
+  http.add_route("POST", R"(/v1/cartridges/([^/]+)/pin)",
+                 [this](const HttpRequest& r) { return pin_cartridge(r.matches.at(0), true); });
+  http.add_route("POST", R"(/v1/cartridges/([^/]+)/unpin)",
+                 [this](const HttpRequest& r) { return pin_cartridge(r.matches.at(0), false); });
+}
+
+}  // namespace cartserve
