@@ -21,10 +21,10 @@ MODEL_NAME = "smollm2"
 class Server:
     """A cartserve process; its port is read from the start-up line."""
 
-    def __init__(self, *extra_args, env=None):
+    def __init__(self, *extra_args, env=None, kv_cache="256MiB"):
         self.args = [BIN, "serve", MODEL, "--host", "127.0.0.1", "--port", "0",
                      "--served-model-name", MODEL_NAME, "--max-model-len", "2048",
-                     "--kv-cache-memory", "256MiB", *extra_args]
+                     "--kv-cache-memory", kv_cache, *extra_args]
         self.proc = subprocess.Popen(self.args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                      text=True, env={**os.environ, **(env or {})})
         self.log = []
