@@ -98,7 +98,7 @@ double decode_batch_seconds(const Model& model, int batch, int ctx, int steps) {
       fb.positions.push_back(i);
       fb.slots.push_back(tables[s][i / bs] * bs + i % bs);
     }
-    fb.seqs.push_back({0, ctx, ctx, tables[s].data(), nullptr, blocks_per_seq});
+    fb.seqs.push_back({0, ctx, ctx, tables[s].data(), blocks_per_seq});
     fb.logit_rows = {ctx - 1};
     if (!fwd.forward(fb, cache, logits).ok()) return -1;
   }
@@ -110,7 +110,7 @@ double decode_batch_seconds(const Model& model, int batch, int ctx, int steps) {
       fb.tokens.push_back(1000 + s + step);
       fb.positions.push_back(pos);
       fb.slots.push_back(tables[s][pos / bs] * bs + pos % bs);
-      fb.seqs.push_back({s, 1, pos + 1, tables[s].data(), nullptr, blocks_per_seq});
+      fb.seqs.push_back({s, 1, pos + 1, tables[s].data(), blocks_per_seq});
       fb.logit_rows.push_back(s);
     }
     const auto t0 = Clock::now();

@@ -9,19 +9,15 @@ namespace cartserve::ops {
 
 // One sequence of a batch, as attention sees it.
 //
-// NOTE: the sequence's logical KV is the concatenation, in block-table order,
-// of the first `block_lens[b]` slots of each block (all `block_size` slots
-// when block_lens is null, except the tail implied by kv_len). This lets a
-// shared cartridge block that is only partly filled sit in the table as is:
-// the request's own tokens start in a fresh block. The q_len queries are the
-// last q_len logical entries; query j attends to logical entries
+// NOTE: KV position p of the sequence sits at slot
+// block_table[p / block_size] * block_size + p % block_size. The q_len
+// queries are the last q_len positions; query j attends to positions
 // [0, kv_len - q_len + j] (causal).
 struct AttnSeq {
   int32_t q_start = 0;                   // first row of this sequence in q/out
   int32_t q_len = 0;                     // number of query tokens
   int32_t kv_len = 0;                    // logical KV entries incl. the queries' own
   const int32_t* block_table = nullptr;  // [n_blocks]
-  const int32_t* block_lens = nullptr;   // [n_blocks] or null (all full)
   int32_t n_blocks = 0;
 };
 
@@ -77,7 +73,7 @@ void embedding(const float* table, const int32_t* ids, float* out, int n, int di
 void add_inplace(float* x, const float* y, int64_t n);
 void kv_write(const float* k, const float* v, const int32_t* slots, float* k_cache, float* v_cache,
               int n, int kv_dim);
-// seqs: host array whose pointers (block_table, block_lens) are device pointers.
+// seqs: host array whose block_table pointers are device pointers.
 void paged_attention(const float* q, const float* k_cache, const float* v_cache,
                      const AttnSeq* seqs, int n_seqs, float* out, int n_heads, int n_kv_heads,
                      int head_dim, int block_size, float scale);

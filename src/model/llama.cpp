@@ -40,18 +40,13 @@ Status LlamaForward::validate(const ForwardBatch& b, const KvCache& cache) const
                         "forward: sequence rows must be contiguous and kv_len >= q_len");
     }
     covered += s.q_len;
-    int64_t capacity = 0;
     for (int bi = 0; bi < s.n_blocks; ++bi) {
       if (s.block_table[bi] < 0 || s.block_table[bi] >= cache.num_blocks()) {
         return make_error(ErrorCode::kInvalidArgument, "forward: block id {} outside the cache",
                           s.block_table[bi]);
       }
-      const int len = s.block_lens ? s.block_lens[bi] : cache.block_size();
-      if (len < 0 || len > cache.block_size()) {
-        return make_error(ErrorCode::kInvalidArgument, "forward: block length {} invalid", len);
-      }
-      capacity += len;
     }
+    const int64_t capacity = static_cast<int64_t>(s.n_blocks) * cache.block_size();
     if (capacity < s.kv_len) {
       return make_error(ErrorCode::kInvalidArgument,
                         "forward: block table holds {} entries but kv_len is {}", capacity,

@@ -84,22 +84,21 @@ TEST(CudaOps, RopeSiluAddEmbedding) {
   EXPECT_EQ(eref, de.get());
 }
 
-TEST(CudaOps, PagedAttentionWithPartialBlocks) {
+TEST(CudaOps, PagedAttentionScatteredBlocks) {
   const int n_heads = 8, n_kv = 2, hd = 64, bs = 16, num_blocks = 12, kv_dim = n_kv * hd;
   auto kc = randn(static_cast<size_t>(num_blocks) * bs * kv_dim, 7);
   auto vc = randn(kc.size(), 8);
-  std::vector<int32_t> t0 = {4, 9, 1}, l0 = {5, 16, 16}, t1 = {2, 3}, l1 = {16, 16};
+  std::vector<int32_t> t0 = {4, 9}, t1 = {2, 3};
   const int rows = 6 + 1;
   auto q = randn(static_cast<size_t>(rows) * n_heads * hd, 9);
-  std::vector<ops::AttnSeq> host = {{0, 6, 30, t0.data(), l0.data(), 3},
-                                    {6, 1, 20, t1.data(), l1.data(), 2}};
+  std::vector<ops::AttnSeq> host = {{0, 6, 30, t0.data(), 2}, {6, 1, 20, t1.data(), 2}};
   std::vector<float> ref(q.size());
   const float scale = 0.125f;
   ops::cpu::paged_attention(q.data(), kc.data(), vc.data(), host.data(), 2, ref.data(), n_heads,
                             n_kv, hd, bs, scale);
   DevBuf<float> dq(q), dk(kc), dv(vc), dout(std::vector<float>(q.size()));
-  DevBuf<int32_t> dt0(t0), dl0(l0), dt1(t1), dl1(l1);
-  std::vector<ops::AttnSeq> dev = {{0, 6, 30, dt0.p, dl0.p, 3}, {6, 1, 20, dt1.p, dl1.p, 2}};
+  DevBuf<int32_t> dt0(t0), dt1(t1);
+  std::vector<ops::AttnSeq> dev = {{0, 6, 30, dt0.p, 2}, {6, 1, 20, dt1.p, 2}};
   ops::cuda::paged_attention(dq.p, dk.p, dv.p, dev.data(), 2, dout.p, n_heads, n_kv, hd, bs, scale);
   EXPECT_LT(max_abs_diff(ref, dout.get()), 1e-4f);
 }

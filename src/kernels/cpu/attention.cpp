@@ -1,7 +1,7 @@
 // Paged causal attention, fp32 reference. Each task is one (sequence, query
-// head, query chunk). The sequence's logical KV order is resolved to physical
-// slots once per sequence (see AttnSeq), then scores, softmax and the V sum
-// are plain loops over those slots.
+// head, query chunk). The sequence's positions are resolved to physical slots
+// once per sequence (see AttnSeq), then scores, softmax and the V sum are
+// plain loops over those slots.
 #include <algorithm>
 #include <cmath>
 #include <vector>
@@ -13,16 +13,11 @@ namespace cartserve::ops::cpu {
 
 namespace {
 
-// Physical slot of each logical KV entry: [kv_len]
-std::vector<int32_t> logical_slots(const AttnSeq& s, int block_size) {
-  std::vector<int32_t> slots;
-  slots.reserve(static_cast<size_t>(s.kv_len));
-  for (int b = 0; b < s.n_blocks && static_cast<int>(slots.size()) < s.kv_len; ++b) {
-    const int len = s.block_lens ? s.block_lens[b] : block_size;
-    for (int o = 0; o < len && static_cast<int>(slots.size()) < s.kv_len; ++o) {
-      slots.push_back(s.block_table[b] * block_size + o);
-    }
-  }
+// Physical slot of each KV position: [kv_len]
+std::vector<int32_t> position_slots(const AttnSeq& s, int block_size) {
+  std::vector<int32_t> slots(static_cast<size_t>(s.kv_len));
+  for (int p = 0; p < s.kv_len; ++p)
+    slots[p] = s.block_table[p / block_size] * block_size + p % block_size;
   return slots;
 }
 
@@ -34,7 +29,7 @@ void paged_attention(const float* q, const float* k_cache, const float* v_cache,
   const int group = n_heads / n_kv_heads;
   std::vector<std::vector<int32_t>> seq_slots(static_cast<size_t>(n_seqs));
   for (int s = 0; s < n_seqs; ++s)
-    seq_slots[s] = logical_slots(seqs[s], block_size);
+    seq_slots[s] = position_slots(seqs[s], block_size);
 
   // Tasks: (seq, head, chunk of kQChunk queries).
   constexpr int kQChunk = 16;

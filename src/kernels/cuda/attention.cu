@@ -1,5 +1,5 @@
 // Paged causal attention, straightforward version: one block per (query
-// token, head); the block walks the sequence's blocks in table order, keeps
+// token, head); the block walks the sequence's KV blocks in table order, keeps
 // an online softmax (running max and sum) per thread over a strided subset of
 // KV entries, then merges threads. Correctness reference for the GPU; the
 // fast decode/prefill kernels come with the CUDA backend.
@@ -18,7 +18,6 @@ constexpr int kThreads = 128;
 struct DevSeq {
   int q_start, q_len, kv_len, n_blocks;
   const int32_t* block_table;
-  const int32_t* block_lens;
 };
 
 __global__ void paged_attention_kernel(const float* q, const float* k_cache, const float* v_cache,
@@ -39,11 +38,9 @@ __global__ void paged_attention_kernel(const float* q, const float* k_cache, con
   for (int d = 0; d < head_dim; ++d)
     o_local[d] = 0.f;
 
-  // Walk logical entries; thread t takes entries t, t + blockDim.x, ...
-  int logical = 0;
-  for (int b = 0; b < s.n_blocks && logical < n_ctx; ++b) {
-    const int len = s.block_lens ? s.block_lens[b] : block_size;
-    for (int o = threadIdx.x; o < len && logical + o < n_ctx; o += blockDim.x) {
+  // Walk positions block by block; thread t takes offsets t, t + blockDim.x, ...
+  for (int b = 0; b < s.n_blocks && b * block_size < n_ctx; ++b) {
+    for (int o = threadIdx.x; o < block_size && b * block_size + o < n_ctx; o += blockDim.x) {
       const size_t slot = static_cast<size_t>(s.block_table[b]) * block_size + o;
       const float* kv = k_cache + slot * kv_stride + static_cast<size_t>(kvh) * head_dim;
       float dot = 0.f;
@@ -59,7 +56,6 @@ __global__ void paged_attention_kernel(const float* q, const float* k_cache, con
         o_local[d] = o_local[d] * corr + p * vv[d];
       m = m_new;
     }
-    logical += len;
   }
 
   // Merge the per-thread partial softmaxes through shared memory.
@@ -100,8 +96,8 @@ void paged_attention(const float* q, const float* k_cache, const float* v_cache,
   std::vector<DevSeq> host(static_cast<size_t>(n_seqs));
   std::vector<int32_t> row_seq;
   for (int i = 0; i < n_seqs; ++i) {
-    host[i] = {seqs[i].q_start,  seqs[i].q_len,       seqs[i].kv_len,
-               seqs[i].n_blocks, seqs[i].block_table, seqs[i].block_lens};
+    host[i] = {seqs[i].q_start, seqs[i].q_len, seqs[i].kv_len, seqs[i].n_blocks,
+               seqs[i].block_table};
     for (int j = 0; j < seqs[i].q_len; ++j) {
       if (static_cast<int>(row_seq.size()) <= seqs[i].q_start + j) {
         row_seq.resize(static_cast<size_t>(seqs[i].q_start + j + 1), 0);

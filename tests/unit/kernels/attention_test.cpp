@@ -1,5 +1,5 @@
-// Paged attention against a dense reference computed from the logical KV
-// sequence directly, including partly filled blocks (block_lens), GQA and
+// Paged attention against a dense reference computed from the KV positions
+// directly: scattered block tables, a partly filled last block, GQA, and
 // several sequences of mixed prefill/decode in one batch.
 #include <gtest/gtest.h>
 
@@ -14,7 +14,6 @@ namespace {
 
 struct Seq {
   std::vector<int32_t> blocks;
-  std::vector<int32_t> lens;  // valid entries per block
   int kv_len, q_len;
 };
 
@@ -42,7 +41,7 @@ void dense_attention(const std::vector<float>& q_row, const std::vector<std::vec
   }
 }
 
-TEST(PagedAttention, MatchesDenseWithPartialBlocksAndGqa) {
+TEST(PagedAttention, MatchesDenseWithScatteredBlocksAndGqa) {
   const int n_heads = 4, n_kv = 2, hd = 8, bs = 4, num_blocks = 16;
   const int kv_dim = n_kv * hd;
   std::mt19937 rng(7);
@@ -52,12 +51,12 @@ TEST(PagedAttention, MatchesDenseWithPartialBlocksAndGqa) {
     x = nd(rng);
   for (auto& x : vc)
     x = nd(rng);
-  // Seq 0: a shared partial block (3 of 4 valid) then own blocks; 5 queries (prefill chunk).
-  // Seq 1: full blocks, 1 query (decode). Seq 2: two partial blocks back to back.
+  // Seq 0: 10 positions over 3 scattered blocks, 5 queries (a prefill chunk).
+  // Seq 1: 11 positions, 1 query (decode). Seq 2: 6 positions, 3 queries.
   std::vector<Seq> seqs = {
-      {{3, 7, 1}, {3, 4, 4}, 10, 5},
-      {{2, 5, 9}, {4, 4, 4}, 11, 1},
-      {{4, 6, 8}, {2, 1, 4}, 6, 3},
+      {{3, 7, 1}, 10, 5},
+      {{2, 5, 9}, 11, 1},
+      {{4, 6}, 6, 3},
   };
   int rows = 0;
   for (auto& s : seqs)
@@ -73,7 +72,6 @@ TEST(PagedAttention, MatchesDenseWithPartialBlocksAndGqa) {
     a.q_len = s.q_len;
     a.kv_len = s.kv_len;
     a.block_table = s.blocks.data();
-    a.block_lens = s.lens.data();
     a.n_blocks = static_cast<int>(s.blocks.size());
     as.push_back(a);
     start += s.q_len;
@@ -88,12 +86,11 @@ TEST(PagedAttention, MatchesDenseWithPartialBlocksAndGqa) {
     for (int h = 0; h < n_heads; ++h) {
       const int kvh = h / (n_heads / n_kv);
       std::vector<std::vector<float>> ks, vs;
-      for (size_t b = 0; b < s.blocks.size(); ++b) {
-        for (int o = 0; o < s.lens[b]; ++o) {
-          const size_t base = (static_cast<size_t>(s.blocks[b]) * bs + o) * kv_dim + kvh * hd;
-          ks.emplace_back(kc.begin() + base, kc.begin() + base + hd);
-          vs.emplace_back(vc.begin() + base, vc.begin() + base + hd);
-        }
+      for (int p = 0; p < s.kv_len; ++p) {
+        const size_t base =
+            (static_cast<size_t>(s.blocks[p / bs]) * bs + p % bs) * kv_dim + kvh * hd;
+        ks.emplace_back(kc.begin() + base, kc.begin() + base + hd);
+        vs.emplace_back(vc.begin() + base, vc.begin() + base + hd);
       }
       for (int j = 0; j < s.q_len; ++j) {
         const size_t qb = (static_cast<size_t>(start + j) * n_heads + h) * hd;
@@ -106,23 +103,6 @@ TEST(PagedAttention, MatchesDenseWithPartialBlocksAndGqa) {
     start += s.q_len;
   }
   EXPECT_LT(max_diff, 1e-5f);
-}
-
-TEST(PagedAttention, NullBlockLensMeansFullBlocks) {
-  const int hd = 4, bs = 2;
-  std::vector<float> kc(8 * bs * hd), vc(kc.size());
-  for (size_t i = 0; i < kc.size(); ++i) {
-    kc[i] = static_cast<float>(i % 5) * 0.1f;
-    vc[i] = static_cast<float>(i % 7) * 0.2f;
-  }
-  std::vector<int32_t> table = {5, 2, 6};
-  std::vector<int32_t> lens = {2, 2, 2};
-  std::vector<float> q(2 * hd, 0.3f), a(q.size()), b(q.size());
-  ops::AttnSeq s{0, 2, 5, table.data(), nullptr, 3};
-  ops::cpu::paged_attention(q.data(), kc.data(), vc.data(), &s, 1, a.data(), 1, 1, hd, bs, 0.5f);
-  s.block_lens = lens.data();
-  ops::cpu::paged_attention(q.data(), kc.data(), vc.data(), &s, 1, b.data(), 1, 1, hd, bs, 0.5f);
-  EXPECT_EQ(a, b);
 }
 
 }  // namespace
