@@ -316,13 +316,23 @@ Status ResidencyManager::make_room(Tier t, uint64_t bytes, const std::string& fo
   }
   if (freed < need) {
     size_t pinned = 0, busy = 0;
+    uint64_t pinned_bytes = 0;
     for (const std::string& id : lru_[ti]) {
       const Slot& s = entries_.at(id)->slot(t);
       if (s.pinned) {
         ++pinned;
+        pinned_bytes += s.bytes;
       } else if (!s.evictable()) {
         ++busy;
       }
+    }
+    // Pins only go away by an unpin: waiting for them would wait forever.
+    if (pinned_bytes + bytes > cap) {
+      return make_error(ErrorCode::kFailedPrecondition,
+                        "cartridge '{}' cannot fit in the {} tier: it needs {} bytes and {} of "
+                        "the {} byte budget are held by {} pinned cartridges (unpin one or raise "
+                        "the budget)",
+                        for_id, tier_name(t), bytes, pinned_bytes, cap, pinned);
     }
     return make_error(ErrorCode::kResourceExhausted,
                       "cartridge '{}' cannot fit in the {} tier now: it needs {} bytes, {} of {} "

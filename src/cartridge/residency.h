@@ -10,8 +10,10 @@
 // round trip is exact). Each tier keeps an LRU over whole cartridges; an
 // entry that is pinned, referenced by a request, or in use by a promotion
 // in flight is never evicted: if nothing else can make room the caller gets
-// ResourceExhausted ("cannot fit now"); a cartridge bigger than the budget
-// gets OutOfRange ("will never fit").
+// ResourceExhausted ("cannot fit now": references go away by themselves); if
+// the pinned entries alone leave too little room, FailedPrecondition (only
+// an unpin helps); a cartridge bigger than the budget gets OutOfRange
+// ("will never fit").
 //
 // NOTE (engine contract): acquire() returns the device copy (pointer +
 // layout) and takes a reference; the copy stays valid and unmoved until the

@@ -252,9 +252,10 @@ def test_tier5_errors(vserver, carts, tmp_path):
 def test_residency_lru_pin_in_use(carts):
     d, paths = carts
     ids = ["marrowick", "tallowmere", "quillon"]
-    # The device budget holds one bf16->fp32 cartridge and a half: every switch evicts.
+    # The device budget holds two and a half fp32 cartridges (twice the bf16 file):
+    # three cartridges in turn make every third request evict.
     sizes = [os.path.getsize(paths[i]) for i in ids]
-    budget = int(max(sizes) * 2 * 1.5)  # fp32 on the device: twice the bf16 file
+    budget = int(max(sizes) * 2 * 2.5)
     cfg = kv_config([{"cartridge_id": i, "path": paths[i]} for i in ids], router={"type": "explicit"},
                     gpu_capacity_bytes=budget, cartridge_dir=d)
     s = Server("--kv-transfer-config", cfg, kv_cache="512MiB")

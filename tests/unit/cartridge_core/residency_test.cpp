@@ -484,13 +484,15 @@ TEST_F(ResidencyTest, PinnedCartridgeSurvivesPressure) {
   check_invariants();
 }
 
-TEST_F(ResidencyTest, AllPinnedMeansCannotFitNow) {
+TEST_F(ResidencyTest, AllPinnedMeansNoRoomUntilAnUnpin) {
+  // Pins never go away by themselves: not "cannot fit now" (wait) but a
+  // precondition only an unpin changes.
   make(8 * kBf16, 2 * kF32);
   ASSERT_TRUE(mgr_->pin("A", Tier::kDevice).ok());
   ASSERT_TRUE(mgr_->pin("B", Tier::kDevice).ok());
   auto c = mgr_->acquire("C");
   ASSERT_FALSE(c.ok());
-  EXPECT_EQ(c.status().code(), ErrorCode::kResourceExhausted);
+  EXPECT_EQ(c.status().code(), ErrorCode::kFailedPrecondition);
   EXPECT_THAT(c.status().message(), HasSubstr("2 pinned"));
   EXPECT_FALSE(mgr_->is_resident("C", Tier::kDevice));
   EXPECT_EQ(mgr_->ref_count("C", Tier::kDevice), 0);
@@ -604,7 +606,7 @@ TEST_F(ResidencyTest, PrefetchNeverEvictsPinnedOrReferenced) {
   EXPECT_FALSE(mgr_->is_resident("B", Tier::kDevice));
   ASSERT_TRUE(mgr_->release("A").ok());
   ASSERT_TRUE(mgr_->pin("A", Tier::kDevice).ok());
-  EXPECT_EQ(mgr_->prefetch("B", Tier::kDevice).code(), ErrorCode::kResourceExhausted);
+  EXPECT_EQ(mgr_->prefetch("B", Tier::kDevice).code(), ErrorCode::kFailedPrecondition);
   EXPECT_TRUE(mgr_->is_resident("A", Tier::kDevice));
   check_invariants();
 }
@@ -917,6 +919,13 @@ TEST_P(ResidencyRandom, InvariantsHoldAfterEveryOperation) {
       EXPECT_GT(size_in(t, id), budget) << id << " " << s.message();
     } else if (s.code() == ErrorCode::kResourceExhausted) {
       EXPECT_GT(protected_bytes(t) + size_in(t, id), budget) << id << " " << s.message();
+    } else if (s.code() == ErrorCode::kFailedPrecondition) {
+      // Pinned bytes alone leave no room.
+      uint64_t pinned_bytes = 0;
+      for (const auto& other : ids) {
+        if (mgr.is_resident(other, t) && pinned[ti(t)][other]) pinned_bytes += size_in(t, other);
+      }
+      EXPECT_GT(pinned_bytes + size_in(t, id), budget) << id << " " << s.message();
     } else {
       ADD_FAILURE() << "unexpected refusal: " << s.to_string();
     }

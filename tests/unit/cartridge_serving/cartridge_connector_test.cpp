@@ -226,5 +226,20 @@ TEST(CartridgeConnector, LruEvictionSparesInUseAndPinnedCartridges) {
   EXPECT_EQ(rig.allocator->num_blocks_held(), 2 * 3);
 }
 
+TEST(CartridgeConnector, PinnedCartridgesFillingTheBudgetFailTheRequestInsteadOfWaiting) {
+  Rig rig(CartridgeMode::kVirtual, /*device_budget_tokens=*/15);  // one 10-token cartridge
+  rig.add("a", "ok:10:0");
+  rig.add("b", "ok:10:0");
+  ASSERT_TRUE(rig.residency->pin("a", Tier::kDevice).ok());
+  Request rb = rig.request("rb", "b", {1}, 10);
+  auto b = rig.blocks(rb, 10);
+  ASSERT_FALSE(b.ok());
+  EXPECT_EQ(b.status().code(), ErrorCode::kFailedPrecondition);
+  EXPECT_NE(b.status().message().find("pinned"), std::string::npos);
+  ASSERT_TRUE(rig.residency->unpin("a", Tier::kDevice).ok());
+  EXPECT_TRUE(rig.blocks(rb, 10).ok());
+  rig.connector->on_request_finished(rb);
+}
+
 }  // namespace
 }  // namespace cartserve
