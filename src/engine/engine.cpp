@@ -83,6 +83,7 @@ struct Engine::Metrics {
   Gauge* kv_usage;
   Gauge* prefix_queries;
   Gauge* prefix_hits;
+  Gauge* prefix_hit_rate;
   Gauge* preemptions;
 };
 
@@ -100,6 +101,7 @@ Engine::Metrics Engine::make_metrics(MetricsRegistry& r) {
           &r.gauge("cartserve:kv_cache_usage_perc", "Fraction of KV cache blocks in use (0-1)"),
           &r.gauge("cartserve:prefix_cache_queries", "Prompt tokens looked up in the prefix cache"),
           &r.gauge("cartserve:prefix_cache_hits", "Prompt tokens found in the prefix cache"),
+          &r.gauge("cartserve:prefix_cache_hit_rate", "Prefix-cache hits / queries (0-1)"),
           &r.gauge("cartserve:num_preemptions", "Requests preempted (recomputed later)")};
 }
 
@@ -533,6 +535,9 @@ void Engine::update_gauges() {
     m_->kv_usage->set(s.kv_usage);
     m_->prefix_queries->set(static_cast<double>(s.prefix_queries));
     m_->prefix_hits->set(static_cast<double>(s.prefix_hits));
+    m_->prefix_hit_rate->set(s.prefix_queries > 0 ? static_cast<double>(s.prefix_hits) /
+                                                        static_cast<double>(s.prefix_queries)
+                                                  : 0.0);
     m_->preemptions->set(static_cast<double>(s.num_preemptions));
   }
 }

@@ -307,6 +307,16 @@ std::variant<SamplingParams, ApiError> OpenAiService::sampling_params(const api:
   return p;
 }
 
+std::variant<CartridgePlacement, ApiError> OpenAiService::placement(
+    const api::CartridgeSelection& selection) const {
+  if (cartridges_) return cartridges_(selection);
+  if (selection.present()) {
+    return bad_request("this server has no cartridges configured (--kv-transfer-config)",
+                       "kv_transfer_params");
+  }
+  return CartridgePlacement{};
+}
+
 std::variant<std::string, ApiError> OpenAiService::render_chat(
     const std::vector<ChatMessage>& messages, bool add_generation_prompt,
     bool strip_system_prefix) const {
@@ -345,15 +355,9 @@ std::variant<std::string, ApiError> OpenAiService::render_chat(
 std::variant<std::unique_ptr<CompletionJob>, ApiError> OpenAiService::start_completion(
     const api::CompletionRequest& r) {
   if (auto e = check_model(r.model)) return *e;
-  CartridgePlacement place;
-  if (cartridges_) {
-    auto p = cartridges_(r.cartridges);
-    if (auto* e = std::get_if<ApiError>(&p)) return *e;
-    place = std::get<CartridgePlacement>(p);
-  } else if (r.cartridges.present()) {
-    return bad_request("this server has no cartridges configured (--kv-transfer-config)",
-                       "kv_transfer_params");
-  }
+  auto placed = placement(r.cartridges);
+  if (auto* e = std::get_if<ApiError>(&placed)) return *e;
+  const CartridgePlacement place = std::get<CartridgePlacement>(placed);
   const bool logprobs = r.logprobs.has_value();
   const bool zero_tokens = r.sampling.max_tokens && *r.sampling.max_tokens == 0;
   auto job = std::make_unique<Job>(
@@ -427,15 +431,9 @@ std::variant<std::unique_ptr<CompletionJob>, ApiError> OpenAiService::start_comp
 std::variant<std::unique_ptr<CompletionJob>, ApiError> OpenAiService::start_chat(
     const api::ChatCompletionRequest& r) {
   if (auto e = check_model(r.model)) return *e;
-  CartridgePlacement place;
-  if (cartridges_) {
-    auto p = cartridges_(r.cartridges);
-    if (auto* e = std::get_if<ApiError>(&p)) return *e;
-    place = std::get<CartridgePlacement>(p);
-  } else if (r.cartridges.present()) {
-    return bad_request("this server has no cartridges configured (--kv-transfer-config)",
-                       "kv_transfer_params");
-  }
+  auto placed = placement(r.cartridges);
+  if (auto* e = std::get_if<ApiError>(&placed)) return *e;
+  const CartridgePlacement place = std::get<CartridgePlacement>(placed);
   auto text = render_chat(r.messages, r.add_generation_prompt, place.strip_system_prefix);
   if (auto* e = std::get_if<ApiError>(&text)) return *e;
   const std::vector<int32_t> ids = model_.tokenizer.encode(std::get<std::string>(text));

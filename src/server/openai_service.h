@@ -73,6 +73,9 @@ class OpenAiService {
 
  private:
   std::optional<api::ApiError> check_model(const std::string& name) const;
+  // The request's cartridge placement (none without a resolver or a selection).
+  std::variant<CartridgePlacement, api::ApiError> placement(
+      const api::CartridgeSelection& selection) const;
   std::variant<SamplingParams, api::ApiError> sampling_params(const api::SamplingFields& f,
                                                               int32_t prompt_len) const;
   std::variant<std::string, api::ApiError> render_chat(const std::vector<ChatMessage>& messages,
