@@ -317,6 +317,20 @@ std::variant<CartridgePlacement, ApiError> OpenAiService::placement(
   return CartridgePlacement{};
 }
 
+std::shared_ptr<RequestStream> OpenAiService::submit(const char* kind, int64_t index,
+                                                     const std::vector<int32_t>& ids,
+                                                     SamplingParams sampling,
+                                                     const CartridgePlacement& place) {
+  GenerateRequest g;
+  g.id = fmt::format("{}-{}-{}", kind, next_id_++, index);
+  g.prompt_token_ids = ids;
+  g.sampling = std::move(sampling);
+  g.num_virtual_tokens = place.num_virtual_tokens;
+  g.cartridge_ids = place.cartridge_ids;
+  g.prefix_salt = place.prefix_salt;
+  return engine_.submit(std::move(g));
+}
+
 std::variant<std::string, ApiError> OpenAiService::render_chat(
     const std::vector<ChatMessage>& messages, bool add_generation_prompt,
     bool strip_system_prefix) const {
@@ -414,14 +428,7 @@ std::variant<std::unique_ptr<CompletionJob>, ApiError> OpenAiService::start_comp
         job->choices.push_back(std::move(c));
         continue;
       }
-      GenerateRequest g;
-      g.id = fmt::format("cmpl-{}-{}", next_id_++, index);
-      g.prompt_token_ids = ids;
-      g.sampling = std::move(p);
-      g.num_virtual_tokens = place.num_virtual_tokens;
-      g.cartridge_ids = place.cartridge_ids;
-      g.prefix_salt = place.prefix_salt;
-      c.stream = engine_.submit(std::move(g));
+      c.stream = submit("cmpl", index, ids, std::move(p), place);
       job->choices.push_back(std::move(c));
     }
   }
@@ -456,14 +463,7 @@ std::variant<std::unique_ptr<CompletionJob>, ApiError> OpenAiService::start_chat
     ChoiceState c;
     c.choice.index = j;
     c.prompt_tokens = static_cast<int32_t>(ids.size());
-    GenerateRequest g;
-    g.id = fmt::format("chatcmpl-{}-{}", next_id_++, j);
-    g.prompt_token_ids = ids;
-    g.sampling = std::move(p);
-    g.num_virtual_tokens = place.num_virtual_tokens;
-    g.cartridge_ids = place.cartridge_ids;
-    g.prefix_salt = place.prefix_salt;
-    c.stream = engine_.submit(std::move(g));
+    c.stream = submit("chatcmpl", j, ids, std::move(p), place);
     job->choices.push_back(std::move(c));
   }
   return std::unique_ptr<CompletionJob>(std::move(job));

@@ -78,6 +78,10 @@ class OpenAiService {
       const api::CartridgeSelection& selection) const;
   std::variant<SamplingParams, api::ApiError> sampling_params(const api::SamplingFields& f,
                                                               int32_t prompt_len) const;
+  // One engine request for choice `index`, placed after the cartridge (if any).
+  std::shared_ptr<RequestStream> submit(const char* kind, int64_t index,
+                                        const std::vector<int32_t>& ids, SamplingParams sampling,
+                                        const CartridgePlacement& place);
   std::variant<std::string, api::ApiError> render_chat(const std::vector<ChatMessage>& messages,
                                                        bool add_generation_prompt,
                                                        bool strip_system_prefix) const;
