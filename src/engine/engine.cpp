@@ -39,17 +39,17 @@ void RequestStream::cancel() {
   cancelled_->store(true, std::memory_order_relaxed);
 }
 
-void RequestStream::mark_accepted() {
+void RequestStream::mark_admitted() {
   {
     std::lock_guard<std::mutex> lk(mu_);
-    accepted_ = true;
+    admitted_ = true;
   }
   cv_.notify_all();
 }
 
-bool RequestStream::wait_accepted(std::chrono::milliseconds timeout) {
+bool RequestStream::wait_admitted(std::chrono::milliseconds timeout) {
   std::unique_lock<std::mutex> lk(mu_);
-  return cv_.wait_for(lk, timeout, [&] { return accepted_ || finished_; });
+  return cv_.wait_for(lk, timeout, [&] { return admitted_ || finished_; });
 }
 
 bool RequestStream::finished() const {
@@ -69,6 +69,7 @@ struct Engine::Live {
   bool first_token_seen = false;
   bool prompt_logprobs_sent = false;
   std::vector<PromptLogprob> prompt_logprobs;  // gathered across prefill chunks
+  bool admitted = false;                       // stream told once the scheduler first ran it
   bool done = false;
 };
 
@@ -306,7 +307,6 @@ void Engine::admit(GenerateRequest&& g, std::shared_ptr<RequestStream> stream) {
     finish_live(*live, FinishReason::kError, st);
     return;
   }
-  stream->mark_accepted();
   live_[req->id] = std::move(live);
 }
 
@@ -370,6 +370,12 @@ void Engine::step() {
                     ? make_error(ErrorCode::kInternal, "{}", r.finish_message)
                     : Status());
     live_.erase(it);
+  }
+  for (const auto& s : out.scheduled) {
+    auto it = live_.find(s.request_id);
+    if (it == live_.end() || it->second->admitted) continue;
+    it->second->admitted = true;
+    it->second->stream->mark_admitted();
   }
   if (out.scheduled.empty()) {
     // Nothing can run now (e.g. waiting for KV blocks held by nobody running).

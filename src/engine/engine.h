@@ -77,16 +77,17 @@ class RequestStream {
   // Abandons the request (client gone): the engine aborts it at its next step.
   void cancel();
   bool finished() const;
-  // Waits until the engine has accepted the request (queued in the scheduler)
-  // or finished it (e.g. rejected); true when accepted or finished in time.
-  bool wait_accepted(std::chrono::milliseconds timeout);
+  // Waits until the scheduler has admitted the request (its KV placed, it
+  // runs) or the engine finished it (e.g. rejected at submission or at
+  // admission); true when either happened in time.
+  bool wait_admitted(std::chrono::milliseconds timeout);
   const std::string& id() const { return id_; }
 
  private:
   friend class Engine;
   explicit RequestStream(std::string id);
   void push(EngineOutput out);
-  void mark_accepted();
+  void mark_admitted();
 
   std::string id_;
   std::shared_ptr<std::atomic<bool>> cancelled_;
@@ -94,7 +95,7 @@ class RequestStream {
   std::condition_variable cv_;
   std::deque<EngineOutput> queue_;
   bool finished_ = false;
-  bool accepted_ = false;
+  bool admitted_ = false;
 };
 
 struct EngineStats {

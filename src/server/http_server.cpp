@@ -64,12 +64,12 @@ struct HttpServer::Impl {
   // Runs a job: SSE when streaming, else one JSON body (with whitespace
   // keep-alives while waiting, so a vanished client is noticed and cancelled).
   void serve_job(std::unique_ptr<CompletionJob> job, httplib::Response& res) {
-    if (!job->stream()) {
-      if (auto err = job->early_error(std::chrono::seconds(60))) {
-        job->cancel();
-        send_error(res, *err);
-        return;
-      }
+    // Errors up to the scheduler's admission answer with their own status
+    // code; after it the response is committed to 200.
+    if (auto err = job->early_error(std::chrono::seconds(60))) {
+      job->cancel();
+      send_error(res, *err);
+      return;
     }
     std::shared_ptr<CompletionJob> shared(std::move(job));
     const bool stream = shared->stream();

@@ -82,7 +82,7 @@ class Job final : public CompletionJob {
   std::optional<ApiError> early_error(std::chrono::milliseconds timeout) override {
     for (auto& c : choices) {
       if (!c.stream) continue;  // answered without the engine
-      c.stream->wait_accepted(timeout);
+      c.stream->wait_admitted(timeout);
       if (!c.stream->finished()) continue;
       // Finished before producing anything: look for an error.
       for (auto& o : c.stream->next(std::chrono::milliseconds(0)))

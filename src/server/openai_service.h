@@ -53,7 +53,9 @@ class CompletionJob {
   // After poll() returned true: the whole response (non-streaming), or the
   // usage chunk when include_usage (streaming; null otherwise).
   virtual nlohmann::json final_json() = 0;
-  // An error raised by the engine before any output (e.g. never fits).
+  // An error raised by the engine before it admits the request (e.g. never
+  // fits, a prefix-mode prompt shorter than its cartridge); waits up to
+  // `timeout` for the admission.
   virtual std::optional<api::ApiError> early_error(std::chrono::milliseconds timeout) = 0;
   virtual void cancel() = 0;
 };

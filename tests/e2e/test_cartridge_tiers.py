@@ -222,8 +222,13 @@ def test_tier5_errors(vserver, carts, tmp_path):
     ps = Server("--kv-transfer-config", kv_config([{"cartridge_id": "canary", "path": paths["canary"]}],
                                                     mode="prefix"))
     try:
-        r = ask(ps.url, "Short question?", "canary")
-        checks["prefix prompt shorter than cartridge"] = r.status_code == 400 and "prefix mode" in r.text
+        # Rejected at the scheduler's admission, after submission: still a 400, streaming or not.
+        for stream in (False, True):
+            r = ask(ps.url, "Short question?", "canary", extra={"stream": stream})
+            checks[f"prefix prompt shorter than cartridge (stream={stream})"] = \
+                r.status_code == 400 and "prefix mode" in r.text
+            if r.status_code != 400:
+                print("prefix short prompt:", r.status_code, r.text[:300])
         checks["prefix server keeps serving"] = ask(ps.url, "Hi", "canary", system=doc_text("marrowick"),
                                                     max_tokens=4).status_code == 200
     finally:
