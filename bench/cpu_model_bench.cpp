@@ -21,6 +21,8 @@
 // Usage: cpu_model_bench MODEL [--out FILE.json] [--llama-bench PATH] [--threads N]
 //                              [--reps N] [--context N] [--decode-steps N]
 #include <cblas.h>
+#include <sys/resource.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
@@ -105,6 +107,57 @@ json loadavg() {
   if (getloadavg(l, 3) != 3) return nullptr;
   return json::array({l[0], l[1], l[2]});
 }
+
+// CPU seconds every process on the machine has been busy (incl. steal), from
+// /proc/stat; < 0 when unavailable.
+double machine_busy_seconds() {
+  std::ifstream stat("/proc/stat");
+  std::string cpu;
+  long long user = 0, nice = 0, system = 0, idle = 0, iowait = 0, irq = 0, softirq = 0, steal = 0;
+  if (!(stat >> cpu >> user >> nice >> system >> idle >> iowait >> irq >> softirq >> steal)) {
+    return -1;
+  }
+  return static_cast<double>(user + nice + system + irq + softirq + steal) /
+         static_cast<double>(sysconf(_SC_CLK_TCK));
+}
+
+// CPU seconds of this process plus its waited-for children (llama-bench).
+double own_cpu_seconds() {
+  double s = 0;
+  for (int who : {RUSAGE_SELF, RUSAGE_CHILDREN}) {
+    rusage u{};
+    if (getrusage(who, &u) == 0) {
+      s += static_cast<double>(u.ru_utime.tv_sec + u.ru_stime.tv_sec) +
+           1e-6 * static_cast<double>(u.ru_utime.tv_usec + u.ru_stime.tv_usec);
+    }
+  }
+  return s;
+}
+
+// How much of the machine other processes took over an interval:
+// other_cpu_share = their CPU seconds / (wall seconds x logical CPUs); 0 on a
+// quiet machine, large when the interval's figures are suspect.
+class CpuAccount {
+ public:
+  CpuAccount() : t0_(Clock::now()), busy0_(machine_busy_seconds()), own0_(own_cpu_seconds()) {}
+  json finish() const {
+    const double wall = seconds_since(t0_);
+    const double busy = machine_busy_seconds();
+    const double own = own_cpu_seconds() - own0_;
+    json j = {{"wall_s", wall}, {"own_cpu_s", own}};
+    if (busy0_ >= 0 && busy >= 0) {
+      const double others = std::max(0.0, busy - busy0_ - own);
+      const unsigned cpus = std::max(1u, std::thread::hardware_concurrency());
+      j["other_cpu_s"] = others;
+      j["other_cpu_share"] = others / (wall * cpus);
+    }
+    return j;
+  }
+
+ private:
+  Clock::time_point t0_;
+  double busy0_, own0_;
+};
 
 constexpr size_t kBandwidthBytes = 256u << 20;  // well beyond the last-level cache
 
@@ -408,6 +461,7 @@ int main(int argc, char** argv) {
     return 1;
   }
   const ModelCosts& costs = *costs_or;
+  const CpuAccount ours_account;
   Floors fl;
   fl.read_bw = measure_read_bandwidth();
   fl.copy_bw = measure_copy_bandwidth();
@@ -476,8 +530,12 @@ int main(int argc, char** argv) {
              {"ms_per_step", 1000.0 * median(*t)}});
   }
 
+  const json ours_cpu = ours_account.finish();
+  std::printf("other processes took %.0f%% of the machine meanwhile\n",
+              100.0 * ours_cpu.value("other_cpu_share", 0.0));
   json out = {
       {"benchmark", "cpu_model_bench"},
+      {"cpu_accounting", {{"ours", ours_cpu}}},
       {"machine", machine_facts()},
       {"threads", {{"pool", pool_threads}, {"blas", blas_threads}}},
       {"blas_core", openblas_get_corename()},
@@ -509,7 +567,11 @@ int main(int argc, char** argv) {
   if (!llama_bench.empty()) {
     std::printf("running llama-bench (%d threads) ...\n", threads);
     std::fflush(stdout);
+    const CpuAccount llama_account;
     json base = run_llama_bench(llama_bench, model_path, threads, ctx);
+    out["cpu_accounting"]["llama_bench"] = llama_account.finish();
+    std::printf("other processes took %.0f%% of the machine meanwhile\n",
+                100.0 * out["cpu_accounting"]["llama_bench"].value("other_cpu_share", 0.0));
     json ratios;
     if (base.contains("tests")) {
       std::printf("%-26s %10s %16s %11s %9s\n", "case (llama.cpp, GGUF)", "tok/s", "stddev",

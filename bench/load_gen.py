@@ -110,6 +110,60 @@ def loadavg():
         return None
 
 
+CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def machine_busy_s():
+    """CPU seconds all processes have been busy (incl. steal), from /proc/stat; None elsewhere."""
+    try:
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = v
+    return (user + nice + system + irq + softirq + steal) / CLK_TCK
+
+
+def process_cpu_s(pid):
+    """utime + stime of a process (all its threads), or None."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+class CpuAccount:
+    """How much CPU others (not the server, not this client) took over an interval.
+
+    other_cpu_share = their CPU seconds / (wall seconds x logical CPUs): 0 on a quiet
+    machine; a large share means the figures of that interval are suspect.
+    """
+
+    def __init__(self, server_pid):
+        self.server_pid = server_pid
+        self.t0 = time.perf_counter()
+        self.busy0 = machine_busy_s()
+        self.server0 = process_cpu_s(server_pid) if server_pid else None
+        self.client0 = sum(os.times()[:2])
+
+    def finish(self):
+        wall = time.perf_counter() - self.t0
+        busy1 = machine_busy_s()
+        out = {"client_cpu_s": sum(os.times()[:2]) - self.client0}
+        if self.server0 is not None:
+            s1 = process_cpu_s(self.server_pid)
+            out["server_cpu_s"] = None if s1 is None else s1 - self.server0
+        if self.busy0 is not None and busy1 is not None:
+            others = busy1 - self.busy0 - out["client_cpu_s"] - (out.get("server_cpu_s") or 0)
+            out["machine_busy_s"] = busy1 - self.busy0
+            if self.server0 is not None:
+                out["other_cpu_s"] = max(0.0, others)
+                out["other_cpu_share"] = max(0.0, others) / (wall * (os.cpu_count() or 1))
+        return out
+
+
 def free_port():
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -265,7 +319,7 @@ def one_request(target, prompt, args):
     return rec
 
 
-def run_level(target, concurrency, prompts, args):
+def run_level(target, concurrency, prompts, args, server_pid):
     """Closed loop: `concurrency` threads take prompts in order until none are left."""
     lock = threading.Lock()
     next_index = [0]
@@ -282,7 +336,7 @@ def run_level(target, concurrency, prompts, args):
             with lock:
                 records.append(r)
 
-    cpu0 = time.process_time()
+    account = CpuAccount(server_pid)
     t0 = time.perf_counter()
     threads = [threading.Thread(target=worker) for _ in range(concurrency)]
     for t in threads:
@@ -290,7 +344,7 @@ def run_level(target, concurrency, prompts, args):
     for t in threads:
         t.join()
     duration = time.perf_counter() - t0
-    client_cpu = time.process_time() - cpu0
+    cpu = account.finish()
 
     ok = [r for r in records if r["ok"]]
     out_tokens = sum(r["output_tokens"] or 0 for r in ok)
@@ -316,7 +370,8 @@ def run_level(target, concurrency, prompts, args):
         # (then ITL counts one gap per chunk, not per token).
         "output_tokens_per_text_chunk": (out_tokens / sum(r["text_chunks"] for r in ok)) if ok else None,
         "usage_reported": all(r["usage_reported"] for r in ok) if ok else None,
-        "client_cpu_s": client_cpu,
+        # CPU seconds of this client, the server and everything else during the level.
+        **cpu,
         "per_request": [{"index": r["index"], "words": r["words"], "ok": r["ok"],
                          "prompt_tokens": r.get("prompt_tokens"),
                          "output_tokens": r.get("output_tokens"),
@@ -386,16 +441,19 @@ def print_table(result):
     print(f"\n{result['server']['kind']}: {result['params']['max_tokens']} output tokens per "
           f"request, prompts {result['params']['prompt_words']} words")
     hdr = (f"{'conc':>4} {'ok':>5} {'req/s':>7} {'out tok/s':>9} "
-           f"{'TTFT p50/p90/p99 ms':>24} {'ITL p50/p90/p99 ms':>22} {'TPOT p50':>8}")
+           f"{'TTFT p50/p90/p99 ms':>24} {'ITL p50/p90/p99 ms':>22} {'TPOT p50':>8} {'others':>6}")
     print(hdr)
     for lv in result["levels"]:
         t, i = lv["ttft_ms"], lv["itl_ms"]
         f = lambda d: "/".join("-" if d[k] is None else f"{d[k]:.0f}" for k in ("p50", "p90", "p99"))  # noqa: E731
         fi = lambda d: "/".join("-" if d[k] is None else f"{d[k]:.1f}" for k in ("p50", "p90", "p99"))  # noqa: E731
         tp = lv["tpot_ms"]["p50"]
+        other = lv.get("other_cpu_share")
+        other = "-" if other is None else f"{100 * other:.0f}%"
         print(f"{lv['concurrency']:>4} {lv['completed']:>2}/{lv['requests']:<2} "
               f"{lv['request_throughput_per_s']:>7.3f} {lv['output_tokens_per_s']:>9.1f} "
-              f"{f(t):>24} {fi(i):>22} {('-' if tp is None else f'{tp:.1f}'):>8}")
+              f"{f(t):>24} {fi(i):>22} {('-' if tp is None else f'{tp:.1f}'):>8} "
+              f"{other:>6}")
 
 
 def parse_args(argv):
@@ -485,7 +543,9 @@ def main(argv=None):
                        "seed": args.seed, "concurrency": args.concurrency,
                        "closed_loop": True, "new_connection_per_request": True},
             "client_note": "the client runs on the same machine as the server and shares its "
-                           "CPUs; client_cpu_s per level says how much it took",
+                           "CPUs; per level, client_cpu_s says how much it took, server_cpu_s "
+                           "the server's, and other_cpu_share how much of the machine other "
+                           "processes took (0: quiet; large: the level's figures are suspect)",
             "loadavg_start": loadavg(),
             "levels": [],
         }
@@ -494,7 +554,8 @@ def main(argv=None):
             n = args.requests or max(16, 4 * c)
             prompts = make_prompts(args.seed, c, n, args.min_prompt_words, args.max_prompt_words)
             print(f"[load_gen] {kind}: concurrency {c}, {n} requests ...", file=sys.stderr, flush=True)
-            result["levels"].append(run_level(target, c, prompts, args))
+            result["levels"].append(run_level(target, c, prompts, args,
+                                              srv.proc.pid if srv else None))
         result["wall_s"] = time.time() - t_start
         result["loadavg_end"] = loadavg()
     finally:

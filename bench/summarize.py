@@ -80,6 +80,10 @@ def summarize_model(runs):
     first = runs[0]
     out["floors_measured"] = {k: spread([r["floors_measured"][k] for r in runs])
                               for k in first["floors_measured"]}
+    out["other_cpu_share"] = {
+        phase: spread([((r.get("cpu_accounting") or {}).get(phase) or {}).get("other_cpu_share")
+                       for r in runs])
+        for phase in ("ours", "llama_bench")}
     out["model"] = first["model"]
     out["threads"] = first["threads"]
     out["blas_core"] = first.get("blas_core")
@@ -101,6 +105,8 @@ LOAD_METRICS = {
     "output_tokens_per_text_chunk": lambda lv: lv["output_tokens_per_text_chunk"],
     "failed": lambda lv: lv["failed"],
     "client_cpu_s": lambda lv: lv["client_cpu_s"],
+    "server_cpu_s": lambda lv: lv.get("server_cpu_s"),
+    "other_cpu_share": lambda lv: lv.get("other_cpu_share"),
 }
 
 
@@ -155,6 +161,10 @@ def print_tables(res):
                 print(f"{who + ' ' + k:<34} {fmt(d['tokens_per_s']):>24} "
                       f"{d['floor_tokens_per_s']['median']:>12.1f} "
                       f"{100 * d['fraction_of_floor']['median']:>8.1f}%")
+        for phase, v in mb["other_cpu_share"].items():
+            if v:
+                print(f"other processes' share of the machine during {phase}: median "
+                      f"{100 * v['median']:.0f}% (max {100 * v['max']:.0f}%)")
         for k, v in mb["ratios_ours_over_llama_cpp"].items():
             print(f"ratio {k:<40} {v['median']:.3f} ({v['min']:.3f}..{v['max']:.3f})")
     for server, d in res.get("load", {}).items():
@@ -162,12 +172,14 @@ def print_tables(res):
             continue
         print(f"\nload: {server}")
         print(f"{'conc':>4} {'req/s':>22} {'out tok/s':>22} {'TTFT p50 ms':>22} "
-              f"{'TTFT p99 ms':>10} {'ITL p50 ms':>20} {'ITL p99 ms':>10}")
+              f"{'TTFT p99 ms':>10} {'ITL p50 ms':>20} {'ITL p99 ms':>10} {'others max':>10}")
         for c, m in d["levels"].items():
+            others = m["other_cpu_share"]
+            others = "-" if others is None else f"{100 * others['max']:.0f}%"
             print(f"{c:>4} {fmt(m['request_throughput_per_s'], '{:.3f}'):>22} "
                   f"{fmt(m['output_tokens_per_s']):>22} {fmt(m['ttft_ms_p50'], '{:.0f}'):>22} "
                   f"{m['ttft_ms_p99']['median']:>10.0f} {fmt(m['itl_ms_p50']):>20} "
-                  f"{m['itl_ms_p99']['median']:>10.1f}")
+                  f"{m['itl_ms_p99']['median']:>10.1f} {others:>10}")
     r = res.get("load", {}).get("ratios_cartserve_over_llama_server")
     if r:
         print("\nratios cartserve / llama-server (median (min..max) over repeats)")
