@@ -1,6 +1,7 @@
 #include "core/thread_pool.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cstdlib>
 #include <string>
 
@@ -8,7 +9,29 @@ namespace cartserve {
 
 namespace {
 thread_local bool t_in_pool_task = false;
+
+// How long an idle worker (or the waiting caller) polls before it sleeps: a
+// decode step issues hundreds of loops of a few microseconds each, and a
+// futex wake-up costs about as much as one of them.
+constexpr auto kSpin = std::chrono::microseconds(50);
+
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#endif
 }
+
+// Polls `ready` for up to kSpin; true once it holds.
+template <typename Pred>
+bool spin_until(Pred ready) {
+  const auto until = std::chrono::steady_clock::now() + kSpin;
+  for (int i = 0;; ++i) {
+    if (ready()) return true;
+    cpu_relax();
+    if ((i & 63) == 63 && std::chrono::steady_clock::now() > until) return false;
+  }
+}
+}  // namespace
 
 ThreadPool::ThreadPool(size_t n_threads) {
   const size_t n = std::max<size_t>(1, n_threads);
@@ -29,6 +52,7 @@ ThreadPool::~ThreadPool() {
 void ThreadPool::worker_loop(size_t /*index*/) {
   uint64_t seen = 0;
   for (;;) {
+    spin_until([&] { return stop_.load() || generation_.load() != seen; });
     std::unique_lock<std::mutex> lk(mu_);
     cv_work_.wait(lk, [&] { return stop_ || (generation_ != seen && next_chunk_ < n_chunks_); });
     if (stop_) return;
@@ -79,6 +103,9 @@ void ThreadPool::parallel_for(size_t n, const std::function<void(size_t, size_t)
     lk.lock();
     --pending_;
   }
+  lk.unlock();
+  spin_until([&] { return pending_.load() == 0; });
+  lk.lock();
   cv_done_.wait(lk, [&] { return pending_ == 0; });
   fn_ = nullptr;
 }

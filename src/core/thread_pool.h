@@ -4,6 +4,7 @@
 // serialised; a nested call from inside a task runs inline.
 #pragma once
 
+#include <atomic>
 #include <condition_variable>
 #include <cstddef>
 #include <cstdint>
@@ -43,9 +44,11 @@ class ThreadPool {
   size_t chunk_ = 0;
   size_t n_chunks_ = 0;
   size_t next_chunk_ = 0;
-  size_t pending_ = 0;
-  uint64_t generation_ = 0;
-  bool stop_ = false;
+  // Written under mu_; also read without it by the short spins that save a
+  // sleep/wake between the many small loops of a decode step.
+  std::atomic<size_t> pending_ = 0;
+  std::atomic<uint64_t> generation_ = 0;
+  std::atomic<bool> stop_ = false;
 };
 
 }  // namespace cartserve
