@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <string>
 #include <vector>
@@ -186,6 +187,7 @@ int main(int argc, char** argv) {
   json j = {{"benchmark", "cartridge_bench"},
             {"model", m.config.model_id},
             {"backend", "cpu fp32"},
+            {"document", std::filesystem::path(argv[2]).filename().string()},
             {"document_tokens", p},
             {"question_tokens_with_cartridge", suffix_ids.size()},
             {"question_alone_tokens", alone_ids.size()},

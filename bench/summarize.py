@@ -1,5 +1,7 @@
 #!/usr/bin/env python3
-"""Folds repeated runs of cpu_model_bench and load_gen.py into one results file.
+"""Folds repeated runs of cpu_model_bench and load_gen.py into one results file,
+with the cartridge_bench runs (one per document, each already the median of its
+own repeats) beside them.
 
   summarize.py --name NAME --out-dir bench/results RUN.json [RUN.json ...]
 
@@ -189,6 +191,19 @@ def print_tables(res):
                   f"{fmt(m['ttft_ms_p50'], '{:.2f}'):>22} {fmt(m['itl_ms_p50'], '{:.2f}'):>22}")
 
 
+def print_cartridge_tables(runs):
+    print("\ncartridge: time to first token, ms (each the median of its repeats)")
+    print(f"{'document':<28} {'tokens':>6} {'floor':>7} {'resident':>9} {'doc in prompt':>14} "
+          f"{'speed-up':>9} {'host->KV':>9} {'disk->KV':>9}")
+    for r in runs:
+        t, ld = r["ttft_ms"], r["load_ms"]
+        print(f"{r.get('document', '?'):<28} {r['document_tokens']:>6} "
+              f"{t['question_tokens_only (floor)']:>7.1f} {t['resident_cartridge']:>9.1f} "
+              f"{t['document_in_prompt (baseline)']:>14.1f} "
+              f"{r['ratios']['resident_vs_document_in_prompt']:>8.1f}x "
+              f"{ld['host_to_kv_blocks']:>9.1f} {ld['disk_to_kv_blocks']:>9.1f}")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--name", required=True)
@@ -196,7 +211,7 @@ def main():
     p.add_argument("--repo", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
     p.add_argument("runs", nargs="+")
     args = p.parse_args()
-    model_runs, load_runs = [], {}
+    model_runs, load_runs, cart_runs = [], {}, []
     for path in args.runs:
         try:
             with open(path) as f:
@@ -208,8 +223,10 @@ def main():
             model_runs.append(r)
         elif r.get("benchmark") == "load_gen":
             load_runs.setdefault(r["server"]["kind"], []).append(r)
+        elif r.get("benchmark") == "cartridge_bench":
+            cart_runs.append(r)
         else:
-            sys.exit(f"error: {path} is not a cpu_model_bench or load_gen result")
+            sys.exit(f"error: {path} is not a cpu_model_bench, load_gen or cartridge_bench result")
     all_runs = model_runs + [r for v in load_runs.values() for r in v]
     now = datetime.datetime.now().astimezone()
     res = {
@@ -236,12 +253,16 @@ def main():
         if "cartserve" in load_runs and "llama-server" in load_runs:
             res["load"]["ratios_cartserve_over_llama_server"] = load_ratios(
                 load_runs["cartserve"], load_runs["llama-server"])
+    if cart_runs:
+        res["cartridge_bench"] = sorted(cart_runs, key=lambda r: r["document_tokens"])
     os.makedirs(args.out_dir, exist_ok=True)
     out = os.path.join(args.out_dir, f"{args.name}-{now.strftime('%Y-%m-%d-%H%M')}.json")
     with open(out, "w") as f:
         json.dump(res, f, indent=1)
         f.write("\n")
     print_tables(res)
+    if cart_runs:
+        print_cartridge_tables(res["cartridge_bench"])
     print(f"\nwrote {out}")
 
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # What `make bench` runs (make builds; this script builds nothing): the CPU
-# model benchmark and the load generator against `cartserve serve`, plus the
+# model benchmark and the load generator against `cartserve serve`, the
+# cartridge benchmark on a shipped document and a long one, plus the
 # llama.cpp baselines (llama-bench, llama-server on the same GGUF) when
 # CARTSERVE_LLAMA_CPP_DIR points at a llama.cpp build folder. Every repeat
 # runs ours and the baseline back to back; bench/summarize.py folds the
@@ -15,6 +16,7 @@
 #   BENCH_CONCURRENCY        load levels (default 1,4,16)
 #   BENCH_MAX_TOKENS         output tokens per request (default 64)
 #   BENCH_SKIP_LOAD=1        only the model benchmark
+#   BENCH_SKIP_CARTRIDGE=1   no cartridge benchmark
 set -euo pipefail
 BUILD="${1:-build}"
 cd "$(dirname "$0")/.."
@@ -30,7 +32,8 @@ PY=python3
 
 CARTSERVE="$BUILD/bin/cartserve"
 MODEL_BENCH="$BUILD/bench/cpu_model_bench"
-for f in "$CARTSERVE" "$MODEL_BENCH"; do
+CART_BENCH="$BUILD/bench/cartridge_bench"
+for f in "$CARTSERVE" "$MODEL_BENCH" "$CART_BENCH"; do
   [ -x "$f" ] || { echo "run_bench: $f not found; build first (make bench)" >&2; exit 1; }
 done
 [ -f "$MODEL" ] || { echo "run_bench: model $MODEL not found (scripts/setup.sh fetches it)" >&2; exit 1; }
@@ -67,4 +70,13 @@ for r in $(seq 1 "$REPEATS"); do
       --server-log "$RUNS/llama-server-$r.log" --out "$RUNS/load-llama-server-$r.json"
   fi
 done
+if [ "${BENCH_SKIP_CARTRIDGE:-0}" != 1 ]; then
+  # A shipped document (~400 tokens) and a long one: the three documents, three
+  # times over (~3,500 tokens), where the cartridge saves the most.
+  for _ in 1 2 3; do cat data/documents/*.txt; done > "$RUNS/three_documents_x3.txt"
+  for doc in data/documents/marrowick_island.txt "$RUNS/three_documents_x3.txt"; do
+    echo "run_bench: cartridge_bench on $(basename "$doc")"
+    "$CART_BENCH" "$MODEL" "$doc" --out "$RUNS/cartridge-$(basename "$doc" .txt).json"
+  done
+fi
 "$PY" bench/summarize.py --name "$NAME" --out-dir bench/results "$RUNS"/*.json

@@ -1,17 +1,35 @@
-// Paged causal attention, fp32 reference. Each task is one (sequence, query
-// head, query chunk). The sequence's positions are resolved to physical slots
-// once per sequence (see AttnSeq), then scores, softmax and the V sum are
-// plain loops over those slots.
+// Paged causal attention in fp32. The sequence's KV positions are resolved to
+// physical slots once (see AttnSeq). Two paths, same result:
+//  - a few query rows (decode, short chunks): one task per (sequence, KV
+//    head, chunk of rows); for each row every K and V row is read once and
+//    used by all query heads of its group; SIMD dots, exp and sums;
+//  - many query rows (prefill with BLAS): per (sequence, KV head) K and V
+//    are gathered into contiguous rows, then per query head and tile of rows
+//    S = Q K^T and O = softmax(S) V are sgemms, the softmax in between.
+#ifdef CARTSERVE_HAVE_BLAS
+#include <cblas.h>
+#endif
+
 #include <algorithm>
 #include <cmath>
 #include <vector>
 
 #include "core/thread_pool.h"
+#include "kernels/cpu/simd.h"
 #include "kernels/ops.h"
 
 namespace cartserve::ops::cpu {
 
 namespace {
+
+using simd::v8f;
+
+// Query rows from which a sequence takes the sgemm path.
+constexpr int kGemmMinRows = 8;
+// Query rows per sgemm tile: its score tile is [kTileRows, kv_len].
+constexpr int kTileRows = 64;
+// Query rows per task on the SIMD path.
+constexpr int kQChunk = 16;
 
 // Physical slot of each KV position: [kv_len]
 std::vector<int32_t> position_slots(const AttnSeq& s, int block_size) {
@@ -21,71 +39,184 @@ std::vector<int32_t> position_slots(const AttnSeq& s, int block_size) {
   return slots;
 }
 
+inline float dot(const float* a, const float* b, int d) {
+  v8f a0 = {}, a1 = {};
+  int i = 0;
+  for (; i + 16 <= d; i += 16) {
+    a0 += simd::load8(a + i) * simd::load8(b + i);
+    a1 += simd::load8(a + i + 8) * simd::load8(b + i + 8);
+  }
+  for (; i + 8 <= d; i += 8)
+    a0 += simd::load8(a + i) * simd::load8(b + i);
+  float s = simd::hsum(a0 + a1);
+  for (; i < d; ++i)
+    s += a[i] * b[i];
+  return s;
+}
+
+// y[:d] += a * x[:d]
+inline void axpy(float a, const float* x, float* y, int d) {
+  const v8f va = simd::splat(a);
+  int i = 0;
+  for (; i + 8 <= d; i += 8)
+    simd::store8(y + i, simd::load8(y + i) + va * simd::load8(x + i));
+  for (; i < d; ++i)
+    y[i] += a * x[i];
+}
+
+// s[:n] = exp(s - max(s)) / sum; s[n:n_zero] = 0.
+void softmax_row(float* s, int n, int n_zero) {
+  float m = -INFINITY;
+  int i = 0;
+  if (n >= 8) {
+    v8f vm = simd::load8(s);
+    for (i = 8; i + 8 <= n; i += 8) {
+      const v8f x = simd::load8(s + i);
+      vm = x > vm ? x : vm;
+    }
+    m = simd::hmax(vm);
+  }
+  for (; i < n; ++i)
+    m = std::max(m, s[i]);
+  v8f vsum = {};
+  i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const v8f e = simd::exp8(simd::load8(s + i) - m);
+    simd::store8(s + i, e);
+    vsum += e;
+  }
+  double sum = simd::hsum(vsum);
+  for (; i < n; ++i) {
+    s[i] = std::exp(s[i] - m);
+    sum += s[i];
+  }
+  const float inv = static_cast<float>(1.0 / sum);
+  const v8f vinv = simd::splat(inv);
+  i = 0;
+  for (; i + 8 <= n; i += 8)
+    simd::store8(s + i, simd::load8(s + i) * vinv);
+  for (; i < n; ++i)
+    s[i] *= inv;
+  std::fill(s + n, s + n_zero, 0.f);
+}
+
+struct Geometry {
+  int n_heads, n_kv_heads, head_dim, group;
+  size_t kv_stride;  // floats between consecutive slots
+};
+
+// Rows [q0, q1) of sequence s, query heads of KV head kvh. Each K and V row is
+// read once per query row for all `group` heads. scores: scratch.
+void attend_rows(const float* q, const float* k_cache, const float* v_cache, const AttnSeq& s,
+                 const std::vector<int32_t>& slots, int kvh, int q0, int q1, float scale,
+                 const Geometry& g, float* out, std::vector<float>& scores) {
+  const int hd = g.head_dim;
+  const size_t head_off = static_cast<size_t>(kvh) * hd;
+  for (int j = q0; j < q1; ++j) {
+    const int row = s.q_start + j;
+    const int n_ctx = std::min<int>(s.kv_len - s.q_len + j + 1, static_cast<int>(slots.size()));
+    scores.resize(static_cast<size_t>(g.group) * n_ctx);
+    const float* q_row = q + (static_cast<size_t>(row) * g.n_heads + kvh * g.group) * hd;
+    for (int c = 0; c < n_ctx; ++c) {
+      const float* kr = k_cache + static_cast<size_t>(slots[c]) * g.kv_stride + head_off;
+      for (int h = 0; h < g.group; ++h)
+        scores[static_cast<size_t>(h) * n_ctx + c] = dot(q_row + h * hd, kr, hd) * scale;
+    }
+    float* o_row = out + (static_cast<size_t>(row) * g.n_heads + kvh * g.group) * hd;
+    for (int h = 0; h < g.group; ++h) {
+      softmax_row(scores.data() + static_cast<size_t>(h) * n_ctx, n_ctx, n_ctx);
+      std::fill(o_row + h * hd, o_row + (h + 1) * hd, 0.f);
+    }
+    for (int c = 0; c < n_ctx; ++c) {
+      const float* vr = v_cache + static_cast<size_t>(slots[c]) * g.kv_stride + head_off;
+      for (int h = 0; h < g.group; ++h)
+        axpy(scores[static_cast<size_t>(h) * n_ctx + c], vr, o_row + h * hd, hd);
+    }
+  }
+}
+
+#ifdef CARTSERVE_HAVE_BLAS
+// Every row of sequence s through sgemms; the pool runs the gathers and the
+// softmax, OpenBLAS its own threads for the products.
+void attend_sequence_gemm(const float* q, const float* k_cache, const float* v_cache,
+                          const AttnSeq& s, const std::vector<int32_t>& slots, float scale,
+                          const Geometry& g, float* out) {
+  const int hd = g.head_dim;
+  const int kv_len = s.kv_len;
+  const size_t ldq = static_cast<size_t>(g.n_heads) * hd;
+  std::vector<float> kc(static_cast<size_t>(kv_len) * hd);         // [kv_len, hd]
+  std::vector<float> vc(static_cast<size_t>(kv_len) * hd);         // [kv_len, hd]
+  std::vector<float> sc(static_cast<size_t>(kTileRows) * kv_len);  // [tile rows, n_hi]
+  for (int kvh = 0; kvh < g.n_kv_heads; ++kvh) {
+    ThreadPool::global().parallel_for(
+        static_cast<size_t>(kv_len),
+        [&](size_t b, size_t e) {
+          for (size_t c = b; c < e; ++c) {
+            const size_t src =
+                static_cast<size_t>(slots[c]) * g.kv_stride + static_cast<size_t>(kvh) * hd;
+            std::copy_n(k_cache + src, hd, kc.data() + c * hd);
+            std::copy_n(v_cache + src, hd, vc.data() + c * hd);
+          }
+        },
+        256);
+    for (int h = kvh * g.group; h < (kvh + 1) * g.group; ++h) {
+      for (int j0 = 0; j0 < s.q_len; j0 += kTileRows) {
+        const int rows = std::min(kTileRows, s.q_len - j0);
+        const int n_hi = kv_len - s.q_len + j0 + rows;  // context of the tile's last row
+        const float* q_tile =
+            q + static_cast<size_t>(s.q_start + j0) * ldq + static_cast<size_t>(h) * hd;
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, n_hi, hd, scale, q_tile,
+                    static_cast<int>(ldq), kc.data(), hd, 0.0f, sc.data(), n_hi);
+        ThreadPool::global().parallel_for(static_cast<size_t>(rows), [&](size_t b, size_t e) {
+          for (size_t r = b; r < e; ++r) {
+            const int n_ctx = kv_len - s.q_len + j0 + static_cast<int>(r) + 1;
+            softmax_row(sc.data() + r * n_hi, n_ctx, n_hi);
+          }
+        });
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, hd, n_hi, 1.0f, sc.data(),
+                    n_hi, vc.data(), hd, 0.0f,
+                    out + static_cast<size_t>(s.q_start + j0) * ldq + static_cast<size_t>(h) * hd,
+                    static_cast<int>(ldq));
+      }
+    }
+  }
+}
+#endif
+
 }  // namespace
 
 void paged_attention(const float* q, const float* k_cache, const float* v_cache,
                      const AttnSeq* seqs, int n_seqs, float* out, int n_heads, int n_kv_heads,
                      int head_dim, int block_size, float scale) {
-  const int group = n_heads / n_kv_heads;
+  const Geometry g{n_heads, n_kv_heads, head_dim, n_heads / n_kv_heads,
+                   static_cast<size_t>(n_kv_heads) * head_dim};
   std::vector<std::vector<int32_t>> seq_slots(static_cast<size_t>(n_seqs));
   for (int s = 0; s < n_seqs; ++s)
     seq_slots[s] = position_slots(seqs[s], block_size);
 
-  // Tasks: (seq, head, chunk of kQChunk queries).
-  constexpr int kQChunk = 16;
+  // Tasks of the SIMD path: (seq, kv head, chunk of kQChunk query rows).
   struct Task {
-    int seq, head, q0, q1;
+    int seq, kvh, q0, q1;
   };
   std::vector<Task> tasks;
   for (int s = 0; s < n_seqs; ++s) {
-    for (int h = 0; h < n_heads; ++h) {
-      for (int q0 = 0; q0 < seqs[s].q_len; q0 += kQChunk) {
-        tasks.push_back({s, h, q0, std::min(seqs[s].q_len, q0 + kQChunk)});
-      }
+#ifdef CARTSERVE_HAVE_BLAS
+    if (seqs[s].q_len >= kGemmMinRows) {
+      attend_sequence_gemm(q, k_cache, v_cache, seqs[s], seq_slots[s], scale, g, out);
+      continue;
+    }
+#endif
+    for (int kvh = 0; kvh < n_kv_heads; ++kvh) {
+      for (int q0 = 0; q0 < seqs[s].q_len; q0 += kQChunk)
+        tasks.push_back({s, kvh, q0, std::min(seqs[s].q_len, q0 + kQChunk)});
     }
   }
-  const size_t kv_stride = static_cast<size_t>(n_kv_heads) * head_dim;
   ThreadPool::global().parallel_for(tasks.size(), [&](size_t tb, size_t te) {
     std::vector<float> scores;
-    std::vector<float> acc(static_cast<size_t>(head_dim));
     for (size_t ti = tb; ti < te; ++ti) {
       const Task& t = tasks[ti];
-      const AttnSeq& s = seqs[t.seq];
-      const std::vector<int32_t>& slots = seq_slots[t.seq];
-      const int kvh = t.head / group;
-      for (int j = t.q0; j < t.q1; ++j) {
-        const int row = s.q_start + j;
-        const float* qv = q + (static_cast<size_t>(row) * n_heads + t.head) * head_dim;
-        const int n_ctx = std::min<int>(s.kv_len - s.q_len + j + 1, static_cast<int>(slots.size()));
-        scores.resize(static_cast<size_t>(n_ctx));
-        float max_score = -INFINITY;
-        for (int c = 0; c < n_ctx; ++c) {
-          const float* kv = k_cache + static_cast<size_t>(slots[c]) * kv_stride +
-                            static_cast<size_t>(kvh) * head_dim;
-          float dot = 0.f;
-          for (int d = 0; d < head_dim; ++d)
-            dot += qv[d] * kv[d];
-          scores[c] = dot * scale;
-          max_score = std::max(max_score, scores[c]);
-        }
-        double denom = 0.0;
-        for (int c = 0; c < n_ctx; ++c) {
-          scores[c] = std::exp(scores[c] - max_score);
-          denom += scores[c];
-        }
-        std::fill(acc.begin(), acc.end(), 0.f);
-        for (int c = 0; c < n_ctx; ++c) {
-          const float* vv = v_cache + static_cast<size_t>(slots[c]) * kv_stride +
-                            static_cast<size_t>(kvh) * head_dim;
-          const float p = scores[c];
-          for (int d = 0; d < head_dim; ++d)
-            acc[d] += p * vv[d];
-        }
-        float* o = out + (static_cast<size_t>(row) * n_heads + t.head) * head_dim;
-        const float inv = static_cast<float>(1.0 / denom);
-        for (int d = 0; d < head_dim; ++d)
-          o[d] = acc[d] * inv;
-      }
+      attend_rows(q, k_cache, v_cache, seqs[t.seq], seq_slots[t.seq], t.kvh, t.q0, t.q1, scale, g,
+                  out, scores);
     }
   });
 }

@@ -10,9 +10,9 @@
 #endif
 
 #include <algorithm>
-#include <cstring>
 
 #include "core/thread_pool.h"
+#include "kernels/cpu/simd.h"
 #include "kernels/ops.h"
 
 namespace cartserve::ops::cpu {
@@ -25,20 +25,9 @@ constexpr int kSmallBatchMaxRows = 8;
 // Input rows handled per register block (8 accumulators of 8 lanes).
 constexpr int kRowBlock = 8;
 
-typedef float v8f __attribute__((vector_size(32)));
-
-inline v8f load8(const float* p) {
-  v8f v;
-  std::memcpy(&v, p, sizeof(v));
-  return v;
-}
-
-inline float hsum(v8f v) {
-  float s = 0.f;
-  for (int i = 0; i < 8; ++i)
-    s += v[i];
-  return s;
-}
+using simd::hsum;
+using simd::load8;
+using simd::v8f;
 
 // y[r * ldy] = dot(x[r, :k], wr[:k]) for r < R; wr stays in L1 across r.
 template <int R>

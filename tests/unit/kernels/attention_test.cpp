@@ -3,6 +3,7 @@
 // several sequences of mixed prefill/decode in one batch.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <random>
 #include <vector>
@@ -41,23 +42,18 @@ void dense_attention(const std::vector<float>& q_row, const std::vector<std::vec
   }
 }
 
-TEST(PagedAttention, MatchesDenseWithScatteredBlocksAndGqa) {
-  const int n_heads = 4, n_kv = 2, hd = 8, bs = 4, num_blocks = 16;
+// Runs paged attention over `seqs` (random K/V/Q) and returns the largest
+// difference from the dense reference.
+float max_diff_from_dense(int n_heads, int n_kv, int hd, int bs, int num_blocks,
+                          const std::vector<Seq>& seqs, uint32_t seed) {
   const int kv_dim = n_kv * hd;
-  std::mt19937 rng(7);
+  std::mt19937 rng(seed);
   std::normal_distribution<float> nd(0.f, 1.f);
   std::vector<float> kc(static_cast<size_t>(num_blocks) * bs * kv_dim), vc(kc.size());
   for (auto& x : kc)
     x = nd(rng);
   for (auto& x : vc)
     x = nd(rng);
-  // Seq 0: 10 positions over 3 scattered blocks, 5 queries (a prefill chunk).
-  // Seq 1: 11 positions, 1 query (decode). Seq 2: 6 positions, 3 queries.
-  std::vector<Seq> seqs = {
-      {{3, 7, 1}, 10, 5},
-      {{2, 5, 9}, 11, 1},
-      {{4, 6}, 6, 3},
-  };
   int rows = 0;
   for (auto& s : seqs)
     rows += s.q_len;
@@ -76,7 +72,7 @@ TEST(PagedAttention, MatchesDenseWithScatteredBlocksAndGqa) {
     as.push_back(a);
     start += s.q_len;
   }
-  std::vector<float> out(q.size());
+  std::vector<float> out(q.size(), NAN);
   const float scale = 1.f / std::sqrt(static_cast<float>(hd));
   ops::cpu::paged_attention(q.data(), kc.data(), vc.data(), as.data(), static_cast<int>(as.size()),
                             out.data(), n_heads, n_kv, hd, bs, scale);
@@ -96,13 +92,52 @@ TEST(PagedAttention, MatchesDenseWithScatteredBlocksAndGqa) {
         const size_t qb = (static_cast<size_t>(start + j) * n_heads + h) * hd;
         std::vector<float> qrow(q.begin() + qb, q.begin() + qb + hd), ref;
         dense_attention(qrow, ks, vs, s.kv_len - s.q_len + j, scale, ref);
-        for (int i = 0; i < hd; ++i)
-          max_diff = std::max(max_diff, std::fabs(ref[i] - out[qb + i]));
+        for (int i = 0; i < hd; ++i) {
+          const float d = std::fabs(ref[i] - out[qb + i]);
+          max_diff = std::isnan(d) ? INFINITY : std::max(max_diff, d);
+        }
       }
     }
     start += s.q_len;
   }
-  EXPECT_LT(max_diff, 1e-5f);
+  return max_diff;
+}
+
+// Blocks 0..n-1 of a pool of `pool` blocks, in a scattered order.
+std::vector<int32_t> scattered_blocks(int n, int pool, uint32_t seed) {
+  std::vector<int32_t> all(static_cast<size_t>(pool));
+  for (int i = 0; i < pool; ++i)
+    all[static_cast<size_t>(i)] = i;
+  std::shuffle(all.begin(), all.end(), std::mt19937(seed));
+  all.resize(static_cast<size_t>(n));
+  return all;
+}
+
+TEST(PagedAttention, MatchesDenseWithScatteredBlocksAndGqa) {
+  // Seq 0: 10 positions over 3 scattered blocks, 5 queries (a prefill chunk).
+  // Seq 1: 11 positions, 1 query (decode). Seq 2: 6 positions, 3 queries.
+  const std::vector<Seq> seqs = {
+      {{3, 7, 1}, 10, 5},
+      {{2, 5, 9}, 11, 1},
+      {{4, 6}, 6, 3},
+  };
+  EXPECT_LT(max_diff_from_dense(4, 2, 8, 4, 16, seqs, 7), 1e-5f);
+}
+
+// Long chunks take the sgemm path (tiles of rows, a partial last tile, a
+// chunk after earlier context); decode and short chunks the SIMD path beside
+// them; head_dim 64 and 20 (SIMD tails), groups of 3 query heads.
+TEST(PagedAttention, LongChunksAndDecodeInOneBatch) {
+  for (const int hd : {64, 20}) {
+    const int bs = 16, pool = 64;
+    const std::vector<Seq> seqs = {
+        {scattered_blocks(10, pool, 1), 150, 100},  // prefill chunk after 50 positions
+        {scattered_blocks(12, pool, 2), 181, 1},    // decode, partial last block
+        {scattered_blocks(3, pool, 3), 40, 40},     // whole prompt, one chunk
+        {scattered_blocks(5, pool, 4), 70, 7},      // short chunk
+    };
+    EXPECT_LT(max_diff_from_dense(6, 2, hd, bs, pool, seqs, 11), 2e-5f) << "head_dim " << hd;
+  }
 }
 
 }  // namespace
