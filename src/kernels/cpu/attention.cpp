@@ -1,8 +1,8 @@
 // Paged causal attention in fp32. The sequence's KV positions are resolved to
 // physical slots once (see AttnSeq). Two paths, same result:
 //  - a few query rows (decode, short chunks): one task per (sequence, KV
-//    head, chunk of rows); for each row every K and V row is read once and
-//    used by all query heads of its group; SIMD dots, exp and sums;
+//    head, chunk of rows); SIMD dots (four keys per pass at head_dim 64 and
+//    128, the output kept in registers), exp and sums;
 //  - many query rows (prefill with BLAS): per (sequence, KV head) K and V
 //    are gathered into contiguous rows, then per query head and tile of rows
 //    S = Q K^T and O = softmax(S) V are sgemms, the softmax in between.
@@ -105,8 +105,47 @@ struct Geometry {
   size_t kv_stride;  // floats between consecutive slots
 };
 
-// Rows [q0, q1) of sequence s, query heads of KV head kvh. Each K and V row is
-// read once per query row for all `group` heads. scores: scratch.
+// One query row of one head against its n_ctx keys, head_dim = 8 * HD8 (64
+// or 128): four keys per pass over q, the output accumulated in registers.
+// s: scratch [n_ctx].
+template <int HD8>
+void attend_head(const float* qv, const float* k_base, const float* v_base, const int32_t* slots,
+                 size_t kv_stride, int n_ctx, float scale, float* s, float* o) {
+  constexpr int hd = 8 * HD8;
+  int c = 0;
+  for (; c + 4 <= n_ctx; c += 4) {
+    const float* k0 = k_base + static_cast<size_t>(slots[c]) * kv_stride;
+    const float* k1 = k_base + static_cast<size_t>(slots[c + 1]) * kv_stride;
+    const float* k2 = k_base + static_cast<size_t>(slots[c + 2]) * kv_stride;
+    const float* k3 = k_base + static_cast<size_t>(slots[c + 3]) * kv_stride;
+    v8f a0 = {}, a1 = {}, a2 = {}, a3 = {};
+    for (int i = 0; i < hd; i += 8) {
+      const v8f x = simd::load8(qv + i);
+      a0 += x * simd::load8(k0 + i);
+      a1 += x * simd::load8(k1 + i);
+      a2 += x * simd::load8(k2 + i);
+      a3 += x * simd::load8(k3 + i);
+    }
+    s[c] = simd::hsum(a0) * scale;
+    s[c + 1] = simd::hsum(a1) * scale;
+    s[c + 2] = simd::hsum(a2) * scale;
+    s[c + 3] = simd::hsum(a3) * scale;
+  }
+  for (; c < n_ctx; ++c)
+    s[c] = dot(qv, k_base + static_cast<size_t>(slots[c]) * kv_stride, hd) * scale;
+  softmax_row(s, n_ctx, n_ctx);
+  v8f acc[HD8] = {};
+  for (c = 0; c < n_ctx; ++c) {
+    const float* vr = v_base + static_cast<size_t>(slots[c]) * kv_stride;
+    const v8f p = simd::splat(s[c]);
+    for (int i = 0; i < HD8; ++i)
+      acc[i] += p * simd::load8(vr + 8 * i);
+  }
+  for (int i = 0; i < HD8; ++i)
+    simd::store8(o + 8 * i, acc[i]);
+}
+
+// Rows [q0, q1) of sequence s, query heads of KV head kvh. scores: scratch.
 void attend_rows(const float* q, const float* k_cache, const float* v_cache, const AttnSeq& s,
                  const std::vector<int32_t>& slots, int kvh, int q0, int q1, float scale,
                  const Geometry& g, float* out, std::vector<float>& scores) {
@@ -115,14 +154,24 @@ void attend_rows(const float* q, const float* k_cache, const float* v_cache, con
   for (int j = q0; j < q1; ++j) {
     const int row = s.q_start + j;
     const int n_ctx = std::min<int>(s.kv_len - s.q_len + j + 1, static_cast<int>(slots.size()));
-    scores.resize(static_cast<size_t>(g.group) * n_ctx);
     const float* q_row = q + (static_cast<size_t>(row) * g.n_heads + kvh * g.group) * hd;
+    float* o_row = out + (static_cast<size_t>(row) * g.n_heads + kvh * g.group) * hd;
+    if (hd == 64 || hd == 128) {
+      scores.resize(static_cast<size_t>(n_ctx));
+      for (int h = 0; h < g.group; ++h) {
+        (hd == 64 ? attend_head<8> : attend_head<16>)(q_row + h * hd, k_cache + head_off,
+                                                      v_cache + head_off, slots.data(), g.kv_stride,
+                                                      n_ctx, scale, scores.data(), o_row + h * hd);
+      }
+      continue;
+    }
+    // Any other head_dim: each K and V row read once for all `group` heads.
+    scores.resize(static_cast<size_t>(g.group) * n_ctx);
     for (int c = 0; c < n_ctx; ++c) {
       const float* kr = k_cache + static_cast<size_t>(slots[c]) * g.kv_stride + head_off;
       for (int h = 0; h < g.group; ++h)
         scores[static_cast<size_t>(h) * n_ctx + c] = dot(q_row + h * hd, kr, hd) * scale;
     }
-    float* o_row = out + (static_cast<size_t>(row) * g.n_heads + kvh * g.group) * hd;
     for (int h = 0; h < g.group; ++h) {
       softmax_row(scores.data() + static_cast<size_t>(h) * n_ctx, n_ctx, n_ctx);
       std::fill(o_row + h * hd, o_row + (h + 1) * hd, 0.f);

@@ -126,9 +126,10 @@ TEST(PagedAttention, MatchesDenseWithScatteredBlocksAndGqa) {
 
 // Long chunks take the sgemm path (tiles of rows, a partial last tile, a
 // chunk after earlier context); decode and short chunks the SIMD path beside
-// them; head_dim 64 and 20 (SIMD tails), groups of 3 query heads.
+// them; head_dim 64 and 128 (register-blocked kernels) and 20 (generic, SIMD
+// tails), groups of 3 query heads.
 TEST(PagedAttention, LongChunksAndDecodeInOneBatch) {
-  for (const int hd : {64, 20}) {
+  for (const int hd : {64, 128, 20}) {
     const int bs = 16, pool = 64;
     const std::vector<Seq> seqs = {
         {scattered_blocks(10, pool, 1), 150, 100},  // prefill chunk after 50 positions
