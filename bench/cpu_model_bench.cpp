@@ -1,5 +1,6 @@
-// CPU prefill and decode throughput of the fp32 reference backend, with the
-// physical floors measured in the same run on the same machine:
+// CPU prefill and decode throughput of our backend, with fp32 weights and
+// again with bf16 weight matrices (--dtype bfloat16), with the physical floors measured in the same
+// run on the same machine:
 //  - streaming read bandwidth (multi-threaded reduction over 256 MiB) and
 //    copy bandwidth (memcpy, bytes read + written);
 //  - BLAS sgemm rate (1024^3).
@@ -7,8 +8,8 @@
 //  - decode step >= max(bytes read / read bandwidth, FLOPs / sgemm rate),
 //    where bytes = the weights touched per step (every linear weight and the
 //    LM head; not the embedding table unless it is the tied LM head) plus the
-//    KV of every sequence. Two byte counts are reported: OUR bytes (fp32
-//    weights, fp32 KV) and LLAMA.CPP's bytes (the GGUF's tensors as stored,
+//    KV of every sequence. Byte counts are reported for OUR weights (fp32, or
+//    bf16 matrices; fp32 KV) and for LLAMA.CPP's (the GGUF's tensors as stored,
 //    e.g. Q4_1, and its default f16 KV); each engine is held to its own.
 //  - prefill >= FLOPs / sgemm rate (linear layers, causal attention, one
 //    LM-head row). llama.cpp computes quantized matmuls with integer dot
@@ -259,6 +260,15 @@ struct ModelCosts {
   }
 };
 
+// Weight bytes one decode step reads: every matrix and norm; the embedding
+// table is gathered (a few rows), so it counts only when it is also the LM
+// head (tied, fp32) and then once.
+double step_bytes(const Model& model) {
+  const ModelWeights& w = model.weights;
+  const bool shared = w.lm_head.raw() == w.embed.raw();
+  return static_cast<double>(w.nbytes()) - (shared ? 0.0 : static_cast<double>(w.embed.nbytes()));
+}
+
 Result<ModelCosts> model_costs(const Model& model, const std::string& path) {
   const ModelConfig& c = model.config;
   ModelCosts k;
@@ -267,11 +277,7 @@ Result<ModelCosts> model_costs(const Model& model, const std::string& path) {
       static_cast<double>(c.num_layers) *
       (h * c.q_dim() + 2 * h * c.kv_dim() + c.q_dim() * h + 3 * h * c.intermediate_size);
   k.lm_head_params = static_cast<double>(c.vocab_size) * h;
-  const ModelWeights& w = model.weights;
-  const bool tied = w.lm_head.raw() == w.embed.raw();
-  // The embedding table is gathered (a few rows), so it counts only when it
-  // is also the LM head (tied) and then once.
-  k.fp32_step_bytes = static_cast<double>(w.nbytes()) - (tied ? 0.0 : w.embed.nbytes());
+  k.fp32_step_bytes = step_bytes(model);
   k.kv_bytes_per_token_fp32 = static_cast<double>(c.kv_bytes_per_token(4));
   k.kv_bytes_per_token_f16 = static_cast<double>(c.kv_bytes_per_token(2));
   if (path.size() < 5 || path.substr(path.size() - 5) != ".gguf") return k;
@@ -421,7 +427,7 @@ const json* find_test(const json& baseline, const std::string& name) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  CLI::App app{"CPU prefill/decode tokens/s of the fp32 backend with measured floors"};
+  CLI::App app{"CPU prefill/decode tokens/s (fp32 and bf16 weights) with measured floors"};
   std::string model_path, out_path = "cpu_model_bench.json", llama_bench;
   int threads = 0, reps = 5, ctx = 128, steps = 16;
   app.add_option("model", model_path, "GGUF file or Hugging Face folder")->required();
@@ -473,13 +479,13 @@ int main(int argc, char** argv) {
       openblas_get_corename());
 
   json results = json::array();
-  std::printf("%-26s %10s %16s %11s %9s\n", "case (ours, fp32)", "tok/s", "min..max", "floor tok/s",
-              "of floor");
+  std::printf("%-38s %10s %16s %11s %9s\n", "case (ours; fp32 unless named)", "tok/s", "min..max",
+              "floor tok/s", "of floor");
   auto add = [&](const std::string& name, const std::vector<double>& tok_s_sorted, json floor,
                  json extra) {
     const double med = median(tok_s_sorted);
     const double floor_tok_s = floor["tokens_per_s"].get<double>();
-    std::printf("%-26s %10.1f %7.1f..%-8.1f %11.1f %8.1f%%\n", name.c_str(), med,
+    std::printf("%-38s %10.1f %7.1f..%-8.1f %11.1f %8.1f%%\n", name.c_str(), med,
                 tok_s_sorted.front(), tok_s_sorted.back(), floor_tok_s, 100.0 * med / floor_tok_s);
     extra["case"] = name;
     extra["tokens_per_s"] = med;
@@ -491,44 +497,57 @@ int main(int argc, char** argv) {
     results.push_back(extra);
   };
 
-  for (int n : {128, 512}) {
-    const auto ids = random_tokens(n, cfg.vocab_size, 7);
-    SequenceRunner runner(model, n);
-    bool ok = true;
-    const auto t = timed(1, reps, [&] {
-      runner.reset();
-      ok = ok && runner.append(ids).ok();
-    });
-    if (!ok) {
-      std::fprintf(stderr, "error: prefill of %d tokens failed\n", n);
-      return 1;
+  // Prefill and decode cases of one model; `label` prefixes the case names.
+  auto run_cases = [&](const Model& m, const std::string& label, double step_bytes) -> bool {
+    for (int n : {128, 512}) {
+      const auto ids = random_tokens(n, cfg.vocab_size, 7);
+      SequenceRunner runner(m, n);
+      bool ok = true;
+      const auto t = timed(1, reps, [&] {
+        runner.reset();
+        ok = ok && runner.append(ids).ok();
+      });
+      if (!ok) {
+        std::fprintf(stderr, "error: prefill of %d tokens failed\n", n);
+        return false;
+      }
+      std::vector<double> tok_s;
+      for (auto it = t.rbegin(); it != t.rend(); ++it)
+        tok_s.push_back(n / *it);
+      const double flops = costs.prefill_flops(cfg, n);
+      add(label + "prefill " + std::to_string(n), tok_s,
+          json{{"flops", flops}, {"bound", "compute"}, {"tokens_per_s", n * fl.flops / flops}},
+          json{{"kind", "prefill"}, {"tokens", n}});
     }
-    std::vector<double> tok_s;
-    for (auto it = t.rbegin(); it != t.rend(); ++it)
-      tok_s.push_back(n / *it);
-    const double flops = costs.prefill_flops(cfg, n);
-    add("prefill " + std::to_string(n), tok_s,
-        json{{"flops", flops}, {"bound", "compute"}, {"tokens_per_s", n * fl.flops / flops}},
-        json{{"kind", "prefill"}, {"tokens", n}});
-  }
-  for (int batch : {1, 4, 16}) {
-    auto t = decode_steps(model, batch, ctx, steps);
-    if (!t.ok()) {
-      std::fprintf(stderr, "error: decode batch %d: %s\n", batch, t.status().to_string().c_str());
-      return 1;
+    for (int batch : {1, 4, 16}) {
+      auto t = decode_steps(m, batch, ctx, steps);
+      if (!t.ok()) {
+        std::fprintf(stderr, "error: decode batch %d: %s\n", batch, t.status().to_string().c_str());
+        return false;
+      }
+      std::vector<double> tok_s;
+      for (auto it = t->rbegin(); it != t->rend(); ++it)
+        tok_s.push_back(batch / *it);
+      const int mid_ctx = ctx + steps / 2;
+      add(label + "decode batch " + std::to_string(batch) + " ctx " + std::to_string(ctx), tok_s,
+          decode_floor(costs, cfg, fl, batch, mid_ctx, step_bytes, costs.kv_bytes_per_token_fp32),
+          json{{"kind", "decode"},
+               {"batch", batch},
+               {"context", ctx},
+               {"ms_per_step", 1000.0 * median(*t)}});
     }
-    std::vector<double> tok_s;
-    for (auto it = t->rbegin(); it != t->rend(); ++it)
-      tok_s.push_back(batch / *it);
-    const int mid_ctx = ctx + steps / 2;
-    add("decode batch " + std::to_string(batch) + " ctx " + std::to_string(ctx), tok_s,
-        decode_floor(costs, cfg, fl, batch, mid_ctx, costs.fp32_step_bytes,
-                     costs.kv_bytes_per_token_fp32),
-        json{{"kind", "decode"},
-             {"batch", batch},
-             {"context", ctx},
-             {"ms_per_step", 1000.0 * median(*t)}});
+    return true;
+  };
+  if (!run_cases(model, "", costs.fp32_step_bytes)) return 1;
+  // The same with bf16 weight matrices (--dtype bfloat16): half the bytes.
+  opts.weight_dtype = DType::kBF16;
+  auto bf16_model = load_model(model_path, opts);
+  if (!bf16_model.ok()) {
+    std::fprintf(stderr, "error: %s\n", bf16_model.status().to_string().c_str());
+    return 1;
   }
+  const double bf16_step_bytes = step_bytes(**bf16_model);
+  if (!run_cases(**bf16_model, "bf16 weights: ", bf16_step_bytes)) return 1;
 
   const json ours_cpu = ours_account.finish();
   std::printf("other processes took %.0f%% of the machine meanwhile\n",
@@ -548,6 +567,7 @@ int main(int argc, char** argv) {
         {"lm_head_parameters", costs.lm_head_params},
         {"tied_embeddings", cfg.tie_word_embeddings},
         {"ours_fp32_bytes_per_decode_step", costs.fp32_step_bytes},
+        {"ours_bf16_weights_bytes_per_decode_step", bf16_step_bytes},
         {"llama_cpp_gguf_bytes_per_decode_step", costs.gguf_step_bytes},
         {"gguf_tensor_bytes", costs.gguf_total_bytes},
         {"gguf_tensor_types", costs.gguf_types},
@@ -574,7 +594,7 @@ int main(int argc, char** argv) {
                 100.0 * out["cpu_accounting"]["llama_bench"].value("other_cpu_share", 0.0));
     json ratios;
     if (base.contains("tests")) {
-      std::printf("%-26s %10s %16s %11s %9s\n", "case (llama.cpp, GGUF)", "tok/s", "stddev",
+      std::printf("%-38s %10s %16s %11s %9s\n", "case (llama.cpp, GGUF)", "tok/s", "stddev",
                   "floor tok/s", "of floor");
       for (auto& t : base["tests"]) {
         const double ts = t["tokens_per_s"].get<double>();
@@ -593,7 +613,7 @@ int main(int argc, char** argv) {
         }
         t["floor"] = floor;
         t["fraction_of_floor"] = ts / floor["tokens_per_s"].get<double>();
-        std::printf("%-26s %10.1f %16.1f %11.1f %8.1f%%\n", t["test"].get<std::string>().c_str(),
+        std::printf("%-38s %10.1f %16.1f %11.1f %8.1f%%\n", t["test"].get<std::string>().c_str(),
                     ts, t["stddev_tokens_per_s"].get<double>(), floor["tokens_per_s"].get<double>(),
                     100.0 * t["fraction_of_floor"].get<double>());
       }
@@ -614,6 +634,8 @@ int main(int argc, char** argv) {
       ratio("prefill_128_ours_over_llama_cpp", "prefill 128", "pp128");
       ratio("prefill_512_ours_over_llama_cpp", "prefill 512", "pp512");
       ratio("decode_b1_ours_over_llama_cpp", dc, "tg64 @ d" + std::to_string(ctx));
+      ratio("decode_b1_ours_bf16_weights_over_llama_cpp", "bf16 weights: " + dc,
+            "tg64 @ d" + std::to_string(ctx));
     } else {
       std::printf("llama-bench: %s\n", base.dump().c_str());
     }

@@ -157,10 +157,11 @@ def print_tables(res):
               f"{fm['read_bandwidth_bytes_per_s']['median'] / 1e9:.1f} GB/s, copy "
               f"{fm['copy_bandwidth_bytes_per_s']['median'] / 1e9:.1f} GB/s, sgemm "
               f"{fm['sgemm_flops_1024']['median'] / 1e9:.1f} GFLOP/s")
-        print(f"{'case':<34} {'tok/s median (min..max)':>24} {'floor tok/s':>12} {'of floor':>9}")
-        for who, rows in (("ours fp32", mb["ours"]), ("llama.cpp", mb["llama_cpp"])):
+        print(f"{'case':<44} {'tok/s median (min..max)':>24} {'floor tok/s':>12} {'of floor':>9}")
+        for who, rows in (("ours", mb["ours"]), ("llama.cpp", mb["llama_cpp"])):
             for k, d in rows.items():
-                print(f"{who + ' ' + k:<34} {fmt(d['tokens_per_s']):>24} "
+                name = f"{who} {k}" if who != "ours" or k.startswith("bf16") else f"ours fp32 {k}"
+                print(f"{name:<44} {fmt(d['tokens_per_s']):>24} "
                       f"{d['floor_tokens_per_s']['median']:>12.1f} "
                       f"{100 * d['fraction_of_floor']['median']:>8.1f}%")
         for phase, v in mb["other_cpu_share"].items():
@@ -168,7 +169,7 @@ def print_tables(res):
                 print(f"other processes' share of the machine during {phase}: median "
                       f"{100 * v['median']:.0f}% (max {100 * v['max']:.0f}%)")
         for k, v in mb["ratios_ours_over_llama_cpp"].items():
-            print(f"ratio {k:<40} {v['median']:.3f} ({v['min']:.3f}..{v['max']:.3f})")
+            print(f"ratio {k:<46} {v['median']:.3f} ({v['min']:.3f}..{v['max']:.3f})")
     for server, d in res.get("load", {}).items():
         if server == "ratios_cartserve_over_llama_server":
             continue

@@ -36,6 +36,9 @@ void rms_norm(const float* x, const float* w, float* out, int n, int dim, float 
 // y[n, out_dim] = x[n, in_dim] @ w[out_dim, in_dim]^T (+ bias[out_dim] if non-null)
 void linear(const float* x, const float* w, const float* bias, float* y, int n, int in_dim,
             int out_dim);
+// The same with bf16 weights w[out_dim, in_dim] (fp32 accumulation).
+void linear_bf16(const float* x, const uint16_t* w, const float* bias, float* y, int n, int in_dim,
+                 int out_dim);
 
 // In place, HF "rotate_half" layout: pairs (i, i + head_dim/2).
 // x: [n, n_heads, head_dim]; positions: [n]

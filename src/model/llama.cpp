@@ -6,6 +6,20 @@
 
 namespace cartserve {
 
+namespace {
+
+// y[n, out] = x[n, in] @ w^T (+ bias), w fp32 or bf16 [out, in].
+void linear(const float* x, const Tensor& w, const float* bias, float* y, int n, int in_dim,
+            int out_dim) {
+  if (w.dtype() == DType::kBF16) {
+    ops::cpu::linear_bf16(x, w.data<uint16_t>(), bias, y, n, in_dim, out_dim);
+  } else {
+    ops::cpu::linear(x, w.data<float>(), bias, y, n, in_dim, out_dim);
+  }
+}
+
+}  // namespace
+
 LlamaForward::LlamaForward(const Model& model)
     : model_(model), inv_freq_(rope_inv_freq(model.config, model.weights.rope_freq_factors)) {}
 
@@ -99,9 +113,9 @@ Status LlamaForward::forward(const ForwardBatch& b, KvCache& cache, std::vector<
     const float* bq = l.bq.empty() ? nullptr : l.bq.data<float>();
     const float* bk = l.bk.empty() ? nullptr : l.bk.data<float>();
     const float* bv = l.bv.empty() ? nullptr : l.bv.data<float>();
-    ops::cpu::linear(xn_.data(), l.wq.data<float>(), bq, q_.data(), n, h, qd);
-    ops::cpu::linear(xn_.data(), l.wk.data<float>(), bk, k_.data(), n, h, kvd);
-    ops::cpu::linear(xn_.data(), l.wv.data<float>(), bv, v_.data(), n, h, kvd);
+    linear(xn_.data(), l.wq, bq, q_.data(), n, h, qd);
+    linear(xn_.data(), l.wk, bk, k_.data(), n, h, kvd);
+    linear(xn_.data(), l.wv, bv, v_.data(), n, h, kvd);
     ops::cpu::rope(q_.data(), b.positions.data(), rope, n, c.num_heads);
     ops::cpu::rope(k_.data(), b.positions.data(), rope, n, c.num_kv_heads);
     dump("q", li, q_, n, qd);
@@ -112,17 +126,17 @@ Status LlamaForward::forward(const ForwardBatch& b, KvCache& cache, std::vector<
                               static_cast<int>(b.seqs.size()), attn_.data(), c.num_heads,
                               c.num_kv_heads, c.head_dim, cache.block_size(), scale);
     dump("attn_out", li, attn_, n, qd);
-    ops::cpu::linear(attn_.data(), l.wo.data<float>(), nullptr, proj_.data(), n, qd, h);
+    linear(attn_.data(), l.wo, nullptr, proj_.data(), n, qd, h);
     dump("attn_proj", li, proj_, n, h);
     ops::cpu::add_inplace(x_.data(), proj_.data(), static_cast<int64_t>(nn) * h);
 
     // MLP block: x += down(silu(gate(xn)) * up(xn)).
     ops::cpu::rms_norm(x_.data(), l.ffn_norm.data<float>(), xn_.data(), n, h, c.rms_norm_eps);
     dump("ffn_norm", li, xn_, n, h);
-    ops::cpu::linear(xn_.data(), l.w_gate.data<float>(), nullptr, gate_.data(), n, h, ff);
-    ops::cpu::linear(xn_.data(), l.w_up.data<float>(), nullptr, up_.data(), n, h, ff);
+    linear(xn_.data(), l.w_gate, nullptr, gate_.data(), n, h, ff);
+    linear(xn_.data(), l.w_up, nullptr, up_.data(), n, h, ff);
     ops::cpu::silu_mul(gate_.data(), up_.data(), gate_.data(), static_cast<int64_t>(nn) * ff);
-    ops::cpu::linear(gate_.data(), l.w_down.data<float>(), nullptr, proj_.data(), n, ff, h);
+    linear(gate_.data(), l.w_down, nullptr, proj_.data(), n, ff, h);
     dump("ffn_out", li, proj_, n, h);
     ops::cpu::add_inplace(x_.data(), proj_.data(), static_cast<int64_t>(nn) * h);
     dump("hidden", li, x_, n, h);
@@ -140,8 +154,7 @@ Status LlamaForward::forward(const ForwardBatch& b, KvCache& cache, std::vector<
     ops::cpu::rms_norm(last_.data(), w.final_norm.data<float>(), last_.data(), n_logits, h,
                        c.rms_norm_eps);
     dump("final_norm", -1, last_, n_logits, h);
-    ops::cpu::linear(last_.data(), w.lm_head.data<float>(), nullptr, logits.data(), n_logits, h,
-                     c.vocab_size);
+    linear(last_.data(), w.lm_head, nullptr, logits.data(), n_logits, h, c.vocab_size);
   }
   return {};
 }

@@ -25,6 +25,8 @@ struct Model {
 struct LoadOptions {
   bool progress = true;  // progress bar on a terminal (stderr)
   bool summary = true;   // one-line summary at the end (log, info level)
+  // Storage of the weight matrices (see load_weights): kF32 or kBF16.
+  DType weight_dtype = DType::kF32;
 };
 
 // `path` is a .gguf file or a folder with config.json + *.safetensors +

@@ -1,6 +1,7 @@
 #include "model/weights_loader.h"
 
 #include "core/progress.h"
+#include "core/thread_pool.h"
 
 namespace cartserve {
 
@@ -17,9 +18,32 @@ Result<Tensor> load_checked(const TensorSource& src, const std::string& logical,
   return t;
 }
 
+// fp32 -> bf16, round to nearest even.
+Tensor to_bf16(const Tensor& t) {
+  Tensor out(DType::kBF16, t.shape());
+  const float* src = t.data<float>();
+  uint16_t* dst = out.data<uint16_t>();
+  ThreadPool::global().parallel_for(
+      static_cast<size_t>(t.numel()),
+      [&](size_t b, size_t e) {
+        for (size_t i = b; i < e; ++i)
+          dst[i] = f32_to_bf16(src[i]);
+      },
+      1 << 16);
+  return out;
+}
+
 }  // namespace
 
-Result<ModelWeights> load_weights(const TensorSource& src, const ModelConfig& c, bool progress) {
+Result<ModelWeights> load_weights(const TensorSource& src, const ModelConfig& c, bool progress,
+                                  DType matrix_dtype) {
+  if (matrix_dtype != DType::kF32 && matrix_dtype != DType::kBF16) {
+    return make_error(ErrorCode::kInvalidArgument,
+                      "weights can be stored as float32 or bfloat16, not {}",
+                      dtype_name(matrix_dtype));
+  }
+  // A matrix as loaded (fp32) in the storage asked for.
+  auto matrix = [&](Tensor t) { return matrix_dtype == DType::kBF16 ? to_bf16(t) : t; };
   const int64_t h = c.hidden_size;
   const int64_t q = c.q_dim();
   const int64_t kv = c.kv_dim();
@@ -32,8 +56,10 @@ Result<ModelWeights> load_weights(const TensorSource& src, const ModelConfig& c,
   CS_ASSIGN_OR_RETURN(w.final_norm, load_checked(src, "final_norm", -1, {h}));
   if (src.has("lm_head", -1)) {
     CS_ASSIGN_OR_RETURN(w.lm_head, load_checked(src, "lm_head", -1, {c.vocab_size, h}));
+    w.lm_head = matrix(std::move(w.lm_head));
   } else if (c.tie_word_embeddings) {
-    w.lm_head = w.embed;  // shared storage
+    // Shared storage in fp32; a bf16 copy otherwise (lookups stay fp32).
+    w.lm_head = matrix(w.embed);
   } else {
     return src.load("lm_head", -1)
         .status()
@@ -50,9 +76,13 @@ Result<ModelWeights> load_weights(const TensorSource& src, const ModelConfig& c,
     LayerWeights& l = w.layers[i];
     CS_ASSIGN_OR_RETURN(l.attn_norm, load_checked(src, "attn_norm", i, {h}));
     CS_ASSIGN_OR_RETURN(l.wq, load_checked(src, "wq", i, {q, h}));
+    l.wq = matrix(std::move(l.wq));
     CS_ASSIGN_OR_RETURN(l.wk, load_checked(src, "wk", i, {kv, h}));
+    l.wk = matrix(std::move(l.wk));
     CS_ASSIGN_OR_RETURN(l.wv, load_checked(src, "wv", i, {kv, h}));
+    l.wv = matrix(std::move(l.wv));
     CS_ASSIGN_OR_RETURN(l.wo, load_checked(src, "wo", i, {h, q}));
+    l.wo = matrix(std::move(l.wo));
     if (c.attention_bias) {
       CS_ASSIGN_OR_RETURN(l.bq, load_checked(src, "bq", i, {q}));
       CS_ASSIGN_OR_RETURN(l.bk, load_checked(src, "bk", i, {kv}));
@@ -60,8 +90,11 @@ Result<ModelWeights> load_weights(const TensorSource& src, const ModelConfig& c,
     }
     CS_ASSIGN_OR_RETURN(l.ffn_norm, load_checked(src, "ffn_norm", i, {h}));
     CS_ASSIGN_OR_RETURN(l.w_gate, load_checked(src, "w_gate", i, {ff, h}));
+    l.w_gate = matrix(std::move(l.w_gate));
     CS_ASSIGN_OR_RETURN(l.w_up, load_checked(src, "w_up", i, {ff, h}));
+    l.w_up = matrix(std::move(l.w_up));
     CS_ASSIGN_OR_RETURN(l.w_down, load_checked(src, "w_down", i, {h, ff}));
+    l.w_down = matrix(std::move(l.w_down));
     bar.update(static_cast<uint64_t>(i) + 3);
   }
   bar.finish();

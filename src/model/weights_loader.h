@@ -9,7 +9,9 @@
 
 namespace cartserve {
 
+// matrix_dtype: storage of the linear layers' and the LM head's matrices,
+// kF32 or kBF16 (halves what a decode step reads); everything else is fp32.
 Result<ModelWeights> load_weights(const TensorSource& source, const ModelConfig& config,
-                                  bool progress);
+                                  bool progress, DType matrix_dtype = DType::kF32);
 
 }  // namespace cartserve

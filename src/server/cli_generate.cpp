@@ -11,6 +11,7 @@
 #include "engine/engine.h"
 #include "model/model.h"
 #include "server/cli.h"
+#include "server/serve_options.h"
 #include "tokenizer/chat_template.h"
 #include "tokenizer/tokenizer.h"
 
@@ -29,6 +30,7 @@ struct GenerateArgs {
   std::optional<uint64_t> seed;
   bool chat = false;
   bool ignore_eos = false;
+  std::string dtype = "auto";
   std::string log_level = "info";
 };
 
@@ -44,6 +46,12 @@ int run_generate(const GenerateArgs& a) {
     prompt = *text;
   }
   LoadOptions opts;
+  auto weight_dtype = cpu_weight_dtype(a.dtype);
+  if (!weight_dtype.ok()) {
+    std::fprintf(stderr, "error: %s\n", weight_dtype.status().message().c_str());
+    return 1;
+  }
+  opts.weight_dtype = *weight_dtype;
   auto loaded = load_model(a.model, opts);
   if (!loaded.ok()) {
     std::fprintf(stderr, "error: %s\n", loaded.status().message().c_str());
@@ -172,6 +180,9 @@ void register_generate(CLI::App& app) {
   sub->add_flag("--chat", args->chat,
                 "Wrap the prompt as a user message with the model's chat template");
   sub->add_flag("--ignore-eos", args->ignore_eos, "Keep generating after end-of-sequence tokens");
+  sub->add_option("--dtype", args->dtype,
+                  "Weights: auto or float32; bfloat16 (bf16 weight matrices, fp32 compute)")
+      ->default_val("auto");
   sub->add_option("--log-level", args->log_level, "trace|debug|info|warn|error")
       ->default_val("info");
   sub->callback([args] {

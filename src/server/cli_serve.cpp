@@ -65,7 +65,9 @@ int run_serve(const ServeOptions& o) {
   sigaction(SIGINT, &sa, nullptr);
   sigaction(SIGTERM, &sa, nullptr);
 
-  auto loaded = load_model(o.model, LoadOptions{});
+  LoadOptions load_options;
+  load_options.weight_dtype = *cpu_weight_dtype(o.dtype);  // validated
+  auto loaded = load_model(o.model, load_options);
   if (!loaded.ok()) return fail(loaded.status().message());
   const Model& model = **loaded;
 

@@ -33,7 +33,9 @@ void ServeOptions::add_to(CLI::App& sub) {
   sub.add_option("--device", device, "cpu (fp32 reference backend) or cuda")
       ->default_val("cpu")
       ->check(CLI::IsMember({"cpu", "cuda"}));
-  sub.add_option("--dtype", dtype, "Compute dtype: auto, float32 (cpu); bfloat16 (cuda)")
+  sub.add_option("--dtype", dtype,
+                 "Weights: auto or float32; bfloat16 (bf16 weight matrices, fp32 compute: half "
+                 "the bytes a decode step reads)")
       ->default_val("auto");
   sub.add_option("--kv-cache-memory", kv_cache_memory,
                  "Bytes for the KV cache, e.g. 1GiB, 512MiB (cpu)")
@@ -69,10 +71,7 @@ Status ServeOptions::validate() const {
                       "--gpu-memory-utilization applies to --device cuda; on the CPU use "
                       "--kv-cache-memory");
   }
-  if (dtype != "auto" && dtype != "float32" && dtype != "fp32") {
-    return make_error(ErrorCode::kUnsupported,
-                      "--dtype {} is not supported on the CPU backend (float32 only)", dtype);
-  }
+  if (auto d = cpu_weight_dtype(dtype); !d.ok()) return d.status();
   if (max_num_batched_tokens < max_num_seqs) {
     return make_error(ErrorCode::kInvalidArgument,
                       "--max-num-batched-tokens ({}) must be at least --max-num-seqs ({})",
@@ -119,6 +118,17 @@ Result<ServeOptions::Plan> ServeOptions::plan(const ModelConfig& config) const {
   p.served_model_names = served_model_name;
   if (p.served_model_names.empty()) p.served_model_names.push_back(model);
   return p;
+}
+
+Result<DType> cpu_weight_dtype(const std::string& dtype) {
+  if (dtype == "auto") return DType::kF32;
+  const auto d = parse_dtype(dtype);
+  if (!d || (*d != DType::kF32 && *d != DType::kBF16)) {
+    return make_error(ErrorCode::kUnsupported,
+                      "--dtype {} is not supported on the CPU backend (auto, float32 or bfloat16)",
+                      dtype);
+  }
+  return *d;
 }
 
 Result<uint64_t> parse_byte_size(const std::string& text) {

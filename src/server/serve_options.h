@@ -47,6 +47,10 @@ struct ServeOptions {
   Result<Plan> plan(const ModelConfig& config) const;
 };
 
+// --dtype on the CPU backend -> storage of the weight matrices: auto/float32
+// -> kF32, bfloat16 -> kBF16 (fp32 compute either way).
+Result<DType> cpu_weight_dtype(const std::string& dtype);
+
 // "1GiB", "512MiB", "2G", "1e9", "1048576" -> bytes.
 Result<uint64_t> parse_byte_size(const std::string& text);
 

@@ -1,4 +1,5 @@
-// Dense layer: y = x @ w^T (+ bias). Weights are [out, in] as in HF checkpoints.
+// Dense layer: y = x @ w^T (+ bias). Weights are [out, in] as in HF checkpoints,
+// fp32 or bf16 (half the bytes a decode step reads; computed in fp32).
 // A few rows (decode): our own kernel that streams each weight row once from
 // memory and dots it with every input row while it sits in L1 (BLAS sgemm
 // packs the weights first, which costs more than the product at this size;
@@ -10,7 +11,9 @@
 #endif
 
 #include <algorithm>
+#include <vector>
 
+#include "core/dtype.h"
 #include "core/thread_pool.h"
 #include "kernels/cpu/simd.h"
 #include "kernels/ops.h"
@@ -22,34 +25,50 @@ namespace {
 // 2-core Zen 4 for SmolLM2 shapes: as fast as sgemv at 1 row, 2x sgemm at
 // 4 rows, 1.3x at 8, 0.7x at 16).
 constexpr int kSmallBatchMaxRows = 8;
+// The same for bf16 weights, where sgemm must first widen them to fp32.
+constexpr int kSmallBatchMaxRowsBf16 = 32;
 // Input rows handled per register block (8 accumulators of 8 lanes).
 constexpr int kRowBlock = 8;
 
 using simd::hsum;
-using simd::load8;
 using simd::v8f;
 
+// Weights are fp32 or bf16 (uint16_t, the top half of an fp32).
+inline v8f load_w8(const float* p) {
+  return simd::load8(p);
+}
+inline v8f load_w8(const uint16_t* p) {
+  return simd::load8_bf16(p);
+}
+inline float w_at(const float* p, int i) {
+  return p[i];
+}
+inline float w_at(const uint16_t* p, int i) {
+  return bf16_to_f32(p[i]);
+}
+
 // y[r * ldy] = dot(x[r, :k], wr[:k]) for r < R; wr stays in L1 across r.
-template <int R>
-void dot_rows(const float* x, const float* wr, int k, float* y, size_t ldy) {
+template <int R, typename W>
+void dot_rows(const float* x, const W* wr, int k, float* y, size_t ldy) {
   v8f acc[R] = {};
   int i = 0;
   for (; i + 8 <= k; i += 8) {
-    const v8f wv = load8(wr + i);
+    const v8f wv = load_w8(wr + i);
     for (int r = 0; r < R; ++r)
-      acc[r] += wv * load8(x + static_cast<size_t>(r) * k + i);
+      acc[r] += wv * simd::load8(x + static_cast<size_t>(r) * k + i);
   }
   for (int r = 0; r < R; ++r) {
     float s = hsum(acc[r]);
     const float* xr = x + static_cast<size_t>(r) * k;
     for (int t = i; t < k; ++t)
-      s += xr[t] * wr[t];
+      s += xr[t] * w_at(wr, t);
     y[static_cast<size_t>(r) * ldy] = s;
   }
 }
 
 // y[r, j] for r < R (R <= kRowBlock) and one weight row j.
-void dot_block(const float* x, const float* wr, int k, float* y, size_t ldy, int rows) {
+template <typename W>
+void dot_block(const float* x, const W* wr, int k, float* y, size_t ldy, int rows) {
   switch (rows) {
     case 1:
       return dot_rows<1>(x, wr, k, y, ldy);
@@ -71,12 +90,13 @@ void dot_block(const float* x, const float* wr, int k, float* y, size_t ldy, int
 }
 
 // Every weight row is read from memory once, by one thread.
-void linear_small_batch(const float* x, const float* w, float* y, int n, int in_dim, int out_dim) {
+template <typename W>
+void linear_small_batch(const float* x, const W* w, float* y, int n, int in_dim, int out_dim) {
   ThreadPool::global().parallel_for(
       static_cast<size_t>(out_dim),
       [&](size_t b, size_t e) {
         for (size_t j = b; j < e; ++j) {
-          const float* wr = w + j * static_cast<size_t>(in_dim);
+          const W* wr = w + j * static_cast<size_t>(in_dim);
           for (int r0 = 0; r0 < n; r0 += kRowBlock) {
             dot_block(x + static_cast<size_t>(r0) * in_dim, wr, in_dim,
                       y + static_cast<size_t>(r0) * out_dim + j, static_cast<size_t>(out_dim),
@@ -85,6 +105,15 @@ void linear_small_batch(const float* x, const float* w, float* y, int n, int in_
         }
       },
       64);
+}
+
+void add_bias(const float* bias, float* y, int n, int out_dim) {
+  if (!bias) return;
+  for (int r = 0; r < n; ++r) {
+    float* yr = y + static_cast<size_t>(r) * out_dim;
+    for (int i = 0; i < out_dim; ++i)
+      yr[i] += bias[i];
+  }
 }
 
 }  // namespace
@@ -101,13 +130,37 @@ void linear(const float* x, const float* w, const float* bias, float* y, int n, 
 #else
   linear_small_batch(x, w, y, n, in_dim, out_dim);
 #endif
-  if (bias) {
-    for (int r = 0; r < n; ++r) {
-      float* yr = y + static_cast<size_t>(r) * out_dim;
-      for (int i = 0; i < out_dim; ++i)
-        yr[i] += bias[i];
+  add_bias(bias, y, n, out_dim);
+}
+
+void linear_bf16(const float* x, const uint16_t* w, const float* bias, float* y, int n, int in_dim,
+                 int out_dim) {
+#ifdef CARTSERVE_HAVE_BLAS
+  if (n <= kSmallBatchMaxRowsBf16) {
+    linear_small_batch(x, w, y, n, in_dim, out_dim);
+  } else {
+    // Many rows: widen a panel of weight rows to fp32, sgemm it into its
+    // columns of y; the widening is small next to the product at this n.
+    constexpr int kPanelRows = 256;
+    std::vector<float> panel(static_cast<size_t>(kPanelRows) * in_dim);  // [rows, in_dim]
+    for (int j0 = 0; j0 < out_dim; j0 += kPanelRows) {
+      const int rows = std::min(kPanelRows, out_dim - j0);
+      const uint16_t* src = w + static_cast<size_t>(j0) * in_dim;
+      ThreadPool::global().parallel_for(
+          static_cast<size_t>(rows) * in_dim,
+          [&](size_t b, size_t e) {
+            for (size_t i = b; i < e; ++i)
+              panel[i] = bf16_to_f32(src[i]);
+          },
+          4096);
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, rows, in_dim, 1.0f, x, in_dim,
+                  panel.data(), in_dim, 0.0f, y + j0, out_dim);
     }
   }
+#else
+  linear_small_batch(x, w, y, n, in_dim, out_dim);
+#endif
+  add_bias(bias, y, n, out_dim);
 }
 
 }  // namespace cartserve::ops::cpu

@@ -16,6 +16,17 @@ inline v8f load8(const float* p) {
   return v;
 }
 
+// Eight bf16 values (the top halves of fp32s) widened to fp32.
+inline v8f load8_bf16(const uint16_t* p) {
+  typedef uint16_t v8u16 __attribute__((vector_size(16)));
+  v8u16 h;
+  std::memcpy(&h, p, sizeof(h));
+  const v8i bits = __builtin_convertvector(h, v8i) << 16;
+  v8f v;
+  std::memcpy(&v, &bits, sizeof(v));
+  return v;
+}
+
 inline void store8(float* p, v8f v) {
   std::memcpy(p, &v, sizeof(v));
 }

@@ -1,12 +1,14 @@
-// cpu::linear against a double-precision reference, on every path: one row
-// (sgemv), a few rows (the small-batch kernel, register blocks of 8 and their
-// remainders) and many rows (sgemm); in_dim not a multiple of 8; with bias.
+// cpu::linear and linear_bf16 against a double-precision reference, on every
+// path: few rows (the small-batch kernel, register blocks of 8 and their
+// remainders) and many (sgemm; panels of widened rows for bf16 past 32 rows);
+// in_dim not a multiple of 8; with bias.
 #include <gtest/gtest.h>
 
 #include <cmath>
 #include <random>
 #include <vector>
 
+#include "core/dtype.h"
 #include "kernels/ops.h"
 
 namespace cartserve {
@@ -33,6 +35,36 @@ TEST_P(LinearRows, MatchesDoubleReference) {
           ref += static_cast<double>(x[static_cast<size_t>(r) * in_dim + k]) *
                  w[static_cast<size_t>(j) * in_dim + k];
         // fp32 accumulation over in_dim terms of magnitude <= 1.
+        ASSERT_NEAR(y[static_cast<size_t>(r) * out_dim + j], ref, 1e-5 * in_dim)
+            << "n=" << n << " in_dim=" << in_dim << " row " << r << " col " << j;
+      }
+    }
+  }
+}
+
+// bf16 weights: the same product with the weights widened exactly.
+TEST_P(LinearRows, Bf16WeightsMatchDoubleReference) {
+  const int n = GetParam();
+  for (const int in_dim : {5, 64, 203}) {
+    const int out_dim = 300;  // more than one sgemm panel of 256 rows
+    std::mt19937 rng(static_cast<uint32_t>(n * 7919 + in_dim));
+    std::uniform_real_distribution<float> u(-1.f, 1.f);
+    std::vector<float> x(static_cast<size_t>(n) * in_dim), bias(out_dim),
+        y(static_cast<size_t>(n) * out_dim, NAN);
+    std::vector<uint16_t> w(static_cast<size_t>(out_dim) * in_dim);
+    for (float& f : x)
+      f = u(rng);
+    for (float& f : bias)
+      f = u(rng);
+    for (uint16_t& h : w)
+      h = f32_to_bf16(u(rng));
+    ops::cpu::linear_bf16(x.data(), w.data(), bias.data(), y.data(), n, in_dim, out_dim);
+    for (int r = 0; r < n; ++r) {
+      for (int j = 0; j < out_dim; ++j) {
+        double ref = bias[static_cast<size_t>(j)];
+        for (int k = 0; k < in_dim; ++k)
+          ref += static_cast<double>(x[static_cast<size_t>(r) * in_dim + k]) *
+                 bf16_to_f32(w[static_cast<size_t>(j) * in_dim + k]);
         ASSERT_NEAR(y[static_cast<size_t>(r) * out_dim + j], ref, 1e-5 * in_dim)
             << "n=" << n << " in_dim=" << in_dim << " row " << r << " col " << j;
       }
