@@ -426,7 +426,7 @@ def start_server(args, threads):
 
 def server_info(target, kind):
     info = {"models": target.get_json("/v1/models")}
-    if kind == "llama-server":
+    if kind.startswith("llama-server"):
         props = target.get_json("/props") or {}
         info["total_slots"] = props.get("total_slots")
         info["build_info"] = props.get("build_info")
@@ -471,6 +471,7 @@ def parse_args(argv):
     p.add_argument("--max-model-len", type=int, default=2048)
     p.add_argument("--server-arg", action="append", default=[],
                    help="extra argument for the started server (repeatable)")
+    p.add_argument("--label", help="name of this server in the results (default: --server, or external)")
     p.add_argument("--server-log", help="file for the started server's output")
     p.add_argument("--startup-timeout", type=float, default=300)
     p.add_argument("--concurrency", default="1,4,16", help="comma-separated levels")
@@ -513,10 +514,10 @@ def main(argv=None):
     notes = []
     if args.server:
         srv, base_url, notes = start_server(args, args.threads)
-        kind = args.server
+        kind = args.label or args.server
     else:
         base_url = args.base_url
-        kind = "external"
+        kind = args.label or "external"
     try:
         target = Target(base_url, args.served_model_name, args.api_key)
         if args.base_url and "--served-model-name" not in (argv or sys.argv):

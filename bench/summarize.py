@@ -171,7 +171,7 @@ def print_tables(res):
         for k, v in mb["ratios_ours_over_llama_cpp"].items():
             print(f"ratio {k:<46} {v['median']:.3f} ({v['min']:.3f}..{v['max']:.3f})")
     for server, d in res.get("load", {}).items():
-        if server == "ratios_cartserve_over_llama_server":
+        if server.startswith("ratios_"):
             continue
         print(f"\nload: {server}")
         print(f"{'conc':>4} {'req/s':>22} {'out tok/s':>22} {'TTFT p50 ms':>22} "
@@ -183,9 +183,11 @@ def print_tables(res):
                   f"{fmt(m['output_tokens_per_s']):>22} {fmt(m['ttft_ms_p50'], '{:.0f}'):>22} "
                   f"{m['ttft_ms_p99']['median']:>10.0f} {fmt(m['itl_ms_p50']):>20} "
                   f"{m['itl_ms_p99']['median']:>10.1f} {others:>10}")
-    r = res.get("load", {}).get("ratios_cartserve_over_llama_server")
-    if r:
-        print("\nratios cartserve / llama-server (median (min..max) over repeats)")
+    for key, r in res.get("load", {}).items():
+        if not key.startswith("ratios_"):
+            continue
+        kind = key[len("ratios_"):-len("_over_llama_server")]
+        print(f"\nratios {kind} / llama-server (median (min..max) over repeats)")
         print(f"{'conc':>4} {'out tok/s':>22} {'TTFT p50':>22} {'ITL p50':>22}")
         for c, m in r.items():
             print(f"{c:>4} {fmt(m['output_tokens_per_s'], '{:.3f}'):>22} "
@@ -251,9 +253,10 @@ def main():
         for kind, runs in load_runs.items():
             res["load"][kind] = summarize_load(runs)
             res["load"][kind]["runs"] = runs
-        if "cartserve" in load_runs and "llama-server" in load_runs:
-            res["load"]["ratios_cartserve_over_llama_server"] = load_ratios(
-                load_runs["cartserve"], load_runs["llama-server"])
+        for kind in [k for k in load_runs if k.startswith("cartserve")]:
+            if "llama-server" in load_runs:
+                res["load"][f"ratios_{kind}_over_llama_server"] = load_ratios(
+                    load_runs[kind], load_runs["llama-server"])
     if cart_runs:
         res["cartridge_bench"] = sorted(cart_runs, key=lambda r: r["document_tokens"])
     os.makedirs(args.out_dir, exist_ok=True)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # What `make bench` runs (make builds; this script builds nothing): the CPU
-# model benchmark and the load generator against `cartserve serve`, the
+# model benchmark and the load generator against `cartserve serve` (fp32 and
+# --dtype bfloat16 weights), the
 # cartridge benchmark on a shipped document and a long one, plus the
 # llama.cpp baselines (llama-bench, llama-server on the same GGUF) when
 # CARTSERVE_LLAMA_CPP_DIR points at a llama.cpp build folder. Every repeat
@@ -64,6 +65,10 @@ for r in $(seq 1 "$REPEATS"); do
   echo "run_bench: repeat $r/$REPEATS: load_gen against cartserve"
   "$PY" bench/load_gen.py --server cartserve --cartserve-bin "$CARTSERVE" "${common[@]}" \
     --server-log "$RUNS/cartserve-$r.log" --out "$RUNS/load-cartserve-$r.json"
+  echo "run_bench: repeat $r/$REPEATS: load_gen against cartserve --dtype bfloat16"
+  "$PY" bench/load_gen.py --server cartserve --label cartserve-bf16 --cartserve-bin "$CARTSERVE" \
+    "${common[@]}" --server-arg=--dtype --server-arg=bfloat16 \
+    --server-log "$RUNS/cartserve-bf16-$r.log" --out "$RUNS/load-cartserve-bf16-$r.json"
   if [ -n "$LLAMA_SERVER" ]; then
     echo "run_bench: repeat $r/$REPEATS: load_gen against llama-server"
     "$PY" bench/load_gen.py --server llama-server --llama-server "$LLAMA_SERVER" "${common[@]}" \
