@@ -63,6 +63,42 @@ std::vector<int32_t> greedy(SequenceRunner& runner, const std::vector<int32_t>& 
   return out;
 }
 
+// One golden prompt through `model`: every position's logits against the
+// reference's top-64, top-1 agreement, and how far our top-1 is above the
+// reference's top-1 where they differ (0 where they agree).
+struct GoldenComparison {
+  std::vector<float> logits;  // [ids, vocab]
+  size_t tokens = 0;
+  float max_diff = 0.f;
+  int top1_agree = 0;
+  float worst_gap = 0.f;
+};
+
+GoldenComparison compare_to_golden(const Model& model, const json& p) {
+  GoldenComparison g;
+  const int vocab = model.config.vocab_size;
+  const auto ids = p["ids"].get<std::vector<int32_t>>();
+  g.tokens = ids.size();
+  SequenceRunner runner(model, static_cast<int>(ids.size()) + 8);
+  auto logits = runner.append(ids, /*all_logits=*/true, /*chunk=*/128);
+  EXPECT_TRUE(logits.ok()) << logits.status().to_string();
+  if (!logits.ok()) return g;
+  g.logits = std::move(logits).value();
+  const auto& top_ids = p["top_ids"];
+  const auto& top_logits = p["top_logits"];
+  for (size_t pos = 0; pos < ids.size(); ++pos) {
+    const float* row = g.logits.data() + pos * vocab;
+    for (size_t k = 0; k < top_ids[pos].size(); ++k) {
+      const int id = top_ids[pos][k].get<int>();
+      g.max_diff = std::max(g.max_diff, std::fabs(row[id] - top_logits[pos][k].get<float>()));
+    }
+    const int ours = argmax(row, vocab), ref = top_ids[pos][0].get<int>();
+    g.top1_agree += ours == ref;
+    g.worst_gap = std::max(g.worst_gap, row[ours] - row[ref]);
+  }
+  return g;
+}
+
 class SmolLM2Golden : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
@@ -98,36 +134,22 @@ TEST_F(SmolLM2Golden, ConfigMatchesMetadata) {
 TEST_F(SmolLM2Golden, LogitsMatchTransformers) {
   const int vocab = model_->config.vocab_size;
   for (const auto& p : (*golden_)["prompts"]) {
-    const auto ids = p["ids"].get<std::vector<int32_t>>();
-    SequenceRunner runner(*model_, static_cast<int>(ids.size()) + 8);
-    auto logits = runner.append(ids, /*all_logits=*/true, /*chunk=*/128);
-    ASSERT_TRUE(logits.ok()) << logits.status().to_string();
-    const auto& top_ids = p["top_ids"];
-    const auto& top_logits = p["top_logits"];
-    float max_diff = 0.f;
-    int top1_agree = 0;
-    for (size_t pos = 0; pos < ids.size(); ++pos) {
-      const float* row = logits->data() + pos * vocab;
-      for (size_t k = 0; k < top_ids[pos].size(); ++k) {
-        const int id = top_ids[pos][k].get<int>();
-        max_diff = std::max(max_diff, std::fabs(row[id] - top_logits[pos][k].get<float>()));
-      }
-      top1_agree += argmax(row, vocab) == top_ids[pos][0].get<int>();
-    }
+    const GoldenComparison g = compare_to_golden(*model_, p);
+    ASSERT_EQ(g.logits.size(), g.tokens * vocab);
     const auto last = load_f32(fixture_path("model/" + p["last_logits_file"].get<std::string>()));
     ASSERT_EQ(last.size(), static_cast<size_t>(vocab));
     float last_diff = 0.f;
-    const float* row = logits->data() + (ids.size() - 1) * vocab;
+    const float* row = g.logits.data() + (g.tokens - 1) * vocab;
     for (int i = 0; i < vocab; ++i)
       last_diff = std::max(last_diff, std::fabs(row[i] - last[i]));
     std::printf(
         "[golden] smollm2 %-6s tokens=%4zu top64 max|diff|=%.2e last-row max|diff|=%.2e "
         "top1 agreement %d/%zu\n",
-        p["name"].get<std::string>().c_str(), ids.size(), max_diff, last_diff, top1_agree,
-        ids.size());
-    EXPECT_LT(max_diff, 5e-4f) << p["name"];
+        p["name"].get<std::string>().c_str(), g.tokens, g.max_diff, last_diff, g.top1_agree,
+        g.tokens);
+    EXPECT_LT(g.max_diff, 5e-4f) << p["name"];
     EXPECT_LT(last_diff, 5e-4f) << p["name"];
-    EXPECT_EQ(top1_agree, static_cast<int>(ids.size())) << p["name"];
+    EXPECT_EQ(g.top1_agree, static_cast<int>(g.tokens)) << p["name"];
   }
 }
 
@@ -146,34 +168,16 @@ TEST(SmolLM2GoldenBf16, LogitsStayCloseToTransformers) {
   auto m = load_model(testing::test_model_path(), opts);
   ASSERT_TRUE(m.ok()) << m.status().to_string();
   const json golden = load_json(fixture_path("model/smollm2_golden.json"));
-  const int vocab = (*m)->config.vocab_size;
   for (const auto& p : golden["prompts"]) {
-    const auto ids = p["ids"].get<std::vector<int32_t>>();
-    SequenceRunner runner(**m, static_cast<int>(ids.size()) + 8);
-    auto logits = runner.append(ids, /*all_logits=*/true, /*chunk=*/128);
-    ASSERT_TRUE(logits.ok()) << logits.status().to_string();
-    const auto& top_ids = p["top_ids"];
-    const auto& top_logits = p["top_logits"];
-    float max_diff = 0.f, worst_gap = 0.f;
-    int top1_agree = 0;
-    for (size_t pos = 0; pos < ids.size(); ++pos) {
-      const float* row = logits->data() + pos * vocab;
-      for (size_t k = 0; k < top_ids[pos].size(); ++k) {
-        const int id = top_ids[pos][k].get<int>();
-        max_diff = std::max(max_diff, std::fabs(row[id] - top_logits[pos][k].get<float>()));
-      }
-      const int ours = argmax(row, vocab), ref = top_ids[pos][0].get<int>();
-      top1_agree += ours == ref;
-      worst_gap = std::max(worst_gap, row[ours] - row[ref]);
-    }
+    const GoldenComparison g = compare_to_golden(**m, p);
     std::printf(
         "[golden bf16 weights] smollm2 %-6s tokens=%4zu top64 max|diff|=%.3f top1 agreement "
         "%d/%zu, worst top-1 gap %.3f\n",
-        p["name"].get<std::string>().c_str(), ids.size(), max_diff, top1_agree, ids.size(),
-        worst_gap);
-    EXPECT_LT(max_diff, 0.35f) << p["name"];
-    EXPECT_GE(top1_agree, static_cast<int>(0.98 * static_cast<double>(ids.size()))) << p["name"];
-    EXPECT_LT(worst_gap, 0.1f) << p["name"];
+        p["name"].get<std::string>().c_str(), g.tokens, g.max_diff, g.top1_agree, g.tokens,
+        g.worst_gap);
+    EXPECT_LT(g.max_diff, 0.35f) << p["name"];
+    EXPECT_GE(g.top1_agree, static_cast<int>(0.98 * static_cast<double>(g.tokens))) << p["name"];
+    EXPECT_LT(g.worst_gap, 0.1f) << p["name"];
   }
 }
 
