@@ -28,7 +28,8 @@ const char* error_code_name(ErrorCode code) {
       return "PermissionDenied";
     case ErrorCode::kCancelled:
       return "Cancelled";
-    case ErrorCode::kUnavailable: return "Unavailable";
+    case ErrorCode::kUnavailable:
+      return "Unavailable";
     case ErrorCode::kInternal:
       return "Internal";
   }

@@ -24,7 +24,7 @@ enum class ErrorCode {
   kFailedPrecondition,  // operation not allowed in current state (pinned, in use)
   kPermissionDenied,    // path outside allowed folders, bad API key
   kCancelled,
-  kUnavailable,        // shutting down / temporarily unable to serve
+  kUnavailable,  // shutting down / temporarily unable to serve
   kInternal,
 };
 
