@@ -21,10 +21,13 @@
 namespace cartserve::ops::cpu {
 namespace {
 
-// Rows of x up to which the small-batch kernel beats sgemm (measured on a
-// 2-core Zen 4 for SmolLM2 shapes: as fast as sgemv at 1 row, 2x sgemm at
-// 4 rows, 1.3x at 8, 0.7x at 16).
-constexpr int kSmallBatchMaxRows = 8;
+// Rows of x up to which the small-batch kernel is used. Its result for a row
+// does not depend on the other rows, so decode steps of up to 16 sequences
+// give each sequence the same logits as it alone would (greedy answers do
+// not change with concurrency). Speed on a 2-core Zen 4, SmolLM2 shapes: as
+// fast as sgemv at 1 row, 2x sgemm at 4, 1.3x at 8; at 16 0.7x sgemm for a
+// lone matrix but equal over a whole decode step (bench/cpu_model_bench).
+constexpr int kSmallBatchMaxRows = 16;
 // The same for bf16 weights, where sgemm must first widen them to fp32.
 constexpr int kSmallBatchMaxRowsBf16 = 32;
 // Input rows handled per register block (8 accumulators of 8 lanes).

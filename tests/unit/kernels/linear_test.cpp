@@ -1,5 +1,5 @@
 // cpu::linear and linear_bf16 against a double-precision reference, on every
-// path: few rows (the small-batch kernel, register blocks of 8 and their
+// path: up to 16 rows (the small-batch kernel, register blocks of 8 and their
 // remainders) and many (sgemm; panels of widened rows for bf16 past 32 rows);
 // in_dim not a multiple of 8; with bias.
 #include <gtest/gtest.h>
@@ -73,6 +73,39 @@ TEST_P(LinearRows, Bf16WeightsMatchDoubleReference) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Rows, LinearRows, ::testing::Values(1, 2, 3, 7, 8, 9, 15, 16, 17, 40));
+
+// Decode steps of up to 16 sequences: each row's output is bit-identical to
+// what the row alone gives (greedy answers do not change with concurrency).
+TEST(Linear, RowsUpTo16AreBatchInvariant) {
+  const int in_dim = 203, out_dim = 97;
+  std::mt19937 rng(3);
+  std::uniform_real_distribution<float> u(-1.f, 1.f);
+  std::vector<float> x(16 * in_dim), w(static_cast<size_t>(out_dim) * in_dim);
+  std::vector<uint16_t> wb(w.size());
+  for (float& f : x)
+    f = u(rng);
+  for (size_t i = 0; i < w.size(); ++i) {
+    w[i] = u(rng);
+    wb[i] = f32_to_bf16(w[i]);
+  }
+  for (const int n : {2, 5, 8, 9, 16}) {
+    std::vector<float> batch(static_cast<size_t>(n) * out_dim), alone(out_dim);
+    std::vector<float> batch_b(batch.size()), alone_b(out_dim);
+    ops::cpu::linear(x.data(), w.data(), nullptr, batch.data(), n, in_dim, out_dim);
+    ops::cpu::linear_bf16(x.data(), wb.data(), nullptr, batch_b.data(), n, in_dim, out_dim);
+    for (int r = 0; r < n; ++r) {
+      const float* xr = x.data() + static_cast<size_t>(r) * in_dim;
+      ops::cpu::linear(xr, w.data(), nullptr, alone.data(), 1, in_dim, out_dim);
+      ops::cpu::linear_bf16(xr, wb.data(), nullptr, alone_b.data(), 1, in_dim, out_dim);
+      for (int j = 0; j < out_dim; ++j) {
+        ASSERT_EQ(batch[static_cast<size_t>(r) * out_dim + j], alone[static_cast<size_t>(j)])
+            << "n=" << n << " row " << r;
+        ASSERT_EQ(batch_b[static_cast<size_t>(r) * out_dim + j], alone_b[static_cast<size_t>(j)])
+            << "bf16 n=" << n << " row " << r;
+      }
+    }
+  }
+}
 
 TEST(Linear, NoBiasLeavesPlainProduct) {
   const std::vector<float> x = {1, 2, 3, 4, 5, 6};                    // [2, 3]
