@@ -16,6 +16,24 @@ namespace {
 
 class LinearRows : public ::testing::TestWithParam<int> {};
 
+// Every y[r, j] against bias[j] + sum_k x[r, k] * w[j, k] in double (w as the
+// kernel sees it: fp32, or bf16 widened exactly); fp32 accumulation over
+// in_dim terms of magnitude <= 1.
+void expect_matches_double(const std::vector<float>& x, const std::vector<float>& w,
+                           const std::vector<float>& bias, const std::vector<float>& y, int n,
+                           int in_dim, int out_dim) {
+  for (int r = 0; r < n; ++r) {
+    for (int j = 0; j < out_dim; ++j) {
+      double ref = bias[static_cast<size_t>(j)];
+      for (int k = 0; k < in_dim; ++k)
+        ref += static_cast<double>(x[static_cast<size_t>(r) * in_dim + k]) *
+               w[static_cast<size_t>(j) * in_dim + k];
+      ASSERT_NEAR(y[static_cast<size_t>(r) * out_dim + j], ref, 1e-5 * in_dim)
+          << "n=" << n << " in_dim=" << in_dim << " row " << r << " col " << j;
+    }
+  }
+}
+
 TEST_P(LinearRows, MatchesDoubleReference) {
   const int n = GetParam();
   for (const int in_dim : {5, 64, 203}) {
@@ -28,17 +46,8 @@ TEST_P(LinearRows, MatchesDoubleReference) {
       for (float& f : *v)
         f = u(rng);
     ops::cpu::linear(x.data(), w.data(), bias.data(), y.data(), n, in_dim, out_dim);
-    for (int r = 0; r < n; ++r) {
-      for (int j = 0; j < out_dim; ++j) {
-        double ref = bias[static_cast<size_t>(j)];
-        for (int k = 0; k < in_dim; ++k)
-          ref += static_cast<double>(x[static_cast<size_t>(r) * in_dim + k]) *
-                 w[static_cast<size_t>(j) * in_dim + k];
-        // fp32 accumulation over in_dim terms of magnitude <= 1.
-        ASSERT_NEAR(y[static_cast<size_t>(r) * out_dim + j], ref, 1e-5 * in_dim)
-            << "n=" << n << " in_dim=" << in_dim << " row " << r << " col " << j;
-      }
-    }
+    expect_matches_double(x, w, bias, y, n, in_dim, out_dim);
+    if (HasFatalFailure()) return;
   }
 }
 
@@ -59,16 +68,11 @@ TEST_P(LinearRows, Bf16WeightsMatchDoubleReference) {
     for (uint16_t& h : w)
       h = f32_to_bf16(u(rng));
     ops::cpu::linear_bf16(x.data(), w.data(), bias.data(), y.data(), n, in_dim, out_dim);
-    for (int r = 0; r < n; ++r) {
-      for (int j = 0; j < out_dim; ++j) {
-        double ref = bias[static_cast<size_t>(j)];
-        for (int k = 0; k < in_dim; ++k)
-          ref += static_cast<double>(x[static_cast<size_t>(r) * in_dim + k]) *
-                 bf16_to_f32(w[static_cast<size_t>(j) * in_dim + k]);
-        ASSERT_NEAR(y[static_cast<size_t>(r) * out_dim + j], ref, 1e-5 * in_dim)
-            << "n=" << n << " in_dim=" << in_dim << " row " << r << " col " << j;
-      }
-    }
+    std::vector<float> widened(w.size());
+    for (size_t i = 0; i < w.size(); ++i)
+      widened[i] = bf16_to_f32(w[i]);
+    expect_matches_double(x, widened, bias, y, n, in_dim, out_dim);
+    if (HasFatalFailure()) return;
   }
 }
 
