@@ -1,0 +1,138 @@
+// The CUDA ops: bf16 storage, fp32 accumulation, device pointers, every
+// launch on the given stream. No allocation and no host synchronisation
+// inside an op (all of them can be captured in a CUDA graph), and no float
+// atomics: the same inputs give the same bits.
+//
+// Each op has a CPU twin (kernels/ops.h, fp32) computing the same function;
+// tests/gpu compares them on random data.
+//
+// NOTE: the paged KV pool of the CUDA backend is block-major:
+//   pool [num_blocks][num_layers][2 (K, V)][block_size][num_kv_heads][head_dim]
+// so one block of one cartridge is one contiguous chunk (one copy per block
+// when a cartridge moves between host and device). An op that reads or
+// writes one layer gets that layer's K and V bases and the block stride:
+//   k_cache = pool + layer * 2 * block_size * kv_dim
+//   v_cache = k_cache + block_size * kv_dim
+//   block_stride = num_layers * 2 * block_size * kv_dim   (elements)
+// and slot s (block s / block_size, offset s % block_size) of that layer is
+//   k_cache + (s / block_size) * block_stride + (s % block_size) * kv_dim.
+#pragma once
+
+#ifdef CARTSERVE_WITH_CUDA
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+
+namespace cartserve::ops::cuda {
+
+using bf16 = __nv_bfloat16;
+
+// Where one layer's K and V live in the pool (see the NOTE above).
+struct KvLayer {
+  bf16* k = nullptr;
+  bf16* v = nullptr;
+  int64_t block_stride = 0;  // elements between consecutive blocks
+  int32_t block_size = 0;
+  int32_t num_kv_heads = 0;
+  int32_t head_dim = 0;
+};
+
+// The attention metadata of one step, flat and on the device.
+//
+// NOTE: sequence s owns query rows [query_start[s], query_start[s + 1]); its
+// KV positions are [0, context_lens[s]) (the queries' own included, written
+// before attention), position p at slot
+// block_table[s * max_blocks + p / block_size] * block_size + p % block_size.
+// Query j of the sequence attends to positions [0, context_lens[s] - q_len + j]
+// (causal; a cartridge's positions are simply the first ones).
+struct AttnBatch {
+  const int32_t* query_start = nullptr;   // [num_seqs + 1]
+  const int32_t* context_lens = nullptr;  // [num_seqs]
+  const int32_t* block_table = nullptr;   // [num_seqs, max_blocks]
+  int32_t num_seqs = 0;
+  int32_t max_blocks = 0;     // row stride of block_table
+  int32_t num_tokens = 0;     // query_start[num_seqs]
+  int32_t max_query_len = 0;  // upper bound of q_len over the sequences
+  int32_t max_context_len = 0;  // upper bound of context_lens (sizes split-KV work)
+};
+
+// x[n, dim] (fp32 residual stream) = table[ids[i], :]
+void embedding(const bf16* table, const int32_t* ids, float* x, int n, int dim, cudaStream_t s);
+
+// out[i, :] = x[rows[i], :] for i < n (rows of the residual stream that feed the LM head).
+void gather_rows(const float* x, const int32_t* rows, float* out, int n, int dim, cudaStream_t s);
+
+// Residual add fused with RMSNorm: x += delta (when delta is non-null), then
+// out = bf16(x / sqrt(mean(x^2) + eps) * w). x: [n, dim] fp32 in/out;
+// delta, out: [n, dim]; w: [dim].
+void add_rms_norm(float* x, const bf16* delta, const bf16* w, bf16* out, int n, int dim, float eps,
+                  cudaStream_t s);
+
+// The fused QKV projection's output, in place: bias added (when non-null),
+// RoPE applied to the q and k heads (HF rotate_half pairs (i, i + head_dim/2),
+// angle = float(position) * inv_freq[i] in fp32), then each row's rotated k
+// and its v written to the KV cache at slot_mapping[row] (a negative slot
+// writes nothing: padding rows).
+// qkv: [n, (n_heads + 2 * n_kv_heads) * head_dim], each row q | k | v;
+// bias: [(n_heads + 2 * n_kv_heads) * head_dim]; positions, slot_mapping: [n];
+// inv_freq: [head_dim / 2].
+void rope_qkv_write(bf16* qkv, const bf16* bias, const int32_t* positions, const float* inv_freq,
+                    const int32_t* slot_mapping, const KvLayer& kv, int n, int n_heads,
+                    cudaStream_t s);
+
+// SwiGLU over the fused gate/up projection: out[i, j] = silu(g) * u with
+// g = gate_up[i, j], u = gate_up[i, ff + j]. gate_up: [n, 2 * ff]; out: [n, ff].
+void silu_mul(const bf16* gate_up, bf16* out, int n, int ff, cudaStream_t s);
+
+// Causal paged attention over any mix of prefill chunks and decode rows.
+// q: [num_tokens] rows of n_heads * head_dim, row i at q + i * q_row_stride
+// (it may point into the fused qkv buffer); out: [num_tokens, n_heads *
+// head_dim]. GQA: query head h reads KV head h / (n_heads / num_kv_heads).
+// head_dim 64 or 128. Tiled with an online softmax in fp32.
+void paged_attention_prefill(const bf16* q, int64_t q_row_stride, const KvLayer& kv,
+                             const AttnBatch& batch, bf16* out, int n_heads, float scale,
+                             cudaStream_t s);
+
+// The same for a batch where every sequence has one query row (decode):
+// the KV length is split over `num_splits` CTAs per (sequence, KV head), the
+// query heads of one KV head processed together so each KV block is read
+// once; a second kernel merges the partial softmaxes in a fixed order.
+// workspace: decode_workspace_bytes(...) bytes, from the caller.
+size_t decode_workspace_bytes(int max_seqs, int n_heads, int head_dim, int max_splits);
+// A split count that fills the GPU for this batch shape (1 for long batches).
+int decode_num_splits(int num_seqs, int num_kv_heads, int max_context_len, int max_splits,
+                      int num_sms);
+void paged_attention_decode(const bf16* q, int64_t q_row_stride, const KvLayer& kv,
+                            const AttnBatch& batch, bf16* out, int n_heads, float scale,
+                            int num_splits, void* workspace, cudaStream_t s);
+
+// ---- KV movement (cartridge promotion / demotion, export, partial blocks) --
+
+// Element type of host-side KV in file layout.
+enum class KvElem : int32_t { kF32 = 0, kF16 = 1, kBF16 = 2 };
+
+// Positions [first, first + count) of one layer's K (or V) in file layout
+// src [num_kv_heads, total_tokens, head_dim] (elements of `elem`) written to
+// the pool: position p goes to slot blocks[p / block_size] * block_size +
+// p % block_size of the layer `dst` points at (dst = that layer's k or v
+// base, strides as in KvLayer). Converts to bf16 (round to nearest even).
+void kv_import(const void* src, KvElem elem, int total_tokens, int first, int count,
+               const int32_t* blocks, bf16* dst, const KvLayer& layout, cudaStream_t s);
+// The reverse: positions [first, first + count) of the pool into dst
+// [num_kv_heads, total_tokens, head_dim] of `elem`.
+void kv_export(const bf16* src, const KvLayer& layout, const int32_t* blocks, int total_tokens,
+               int first, int count, void* dst, KvElem elem, cudaStream_t s);
+
+// For each i < n: the first num_slots[i] slots of block src[i] copied to
+// block dst[i], every layer, K and V. pool: the whole pool; block_elems =
+// num_layers * 2 * block_size * kv_dim; slot_elems = kv_dim.
+void copy_block_prefixes(bf16* pool, const int32_t* src, const int32_t* dst,
+                         const int32_t* num_slots, int n, int num_layers, int block_size,
+                         int kv_dim, cudaStream_t s);
+
+}  // namespace cartserve::ops::cuda
+
+#endif  // CARTSERVE_WITH_CUDA
