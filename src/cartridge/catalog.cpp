@@ -3,6 +3,7 @@
 #include <filesystem>
 
 #include "cartridge/cartridge_io.h"
+#include "cartridge/compose.h"
 #include "core/sha256.h"
 
 namespace cartserve {
@@ -53,6 +54,36 @@ Result<CatalogEntry> inspect_cartridge_file(const std::string& cartridge_id,
   e.content_hash = *e.manifest.checksum;
   e.token_ids = std::move(data->token_ids);
   return e;
+}
+
+namespace {
+constexpr std::string_view kCompositePrefix = "composite:";
+}  // namespace
+
+std::string composite_path(const std::string& composite_id) {
+  return std::string(kCompositePrefix) + composite_id;
+}
+
+CartridgeLoader catalog_loader(const CartridgeCatalog& catalog, std::vector<float> inv_freq) {
+  return [&catalog, inv_freq = std::move(inv_freq)](
+             const std::string& path) -> Result<CartridgeData> {
+    if (path.rfind(kCompositePrefix, 0) != 0) return load_cartridge(path);
+    const auto entry = catalog.get(path.substr(kCompositePrefix.size()));
+    if (!entry || !entry->composite()) {
+      return make_error(ErrorCode::kNotFound, "unknown composite '{}'", path);
+    }
+    std::vector<CartridgeData> parts;
+    for (const auto& id : entry->parts) {
+      const auto part = catalog.get(id);
+      if (!part) return make_error(ErrorCode::kNotFound, "composite part '{}' was removed", id);
+      CS_ASSIGN_OR_RETURN(CartridgeData d, load_cartridge(part->path));
+      parts.push_back(std::move(d));
+    }
+    std::vector<const CartridgeData*> ptrs;
+    for (const auto& p : parts)
+      ptrs.push_back(&p);
+    return compose_cartridges(ptrs, entry->rerotate, inv_freq);
+  };
 }
 
 std::string composite_id(const std::vector<std::string>& parts, bool rerotate) {

@@ -12,10 +12,17 @@
 #include <vector>
 
 #include "cartridge/cartridge.h"
+#include "cartridge/loader.h"
 #include "cartridge/manifest.h"
 #include "core/status.h"
 
 namespace cartserve {
+
+// How a request's cartridge KV is placed (--kv-transfer-config "mode").
+//   virtual: the cartridge is positions [0, p); the prompt follows at p.
+//   prefix:  the prompt begins with the document; the cartridge provides the
+//            KV of its matching leading positions (the seed's behaviour).
+enum class CartridgeMode { kVirtual, kPrefix };
 
 struct CatalogEntry {
   std::string cartridge_id;
@@ -40,6 +47,15 @@ Result<CatalogEntry> inspect_cartridge_file(const std::string& cartridge_id,
 
 // The id of the composite of `parts` ("a+b", "a+b@rerotate").
 std::string composite_id(const std::vector<std::string>& parts, bool rerotate);
+
+// The residency path of a composite: "composite:" + its id.
+std::string composite_path(const std::string& composite_id);
+
+class CartridgeCatalog;
+// Loads what a residency path names: a cartridge file, or a composite built
+// from its parts' files (re-rotated with `inv_freq`, the model's RoPE table,
+// when the composite asks). Thread-safe; the catalog must outlive it.
+CartridgeLoader catalog_loader(const CartridgeCatalog& catalog, std::vector<float> inv_freq);
 
 class CartridgeCatalog {
  public:

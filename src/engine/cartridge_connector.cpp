@@ -6,12 +6,11 @@
 
 namespace cartserve {
 
-CartridgeConnector::CartridgeConnector(ResidencyManager& residency,
-                                       std::shared_ptr<KvBlockAllocator> allocator,
+CartridgeConnector::CartridgeConnector(ResidencyManager& host, DeviceKvTier& device,
                                        const CartridgeCatalog& catalog, CartridgeMode mode,
                                        int32_t block_size)
-    : residency_(residency),
-      allocator_(std::move(allocator)),
+    : host_(host),
+      device_(device),
       catalog_(catalog),
       mode_(mode),
       block_size_(block_size),
@@ -24,13 +23,16 @@ CartridgeConnector::~CartridgeConnector() {
   }
   cv_.notify_all();
   loader_.join();
+  // Copies still in flight read our host buffers: let them finish.
+  for (auto& l : copying_) {
+    if (l->transfer && backend_) (void)backend_->wait_transfer(*l->transfer);
+  }
 }
 
-void CartridgeConnector::bind(BlockPool& pool, Backend& backend) {
-  allocator_->bind(&pool, &backend);
-}
-void CartridgeConnector::unbind() {
-  allocator_->bind(nullptr, nullptr);
+Result<DeviceCartridge> CartridgeConnector::device_cartridge(const std::string& id) const {
+  auto entry = catalog_.get(id);
+  if (!entry) return make_error(ErrorCode::kNotFound, "cartridge '{}' is not registered", id);
+  return DeviceCartridge{id, entry->content_hash, entry->num_tokens()};
 }
 
 Result<int32_t> CartridgeConnector::get_num_matched_tokens(const Request& req) {
@@ -69,57 +71,40 @@ Result<int32_t> CartridgeConnector::get_num_matched_tokens(const Request& req) {
 Result<std::vector<int32_t>> CartridgeConnector::get_blocks(const Request& req,
                                                             int32_t num_tokens) {
   const std::string& id = req.cartridge_ids.front();
-  const int32_t n_blocks = (num_tokens + block_size_ - 1) / block_size_;
-  // Already holding it (the request waited for free blocks after an earlier call).
-  if (auto it = held_.find(req.id); it != held_.end()) {
-    auto copy = residency_.device_copy(id);
-    if (!copy.ok()) return copy.status();
-    CS_ASSIGN_OR_RETURN(auto blocks, allocator_->blocks_of(copy->data));
-    blocks.resize(static_cast<size_t>(n_blocks));
-    return blocks;
-  }
-  bool direct = false;
-  {
-    std::lock_guard<std::mutex> lk(mu_);
-    direct = direct_load_.count(id) > 0;
-  }
-  if (!direct && !residency_.is_resident(id, Tier::kDevice) &&
-      !residency_.is_resident(id, Tier::kHost)) {
-    // On disk only: load it to the host tier in the background; the request waits.
-    std::lock_guard<std::mutex> lk(mu_);
-    if (auto err = load_errors_.find(id); err != load_errors_.end()) {
-      Status st = err->second;
-      load_errors_.erase(err);  // a later request retries
-      return st;
+  const auto n_blocks = static_cast<size_t>((num_tokens + block_size_ - 1) / block_size_);
+  DeviceKvTier::State state;
+  if (held_.count(req.id)) {
+    // Asked again: it was loading (or the request waited for free blocks).
+    auto s = device_.state(id);
+    if (!s.ok()) {
+      release_for(req.id);
+      return s.status();
     }
-    if (!loading_[id]) {
-      loading_[id] = true;
-      queue_.push_back(id);
-      cv_.notify_all();
-    }
-    return make_error(ErrorCode::kResourceExhausted, "cartridge '{}' is being loaded", id);
+    state = *s;
+  } else {
+    CS_ASSIGN_OR_RETURN(DeviceCartridge c, device_cartridge(id));
+    CS_ASSIGN_OR_RETURN(state, device_.acquire(c));
+    held_[req.id] = Held{id, false};
   }
-  // Host or device (or a direct load): the promotion is a copy into KV blocks, done here.
-  auto resident = residency_.acquire(id);
-  if (!resident.ok()) {
-    // "Cannot fit now" waits (kResourceExhausted); "will never fit" etc. fail the request.
-    return resident.status();
+  if (state == DeviceKvTier::State::kLoading) {
+    return make_error(ErrorCode::kUnavailable, "cartridge '{}' is being loaded", id);
   }
-  auto blocks = allocator_->blocks_of(resident->data);
-  if (!blocks.ok()) {
-    (void)residency_.release(id);
-    return blocks.status();
+  std::vector<int32_t> blocks = device_.blocks(id);
+  if (blocks.size() < n_blocks) {
+    return make_error(ErrorCode::kInternal, "cartridge '{}' has {} blocks, {} are needed", id,
+                      blocks.size(), n_blocks);
   }
-  held_[req.id] = id;
-  ++served_;
-  blocks->resize(static_cast<size_t>(n_blocks));
+  Held& h = held_[req.id];
+  if (!h.served) ++served_;
+  h.served = true;
+  blocks.resize(n_blocks);
   return blocks;
 }
 
 void CartridgeConnector::release_for(const std::string& request_id) {
   auto it = held_.find(request_id);
   if (it == held_.end()) return;
-  Status st = residency_.release(it->second);
+  Status st = device_.release(it->second.cartridge_id);
   if (!st.ok()) LOG_WARN("cartridge release for {}: {}", request_id, st.to_string());
   held_.erase(it);
 }
@@ -127,37 +112,94 @@ void CartridgeConnector::release_for(const std::string& request_id) {
 void CartridgeConnector::on_request_preempted(const Request& req) {
   release_for(req.id);
 }
+
 void CartridgeConnector::on_request_finished(const Request& req) {
   release_for(req.id);
 }
 
-uint64_t CartridgeConnector::num_requests_served() const {
-  return served_;
+// ---------------------------------------------------------------- worker side
+
+void CartridgeConnector::set_wakeup(std::function<void()> wake) {
+  std::lock_guard<std::mutex> lk(mu_);
+  wake_ = std::move(wake);
+}
+
+bool CartridgeConnector::run_worker(Backend& backend) {
+  backend_ = &backend;
+  std::deque<std::unique_ptr<Load>> read;
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    for (auto& job : device_.take_load_jobs()) {
+      auto l = std::make_unique<Load>();
+      l->job = std::move(job);
+      to_read_.push_back(std::move(l));
+      cv_.notify_all();
+    }
+    read.swap(read_);
+  }
+  // Host data in hand: start the copies into blocks.
+  for (auto& l : read) {
+    const std::string& id = l->job.cartridge_id;
+    Status st = l->status;
+    const auto& data = l->host.data();
+    if (st.ok() && data->num_tokens != l->job.num_tokens) {
+      st = make_error(ErrorCode::kInternal,
+                      "cartridge '{}' holds {} tokens on the host but {} were expected", id,
+                      data->num_tokens, l->job.num_tokens);
+    }
+    if (st.ok()) {
+      HostKv kv;
+      kv.dtype = data->dtype;
+      kv.num_tokens = data->num_tokens;
+      for (int32_t layer = 0; layer < data->num_layers; ++layer) {
+        kv.keys.push_back(const_cast<void*>(data->keys[layer].raw()));
+        kv.values.push_back(const_cast<void*>(data->values[layer].raw()));
+      }
+      KvBlockList blocks{l->job.block_ids, l->job.block_index};
+      auto t = backend.start_kv_load(kv, blocks);
+      if (t.ok()) {
+        l->transfer = *t;
+        copying_.push_back(std::move(l));
+        continue;
+      }
+      st = t.status();
+    }
+    device_.load_done(id, st.with_context("loading cartridge '" + id + "'"));
+  }
+  // Finished copies.
+  for (auto it = copying_.begin(); it != copying_.end();) {
+    auto done = backend.poll_transfer(*(*it)->transfer);
+    if (!done) {
+      ++it;
+      continue;
+    }
+    device_.load_done((*it)->job.cartridge_id, *done);
+    it = copying_.erase(it);
+  }
+  std::lock_guard<std::mutex> lk(mu_);
+  return !copying_.empty() || !to_read_.empty() || reading_ > 0 || !read_.empty();
 }
 
 void CartridgeConnector::loader_loop() {
   std::unique_lock<std::mutex> lk(mu_);
   for (;;) {
-    cv_.wait(lk, [&] { return stop_ || !queue_.empty(); });
+    cv_.wait(lk, [&] { return stop_ || !to_read_.empty(); });
     if (stop_) return;
-    const std::string id = queue_.front();
-    queue_.pop_front();
+    std::unique_ptr<Load> l = std::move(to_read_.front());
+    to_read_.pop_front();
+    ++reading_;
     lk.unlock();
-    // Host tier only: touches no KV block, so it is safe off the engine thread.
-    Status st = residency_.prefetch(id, Tier::kHost);
+    // The host tier's copy, or a transient one when it cannot keep it.
+    auto lease = host_.lease_for_load(l->job.cartridge_id);
+    if (lease.ok()) {
+      l->host = std::move(lease).value();
+    } else {
+      l->status = lease.status();
+    }
     lk.lock();
-    if (!st.ok() &&
-        (st.code() == ErrorCode::kOutOfRange || st.code() == ErrorCode::kResourceExhausted)) {
-      // The host tier cannot keep it: the engine thread loads it straight into
-      // KV blocks through a transient host copy.
-      direct_load_.insert(id);
-      st = Status();
-    }
-    loading_[id] = false;
-    if (!st.ok()) {
-      LOG_WARN("loading cartridge '{}' failed: {}", id, st.to_string());
-      load_errors_[id] = st;
-    }
+    --reading_;
+    read_.push_back(std::move(l));
+    if (wake_) wake_();
   }
 }
 

@@ -6,7 +6,6 @@
 #include <random>
 
 #include "core/logging.h"
-#include "engine/batch_builder.h"
 
 namespace cartserve {
 
@@ -70,105 +69,48 @@ struct Engine::Live {
   bool prompt_logprobs_sent = false;
   std::vector<PromptLogprob> prompt_logprobs;  // gathered across prefill chunks
   bool admitted = false;                       // stream told once the scheduler first ran it
+  bool export_kv = false;
   bool done = false;
 };
 
-struct Engine::Metrics {
-  Counter* prompt_tokens;
-  Counter* generation_tokens;
-  Histogram* ttft;
-  Histogram* itl;
-  Histogram* e2e;
-  Gauge* running;
-  Gauge* waiting;
-  Gauge* kv_usage;
-  Gauge* prefix_queries;
-  Gauge* prefix_hits;
-  Gauge* prefix_hit_rate;
-  Gauge* preemptions;
+struct Engine::PendingExport {
+  std::shared_ptr<RequestStream> stream;
+  std::vector<int32_t> blocks;  // held (one reference each) until the copy is done
+  std::shared_ptr<ExportedKv> kv;
+  std::optional<TransferId> transfer;
+  Clock::time_point arrival;
 };
 
-Engine::Metrics Engine::make_metrics(MetricsRegistry& r) {
-  return {&r.counter("cartserve:prompt_tokens_total", "Prompt tokens processed (prefill)"),
-          &r.counter("cartserve:generation_tokens_total", "Tokens generated"),
-          &r.histogram("cartserve:time_to_first_token_seconds", "Time to first token",
-                       latency_buckets_seconds()),
-          &r.histogram("cartserve:inter_token_latency_seconds", "Time between output tokens",
-                       latency_buckets_seconds()),
-          &r.histogram("cartserve:e2e_request_latency_seconds",
-                       "Request latency, arrival to finish", latency_buckets_seconds()),
-          &r.gauge("cartserve:num_requests_running", "Requests in the running batch"),
-          &r.gauge("cartserve:num_requests_waiting", "Requests waiting to be scheduled"),
-          &r.gauge("cartserve:kv_cache_usage_perc", "Fraction of KV cache blocks in use (0-1)"),
-          &r.gauge("cartserve:prefix_cache_queries", "Prompt tokens looked up in the prefix cache"),
-          &r.gauge("cartserve:prefix_cache_hits", "Prompt tokens found in the prefix cache"),
-          &r.gauge("cartserve:prefix_cache_hit_rate", "Prefix-cache hits / queries (0-1)"),
-          &r.gauge("cartserve:num_preemptions", "Requests preempted (recomputed later)")};
-}
-
-namespace {
-
-// log-softmax of one row, then the logprob of `token` and the top-n.
-PromptLogprob prompt_logprob(const float* row, int32_t vocab, int32_t token, int32_t top_n) {
-  float mx = -INFINITY;
-  for (int32_t i = 0; i < vocab; ++i)
-    mx = std::max(mx, row[i]);
-  double z = 0.0;
-  for (int32_t i = 0; i < vocab; ++i)
-    z += std::exp(static_cast<double>(row[i] - mx));
-  const float lse = mx + static_cast<float>(std::log(z));
-  PromptLogprob p;
-  p.token = token;
-  p.logprob = row[token] - lse;
-  if (top_n > 0) {
-    std::vector<int32_t> idx(static_cast<size_t>(vocab));
-    for (int32_t i = 0; i < vocab; ++i)
-      idx[i] = i;
-    const auto n = static_cast<ptrdiff_t>(std::min(top_n, vocab));
-    std::partial_sort(idx.begin(), idx.begin() + n, idx.end(), [&](int32_t a, int32_t b) {
-      return row[a] > row[b] || (row[a] == row[b] && a < b);
-    });
-    for (ptrdiff_t i = 0; i < n; ++i)
-      p.top.push_back({idx[i], row[idx[i]] - lse});
-  }
-  return p;
-}
-
-}  // namespace
-
-Result<std::unique_ptr<Engine>> Engine::create(const Model& model, std::unique_ptr<Backend> backend,
-                                               const EngineConfig& config, MetricsRegistry* metrics,
-                                               KvConnector* connector) {
-  if (!backend) return make_error(ErrorCode::kInvalidArgument, "engine: no backend");
-  if (backend->num_blocks() != config.num_kv_blocks ||
-      backend->block_size() != config.scheduler.block_size) {
+Result<std::unique_ptr<Engine>> Engine::create(const Model& model, Backend& backend,
+                                               BlockPool& pool, const EngineConfig& config,
+                                               MetricsRegistry* metrics, KvConnector* connector) {
+  const KvSpec& kv = backend.kv_spec();
+  if (kv.num_blocks != pool.num_blocks() || kv.block_size != config.scheduler.block_size) {
     return make_error(ErrorCode::kInvalidArgument,
-                      "engine: backend has {} blocks of {} but the config says {} of {}",
-                      backend->num_blocks(), backend->block_size(), config.num_kv_blocks,
-                      config.scheduler.block_size);
+                      "engine: the backend has {} KV blocks of {} but the pool has {} and the "
+                      "scheduler uses blocks of {}",
+                      kv.num_blocks, kv.block_size, pool.num_blocks(), config.scheduler.block_size);
   }
-  CS_ASSIGN_OR_RETURN(BlockPool pool,
-                      BlockPool::create(config.num_kv_blocks, config.enable_prefix_caching));
-  std::unique_ptr<Engine> e(
-      new Engine(model, std::move(backend), config, std::move(pool), metrics, connector));
-  CS_ASSIGN_OR_RETURN(e->scheduler_, Scheduler::create(config.scheduler, e->pool_, connector));
-  if (connector) connector->bind(e->pool_, *e->backend_);
+  std::unique_ptr<Engine> e(new Engine(model, backend, pool, config, metrics, connector));
+  CS_ASSIGN_OR_RETURN(e->scheduler_, Scheduler::create(config.scheduler, pool, connector));
+  if (connector) {
+    connector->set_wakeup([raw = e.get()] { raw->inbox_cv_.notify_all(); });
+  }
   e->thread_ = std::thread([raw = e.get()] { raw->loop(); });
   return e;
 }
 
-Engine::Engine(const Model& model, std::unique_ptr<Backend> backend, const EngineConfig& config,
-               BlockPool pool, MetricsRegistry* metrics, KvConnector* connector)
+Engine::Engine(const Model& model, Backend& backend, BlockPool& pool, const EngineConfig& config,
+               MetricsRegistry* metrics, KvConnector* connector)
     : model_(model),
-      backend_(std::move(backend)),
+      backend_(backend),
+      pool_(pool),
       config_(config),
-      pool_(std::move(pool)),
-      sampler_(&ThreadPool::global()),
-      metrics_(metrics),
+      input_batch_(config.scheduler.block_size),
       connector_(connector),
       stop_ids_(model.tokenizer.stop_ids()),
       seed_counter_(std::random_device{}()) {
-  if (metrics_) m_ = std::make_unique<Metrics>(make_metrics(*metrics_));
+  if (metrics) metrics_ = std::make_unique<EngineMetrics>(*metrics);
   for (int32_t id : model.config.eos_token_ids) {
     if (std::find(stop_ids_.begin(), stop_ids_.end(), id) == stop_ids_.end()) {
       stop_ids_.push_back(id);
@@ -178,7 +120,7 @@ Engine::Engine(const Model& model, std::unique_ptr<Backend> backend, const Engin
 
 Engine::~Engine() {
   stop();
-  if (connector_) connector_->unbind();  // its device copies die with our KV cache
+  if (connector_) connector_->set_wakeup(nullptr);
 }
 
 void Engine::stop() {
@@ -212,13 +154,13 @@ std::shared_ptr<RequestStream> Engine::submit(GenerateRequest request) {
   return stream;
 }
 
-Status Engine::run_on_engine_thread(const std::function<Status(Backend&, BlockPool&)>& fn) {
+Status Engine::run_on_engine_thread(const std::function<Status()>& fn) {
   auto done = std::make_shared<std::promise<Status>>();
   auto fut = done->get_future();
   {
     std::lock_guard<std::mutex> lk(inbox_mu_);
     if (stopping_) return make_error(ErrorCode::kUnavailable, "the engine is shutting down");
-    tasks_.emplace_back([this, fn, done] { done->set_value(fn(*backend_, pool_)); });
+    tasks_.emplace_back([fn, done] { done->set_value(fn()); });
   }
   inbox_cv_.notify_all();
   return fut.get();
@@ -237,7 +179,7 @@ void Engine::loop() {
       std::unique_lock<std::mutex> lk(inbox_mu_);
       inbox_cv_.wait(lk, [&] {
         return stopping_ || !inbox_.empty() || !tasks_.empty() ||
-               scheduler_->has_unfinished_requests();
+               scheduler_->has_unfinished_requests() || worker_busy_ || !exports_.empty();
       });
       if (stopping_) break;
       incoming.swap(inbox_);
@@ -247,10 +189,32 @@ void Engine::loop() {
       t();
     for (auto& [g, s] : incoming)
       admit(std::move(g), std::move(s));
-    if (scheduler_->has_unfinished_requests()) step();
+    if (connector_) worker_busy_ = connector_->run_worker(backend_);
+    poll_exports();
+    const bool worked = scheduler_->has_unfinished_requests() && step();
     update_gauges();
+    if (!worked) {
+      // Nothing could run (KV loading, blocks held by nobody running, copies
+      // in flight): wait a little for news instead of spinning.
+      const bool busy = worker_busy_ || !exports_.empty();
+      std::unique_lock<std::mutex> lk(inbox_mu_);
+      inbox_cv_.wait_for(lk, busy ? std::chrono::microseconds(200) : std::chrono::milliseconds(5),
+                         [&] { return stopping_ || !inbox_.empty() || !tasks_.empty(); });
+    }
   }
-  // Shutdown: everything still live ends with an error.
+  // Shutdown: exports finish their copies (their blocks are ours); everything
+  // still live ends with an error.
+  for (auto& e : exports_) {
+    if (e->transfer) (void)backend_.wait_transfer(*e->transfer);
+    for (int32_t b : e->blocks)
+      pool_.release(b);
+    EngineOutput o;
+    o.finished = true;
+    o.finish_reason = FinishReason::kAbort;
+    o.error = make_error(ErrorCode::kUnavailable, "the engine is shutting down");
+    e->stream->push(std::move(o));
+  }
+  exports_.clear();
   for (auto& [id, live] : live_) {
     if (!live->done) {
       finish_live(*live, FinishReason::kAbort,
@@ -281,6 +245,13 @@ void Engine::admit(GenerateRequest&& g, std::shared_ptr<RequestStream> stream) {
   req->num_virtual_tokens = g.num_virtual_tokens;
   req->cartridge_ids = std::move(g.cartridge_ids);
   req->prefix_salt = std::move(g.prefix_salt);
+  if (g.export_kv) {
+    // Prefill only: one greedy token ends it, and its KV is copied out.
+    req->sampling.max_tokens = 1;
+    req->sampling.temperature = 0.f;
+    req->sampling.ignore_eos = true;
+    req->sampling.stop.clear();
+  }
 
   auto live = std::make_unique<Live>();
   live->req = req;
@@ -290,7 +261,12 @@ void Engine::admit(GenerateRequest&& g, std::shared_ptr<RequestStream> stream) {
   live->stops = std::make_unique<StopStringMatcher>(req->sampling.stop,
                                                     req->sampling.include_stop_str_in_output);
   live->arrival = req->arrival_time;
+  live->export_kv = g.export_kv;
   Status st = req->sampling.validate(model_.config.vocab_size);
+  if (st.ok() && g.export_kv && (req->num_virtual_tokens != 0 || !req->cartridge_ids.empty())) {
+    st = make_error(ErrorCode::kInvalidArgument,
+                    "a KV export covers the prompt alone: no cartridge in front of it");
+  }
   for (int32_t t : req->prompt_token_ids) {
     if (!st.ok()) break;
     if (t < 0 || t >= model_.config.vocab_size) {
@@ -333,13 +309,7 @@ void Engine::finish_live(Live& live, FinishReason reason, Status error) {
   if (const auto* tok = std::get_if<int32_t>(&r.stop_reason)) o.stop_reason = std::to_string(*tok);
   if (const auto* str = std::get_if<std::string>(&r.stop_reason)) o.stop_reason = *str;
   if (metrics_) {
-    const double e2e = std::chrono::duration<double>(Clock::now() - live.arrival).count();
-    m_->e2e->observe(e2e);
-    metrics_
-        ->counter("cartserve:request_success_total", "Finished requests by reason",
-                  fmt::format("finished_reason=\"{}\"",
-                              reason == FinishReason::kNone ? "none" : finish_reason_name(reason)))
-        .inc();
+    metrics_->finished(reason, std::chrono::duration<double>(Clock::now() - live.arrival).count());
   }
   live.stream->push(std::move(o));
 }
@@ -353,8 +323,19 @@ void Engine::fail_all(const SchedulerOutput& out, const Status& st) {
   }
 }
 
-void Engine::step() {
-  SchedulerOutput out = scheduler_->schedule();
+bool Engine::step() {
+  const SchedulerOutput out = scheduler_->schedule();
+  publish_schedule(out);
+  if (out.scheduled.empty()) return false;
+  if (Status st = run(out); !st.ok()) {
+    fail_all(out, st);
+    return true;
+  }
+  process_outputs(out);
+  return true;
+}
+
+void Engine::publish_schedule(const SchedulerOutput& out) {
   for (const auto& rej : out.rejected) {
     auto it = live_.find(rej.request_id);
     if (it != live_.end()) finish_live(*it->second, FinishReason::kError, rej.status);
@@ -377,63 +358,22 @@ void Engine::step() {
     it->second->admitted = true;
     it->second->stream->mark_admitted();
   }
-  if (out.scheduled.empty()) {
-    // Nothing can run now (e.g. waiting for KV blocks held by nobody running).
-    std::unique_lock<std::mutex> lk(inbox_mu_);
-    inbox_cv_.wait_for(lk, std::chrono::milliseconds(5));
-    return;
-  }
-  for (const auto& c : out.block_copies)
-    backend_->copy_slots(c.src_block, c.dst_block, c.num_slots);
+}
 
-  const BatchPlan plan = build_batch(out, config_.scheduler.block_size, [&](const std::string& id) {
-    auto it = live_.find(id);
-    return it == live_.end() ? nullptr : it->second->req.get();
-  });
-  Status st = backend_->forward(plan.batch, logits_);
-  if (!st.ok()) {
-    fail_all(out, st);
-    return;
-  }
-  const int32_t vocab = model_.config.vocab_size;
+Status Engine::run(const SchedulerOutput& out) {
+  CS_RETURN_IF_ERROR(input_batch_.build(
+      out,
+      [&](const std::string& id) { return scheduler_->get_request(id).get(); },
+      step_in_, plan_));
+  return backend_.execute(step_in_, step_out_);
+}
 
-  // Prompt logprobs of this chunk.
-  for (const auto& pr : plan.prompt_rows) {
-    auto it = live_.find(out.scheduled[pr.entry].request_id);
-    if (it == live_.end()) continue;
-    Live& live = *it->second;
-    if (live.prompt_logprobs_sent) continue;
-    const Request& r = *live.req;
-    for (int32_t i = 0; i < pr.count; ++i) {
-      const int32_t pos = pr.first_position + i;
-      const int32_t next_token = r.token_at(pos + 1);
-      live.prompt_logprobs.push_back(
-          prompt_logprob(logits_.data() + static_cast<size_t>(pr.first_logit + i) * vocab, vocab,
-                         next_token, r.sampling.prompt_logprobs));
-    }
-  }
-
-  // Sample.
-  std::vector<SamplerRow> rows;
-  std::vector<size_t> row_entry;
-  std::vector<float> sample_logits;
-  for (size_t e = 0; e < out.scheduled.size(); ++e) {
-    if (plan.sample_index[e] < 0) continue;
-    const Request* r = scheduler_->get_request(out.scheduled[e].request_id).get();
-    if (!r) continue;
-    rows.push_back(SamplerRow::from_request(*r));
-    row_entry.push_back(e);
-    const float* src = logits_.data() + static_cast<size_t>(plan.sample_index[e]) * vocab;
-    sample_logits.insert(sample_logits.end(), src, src + vocab);
-  }
-  std::vector<SampleResult> samples;
-  st = sampler_.sample(sample_logits, vocab, rows, samples);
-  if (!st.ok()) {
-    fail_all(out, st);
-    return;
-  }
+void Engine::process_outputs(const SchedulerOutput& out) {
+  collect_prompt_logprobs(out);
+  hold_exports(out);  // before the scheduler frees a finished export's blocks
   std::vector<int32_t> tokens;
-  for (const auto& s : samples)
+  tokens.reserve(step_out_.samples.size());
+  for (const auto& s : step_out_.samples)
     tokens.push_back(s.token);
   auto updates = scheduler_->update_from_output(out, tokens);
   if (!updates.ok()) {
@@ -444,37 +384,146 @@ void Engine::step() {
     std::lock_guard<std::mutex> lk(stats_mu_);
     ++stats_.num_steps;
   }
-  // Map request id -> its sample for logprobs.
-  std::unordered_map<std::string, SampleResult> by_id;
-  for (size_t i = 0; i < samples.size(); ++i) {
-    by_id[out.scheduled[row_entry[i]].request_id] = samples[i];
-  }
-  if (m_) {
-    // Prompt positions computed in this step (prefix-cache hits excluded).
-    int64_t prompt_tokens = 0;
-    for (const auto& s : out.scheduled) {
-      const Request* r = scheduler_->get_request(s.request_id).get();
-      if (!r) continue;
-      const int32_t end = r->num_virtual_tokens + r->num_prompt_tokens();
-      prompt_tokens +=
-          std::max(0, std::min(s.start_position + s.num_tokens, end) - s.start_position);
-    }
-    m_->prompt_tokens->inc(static_cast<double>(prompt_tokens));
-  }
+  count_prompt_tokens(out);
+  // Each request's sample, for its logprobs.
+  std::unordered_map<std::string, const SampleResult*> by_id;
+  for (size_t i = 0; i < plan_.sample_entry.size(); ++i)
+    by_id[out.scheduled[plan_.sample_entry[i]].request_id] = &step_out_.samples[i];
   for (const auto& u : *updates) {
-    std::vector<SampleResult> these;
-    if (auto it = by_id.find(u.request_id); it != by_id.end() && !u.new_token_ids.empty()) {
-      these.push_back(it->second);
-    }
-    publish_tokens(u, these);
+    const auto it = by_id.find(u.request_id);
+    publish_tokens(u, it != by_id.end() && !u.new_token_ids.empty() ? it->second : nullptr);
+  }
+  for (auto& e : exports_) {
+    if (!e->transfer) start_export(*e);
   }
 }
 
-void Engine::publish_tokens(const RequestUpdate& u, const std::vector<SampleResult>& samples) {
+void Engine::collect_prompt_logprobs(const SchedulerOutput& out) {
+  for (size_t k = 0; k < plan_.prompt_rows.size(); ++k) {
+    auto it = live_.find(out.scheduled[plan_.prompt_rows[k].entry].request_id);
+    if (it == live_.end() || it->second->prompt_logprobs_sent) continue;
+    auto& got = step_out_.prompt_logprobs[k];
+    auto& dst = it->second->prompt_logprobs;
+    dst.insert(dst.end(), std::make_move_iterator(got.begin()), std::make_move_iterator(got.end()));
+  }
+}
+
+void Engine::count_prompt_tokens(const SchedulerOutput& out) {
+  if (!metrics_) return;
+  // Prompt positions computed in this step (prefix-cache hits excluded).
+  int64_t n = 0;
+  for (const auto& s : out.scheduled) {
+    auto it = live_.find(s.request_id);
+    if (it == live_.end()) continue;
+    const Request& r = *it->second->req;
+    const int32_t end = r.num_virtual_tokens + r.num_prompt_tokens();
+    n += std::max(0, std::min(s.start_position + s.num_tokens, end) - s.start_position);
+  }
+  metrics_->prompt_tokens(n);
+}
+
+// ---------------------------------------------------------------- KV export
+
+void Engine::hold_exports(const SchedulerOutput& out) {
+  for (size_t i = 0; i < plan_.sample_entry.size(); ++i) {
+    const std::string& id = out.scheduled[plan_.sample_entry[i]].request_id;
+    auto it = live_.find(id);
+    if (it == live_.end() || !it->second->export_kv || it->second->done) continue;
+    Live& live = *it->second;
+    const Request& r = *live.req;
+    const int32_t B = config_.scheduler.block_size;
+    const int32_t n = r.num_prompt_tokens();
+    auto e = std::make_unique<PendingExport>();
+    e->stream = live.stream;
+    e->arrival = live.arrival;
+    e->blocks.assign(r.block_table.begin(), r.block_table.begin() + (n + B - 1) / B);
+    for (int32_t b : e->blocks)
+      pool_.ref(b);
+    const KvSpec& spec = backend_.kv_spec();
+    e->kv = std::make_shared<ExportedKv>();
+    e->kv->dtype = spec.dtype;
+    e->kv->num_tokens = n;
+    e->kv->token_ids = r.prompt_token_ids;
+    // The request ends here: its answer is the KV, not the sampled token.
+    live.done = true;
+    scheduler_->finish_request(id, FinishReason::kLength);
+    exports_.push_back(std::move(e));
+  }
+}
+
+void Engine::start_export(PendingExport& e) {
+  const KvSpec& spec = backend_.kv_spec();
+  ExportedKv& kv = *e.kv;
+  HostKv dst;
+  dst.dtype = kv.dtype;
+  dst.num_tokens = kv.num_tokens;
+  for (int32_t l = 0; l < spec.num_layers; ++l) {
+    kv.keys.emplace_back(kv.dtype, Shape{spec.num_kv_heads, kv.num_tokens, spec.head_dim});
+    kv.values.emplace_back(kv.dtype, Shape{spec.num_kv_heads, kv.num_tokens, spec.head_dim});
+    dst.keys.push_back(kv.keys.back().raw());
+    dst.values.push_back(kv.values.back().raw());
+  }
+  auto id = backend_.start_kv_save(KvBlockList::whole(e.blocks), dst);
+  if (id.ok()) {
+    e.transfer = *id;
+    return;
+  }
+  // Could not start: the request fails now; poll_exports drops it.
+  e.transfer = 0;
+  e.kv.reset();
+  EngineOutput o;
+  o.finished = true;
+  o.finish_reason = FinishReason::kError;
+  o.error = id.status();
+  e.stream->push(std::move(o));
+}
+
+void Engine::poll_exports() {
+  for (auto it = exports_.begin(); it != exports_.end();) {
+    PendingExport& e = **it;
+    std::optional<Status> done;
+    if (!e.kv) {
+      done = Status();  // failed to start; already answered
+    } else if (e.transfer) {
+      done = backend_.poll_transfer(*e.transfer);
+    }
+    if (!done) {
+      ++it;
+      continue;
+    }
+    for (int32_t b : e.blocks)
+      pool_.release(b);
+    if (e.kv) {
+      EngineOutput o;
+      o.finished = true;
+      o.num_prompt_tokens = e.kv->num_tokens;
+      if (done->ok()) {
+        o.finish_reason = FinishReason::kLength;
+        o.kv = std::move(e.kv);
+      } else {
+        o.finish_reason = FinishReason::kError;
+        o.error = *done;
+      }
+      if (metrics_) {
+        metrics_->finished(o.finish_reason,
+                           std::chrono::duration<double>(Clock::now() - e.arrival).count());
+      }
+      e.stream->push(std::move(o));
+    }
+    it = exports_.erase(it);
+  }
+}
+
+// ---------------------------------------------------------------- outputs
+
+void Engine::publish_tokens(const RequestUpdate& u, const SampleResult* sample) {
   auto it = live_.find(u.request_id);
   if (it == live_.end()) return;
   Live& live = *it->second;
-  if (live.done) return;
+  if (live.done) {
+    if (live.export_kv) live_.erase(it);  // answered by its export
+    return;
+  }
   const Request& r = *live.req;
   EngineOutput o;
   o.num_prompt_tokens = r.num_prompt_tokens();
@@ -485,13 +534,10 @@ void Engine::publish_tokens(const RequestUpdate& u, const std::vector<SampleResu
   }
   const auto now = Clock::now();
   for (int32_t tok : u.new_token_ids) {
-    if (m_) {
-      m_->generation_tokens->inc();
-      if (!live.first_token_seen) {
-        m_->ttft->observe(std::chrono::duration<double>(now - live.arrival).count());
-      } else {
-        m_->itl->observe(std::chrono::duration<double>(now - live.last_token).count());
-      }
+    if (metrics_) {
+      const auto since = live.first_token_seen ? live.last_token : live.arrival;
+      metrics_->output_token(!live.first_token_seen,
+                             std::chrono::duration<double>(now - since).count());
     }
     live.first_token_seen = true;
     live.last_token = now;
@@ -505,7 +551,7 @@ void Engine::publish_tokens(const RequestUpdate& u, const std::vector<SampleResu
       break;
     }
   }
-  if (r.sampling.logprobs || r.sampling.top_logprobs > 0) o.logprobs = samples;
+  if (sample && (r.sampling.logprobs || r.sampling.top_logprobs > 0)) o.logprobs = {*sample};
   o.num_output_tokens = r.num_output_tokens();
   const bool finished = o.finished || u.finished;
   if (!finished) {
@@ -526,6 +572,7 @@ void Engine::update_gauges() {
   EngineStats s;
   s.num_running = scheduler_->num_running();
   s.num_waiting = scheduler_->num_waiting();
+  s.num_waiting_for_kv = scheduler_->num_waiting_for_kv();
   s.kv_usage = pool_.usage();
   s.prefix_queries = pool_.stats().queries;
   s.prefix_hits = pool_.stats().hits;
@@ -535,17 +582,7 @@ void Engine::update_gauges() {
     s.num_steps = stats_.num_steps;
     stats_ = s;
   }
-  if (m_) {
-    m_->running->set(s.num_running);
-    m_->waiting->set(s.num_waiting);
-    m_->kv_usage->set(s.kv_usage);
-    m_->prefix_queries->set(static_cast<double>(s.prefix_queries));
-    m_->prefix_hits->set(static_cast<double>(s.prefix_hits));
-    m_->prefix_hit_rate->set(s.prefix_queries > 0 ? static_cast<double>(s.prefix_hits) /
-                                                        static_cast<double>(s.prefix_queries)
-                                                  : 0.0);
-    m_->preemptions->set(static_cast<double>(s.num_preemptions));
-  }
+  if (metrics_) metrics_->gauges(s);
 }
 
 }  // namespace cartserve

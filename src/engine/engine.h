@@ -1,8 +1,12 @@
 // The serving engine: one thread owns the batch. HTTP threads submit
 // requests and read their outputs through per-request streams; the engine
-// thread loops
-//   schedule -> run the model -> sample -> detokenize/stop -> publish
-// (nano-vllm's three-line step, plus the bookkeeping around it).
+// thread loops over steps, each
+//   schedule -> run (the backend's forward pass and sampling) -> process
+//   outputs (detokenize, stop strings, publish)
+// (nano-vllm's three-line step), and between steps lets the KV connector's
+// worker side start and collect KV loads and collects finished KV exports.
+// The engine borrows the backend, the block pool and the connector from the
+// serving stack (server/serving_stack.h), which builds and owns them.
 #pragma once
 
 #include <atomic>
@@ -18,22 +22,22 @@
 
 #include "core/metrics.h"
 #include "core/status.h"
-#include "engine/backend.h"
+#include "core/tensor.h"
+#include "engine/engine_metrics.h"
+#include "engine/input_batch.h"
 #include "engine/kv_connector.h"
 #include "engine/request.h"
-#include "engine/sampler.h"
 #include "engine/scheduler.h"
 #include "engine/stop_checker.h"
 #include "kv/block_pool.h"
 #include "model/model.h"
+#include "runtime/backend.h"
 #include "tokenizer/tokenizer.h"
 
 namespace cartserve {
 
 struct EngineConfig {
   SchedulerConfig scheduler;
-  int32_t num_kv_blocks = 0;  // including the null block
-  bool enable_prefix_caching = true;
 };
 
 // What a client submits (already tokenized at the HTTP edge).
@@ -45,12 +49,19 @@ struct GenerateRequest {
   int32_t num_virtual_tokens = 0;
   std::vector<std::string> cartridge_ids;
   std::string prefix_salt;
+  // Prefill the prompt and return its KV (EngineOutput::kv) instead of
+  // tokens: how a cartridge is built. Needs num_virtual_tokens == 0.
+  bool export_kv = false;
 };
 
-struct PromptLogprob {
-  int32_t token = 0;
-  float logprob = 0.f;
-  std::vector<TokenLogprob> top;
+// The KV of a prompt's positions [0, num_tokens), in the backend's dtype, in
+// the cartridge file layout: per layer [num_kv_heads, num_tokens, head_dim].
+struct ExportedKv {
+  DType dtype = DType::kF32;
+  int32_t num_tokens = 0;
+  std::vector<Tensor> keys;    // [num_layers]
+  std::vector<Tensor> values;  // [num_layers]
+  std::vector<int32_t> token_ids;  // the prompt
 };
 
 // One publication to a stream: what is new since the previous one.
@@ -67,6 +78,7 @@ struct EngineOutput {
   int32_t num_prompt_tokens = 0;
   int32_t num_output_tokens = 0;  // so far
   int32_t num_cached_tokens = 0;  // prompt tokens served by the prefix cache
+  std::shared_ptr<const ExportedKv> kv;  // export_kv requests, with the final output
 };
 
 // The client's end of one request. Thread-safe.
@@ -98,22 +110,12 @@ class RequestStream {
   bool admitted_ = false;
 };
 
-struct EngineStats {
-  int32_t num_running = 0;
-  int32_t num_waiting = 0;
-  double kv_usage = 0.0;  // fraction of KV blocks in use
-  int64_t prefix_queries = 0;
-  int64_t prefix_hits = 0;
-  int64_t num_preemptions = 0;
-  int64_t num_steps = 0;
-};
-
 class Engine {
  public:
-  // `connector` may be null (no cartridges). Starts the engine thread.
-  static Result<std::unique_ptr<Engine>> create(const Model& model,
-                                                std::unique_ptr<Backend> backend,
-                                                const EngineConfig& config,
+  // Starts the engine thread. `backend`, `pool` and `connector` (null: no
+  // cartridges) must outlive the engine; the pool has the backend's blocks.
+  static Result<std::unique_ptr<Engine>> create(const Model& model, Backend& backend,
+                                                BlockPool& pool, const EngineConfig& config,
                                                 MetricsRegistry* metrics = nullptr,
                                                 KvConnector* connector = nullptr);
   ~Engine();
@@ -127,35 +129,44 @@ class Engine {
   EngineStats stats() const;
   const Model& model() const { return model_; }
   const EngineConfig& config() const { return config_; }
-  // Runs `fn` on the engine thread between steps (e.g. cartridge injection
-  // into the KV cache) and waits for it.
-  Status run_on_engine_thread(const std::function<Status(Backend&, BlockPool&)>& fn);
+  // Runs `fn` on the engine thread between steps (e.g. a residency change
+  // that touches KV blocks) and waits for it.
+  Status run_on_engine_thread(const std::function<Status()>& fn);
   void stop();
 
  private:
-  struct Live;     // engine-thread state of one request
-  struct Metrics;  // cached metric handles
-  static Metrics make_metrics(MetricsRegistry& registry);
+  struct Live;           // engine-thread state of one request
+  struct PendingExport;  // a finished export_kv request whose KV is being copied out
 
-  Engine(const Model& model, std::unique_ptr<Backend> backend, const EngineConfig& config,
-         BlockPool pool, MetricsRegistry* metrics, KvConnector* connector);
+  Engine(const Model& model, Backend& backend, BlockPool& pool, const EngineConfig& config,
+         MetricsRegistry* metrics, KvConnector* connector);
   void loop();
   void admit(GenerateRequest&& g, std::shared_ptr<RequestStream> stream);
-  void step();
+
+  // One step: schedule, run, process outputs.
+  bool step();  // false when nothing could be scheduled
+  void publish_schedule(const SchedulerOutput& out);
+  Status run(const SchedulerOutput& out);
+  void process_outputs(const SchedulerOutput& out);
+
+  void collect_prompt_logprobs(const SchedulerOutput& out);
+  void hold_exports(const SchedulerOutput& out);
+  void start_export(PendingExport& e);
+  void poll_exports();
+  void count_prompt_tokens(const SchedulerOutput& out);
   void fail_all(const SchedulerOutput& out, const Status& st);
-  void publish_tokens(const RequestUpdate& u, const std::vector<SampleResult>& samples);
+  void publish_tokens(const RequestUpdate& u, const SampleResult* sample);
   void finish_live(Live& live, FinishReason reason, Status error);
   void update_gauges();
 
   const Model& model_;
-  std::unique_ptr<Backend> backend_;
+  Backend& backend_;
+  BlockPool& pool_;
   EngineConfig config_;
-  BlockPool pool_;
   std::unique_ptr<Scheduler> scheduler_;
-  Sampler sampler_;
-  MetricsRegistry* metrics_;
-  std::unique_ptr<Metrics> m_;  // null without a registry
-  KvConnector* connector_;      // may be null
+  InputBatch input_batch_;
+  std::unique_ptr<EngineMetrics> metrics_;  // null without a registry
+  KvConnector* connector_;                  // may be null
   std::vector<int32_t> stop_ids_;
 
   // Inbox (any thread -> engine thread).
@@ -167,7 +178,11 @@ class Engine {
 
   // Engine-thread state.
   std::unordered_map<std::string, std::unique_ptr<Live>> live_;
-  std::vector<float> logits_;  // [rows, vocab]
+  StepInput step_in_;  // reused every step
+  StepOutput step_out_;
+  StepPlan plan_;
+  std::vector<std::unique_ptr<PendingExport>> exports_;
+  bool worker_busy_ = false;  // the connector has loads in flight
   uint64_t seed_counter_;
 
   mutable std::mutex stats_mu_;

@@ -1,9 +1,15 @@
-// Scheduler side of a KV connector: something outside the prefix cache that
-// provides the KV of a request's leading positions (the cartridge connector
-// of issue 5). Modelled on vLLM's KV connector v1 scheduler API, except that
-// provided KV is not copied per request: it lives in shared, read-only blocks
-// of the same BlockPool, which the scheduler puts first in the block table
-// and reference-counts like any other block.
+// A KV connector: something outside the prefix cache that provides the KV of
+// a request's leading positions (the cartridge connector). Modelled on vLLM's
+// KV connector v1 with its two sides, except that provided KV is not copied
+// per request: it lives in shared, read-only blocks of the same BlockPool,
+// which the scheduler puts first in the block table and reference-counts like
+// any other block.
+//  - Scheduler side (get_num_matched_tokens, get_blocks, on_*): how many
+//    positions are provided and whether they are ready; side effects stay in
+//    the connector's own bookkeeping and the pool.
+//  - Worker side (run_worker): called by the engine between steps with the
+//    backend; starts the loads of KV into blocks and collects finished ones.
+//    It never blocks on a copy.
 //
 // NOTE: protocol, per admission (also re-admission after preemption):
 //   1. get_num_matched_tokens(req): side-effect free count e of leading
@@ -14,10 +20,12 @@
 //      in order, each with ref_count > 0 held by the connector. When e % B != 0
 //      the last one is partial: the scheduler copies its first e % B slots into
 //      a block of the request's own (SchedulerOutput::block_copies) unless the
-//      prefix cache already holds that block. kResourceExhausted means "not
-//      resident yet": the request waits (the connector may start a load); any
-//      other error rejects the request. The blocks must stay valid until
-//      on_request_finished / on_request_preempted.
+//      prefix cache already holds that block. kUnavailable means "being
+//      loaded": the request waits for its KV aside (waiting-for-KV) and is
+//      asked again at later steps; kResourceExhausted means "no room now": the
+//      request waits at the head of the queue; any other error rejects the
+//      request. The blocks must stay valid until on_request_finished /
+//      on_request_preempted.
 //   3. on_blocks_allocated(req): the block table is final for this admission.
 //   4. on_request_preempted(req) or on_request_finished(req): the scheduler
 //      has dropped its references; the connector may release its own.
@@ -27,6 +35,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 #include "core/status.h"
@@ -35,16 +44,16 @@
 namespace cartserve {
 
 class Backend;
-class BlockPool;
 
 class KvConnector {
  public:
   virtual ~KvConnector() = default;
-  // Called once by the engine before its thread starts: the KV blocks and the
-  // device they live on.
-  virtual void bind(BlockPool& /*pool*/, Backend& /*backend*/) {}
-  // Called by the engine when it stops: the pool and backend are going away.
-  virtual void unbind() {}
+  // The engine's wake-up: the connector calls it (any thread) when something
+  // it waited for is ready (a disk load finished), so the engine steps again.
+  virtual void set_wakeup(std::function<void()> /*wake*/) {}
+  // Worker side, engine thread, between steps: start and collect loads.
+  // True while loads are in flight (the engine keeps polling).
+  virtual bool run_worker(Backend& /*backend*/) { return false; }
   virtual Result<int32_t> get_num_matched_tokens(const Request& req) = 0;
   virtual Result<std::vector<int32_t>> get_blocks(const Request& req, int32_t num_tokens) = 0;
   virtual void on_blocks_allocated(const Request& /*req*/) {}

@@ -6,6 +6,8 @@ const char* request_status_name(RequestStatus s) {
   switch (s) {
     case RequestStatus::kWaiting:
       return "waiting";
+    case RequestStatus::kWaitingForKv:
+      return "waiting_for_kv";
     case RequestStatus::kRunning:
       return "running";
     case RequestStatus::kPreempted:

@@ -22,12 +22,12 @@
 #include <variant>
 #include <vector>
 
-#include "engine/sampling_params.h"
+#include "runtime/sampling_params.h"
 #include "kv/prefix_hash.h"
 
 namespace cartserve {
 
-enum class RequestStatus { kWaiting, kRunning, kPreempted, kFinished };
+enum class RequestStatus { kWaiting, kWaitingForKv, kRunning, kPreempted, kFinished };
 enum class FinishReason { kNone, kStop, kLength, kAbort, kError };
 
 const char* request_status_name(RequestStatus s);
@@ -68,6 +68,8 @@ struct Request {
   // for the root (prefix_salt, num_external_tokens) they were computed with.
   std::vector<BlockHash> block_hashes;
   int32_t block_hashes_external = -1;  // num_external_tokens the hashes assume
+  // Blocks [0, num_reported_blocks) of the table were reported to the runner.
+  int32_t num_reported_blocks = 0;
   // Blocks [0, num_registered_blocks) are cached already or not ours to cache.
   int32_t num_registered_blocks = 0;
   int32_t num_cached_tokens = 0;  // prefix-cache hits at first admission (usage)

@@ -102,6 +102,7 @@ void Scheduler::release_blocks(Request& req) {
     pool_.release(*it);
   req.block_table.clear();
   req.num_registered_blocks = 0;
+  req.num_reported_blocks = 0;
 }
 
 void Scheduler::finish(Request& req, FinishReason reason, std::string message) {
@@ -115,6 +116,7 @@ void Scheduler::finish(Request& req, FinishReason reason, std::string message) {
   const std::string id = req.id;  // `req` may die with the erase below
   std::erase_if(running_, [&](const auto& r) { return r->id == id; });
   std::erase_if(waiting_, [&](const auto& r) { return r->id == id; });
+  std::erase_if(waiting_for_kv_, [&](const auto& r) { return r->id == id; });
   pending_aborts_.erase(id);
   finished_since_schedule_.push_back(id);
   requests_.erase(id);
@@ -169,7 +171,7 @@ void Scheduler::register_full_blocks(Request& req) {
   req.num_registered_blocks = full;
 }
 
-ScheduledRequest Scheduler::make_entry(const Request& req, int32_t num_tokens) const {
+ScheduledRequest Scheduler::make_entry(Request& req, int32_t num_tokens) const {
   ScheduledRequest e;
   e.request_id = req.id;
   e.start_position = req.num_computed_tokens;
@@ -179,7 +181,9 @@ ScheduledRequest Scheduler::make_entry(const Request& req, int32_t num_tokens) c
     e.token_ids.push_back(req.token_at(p));
   }
   e.needs_logits = e.start_position + num_tokens == req.num_positions();
-  e.block_table = req.block_table;
+  e.new_row = req.num_reported_blocks == 0;
+  e.new_block_ids.assign(req.block_table.begin() + req.num_reported_blocks, req.block_table.end());
+  req.num_reported_blocks = static_cast<int32_t>(req.block_table.size());
   return e;
 }
 
@@ -217,6 +221,7 @@ Scheduler::Admission Scheduler::try_admit(Request& req, int32_t& budget, Schedul
     Result<std::vector<int32_t>> got = connector_->get_blocks(req, e);
     if (!got.ok()) {
       if (got.status().code() == ErrorCode::kResourceExhausted) return Admission::kWait;
+      if (got.status().code() == ErrorCode::kUnavailable) return Admission::kLoading;
       error = got.status();
       return Admission::kRejected;
     }
@@ -354,32 +359,62 @@ SchedulerOutput Scheduler::schedule() {
   for (const auto& [r, n] : scheduled)
     out.scheduled.push_back(make_entry(*r, n));
 
-  // 4. Admissions, FCFS, only when nobody was preempted in this step.
-  if (out.preempted_ids.empty()) {
-    while (!waiting_.empty() && budget > 0 &&
-           static_cast<int32_t>(running_.size()) < config_.max_num_seqs) {
-      std::shared_ptr<Request> r = waiting_.front();
-      Status error;
-      const Admission a = try_admit(*r, budget, out, error);
-      if (a == Admission::kWait) break;
-      waiting_.pop_front();
-      if (a == Admission::kRejected) {
-        ++stats_.num_rejected;
-        const std::string message = "request '" + r->id + "' rejected: " + error.message();
-        out.rejected.push_back({r->id, Status(error.code(), message)});
-        r->status = RequestStatus::kWaiting;  // holds no blocks
-        finish(*r, FinishReason::kError, message);
-        continue;
-      }
-      running_.push_back(r);
-    }
-  }
+  // 4. Admissions, only when nobody was preempted in this step.
+  if (out.preempted_ids.empty()) admit_waiting(budget, out);
 
   for (const auto& e : out.scheduled)
     out.num_scheduled_tokens += e.num_tokens;
   out.finished_ids = std::move(finished_since_schedule_);
   finished_since_schedule_.clear();
   return out;
+}
+
+void Scheduler::reject(Request& req, const Status& error, SchedulerOutput& out) {
+  ++stats_.num_rejected;
+  const std::string message = "request '" + req.id + "' rejected: " + error.message();
+  out.rejected.push_back({req.id, Status(error.code(), message)});
+  req.status = RequestStatus::kWaiting;  // holds no blocks
+  finish(req, FinishReason::kError, message);
+}
+
+void Scheduler::admit_waiting(int32_t& budget, SchedulerOutput& out) {
+  const auto seat = [&] {
+    return budget > 0 && static_cast<int32_t>(running_.size()) < config_.max_num_seqs;
+  };
+  // Requests whose external KV was loading, in arrival order; those still
+  // loading (or without room yet) stay aside.
+  for (size_t i = 0; i < waiting_for_kv_.size() && seat();) {
+    std::shared_ptr<Request> r = waiting_for_kv_[i];
+    Status error;
+    const Admission a = try_admit(*r, budget, out, error);
+    if (a == Admission::kWait || a == Admission::kLoading) {
+      ++i;
+      continue;
+    }
+    waiting_for_kv_.erase(waiting_for_kv_.begin() + static_cast<ptrdiff_t>(i));
+    if (a == Admission::kRejected) {
+      reject(*r, error, out);
+      continue;
+    }
+    running_.push_back(r);
+  }
+  while (!waiting_.empty() && seat()) {
+    std::shared_ptr<Request> r = waiting_.front();
+    Status error;
+    const Admission a = try_admit(*r, budget, out, error);
+    if (a == Admission::kWait) break;
+    waiting_.pop_front();
+    if (a == Admission::kLoading) {
+      r->status = RequestStatus::kWaitingForKv;
+      waiting_for_kv_.push_back(r);
+      continue;
+    }
+    if (a == Admission::kRejected) {
+      reject(*r, error, out);
+      continue;
+    }
+    running_.push_back(r);
+  }
 }
 
 Result<std::vector<RequestUpdate>> Scheduler::update_from_output(

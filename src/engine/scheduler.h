@@ -16,10 +16,13 @@
 //   3. running requests with a partial prefill, oldest first, each as much of
 //      its remaining prompt as the budget allows (chunking);
 //   4. if nobody was preempted in this step, waiting requests FCFS while the
-//      budget, max_num_seqs and the free blocks allow; the head of the queue
-//      waits for blocks (no overtaking). Leading positions provided by the
-//      connector and prefix-cache hits count as computed; the last position is
-//      always computed so that its logits exist.
+//      budget, max_num_seqs and the free blocks allow: first those whose
+//      external KV was loading (waiting for KV), then the queue; the head of
+//      the queue waits for blocks (no overtaking). A request whose external KV
+//      is still loading (the connector answers kUnavailable) steps aside into
+//      the waiting-for-KV list and does not hold up the queue. Leading
+//      positions provided by the connector and prefix-cache hits count as
+//      computed; the last position is always computed so that its logits exist.
 // When a running request needs a block and none is free, the newest running
 // request is preempted (blocks released, back to the front of the waiting
 // queue, generated tokens kept: it recomputes prompt + output later, through
@@ -43,6 +46,7 @@
 #include "engine/kv_connector.h"
 #include "engine/request.h"
 #include "kv/block_pool.h"
+#include "runtime/kv_transfer.h"
 
 namespace cartserve {
 
@@ -55,23 +59,18 @@ struct SchedulerConfig {
 };
 
 // One request's work in a step: positions [start_position, start_position +
-// num_tokens) with their token ids; KV slot of position p is
-// block_table[p / B] * B + p % B.
+// num_tokens) with their token ids. Its block table is reported as deltas:
+// when new_row, new_block_ids is the whole table (first step after an
+// admission); else the blocks appended since its previous step. KV slot of
+// position p is table[p / B] * B + p % B.
 struct ScheduledRequest {
   std::string request_id;
   int32_t start_position = 0;
   int32_t num_tokens = 0;
-  std::vector<int32_t> token_ids;    // [num_tokens]
-  bool needs_logits = false;         // the chunk ends the known tokens: sample one
-  std::vector<int32_t> block_table;  // [>= ceil((start_position + num_tokens) / B)]
-};
-
-// Copy the first num_slots slots of src into dst (every layer, K and V) before
-// the forward pass: the partial last block of an external prefix.
-struct BlockCopy {
-  int32_t src_block = 0;
-  int32_t dst_block = 0;
-  int32_t num_slots = 0;
+  std::vector<int32_t> token_ids;  // [num_tokens]
+  bool needs_logits = false;       // the chunk ends the known tokens: sample one
+  bool new_row = false;
+  std::vector<int32_t> new_block_ids;
 };
 
 struct RejectedRequest {
@@ -82,7 +81,7 @@ struct RejectedRequest {
 struct SchedulerOutput {
   std::vector<ScheduledRequest> scheduled;  // decodes, continued prefills, admissions
   std::vector<BlockCopy> block_copies;
-  std::vector<std::string> preempted_ids;  // lost their blocks in this step
+  std::vector<std::string> preempted_ids;  // lost their blocks in this step (and their rows)
   // Finished since the previous schedule() (aborts of this step included); the
   // runner drops their state. Their blocks are released already.
   std::vector<std::string> finished_ids;
@@ -128,7 +127,11 @@ class Scheduler {
   const std::vector<std::shared_ptr<Request>>& running() const { return running_; }
   const std::deque<std::shared_ptr<Request>>& waiting() const { return waiting_; }
   int32_t num_running() const { return static_cast<int32_t>(running_.size()); }
-  int32_t num_waiting() const { return static_cast<int32_t>(waiting_.size()); }
+  int32_t num_waiting() const {
+    return static_cast<int32_t>(waiting_.size() + waiting_for_kv_.size());
+  }
+  // Admitted by the connector but waiting for their external KV to load.
+  int32_t num_waiting_for_kv() const { return static_cast<int32_t>(waiting_for_kv_.size()); }
   bool has_unfinished_requests() const { return !requests_.empty(); }
   const SchedulerConfig& config() const { return config_; }
   const SchedulerStats& stats() const { return stats_; }
@@ -137,7 +140,7 @@ class Scheduler {
  private:
   Scheduler(const SchedulerConfig& config, BlockPool& pool, KvConnector* connector);
 
-  enum class Admission { kAdmitted, kWait, kRejected };
+  enum class Admission { kAdmitted, kWait, kLoading, kRejected };
   Admission try_admit(Request& req, int32_t& budget, SchedulerOutput& out, Status& error);
   void preempt(Request& req, SchedulerOutput& out);
   void finish(Request& req, FinishReason reason, std::string message);
@@ -147,7 +150,10 @@ class Scheduler {
   int32_t blocks_for(int32_t num_positions) const {
     return (num_positions + config_.block_size - 1) / config_.block_size;
   }
-  ScheduledRequest make_entry(const Request& req, int32_t num_tokens) const;
+  ScheduledRequest make_entry(Request& req, int32_t num_tokens) const;
+  // Admits waiting requests (parked ones first) while budget and seats allow.
+  void admit_waiting(int32_t& budget, SchedulerOutput& out);
+  void reject(Request& req, const Status& error, SchedulerOutput& out);
 
   SchedulerConfig config_;
   BlockPool& pool_;
@@ -155,6 +161,7 @@ class Scheduler {
   KvConnector* connector_;
   std::unordered_map<std::string, std::shared_ptr<Request>> requests_;  // unfinished
   std::deque<std::shared_ptr<Request>> waiting_;                        // FCFS
+  std::deque<std::shared_ptr<Request>> waiting_for_kv_;                 // FCFS, KV loading
   std::vector<std::shared_ptr<Request>> running_;                       // admission order
   std::unordered_set<std::string> pending_aborts_;
   std::vector<std::string> finished_since_schedule_;

@@ -60,14 +60,31 @@ void BlockPool::lru_remove(int32_t id) {
   --num_evictable_;
 }
 
+void BlockPool::forget_hash(int32_t id) {
+  auto& h = hash_[static_cast<size_t>(id)];
+  const BlockHash dropped = *h;
+  cached_.erase(dropped);
+  h.reset();
+  if (on_drop_) on_drop_(id, dropped);
+}
+
 int32_t BlockPool::evict_lru_head() {
   const int32_t id = lru_head_;
   lru_remove(id);
-  auto& h = hash_[static_cast<size_t>(id)];
-  cached_.erase(*h);
-  h.reset();
+  forget_hash(id);
   ++stats_.evictions;
   return id;
+}
+
+bool BlockPool::drop_cached(int32_t id) {
+  if (!valid_id(id) || ref_count_[static_cast<size_t>(id)] != 0 ||
+      !in_lru_[static_cast<size_t>(id)]) {
+    return false;
+  }
+  lru_remove(id);
+  forget_hash(id);
+  free_.push_back(id);
+  return true;
 }
 
 std::optional<std::vector<int32_t>> BlockPool::allocate(int32_t n) {
@@ -122,14 +139,12 @@ void BlockPool::release(int32_t id) {
 }
 
 std::optional<int32_t> BlockPool::lookup(const BlockHash& hash) const {
-  if (!enable_caching_) return std::nullopt;
   const auto it = cached_.find(hash);
   if (it == cached_.end()) return std::nullopt;
   return it->second;
 }
 
 void BlockPool::register_hash(int32_t id, const BlockHash& hash) {
-  if (!enable_caching_) return;
   if (!valid_id(id) || ref_count_[static_cast<size_t>(id)] <= 0) {
     LOG_ERROR("BlockPool::register_hash: block {} is not in use", id);
     return;
@@ -146,8 +161,9 @@ void BlockPool::reset_prefix_cache() {
     lru_remove(id);
     free_.push_back(id);
   }
-  for (auto& h : hash_)
-    h.reset();
+  for (int32_t id = 0; id < num_blocks(); ++id) {
+    if (hash_[static_cast<size_t>(id)]) forget_hash(id);
+  }
   cached_.clear();
 }
 

@@ -11,13 +11,18 @@
 // - The hash map holds hash -> block for every block that has a hash, and
 //   nothing else; a hash maps to one block at most.
 // - A fresh block comes from the free list first; only when it is empty is
-//   the least recently released evictable block evicted (hash dropped).
+//   the least recently released evictable block evicted (hash dropped). This
+//   one LRU governs all device KV: prompt prefixes and idle cartridge blocks
+//   (cartridge/device_tier.h) alike.
+// - The pool caches every hash it is given; enable_caching is the scheduler's
+//   switch for automatic prefix caching of prompts.
 // - Callers release a sequence's blocks from last to first, so that its tail
 //   (the least shareable part) is evicted before its head.
 #pragma once
 
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <optional>
 #include <span>
 #include <unordered_map>
@@ -63,10 +68,18 @@ class BlockPool {
 
   // The cached block holding this content, if any (no side effect).
   std::optional<int32_t> lookup(const BlockHash& hash) const;
-  // Records that block `id` (in use, full) holds this content. No-op when
-  // caching is off, when the block already has a hash or when another block
-  // already caches this content (the duplicate stays uncached).
+  // Records that block `id` (in use) holds this content. No-op when the block
+  // already has a hash or when another block already caches this content (the
+  // duplicate stays uncached).
   void register_hash(int32_t id, const BlockHash& hash);
+  // An evictable (cached, unreferenced) block loses its hash and becomes
+  // free now. False (nothing changes) for any other block.
+  bool drop_cached(int32_t id);
+  // Called whenever a block's hash is dropped (eviction, drop_cached, reset),
+  // with the block and the hash it held.
+  void set_drop_listener(std::function<void(int32_t id, const BlockHash& hash)> fn) {
+    on_drop_ = std::move(fn);
+  }
   // Drops every hash (an admin reset); evictable blocks become free.
   void reset_prefix_cache();
 
@@ -86,6 +99,7 @@ class BlockPool {
   void lru_push_back(int32_t id);
   void lru_remove(int32_t id);
   int32_t evict_lru_head();
+  void forget_hash(int32_t id);  // drops the hash of a block that has one
 
   bool enable_caching_;
   std::vector<int32_t> ref_count_;                                  // [num_blocks]
@@ -99,6 +113,7 @@ class BlockPool {
   int32_t num_evictable_ = 0;
   int32_t num_in_use_ = 0;
   PrefixCacheStats stats_;
+  std::function<void(int32_t, const BlockHash&)> on_drop_;
 };
 
 }  // namespace cartserve

@@ -12,6 +12,7 @@ namespace {
 static_assert(std::endian::native == std::endian::little, "hash layout assumes little-endian");
 
 constexpr std::string_view kRootTag = "cartserve-prefix-root";
+constexpr std::string_view kCartridgeTag = "cartserve-cartridge-block";
 
 void put_hash(XXH3_state_t* st, const BlockHash& h) {
   XXH3_128bits_update(st, &h.lo, sizeof(h.lo));
@@ -35,6 +36,19 @@ BlockHash prefix_hash_root(std::string_view salt, int64_t num_external_tokens) {
   XXH3_128bits_update(st, salt.data(), salt.size());
   const BlockHash h = digest(st);
   return h;
+}
+
+BlockHash cartridge_block_hash(std::string_view content_hash, int32_t block_size,
+                               int32_t block_index) {
+  XXH3_state_t state;
+  XXH3_INITSTATE(&state);
+  XXH3_state_t* st = &state;
+  XXH3_128bits_reset(st);
+  XXH3_128bits_update(st, kCartridgeTag.data(), kCartridgeTag.size());
+  XXH3_128bits_update(st, &block_size, sizeof(block_size));
+  XXH3_128bits_update(st, &block_index, sizeof(block_index));
+  XXH3_128bits_update(st, content_hash.data(), content_hash.size());
+  return digest(st);
 }
 
 BlockHash hash_block(const BlockHash& parent, std::span<const int32_t> token_ids) {

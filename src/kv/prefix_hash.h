@@ -36,6 +36,13 @@ struct BlockHashHasher {
 // The parent of a request's first hashed block.
 BlockHash prefix_hash_root(std::string_view salt, int64_t num_external_tokens = 0);
 
+// Key of block `block_index` of a cartridge (its KV is fixed by the content
+// hash): XXH3-128("cartserve-cartridge-block" || block_size (int32) ||
+// block_index (int32) || content_hash). A domain of its own: never equal to a
+// prompt block's hash.
+BlockHash cartridge_block_hash(std::string_view content_hash, int32_t block_size,
+                               int32_t block_index);
+
 // Hash of one block from its parent's hash and its token ids.
 BlockHash hash_block(const BlockHash& parent, std::span<const int32_t> token_ids);
 

@@ -1,14 +1,12 @@
 #include "server/cartridge_service.h"
 
+#include <chrono>
 #include <filesystem>
-#include <future>
+#include <thread>
 
 #include <nlohmann/json.hpp>
 
-#include "cartridge/cartridge_io.h"
-#include "cartridge/compose.h"
 #include "core/logging.h"
-#include "model/rope.h"
 
 namespace cartserve {
 
@@ -16,9 +14,6 @@ namespace fs = std::filesystem;
 using nlohmann::json;
 
 namespace {
-
-constexpr const char* kCompositePrefix = "composite:";
-constexpr uint64_t kDefaultHostBudget = 4ull << 30;
 
 std::string dump(const json& j) {
   return j.dump(-1, ' ', false, json::error_handler_t::replace);
@@ -78,63 +73,24 @@ HttpResponse status_response(const Status& s) {
 }  // namespace
 
 CartridgeService::CartridgeService(const Model& model, int32_t block_size,
-                                   const CartridgeConnectorConfig& config, MetricsRegistry& metrics)
-    : model_(model), block_size_(block_size), config_(config), metrics_(metrics) {
+                                   const CartridgeConnectorConfig& config, CartridgeParts parts,
+                                   MetricsRegistry& metrics)
+    : model_(model), block_size_(block_size), config_(config), parts_(parts), metrics_(metrics) {
   served_.model_id = model.config.model_id;
   served_.num_layers = model.config.num_layers;
   served_.num_kv_heads = model.config.num_kv_heads;
   served_.head_dim = model.config.head_dim;
-  inv_freq_ = rope_inv_freq(model.config, model.weights.rope_freq_factors);
-}
-
-CartridgeService::~CartridgeService() {
-  connector_.reset();  // stops its loader thread before the residency manager goes
-}
-
-Result<CartridgeData> CartridgeService::load(const std::string& path) const {
-  if (path.rfind(kCompositePrefix, 0) != 0) return load_cartridge(path);
-  const auto entry = catalog_.get(path.substr(std::string(kCompositePrefix).size()));
-  if (!entry || !entry->composite()) {
-    return make_error(ErrorCode::kNotFound, "unknown composite '{}'", path);
-  }
-  std::vector<CartridgeData> parts;
-  for (const auto& id : entry->parts) {
-    const auto part = catalog_.get(id);
-    if (!part) return make_error(ErrorCode::kNotFound, "composite part '{}' was removed", id);
-    CS_ASSIGN_OR_RETURN(CartridgeData d, load_cartridge(part->path));
-    parts.push_back(std::move(d));
-  }
-  std::vector<const CartridgeData*> ptrs;
-  for (const auto& p : parts)
-    ptrs.push_back(&p);
-  return compose_cartridges(ptrs, entry->rerotate, inv_freq_);
 }
 
 Result<std::unique_ptr<CartridgeService>> CartridgeService::create(
     const CartridgeConnectorConfig& config, const Model& model, int32_t block_size,
-    uint64_t kv_cache_bytes, MetricsRegistry& metrics) {
-  std::unique_ptr<CartridgeService> s(new CartridgeService(model, block_size, config, metrics));
+    CartridgeParts parts, MetricsRegistry& metrics) {
+  std::unique_ptr<CartridgeService> s(
+      new CartridgeService(model, block_size, config, parts, metrics));
   const std::string db = config.registry_db.empty() ? ":memory:" : config.registry_db;
   auto reg = CartridgeRegistry::open(db);
   if (!reg.ok()) return reg.status().with_context("registry_db '" + db + "'");
   s->registry_ = std::move(reg).value();
-
-  ResidencyConfig rc;
-  rc.host_budget_bytes = config.host_capacity_bytes.value_or(kDefaultHostBudget);
-  rc.device_budget_bytes = config.gpu_capacity_bytes.value_or(kv_cache_bytes / 2);
-  if (rc.device_budget_bytes > kv_cache_bytes) {
-    return make_error(ErrorCode::kInvalidArgument,
-                      "--kv-transfer-config: gpu_capacity_bytes ({}) exceeds the KV cache ({} "
-                      "bytes, --kv-cache-memory)",
-                      rc.device_budget_bytes, kv_cache_bytes);
-  }
-  rc.device_dtype = DType::kF32;
-  rc.device_layout = KvLayout::kTokenMajor;
-  s->allocator_ = std::make_shared<KvBlockAllocator>(model.config.num_layers, model.config.kv_dim(),
-                                                     block_size);
-  CartridgeService* raw = s.get();
-  s->residency_ = std::make_unique<ResidencyManager>(
-      rc, [raw](const std::string& path) { return raw->load(path); }, s->allocator_);
 
   // Configured cartridges first (errors stop the start), then what the
   // registry remembers from earlier runs (errors are logged and skipped).
@@ -148,7 +104,7 @@ Result<std::unique_ptr<CartridgeService>> CartridgeService::create(
   auto remembered = s->registry_->list();
   if (!remembered.ok()) return remembered.status();
   for (const auto& r : *remembered) {
-    if (s->catalog_.contains(r.manifest.cartridge_id)) continue;
+    if (parts.catalog.contains(r.manifest.cartridge_id)) continue;
     auto e = inspect_cartridge_file(r.manifest.cartridge_id, r.path, "", s->served_, block_size);
     if (!e.ok()) {
       LOG_WARN("registered cartridge '{}' is not servable now: {}", r.manifest.cartridge_id,
@@ -159,7 +115,7 @@ Result<std::unique_ptr<CartridgeService>> CartridgeService::create(
     CS_RETURN_IF_ERROR(s->register_entry(std::move(e).value(), /*persist=*/false));
   }
   for (const auto& id : config.preload) {
-    if (!s->catalog_.contains(id)) {
+    if (!parts.catalog.contains(id)) {
       return make_error(ErrorCode::kInvalidArgument,
                         "--kv-transfer-config: preload names unknown cartridge '{}'", id);
     }
@@ -167,6 +123,7 @@ Result<std::unique_ptr<CartridgeService>> CartridgeService::create(
 
   // Router: as configured; else the id a request names, falling back to the
   // single configured cartridge (the seed's behaviour); else explicit ids only.
+  CartridgeService* raw = s.get();
   RouterDeps deps;
   deps.label_lookup = [raw](const std::string& key, const std::string& value) {
     return raw->registry_->ids_by_label(key, value);
@@ -185,54 +142,85 @@ Result<std::unique_ptr<CartridgeService>> CartridgeService::create(
   if (!router.ok()) return router.status().with_context("--kv-transfer-config router");
   s->router_ = std::move(router).value();
 
-  s->connector_ = std::make_unique<CartridgeConnector>(
-      *s->residency_, s->allocator_, s->catalog_,
-      config.mode == PlacementMode::kPrefix ? CartridgeMode::kPrefix : CartridgeMode::kVirtual,
-      block_size);
   metrics.add_collector([raw] { raw->collect_metrics(); });
   LOG_INFO("cartridges: {} registered, router {}, mode {}, device budget {} bytes, host {} bytes",
-           s->catalog_.list().size(), s->router_->describe(),
-           config.mode == PlacementMode::kPrefix ? "prefix" : "virtual", rc.device_budget_bytes,
-           rc.host_budget_bytes);
+           parts.catalog.list().size(), s->router_->describe(),
+           config.mode == CartridgeMode::kPrefix ? "prefix" : "virtual",
+           parts.device.config().budget_bytes, parts.host.config().host_budget_bytes);
   return s;
 }
 
 Status CartridgeService::register_entry(CatalogEntry entry, bool persist) {
   if (persist) CS_RETURN_IF_ERROR(registry_->register_cartridge(entry.manifest, entry.path));
-  CS_RETURN_IF_ERROR(residency_->add_cartridge(entry.cartridge_id, entry.path, entry.manifest));
-  Status st = catalog_.add(entry);
-  if (!st.ok()) (void)residency_->remove_cartridge(entry.cartridge_id);
+  CS_RETURN_IF_ERROR(parts_.host.add_cartridge(entry.cartridge_id, entry.path, entry.manifest));
+  Status st = parts_.catalog.add(entry);
+  if (!st.ok()) (void)parts_.host.remove_cartridge(entry.cartridge_id);
   return st;
 }
 
 Status CartridgeService::on_engine(const std::function<Status()>& fn) {
   if (!engine_) return fn();
-  return engine_->run_on_engine_thread([&](Backend&, BlockPool&) { return fn(); });
+  return engine_->run_on_engine_thread(fn);
 }
 
 Status CartridgeService::attach(Engine& engine) {
   engine_ = &engine;
   for (const auto& id : config_.preload) {
-    Status st = on_engine([&] { return residency_->prefetch(id, Tier::kDevice); });
+    Status st = on_engine([&]() -> Status {
+      CS_ASSIGN_OR_RETURN(DeviceCartridge c, parts_.connector.device_cartridge(id));
+      return parts_.device.prefetch(c);
+    });
     if (!st.ok()) LOG_WARN("preloading cartridge '{}': {}", id, st.message());
   }
   return {};
 }
 
+Status CartridgeService::pin(const std::string& id) {
+  CS_RETURN_IF_ERROR(on_engine([&]() -> Status {
+    CS_ASSIGN_OR_RETURN(DeviceCartridge c, parts_.connector.device_cartridge(id));
+    return parts_.device.pin(c);
+  }));
+  // Pinned now; resident once its load (if any) is done.
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::minutes(2);
+  while (!parts_.device.is_resident(id)) {
+    if (!parts_.device.is_pinned(id)) {
+      return make_error(ErrorCode::kUnavailable, "cartridge '{}' was unpinned while loading", id);
+    }
+    if (auto st = parts_.device.state(id); !st.ok()) {
+      (void)unpin(id);
+      return st.status();
+    }
+    if (std::chrono::steady_clock::now() > deadline) {
+      return make_error(ErrorCode::kUnavailable, "cartridge '{}' did not load in time", id);
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  return {};
+}
+
+Status CartridgeService::unpin(const std::string& id) {
+  return on_engine([&] { return parts_.device.unpin(id); });
+}
+
+Status CartridgeService::evict(const std::string& id, Tier tier) {
+  if (tier == Tier::kHost) return parts_.host.evict(id);
+  return on_engine([&] { return parts_.device.evict(id); });
+}
+
 size_t CartridgeService::num_cartridges() const {
-  return catalog_.list().size();
+  return parts_.catalog.list().size();
 }
 
 Result<CatalogEntry> CartridgeService::ensure_composite(const std::vector<std::string>& ids,
                                                         bool rerotate) {
   const std::string id = composite_id(ids, rerotate);
-  if (auto e = catalog_.get(id)) return *e;
+  if (auto e = parts_.catalog.get(id)) return *e;
   std::lock_guard<std::mutex> lk(admin_mu_);
-  CS_ASSIGN_OR_RETURN(CatalogEntry c, catalog_.composite(ids, rerotate));
-  if (!residency_->knows(id)) {
-    Status st = residency_->add_cartridge(id, kCompositePrefix + id, c.manifest);
+  CS_ASSIGN_OR_RETURN(CatalogEntry c, parts_.catalog.composite(ids, rerotate));
+  if (!parts_.host.knows(id)) {
+    Status st = parts_.host.add_cartridge(id, composite_path(id), c.manifest);
     if (!st.ok() && st.code() != ErrorCode::kAlreadyExists) {
-      catalog_.remove(id);
+      parts_.catalog.remove(id);
       return st;
     }
   }
@@ -255,7 +243,7 @@ std::variant<CartridgePlacement, api::ApiError> CartridgeService::resolve(
   }
   if (ids.empty()) return CartridgePlacement{};
   for (const auto& id : ids) {
-    if (!catalog_.contains(id)) {
+    if (!parts_.catalog.contains(id)) {
       if (config_.on_unknown == OnUnknownCartridge::kIgnore) return CartridgePlacement{};
       api::ApiError e =
           api::bad_request("unknown cartridge '" + id + "'", "kv_transfer_params.cartridge_id");
@@ -265,9 +253,9 @@ std::variant<CartridgePlacement, api::ApiError> CartridgeService::resolve(
   }
   CatalogEntry entry;
   if (ids.size() == 1) {
-    entry = *catalog_.get(ids[0]);
+    entry = *parts_.catalog.get(ids[0]);
   } else {
-    if (config_.mode == PlacementMode::kPrefix) {
+    if (config_.mode == CartridgeMode::kPrefix) {
       return api::bad_request("composing several cartridges needs mode \"virtual\"",
                               "kv_transfer_params.cartridge_id");
     }
@@ -281,7 +269,7 @@ std::variant<CartridgePlacement, api::ApiError> CartridgeService::resolve(
   p.active = true;
   p.cartridge_ids = {entry.cartridge_id};
   p.prefix_salt = entry.content_hash;
-  if (config_.mode == PlacementMode::kVirtual) {
+  if (config_.mode == CartridgeMode::kVirtual) {
     p.num_virtual_tokens = entry.num_tokens();
     p.strip_system_prefix = true;
   }
@@ -297,9 +285,10 @@ CartridgeResolver CartridgeService::resolver() {
 }
 
 void CartridgeService::collect_metrics() {
-  const ResidencyCounters c = residency_->counters();
+  const HostCounters c = parts_.host.counters();
+  const TierCounters device = parts_.device.counters();
   for (Tier t : {Tier::kHost, Tier::kDevice}) {
-    const TierCounters& tc = c.tier(t);
+    const TierCounters& tc = t == Tier::kHost ? c.host : device;
     const std::string label = std::string("tier=\"") + tier_name(t) + "\"";
     metrics_
         .gauge("cartserve:cartridge_resident_bytes", "Bytes of cartridges resident per tier", label)
@@ -322,14 +311,14 @@ void CartridgeService::collect_metrics() {
   metrics_.gauge("cartserve:cartridge_disk_loads", "Cartridge loads from disk")
       .set(static_cast<double>(c.disk_loads));
   metrics_.gauge("cartserve:cartridges_registered", "Cartridges in the catalogue")
-      .set(static_cast<double>(catalog_.list().size()));
+      .set(static_cast<double>(parts_.catalog.list().size()));
 }
 
 // ---------------------------------------------------------------- admin API
 
 HttpResponse CartridgeService::list_cartridges() const {
   json data = json::array();
-  for (const auto& e : catalog_.list()) {
+  for (const auto& e : parts_.catalog.list()) {
     json m = manifest_to_json(e.manifest);
     json item = {{"id", e.cartridge_id},
                  {"object", "cartridge"},
@@ -339,10 +328,11 @@ HttpResponse CartridgeService::list_cartridges() const {
                  {"content_hash", e.content_hash},
                  {"manifest", m},
                  {"resident",
-                  {{"host", residency_->is_resident(e.cartridge_id, Tier::kHost)},
-                   {"device", residency_->is_resident(e.cartridge_id, Tier::kDevice)}}},
-                 {"pinned", residency_->is_pinned(e.cartridge_id, Tier::kDevice)},
-                 {"in_use", residency_->ref_count(e.cartridge_id, Tier::kDevice)}};
+                  {{"host", parts_.host.is_resident(e.cartridge_id)},
+                   {"device", parts_.device.is_resident(e.cartridge_id)}}},
+                 {"loading", parts_.device.is_loading(e.cartridge_id)},
+                 {"pinned", parts_.device.is_pinned(e.cartridge_id)},
+                 {"in_use", parts_.device.ref_count(e.cartridge_id)}};
     if (e.composite()) item["parts"] = e.parts;
     data.push_back(item);
   }
@@ -406,13 +396,13 @@ HttpResponse CartridgeService::post_cartridge(const HttpRequest& req) {
     full_manifest = *m;
   }
   std::lock_guard<std::mutex> lk(admin_mu_);
-  if (!id->empty() && catalog_.contains(*id)) {
+  if (!id->empty() && parts_.catalog.contains(*id)) {
     return error_response(409, "cartridge '" + *id + "' is already registered", "conflict_error");
   }
   auto entry = inspect_cartridge_file(*id, *full, full_manifest, served_, block_size_);
   if (!entry.ok())
     return status_response(Status(ErrorCode::kInvalidArgument, entry.status().message()));
-  if (catalog_.contains(entry->cartridge_id)) {
+  if (parts_.catalog.contains(entry->cartridge_id)) {
     return error_response(409, "cartridge '" + entry->cartridge_id + "' is already registered",
                           "conflict_error");
   }
@@ -422,7 +412,7 @@ HttpResponse CartridgeService::post_cartridge(const HttpRequest& req) {
   Status st = register_entry(std::move(entry).value(), /*persist=*/true);
   if (!st.ok()) return status_response(st);
   LOG_INFO("cartridge '{}' registered from {}", new_id, *full);
-  const auto e = catalog_.get(new_id);
+  const auto e = parts_.catalog.get(new_id);
   return json_response(201, {{"id", new_id},
                              {"object", "cartridge"},
                              {"path", e->path},
@@ -432,22 +422,25 @@ HttpResponse CartridgeService::post_cartridge(const HttpRequest& req) {
 
 HttpResponse CartridgeService::delete_cartridge(const std::string& id) {
   std::lock_guard<std::mutex> lk(admin_mu_);
-  const auto entry = catalog_.get(id);
+  const auto entry = parts_.catalog.get(id);
   if (!entry) return error_response(404, "unknown cartridge '" + id + "'", "not_found_error");
   // Composites built on it go first (they cannot outlive a part).
   std::vector<std::string> doomed;
-  for (const auto& e : catalog_.list()) {
+  for (const auto& e : parts_.catalog.list()) {
     if (std::find(e.parts.begin(), e.parts.end(), id) != e.parts.end())
       doomed.push_back(e.cartridge_id);
   }
   doomed.push_back(id);
   for (const auto& d : doomed) {
-    Status st = on_engine([&] { return residency_->remove_cartridge(d); });
+    Status st = on_engine([&]() -> Status {
+      CS_RETURN_IF_ERROR(parts_.device.remove(d));
+      return parts_.host.remove_cartridge(d);
+    });
     if (!st.ok() && st.code() != ErrorCode::kNotFound) {
       return error_response(409, "cartridge '" + d + "' cannot be removed now: " + st.message(),
                             "conflict_error");
     }
-    catalog_.remove(d);
+    parts_.catalog.remove(d);
   }
   auto removed = registry_->unregister(id);
   if (!removed.ok()) return status_response(removed.status());
@@ -455,11 +448,9 @@ HttpResponse CartridgeService::delete_cartridge(const std::string& id) {
 }
 
 HttpResponse CartridgeService::pin_cartridge(const std::string& id, bool pin) {
-  if (!catalog_.contains(id))
+  if (!parts_.catalog.contains(id))
     return error_response(404, "unknown cartridge '" + id + "'", "not_found_error");
-  Status st = on_engine([&] {
-    return pin ? residency_->pin(id, Tier::kDevice) : residency_->unpin(id, Tier::kDevice);
-  });
+  Status st = pin ? this->pin(id) : unpin(id);
   if (!st.ok()) return status_response(st);
   return json_response(200, {{"id", id}, {"pinned", pin}});
 }

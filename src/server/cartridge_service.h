@@ -1,15 +1,18 @@
-// Cartridge serving, wired from --kv-transfer-config: the registry (SQLite),
-// the catalog of servable cartridges, the residency manager (host tier in
-// memory, device tier in the engine's KV blocks), the router, the engine's
-// connector, metrics, and the HTTP edge: resolving a request's cartridge
-// selection and the admin API (/v1/cartridges).
+// Cartridge serving at the edge, from --kv-transfer-config: the registry
+// (SQLite), registration of the configured and remembered cartridges into
+// the catalog and the host tier, the router, the metrics, and the HTTP side:
+// resolving a request's cartridge selection and the admin API
+// (/v1/cartridges). The catalog, the residency tiers and the connector are
+// built by the serving stack (server/serving_stack.h) and lent to it.
 #pragma once
 
 #include <memory>
+#include <mutex>
 #include <string>
 #include <variant>
 
 #include "cartridge/catalog.h"
+#include "cartridge/device_tier.h"
 #include "cartridge/registry.h"
 #include "cartridge/residency.h"
 #include "cartridge/router.h"
@@ -23,18 +26,23 @@
 
 namespace cartserve {
 
+// What the service is lent by the stack; all outlive it.
+struct CartridgeParts {
+  CartridgeCatalog& catalog;
+  ResidencyManager& host;
+  DeviceKvTier& device;
+  CartridgeConnector& connector;
+};
+
 class CartridgeService {
  public:
   // Opens the registry, registers and checks every configured cartridge
   // (any problem is a start-up error naming it), builds the router.
-  // `kv_cache_bytes`: the engine's KV cache size (the default device budget is half).
   static Result<std::unique_ptr<CartridgeService>> create(const CartridgeConnectorConfig& config,
                                                           const Model& model, int32_t block_size,
-                                                          uint64_t kv_cache_bytes,
+                                                          CartridgeParts parts,
                                                           MetricsRegistry& metrics);
-  ~CartridgeService();
 
-  KvConnector* connector() { return connector_.get(); }
   // After the engine exists: preloads (`preload` ids into the device tier).
   Status attach(Engine& engine);
 
@@ -45,37 +53,36 @@ class CartridgeService {
   // GET/POST /v1/cartridges, DELETE /v1/cartridges/{id}, POST .../{id}/pin|unpin.
   void add_admin_routes(HttpServer& http);
 
-  // For tests and the start-up line.
+  // Device-tier operations, on the engine thread (tests, benchmarks).
+  Status pin(const std::string& id);  // waits until resident
+  Status unpin(const std::string& id);
+  Status evict(const std::string& id, Tier tier);
+
   size_t num_cartridges() const;
-  const ResidencyManager& residency() const { return *residency_; }
 
  private:
   CartridgeService(const Model& model, int32_t block_size, const CartridgeConnectorConfig& config,
-                   MetricsRegistry& metrics);
+                   CartridgeParts parts, MetricsRegistry& metrics);
   Status register_entry(CatalogEntry entry, bool persist);
   Result<CatalogEntry> ensure_composite(const std::vector<std::string>& ids, bool rerotate);
-  Result<CartridgeData> load(const std::string& path) const;
   void collect_metrics();
 
   HttpResponse list_cartridges() const;
   HttpResponse post_cartridge(const HttpRequest& req);
   HttpResponse delete_cartridge(const std::string& id);
   HttpResponse pin_cartridge(const std::string& id, bool pin);
-  // Runs a residency operation that may touch the device tier on the engine thread.
+  // Runs a device-tier operation on the engine thread (directly before the
+  // engine exists).
   Status on_engine(const std::function<Status()>& fn);
 
   const Model& model_;
   int32_t block_size_;
   CartridgeConnectorConfig config_;
+  CartridgeParts parts_;
   MetricsRegistry& metrics_;
   ServedModelInfo served_;
-  std::vector<float> inv_freq_;  // RoPE table for re-rotated composites
   std::unique_ptr<CartridgeRegistry> registry_;
-  CartridgeCatalog catalog_;
-  std::shared_ptr<KvBlockAllocator> allocator_;
-  std::unique_ptr<ResidencyManager> residency_;
   std::unique_ptr<CartridgeRouter> router_;
-  std::unique_ptr<CartridgeConnector> connector_;
   Engine* engine_ = nullptr;
   std::mutex admin_mu_;  // serialises registrations and removals
 };

@@ -13,7 +13,7 @@
 #include "core/mapped_file.h"
 #include "core/progress.h"
 #include "core/sha256.h"
-#include "engine/cartridge_builder.h"
+#include "server/serving_stack.h"
 #include "model/model.h"
 #include "server/cli.h"
 

@@ -5,15 +5,12 @@
 #include <optional>
 #include <string>
 
+#include "chat_template/prompt_builder.h"
 #include "core/logging.h"
 #include "core/mapped_file.h"
-#include "engine/cpu_backend.h"
-#include "engine/engine.h"
-#include "model/model.h"
 #include "server/cli.h"
 #include "server/serve_options.h"
-#include "tokenizer/chat_template.h"
-#include "tokenizer/tokenizer.h"
+#include "server/serving_stack.h"
 
 namespace cartserve::cli {
 
@@ -45,46 +42,30 @@ int run_generate(const GenerateArgs& a) {
     }
     prompt = *text;
   }
-  LoadOptions opts;
-  auto weight_dtype = cpu_weight_dtype(a.dtype);
-  if (!weight_dtype.ok()) {
-    std::fprintf(stderr, "error: %s\n", weight_dtype.status().message().c_str());
-    return 1;
-  }
-  opts.weight_dtype = *weight_dtype;
-  auto loaded = load_model(a.model, opts);
+  ServeOptions so;
+  so.model = a.model;
+  so.dtype = a.dtype;
+  so.max_num_seqs = 1;
+  so.max_num_batched_tokens = 512;
+  auto loaded = load_model_for(so);
   if (!loaded.ok()) {
     std::fprintf(stderr, "error: %s\n", loaded.status().message().c_str());
     return 1;
   }
   const Model& model = **loaded;
 
+  const PromptBuilder prompts(model);
   std::vector<int32_t> ids;
   if (a.chat) {
-    if (model.chat_template.empty()) {
-      std::fprintf(stderr, "error: --chat: the model has no chat template\n");
+    auto chat = prompts.chat({{"user", prompt}}, /*add_generation_prompt=*/true,
+                             /*after_cartridge=*/false);
+    if (!chat.ok()) {
+      std::fprintf(stderr, "error: --chat: %s\n", chat.status().message().c_str());
       return 1;
     }
-    auto tmpl = ChatTemplate::parse(model.chat_template);
-    if (!tmpl.ok()) {
-      std::fprintf(stderr, "error: chat template: %s\n", tmpl.status().message().c_str());
-      return 1;
-    }
-    ChatTemplateOptions copts;
-    copts.bos_token = model.bos_text;
-    copts.eos_token = model.eos_text;
-    auto text = tmpl->render({{"user", prompt}}, copts);
-    if (!text.ok()) {
-      std::fprintf(stderr, "error: chat template: %s\n", text.status().message().c_str());
-      return 1;
-    }
-    ids = model.tokenizer.encode(*text);
+    ids = std::move(chat).value();
   } else {
-    if (model.tokenizer.add_bos_by_default() && model.tokenizer.bos_id()) {
-      ids.push_back(*model.tokenizer.bos_id());
-    }
-    auto body = model.tokenizer.encode(prompt, /*parse_special=*/false);
-    ids.insert(ids.end(), body.begin(), body.end());
+    ids = prompts.completion(prompt, /*after_cartridge=*/false, /*parse_special=*/false);
   }
   if (ids.empty()) {
     std::fprintf(stderr, "error: the prompt is empty\n");
@@ -97,22 +78,16 @@ int run_generate(const GenerateArgs& a) {
     return 1;
   }
 
-  // One request through the serving engine (same scheduler, sampler and
-  // detokenizer as `serve`).
-  const int32_t block_size = 16;
-  EngineConfig ec;
-  ec.scheduler.block_size = block_size;
-  ec.scheduler.max_num_seqs = 1;
-  ec.scheduler.max_model_len = static_cast<int32_t>(max_len);
-  ec.scheduler.max_num_batched_tokens = 512;
-  ec.num_kv_blocks =
-      (static_cast<int32_t>(ids.size()) + a.max_tokens + block_size - 1) / block_size + 2;
-  auto engine =
-      Engine::create(model, std::make_unique<CpuBackend>(model, ec.num_kv_blocks, block_size), ec);
-  if (!engine.ok()) {
-    std::fprintf(stderr, "error: %s\n", engine.status().message().c_str());
+  // One request through the serving stack (same scheduler, sampler and
+  // detokenizer as `serve`), its KV cache sized for this request.
+  so.max_model_len = static_cast<int32_t>(ids.size()) + a.max_tokens;
+  so.kv_cache_tokens = *so.max_model_len;
+  auto stack = build_serving_stack(model, so);
+  if (!stack.ok()) {
+    std::fprintf(stderr, "error: %s\n", stack.status().message().c_str());
     return 1;
   }
+  Engine& engine = *(*stack)->engine;
   GenerateRequest g;
   g.id = "generate";
   g.prompt_token_ids = ids;
@@ -123,7 +98,7 @@ int run_generate(const GenerateArgs& a) {
   g.sampling.seed = a.seed;
   g.sampling.ignore_eos = a.ignore_eos;
   const auto t0 = std::chrono::steady_clock::now();
-  auto stream = (*engine)->submit(std::move(g));
+  auto stream = engine.submit(std::move(g));
   std::optional<std::chrono::steady_clock::time_point> t_first;
   int generated = 0;
   for (bool done = false; !done;) {

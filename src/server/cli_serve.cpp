@@ -15,15 +15,11 @@
 #include "core/logging.h"
 #include "core/metrics.h"
 #include "core/progress.h"
-#include "engine/cpu_backend.h"
-#include "engine/engine.h"
-#include "model/model.h"
-#include "server/cartridge_service.h"
 #include "server/cli.h"
 #include "server/http_server.h"
-#include "server/kv_transfer_config.h"
 #include "server/openai_service.h"
 #include "server/serve_options.h"
+#include "server/serving_stack.h"
 
 namespace cartserve::cli {
 
@@ -47,12 +43,6 @@ int fail(const std::string& msg) {
 int run_serve(const ServeOptions& o) {
   set_log_level(o.log_level);
   if (auto st = o.validate(); !st.ok()) return fail(st.message());
-  std::optional<KvTransferConfig> kv_config;
-  if (!o.kv_transfer_config.empty()) {
-    auto c = parse_kv_transfer_config(o.kv_transfer_config);
-    if (!c.ok()) return fail(c.status().message());
-    kv_config = std::move(c).value();
-  }
   if (o.threads > 0) {
     setenv("CARTSERVE_THREADS", std::to_string(o.threads).c_str(), 1);
     openblas_set_num_threads(o.threads);
@@ -65,51 +55,34 @@ int run_serve(const ServeOptions& o) {
   sigaction(SIGINT, &sa, nullptr);
   sigaction(SIGTERM, &sa, nullptr);
 
-  LoadOptions load_options;
-  load_options.weight_dtype = *cpu_weight_dtype(o.dtype);  // validated
-  auto loaded = load_model(o.model, load_options);
+  auto loaded = load_model_for(o);
   if (!loaded.ok()) return fail(loaded.status().message());
   const Model& model = **loaded;
-
-  auto plan = o.plan(model.config);
-  if (!plan.ok()) return fail(plan.status().message());
   MetricsRegistry metrics;
-  std::unique_ptr<CartridgeService> cartridges;
-  if (kv_config) {
-    auto c = CartridgeService::create(kv_config->cartridge, model,
-                                      plan->engine.scheduler.block_size, plan->kv_bytes, metrics);
-    if (!c.ok()) return fail(c.status().message());
-    cartridges = std::move(c).value();
-  }
-  auto backend = std::make_unique<CpuBackend>(model, plan->engine.num_kv_blocks,
-                                              plan->engine.scheduler.block_size);
-  auto engine = Engine::create(model, std::move(backend), plan->engine, &metrics,
-                               cartridges ? cartridges->connector() : nullptr);
-  if (!engine.ok()) return fail(engine.status().message());
-  if (cartridges) {
-    if (auto st = cartridges->attach(**engine); !st.ok()) return fail(st.message());
-  }
+  auto built = build_serving_stack(model, o, &metrics);
+  if (!built.ok()) return fail(built.status().message());
+  ServingStack& stack = **built;
 
   ServiceConfig sc;
-  sc.served_model_names = plan->served_model_names;
-  sc.max_model_len = plan->engine.scheduler.max_model_len;
-  OpenAiService service(model, **engine, sc,
-                        cartridges ? cartridges->resolver() : CartridgeResolver());
+  sc.served_model_names = stack.served_model_names;
+  sc.max_model_len = stack.engine_config.scheduler.max_model_len;
+  OpenAiService service(model, *stack.engine, sc,
+                        stack.cartridges ? stack.cartridges->resolver() : CartridgeResolver());
   HttpServerConfig hc;
   hc.host = o.host;
   hc.port = o.port;
   hc.api_key = o.api_key;
   HttpServer http(service, metrics, hc);
-  if (cartridges) cartridges->add_admin_routes(http);
+  if (stack.cartridges) stack.cartridges->add_admin_routes(http);
   if (auto st = http.start(); !st.ok()) return fail(st.message());
-  std::fprintf(
-      stderr,
-      "cartserve: serving '%s' on http://%s:%d (device cpu, max_model_len %d, KV cache "
-      "%d blocks x %d = %lld tokens, %s)%s\n",
-      sc.served_model_names.front().c_str(), o.host.c_str(), http.port(), sc.max_model_len,
-      plan->engine.num_kv_blocks - 1, plan->engine.scheduler.block_size,
-      static_cast<long long>(plan->engine.num_kv_blocks - 1) * plan->engine.scheduler.block_size,
-      format_bytes(plan->kv_bytes).c_str(), o.api_key.empty() ? "" : ", API key required");
+  const KvSpec& kv = stack.kv();
+  std::fprintf(stderr,
+               "cartserve: serving '%s' on http://%s:%d (device %s, max_model_len %d, KV cache "
+               "%d blocks x %d = %lld tokens, %s %s)%s\n",
+               sc.served_model_names.front().c_str(), o.host.c_str(), http.port(),
+               stack.backend->name().c_str(), sc.max_model_len, kv.num_blocks - 1, kv.block_size,
+               static_cast<long long>(kv.num_tokens()), format_bytes(kv.total_bytes()).c_str(),
+               dtype_name(kv.dtype), o.api_key.empty() ? "" : ", API key required");
   std::fflush(stderr);
 
   std::thread signal_thread([&] {
@@ -123,8 +96,7 @@ int run_serve(const ServeOptions& o) {
   const unsigned char zero = 0;  // wakes the watcher if the server stopped on its own
   [[maybe_unused]] ssize_t n = write(g_signal_pipe[1], &zero, 1);
   signal_thread.join();
-  (*engine)->stop();
-  cartridges.reset();  // after the engine: its connector is in use until then
+  stack.engine->stop();
   return 0;
 }
 

@@ -96,7 +96,7 @@ Status parse_extra(const json& x, CartridgeConnectorConfig& c) {
   CS_ASSIGN_OR_RETURN(c.cartridge_dir, string_field(x, "cartridge_dir", where, false));
   CS_ASSIGN_OR_RETURN(std::string mode, string_field(x, "mode", where, false));
   if (mode == "prefix") {
-    c.mode = PlacementMode::kPrefix;
+    c.mode = CartridgeMode::kPrefix;
   } else if (!mode.empty() && mode != "virtual") {
     return invalid(where + "mode", "must be \"virtual\" or \"prefix\", got \"" + mode + "\"");
   }

@@ -11,6 +11,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "cartridge/catalog.h"
 #include "core/status.h"
 
 namespace cartserve {
@@ -21,7 +22,6 @@ struct CartridgeSpec {
   std::string manifest_path;  // optional
 };
 
-enum class PlacementMode { kVirtual, kPrefix };
 enum class OnUnknownCartridge { kError, kIgnore };
 
 struct CartridgeConnectorConfig {
@@ -32,7 +32,7 @@ struct CartridgeConnectorConfig {
   std::vector<std::string> preload;
   std::string registry_db;
   std::string cartridge_dir;
-  PlacementMode mode = PlacementMode::kVirtual;
+  CartridgeMode mode = CartridgeMode::kVirtual;
   OnUnknownCartridge on_unknown = OnUnknownCartridge::kError;
 };
 

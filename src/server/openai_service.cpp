@@ -13,11 +13,6 @@ using nlohmann::json;
 
 namespace {
 
-constexpr const char* kSystemSentinel =
-    "\x01"
-    "cartserve-cartridge"
-    "\x01";
-
 int64_t unix_now() {
   return static_cast<int64_t>(std::time(nullptr));
 }
@@ -231,18 +226,8 @@ OpenAiService::OpenAiService(const Model& model, Engine& engine, ServiceConfig c
     : model_(model),
       engine_(engine),
       config_(std::move(config)),
-      cartridges_(std::move(cartridges)) {
-  if (!model.chat_template.empty()) {
-    auto t = ChatTemplate::parse(model.chat_template);
-    if (t.ok()) {
-      template_ = std::move(t).value();
-    } else {
-      template_error_ = t.status().message();
-    }
-  } else {
-    template_error_ = "the model has no chat template";
-  }
-}
+      cartridges_(std::move(cartridges)),
+      prompts_(model) {}
 
 json OpenAiService::models_json() const {
   json data = json::array();
@@ -331,41 +316,6 @@ std::shared_ptr<RequestStream> OpenAiService::submit(const char* kind, int64_t i
   return engine_.submit(std::move(g));
 }
 
-std::variant<std::string, ApiError> OpenAiService::render_chat(
-    const std::vector<ChatMessage>& messages, bool add_generation_prompt,
-    bool strip_system_prefix) const {
-  if (!template_) {
-    ApiError e = bad_request("chat completions are unavailable: " + template_error_);
-    return e;
-  }
-  ChatTemplateOptions opts;
-  opts.add_generation_prompt = add_generation_prompt;
-  opts.bos_token = model_.bos_text;
-  opts.eos_token = model_.eos_text;
-  if (!strip_system_prefix) {
-    auto r = template_->render(messages, opts);
-    if (!r.ok()) return bad_request("chat template: " + r.status().message(), "messages");
-    return std::move(r).value();
-  }
-  // After a cartridge (which holds BOS and a system turn), the prompt is the
-  // rendering of [system, messages...] minus the rendering of [system] alone.
-  std::vector<ChatMessage> with_system = {{"system", kSystemSentinel}};
-  with_system.insert(with_system.end(), messages.begin(), messages.end());
-  auto full = template_->render(with_system, opts);
-  ChatTemplateOptions prefix_opts = opts;
-  prefix_opts.add_generation_prompt = false;
-  auto prefix = template_->render({{"system", kSystemSentinel}}, prefix_opts);
-  if (!full.ok() || !prefix.ok()) {
-    return bad_request(
-        "chat template: " + (full.ok() ? prefix.status().message() : full.status().message()),
-        "messages");
-  }
-  if (full->compare(0, prefix->size(), *prefix) != 0) {
-    return bad_request("the model's chat template cannot continue after a cartridge's system turn");
-  }
-  return full->substr(prefix->size());
-}
-
 std::variant<std::unique_ptr<CompletionJob>, ApiError> OpenAiService::start_completion(
     const api::CompletionRequest& r) {
   if (auto e = check_model(r.model)) return *e;
@@ -383,11 +333,7 @@ std::variant<std::unique_ptr<CompletionJob>, ApiError> OpenAiService::start_comp
     std::string text;
     if (const auto* s = std::get_if<std::string>(&prompt)) {
       text = *s;
-      if (!place.active && model_.tokenizer.add_bos_by_default() && model_.tokenizer.bos_id()) {
-        ids.push_back(*model_.tokenizer.bos_id());
-      }
-      auto body = model_.tokenizer.encode(*s);
-      ids.insert(ids.end(), body.begin(), body.end());
+      ids = prompts_.completion(*s, /*after_cartridge=*/place.active);
     } else {
       ids = std::get<std::vector<int32_t>>(prompt);
       for (int32_t t : ids) {
@@ -441,9 +387,11 @@ std::variant<std::unique_ptr<CompletionJob>, ApiError> OpenAiService::start_chat
   auto placed = placement(r.cartridges);
   if (auto* e = std::get_if<ApiError>(&placed)) return *e;
   const CartridgePlacement place = std::get<CartridgePlacement>(placed);
-  auto text = render_chat(r.messages, r.add_generation_prompt, place.strip_system_prefix);
-  if (auto* e = std::get_if<ApiError>(&text)) return *e;
-  const std::vector<int32_t> ids = model_.tokenizer.encode(std::get<std::string>(text));
+  auto chat_ids = prompts_.chat(r.messages, r.add_generation_prompt, place.strip_system_prefix);
+  if (!chat_ids.ok()) {
+    return bad_request(chat_ids.status().message(), "messages");
+  }
+  const std::vector<int32_t>& ids = *chat_ids;
   if (ids.empty()) return bad_request("the conversation is empty after tokenization", "messages");
   const int32_t ctx_len = static_cast<int32_t>(ids.size()) + place.num_virtual_tokens;
   auto sp = sampling_params(r.sampling, ctx_len);

@@ -15,10 +15,10 @@
 
 #include <nlohmann/json.hpp>
 
+#include "chat_template/prompt_builder.h"
 #include "engine/engine.h"
 #include "model/model.h"
 #include "server/openai_protocol.h"
-#include "tokenizer/chat_template.h"
 
 namespace cartserve {
 
@@ -84,16 +84,12 @@ class OpenAiService {
   std::shared_ptr<RequestStream> submit(const char* kind, int64_t index,
                                         const std::vector<int32_t>& ids, SamplingParams sampling,
                                         const CartridgePlacement& place);
-  std::variant<std::string, api::ApiError> render_chat(const std::vector<ChatMessage>& messages,
-                                                       bool add_generation_prompt,
-                                                       bool strip_system_prefix) const;
 
   const Model& model_;
   Engine& engine_;
   ServiceConfig config_;
   CartridgeResolver cartridges_;
-  std::optional<ChatTemplate> template_;
-  std::string template_error_;
+  PromptBuilder prompts_;
   std::atomic<uint64_t> next_id_{0};
 };
 

@@ -93,24 +93,6 @@ Result<ServeOptions::Plan> ServeOptions::plan(const ModelConfig& config) const {
     len = *max_model_len;
   }
   CS_ASSIGN_OR_RETURN(p.kv_bytes, parse_byte_size(kv_cache_memory));
-  const uint64_t per_block =
-      static_cast<uint64_t>(config.kv_bytes_per_token(4)) * static_cast<uint64_t>(block_size);
-  const uint64_t blocks = p.kv_bytes / per_block;
-  if (blocks < 2) {
-    return make_error(ErrorCode::kInvalidArgument,
-                      "--kv-cache-memory {} holds {} KV blocks of {} bytes; at least 2 are needed",
-                      kv_cache_memory, blocks, per_block);
-  }
-  const uint64_t need = static_cast<uint64_t>((len + block_size - 1) / block_size) + 1;
-  if (blocks < need) {
-    return make_error(ErrorCode::kInvalidArgument,
-                      "--kv-cache-memory {} holds {} tokens, less than one request of "
-                      "--max-model-len {}; raise it or lower --max-model-len",
-                      kv_cache_memory, (blocks - 1) * block_size, len);
-  }
-  p.engine.num_kv_blocks = static_cast<int32_t>(std::min<uint64_t>(blocks, 1u << 30));
-  p.kv_bytes = per_block * static_cast<uint64_t>(p.engine.num_kv_blocks);
-  p.engine.enable_prefix_caching = enable_prefix_caching;
   p.engine.scheduler.block_size = block_size;
   p.engine.scheduler.max_num_seqs = max_num_seqs;
   p.engine.scheduler.max_num_batched_tokens = max_num_batched_tokens;

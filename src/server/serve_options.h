@@ -28,6 +28,9 @@ struct ServeOptions {
   std::string device = "cpu";
   std::string dtype = "auto";
   std::string kv_cache_memory = "1GiB";
+  // Instead of kv_cache_memory: room for this many positions (not a flag of
+  // `serve`; `generate` and `cartridge build` size their cache with it).
+  int64_t kv_cache_tokens = 0;
   std::optional<double> gpu_memory_utilization;
   bool enable_prefix_caching = true;
   int32_t tensor_parallel_size = 1;
@@ -39,6 +42,8 @@ struct ServeOptions {
   // Flag combinations that are invalid or not supported yet.
   Status validate() const;
 
+  // What the flags mean for this model: the scheduler's limits, the served
+  // names, the KV cache bytes asked for (the backend decides the blocks).
   struct Plan {
     EngineConfig engine;
     std::vector<std::string> served_model_names;

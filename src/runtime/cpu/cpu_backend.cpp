@@ -1,0 +1,223 @@
+#include "runtime/cpu/cpu_backend.h"
+
+#include <cstring>
+
+#include "core/thread_pool.h"
+#include "kernels/ops.h"
+
+namespace cartserve {
+
+Result<std::unique_ptr<CpuBackend>> CpuBackend::create(const Model& model, int32_t block_size,
+                                                       const KvBudget& budget) {
+  KvSpec spec;
+  spec.dtype = DType::kF32;
+  spec.block_size = block_size;
+  spec.num_layers = model.config.num_layers;
+  spec.num_kv_heads = model.config.num_kv_heads;
+  spec.head_dim = model.config.head_dim;
+  if (block_size < 1) {
+    return make_error(ErrorCode::kInvalidArgument, "block size {} must be >= 1", block_size);
+  }
+  const int64_t blocks = budget.num_blocks(spec);
+  if (blocks < 2) {
+    return make_error(ErrorCode::kInvalidArgument,
+                      "{} bytes of KV cache hold {} blocks of {} bytes; at least 2 are needed",
+                      budget.bytes, blocks, spec.bytes_per_block());
+  }
+  spec.num_blocks = static_cast<int32_t>(std::min<int64_t>(blocks, 1 << 30));
+  return std::unique_ptr<CpuBackend>(new CpuBackend(model, spec));
+}
+
+CpuBackend::CpuBackend(const Model& model, const KvSpec& spec)
+    : model_(model),
+      spec_(spec),
+      forward_(model),
+      cache_(spec.num_layers, spec.num_blocks, spec.block_size, spec.kv_dim()),
+      sampler_(&ThreadPool::global()),
+      copier_([this] { copy_loop(); }) {}
+
+CpuBackend::~CpuBackend() {
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    stop_ = true;
+  }
+  cv_.notify_all();
+  copier_.join();
+}
+
+void CpuBackend::copy_blocks(const std::vector<BlockCopy>& copies) {
+  const size_t row = static_cast<size_t>(cache_.kv_dim());
+  for (const BlockCopy& c : copies) {
+    const size_t src = static_cast<size_t>(c.src_block) * cache_.block_size() * row;
+    const size_t dst = static_cast<size_t>(c.dst_block) * cache_.block_size() * row;
+    const size_t n = static_cast<size_t>(c.num_slots) * row * sizeof(float);
+    for (int l = 0; l < cache_.num_layers(); ++l) {
+      std::memmove(cache_.k(l) + dst, cache_.k(l) + src, n);
+      std::memmove(cache_.v(l) + dst, cache_.v(l) + src, n);
+    }
+  }
+}
+
+Status CpuBackend::run(const StepInput& in, bool prompt_rows, std::vector<float>& logits) {
+  for (const BlockCopy& c : in.block_copies) {
+    if (c.src_block <= 0 || c.src_block >= spec_.num_blocks || c.dst_block <= 0 ||
+        c.dst_block >= spec_.num_blocks || c.num_slots < 0 || c.num_slots > spec_.block_size) {
+      return make_error(ErrorCode::kInvalidArgument, "block copy {} -> {} of {} slots is invalid",
+                        c.src_block, c.dst_block, c.num_slots);
+    }
+  }
+  // Logits of the sampled rows, then (when asked) of every prompt-logprob row.
+  logit_rows_.clear();
+  for (const SampleRow& s : in.samples)
+    logit_rows_.push_back(s.row);
+  if (prompt_rows) {
+    for (const PromptLogprobRows& p : in.prompt_logprobs) {
+      for (size_t i = 0; i < p.targets.size(); ++i)
+        logit_rows_.push_back(p.first_row + static_cast<int32_t>(i));
+    }
+  }
+  copy_blocks(in.block_copies);
+  return forward_.forward(in, logit_rows_, cache_, logits);
+}
+
+Status CpuBackend::logits(const StepInput& in, std::vector<float>& out) {
+  return run(in, /*prompt_rows=*/false, out);
+}
+
+Status CpuBackend::execute(const StepInput& in, StepOutput& out) {
+  CS_RETURN_IF_ERROR(run(in, /*prompt_rows=*/true, logits_));
+  const auto vocab = static_cast<size_t>(model_.config.vocab_size);
+  const size_t n_samples = in.samples.size();
+  CS_RETURN_IF_ERROR(sampler_.sample(std::span<const float>(logits_.data(), n_samples * vocab),
+                                     static_cast<int32_t>(vocab), in.samples, out.samples));
+  out.prompt_logprobs.assign(in.prompt_logprobs.size(), {});
+  size_t r = n_samples;
+  for (size_t k = 0; k < in.prompt_logprobs.size(); ++k) {
+    const PromptLogprobRows& p = in.prompt_logprobs[k];
+    for (size_t i = 0; i < p.targets.size(); ++i, ++r) {
+      SampleResult res;
+      Sampler::logprobs(logits_.data() + r * vocab, static_cast<int32_t>(vocab), p.targets[i],
+                        p.top_n, res);
+      out.prompt_logprobs[k].push_back({res.token, res.logprob, std::move(res.top_logprobs)});
+    }
+  }
+  return {};
+}
+
+// ---------------------------------------------------------------- transfers
+
+Status CpuBackend::check_transfer(const HostKv& kv, const KvBlockList& blocks) const {
+  if (kv.keys.size() != static_cast<size_t>(spec_.num_layers) ||
+      kv.values.size() != static_cast<size_t>(spec_.num_layers)) {
+    return make_error(ErrorCode::kInvalidArgument, "KV transfer of {} layers; the model has {}",
+                      kv.keys.size(), spec_.num_layers);
+  }
+  if (kv.dtype != DType::kF32 && kv.dtype != DType::kF16 && kv.dtype != DType::kBF16) {
+    return make_error(ErrorCode::kInvalidArgument, "KV transfer in {} (float types only)",
+                      dtype_name(kv.dtype));
+  }
+  if (blocks.block_ids.size() != blocks.block_index.size()) {
+    return make_error(ErrorCode::kInvalidArgument, "KV transfer: {} blocks but {} indices",
+                      blocks.block_ids.size(), blocks.block_index.size());
+  }
+  const int32_t B = spec_.block_size;
+  for (size_t i = 0; i < blocks.block_ids.size(); ++i) {
+    const int32_t b = blocks.block_ids[i], idx = blocks.block_index[i];
+    if (b <= 0 || b >= spec_.num_blocks || idx < 0 || static_cast<int64_t>(idx) * B >= kv.num_tokens) {
+      return make_error(ErrorCode::kInvalidArgument,
+                        "KV transfer: block {} (index {}) outside the cache or the {} tokens", b,
+                        idx, kv.num_tokens);
+    }
+  }
+  return {};
+}
+
+Result<TransferId> CpuBackend::start_kv_load(const HostKv& src, const KvBlockList& blocks) {
+  CS_RETURN_IF_ERROR(check_transfer(src, blocks));
+  return enqueue([this, src, blocks] {
+    const int32_t B = spec_.block_size;
+    const int64_t stride = static_cast<int64_t>(B) * spec_.kv_dim();
+    for (size_t i = 0; i < blocks.block_ids.size(); ++i) {
+      const int32_t first = blocks.block_index[i] * B;
+      const int32_t count = std::min(B, src.num_tokens - first);
+      // Position p of this run lands in block block_ids[i]: a one-entry table
+      // indexed by p / B - block_index[i] (kv_import indexes from `first`).
+      const int32_t* table = &blocks.block_ids[i] - blocks.block_index[i];
+      for (int32_t l = 0; l < spec_.num_layers; ++l) {
+        ops::cpu::kv_import(src.keys[l], src.dtype, src.num_tokens, first, count, table,
+                            cache_.k(l), stride, B, spec_.num_kv_heads, spec_.head_dim);
+        ops::cpu::kv_import(src.values[l], src.dtype, src.num_tokens, first, count, table,
+                            cache_.v(l), stride, B, spec_.num_kv_heads, spec_.head_dim);
+      }
+    }
+    return Status();
+  });
+}
+
+Result<TransferId> CpuBackend::start_kv_save(const KvBlockList& blocks, const HostKv& dst) {
+  CS_RETURN_IF_ERROR(check_transfer(dst, blocks));
+  return enqueue([this, dst, blocks] {
+    const int32_t B = spec_.block_size;
+    const int64_t stride = static_cast<int64_t>(B) * spec_.kv_dim();
+    for (size_t i = 0; i < blocks.block_ids.size(); ++i) {
+      const int32_t first = blocks.block_index[i] * B;
+      const int32_t count = std::min(B, dst.num_tokens - first);
+      const int32_t* table = &blocks.block_ids[i] - blocks.block_index[i];
+      for (int32_t l = 0; l < spec_.num_layers; ++l) {
+        ops::cpu::kv_export(cache_.k(l), stride, B, spec_.num_kv_heads, spec_.head_dim, table,
+                            dst.num_tokens, first, count, dst.keys[l], dst.dtype);
+        ops::cpu::kv_export(cache_.v(l), stride, B, spec_.num_kv_heads, spec_.head_dim, table,
+                            dst.num_tokens, first, count, dst.values[l], dst.dtype);
+      }
+    }
+    return Status();
+  });
+}
+
+Result<TransferId> CpuBackend::enqueue(std::function<Status()> job) {
+  std::lock_guard<std::mutex> lk(mu_);
+  const TransferId id = next_id_++;
+  transfers_.emplace(id, std::nullopt);
+  queue_.emplace_back(id, std::move(job));
+  cv_.notify_all();
+  return id;
+}
+
+std::optional<Status> CpuBackend::poll_transfer(TransferId id) {
+  std::lock_guard<std::mutex> lk(mu_);
+  auto it = transfers_.find(id);
+  if (it == transfers_.end()) {
+    return make_error(ErrorCode::kNotFound, "no KV transfer {}", id);
+  }
+  if (!it->second) return std::nullopt;
+  Status st = *it->second;
+  transfers_.erase(it);
+  return st;
+}
+
+Status CpuBackend::wait_transfer(TransferId id) {
+  std::unique_lock<std::mutex> lk(mu_);
+  auto it = transfers_.find(id);
+  if (it == transfers_.end()) return make_error(ErrorCode::kNotFound, "no KV transfer {}", id);
+  cv_.wait(lk, [&] { return it->second.has_value(); });
+  Status st = *it->second;
+  transfers_.erase(it);
+  return st;
+}
+
+void CpuBackend::copy_loop() {
+  std::unique_lock<std::mutex> lk(mu_);
+  for (;;) {
+    cv_.wait(lk, [&] { return stop_ || !queue_.empty(); });
+    if (queue_.empty()) return;  // stopping with nothing left
+    auto [id, job] = std::move(queue_.front());
+    queue_.pop_front();
+    lk.unlock();
+    Status st = job();
+    lk.lock();
+    transfers_[id] = std::move(st);
+    cv_.notify_all();
+  }
+}
+
+}  // namespace cartserve

@@ -1,0 +1,183 @@
+#include "runtime/cpu/llama_forward.h"
+
+#include <cmath>
+
+#include "model/rope.h"
+
+namespace cartserve {
+
+namespace {
+
+// y[n, out] = x[n, in] @ w^T (+ bias), w fp32 or bf16 [out, in].
+void linear(const float* x, const Tensor& w, const float* bias, float* y, int n, int in_dim,
+            int out_dim) {
+  if (w.dtype() == DType::kBF16) {
+    ops::cpu::linear_bf16(x, w.data<uint16_t>(), bias, y, n, in_dim, out_dim);
+  } else {
+    ops::cpu::linear(x, w.data<float>(), bias, y, n, in_dim, out_dim);
+  }
+}
+
+}  // namespace
+
+LlamaForward::LlamaForward(const Model& model)
+    : model_(model), inv_freq_(rope_inv_freq(model.config, model.weights.rope_freq_factors)) {}
+
+void LlamaForward::dump(const char* name, int layer, const std::vector<float>& buf, int rows,
+                        int cols) {
+  if (dump_) dump_(name, layer, buf.data(), rows, cols);
+}
+
+Status LlamaForward::validate(const StepInput& in, std::span<const int32_t> logit_rows,
+                              const KvCache& cache) const {
+  const int32_t n = in.num_tokens();
+  const int32_t num_seqs = in.num_seqs();
+  if (in.positions.size() != in.token_ids.size() || in.slot_mapping.size() != in.token_ids.size()) {
+    return make_error(ErrorCode::kInvalidArgument,
+                      "forward: {} tokens but {} positions and {} slots", n, in.positions.size(),
+                      in.slot_mapping.size());
+  }
+  if (in.query_start.size() != static_cast<size_t>(num_seqs) + 1 || in.query_start[0] != 0 ||
+      in.query_start.back() != n) {
+    return make_error(ErrorCode::kInvalidArgument,
+                      "forward: query_start must run from 0 to the {} rows over {} sequences", n,
+                      num_seqs);
+  }
+  if (in.max_blocks < 0 ||
+      in.block_table.size() != static_cast<size_t>(num_seqs) * static_cast<size_t>(in.max_blocks)) {
+    return make_error(ErrorCode::kInvalidArgument,
+                      "forward: block table of {} entries for {} sequences of {} blocks",
+                      in.block_table.size(), num_seqs, in.max_blocks);
+  }
+  const int vocab = model_.config.vocab_size;
+  const int64_t num_slots = static_cast<int64_t>(cache.num_blocks()) * cache.block_size();
+  for (int32_t i = 0; i < n; ++i) {
+    if (in.token_ids[i] < 0 || in.token_ids[i] >= vocab) {
+      return make_error(ErrorCode::kInvalidArgument, "forward: token id {} outside [0, {})",
+                        in.token_ids[i], vocab);
+    }
+    if (in.slot_mapping[i] < 0 || in.slot_mapping[i] >= num_slots) {
+      return make_error(ErrorCode::kInvalidArgument, "forward: slot {} outside the cache ({})",
+                        in.slot_mapping[i], num_slots);
+    }
+  }
+  for (int32_t s = 0; s < num_seqs; ++s) {
+    const int32_t q_len = in.query_start[s + 1] - in.query_start[s];
+    const int32_t kv_len = in.context_lens[s];
+    if (q_len <= 0 || kv_len < q_len) {
+      return make_error(ErrorCode::kInvalidArgument,
+                        "forward: sequence {} has {} rows and {} positions", s, q_len, kv_len);
+    }
+    const int64_t need = (kv_len + cache.block_size() - 1) / cache.block_size();
+    if (need > in.max_blocks) {
+      return make_error(ErrorCode::kInvalidArgument,
+                        "forward: block table holds {} blocks but kv_len is {}", in.max_blocks,
+                        kv_len);
+    }
+    const int32_t* table = in.block_table.data() + static_cast<size_t>(s) * in.max_blocks;
+    for (int64_t b = 0; b < need; ++b) {
+      if (table[b] < 0 || table[b] >= cache.num_blocks()) {
+        return make_error(ErrorCode::kInvalidArgument, "forward: block id {} outside the cache",
+                          table[b]);
+      }
+    }
+  }
+  for (int32_t r : logit_rows) {
+    if (r < 0 || r >= n) {
+      return make_error(ErrorCode::kInvalidArgument, "forward: logit row {} outside the batch", r);
+    }
+  }
+  return {};
+}
+
+Status LlamaForward::forward(const StepInput& in, std::span<const int32_t> logit_rows,
+                             KvCache& cache, std::vector<float>& logits) {
+  CS_RETURN_IF_ERROR(validate(in, logit_rows, cache));
+  const ModelConfig& c = model_.config;
+  const ModelWeights& w = model_.weights;
+  const int n = in.num_tokens();
+  seqs_.resize(static_cast<size_t>(in.num_seqs()));
+  for (int32_t s = 0; s < in.num_seqs(); ++s) {
+    ops::AttnSeq& a = seqs_[static_cast<size_t>(s)];
+    a.q_start = in.query_start[s];
+    a.q_len = in.query_start[s + 1] - in.query_start[s];
+    a.kv_len = in.context_lens[s];
+    a.block_table = in.block_table.data() + static_cast<size_t>(s) * in.max_blocks;
+    a.n_blocks = (a.kv_len + cache.block_size() - 1) / cache.block_size();
+  }
+  const int h = c.hidden_size;
+  const int qd = c.q_dim();
+  const int kvd = c.kv_dim();
+  const int ff = c.intermediate_size;
+  const size_t nn = static_cast<size_t>(n);
+  x_.resize(nn * h);
+  xn_.resize(nn * h);
+  q_.resize(nn * qd);
+  k_.resize(nn * kvd);
+  v_.resize(nn * kvd);
+  attn_.resize(nn * qd);
+  proj_.resize(nn * h);
+  gate_.resize(nn * ff);
+  up_.resize(nn * ff);
+  const ops::RopeTable rope{inv_freq_.data(), c.head_dim};
+  const float scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
+
+  if (n > 0) {
+    ops::cpu::embedding(w.embed.data<float>(), in.token_ids.data(), x_.data(), n, h);
+    dump("embed", -1, x_, n, h);
+  }
+  for (int li = 0; li < c.num_layers && n > 0; ++li) {
+    const LayerWeights& l = w.layers[li];
+    // Attention block: x += o_proj(attn(rope(q), rope(k), v)).
+    ops::cpu::rms_norm(x_.data(), l.attn_norm.data<float>(), xn_.data(), n, h, c.rms_norm_eps);
+    dump("attn_norm", li, xn_, n, h);
+    const float* bq = l.bq.empty() ? nullptr : l.bq.data<float>();
+    const float* bk = l.bk.empty() ? nullptr : l.bk.data<float>();
+    const float* bv = l.bv.empty() ? nullptr : l.bv.data<float>();
+    linear(xn_.data(), l.wq, bq, q_.data(), n, h, qd);
+    linear(xn_.data(), l.wk, bk, k_.data(), n, h, kvd);
+    linear(xn_.data(), l.wv, bv, v_.data(), n, h, kvd);
+    ops::cpu::rope(q_.data(), in.positions.data(), rope, n, c.num_heads);
+    ops::cpu::rope(k_.data(), in.positions.data(), rope, n, c.num_kv_heads);
+    dump("q", li, q_, n, qd);
+    dump("k", li, k_, n, kvd);
+    dump("v", li, v_, n, kvd);
+    ops::cpu::kv_write(k_.data(), v_.data(), in.slot_mapping.data(), cache.k(li), cache.v(li), n, kvd);
+    ops::cpu::paged_attention(q_.data(), cache.k(li), cache.v(li), seqs_.data(),
+                              static_cast<int>(seqs_.size()), attn_.data(), c.num_heads,
+                              c.num_kv_heads, c.head_dim, cache.block_size(), scale);
+    dump("attn_out", li, attn_, n, qd);
+    linear(attn_.data(), l.wo, nullptr, proj_.data(), n, qd, h);
+    dump("attn_proj", li, proj_, n, h);
+    ops::cpu::add_inplace(x_.data(), proj_.data(), static_cast<int64_t>(nn) * h);
+
+    // MLP block: x += down(silu(gate(xn)) * up(xn)).
+    ops::cpu::rms_norm(x_.data(), l.ffn_norm.data<float>(), xn_.data(), n, h, c.rms_norm_eps);
+    dump("ffn_norm", li, xn_, n, h);
+    linear(xn_.data(), l.w_gate, nullptr, gate_.data(), n, h, ff);
+    linear(xn_.data(), l.w_up, nullptr, up_.data(), n, h, ff);
+    ops::cpu::silu_mul(gate_.data(), up_.data(), gate_.data(), static_cast<int64_t>(nn) * ff);
+    linear(gate_.data(), l.w_down, nullptr, proj_.data(), n, ff, h);
+    dump("ffn_out", li, proj_, n, h);
+    ops::cpu::add_inplace(x_.data(), proj_.data(), static_cast<int64_t>(nn) * h);
+    dump("hidden", li, x_, n, h);
+  }
+
+  // Only the requested rows go through the final norm and the LM head.
+  const int n_logits = static_cast<int>(logit_rows.size());
+  last_.resize(static_cast<size_t>(n_logits) * h);
+  for (int i = 0; i < n_logits; ++i) {
+    const float* src = x_.data() + static_cast<size_t>(logit_rows[i]) * h;
+    std::copy(src, src + h, last_.begin() + static_cast<ptrdiff_t>(i) * h);
+  }
+  logits.resize(static_cast<size_t>(n_logits) * c.vocab_size);
+  if (n_logits > 0) {
+    ops::cpu::rms_norm(last_.data(), w.final_norm.data<float>(), last_.data(), n_logits, h,
+                       c.rms_norm_eps);
+    dump("final_norm", -1, last_, n_logits, h);
+    linear(last_.data(), w.lm_head, nullptr, logits.data(), n_logits, h, c.vocab_size);
+  }
+  return {};
+}
+
+}  // namespace cartserve

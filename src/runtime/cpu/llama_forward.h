@@ -1,0 +1,64 @@
+// Llama-family forward pass (Llama 2/3.x, SmolLM2, Mistral, Qwen2 via the
+// attention_bias flag) on the CPU reference kernels, over a paged KV cache.
+//
+// One call runs any mix of prefill chunks and decode tokens: rows of the
+// step are tokens; each sequence owns a contiguous run of rows (see
+// runtime/step.h).
+#pragma once
+
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "core/status.h"
+#include <span>
+
+#include "kernels/ops.h"
+#include "model/model.h"
+#include "runtime/cpu/kv_cache.h"
+#include "runtime/step.h"
+
+namespace cartserve {
+
+// Called with every named intermediate when set (debugging, golden dumps).
+// name: "embed", "attn_norm", "q", "k", "v", "attn_out", "attn_proj", "ffn_norm", "ffn_out",
+// "hidden" (after each layer), "final_norm"; layer = -1 for model-level tensors.
+using TensorDumpFn =
+    std::function<void(const std::string& name, int layer, const float* data, int rows, int cols)>;
+
+class LlamaForward {
+ public:
+  explicit LlamaForward(const Model& model);
+
+  // Runs every row of `in` (its KV written to `cache`); logits: resized to
+  // [logit_rows.size(), vocab]. Validates token ids, slots, block tables and
+  // logit rows against the cache before touching it.
+  Status forward(const StepInput& in, std::span<const int32_t> logit_rows, KvCache& cache,
+                 std::vector<float>& logits);
+
+  void set_dump(TensorDumpFn fn) { dump_ = std::move(fn); }
+  const Model& model() const { return model_; }
+
+ private:
+  Status validate(const StepInput& in, std::span<const int32_t> logit_rows,
+                  const KvCache& cache) const;
+  void dump(const char* name, int layer, const std::vector<float>& buf, int rows, int cols);
+
+  const Model& model_;
+  std::vector<float> inv_freq_;  // [head_dim / 2]
+  TensorDumpFn dump_;
+  // Scratch, reused across calls.
+  std::vector<float> x_;     // [n, hidden] residual stream
+  std::vector<float> xn_;    // [n, hidden] normed
+  std::vector<float> q_;     // [n, q_dim]
+  std::vector<float> k_;     // [n, kv_dim]
+  std::vector<float> v_;     // [n, kv_dim]
+  std::vector<float> attn_;  // [n, q_dim]
+  std::vector<float> proj_;  // [n, hidden]
+  std::vector<float> gate_;  // [n, intermediate]
+  std::vector<float> up_;    // [n, intermediate]
+  std::vector<float> last_;  // [n_logits, hidden]
+  std::vector<ops::AttnSeq> seqs_;  // [num_seqs] views of the step's block table
+};
+
+}  // namespace cartserve

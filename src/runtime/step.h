@@ -1,0 +1,90 @@
+// One engine step as it crosses the runtime seam: flat arrays in, sampled
+// token ids (plus logprobs where asked) out. Full-vocabulary logits stay
+// behind the seam.
+//
+// NOTE: layout of a step's input.
+//  - Rows are tokens; sequence s owns rows [query_start[s], query_start[s+1]).
+//  - Row i writes its K/V at slot_mapping[i] and sits at RoPE position
+//    positions[i]. Sequence s attends over positions [0, context_lens[s])
+//    (its own rows are the last ones, causal), position p at slot
+//    block_table[s * max_blocks + p / B] * B + p % B; entries past a
+//    sequence's blocks are the null block 0.
+//  - samples[j] samples from the logits of row samples[j].row;
+//    prompt_logprobs[k] asks for the logprobs of given tokens at a run of rows.
+//  - block_copies run before the forward pass.
+// Every array is flat so that it can be uploaded in one copy and replayed by
+// a captured graph.
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "runtime/kv_transfer.h"
+#include "runtime/sampling_params.h"
+
+namespace cartserve {
+
+struct TokenLogprob {
+  int32_t token = 0;
+  float logprob = 0.f;
+};
+
+// One row to sample. The spans point into the request (engine thread state),
+// valid for the step.
+struct SampleRow {
+  int32_t row = 0;  // token row whose logits are sampled
+  const SamplingParams* params = nullptr;
+  std::span<const int32_t> prompt_token_ids;  // repetition penalty
+  std::span<const int32_t> output_token_ids;  // penalties; its size indexes the draw
+  std::span<const int32_t> eos_token_ids;     // masked before min_tokens unless ignore_eos
+  uint64_t seed = 0;
+};
+
+struct SampleResult {
+  int32_t token = -1;
+  // Only when params.logprobs or top_logprobs > 0 (raw distribution):
+  float logprob = 0.f;                     // of `token`
+  int32_t rank = 0;                        // 1 + tokens with a strictly higher logprob
+  std::vector<TokenLogprob> top_logprobs;  // [top_logprobs], best first, ties by id
+};
+
+// Logprobs of known tokens at consecutive rows (prompt logprobs for echo):
+// row first_row + i scores targets[i].
+struct PromptLogprobRows {
+  int32_t first_row = 0;
+  std::span<const int32_t> targets;
+  int32_t top_n = 0;
+};
+
+struct PromptLogprob {
+  int32_t token = 0;
+  float logprob = 0.f;
+  std::vector<TokenLogprob> top;
+};
+
+struct StepInput {
+  std::vector<int32_t> token_ids;     // [num_tokens]
+  std::vector<int32_t> positions;     // [num_tokens]
+  std::vector<int32_t> slot_mapping;  // [num_tokens]
+  std::vector<int32_t> query_start;   // [num_seqs + 1]
+  std::vector<int32_t> context_lens;  // [num_seqs]
+  std::vector<int32_t> block_table;   // [num_seqs, max_blocks], padded with 0
+  int32_t max_blocks = 0;
+  int32_t max_query_len = 0;
+  int32_t max_context_len = 0;
+  std::vector<SampleRow> samples;
+  std::vector<PromptLogprobRows> prompt_logprobs;
+  std::vector<BlockCopy> block_copies;
+
+  int32_t num_tokens() const { return static_cast<int32_t>(token_ids.size()); }
+  int32_t num_seqs() const { return static_cast<int32_t>(context_lens.size()); }
+  void clear();
+};
+
+struct StepOutput {
+  std::vector<SampleResult> samples;                       // [samples.size()]
+  std::vector<std::vector<PromptLogprob>> prompt_logprobs;  // [prompt_logprobs.size()]
+};
+
+}  // namespace cartserve

@@ -1,0 +1,128 @@
+#include "server/serving_stack.h"
+
+#include "core/logging.h"
+#include "core/progress.h"
+#include "engine/cartridge_builder.h"
+#include "model/rope.h"
+#include "runtime/cpu/cpu_backend.h"
+#include "server/kv_transfer_config.h"
+
+namespace cartserve {
+
+namespace {
+
+constexpr uint64_t kDefaultHostBudget = 4ull << 30;
+
+// The cartridge part of the stack, from --kv-transfer-config.
+Status build_cartridges(const Model& model, const CartridgeConnectorConfig& config,
+                        MetricsRegistry& metrics, ServingStack& s) {
+  const KvSpec& kv = s.kv();
+  const uint64_t kv_bytes = kv.bytes_per_block() * static_cast<uint64_t>(kv.num_blocks - 1);
+  DeviceTierConfig dc;
+  dc.block_size = kv.block_size;
+  dc.bytes_per_block = kv.bytes_per_block();
+  dc.budget_bytes = config.gpu_capacity_bytes.value_or(kv_bytes / 2);
+  if (dc.budget_bytes > kv_bytes) {
+    return make_error(ErrorCode::kInvalidArgument,
+                      "--kv-transfer-config: gpu_capacity_bytes ({}) exceeds the KV cache ({} "
+                      "bytes)",
+                      dc.budget_bytes, kv_bytes);
+  }
+  ResidencyConfig hc;
+  hc.host_budget_bytes = config.host_capacity_bytes.value_or(kDefaultHostBudget);
+
+  s.catalog = std::make_unique<CartridgeCatalog>();
+  s.host_tier = std::make_unique<ResidencyManager>(
+      hc, catalog_loader(*s.catalog, rope_inv_freq(model.config, model.weights.rope_freq_factors)));
+  s.device_tier = std::make_unique<DeviceKvTier>(*s.pool, dc);
+  s.connector = std::make_unique<CartridgeConnector>(*s.host_tier, *s.device_tier, *s.catalog,
+                                                     config.mode, kv.block_size);
+  CS_ASSIGN_OR_RETURN(s.cartridges,
+                      CartridgeService::create(
+                          config, model, kv.block_size,
+                          CartridgeParts{*s.catalog, *s.host_tier, *s.device_tier, *s.connector},
+                          metrics));
+  return {};
+}
+
+}  // namespace
+
+Result<std::unique_ptr<Model>> load_model_for(const ServeOptions& options, bool progress) {
+  LoadOptions lo;
+  lo.progress = progress;
+  CS_ASSIGN_OR_RETURN(lo.weight_dtype, cpu_weight_dtype(options.dtype));
+  return load_model(options.model, lo);
+}
+
+Result<std::unique_ptr<Backend>> make_backend(const Model& model, const ServeOptions& options) {
+  CS_ASSIGN_OR_RETURN(ServeOptions::Plan plan, options.plan(model.config));
+  if (options.device != "cpu") {
+    return make_error(ErrorCode::kUnsupported, "--device {} is not supported in this build",
+                      options.device);
+  }
+  const KvBudget budget{plan.kv_bytes, options.kv_cache_tokens};
+  CS_ASSIGN_OR_RETURN(auto cpu, CpuBackend::create(model, options.block_size, budget));
+  return std::unique_ptr<Backend>(std::move(cpu));
+}
+
+Result<std::unique_ptr<ServingStack>> build_serving_stack(const Model& model,
+                                                          const ServeOptions& options,
+                                                          MetricsRegistry* metrics) {
+  CS_RETURN_IF_ERROR(options.validate());
+  CS_ASSIGN_OR_RETURN(ServeOptions::Plan plan, options.plan(model.config));
+  std::optional<KvTransferConfig> kv_config;
+  if (!options.kv_transfer_config.empty()) {
+    CS_ASSIGN_OR_RETURN(kv_config, parse_kv_transfer_config(options.kv_transfer_config));
+  }
+  auto s = std::make_unique<ServingStack>();
+  s->model = &model;
+  s->engine_config = plan.engine;
+  s->served_model_names = plan.served_model_names;
+  CS_ASSIGN_OR_RETURN(s->backend, make_backend(model, options));
+  const KvSpec& kv = s->kv();
+  const int32_t max_len = plan.engine.scheduler.max_model_len;
+  if (kv.num_blocks - 1 < (max_len + kv.block_size - 1) / kv.block_size) {
+    return make_error(ErrorCode::kInvalidArgument,
+                      "the KV cache holds {} tokens ({}), less than one request of "
+                      "--max-model-len {}; raise --kv-cache-memory or lower --max-model-len",
+                      kv.num_tokens(), format_bytes(kv.total_bytes()), max_len);
+  }
+  CS_ASSIGN_OR_RETURN(BlockPool pool,
+                      BlockPool::create(kv.num_blocks, options.enable_prefix_caching));
+  s->pool = std::make_unique<BlockPool>(std::move(pool));
+
+  if (kv_config) {
+    // The cartridge service registers its metrics somewhere, read or not.
+    if (!metrics) s->own_metrics = std::make_unique<MetricsRegistry>();
+    CS_RETURN_IF_ERROR(build_cartridges(model, kv_config->cartridge,
+                                        metrics ? *metrics : *s->own_metrics, *s));
+  }
+  CS_ASSIGN_OR_RETURN(s->engine, Engine::create(model, *s->backend, *s->pool, s->engine_config,
+                                                metrics, s->connector.get()));
+  if (s->cartridges) CS_RETURN_IF_ERROR(s->cartridges->attach(*s->engine));
+  s->prompts = std::make_unique<PromptBuilder>(model);
+  return s;
+}
+
+Result<CartridgeData> build_cartridge(const Model& model, std::string_view document,
+                                      const CartridgeBuildOptions& options) {
+  CS_ASSIGN_OR_RETURN(std::vector<int32_t> ids,
+                      PromptBuilder(model).cartridge(document, options.raw));
+  const auto T = static_cast<int64_t>(ids.size());
+  if (T + 1 > model.config.max_position_embeddings) {
+    return make_error(ErrorCode::kOutOfRange, "the document is {} tokens, beyond the model's {}",
+                      T, model.config.max_position_embeddings);
+  }
+  ServeOptions so;
+  so.model = model.path;
+  so.device = options.device;
+  so.max_num_seqs = 1;
+  so.max_num_batched_tokens = options.chunk;
+  so.max_model_len = static_cast<int32_t>(T + 1);
+  so.kv_cache_tokens = T + 1;
+  so.enable_prefix_caching = false;
+  CS_ASSIGN_OR_RETURN(auto stack, build_serving_stack(model, so));
+  return export_cartridge(*stack->engine, ids, options.dtype);
+}
+
+}  // namespace cartserve
