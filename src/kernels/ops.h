@@ -1,9 +1,12 @@
 // One declaration per op. ops::cpu is the plain fp32 reference (host
-// pointers); ops::cuda has the same signatures over device pointers and runs
-// on the current CUDA stream. Shapes are row-major; see each comment.
+// pointers) and the CPU backend's kernels. The bf16 CUDA ops live in
+// kernels/cuda_ops.h; each has an fp32 twin here (the fused ops below) that
+// computes the same function. Shapes are row-major; see each comment.
 #pragma once
 
 #include <cstdint>
+
+#include "core/dtype.h"
 
 namespace cartserve::ops {
 
@@ -65,22 +68,47 @@ void paged_attention(const float* q, const float* k_cache, const float* v_cache,
                      const AttnSeq* seqs, int n_seqs, float* out, int n_heads, int n_kv_heads,
                      int head_dim, int block_size, float scale);
 
-}  // namespace cpu
+// ---- Fused ops: the fp32 twins of the CUDA ops (kernels/cuda_ops.h) ------
 
-#ifdef CARTSERVE_WITH_CUDA
-namespace cuda {
-void rms_norm(const float* x, const float* w, float* out, int n, int dim, float eps);
-void rope(float* x, const int32_t* positions, const RopeTable& rope, int n, int n_heads);
-void silu_mul(const float* gate, const float* up, float* out, int64_t n);
-void embedding(const float* table, const int32_t* ids, float* out, int n, int dim);
-void add_inplace(float* x, const float* y, int64_t n);
-void kv_write(const float* k, const float* v, const int32_t* slots, float* k_cache, float* v_cache,
-              int n, int kv_dim);
-// seqs: host array whose block_table pointers are device pointers.
-void paged_attention(const float* q, const float* k_cache, const float* v_cache,
-                     const AttnSeq* seqs, int n_seqs, float* out, int n_heads, int n_kv_heads,
-                     int head_dim, int block_size, float scale);
-}  // namespace cuda
-#endif
+// x += delta (when delta is non-null), then out = x / rms(x) * w (as
+// rms_norm). x: [n, dim] in/out; delta, out: [n, dim]; w: [dim].
+void add_rms_norm(float* x, const float* delta, const float* w, float* out, int n, int dim,
+                  float eps);
+
+// The fused QKV projection's output, in place: bias added to the whole row
+// (when non-null), then RoPE on the q and k heads (same math as rope).
+// qkv: [n, (n_heads + 2 * n_kv_heads) * head_dim], each row q | k | v;
+// bias: [(n_heads + 2 * n_kv_heads) * head_dim]; positions: [n].
+void rope_qkv(float* qkv, const float* bias, const int32_t* positions, const RopeTable& rope, int n,
+              int n_heads, int n_kv_heads);
+
+// out[i, j] = silu(gate_up[i, j]) * gate_up[i, ff + j].
+// gate_up: [n, 2 * ff]; out: [n, ff].
+void silu_mul_fused(const float* gate_up, float* out, int n, int ff);
+
+// out[i, :] = x[rows[i], :] for i < n. out: [n, dim].
+void gather_rows(const float* x, const int32_t* rows, float* out, int n, int dim);
+
+// ---- KV movement between a cartridge's file layout and an fp32 pool -------
+//
+// File layout: [num_kv_heads, total_tokens, head_dim] of `elem` (kF32, kF16
+// or kBF16; another type, or a range outside [0, total_tokens), aborts: the
+// callers validate first). Pool: one layer's K (or V) base `dst`/`src`;
+// position p lives at blocks[p / block_size] * block_stride + (p %
+// block_size) * kv_dim (kv_dim = num_kv_heads * head_dim, elements). For the
+// CPU backend's per-layer caches [num_blocks * block_size, kv_dim],
+// block_stride = block_size * kv_dim.
+
+// Positions [first, first + count) of src into the pool (converted to fp32).
+void kv_import(const void* src, DType elem, int total_tokens, int first, int count,
+               const int32_t* blocks, float* dst, int64_t block_stride, int block_size,
+               int num_kv_heads, int head_dim);
+// Positions [first, first + count) of the pool into dst (converted to
+// `elem`, round to nearest even); the rest of dst is left untouched.
+void kv_export(const float* src, int64_t block_stride, int block_size, int num_kv_heads,
+               int head_dim, const int32_t* blocks, int total_tokens, int first, int count,
+               void* dst, DType elem);
+
+}  // namespace cpu
 
 }  // namespace cartserve::ops
