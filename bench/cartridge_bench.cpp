@@ -21,15 +21,10 @@
 #include <nlohmann/json.hpp>
 
 #include "cartridge/cartridge_io.h"
-#include "cartridge/catalog.h"
-#include "cartridge/residency.h"
+#include "chat_template/prompt_builder.h"
 #include "core/mapped_file.h"
-#include "engine/cartridge_builder.h"
-#include "engine/cartridge_connector.h"
-#include "engine/cpu_backend.h"
-#include "engine/engine.h"
 #include "model/model.h"
-#include "tokenizer/chat_template.h"
+#include "server/serving_stack.h"
 
 using namespace cartserve;
 using nlohmann::json;
@@ -42,50 +37,30 @@ double median(std::vector<double> v) {
   return v[v.size() / 2];
 }
 
-struct Rig {
-  std::shared_ptr<KvBlockAllocator> allocator;
-  std::unique_ptr<ResidencyManager> residency;
-  CartridgeCatalog catalog;
-  std::unique_ptr<CartridgeConnector> connector;
-  std::unique_ptr<Engine> engine;
-};
-
-std::unique_ptr<Rig> make_rig(const Model& m, const std::string& cartridge, bool prefix_cache) {
-  auto rig = std::make_unique<Rig>();
-  EngineConfig ec;
-  ec.scheduler.block_size = 16;
-  ec.scheduler.max_num_seqs = 4;
-  ec.scheduler.max_model_len = 4096;
-  ec.scheduler.max_num_batched_tokens = 4096;
-  ec.num_kv_blocks = 600;
-  ec.enable_prefix_caching = prefix_cache;
-  KvConnector* conn = nullptr;
+// A serving stack, with the cartridge file `cartridge` registered as "doc" when given.
+std::unique_ptr<ServingStack> make_stack(const Model& m, const std::string& cartridge,
+                                         bool prefix_cache) {
+  ServeOptions o;
+  o.model = m.path;
+  o.max_num_seqs = 4;
+  o.max_model_len = 4096;
+  o.max_num_batched_tokens = 4096;
+  o.kv_cache_tokens = 600 * 16;
+  o.enable_prefix_caching = prefix_cache;
   if (!cartridge.empty()) {
-    ServedModelInfo info{m.config.model_id, m.config.num_layers, m.config.num_kv_heads,
-                         m.config.head_dim};
-    auto e = inspect_cartridge_file("doc", cartridge, "", info, 16);
-    if (!e.ok()) {
-      std::fprintf(stderr, "error: %s\n", e.status().to_string().c_str());
-      return nullptr;
-    }
-    ResidencyConfig rc;
-    rc.host_budget_bytes = 4ull << 30;
-    rc.device_budget_bytes = 4ull << 30;
-    rc.device_dtype = DType::kF32;
-    rig->allocator = std::make_shared<KvBlockAllocator>(m.config.num_layers, m.config.kv_dim(), 16);
-    rig->residency =
-        std::make_unique<ResidencyManager>(rc, cartridge_file_loader(), rig->allocator);
-    (void)rig->residency->add_cartridge("doc", cartridge, e->manifest);
-    (void)rig->catalog.add(*e);
-    rig->connector = std::make_unique<CartridgeConnector>(
-        *rig->residency, rig->allocator, rig->catalog, CartridgeMode::kVirtual, 16);
-    conn = rig->connector.get();
+    json cfg = {{"kv_connector", "CartridgeConnector"},
+                {"kv_connector_extra_config",
+                 {{"cartridges", {{{"cartridge_id", "doc"}, {"path", cartridge}}}},
+                  {"gpu_capacity_bytes", 1ull << 28},
+                  {"host_capacity_bytes", 4ull << 30}}}};
+    o.kv_transfer_config = cfg.dump();
   }
-  auto eng =
-      Engine::create(m, std::make_unique<CpuBackend>(m, ec.num_kv_blocks, 16), ec, nullptr, conn);
-  if (!eng.ok()) return nullptr;
-  rig->engine = std::move(eng).value();
-  return rig;
+  auto s = build_serving_stack(m, o);
+  if (!s.ok()) {
+    std::fprintf(stderr, "error: %s\n", s.status().to_string().c_str());
+    return nullptr;
+  }
+  return std::move(s).value();
 }
 
 // Seconds from submission to the first output token.
@@ -139,25 +114,18 @@ int main(int argc, char** argv) {
   const std::string question = "What is the main subject of the document, in one sentence?";
 
   // The cartridge (bf16 on disk, as built by default) and the three prompts.
-  CartridgeBuildOptions bo;
-  bo.progress = false;
-  auto built = build_cartridge(m, *text, bo);
+  auto built = build_cartridge(m, *text, CartridgeBuildOptions{});
   if (!built.ok()) return 1;
   const std::string path = "/tmp/cartserve_bench_doc.pt";
   if (!save_cartridge(path, *built).ok()) return 1;
-  auto tmpl = ChatTemplate::parse(m.chat_template);
-  ChatTemplateOptions co;
-  const std::string full = *tmpl->render({{"system", *text}, {"user", question}}, co);
-  co.add_generation_prompt = false;
-  const std::string prefix = *tmpl->render({{"system", *text}}, co);
-  co.add_generation_prompt = true;
-  const auto full_ids = m.tokenizer.encode(full);
-  const auto suffix_ids = m.tokenizer.encode(full.substr(prefix.size()));
-  const auto alone_ids = m.tokenizer.encode(*tmpl->render({{"user", question}}, co));
+  const PromptBuilder prompts(m);
+  const auto full_ids = *prompts.chat({{"system", *text}, {"user", question}}, true, false);
+  const auto suffix_ids = *prompts.chat({{"user", question}}, true, /*after_cartridge=*/true);
+  const auto alone_ids = *prompts.chat({{"user", question}}, true, false);
   const int32_t p = built->num_tokens;
 
-  auto plain = make_rig(m, "", /*prefix_cache=*/false);
-  auto carts = make_rig(m, path, true);
+  auto plain = make_stack(m, "", /*prefix_cache=*/false);
+  auto carts = make_stack(m, path, true);
   if (!plain || !carts) return 1;
 
   std::vector<double> t_floor, t_alone, t_full, t_cart, t_cold, t_host;
@@ -169,15 +137,11 @@ int main(int argc, char** argv) {
   }
   // Cold: evict from device and host, so the first request loads from disk.
   for (int r = 0; r < repeats; ++r) {
-    (void)carts->engine->run_on_engine_thread([&](Backend&, BlockPool&) {
-      (void)carts->residency->evict("doc", Tier::kDevice);
-      (void)carts->residency->evict("doc", Tier::kHost);
-      return Status();
-    });
+    (void)carts->cartridges->evict("doc", Tier::kDevice);
+    (void)carts->cartridges->evict("doc", Tier::kHost);
     t_cold.push_back(ttft(*carts->engine, suffix_ids, p, true));
     // Host-resident only: the promotion is a copy into KV blocks.
-    (void)carts->engine->run_on_engine_thread(
-        [&](Backend&, BlockPool&) { return carts->residency->evict("doc", Tier::kDevice); });
+    (void)carts->cartridges->evict("doc", Tier::kDevice);
     t_host.push_back(ttft(*carts->engine, suffix_ids, p, true));
     t_cart.push_back(ttft(*carts->engine, suffix_ids, p, true));  // resident
   }

@@ -42,9 +42,8 @@
 
 #include "core/thread_pool.h"
 #include "formats/gguf.h"
-#include "model/llama.h"
 #include "model/model.h"
-#include "model/sequence_runner.h"
+#include "server/serving_stack.h"
 
 using namespace cartserve;
 using nlohmann::json;
@@ -319,43 +318,67 @@ json decode_floor(const ModelCosts& k, const ModelConfig& c, const Floors& f, in
               {"tokens_per_s", batch / t}};
 }
 
+// The CPU backend (through the runtime seam) with room for `tokens` positions.
+Result<std::unique_ptr<Backend>> cpu_backend(const Model& model, int64_t tokens) {
+  ServeOptions o;
+  o.kv_cache_tokens = tokens;
+  return make_backend(model, o);
+}
+
+// Prefill of `ids` (one sequence, chunks of 512) on `backend`, logits of the last row.
+Status prefill(Backend& backend, const std::vector<int32_t>& ids) {
+  const int32_t bs = backend.kv_spec().block_size;
+  const auto n = static_cast<int32_t>(ids.size());
+  std::vector<int32_t> table;  // [blocks]: 1, 2, 3, ...
+  for (int32_t b = 0; b < (n + bs - 1) / bs; ++b)
+    table.push_back(1 + b);
+  std::vector<float> logits;
+  for (int32_t done = 0; done < n;) {
+    const int32_t chunk = std::min(512, n - done);
+    StepInput in;
+    in.max_blocks = static_cast<int32_t>(table.size());
+    const int32_t first = in.append_sequence(
+        table, bs, done, std::span<const int32_t>(ids).subspan(static_cast<size_t>(done),
+                                                               static_cast<size_t>(chunk)));
+    if (done + chunk == n) in.samples.push_back(SampleRow{first + chunk - 1});
+    CS_RETURN_IF_ERROR(backend.logits(in, logits));
+    done += chunk;
+  }
+  return {};
+}
+
 // Batched decode: `batch` sequences each with `ctx` tokens of context; the
 // duration of each of `steps` steps (after one untimed step), sorted.
 Result<std::vector<double>> decode_steps(const Model& model, int batch, int ctx, int steps) {
   const int bs = 16;
   const int blocks_per_seq = (ctx + steps + 1 + bs - 1) / bs;
-  KvCache cache(model.config.num_layers, batch * blocks_per_seq, bs, model.config.kv_dim());
-  LlamaForward fwd(model);
+  CS_ASSIGN_OR_RETURN(auto backend,
+                      cpu_backend(model, static_cast<int64_t>(batch) * blocks_per_seq * bs));
   std::vector<std::vector<int32_t>> tables(static_cast<size_t>(batch));  // [batch][blocks_per_seq]
   for (int s = 0; s < batch; ++s) {
     for (int b = 0; b < blocks_per_seq; ++b)
-      tables[s].push_back(s * blocks_per_seq + b);
+      tables[s].push_back(1 + s * blocks_per_seq + b);
   }
   std::vector<float> logits;         // [rows, vocab]
   for (int s = 0; s < batch; ++s) {  // prefill every sequence (not timed)
-    ForwardBatch fb;
-    fb.tokens = random_tokens(ctx, model.config.vocab_size, 100 + s);
-    for (int i = 0; i < ctx; ++i) {
-      fb.positions.push_back(i);
-      fb.slots.push_back(tables[s][i / bs] * bs + i % bs);
-    }
-    fb.seqs.push_back({0, ctx, ctx, tables[s].data(), blocks_per_seq});
-    fb.logit_rows = {ctx - 1};
-    CS_RETURN_IF_ERROR(fwd.forward(fb, cache, logits));
+    StepInput in;
+    in.max_blocks = blocks_per_seq;
+    in.append_sequence(tables[s], bs, 0, random_tokens(ctx, model.config.vocab_size, 100 + s));
+    in.samples.push_back(SampleRow{ctx - 1});
+    CS_RETURN_IF_ERROR(backend->logits(in, logits));
   }
   std::vector<double> times;
   for (int step = 0; step <= steps; ++step) {
-    ForwardBatch fb;
+    StepInput in;
+    in.max_blocks = blocks_per_seq;
     const int pos = ctx + step;
     for (int s = 0; s < batch; ++s) {
-      fb.tokens.push_back(1000 + s + step);
-      fb.positions.push_back(pos);
-      fb.slots.push_back(tables[s][pos / bs] * bs + pos % bs);
-      fb.seqs.push_back({s, 1, pos + 1, tables[s].data(), blocks_per_seq});
-      fb.logit_rows.push_back(s);
+      const int32_t token = 1000 + s + step;
+      in.append_sequence(tables[s], bs, pos, std::span<const int32_t>(&token, 1));
+      in.samples.push_back(SampleRow{s});
     }
     const auto t0 = Clock::now();
-    CS_RETURN_IF_ERROR(fwd.forward(fb, cache, logits));
+    CS_RETURN_IF_ERROR(backend->logits(in, logits));
     if (step > 0) times.push_back(seconds_since(t0));  // step 0 warms up
   }
   std::sort(times.begin(), times.end());
@@ -501,12 +524,9 @@ int main(int argc, char** argv) {
   auto run_cases = [&](const Model& m, const std::string& label, double step_bytes) -> bool {
     for (int n : {128, 512}) {
       const auto ids = random_tokens(n, cfg.vocab_size, 7);
-      SequenceRunner runner(m, n);
-      bool ok = true;
-      const auto t = timed(1, reps, [&] {
-        runner.reset();
-        ok = ok && runner.append(ids).ok();
-      });
+      auto backend = cpu_backend(m, n);
+      bool ok = backend.ok();
+      const auto t = timed(1, reps, [&] { ok = ok && prefill(**backend, ids).ok(); });
       if (!ok) {
         std::fprintf(stderr, "error: prefill of %d tokens failed\n", n);
         return false;

@@ -17,7 +17,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/thread_pool.h"
-#include "engine/sampler.h"
+#include "runtime/cpu/sampler.h"
 
 using namespace cartserve;
 using Clock = std::chrono::steady_clock;

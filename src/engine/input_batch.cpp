@@ -38,29 +38,12 @@ Status InputBatch::build(const SchedulerOutput& out, const RequestLookup& find, 
     tables.push_back(&r);
   }
 
-  in.query_start.push_back(0);
-  in.block_table.assign(out.scheduled.size() * static_cast<size_t>(in.max_blocks),
-                        BlockPool::kNullBlock);
-  int32_t row = 0;
   for (size_t e = 0; e < out.scheduled.size(); ++e) {
     const ScheduledRequest& s = out.scheduled[e];
-    const std::vector<int32_t>& table = *tables[e];
+    const int32_t first_row =
+        in.append_sequence(*tables[e], B, s.start_position, s.token_ids);
     const int32_t kv_len = s.start_position + s.num_tokens;
-    std::copy_n(table.begin(), (kv_len + B - 1) / B,
-                in.block_table.begin() + static_cast<ptrdiff_t>(e * in.max_blocks));
-    const int32_t first_row = row;
-    for (int32_t i = 0; i < s.num_tokens; ++i) {
-      const int32_t pos = s.start_position + i;
-      in.token_ids.push_back(s.token_ids[static_cast<size_t>(i)]);
-      in.positions.push_back(pos);
-      in.slot_mapping.push_back(table[static_cast<size_t>(pos / B)] * B + pos % B);
-    }
-    row += s.num_tokens;
-    in.query_start.push_back(row);
-    in.context_lens.push_back(kv_len);
-    in.max_query_len = std::max(in.max_query_len, s.num_tokens);
-    in.max_context_len = std::max(in.max_context_len, kv_len);
-
+    const int32_t row = first_row + s.num_tokens;
     const Request* req = find ? find(s.request_id) : nullptr;
     if (!req) {
       return make_error(ErrorCode::kInternal, "scheduled request '{}' is unknown", s.request_id);

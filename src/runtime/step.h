@@ -80,6 +80,11 @@ struct StepInput {
   int32_t num_tokens() const { return static_cast<int32_t>(token_ids.size()); }
   int32_t num_seqs() const { return static_cast<int32_t>(context_lens.size()); }
   void clear();
+  // Appends one sequence: `tokens` at positions [start, start + n) over its
+  // block table (positions [0, start) already in the cache). max_blocks must
+  // already cover ceil((start + n) / block_size). Returns its first row.
+  int32_t append_sequence(std::span<const int32_t> table, int32_t block_size, int32_t start,
+                          std::span<const int32_t> tokens);
 };
 
 struct StepOutput {

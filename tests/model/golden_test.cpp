@@ -17,15 +17,27 @@
 
 #include <nlohmann/json.hpp>
 
+#include "backend_driver.h"
 #include "model/model.h"
-#include "model/sequence_runner.h"
+#include "server/serving_stack.h"
 #include "test_util.h"
 
 namespace cartserve {
 namespace {
 
 using nlohmann::json;
+using testing::BackendDriver;
 using testing::fixture_path;
+
+// The CPU backend for `model` with room for `tokens` positions in blocks of `block_size`.
+std::unique_ptr<Backend> cpu_backend(const Model& model, int tokens, int block_size = 16) {
+  ServeOptions o;
+  o.block_size = block_size;
+  o.kv_cache_tokens = tokens;
+  auto b = make_backend(model, o);
+  EXPECT_TRUE(b.ok()) << b.status().to_string();
+  return b.ok() ? std::move(b).value() : nullptr;
+}
 
 json load_json(const std::string& path) {
   std::ifstream in(path);
@@ -47,9 +59,9 @@ int argmax(const float* row, int n) {
   return static_cast<int>(std::max_element(row, row + n) - row);
 }
 
-std::vector<int32_t> greedy(SequenceRunner& runner, const std::vector<int32_t>& prompt, int n) {
+std::vector<int32_t> greedy(BackendDriver& runner, const std::vector<int32_t>& prompt, int n,
+                            int vocab) {
   runner.reset();
-  const int vocab = runner.forward().model().config.vocab_size;
   auto logits = runner.append(prompt);
   EXPECT_TRUE(logits.ok()) << logits.status().to_string();
   std::vector<int32_t> out;
@@ -79,7 +91,8 @@ GoldenComparison compare_to_golden(const Model& model, const json& p) {
   const int vocab = model.config.vocab_size;
   const auto ids = p["ids"].get<std::vector<int32_t>>();
   g.tokens = ids.size();
-  SequenceRunner runner(model, static_cast<int>(ids.size()) + 8);
+  auto backend = cpu_backend(model, static_cast<int>(ids.size()) + 8);
+  BackendDriver runner(*backend);
   auto logits = runner.append(ids, /*all_logits=*/true, /*chunk=*/128);
   EXPECT_TRUE(logits.ok()) << logits.status().to_string();
   if (!logits.ok()) return g;
@@ -195,7 +208,9 @@ TEST_F(SmolLM2Golden, ChunkedAndDecodeEqualOneShotPrefill) {
   // block boundaries, or token by token (paged attention over earlier blocks).
   const int vocab = model_->config.vocab_size;
   const auto ids = (*golden_)["prompts"][1]["ids"].get<std::vector<int32_t>>();
-  SequenceRunner a(*model_, 64, 16), b(*model_, 64, 4), c(*model_, 64, 16);
+  auto ba = cpu_backend(*model_, 64, 16), bb = cpu_backend(*model_, 64, 4),
+       bc = cpu_backend(*model_, 64, 16);
+  BackendDriver a(*ba), b(*bb), c(*bc);
   auto la = a.append(ids, true, 512);
   auto lb = b.append(ids, true, 7);
   ASSERT_TRUE(la.ok() && lb.ok());
@@ -221,8 +236,10 @@ TEST_F(SmolLM2Golden, Greedy64EqualsTransformers) {
     if (!p.contains("greedy")) continue;
     const auto ids = p["ids"].get<std::vector<int32_t>>();
     const auto want = p["greedy"].get<std::vector<int32_t>>();
-    SequenceRunner runner(*model_, static_cast<int>(ids.size() + want.size()) + 1);
-    EXPECT_EQ(greedy(runner, ids, static_cast<int>(want.size())), want) << p["name"];
+    auto backend = cpu_backend(*model_, static_cast<int>(ids.size() + want.size()) + 1);
+    BackendDriver runner(*backend);
+    EXPECT_EQ(greedy(runner, ids, static_cast<int>(want.size()), model_->config.vocab_size), want)
+        << p["name"];
   }
 }
 
@@ -236,7 +253,8 @@ void check_tiny(const std::string& name) {
   const json golden = load_json(fixture_path("model/" + name + "/golden.json"));
   for (const auto& p : golden["prompts"]) {
     const auto ids = p["ids"].get<std::vector<int32_t>>();
-    SequenceRunner runner(model, 128, 16);
+    auto backend = cpu_backend(model, 128, 16);
+    BackendDriver runner(*backend);
     auto logits = runner.append(ids, true, 5);
     ASSERT_TRUE(logits.ok()) << logits.status().to_string();
     float max_diff = 0.f;
@@ -254,7 +272,7 @@ void check_tiny(const std::string& name) {
     EXPECT_LT(max_diff, 1e-4f);
     EXPECT_EQ(agree, static_cast<int>(ids.size()));
     const auto want = p["greedy"].get<std::vector<int32_t>>();
-    EXPECT_EQ(greedy(runner, ids, static_cast<int>(want.size())), want);
+    EXPECT_EQ(greedy(runner, ids, static_cast<int>(want.size()), vocab), want);
   }
 }
 

@@ -47,41 +47,37 @@ Result<CartridgeData> load(const std::string& path) {
   return synthetic(tokens, path.back() == '1');
 }
 
+// Bytes of KV per block in the rig (fp32, K and V, every layer).
+constexpr uint64_t kBlockBytes = 2ull * kLayers * kHeads * kDim * 4 * kBs;
+
 struct Rig {
-  explicit Rig(CartridgeMode mode, uint64_t device_budget_tokens = 1000)
-      : backend(kLayers, 64, kBs, kHeads * kDim), pool(*BlockPool::create(64)) {
+  explicit Rig(CartridgeMode mode, int32_t device_budget_blocks = 1000, int32_t pool_blocks = 64)
+      : backend(kLayers, pool_blocks, kBs, kHeads, kDim), pool(*BlockPool::create(pool_blocks)) {
     ResidencyConfig rc;
     rc.host_budget_bytes = 1ull << 30;
-    rc.device_budget_bytes = device_budget_tokens * 2 * kLayers * kHeads * kDim * 4;
-    rc.device_dtype = DType::kF32;
-    allocator = std::make_shared<KvBlockAllocator>(kLayers, kHeads * kDim, kBs);
-    residency = std::make_unique<ResidencyManager>(rc, load, allocator);
-    connector = std::make_unique<CartridgeConnector>(*residency, allocator, catalog, mode, kBs);
-    connector->bind(pool, backend);
+    host = std::make_unique<ResidencyManager>(rc, load);
+    DeviceTierConfig dc;
+    dc.block_size = kBs;
+    dc.bytes_per_block = kBlockBytes;
+    dc.budget_bytes = kBlockBytes * static_cast<uint64_t>(device_budget_blocks);
+    device = std::make_unique<DeviceKvTier>(pool, dc);
+    connector = std::make_unique<CartridgeConnector>(*host, *device, catalog, mode, kBs);
   }
-  ~Rig() { connector->unbind(); }
 
   void add(const std::string& id, const std::string& path) {
     auto data = load(path);
     CatalogEntry e;
     e.cartridge_id = id;
     e.path = path;
-    if (data.ok()) {
-      ManifestOptions o;
-      o.cartridge_id = id;
-      o.block_size = kBs;
-      o.compute_checksum = false;
-      e.manifest = *manifest_from_cartridge(*data, "", o);
-      e.token_ids = data->token_ids;
-    } else {  // a file that will fail to load: describe what it claims to be
-      ManifestOptions o;
-      o.cartridge_id = id;
-      o.block_size = kBs;
-      o.compute_checksum = false;
-      e.manifest = *manifest_from_cartridge(synthetic(5, false), "", o);
-    }
+    ManifestOptions o;
+    o.cartridge_id = id;
+    o.block_size = kBs;
+    o.compute_checksum = false;
+    // A file that will fail to load: describe what it claims to be.
+    e.manifest = *manifest_from_cartridge(data.ok() ? *data : synthetic(5, false), "", o);
+    if (data.ok()) e.token_ids = data->token_ids;
     e.content_hash = id;
-    ASSERT_TRUE(residency->add_cartridge(id, path, e.manifest).ok());
+    ASSERT_TRUE(host->add_cartridge(id, path, e.manifest).ok());
     ASSERT_TRUE(catalog.add(e).ok());
   }
 
@@ -95,31 +91,40 @@ struct Rig {
     return r;
   }
 
-  // get_blocks until the background load is done (or it fails).
+  // get_blocks, running the worker side while the KV loads (as the engine
+  // does between steps), until it is there or fails.
   Result<std::vector<int32_t>> blocks(const Request& r, int32_t e) {
     for (int i = 0; i < 400; ++i) {
       auto b = connector->get_blocks(r, e);
-      if (b.ok() || b.status().code() != ErrorCode::kResourceExhausted) return b;
-      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+      if (b.ok() || b.status().code() != ErrorCode::kUnavailable) return b;
+      connector->run_worker(backend);
+      std::this_thread::sleep_for(std::chrono::milliseconds(2));
     }
     return make_error(ErrorCode::kInternal, "cartridge never became resident");
+  }
+
+  // Runs the worker side until no load is in flight.
+  void settle() {
+    for (int i = 0; i < 400 && connector->run_worker(backend); ++i)
+      std::this_thread::sleep_for(std::chrono::milliseconds(2));
   }
 
   testing::FakeBackend backend;
   BlockPool pool;
   CartridgeCatalog catalog;
-  std::shared_ptr<KvBlockAllocator> allocator;
-  std::unique_ptr<ResidencyManager> residency;
+  std::unique_ptr<ResidencyManager> host;
+  std::unique_ptr<DeviceKvTier> device;
   std::unique_ptr<CartridgeConnector> connector;
 };
 
-TEST(CartridgeConnector, VirtualModeLoadsInTheBackgroundThenSharesBlocks) {
+TEST(CartridgeConnector, VirtualModeLoadsWhileTheRequestWaitsThenSharesBlocks) {
   Rig rig(CartridgeMode::kVirtual);
   rig.add("a", "ok:10:0");
   Request r = rig.request("r1", "a", {1, 2, 3}, 10);
   EXPECT_EQ(*rig.connector->get_num_matched_tokens(r), 10);
-  // First ask: on disk only, so "not resident yet" while it loads.
-  EXPECT_EQ(rig.connector->get_blocks(r, 10).status().code(), ErrorCode::kResourceExhausted);
+  // First ask: not resident, so "being loaded" while it loads.
+  EXPECT_EQ(rig.connector->get_blocks(r, 10).status().code(), ErrorCode::kUnavailable);
+  EXPECT_TRUE(rig.device->is_loading("a"));
   auto blocks = rig.blocks(r, 10);
   ASSERT_TRUE(blocks.ok()) << blocks.status().to_string();
   ASSERT_EQ(blocks->size(), 3u);  // ceil(10 / 4)
@@ -128,18 +133,46 @@ TEST(CartridgeConnector, VirtualModeLoadsInTheBackgroundThenSharesBlocks) {
     const int32_t slot = (*blocks)[t / kBs] * kBs + t % kBs;
     EXPECT_EQ(rig.backend.row(1, false, slot)[kDim], 1000.f + 100.f + t);
   }
-  EXPECT_EQ(rig.residency->ref_count("a", Tier::kDevice), 1);
+  EXPECT_EQ(rig.device->ref_count("a"), 1);
   // A second request shares the same blocks; asking again for r1 takes no new reference.
   Request r2 = rig.request("r2", "a", {4}, 10);
   EXPECT_EQ(*rig.connector->get_blocks(r2, 10), *blocks);
   EXPECT_EQ(*rig.connector->get_blocks(r, 10), *blocks);
-  EXPECT_EQ(rig.residency->ref_count("a", Tier::kDevice), 2);
+  EXPECT_EQ(rig.device->ref_count("a"), 2);
   rig.connector->on_request_finished(r);
   rig.connector->on_request_preempted(r2);
   rig.connector->on_request_finished(r2);  // finishing after preemption releases nothing twice
-  EXPECT_EQ(rig.residency->ref_count("a", Tier::kDevice), 0);
-  EXPECT_EQ(rig.residency->counters().device.promotions, 1u);
+  EXPECT_EQ(rig.device->ref_count("a"), 0);
+  EXPECT_EQ(rig.device->counters().promotions, 1u);
   EXPECT_EQ(rig.connector->num_requests_served(), 2u);
+  // Idle, its blocks stay cached in the pool: the next request hits without a copy.
+  EXPECT_TRUE(rig.device->is_resident("a"));
+  Request r3 = rig.request("r3", "a", {5}, 10);
+  EXPECT_EQ(*rig.connector->get_blocks(r3, 10), *blocks);
+  EXPECT_EQ(rig.backend.loads, 1);
+  rig.connector->on_request_finished(r3);
+  EXPECT_TRUE(rig.device->check_invariants().ok());
+}
+
+TEST(CartridgeConnector, WorkerReportsBusyUntilTheCopyIsDone) {
+  Rig rig(CartridgeMode::kVirtual);
+  rig.add("a", "ok:10:0");
+  Request r = rig.request("r1", "a", {1}, 10);
+  rig.backend.hold_transfers = true;
+  EXPECT_EQ(rig.connector->get_blocks(r, 10).status().code(), ErrorCode::kUnavailable);
+  bool busy = true;
+  for (int i = 0; i < 200 && rig.backend.in_flight() == 0; ++i) {
+    busy = rig.connector->run_worker(rig.backend);
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  ASSERT_EQ(rig.backend.in_flight(), 1u);
+  EXPECT_TRUE(busy);
+  EXPECT_TRUE(rig.connector->run_worker(rig.backend));  // still copying
+  EXPECT_EQ(rig.connector->get_blocks(r, 10).status().code(), ErrorCode::kUnavailable);
+  rig.backend.hold_transfers = false;
+  EXPECT_FALSE(rig.connector->run_worker(rig.backend));
+  EXPECT_TRUE(rig.connector->get_blocks(r, 10).ok());
+  rig.connector->on_request_finished(r);
 }
 
 TEST(CartridgeConnector, NoCartridgeMeansNothingAndVirtualCountMustMatch) {
@@ -186,12 +219,24 @@ TEST(CartridgeConnector, FailedLoadFailsTheRequestThenRetries) {
   ASSERT_FALSE(b.ok());
   EXPECT_EQ(b.status().code(), ErrorCode::kCorrupt);
   EXPECT_NE(b.status().message().find("broken cartridge file"), std::string::npos);
-  // The error is reported once; the next request tries again.
-  EXPECT_EQ(rig.connector->get_blocks(r, 5).status().code(), ErrorCode::kResourceExhausted);
+  // The error is reported once and nothing is held; the next request tries again.
+  EXPECT_EQ(rig.device->ref_count("bad"), 0);
+  EXPECT_EQ(rig.pool.num_free_blocks(), rig.pool.num_usable_blocks());
+  EXPECT_EQ(rig.connector->get_blocks(r, 5).status().code(), ErrorCode::kUnavailable);
+  // A copy that cannot start fails the same way.
+  rig.add("a", "ok:10:0");
+  rig.backend.fail_next_load = true;
+  Request ra = rig.request("ra", "a", {1}, 10);
+  auto c = rig.blocks(ra, 10);
+  ASSERT_FALSE(c.ok());
+  EXPECT_NE(c.status().message().find("on fire"), std::string::npos);
+  EXPECT_TRUE(rig.blocks(ra, 10).ok());  // and retries
+  rig.connector->on_request_finished(ra);
+  EXPECT_TRUE(rig.device->check_invariants().ok());
 }
 
 TEST(CartridgeConnector, LruEvictionSparesInUseAndPinnedCartridges) {
-  Rig rig(CartridgeMode::kVirtual, /*device_budget_tokens=*/20);  // two 10-token cartridges
+  Rig rig(CartridgeMode::kVirtual, /*device_budget_blocks=*/6);  // two 10-token cartridges
   for (const char* id : {"a", "b", "c", "d"})
     rig.add(id, "ok:10:0");
   Request ra = rig.request("ra", "a", {1}, 10), rb = rig.request("rb", "b", {1}, 10);
@@ -200,45 +245,71 @@ TEST(CartridgeConnector, LruEvictionSparesInUseAndPinnedCartridges) {
   ASSERT_TRUE(rig.blocks(rb, 10).ok());
   rig.connector->on_request_finished(rb);  // b idle
   ASSERT_TRUE(rig.blocks(rc, 10).ok());    // evicts b (idle), never a (in use)
-  EXPECT_TRUE(rig.residency->is_resident("a", Tier::kDevice));
-  EXPECT_FALSE(rig.residency->is_resident("b", Tier::kDevice));
+  EXPECT_TRUE(rig.device->is_resident("a"));
+  EXPECT_FALSE(rig.device->is_resident("b"));
   // a and c both in use: d cannot fit now, and waits rather than fails.
   auto d = rig.connector->get_blocks(rd, 10);
-  for (int i = 0; i < 100 && d.status().code() == ErrorCode::kResourceExhausted &&
-                  !rig.residency->is_resident("d", Tier::kHost);
-       ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
-    d = rig.connector->get_blocks(rd, 10);
-  }
-  d = rig.connector->get_blocks(rd, 10);
   EXPECT_EQ(d.status().code(), ErrorCode::kResourceExhausted);
   rig.connector->on_request_finished(rc);
   // Pin a (still in use, then idle): it is never the victim.
-  ASSERT_TRUE(rig.residency->pin("a", Tier::kDevice).ok());
+  ASSERT_TRUE(rig.device->pin(*rig.connector->device_cartridge("a")).ok());
   rig.connector->on_request_finished(ra);
   ASSERT_TRUE(rig.blocks(rd, 10).ok());  // evicts c, not pinned a
-  EXPECT_TRUE(rig.residency->is_resident("a", Tier::kDevice));
-  EXPECT_FALSE(rig.residency->is_resident("c", Tier::kDevice));
+  EXPECT_TRUE(rig.device->is_resident("a"));
+  EXPECT_FALSE(rig.device->is_resident("c"));
   rig.connector->on_request_finished(rd);
-  // The device invariant holds and every block not resident went back to the pool.
-  const auto c = rig.residency->counters().device;
+  // The device invariant holds; a pinned and d idle-cached hold their blocks.
+  const auto c = rig.device->counters();
   EXPECT_EQ(c.bytes_promoted - c.bytes_evicted, c.bytes_resident);
-  EXPECT_EQ(rig.allocator->num_blocks_held(), 2 * 3);
+  EXPECT_EQ(c.bytes_resident, 6 * kBlockBytes);
+  EXPECT_EQ(c.evictions, 2u);
+  EXPECT_TRUE(rig.device->check_invariants().ok());
 }
 
 TEST(CartridgeConnector, PinnedCartridgesFillingTheBudgetFailTheRequestInsteadOfWaiting) {
-  Rig rig(CartridgeMode::kVirtual, /*device_budget_tokens=*/15);  // one 10-token cartridge
+  Rig rig(CartridgeMode::kVirtual, /*device_budget_blocks=*/4);  // one 10-token cartridge
   rig.add("a", "ok:10:0");
   rig.add("b", "ok:10:0");
-  ASSERT_TRUE(rig.residency->pin("a", Tier::kDevice).ok());
+  ASSERT_TRUE(rig.device->pin(*rig.connector->device_cartridge("a")).ok());
+  rig.settle();
+  EXPECT_TRUE(rig.device->is_resident("a"));
   Request rb = rig.request("rb", "b", {1}, 10);
   auto b = rig.blocks(rb, 10);
   ASSERT_FALSE(b.ok());
   EXPECT_EQ(b.status().code(), ErrorCode::kFailedPrecondition);
   EXPECT_NE(b.status().message().find("pinned"), std::string::npos);
-  ASSERT_TRUE(rig.residency->unpin("a", Tier::kDevice).ok());
+  ASSERT_TRUE(rig.device->unpin("a").ok());
   EXPECT_TRUE(rig.blocks(rb, 10).ok());
   rig.connector->on_request_finished(rb);
+}
+
+TEST(CartridgeConnector, IdleCartridgeBlocksAreReclaimedByThePoolAndReloaded) {
+  // 12 usable blocks; a cartridge of 3 blocks stays cached when idle, until
+  // other KV needs its blocks: one LRU for everything.
+  Rig rig(CartridgeMode::kVirtual, /*device_budget_blocks=*/8, /*pool_blocks=*/13);
+  rig.add("a", "ok:10:0");
+  Request r = rig.request("r", "a", {1}, 10);
+  ASSERT_TRUE(rig.blocks(r, 10).ok());
+  rig.connector->on_request_finished(r);
+  EXPECT_TRUE(rig.device->is_resident("a"));
+  // Requests' own KV takes every free block, then two of a's cached ones (LRU: tail first).
+  auto own = rig.pool.allocate(9 + 2);
+  ASSERT_TRUE(own);
+  EXPECT_FALSE(rig.device->is_resident("a"));
+  EXPECT_EQ(rig.device->counters().evictions, 1u);
+  for (int32_t b : *own)
+    rig.pool.release(b);
+  // The next request reloads only the missing blocks, and sees the right KV.
+  Request r2 = rig.request("r2", "a", {2}, 10);
+  auto blocks = rig.blocks(r2, 10);
+  ASSERT_TRUE(blocks.ok());
+  EXPECT_EQ(rig.backend.loads, 2);
+  for (int32_t t = 0; t < 10; ++t) {
+    const int32_t slot = (*blocks)[t / kBs] * kBs + t % kBs;
+    EXPECT_EQ(rig.backend.row(0, false, slot)[0], static_cast<float>(t));
+  }
+  rig.connector->on_request_finished(r2);
+  EXPECT_TRUE(rig.device->check_invariants().ok());
 }
 
 }  // namespace

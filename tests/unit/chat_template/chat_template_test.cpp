@@ -6,7 +6,7 @@
 #include <random>
 #include <thread>
 
-#include "tokenizer/chat_template.h"
+#include "chat_template/chat_template.h"
 
 namespace cartserve {
 namespace {

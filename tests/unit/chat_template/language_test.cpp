@@ -5,7 +5,7 @@
 
 #include "fixture_json.h"
 #include "test_util.h"
-#include "tokenizer/chat_template.h"
+#include "chat_template/chat_template.h"
 
 namespace cartserve {
 namespace {

@@ -7,7 +7,7 @@
 #include "core/sha256.h"
 #include "fixture_json.h"
 #include "test_util.h"
-#include "tokenizer/chat_template.h"
+#include "chat_template/chat_template.h"
 
 namespace cartserve {
 namespace {

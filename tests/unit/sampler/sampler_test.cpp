@@ -1,4 +1,4 @@
-#include "engine/sampler.h"
+#include "runtime/cpu/sampler.h"
 
 #include <gtest/gtest.h>
 

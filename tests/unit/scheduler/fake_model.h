@@ -15,6 +15,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "engine/input_batch.h"
 #include "engine/kv_connector.h"
 #include "engine/scheduler.h"
 #include "engine/stop_checker.h"
@@ -79,6 +80,7 @@ class FakeModel {
       : s_(s),
         vocab_(vocab),
         block_size_(s.config().block_size),
+        batch_(s.config().block_size),
         kv_(static_cast<size_t>(s.pool().num_blocks() * s.config().block_size), 0) {}
 
   uint64_t& slot(int32_t block, int32_t offset) {
@@ -95,6 +97,14 @@ class FakeModel {
         slot(c.dst_block, i) = slot(c.src_block, i);
       ++num_copies_;
     }
+    // The runner's block tables, rebuilt from the scheduler's deltas.
+    StepInput in;
+    StepPlan plan;
+    EXPECT_TRUE(batch_
+                    .build(
+                        out, [&](const std::string& id) { return s_.get_request(id).get(); }, in,
+                        plan)
+                    .ok());
     std::vector<int32_t> sampled;
     for (const auto& e : out.scheduled) {
       auto r = s_.get_request(e.request_id);
@@ -102,8 +112,9 @@ class FakeModel {
       if (!r) continue;
       EXPECT_EQ(r->status, RequestStatus::kRunning);
       EXPECT_EQ(e.start_position, r->num_computed_tokens) << e.request_id;
-      EXPECT_EQ(e.block_table, r->block_table);
-      EXPECT_GE(static_cast<int64_t>(e.block_table.size()) * block_size_,
+      const std::vector<int32_t>& table = batch_.row(e.request_id);
+      EXPECT_EQ(table, r->block_table);
+      EXPECT_GE(static_cast<int64_t>(table.size()) * block_size_,
                 int64_t{e.start_position} + e.num_tokens);
       EXPECT_GE(e.start_position, r->num_virtual_tokens);
       const auto c = contents(r->prefix_salt, r->num_virtual_tokens, r->all_token_ids());
@@ -114,15 +125,15 @@ class FakeModel {
       // Everything before the chunk must be in the cache, with the right content.
       for (int32_t p = 0; p < e.start_position; ++p) {
         const uint64_t got =
-            slot(e.block_table[static_cast<size_t>(p / block_size_)], p % block_size_);
+            slot(table[static_cast<size_t>(p / block_size_)], p % block_size_);
         if (got != c[static_cast<size_t>(p)]) {
           ADD_FAILURE() << e.request_id << ": wrong KV at position " << p << " (block "
-                        << e.block_table[static_cast<size_t>(p / block_size_)] << ")";
+                        << table[static_cast<size_t>(p / block_size_)] << ")";
           break;
         }
       }
       for (int32_t p = e.start_position; p < e.start_position + e.num_tokens; ++p) {
-        const int32_t b = e.block_table[static_cast<size_t>(p / block_size_)];
+        const int32_t b = table[static_cast<size_t>(p / block_size_)];
         EXPECT_GT(s_.pool().ref_count(b), 0);
         slot(b, p % block_size_) = c[static_cast<size_t>(p)];
       }
@@ -141,6 +152,7 @@ class FakeModel {
   Scheduler& s_;
   int32_t vocab_;
   int32_t block_size_;
+  InputBatch batch_;
   std::vector<uint64_t> kv_;  // [num_blocks * block_size] content per slot
 };
 
@@ -179,7 +191,8 @@ class FakeCartridgeConnector : public KvConnector {
     return it->second.num_tokens;
   }
   Result<std::vector<int32_t>> get_blocks(const Request& r, int32_t n) override {
-    if (!ready) return make_error(ErrorCode::kResourceExhausted, "not resident yet");
+    if (!ready) return make_error(ErrorCode::kResourceExhausted, "no room yet");
+    if (loading) return make_error(ErrorCode::kUnavailable, "being loaded");
     const Cartridge& c = carts_.at(r.cartridge_ids[0]);
     EXPECT_EQ(n, c.num_tokens);
     return c.blocks;
@@ -198,7 +211,8 @@ class FakeCartridgeConnector : public KvConnector {
     return h;
   }
 
-  bool ready = true;
+  bool ready = true;     // false: "no room now" (the request waits at the queue's head)
+  bool loading = false;  // true: "being loaded" (the request waits for its KV aside)
   std::map<std::string, int> allocated, preempted, finished;
   std::map<std::string, Cartridge> carts_;
 

@@ -414,7 +414,11 @@ TEST(Scheduler, UpdateValidatesSampledCountAndStaleOutputIsRecomputed) {
   ASSERT_EQ(o2.scheduled.size(), 1u);
   EXPECT_EQ(o2.scheduled[0].start_position, 0);
   EXPECT_EQ(o2.scheduled[0].num_tokens, 5);
-  EXPECT_EQ(o2.scheduled[0].block_table, o.scheduled[0].block_table);
+  // Its blocks were reported already (the runner applied the deltas).
+  EXPECT_TRUE(o.scheduled[0].new_row);
+  EXPECT_FALSE(o2.scheduled[0].new_row);
+  EXPECT_TRUE(o2.scheduled[0].new_block_ids.empty());
+  EXPECT_EQ(o.scheduled[0].new_block_ids, a->block_table);
 }
 
 TEST(Scheduler, ConnectorVirtualPrefixSharedBlocksAndPartialCopy) {
@@ -504,6 +508,51 @@ TEST(Scheduler, ConnectorNotReadyWaitsAndErrorsReject) {
   while (h.sched->has_unfinished_requests())
     h.step();
   EXPECT_EQ(a->output_token_ids, reference_output(*a, kVocab, 1024));
+}
+
+TEST(Scheduler, LoadingKvStepsAsideAndDoesNotHoldTheQueue) {
+  Harness h(cfg(4, 8, 64), 32, true, true);
+  h.connector->add("cart", 8, *h.model);
+  auto a = make_req("a", prompt(3), 2);
+  a->cartridge_ids = {"cart"};
+  a->num_virtual_tokens = 8;
+  a->prefix_salt = "cart";
+  auto b = make_req("b", prompt(4, 300), 2);  // no cartridge, queued behind a
+  h.connector->loading = true;
+  h.add(a);
+  h.add(b);
+  auto o = h.step();
+  // a waits for its KV aside; b runs meanwhile.
+  EXPECT_EQ(h.find(o, "a"), nullptr);
+  ASSERT_NE(h.find(o, "b"), nullptr);
+  EXPECT_EQ(a->status, RequestStatus::kWaitingForKv);
+  EXPECT_EQ(h.sched->num_waiting_for_kv(), 1);
+  EXPECT_EQ(h.sched->num_waiting(), 1);
+  o = h.step();
+  EXPECT_EQ(h.find(o, "a"), nullptr);
+  h.connector->loading = false;  // the load finished
+  o = h.step();
+  ASSERT_NE(h.find(o, "a"), nullptr);
+  EXPECT_EQ(h.find(o, "a")->start_position, 8);
+  EXPECT_EQ(h.sched->num_waiting_for_kv(), 0);
+  while (h.sched->has_unfinished_requests())
+    h.step();
+  EXPECT_EQ(a->output_token_ids, reference_output(*a, kVocab, 1024));
+  EXPECT_EQ(b->output_token_ids, reference_output(*b, kVocab, 1024));
+  // Aborting a request that waits for its KV releases it.
+  auto c = make_req("c", prompt(3, 900), 2);
+  c->cartridge_ids = {"cart"};
+  c->num_virtual_tokens = 8;
+  c->prefix_salt = "cart";
+  h.connector->loading = true;
+  h.add(c);
+  h.step();
+  EXPECT_EQ(c->status, RequestStatus::kWaitingForKv);
+  h.sched->abort_request("c");
+  o = h.step();
+  EXPECT_EQ(h.sched->num_waiting_for_kv(), 0);
+  EXPECT_EQ(h.connector->finished["c"], 1);
+  EXPECT_FALSE(h.sched->has_unfinished_requests());
 }
 
 TEST(Scheduler, PreemptedConnectorRequestIsReinjected) {

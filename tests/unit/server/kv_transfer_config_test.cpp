@@ -14,7 +14,7 @@ TEST(KvTransferConfig, SeedSingleCartridge) {
   ASSERT_TRUE(c.ok()) << c.status().to_string();
   ASSERT_EQ(c->cartridge.cartridges.size(), 1u);
   EXPECT_EQ(c->cartridge.cartridges[0].path, "canary.pt");
-  EXPECT_EQ(c->cartridge.mode, PlacementMode::kVirtual);
+  EXPECT_EQ(c->cartridge.mode, CartridgeMode::kVirtual);
 }
 
 TEST(KvTransferConfig, MultiCartridgeWithRouterAndExtensions) {
@@ -29,7 +29,7 @@ TEST(KvTransferConfig, MultiCartridgeWithRouterAndExtensions) {
   EXPECT_EQ(c->cartridge.cartridges.size(), 2u);
   EXPECT_EQ(c->cartridge.router["type"], "explicit");
   EXPECT_EQ(*c->cartridge.gpu_capacity_bytes, 1048576u);
-  EXPECT_EQ(c->cartridge.mode, PlacementMode::kPrefix);
+  EXPECT_EQ(c->cartridge.mode, CartridgeMode::kPrefix);
   EXPECT_EQ(c->cartridge.on_unknown, OnUnknownCartridge::kIgnore);
 }
 

@@ -1,0 +1,458 @@
+// Paged attention for decode batches (one query row per sequence), split-KV
+// in the style of Flash-Decoding, bf16 in and out, fp32 math.
+//
+// Split kernel (decode_split_kernel), grid (num_seqs, num_kv_heads *
+// group / HG, num_splits), 128 threads:
+//  - A CTA owns HG query heads of one KV head (HG = the GQA group, or the
+//    largest divisor <= 8 of a wider group) and one split: a contiguous run
+//    of the sequence's KV positions (decode_split_len: the context divided
+//    evenly, rounded to 64-position chunks). Each K/V row is read from
+//    global memory once for all HG heads.
+//  - Thread layout: a K/V row of head_dim bf16 is TPR = head_dim / 8 lanes,
+//    each loading one 16-byte chunk (coalesced: a row is 128 or 256
+//    contiguous bytes); RPP = 128 / TPR rows are read per pass, and a chunk
+//    of 64 positions is R = 64 / RPP rows per thread. Loads are issued a
+//    phase ahead of their use (K of chunk i + 1 during chunk i's PV phase, V
+//    of chunk i at its start), so 2R 16-byte loads per thread are in flight
+//    while the CTA computes.
+//  - Per chunk: (A) each thread dots its 8 dims of q (registers, fp32) with
+//    its K rows for the HG heads; a reduce-scatter butterfly over the TPR
+//    lanes of a row leaves head c's score on lane c, which stores it (log2
+//    units) to shared [HG][64], -inf past the split's end. (B) warp w takes
+//    heads w, w + 4, ...: chunk max, new running max, rescale factor,
+//    p = exp2(s - m) written back, running sum. (C) each thread rescales its
+//    accumulators and adds p * V for its rows.
+//  - End: the per-thread partial outputs (one per row slot) are summed by a
+//    butterfly inside each warp, then over the 4 warps in a fixed order via
+//    shared memory; the CTA writes its unnormalised output [HG][head_dim],
+//    its running max and sum to the workspace.
+// Merge kernel (decode_merge_kernel): one warp per (sequence, query head)
+// combines the non-empty splits in split order: M = max m_i, O = sum_i
+// exp2(m_i - M) o_i / sum_i exp2(m_i - M) l_i, rounded to bf16.
+//
+// Workspace (floats), for the launch's num_seqs S, n_heads H, num_splits N:
+//   o_part [S, H, N, head_dim], then ml_part [S, H, N, 2] (max, sum);
+// it fits in decode_workspace_bytes(max_seqs, H, head_dim, max_splits)
+// whenever S <= max_seqs and N <= max_splits.
+//
+// Determinism: fixed thread -> data mapping, fixed reduction trees, the
+// merge in split order, no atomics: the same batch and num_splits give the
+// same bits. No allocation, no host synchronisation: graph-capturable.
+#include "kernels/cuda/attention_internal.cuh"
+#include "kernels/cuda/common.cuh"
+#include "kernels/cuda_ops.h"
+
+namespace cartserve::ops::cuda {
+
+namespace {
+
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr int kThreads = 128;
+constexpr int kWarps = kThreads / 32;
+constexpr int kChunk = kDecodeChunk;  // KV positions per chunk
+constexpr int kMinSplitLen = 256;     // KV positions a split should at least cover
+constexpr int kMergeWarps = 4;
+
+__device__ __forceinline__ void bf16x8_to_f32(const uint4& u, float (&f)[8]) {
+  const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&u);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const float2 v = __bfloat1622float2(h[i]);
+    f[2 * i] = v.x;
+    f[2 * i + 1] = v.y;
+  }
+}
+
+// Sum over the W lanes of an aligned lane group (W a power of two) of N
+// values per lane (N a power of two, N <= W), scattered: on return lane l
+// holds the total of value l % N. Recursive halving: at the step with n
+// values left, lanes exchange (xor n / 2) the half they give away and keep
+// the half selected by lane bit n / 2; then a butterfly over the remaining
+// lane bits. N - 1 + log2(W / N) shuffles instead of N log2(W); the order of
+// the additions depends only on the lane, so the result is deterministic.
+template <int N, int W>
+__device__ __forceinline__ float reduce_scatter_sum(float (&v)[N], int lane) {
+#pragma unroll
+  for (int n = N; n > 1; n /= 2) {
+    const int half = n / 2;
+    const bool upper = (lane & half) != 0;
+#pragma unroll
+    for (int i = 0; i < half; ++i) {
+      const float give = upper ? v[i] : v[i + half];
+      const float keep = upper ? v[i + half] : v[i];
+      v[i] = keep + __shfl_xor_sync(0xffffffffu, give, half);
+    }
+  }
+  float r = v[0];
+#pragma unroll
+  for (int o = N; o < W; o *= 2)
+    r += __shfl_xor_sync(0xffffffffu, r, o);
+  return r;
+}
+
+template <int D, int HG>
+__global__ void __launch_bounds__(kThreads)
+    decode_split_kernel(const bf16* __restrict__ q /* [num_seqs] rows of q_row_stride */,
+                        int64_t q_row_stride, KvLayer kv, AttnBatch batch, int n_heads,
+                        float scale_log2, int num_splits,
+                        float* __restrict__ o_part /* [num_seqs, n_heads, num_splits, D] */,
+                        float* __restrict__ ml_part /* [num_seqs, n_heads, num_splits, 2] */) {
+  constexpr int TPR = D / 8;                                       // lanes per K/V row
+  constexpr int RPP = kThreads / TPR;                              // rows per pass
+  constexpr int R = kChunk / RPP;                                  // rows per thread per chunk
+  constexpr int NP = HG <= 1 ? 1 : HG <= 2 ? 2 : HG <= 4 ? 4 : 8;  // HG rounded up to 2^k
+  static_assert(32 % TPR == 0 && kChunk % RPP == 0 && kChunk % 32 == 0, "thread layout");
+  static_assert(HG >= 1 && HG <= 8 && NP <= TPR, "heads per CTA");
+
+  __shared__ float s_p[HG][kChunk];  // scores, then probabilities, of the chunk
+  __shared__ float s_m[HG];          // running max (log2 units)
+  __shared__ float s_l[HG];          // running sum
+  __shared__ float s_alpha[HG];      // rescale factor of the current chunk
+  __shared__ __align__(16) float s_red[kWarps][HG][D];
+
+  const int s = blockIdx.x;
+  const int group = n_heads / kv.num_kv_heads;
+  const int n_sub = group / HG;
+  const int kvh = static_cast<int>(blockIdx.y) / n_sub;
+  const int head0 = kvh * group + (static_cast<int>(blockIdx.y) % n_sub) * HG;
+  const int split = blockIdx.z;
+  const int ctx = batch.context_lens[s];
+  const int split_len = decode_split_len(ctx, num_splits);
+  const int begin = split * split_len;
+  if (begin >= ctx) return;  // empty split (CTA-uniform): the merge skips it
+  const int end = min(ctx, begin + split_len);
+
+  const int tid = threadIdx.x;
+  const int lane = tid & 31;
+  const int warp = tid >> 5;
+  const int c = tid % TPR;   // this thread's 16-byte chunk of a row: dims [8c, 8c + 8)
+  const int rg = tid / TPR;  // this thread's row slot in a pass
+
+  // q of the HG heads, this thread's 8 dims (fp32).
+  float qf[HG][8];
+  {
+    const bf16* qr = q + static_cast<int64_t>(batch.query_start[s]) * q_row_stride + c * 8;
+#pragma unroll
+    for (int h = 0; h < HG; ++h)
+      load_bf16x8(qr + (head0 + h) * D, qf[h]);
+  }
+  float acc[HG][8];  // sum over this thread's rows of p * v (relative to the running max)
+#pragma unroll
+  for (int h = 0; h < HG; ++h) {
+#pragma unroll
+    for (int e = 0; e < 8; ++e)
+      acc[h][e] = 0.f;
+  }
+  if (tid < HG) {
+    s_m[tid] = -INFINITY;
+    s_l[tid] = 0.f;
+  }
+  // (visible after the first chunk's first barrier)
+
+  const int32_t* bt = batch.block_table + static_cast<int64_t>(s) * batch.max_blocks;
+  const int bs = kv.block_size;
+  const int64_t kv_dim = static_cast<int64_t>(kv.num_kv_heads) * D;
+  const int64_t head_off = static_cast<int64_t>(kvh) * D + c * 8;
+
+  // Row loads of the chunk starting at c0: rows past `end` are zeros (and
+  // the pool is not read there).
+  auto load_rows = [&](const bf16* base, int c0, uint4(&dst)[R]) {
+#pragma unroll
+    for (int i = 0; i < R; ++i) {
+      const int p = c0 + rg + i * RPP;
+      if (p < end) {
+        const int64_t off = static_cast<int64_t>(bt[p / bs]) * kv.block_stride +
+                            static_cast<int64_t>(p % bs) * kv_dim + head_off;
+        dst[i] = __ldg(reinterpret_cast<const uint4*>(base + off));
+      } else {
+        dst[i] = make_uint4(0u, 0u, 0u, 0u);
+      }
+    }
+  };
+
+  // Pipeline: K of a chunk is loaded during the previous chunk's phase C, V
+  // at the start of its own chunk; both are in flight while the CTA computes.
+  uint4 kr[R], vr[R];
+  load_rows(kv.k, begin, kr);
+  for (int c0 = begin; c0 < end; c0 += kChunk) {
+    load_rows(kv.v, c0, vr);
+
+    // (A) scores of the chunk.
+#pragma unroll
+    for (int i = 0; i < R; ++i) {
+      float kf[8];
+      bf16x8_to_f32(kr[i], kf);
+      float part[NP];  // heads >= HG are padding (0)
+#pragma unroll
+      for (int h = 0; h < NP; ++h) {
+        float d = 0.f;
+        if (h < HG) {
+#pragma unroll
+          for (int e = 0; e < 8; ++e)
+            d = fmaf(qf[h][e], kf[e], d);
+        }
+        part[h] = d;
+      }
+      // Lane c now holds the score of head c % NP of this row.
+      const float score = reduce_scatter_sum<NP, TPR>(part, lane);
+      const int pl = rg + i * RPP;  // position in the chunk
+      if (c < HG) s_p[c][pl] = c0 + pl < end ? score * scale_log2 : -INFINITY;
+    }
+    __syncthreads();
+
+    // (B) softmax statistics, one warp per head.
+    for (int h = warp; h < HG; h += kWarps) {
+      const float m_old = s_m[h];
+      float x[kChunk / 32];
+      float mx = -INFINITY;
+#pragma unroll
+      for (int k = 0; k < kChunk / 32; ++k) {
+        x[k] = s_p[h][lane + 32 * k];
+        mx = fmaxf(mx, x[k]);
+      }
+      mx = warp_max(mx);
+      const float m_new = fmaxf(m_old, mx);  // finite: the chunk has a valid position
+      float sum = 0.f;
+#pragma unroll
+      for (int k = 0; k < kChunk / 32; ++k) {
+        x[k] = exp2f(x[k] - m_new);
+        s_p[h][lane + 32 * k] = x[k];
+        sum += x[k];
+      }
+      sum = warp_sum(sum);
+      __syncwarp();  // every lane has read s_m[h] before lane 0 updates it
+      if (lane == 0) {
+        const float alpha = exp2f(m_old - m_new);  // 0 on the first chunk
+        s_alpha[h] = alpha;
+        s_l[h] = s_l[h] * alpha + sum;
+        s_m[h] = m_new;
+      }
+    }
+    __syncthreads();
+
+    // Next chunk's K (its rows are all past `end` on the last chunk: zeros, no reads).
+    load_rows(kv.k, c0 + kChunk, kr);
+
+    // (C) acc = acc * alpha + p V.
+#pragma unroll
+    for (int h = 0; h < HG; ++h) {
+      const float a = s_alpha[h];
+#pragma unroll
+      for (int e = 0; e < 8; ++e)
+        acc[h][e] *= a;
+    }
+#pragma unroll
+    for (int i = 0; i < R; ++i) {
+      float vf[8];
+      bf16x8_to_f32(vr[i], vf);
+      const int pl = rg + i * RPP;
+#pragma unroll
+      for (int h = 0; h < HG; ++h) {
+        const float pw = s_p[h][pl];  // 0 past the split's end (and vf is 0 there)
+#pragma unroll
+        for (int e = 0; e < 8; ++e)
+          acc[h][e] = fmaf(pw, vf[e], acc[h][e]);
+      }
+    }
+    __syncthreads();  // s_p, s_alpha are rewritten by the next chunk
+  }
+
+  // Sum the row slots: inside the warp (lanes with the same c), then over warps.
+#pragma unroll
+  for (int o = TPR; o < 32; o <<= 1) {
+#pragma unroll
+    for (int h = 0; h < HG; ++h) {
+#pragma unroll
+      for (int e = 0; e < 8; ++e)
+        acc[h][e] += __shfl_xor_sync(0xffffffffu, acc[h][e], o);
+    }
+  }
+  if (lane < TPR) {  // then c == lane
+#pragma unroll
+    for (int h = 0; h < HG; ++h) {
+      float4* dst = reinterpret_cast<float4*>(&s_red[warp][h][c * 8]);
+      dst[0] = make_float4(acc[h][0], acc[h][1], acc[h][2], acc[h][3]);
+      dst[1] = make_float4(acc[h][4], acc[h][5], acc[h][6], acc[h][7]);
+    }
+  }
+  __syncthreads();
+  const int64_t slot0 = (static_cast<int64_t>(s) * n_heads + head0) * num_splits + split;
+  for (int i = tid; i < HG * D; i += kThreads) {
+    const int h = i / D;
+    const int d = i % D;
+    float v = s_red[0][h][d];
+#pragma unroll
+    for (int w = 1; w < kWarps; ++w)
+      v += s_red[w][h][d];
+    o_part[(slot0 + static_cast<int64_t>(h) * num_splits) * D + d] = v;
+  }
+  if (tid < HG) {
+    const int64_t slot = slot0 + static_cast<int64_t>(tid) * num_splits;
+    ml_part[2 * slot] = s_m[tid];
+    ml_part[2 * slot + 1] = s_l[tid];
+  }
+}
+
+template <int D>
+__global__ void __launch_bounds__(kMergeWarps * 32)
+    decode_merge_kernel(const float* __restrict__ o_part /* [num_seqs, n_heads, num_splits, D] */,
+                        const float* __restrict__ ml_part /* [num_seqs, n_heads, num_splits, 2] */,
+                        AttnBatch batch, bf16* __restrict__ out /* [num_tokens, n_heads * D] */,
+                        int n_heads, int num_splits) {
+  constexpr int VPL = D / 32;  // dims per lane: lane + 32 k
+  const int lane = threadIdx.x & 31;
+  const int64_t item = static_cast<int64_t>(blockIdx.x) * kMergeWarps + (threadIdx.x >> 5);
+  if (item >= static_cast<int64_t>(batch.num_seqs) * n_heads) return;  // warp-uniform
+  const int s = static_cast<int>(item / n_heads);
+  const int h = static_cast<int>(item % n_heads);
+  const int ctx = batch.context_lens[s];
+  const int split_len = decode_split_len(ctx, num_splits);
+  const int n_active = ctx > 0 ? (ctx + split_len - 1) / split_len : 0;  // <= num_splits
+  const int64_t slot0 = item * num_splits;
+
+  float big_m = -INFINITY;
+  for (int i = 0; i < n_active; ++i)
+    big_m = fmaxf(big_m, ml_part[2 * (slot0 + i)]);
+  float big_l = 0.f;
+  float acc[VPL];
+#pragma unroll
+  for (int k = 0; k < VPL; ++k)
+    acc[k] = 0.f;
+  for (int i = 0; i < n_active; ++i) {
+    const float w = exp2f(ml_part[2 * (slot0 + i)] - big_m);
+    big_l = fmaf(w, ml_part[2 * (slot0 + i) + 1], big_l);
+    const float* op = o_part + (slot0 + i) * D;
+#pragma unroll
+    for (int k = 0; k < VPL; ++k)
+      acc[k] = fmaf(w, op[lane + 32 * k], acc[k]);
+  }
+  const float inv = big_l > 0.f ? 1.f / big_l : 0.f;
+  bf16* orow =
+      out + static_cast<int64_t>(batch.query_start[s]) * n_heads * D + static_cast<int64_t>(h) * D;
+#pragma unroll
+  for (int k = 0; k < VPL; ++k)
+    orow[lane + 32 * k] = __float2bfloat16_rn(acc[k] * inv);
+}
+
+template <int D, int HG>
+void launch_split(const dim3& grid, cudaStream_t st, const bf16* q, int64_t q_row_stride,
+                  const KvLayer& kv, const AttnBatch& batch, int n_heads, float scale_log2,
+                  int num_splits, float* o_part, float* ml_part) {
+  decode_split_kernel<D, HG><<<grid, kThreads, 0, st>>>(q, q_row_stride, kv, batch, n_heads,
+                                                        scale_log2, num_splits, o_part, ml_part);
+}
+
+template <int D>
+void launch_split_hg(int hg, const dim3& grid, cudaStream_t st, const bf16* q, int64_t q_row_stride,
+                     const KvLayer& kv, const AttnBatch& batch, int n_heads, float scale_log2,
+                     int num_splits, float* o_part, float* ml_part) {
+  switch (hg) {
+    case 1:
+      launch_split<D, 1>(grid, st, q, q_row_stride, kv, batch, n_heads, scale_log2, num_splits,
+                         o_part, ml_part);
+      break;
+    case 2:
+      launch_split<D, 2>(grid, st, q, q_row_stride, kv, batch, n_heads, scale_log2, num_splits,
+                         o_part, ml_part);
+      break;
+    case 3:
+      launch_split<D, 3>(grid, st, q, q_row_stride, kv, batch, n_heads, scale_log2, num_splits,
+                         o_part, ml_part);
+      break;
+    case 4:
+      launch_split<D, 4>(grid, st, q, q_row_stride, kv, batch, n_heads, scale_log2, num_splits,
+                         o_part, ml_part);
+      break;
+    case 5:
+      launch_split<D, 5>(grid, st, q, q_row_stride, kv, batch, n_heads, scale_log2, num_splits,
+                         o_part, ml_part);
+      break;
+    case 6:
+      launch_split<D, 6>(grid, st, q, q_row_stride, kv, batch, n_heads, scale_log2, num_splits,
+                         o_part, ml_part);
+      break;
+    case 7:
+      launch_split<D, 7>(grid, st, q, q_row_stride, kv, batch, n_heads, scale_log2, num_splits,
+                         o_part, ml_part);
+      break;
+    default:
+      launch_split<D, 8>(grid, st, q, q_row_stride, kv, batch, n_heads, scale_log2, num_splits,
+                         o_part, ml_part);
+      break;
+  }
+}
+
+}  // namespace
+
+size_t decode_workspace_bytes(int max_seqs, int n_heads, int head_dim, int max_splits) {
+  if (max_seqs <= 0 || n_heads <= 0 || head_dim <= 0 || max_splits <= 0) return 0;
+  return static_cast<size_t>(max_seqs) * static_cast<size_t>(n_heads) *
+         static_cast<size_t>(max_splits) * (static_cast<size_t>(head_dim) + 2) * sizeof(float);
+}
+
+int decode_num_splits(int num_seqs, int num_kv_heads, int max_context_len, int max_splits,
+                      int num_sms) {
+  if (max_splits <= 1 || num_seqs <= 0 || num_kv_heads <= 0 || max_context_len <= 0) return 1;
+  const long long ctas = static_cast<long long>(num_seqs) * num_kv_heads;
+  const long long target = 2LL * (num_sms > 0 ? num_sms : 1);  // ~2 waves
+  long long splits = (target + ctas - 1) / ctas;
+  const long long by_len =
+      (static_cast<long long>(max_context_len) + kMinSplitLen - 1) / kMinSplitLen;  // >= 1
+  if (splits > by_len) splits = by_len;
+  if (splits > max_splits) splits = max_splits;
+  if (splits < 1) splits = 1;
+  return static_cast<int>(splits);
+}
+
+void paged_attention_decode(const bf16* q, int64_t q_row_stride, const KvLayer& kv,
+                            const AttnBatch& batch, bf16* out, int n_heads, float scale,
+                            int num_splits, void* workspace, cudaStream_t s) {
+  constexpr const char* kOp = "paged_attention_decode";
+  const int D = kv.head_dim;
+  if (D != 64 && D != 128) op_fail(kOp, "head_dim must be 64 or 128");
+  if (kv.num_kv_heads <= 0 || n_heads <= 0 || n_heads % kv.num_kv_heads != 0)
+    op_fail(kOp, "n_heads must be a positive multiple of num_kv_heads");
+  if (kv.block_size <= 0) op_fail(kOp, "block_size must be positive");
+  if (num_splits < 1 || num_splits > 65535) op_fail(kOp, "num_splits must be in [1, 65535]");
+  if (batch.num_seqs <= 0) return;
+  if (workspace == nullptr || !aligned16(workspace))
+    op_fail(kOp, "workspace must be non-null and 16-byte aligned");
+  // The split kernel reads q, K and V in 16-byte chunks; otherwise the
+  // CUDA-core prefill kernel computes the same function.
+  if (!(aligned16(q) && q_row_stride % 8 == 0 && aligned16(kv.k) && aligned16(kv.v) &&
+        kv.block_stride % 8 == 0)) {
+    paged_attention_prefill_simple(q, q_row_stride, kv, batch, out, n_heads, scale, s);
+    return;
+  }
+  const int group = n_heads / kv.num_kv_heads;
+  int hg = 8;  // heads per CTA: the largest divisor of the group that is <= 8
+  while (group % hg != 0)
+    --hg;
+  const long long grid_y = static_cast<long long>(kv.num_kv_heads) * (group / hg);
+  if (grid_y > 65535) op_fail(kOp, "too many KV heads");
+
+  float* o_part = static_cast<float*>(workspace);
+  float* ml_part = o_part + static_cast<size_t>(batch.num_seqs) * static_cast<size_t>(n_heads) *
+                                static_cast<size_t>(num_splits) * static_cast<size_t>(D);
+  const float scale_log2 = scale * kLog2e;
+  const dim3 grid(static_cast<unsigned>(batch.num_seqs), static_cast<unsigned>(grid_y),
+                  static_cast<unsigned>(num_splits));
+  const long long items = static_cast<long long>(batch.num_seqs) * n_heads;
+  const unsigned merge_grid = static_cast<unsigned>((items + kMergeWarps - 1) / kMergeWarps);
+  if (D == 64) {
+    launch_split_hg<64>(hg, grid, s, q, q_row_stride, kv, batch, n_heads, scale_log2, num_splits,
+                        o_part, ml_part);
+    check_launch("paged_attention_decode (split)");
+    decode_merge_kernel<64>
+        <<<merge_grid, kMergeWarps * 32, 0, s>>>(o_part, ml_part, batch, out, n_heads, num_splits);
+  } else {
+    launch_split_hg<128>(hg, grid, s, q, q_row_stride, kv, batch, n_heads, scale_log2, num_splits,
+                         o_part, ml_part);
+    check_launch("paged_attention_decode (split)");
+    decode_merge_kernel<128>
+        <<<merge_grid, kMergeWarps * 32, 0, s>>>(o_part, ml_part, batch, out, n_heads, num_splits);
+  }
+  check_launch("paged_attention_decode (merge)");
+}
+
+}  // namespace cartserve::ops::cuda

@@ -1,0 +1,41 @@
+// Internal entry points of the paged attention kernels, beside the contract
+// in kernels/cuda_ops.h: the CUDA-core twin of paged_attention_prefill (the
+// fallback of both attention ops, and a second implementation the GPU tests
+// check against the CPU twin) and the split-length rule the two decode
+// kernels share.
+#pragma once
+
+#ifdef CARTSERVE_WITH_CUDA
+
+#include <cstdint>
+
+#include "kernels/cuda_ops.h"
+
+namespace cartserve::ops::cuda {
+
+// The same function as paged_attention_prefill (same arguments, same
+// contract) on CUDA cores: one warp per (query row, query head), the KV
+// positions visited one by one with an online softmax in fp32. No alignment
+// requirement beyond the element type; any head_dim that is a multiple of 32
+// up to 128 (64 and 128 are instantiated). Slow for long prefills; exact
+// enough to serve as a reference and as the fallback for unaligned inputs.
+void paged_attention_prefill_simple(const bf16* q, int64_t q_row_stride, const KvLayer& kv,
+                                    const AttnBatch& batch, bf16* out, int n_heads, float scale,
+                                    cudaStream_t s);
+
+// KV positions per decode chunk (the unit of the split kernel's softmax).
+inline constexpr int kDecodeChunk = 64;
+
+// Length of each split of a decode sequence with `ctx` KV positions: the
+// positions divided evenly over num_splits, rounded up to whole chunks.
+// Split i covers [i * len, min(ctx, (i + 1) * len)); the splits with
+// i * len >= ctx are empty (the split kernel exits, the merge skips them).
+__host__ __device__ inline int decode_split_len(int ctx, int num_splits) {
+  const int c = ctx > 1 ? ctx : 1;
+  const int per = (c + num_splits - 1) / num_splits;
+  return (per + kDecodeChunk - 1) / kDecodeChunk * kDecodeChunk;
+}
+
+}  // namespace cartserve::ops::cuda
+
+#endif  // CARTSERVE_WITH_CUDA

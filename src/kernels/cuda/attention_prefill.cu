@@ -1,0 +1,487 @@
+// Causal paged attention over a flat batch of query rows (prefill chunks and
+// decode rows mixed), bf16 in and out, fp32 softmax and accumulation.
+//
+// Tensor-core kernel (prefill_mma_kernel), FlashAttention-2 style:
+//  - A CTA (128 threads, 4 warps) owns one KV head of one sequence and a tile
+//    of kBM = 64 rows. The rows pack the GQA group: row r is query
+//    q0 + r / group of the tile, query head kv_head * group + r % group, so
+//    each K/V tile is gathered once for all heads of the group (and a decode
+//    row in a mixed batch fills `group` rows, not one). A tile covers
+//    P = 64 / group queries (rows P * group .. 63 are padding).
+//  - Grid: x = flat tiles, y = KV heads. Sequence s owns the tiles
+//    [query_start[s] / P + s, query_start[s + 1] / P + s + 1), which always
+//    holds ceil(q_len / P) tiles; a CTA finds its sequence by binary search
+//    and exits when its tile starts past the sequence's queries. The grid is
+//    num_tokens / P + num_seqs wide: host data only, no device sizes.
+//  - Warp w owns rows [16w, 16w + 16). Q is staged through shared memory
+//    once and kept in registers as mma A fragments. K/V tiles of BN
+//    positions (64 at head_dim 64, 32 at head_dim 128) are gathered through
+//    the block table with cp.async (16-byte chunks, positions past the last
+//    key zero-filled) into two shared stages: tile i + 1 loads while tile i
+//    is computed.
+//  - Per tile: S = Q K^T with mma.sync m16n8k16 (bf16 in, fp32 out), scaled
+//    to log2 units, causal mask (only on tiles that reach past the tile's
+//    first query's limit), online softmax per row (max over the quad of
+//    lanes sharing a row), P rounded to bf16 and fed straight from the S
+//    accumulators as A fragments, O += P V (V B fragments by ldmatrix.trans).
+//  - Epilogue: O / l, rounded to bf16, written only for real rows.
+// Every row sees key 0 (its causal limit is >= 0), so each row's running max
+// is finite after the first tile and masked scores give exp2(-inf) = 0;
+// padding rows use a zero query and the tile's last key as their limit, so
+// they stay finite too and are never stored.
+//
+// CUDA-core kernel (prefill_simple_kernel): one warp per (query row, head),
+// lane i owning head_dim / 32 dimensions, keys visited one at a time (warp
+// dot product, online softmax). The fallback for unaligned inputs and the
+// second implementation the tests compare.
+//
+// Determinism: every sum has a fixed order (fixed thread -> data mapping,
+// fixed shuffle trees), no atomics; the same launch gives the same bits.
+// No allocation, no host synchronisation: graph-capturable.
+#include "kernels/cuda/attention_internal.cuh"
+#include "kernels/cuda/common.cuh"
+#include "kernels/cuda_ops.h"
+
+namespace cartserve::ops::cuda {
+
+namespace {
+
+constexpr float kLog2e = 1.4426950408889634f;
+
+// ---- tensor-core kernel ----------------------------------------------------
+
+constexpr int kThreads = 128;  // 4 warps
+constexpr int kBM = 64;        // rows of a CTA tile, 16 per warp
+constexpr int kPad = 8;        // bf16 of padding per shared row (conflict-free fragment loads)
+
+template <int D>
+struct PrefillCfg {
+  static constexpr int BN = D == 64 ? 64 : 32;  // KV positions per tile
+  static constexpr int LD = D + kPad;           // shared row stride, elements
+  static constexpr int TILE = BN * LD;          // elements of one K (or V) tile
+  static constexpr int SMEM = 4 * TILE;         // 2 stages x (K, V)
+  static constexpr int CHUNKS = D / 8;          // 16-byte chunks per row
+  static_assert(kBM * LD <= SMEM, "the Q tile is staged in the K/V buffers");
+  static_assert((BN * CHUNKS) % kThreads == 0, "whole chunks per thread");
+  static_assert(BN % 16 == 0 && D % 16 == 0, "mma shapes");
+};
+
+__device__ __forceinline__ uint32_t ld_shared_u32(const bf16* p) {
+  return *reinterpret_cast<const uint32_t*>(p);
+}
+
+__device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
+  const __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);  // lo in the low 16 bits
+  return *reinterpret_cast<const uint32_t*>(&h);
+}
+
+// D[16x8] += A[16x16] (row) * B[16x8] (col); bf16 inputs, fp32 accumulators.
+// Fragments (g = lane / 4, t = lane % 4):
+//   a[0] = A[g][2t..2t+1], a[1] = A[g+8][2t..], a[2] = A[g][2t+8..], a[3] = A[g+8][2t+8..]
+//   b0 = B[2t..2t+1][g], b1 = B[2t+8..2t+9][g]
+//   d[0..1] = D[g][2t..2t+1], d[2..3] = D[g+8][2t..2t+1]
+__device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
+                                          uint32_t b1) {
+  asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, "
+      "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// Four 8x8 b16 matrices, transposed: lanes 8i..8i+7 give the row addresses
+// of matrix i; lane l receives r[i] = {M_i[2t][g], M_i[2t+1][g]}.
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const bf16* p) {
+  const unsigned addr = static_cast<unsigned>(__cvta_generic_to_shared(p));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr)
+               : "memory");
+}
+
+// 16 bytes global -> shared, asynchronously; zero-filled when !valid (the
+// source is then not read).
+__device__ __forceinline__ void cp_async_16(bf16* dst, const bf16* src, bool valid) {
+  const unsigned saddr = static_cast<unsigned>(__cvta_generic_to_shared(dst));
+  const size_t gaddr = __cvta_generic_to_global(src);
+  const int src_bytes = valid ? 16 : 0;
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(saddr), "l"(gaddr),
+               "r"(src_bytes)
+               : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() {
+  asm volatile("cp.async.commit_group;\n" ::: "memory");
+}
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+
+// The sequence owning flat tile b: the largest s with query_start[s] / P + s
+// <= b (that quantity strictly increases with s, and is 0 at s = 0).
+__device__ __forceinline__ int tile_sequence(const int32_t* query_start, int num_seqs, int P,
+                                             int b) {
+  int lo = 0, hi = num_seqs - 1;
+  while (lo < hi) {
+    const int mid = (lo + hi + 1) >> 1;
+    if (query_start[mid] / P + mid <= b) {
+      lo = mid;
+    } else {
+      hi = mid - 1;
+    }
+  }
+  return lo;
+}
+
+template <int D>
+__global__ void __launch_bounds__(kThreads)
+    prefill_mma_kernel(const bf16* __restrict__ q /* [num_tokens] rows of q_row_stride */,
+                       int64_t q_row_stride, KvLayer kv, AttnBatch batch,
+                       bf16* __restrict__ out /* [num_tokens, n_heads * D] */, int n_heads,
+                       int group, int P, float scale_log2) {
+  using Cfg = PrefillCfg<D>;
+  constexpr int BN = Cfg::BN;
+  constexpr int LD = Cfg::LD;
+  constexpr int CHUNKS = Cfg::CHUNKS;
+  // Before the KV loop: the Q tile [kBM][LD]. Then stage i (0, 1) holds
+  // K [BN][LD] at i * 2 * TILE and V [BN][LD] right after it.
+  __shared__ __align__(16) bf16 smem[Cfg::SMEM];
+
+  const int s = tile_sequence(batch.query_start, batch.num_seqs, P, static_cast<int>(blockIdx.x));
+  const int q_begin = batch.query_start[s];
+  const int q_len = batch.query_start[s + 1] - q_begin;
+  const int q0 = (static_cast<int>(blockIdx.x) - (q_begin / P + s)) * P;  // first query of the tile
+  if (q0 >= q_len) return;  // a spare tile of this sequence (CTA-uniform, before any barrier)
+  const int ctx = batch.context_lens[s];
+  const int kvh = blockIdx.y;
+  const int q_hi = min(q0 + P, q_len);     // the tile's queries: [q0, q_hi)
+  const int n_rows = (q_hi - q0) * group;  // real rows: [0, n_rows), n_rows <= kBM
+  const int first_lim = ctx - q_len + q0;  // causal limit of the tile's first query
+  const int kv_hi = ctx - q_len + q_hi;    // keys the tile needs: [0, kv_hi)
+  const int64_t kv_dim = static_cast<int64_t>(kv.num_kv_heads) * D;
+  const int bs = kv.block_size;
+  const int32_t* bt = batch.block_table + static_cast<int64_t>(s) * batch.max_blocks;
+
+  const int tid = threadIdx.x;
+  const int warp = tid >> 5;
+  const int lane = tid & 31;
+  const int g = lane >> 2;  // fragment row (and row + 8)
+  const int t = lane & 3;   // fragment column pair
+
+  // ---- Q tile -> shared -> A fragments (zero rows for padding) ----
+  for (int i = tid; i < kBM * CHUNKS; i += kThreads) {
+    const int r = i / CHUNKS;
+    const int c = i % CHUNKS;
+    uint4 v = make_uint4(0u, 0u, 0u, 0u);
+    if (r < n_rows) {
+      const int64_t row = q_begin + q0 + r / group;
+      const int head = kvh * group + r % group;
+      v = *reinterpret_cast<const uint4*>(q + row * q_row_stride + head * D + c * 8);
+    }
+    *reinterpret_cast<uint4*>(smem + r * LD + c * 8) = v;
+  }
+  __syncthreads();
+  uint32_t qa[D / 16][4];
+  {
+    const bf16* qw = smem + (warp * 16) * LD;
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+      qa[kk][0] = ld_shared_u32(qw + g * LD + kk * 16 + 2 * t);
+      qa[kk][1] = ld_shared_u32(qw + (g + 8) * LD + kk * 16 + 2 * t);
+      qa[kk][2] = ld_shared_u32(qw + g * LD + kk * 16 + 8 + 2 * t);
+      qa[kk][3] = ld_shared_u32(qw + (g + 8) * LD + kk * 16 + 8 + 2 * t);
+    }
+  }
+  __syncthreads();  // the Q staging area becomes K/V stage 0
+
+  // Causal limits (last visible key, inclusive) of this thread's two rows.
+  const int r0 = warp * 16 + g;
+  const int r1 = r0 + 8;
+  const int lim0 = r0 < n_rows ? first_lim + r0 / group : kv_hi - 1;
+  const int lim1 = r1 < n_rows ? first_lim + r1 / group : kv_hi - 1;
+
+  // Gathers K/V positions [tile * BN, tile * BN + BN) into `stage`; those
+  // >= kv_hi are zero-filled (never read from the pool).
+  auto load_tile = [&](int tile, int stage) {
+    bf16* ks = smem + stage * 2 * Cfg::TILE;
+    bf16* vs = ks + Cfg::TILE;
+    const int n0 = tile * BN;
+#pragma unroll
+    for (int j = 0; j < BN * CHUNKS / kThreads; ++j) {
+      const int i = tid + j * kThreads;
+      const int r = i / CHUNKS;
+      const int c = i % CHUNKS;
+      const int p = n0 + r;
+      const bool valid = p < kv_hi;
+      int64_t off = 0;
+      if (valid) {
+        off = static_cast<int64_t>(bt[p / bs]) * kv.block_stride +
+              static_cast<int64_t>(p % bs) * kv_dim + kvh * D + c * 8;
+      }
+      cp_async_16(ks + r * LD + c * 8, kv.k + off, valid);
+      cp_async_16(vs + r * LD + c * 8, kv.v + off, valid);
+    }
+  };
+
+  float o[D / 8][4];  // O accumulators: n-tile dt covers dims [8 dt, 8 dt + 8)
+#pragma unroll
+  for (int dt = 0; dt < D / 8; ++dt)
+    o[dt][0] = o[dt][1] = o[dt][2] = o[dt][3] = 0.f;
+  float m0 = -INFINITY, m1 = -INFINITY;  // running max (log2 units) of rows r0, r1
+  float l0 = 0.f, l1 = 0.f;              // this thread's part of the running sums
+
+  const int n_tiles = (kv_hi + BN - 1) / BN;  // >= 1
+  load_tile(0, 0);
+  cp_async_commit();
+  for (int it = 0; it < n_tiles; ++it) {
+    if (it + 1 < n_tiles) {
+      load_tile(it + 1, (it + 1) & 1);
+      cp_async_commit();
+      cp_async_wait<1>();  // tile it has landed (this thread's copies)
+    } else {
+      cp_async_wait<0>();
+    }
+    __syncthreads();  // ... and every thread's
+    const bf16* ks = smem + (it & 1) * 2 * Cfg::TILE;
+    const bf16* vs = ks + Cfg::TILE;
+
+    // S = Q K^T: n-tile nt covers keys [8 nt, 8 nt + 8) of the tile.
+    float sc[BN / 8][4];
+#pragma unroll
+    for (int nt = 0; nt < BN / 8; ++nt)
+      sc[nt][0] = sc[nt][1] = sc[nt][2] = sc[nt][3] = 0.f;
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+#pragma unroll
+      for (int nt = 0; nt < BN / 8; ++nt) {
+        const bf16* kp = ks + (nt * 8 + g) * LD + kk * 16 + 2 * t;
+        mma_16816(sc[nt], qa[kk], ld_shared_u32(kp), ld_shared_u32(kp + 8));
+      }
+    }
+
+    // Scale, mask, row max.
+    const int n0 = it * BN;
+    const bool need_mask = n0 + BN - 1 > first_lim;  // some key past some row's limit
+    float mx0 = -INFINITY, mx1 = -INFINITY;
+#pragma unroll
+    for (int nt = 0; nt < BN / 8; ++nt) {
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const int p = n0 + nt * 8 + 2 * t + e;
+        float x0 = sc[nt][e] * scale_log2;
+        float x1 = sc[nt][2 + e] * scale_log2;
+        if (need_mask) {
+          if (p > lim0) x0 = -INFINITY;
+          if (p > lim1) x1 = -INFINITY;
+        }
+        sc[nt][e] = x0;
+        sc[nt][2 + e] = x1;
+        mx0 = fmaxf(mx0, x0);
+        mx1 = fmaxf(mx1, x1);
+      }
+    }
+    // The 4 lanes of a quad hold one row's keys.
+    mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
+    mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
+    mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
+    mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+    // Finite from the first tile on (key 0 is visible to every row).
+    const float mn0 = fmaxf(m0, mx0);
+    const float mn1 = fmaxf(m1, mx1);
+    const float alpha0 = exp2f(m0 - mn0);  // 0 on the first tile (m = -inf)
+    const float alpha1 = exp2f(m1 - mn1);
+    m0 = mn0;
+    m1 = mn1;
+
+    // P = exp2(S - m), as bf16 A fragments: k-step j covers keys [16 j, 16 j + 16)
+    // = n-tiles 2j (a[0], a[1]) and 2j + 1 (a[2], a[3]).
+    uint32_t pa[BN / 16][4];
+    float rs0 = 0.f, rs1 = 0.f;
+#pragma unroll
+    for (int nt = 0; nt < BN / 8; ++nt) {
+      const float p00 = exp2f(sc[nt][0] - mn0);
+      const float p01 = exp2f(sc[nt][1] - mn0);
+      const float p10 = exp2f(sc[nt][2] - mn1);
+      const float p11 = exp2f(sc[nt][3] - mn1);
+      rs0 += p00 + p01;
+      rs1 += p10 + p11;
+      pa[nt / 2][(nt & 1) * 2 + 0] = pack_bf16x2(p00, p01);
+      pa[nt / 2][(nt & 1) * 2 + 1] = pack_bf16x2(p10, p11);
+    }
+    l0 = l0 * alpha0 + rs0;
+    l1 = l1 * alpha1 + rs1;
+#pragma unroll
+    for (int dt = 0; dt < D / 8; ++dt) {
+      o[dt][0] *= alpha0;
+      o[dt][1] *= alpha0;
+      o[dt][2] *= alpha1;
+      o[dt][3] *= alpha1;
+    }
+
+    // O += P V. One ldmatrix.x4.trans gives the B fragments of two n-tiles
+    // (dims [8 dt, 8 dt + 16)) for keys [16 j, 16 j + 16): matrix i has keys
+    // 16 j + 8 (i & 1) .. + 8 and dims 8 dt + 8 (i >> 1) .. + 8.
+#pragma unroll
+    for (int j = 0; j < BN / 16; ++j) {
+#pragma unroll
+      for (int dt = 0; dt < D / 8; dt += 2) {
+        uint32_t b[4];
+        const int key = j * 16 + (lane & 7) + ((lane >> 3) & 1) * 8;
+        const int dim = dt * 8 + (lane >> 4) * 8;
+        ldmatrix_x4_trans(b, vs + key * LD + dim);
+        mma_16816(o[dt], pa[j], b[0], b[1]);
+        mma_16816(o[dt + 1], pa[j], b[2], b[3]);
+      }
+    }
+    __syncthreads();  // stage it & 1 is free for tile it + 2
+  }
+
+  // ---- epilogue: O / l over the quad's full row sum ----
+  l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
+  l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
+  l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
+  l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
+  const int64_t out_stride = static_cast<int64_t>(n_heads) * D;
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int r = half == 0 ? r0 : r1;
+    if (r >= n_rows) continue;
+    const float inv = 1.f / (half == 0 ? l0 : l1);  // l >= 1 (the max term contributes 1)
+    const int64_t row = q_begin + q0 + r / group;
+    const int head = kvh * group + r % group;
+    bf16* orow = out + row * out_stride + head * D;
+#pragma unroll
+    for (int dt = 0; dt < D / 8; ++dt) {
+      *reinterpret_cast<__nv_bfloat162*>(orow + dt * 8 + 2 * t) =
+          __floats2bfloat162_rn(o[dt][2 * half] * inv, o[dt][2 * half + 1] * inv);
+    }
+  }
+}
+
+// ---- CUDA-core kernel ------------------------------------------------------
+
+constexpr int kSimpleWarps = 4;
+
+template <int D>
+__global__ void __launch_bounds__(kSimpleWarps * 32)
+    prefill_simple_kernel(const bf16* __restrict__ q /* [num_tokens] rows of q_row_stride */,
+                          int64_t q_row_stride, KvLayer kv, AttnBatch batch,
+                          bf16* __restrict__ out /* [num_tokens, n_heads * D] */, int n_heads,
+                          float scale) {
+  constexpr int VPL = D / 32;  // dims per lane
+  const int lane = threadIdx.x & 31;
+  const int64_t item = static_cast<int64_t>(blockIdx.x) * kSimpleWarps + (threadIdx.x >> 5);
+  if (item >= static_cast<int64_t>(batch.num_tokens) * n_heads) return;  // warp-uniform
+  const int row = static_cast<int>(item / n_heads);
+  const int h = static_cast<int>(item % n_heads);
+
+  // The sequence of the row: the largest s with query_start[s] <= row.
+  int lo = 0, hi = batch.num_seqs - 1;
+  while (lo < hi) {
+    const int mid = (lo + hi + 1) >> 1;
+    if (batch.query_start[mid] <= row) {
+      lo = mid;
+    } else {
+      hi = mid - 1;
+    }
+  }
+  const int s = lo;
+  const int q_begin = batch.query_start[s];
+  const int q_len = batch.query_start[s + 1] - q_begin;
+  const int lim = batch.context_lens[s] - q_len + (row - q_begin);  // last visible key
+  const int kvh = h / (n_heads / kv.num_kv_heads);
+  const int64_t kv_dim = static_cast<int64_t>(kv.num_kv_heads) * D;
+  const int bs = kv.block_size;
+  const int32_t* bt = batch.block_table + static_cast<int64_t>(s) * batch.max_blocks;
+
+  float qf[VPL];
+  const bf16* qr = q + static_cast<int64_t>(row) * q_row_stride + h * D + lane * VPL;
+#pragma unroll
+  for (int i = 0; i < VPL; ++i)
+    qf[i] = __bfloat162float(qr[i]);
+
+  float m = -INFINITY, l = 0.f;
+  float acc[VPL];
+#pragma unroll
+  for (int i = 0; i < VPL; ++i)
+    acc[i] = 0.f;
+  for (int p = 0; p <= lim; ++p) {
+    const int64_t off = static_cast<int64_t>(bt[p / bs]) * kv.block_stride +
+                        static_cast<int64_t>(p % bs) * kv_dim + kvh * D + lane * VPL;
+    float dot = 0.f;
+#pragma unroll
+    for (int i = 0; i < VPL; ++i)
+      dot += qf[i] * __bfloat162float(kv.k[off + i]);
+    const float x = warp_sum(dot) * scale;
+    const float mn = fmaxf(m, x);
+    const float alpha = expf(m - mn);  // 0 for the first key
+    const float w = expf(x - mn);
+    l = l * alpha + w;
+#pragma unroll
+    for (int i = 0; i < VPL; ++i)
+      acc[i] = acc[i] * alpha + w * __bfloat162float(kv.v[off + i]);
+    m = mn;
+  }
+  const float inv = 1.f / l;
+  bf16* orow = out + static_cast<int64_t>(row) * n_heads * D + h * D + lane * VPL;
+#pragma unroll
+  for (int i = 0; i < VPL; ++i)
+    orow[i] = __float2bfloat16_rn(acc[i] * inv);
+}
+
+// Shape checks shared by both paths; returns the GQA group size.
+int check_shapes(const char* op, const KvLayer& kv, int n_heads) {
+  if (kv.head_dim != 64 && kv.head_dim != 128) op_fail(op, "head_dim must be 64 or 128");
+  if (kv.num_kv_heads <= 0 || n_heads <= 0 || n_heads % kv.num_kv_heads != 0)
+    op_fail(op, "n_heads must be a positive multiple of num_kv_heads");
+  if (kv.block_size <= 0) op_fail(op, "block_size must be positive");
+  return n_heads / kv.num_kv_heads;
+}
+
+}  // namespace
+
+void paged_attention_prefill_simple(const bf16* q, int64_t q_row_stride, const KvLayer& kv,
+                                    const AttnBatch& batch, bf16* out, int n_heads, float scale,
+                                    cudaStream_t s) {
+  check_shapes("paged_attention_prefill_simple", kv, n_heads);
+  if (batch.num_seqs <= 0 || batch.num_tokens <= 0) return;
+  const long long items = static_cast<long long>(batch.num_tokens) * n_heads;
+  const unsigned grid = static_cast<unsigned>((items + kSimpleWarps - 1) / kSimpleWarps);
+  if (kv.head_dim == 64) {
+    prefill_simple_kernel<64>
+        <<<grid, kSimpleWarps * 32, 0, s>>>(q, q_row_stride, kv, batch, out, n_heads, scale);
+  } else {
+    prefill_simple_kernel<128>
+        <<<grid, kSimpleWarps * 32, 0, s>>>(q, q_row_stride, kv, batch, out, n_heads, scale);
+  }
+  check_launch("paged_attention_prefill_simple");
+}
+
+void paged_attention_prefill(const bf16* q, int64_t q_row_stride, const KvLayer& kv,
+                             const AttnBatch& batch, bf16* out, int n_heads, float scale,
+                             cudaStream_t s) {
+  const int group = check_shapes("paged_attention_prefill", kv, n_heads);
+  if (batch.num_seqs <= 0 || batch.num_tokens <= 0) return;
+  // The tensor-core path reads Q, K and V in 16-byte chunks and writes bf16
+  // pairs; anything else (or a GQA group wider than a tile) takes the
+  // CUDA-core path, which computes the same function.
+  const bool aligned = aligned16(q) && q_row_stride % 8 == 0 && aligned16(kv.k) &&
+                       aligned16(kv.v) && kv.block_stride % 8 == 0 && aligned16(out);
+  if (!aligned || group > kBM) {
+    paged_attention_prefill_simple(q, q_row_stride, kv, batch, out, n_heads, scale, s);
+    return;
+  }
+  const int P = kBM / group;  // queries per tile
+  const dim3 grid(static_cast<unsigned>(batch.num_tokens / P + batch.num_seqs),
+                  static_cast<unsigned>(kv.num_kv_heads));
+  const float scale_log2 = scale * kLog2e;
+  if (kv.head_dim == 64) {
+    prefill_mma_kernel<64>
+        <<<grid, kThreads, 0, s>>>(q, q_row_stride, kv, batch, out, n_heads, group, P, scale_log2);
+  } else {
+    prefill_mma_kernel<128>
+        <<<grid, kThreads, 0, s>>>(q, q_row_stride, kv, batch, out, n_heads, group, P, scale_log2);
+  }
+  check_launch("paged_attention_prefill");
+}
+
+}  // namespace cartserve::ops::cuda
