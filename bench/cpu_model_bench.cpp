@@ -337,9 +337,10 @@ Status prefill(Backend& backend, const std::vector<int32_t>& ids) {
     const int32_t chunk = std::min(512, n - done);
     StepInput in;
     in.max_blocks = static_cast<int32_t>(table.size());
-    const int32_t first = in.append_sequence(
-        table, bs, done, std::span<const int32_t>(ids).subspan(static_cast<size_t>(done),
-                                                               static_cast<size_t>(chunk)));
+    const int32_t first =
+        in.append_sequence(table, bs, done,
+                           std::span<const int32_t>(ids).subspan(static_cast<size_t>(done),
+                                                                 static_cast<size_t>(chunk)));
     if (done + chunk == n) in.samples.push_back(SampleRow{first + chunk - 1});
     CS_RETURN_IF_ERROR(backend.logits(in, logits));
     done += chunk;

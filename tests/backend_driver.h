@@ -25,7 +25,8 @@ class BackendDriver {
     std::vector<float> out, logits;
     size_t done = 0;
     while (done < tokens.size()) {
-      const int n = static_cast<int>(std::min<size_t>(static_cast<size_t>(chunk), tokens.size() - done));
+      const int n =
+          static_cast<int>(std::min<size_t>(static_cast<size_t>(chunk), tokens.size() - done));
       const int32_t kv_len = length_ + n;
       if ((kv_len + B - 1) / B > kv.num_blocks - 1) {
         return make_error(ErrorCode::kOutOfRange, "{} positions exceed the backend's KV cache",
@@ -35,8 +36,7 @@ class BackendDriver {
       in.max_blocks = (kv_len + B - 1) / B;
       while (static_cast<int32_t>(table_.size()) < in.max_blocks)
         table_.push_back(static_cast<int32_t>(table_.size()) + 1);  // block 0 is the null block
-      in.append_sequence(table_, B, length_,
-                         tokens.subspan(done, static_cast<size_t>(n)));
+      in.append_sequence(table_, B, length_, tokens.subspan(done, static_cast<size_t>(n)));
       const bool last_chunk = done + static_cast<size_t>(n) == tokens.size();
       for (int i = 0; i < n; ++i) {
         if (all_logits || (last_chunk && i == n - 1)) {

@@ -65,25 +65,25 @@ std::string composite_path(const std::string& composite_id) {
 }
 
 CartridgeLoader catalog_loader(const CartridgeCatalog& catalog, std::vector<float> inv_freq) {
-  return [&catalog, inv_freq = std::move(inv_freq)](
-             const std::string& path) -> Result<CartridgeData> {
-    if (path.rfind(kCompositePrefix, 0) != 0) return load_cartridge(path);
-    const auto entry = catalog.get(path.substr(kCompositePrefix.size()));
-    if (!entry || !entry->composite()) {
-      return make_error(ErrorCode::kNotFound, "unknown composite '{}'", path);
-    }
-    std::vector<CartridgeData> parts;
-    for (const auto& id : entry->parts) {
-      const auto part = catalog.get(id);
-      if (!part) return make_error(ErrorCode::kNotFound, "composite part '{}' was removed", id);
-      CS_ASSIGN_OR_RETURN(CartridgeData d, load_cartridge(part->path));
-      parts.push_back(std::move(d));
-    }
-    std::vector<const CartridgeData*> ptrs;
-    for (const auto& p : parts)
-      ptrs.push_back(&p);
-    return compose_cartridges(ptrs, entry->rerotate, inv_freq);
-  };
+  return
+      [&catalog, inv_freq = std::move(inv_freq)](const std::string& path) -> Result<CartridgeData> {
+        if (path.rfind(kCompositePrefix, 0) != 0) return load_cartridge(path);
+        const auto entry = catalog.get(path.substr(kCompositePrefix.size()));
+        if (!entry || !entry->composite()) {
+          return make_error(ErrorCode::kNotFound, "unknown composite '{}'", path);
+        }
+        std::vector<CartridgeData> parts;
+        for (const auto& id : entry->parts) {
+          const auto part = catalog.get(id);
+          if (!part) return make_error(ErrorCode::kNotFound, "composite part '{}' was removed", id);
+          CS_ASSIGN_OR_RETURN(CartridgeData d, load_cartridge(part->path));
+          parts.push_back(std::move(d));
+        }
+        std::vector<const CartridgeData*> ptrs;
+        for (const auto& p : parts)
+          ptrs.push_back(&p);
+        return compose_cartridges(ptrs, entry->rerotate, inv_freq);
+      };
 }
 
 std::string composite_id(const std::vector<std::string>& parts, bool rerotate) {

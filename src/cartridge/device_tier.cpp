@@ -9,7 +9,8 @@ namespace cartserve {
 DeviceKvTier::DeviceKvTier(BlockPool& pool, DeviceTierConfig config)
     : pool_(pool), config_(config) {
   counters_.budget_bytes = config_.budget_bytes;
-  pool_.set_drop_listener([this](int32_t block, const BlockHash& hash) { on_dropped(block, hash); });
+  pool_.set_drop_listener(
+      [this](int32_t block, const BlockHash& hash) { on_dropped(block, hash); });
 }
 
 DeviceKvTier::~DeviceKvTier() {

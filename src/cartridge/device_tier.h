@@ -122,8 +122,8 @@ class DeviceKvTier {
     int64_t holds = 0;              // prefetches in flight
     bool pinned = false;
     bool loading = false;
-    bool held = false;                // the tier holds a pool reference on every block
-    std::optional<Status> failed;     // the last load failed; cleared when nobody holds it
+    bool held = false;             // the tier holds a pool reference on every block
+    std::optional<Status> failed;  // the last load failed; cleared when nobody holds it
     uint64_t last_use = 0;
     int32_t num_blocks() const { return static_cast<int32_t>(hashes.size()); }
     bool wanted() const { return refs > 0 || holds > 0 || pinned || loading; }
@@ -140,7 +140,9 @@ class DeviceKvTier {
   void let_go(Entry& e);  // drops the tier's block references when nobody wants it
   void drop_idle(Entry& e);
   void on_dropped(int32_t block, const BlockHash& hash);
-  uint64_t bytes(int32_t blocks) const { return config_.bytes_per_block * static_cast<uint64_t>(blocks); }
+  uint64_t bytes(int32_t blocks) const {
+    return config_.bytes_per_block * static_cast<uint64_t>(blocks);
+  }
 
   BlockPool& pool_;
   const DeviceTierConfig config_;

@@ -175,8 +175,10 @@ Result<CartridgeData> ResidencyManager::load_from_disk(const Entry& e) const {
   return data;
 }
 
-Result<std::shared_ptr<const CartridgeData>> ResidencyManager::ensure(
-    Lock& lk, const EntryPtr& e, bool count, bool add_ref, bool allow_transient, bool* placed) {
+Result<std::shared_ptr<const CartridgeData>> ResidencyManager::ensure(Lock& lk, const EntryPtr& e,
+                                                                      bool count, bool add_ref,
+                                                                      bool allow_transient,
+                                                                      bool* placed) {
   bool counted = false;
   while (true) {
     if (e->removed) return make_error(ErrorCode::kNotFound, "cartridge '{}' was removed", e->id);

@@ -149,7 +149,7 @@ class ResidencyManager {
     SlotState state = SlotState::kAbsent;
     int64_t refs = 0;
     bool pinned = false;
-    std::list<std::string>::iterator lru;  // valid when ready
+    std::list<std::string>::iterator lru;       // valid when ready
     std::shared_ptr<const CartridgeData> data;  // ready
     bool evictable() const { return state == SlotState::kReady && refs == 0 && !pinned; }
   };

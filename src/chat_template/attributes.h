@@ -6,8 +6,8 @@
 
 #include <string_view>
 
-#include "core/status.h"
 #include "chat_template/value.h"
+#include "core/status.h"
 
 namespace cartserve::jinja {
 

@@ -23,8 +23,8 @@
 #include <utility>
 #include <vector>
 
-#include "core/status.h"
 #include "chat_template/value.h"
+#include "core/status.h"
 
 namespace cartserve {
 

@@ -265,18 +265,10 @@ Result<std::string> format_float(double v, Spec s) {
 std::string ascii_repr(const TemplateValue& v) {
   std::string out;
   for (char32_t c : decode_utf8(to_repr(v))) {
-    char buf[16];
     if (c < 0x80) {
       out.push_back(static_cast<char>(c));
-    } else if (c <= 0xFF) {
-      std::snprintf(buf, sizeof buf, "\\x%02x", static_cast<unsigned>(c));
-      out += buf;
-    } else if (c <= 0xFFFF) {
-      std::snprintf(buf, sizeof buf, "\\u%04x", static_cast<unsigned>(c));
-      out += buf;
     } else {
-      std::snprintf(buf, sizeof buf, "\\U%08x", static_cast<unsigned>(c));
-      out += buf;
+      append_hex_escape(out, c);
     }
   }
   return out;

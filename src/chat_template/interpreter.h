@@ -10,9 +10,9 @@
 #include <utility>
 #include <vector>
 
-#include "core/status.h"
 #include "chat_template/ast.h"
 #include "chat_template/value.h"
+#include "core/status.h"
 
 namespace cartserve::jinja {
 

@@ -5,8 +5,8 @@
 #include <optional>
 #include <string>
 
-#include "core/status.h"
 #include "chat_template/value.h"
+#include "core/status.h"
 
 namespace cartserve::jinja {
 

@@ -8,8 +8,8 @@
 #include <string_view>
 #include <vector>
 
-#include "core/status.h"
 #include "chat_template/value.h"
+#include "core/status.h"
 
 namespace cartserve::jinja {
 

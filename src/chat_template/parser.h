@@ -5,8 +5,8 @@
 
 #include <string_view>
 
-#include "core/status.h"
 #include "chat_template/ast.h"
+#include "core/status.h"
 
 namespace cartserve::jinja {
 

@@ -7,6 +7,8 @@
 #include <cmath>
 #include <cstdio>
 
+#include "tokenizer/utf8.h"
+
 namespace cartserve::jinja {
 
 namespace {
@@ -122,23 +124,23 @@ std::u32string decode_utf8(std::string_view s) {
 }
 
 void append_utf8(std::string& out, char32_t cp) {
-  if (cp < 0x80) {
-    out.push_back(static_cast<char>(cp));
-  } else if (cp >= kEscapeBase + 0x80 && cp <= kEscapeBase + 0xFF) {
-    out.push_back(static_cast<char>(cp - kEscapeBase));
-  } else if (cp < 0x800) {
-    out.push_back(static_cast<char>(0xC0 | (cp >> 6)));
-    out.push_back(static_cast<char>(0x80 | (cp & 0x3F)));
-  } else if (cp < 0x10000) {
-    out.push_back(static_cast<char>(0xE0 | (cp >> 12)));
-    out.push_back(static_cast<char>(0x80 | ((cp >> 6) & 0x3F)));
-    out.push_back(static_cast<char>(0x80 | (cp & 0x3F)));
+  if (cp >= kEscapeBase + 0x80 && cp <= kEscapeBase + 0xFF) {
+    out.push_back(static_cast<char>(cp - kEscapeBase));  // a raw byte of invalid UTF-8
   } else {
-    out.push_back(static_cast<char>(0xF0 | (cp >> 18)));
-    out.push_back(static_cast<char>(0x80 | ((cp >> 12) & 0x3F)));
-    out.push_back(static_cast<char>(0x80 | ((cp >> 6) & 0x3F)));
-    out.push_back(static_cast<char>(0x80 | (cp & 0x3F)));
+    utf8::append(out, cp);
   }
+}
+
+void append_hex_escape(std::string& out, char32_t c) {
+  char buf[16];
+  if (c <= 0xFF) {
+    std::snprintf(buf, sizeof buf, "\\x%02x", static_cast<unsigned>(c));
+  } else if (c <= 0xFFFF) {
+    std::snprintf(buf, sizeof buf, "\\u%04x", static_cast<unsigned>(c));
+  } else {
+    std::snprintf(buf, sizeof buf, "\\U%08x", static_cast<unsigned>(c));
+  }
+  out += buf;
 }
 
 std::string encode_utf8(std::u32string_view s) {
@@ -559,15 +561,8 @@ std::string py_str_repr(std::string_view s) {
       out += buf;
     } else if (is_printable(c)) {
       append_utf8(out, c);
-    } else if (c <= 0xFF) {
-      std::snprintf(buf, sizeof buf, "\\x%02x", static_cast<unsigned>(c));
-      out += buf;
-    } else if (c <= 0xFFFF) {
-      std::snprintf(buf, sizeof buf, "\\u%04x", static_cast<unsigned>(c));
-      out += buf;
     } else {
-      std::snprintf(buf, sizeof buf, "\\U%08x", static_cast<unsigned>(c));
-      out += buf;
+      append_hex_escape(out, c);
     }
   }
   out.push_back(quote);

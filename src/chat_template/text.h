@@ -17,6 +17,8 @@ namespace cartserve::jinja {
 std::u32string decode_utf8(std::string_view s);
 std::string encode_utf8(std::u32string_view s);
 void append_utf8(std::string& out, char32_t cp);
+// Python's escape of a code point in a repr: \xhh, \uhhhh or \Uhhhhhhhh.
+void append_hex_escape(std::string& out, char32_t c);
 size_t utf8_length(std::string_view s);  // code points
 
 // Python str.isspace() for one code point.

@@ -11,6 +11,8 @@
 #include <fstream>
 #include <sstream>
 
+#include "core/atomic_file.h"
+
 namespace cartserve {
 
 MappedFile::~MappedFile() {
@@ -84,37 +86,9 @@ Result<std::string> read_file(const std::string& path) {
 }
 
 Status write_file_atomic(const std::string& path, std::span<const uint8_t> bytes) {
-  // pid + a process-wide counter: concurrent writers of one path (threads or
-  // processes) never share a temporary file.
-  static std::atomic<uint64_t> counter{0};
-  const std::string tmp =
-      path + ".tmp." + std::to_string(::getpid()) + "." + std::to_string(counter.fetch_add(1));
-  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0)
-    return make_error(ErrorCode::kIo, "cannot create '{}': {}", tmp, std::strerror(errno));
-  size_t off = 0;
-  while (off < bytes.size()) {
-    const ssize_t n = ::write(fd, bytes.data() + off, bytes.size() - off);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      const int err = errno;
-      ::close(fd);
-      ::unlink(tmp.c_str());
-      return make_error(ErrorCode::kIo, "write to '{}' failed: {}", tmp, std::strerror(err));
-    }
-    off += static_cast<size_t>(n);
-  }
-  if (::fsync(fd) != 0 || ::close(fd) != 0) {
-    ::unlink(tmp.c_str());
-    return make_error(ErrorCode::kIo, "cannot flush '{}'", tmp);
-  }
-  if (::rename(tmp.c_str(), path.c_str()) != 0) {
-    const int err = errno;
-    ::unlink(tmp.c_str());
-    return make_error(ErrorCode::kIo, "cannot rename '{}' to '{}': {}", tmp, path,
-                      std::strerror(err));
-  }
-  return {};
+  CS_ASSIGN_OR_RETURN(AtomicFile f, AtomicFile::create(path));
+  CS_RETURN_IF_ERROR(f.write(bytes.data(), bytes.size()));
+  return f.commit();
 }
 
 Status write_file_atomic(const std::string& path, const std::string& text) {

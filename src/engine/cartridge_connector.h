@@ -26,8 +26,8 @@
 #include <functional>
 #include <map>
 #include <memory>
-#include <optional>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <unordered_map>
@@ -40,7 +40,6 @@
 #include "runtime/backend.h"
 
 namespace cartserve {
-
 
 class CartridgeConnector final : public KvConnector {
  public:
@@ -87,8 +86,8 @@ class CartridgeConnector final : public KvConnector {
     bool served = false;  // its blocks were given out
   };
   std::unordered_map<std::string, Held> held_;  // by request id
-  std::vector<std::unique_ptr<Load>> copying_;         // copies in flight
-  Backend* backend_ = nullptr;                         // the one run_worker is given
+  std::vector<std::unique_ptr<Load>> copying_;  // copies in flight
+  Backend* backend_ = nullptr;                  // the one run_worker is given
   uint64_t served_ = 0;
 
   // The loader thread: host reads of load jobs.

@@ -362,9 +362,8 @@ void Engine::publish_schedule(const SchedulerOutput& out) {
 
 Status Engine::run(const SchedulerOutput& out) {
   CS_RETURN_IF_ERROR(input_batch_.build(
-      out,
-      [&](const std::string& id) { return scheduler_->get_request(id).get(); },
-      step_in_, plan_));
+      out, [&](const std::string& id) { return scheduler_->get_request(id).get(); }, step_in_,
+      plan_));
   return backend_.execute(step_in_, step_out_);
 }
 

@@ -59,8 +59,8 @@ struct GenerateRequest {
 struct ExportedKv {
   DType dtype = DType::kF32;
   int32_t num_tokens = 0;
-  std::vector<Tensor> keys;    // [num_layers]
-  std::vector<Tensor> values;  // [num_layers]
+  std::vector<Tensor> keys;        // [num_layers]
+  std::vector<Tensor> values;      // [num_layers]
   std::vector<int32_t> token_ids;  // the prompt
 };
 
@@ -76,8 +76,8 @@ struct EngineOutput {
   std::string stop_reason;  // the stop string or stop token id that ended it
   Status error;             // set when the request was rejected or failed
   int32_t num_prompt_tokens = 0;
-  int32_t num_output_tokens = 0;  // so far
-  int32_t num_cached_tokens = 0;  // prompt tokens served by the prefix cache
+  int32_t num_output_tokens = 0;         // so far
+  int32_t num_cached_tokens = 0;         // prompt tokens served by the prefix cache
   std::shared_ptr<const ExportedKv> kv;  // export_kv requests, with the final output
 };
 

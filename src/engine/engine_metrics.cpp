@@ -6,7 +6,8 @@ namespace cartserve {
 
 EngineMetrics::EngineMetrics(MetricsRegistry& r)
     : registry_(r),
-      prompt_tokens_(&r.counter("cartserve:prompt_tokens_total", "Prompt tokens processed (prefill)")),
+      prompt_tokens_(
+          &r.counter("cartserve:prompt_tokens_total", "Prompt tokens processed (prefill)")),
       generation_tokens_(&r.counter("cartserve:generation_tokens_total", "Tokens generated")),
       ttft_(&r.histogram("cartserve:time_to_first_token_seconds", "Time to first token",
                          latency_buckets_seconds())),
@@ -18,13 +19,16 @@ EngineMetrics::EngineMetrics(MetricsRegistry& r)
       waiting_(&r.gauge("cartserve:num_requests_waiting", "Requests waiting to be scheduled")),
       waiting_for_kv_(&r.gauge("cartserve:num_requests_waiting_for_kv",
                                "Requests waiting for their cartridge's KV to load")),
-      kv_usage_(&r.gauge("cartserve:kv_cache_usage_perc", "Fraction of KV cache blocks in use (0-1)")),
-      prefix_queries_(
-          &r.gauge("cartserve:prefix_cache_queries", "Prompt tokens looked up in the prefix cache")),
-      prefix_hits_(&r.gauge("cartserve:prefix_cache_hits", "Prompt tokens found in the prefix cache")),
+      kv_usage_(
+          &r.gauge("cartserve:kv_cache_usage_perc", "Fraction of KV cache blocks in use (0-1)")),
+      prefix_queries_(&r.gauge("cartserve:prefix_cache_queries",
+                               "Prompt tokens looked up in the prefix cache")),
+      prefix_hits_(
+          &r.gauge("cartserve:prefix_cache_hits", "Prompt tokens found in the prefix cache")),
       prefix_hit_rate_(
           &r.gauge("cartserve:prefix_cache_hit_rate", "Prefix-cache hits / queries (0-1)")),
-      preemptions_(&r.gauge("cartserve:num_preemptions", "Requests preempted (recomputed later)")) {}
+      preemptions_(&r.gauge("cartserve:num_preemptions", "Requests preempted (recomputed later)")) {
+}
 
 void EngineMetrics::output_token(bool first, double seconds) {
   generation_tokens_->inc();

@@ -40,8 +40,7 @@ Status InputBatch::build(const SchedulerOutput& out, const RequestLookup& find, 
 
   for (size_t e = 0; e < out.scheduled.size(); ++e) {
     const ScheduledRequest& s = out.scheduled[e];
-    const int32_t first_row =
-        in.append_sequence(*tables[e], B, s.start_position, s.token_ids);
+    const int32_t first_row = in.append_sequence(*tables[e], B, s.start_position, s.token_ids);
     const int32_t kv_len = s.start_position + s.num_tokens;
     const int32_t row = first_row + s.num_tokens;
     const Request* req = find ? find(s.request_id) : nullptr;

@@ -22,8 +22,8 @@
 #include <variant>
 #include <vector>
 
-#include "runtime/sampling_params.h"
 #include "kv/prefix_hash.h"
+#include "runtime/sampling_params.h"
 
 namespace cartserve {
 

@@ -1,37 +1,15 @@
 // safetensors writer: builds the JSON header, then streams tensor data into a
 // temporary file beside the target, fsyncs it and renames it into place, so a
 // reader never sees a partial file and no copy of the data is made in memory.
-#include <fcntl.h>
-#include <unistd.h>
-
 #include <algorithm>
-#include <cerrno>
-#include <cstring>
 #include <nlohmann/json.hpp>
 #include <numeric>
 #include <set>
 
+#include "core/atomic_file.h"
 #include "formats/safetensors.h"
 
 namespace cartserve {
-namespace {
-
-// Writes all bytes to fd, retrying short writes and EINTR.
-bool write_all(int fd, const void* data, size_t n) {
-  const auto* p = static_cast<const uint8_t*>(data);
-  while (n > 0) {
-    const ssize_t w = ::write(fd, p, n);
-    if (w < 0) {
-      if (errno == EINTR) continue;
-      return false;
-    }
-    p += w;
-    n -= static_cast<size_t>(w);
-  }
-  return true;
-}
-
-}  // namespace
 
 Status write_safetensors(const std::string& path,
                          const std::vector<std::pair<std::string, TensorView>>& tensors,
@@ -99,36 +77,14 @@ Status write_safetensors(const std::string& path,
   text.append((8 - text.size() % 8) % 8, ' ');  // data starts 8-byte aligned
   const uint64_t header_len = text.size();
 
-  const std::string tmp = path + ".tmp." + std::to_string(::getpid());
-  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) {
-    return make_error(ErrorCode::kIo, "cannot create '{}': {}", tmp, std::strerror(errno));
-  }
-  auto abort_write = [&](const char* what) {
-    const int err = errno;
-    ::close(fd);
-    ::unlink(tmp.c_str());
-    return make_error(ErrorCode::kIo, "{} '{}' failed: {}", what, tmp, std::strerror(err));
-  };
-  if (!write_all(fd, &header_len, 8) || !write_all(fd, text.data(), text.size())) {
-    return abort_write("write to");
-  }
+  CS_ASSIGN_OR_RETURN(AtomicFile f, AtomicFile::create(path));
+  CS_RETURN_IF_ERROR(f.write(&header_len, 8));
+  CS_RETURN_IF_ERROR(f.write(text.data(), text.size()));
   for (size_t i : order) {
     const TensorView& v = tensors[i].second;
-    if (!write_all(fd, v.data, v.nbytes())) return abort_write("write to");
+    CS_RETURN_IF_ERROR(f.write(v.data, v.nbytes()));
   }
-  if (::fsync(fd) != 0) return abort_write("fsync of");
-  if (::close(fd) != 0) {
-    ::unlink(tmp.c_str());
-    return make_error(ErrorCode::kIo, "cannot close '{}': {}", tmp, std::strerror(errno));
-  }
-  if (::rename(tmp.c_str(), path.c_str()) != 0) {
-    const int err = errno;
-    ::unlink(tmp.c_str());
-    return make_error(ErrorCode::kIo, "cannot rename '{}' to '{}': {}", tmp, path,
-                      std::strerror(err));
-  }
-  return {};
+  return f.commit();
 }
 
 }  // namespace cartserve

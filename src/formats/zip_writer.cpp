@@ -35,13 +35,9 @@ uint32_t sat32(uint64_t v) {
 
 Result<ZipWriter> ZipWriter::create(const std::string& path, uint32_t alignment) {
   ZipWriter w;
-  w.path_ = path;
-  w.tmp_path_ = path + ".tmp." + std::to_string(::getpid());
   w.alignment_ = alignment == 0 ? 1 : alignment;
-  w.file_ = std::fopen(w.tmp_path_.c_str(), "wb");
-  if (!w.file_) {
-    return make_error(ErrorCode::kIo, "cannot create '{}': {}", w.tmp_path_, std::strerror(errno));
-  }
+  CS_ASSIGN_OR_RETURN(AtomicFile f, AtomicFile::create(path));
+  w.file_.emplace(std::move(f));
   return w;
 }
 
@@ -51,46 +47,10 @@ ZipWriter ZipWriter::to_memory(uint32_t alignment) {
   return w;
 }
 
-ZipWriter::ZipWriter(ZipWriter&& o) noexcept {
-  *this = std::move(o);
-}
-
-ZipWriter& ZipWriter::operator=(ZipWriter&& o) noexcept {
-  if (this != &o) {
-    abandon();
-    file_ = o.file_;
-    path_ = std::move(o.path_);
-    tmp_path_ = std::move(o.tmp_path_);
-    buffer_ = std::move(o.buffer_);
-    alignment_ = o.alignment_;
-    offset_ = o.offset_;
-    central_ = std::move(o.central_);
-    finished_ = o.finished_;
-    o.file_ = nullptr;
-    o.finished_ = true;
-  }
-  return *this;
-}
-
-ZipWriter::~ZipWriter() {
-  abandon();
-}
-
-void ZipWriter::abandon() {
-  if (file_) {
-    std::fclose(file_);
-    file_ = nullptr;
-    if (!finished_) std::remove(tmp_path_.c_str());
-  }
-}
-
 Status ZipWriter::write(const void* data, size_t n) {
   if (n == 0) return {};
   if (file_) {
-    if (std::fwrite(data, 1, n, file_) != n) {
-      return make_error(ErrorCode::kIo, "write to '{}' failed: {}", tmp_path_,
-                        std::strerror(errno));
-    }
+    CS_RETURN_IF_ERROR(file_->write(data, n));
   } else {
     const auto* p = static_cast<const uint8_t*>(data);
     buffer_.insert(buffer_.end(), p, p + n);
@@ -218,21 +178,7 @@ Status ZipWriter::finish() {
   CS_RETURN_IF_ERROR(write(cd.data(), cd.size()));
   finished_ = true;
   if (!file_) return {};
-
-  const bool flushed = std::fflush(file_) == 0 && ::fsync(fileno(file_)) == 0;
-  const bool closed = std::fclose(file_) == 0;
-  file_ = nullptr;
-  if (!flushed || !closed) {
-    std::remove(tmp_path_.c_str());
-    return make_error(ErrorCode::kIo, "cannot flush '{}'", tmp_path_);
-  }
-  if (std::rename(tmp_path_.c_str(), path_.c_str()) != 0) {
-    const int err = errno;
-    std::remove(tmp_path_.c_str());
-    return make_error(ErrorCode::kIo, "cannot rename '{}' to '{}': {}", tmp_path_, path_,
-                      std::strerror(err));
-  }
-  return {};
+  return file_->commit();
 }
 
 }  // namespace cartserve

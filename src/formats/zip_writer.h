@@ -13,11 +13,13 @@
 
 #include <cstdint>
 #include <cstdio>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
 #include <vector>
 
+#include "core/atomic_file.h"
 #include "core/status.h"
 
 namespace cartserve {
@@ -27,11 +29,10 @@ class ZipWriter {
   static Result<ZipWriter> create(const std::string& path, uint32_t alignment = 64);
   static ZipWriter to_memory(uint32_t alignment = 64);
 
-  ZipWriter(ZipWriter&& o) noexcept;
-  ZipWriter& operator=(ZipWriter&& o) noexcept;
+  ZipWriter(ZipWriter&& o) noexcept = default;
+  ZipWriter& operator=(ZipWriter&& o) noexcept = default;
   ZipWriter(const ZipWriter&) = delete;
   ZipWriter& operator=(const ZipWriter&) = delete;
-  ~ZipWriter();
 
   // Appends a STORED entry. Names must be unique, non-empty, < 64 KiB.
   Status add(std::string_view name, std::span<const uint8_t> data);
@@ -58,11 +59,8 @@ class ZipWriter {
     bool zip64 = false;
   };
   Status write(const void* data, size_t n);
-  void abandon();
 
-  std::FILE* file_ = nullptr;
-  std::string path_;
-  std::string tmp_path_;
+  std::optional<AtomicFile> file_;  // a file writer (else memory)
   std::vector<uint8_t> buffer_;
   uint32_t alignment_ = 64;
   uint64_t offset_ = 0;

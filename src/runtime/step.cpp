@@ -26,7 +26,8 @@ int32_t StepInput::append_sequence(std::span<const int32_t> table, int32_t block
   const int32_t first_row = num_tokens();
   if (query_start.empty()) query_start.push_back(0);
   const size_t used = static_cast<size_t>((kv_len + block_size - 1) / block_size);
-  block_table.insert(block_table.end(), table.begin(), table.begin() + static_cast<ptrdiff_t>(used));
+  block_table.insert(block_table.end(), table.begin(),
+                     table.begin() + static_cast<ptrdiff_t>(used));
   block_table.resize(block_table.size() + static_cast<size_t>(max_blocks) - used, 0);
   for (int32_t i = 0; i < n; ++i) {
     const int32_t pos = start + i;

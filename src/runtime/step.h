@@ -88,7 +88,7 @@ struct StepInput {
 };
 
 struct StepOutput {
-  std::vector<SampleResult> samples;                       // [samples.size()]
+  std::vector<SampleResult> samples;                        // [samples.size()]
   std::vector<std::vector<PromptLogprob>> prompt_logprobs;  // [prompt_logprobs.size()]
 };
 

@@ -13,9 +13,9 @@
 #include "core/mapped_file.h"
 #include "core/progress.h"
 #include "core/sha256.h"
-#include "server/serving_stack.h"
 #include "model/model.h"
 #include "server/cli.h"
+#include "server/serving_stack.h"
 
 namespace cartserve::cli {
 

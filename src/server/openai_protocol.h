@@ -12,8 +12,8 @@
 
 #include <nlohmann/json.hpp>
 
-#include "core/status.h"
 #include "chat_template/chat_template.h"
+#include "core/status.h"
 
 namespace cartserve::api {
 

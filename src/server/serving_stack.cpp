@@ -37,11 +37,11 @@ Status build_cartridges(const Model& model, const CartridgeConnectorConfig& conf
   s.device_tier = std::make_unique<DeviceKvTier>(*s.pool, dc);
   s.connector = std::make_unique<CartridgeConnector>(*s.host_tier, *s.device_tier, *s.catalog,
                                                      config.mode, kv.block_size);
-  CS_ASSIGN_OR_RETURN(s.cartridges,
-                      CartridgeService::create(
-                          config, model, kv.block_size,
-                          CartridgeParts{*s.catalog, *s.host_tier, *s.device_tier, *s.connector},
-                          metrics));
+  CS_ASSIGN_OR_RETURN(
+      s.cartridges,
+      CartridgeService::create(
+          config, model, kv.block_size,
+          CartridgeParts{*s.catalog, *s.host_tier, *s.device_tier, *s.connector}, metrics));
   return {};
 }
 
@@ -94,8 +94,8 @@ Result<std::unique_ptr<ServingStack>> build_serving_stack(const Model& model,
   if (kv_config) {
     // The cartridge service registers its metrics somewhere, read or not.
     if (!metrics) s->own_metrics = std::make_unique<MetricsRegistry>();
-    CS_RETURN_IF_ERROR(build_cartridges(model, kv_config->cartridge,
-                                        metrics ? *metrics : *s->own_metrics, *s));
+    CS_RETURN_IF_ERROR(
+        build_cartridges(model, kv_config->cartridge, metrics ? *metrics : *s->own_metrics, *s));
   }
   CS_ASSIGN_OR_RETURN(s->engine, Engine::create(model, *s->backend, *s->pool, s->engine_config,
                                                 metrics, s->connector.get()));
@@ -110,8 +110,8 @@ Result<CartridgeData> build_cartridge(const Model& model, std::string_view docum
                       PromptBuilder(model).cartridge(document, options.raw));
   const auto T = static_cast<int64_t>(ids.size());
   if (T + 1 > model.config.max_position_embeddings) {
-    return make_error(ErrorCode::kOutOfRange, "the document is {} tokens, beyond the model's {}",
-                      T, model.config.max_position_embeddings);
+    return make_error(ErrorCode::kOutOfRange, "the document is {} tokens, beyond the model's {}", T,
+                      model.config.max_position_embeddings);
   }
   ServeOptions so;
   so.model = model.path;

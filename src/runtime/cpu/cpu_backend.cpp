@@ -123,7 +123,8 @@ Status CpuBackend::check_transfer(const HostKv& kv, const KvBlockList& blocks) c
   const int32_t B = spec_.block_size;
   for (size_t i = 0; i < blocks.block_ids.size(); ++i) {
     const int32_t b = blocks.block_ids[i], idx = blocks.block_index[i];
-    if (b <= 0 || b >= spec_.num_blocks || idx < 0 || static_cast<int64_t>(idx) * B >= kv.num_tokens) {
+    if (b <= 0 || b >= spec_.num_blocks || idx < 0 ||
+        static_cast<int64_t>(idx) * B >= kv.num_tokens) {
       return make_error(ErrorCode::kInvalidArgument,
                         "KV transfer: block {} (index {}) outside the cache or the {} tokens", b,
                         idx, kv.num_tokens);

@@ -142,7 +142,8 @@ Status LlamaForward::forward(const StepInput& in, std::span<const int32_t> logit
     dump("q", li, q_, n, qd);
     dump("k", li, k_, n, kvd);
     dump("v", li, v_, n, kvd);
-    ops::cpu::kv_write(k_.data(), v_.data(), in.slot_mapping.data(), cache.k(li), cache.v(li), n, kvd);
+    ops::cpu::kv_write(k_.data(), v_.data(), in.slot_mapping.data(), cache.k(li), cache.v(li), n,
+                       kvd);
     ops::cpu::paged_attention(q_.data(), cache.k(li), cache.v(li), seqs_.data(),
                               static_cast<int>(seqs_.size()), attn_.data(), c.num_heads,
                               c.num_kv_heads, c.head_dim, cache.block_size(), scale);

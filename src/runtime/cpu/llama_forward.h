@@ -10,8 +10,8 @@
 #include <string>
 #include <vector>
 
-#include "core/status.h"
 #include <span>
+#include "core/status.h"
 
 #include "kernels/ops.h"
 #include "model/model.h"
@@ -48,16 +48,16 @@ class LlamaForward {
   std::vector<float> inv_freq_;  // [head_dim / 2]
   TensorDumpFn dump_;
   // Scratch, reused across calls.
-  std::vector<float> x_;     // [n, hidden] residual stream
-  std::vector<float> xn_;    // [n, hidden] normed
-  std::vector<float> q_;     // [n, q_dim]
-  std::vector<float> k_;     // [n, kv_dim]
-  std::vector<float> v_;     // [n, kv_dim]
-  std::vector<float> attn_;  // [n, q_dim]
-  std::vector<float> proj_;  // [n, hidden]
-  std::vector<float> gate_;  // [n, intermediate]
-  std::vector<float> up_;    // [n, intermediate]
-  std::vector<float> last_;  // [n_logits, hidden]
+  std::vector<float> x_;            // [n, hidden] residual stream
+  std::vector<float> xn_;           // [n, hidden] normed
+  std::vector<float> q_;            // [n, q_dim]
+  std::vector<float> k_;            // [n, kv_dim]
+  std::vector<float> v_;            // [n, kv_dim]
+  std::vector<float> attn_;         // [n, q_dim]
+  std::vector<float> proj_;         // [n, hidden]
+  std::vector<float> gate_;         // [n, intermediate]
+  std::vector<float> up_;           // [n, intermediate]
+  std::vector<float> last_;         // [n_logits, hidden]
   std::vector<ops::AttnSeq> seqs_;  // [num_seqs] views of the step's block table
 };
 

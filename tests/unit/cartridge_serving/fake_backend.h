@@ -15,9 +15,9 @@ namespace cartserve::testing {
 class FakeBackend final : public Backend {
  public:
   FakeBackend(int32_t layers, int32_t blocks, int32_t block_size, int32_t heads, int32_t head_dim)
-      : cache_(static_cast<size_t>(layers) * 2,
-               std::vector<float>(static_cast<size_t>(blocks) * block_size * heads * head_dim,
-                                  0.f)) {
+      : cache_(
+            static_cast<size_t>(layers) * 2,
+            std::vector<float>(static_cast<size_t>(blocks) * block_size * heads * head_dim, 0.f)) {
     spec_.dtype = DType::kF32;
     spec_.block_size = block_size;
     spec_.num_blocks = blocks;

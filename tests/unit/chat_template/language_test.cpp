@@ -3,9 +3,9 @@
 // output, or an error in the same phase (parse vs render).
 #include <gtest/gtest.h>
 
+#include "chat_template/chat_template.h"
 #include "fixture_json.h"
 #include "test_util.h"
-#include "chat_template/chat_template.h"
 
 namespace cartserve {
 namespace {

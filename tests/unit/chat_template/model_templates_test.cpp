@@ -3,11 +3,11 @@
 // where the template raises, we must fail with the same message.
 #include <gtest/gtest.h>
 
+#include "chat_template/chat_template.h"
 #include "core/mapped_file.h"
 #include "core/sha256.h"
 #include "fixture_json.h"
 #include "test_util.h"
-#include "chat_template/chat_template.h"
 
 namespace cartserve {
 namespace {

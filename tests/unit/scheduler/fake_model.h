@@ -100,11 +100,11 @@ class FakeModel {
     // The runner's block tables, rebuilt from the scheduler's deltas.
     StepInput in;
     StepPlan plan;
-    EXPECT_TRUE(batch_
-                    .build(
-                        out, [&](const std::string& id) { return s_.get_request(id).get(); }, in,
-                        plan)
-                    .ok());
+    EXPECT_TRUE(
+        batch_
+            .build(
+                out, [&](const std::string& id) { return s_.get_request(id).get(); }, in, plan)
+            .ok());
     std::vector<int32_t> sampled;
     for (const auto& e : out.scheduled) {
       auto r = s_.get_request(e.request_id);
@@ -124,8 +124,7 @@ class FakeModel {
       }
       // Everything before the chunk must be in the cache, with the right content.
       for (int32_t p = 0; p < e.start_position; ++p) {
-        const uint64_t got =
-            slot(table[static_cast<size_t>(p / block_size_)], p % block_size_);
+        const uint64_t got = slot(table[static_cast<size_t>(p / block_size_)], p % block_size_);
         if (got != c[static_cast<size_t>(p)]) {
           ADD_FAILURE() << e.request_id << ": wrong KV at position " << p << " (block "
                         << table[static_cast<size_t>(p / block_size_)] << ")";
