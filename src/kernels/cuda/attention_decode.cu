@@ -6,22 +6,26 @@
 //  - A CTA owns HG query heads of one KV head (HG = the GQA group, or the
 //    largest divisor <= 8 of a wider group) and one split: a contiguous run
 //    of the sequence's KV positions (decode_split_len: the context divided
-//    evenly, rounded to 64-position chunks). Each K/V row is read from
+//    evenly, rounded to 64 positions). Each K/V row is read from
 //    global memory once for all HG heads.
 //  - Thread layout: a K/V row of head_dim bf16 is TPR = head_dim / 8 lanes,
-//    each loading one 16-byte chunk (coalesced: a row is 128 or 256
-//    contiguous bytes); RPP = 128 / TPR rows are read per pass, and a chunk
-//    of 64 positions is R = 64 / RPP rows per thread. Loads are issued a
-//    phase ahead of their use (K of chunk i + 1 during chunk i's PV phase, V
-//    of chunk i at its start), so 2R 16-byte loads per thread are in flight
-//    while the CTA computes.
-//  - Per chunk: (A) each thread dots its 8 dims of q (registers, fp32) with
+//    each owning one 16-byte chunk (dims [8c, 8c + 8)); RPP = 128 / TPR rows
+//    per pass. The split is walked in stages of BN positions (64 at
+//    head_dim 64, 32 at 128; R = 4 rows per thread), gathered through the
+//    block table by cp.async (16-byte, coalesced: a row is 128 or 256
+//    contiguous bytes) into a 2-stage shared ring: stage i + 1 is in flight
+//    while stage i is computed, and its block ids were loaded one stage
+//    earlier still. Each thread copies exactly the pieces it later reads, so
+//    the ring needs cp.async waits but no barrier; no registers hold loads.
+//  - Per stage: (A) each thread dots its 8 dims of q (registers, fp32) with
 //    its K rows for the HG heads; a reduce-scatter butterfly over the TPR
 //    lanes of a row leaves head c's score on lane c, which stores it (log2
-//    units) to shared [HG][64], -inf past the split's end. (B) warp w takes
-//    heads w, w + 4, ...: chunk max, new running max, rescale factor,
+//    units) to shared [HG][BN], -inf past the split's end. (B) warp w takes
+//    heads w, w + 4, ...: stage max, new running max, rescale factor,
 //    p = exp2(s - m) written back, running sum. (C) each thread rescales its
-//    accumulators and adds p * V for its rows.
+//    accumulators and adds p * V for its rows. Two barriers per stage (after
+//    A and B); the score and rescale arrays alternate between two buffers
+//    by stage parity, so C needs none.
 //  - End: the per-thread partial outputs (one per row slot) are summed by a
 //    butterfly inside each warp, then over the 4 warps in a fixed order via
 //    shared memory; the CTA writes its unnormalised output [HG][head_dim],
@@ -49,9 +53,9 @@ namespace {
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr int kThreads = 128;
 constexpr int kWarps = kThreads / 32;
-constexpr int kChunk = kDecodeChunk;  // KV positions per chunk
-constexpr int kMinSplitLen = 256;     // KV positions a split should at least cover
+constexpr int kMinSplitLen = 256;  // KV positions a split should at least cover
 constexpr int kMergeWarps = 4;
+constexpr int kResidentCtas = 2;  // split-kernel CTAs resident per SM, for decode_num_splits
 
 __device__ __forceinline__ void bf16x8_to_f32(const uint4& u, float (&f)[8]) {
   const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&u);
@@ -90,26 +94,60 @@ __device__ __forceinline__ float reduce_scatter_sum(float (&v)[N], int lane) {
   return r;
 }
 
+// Position p of a sequence -> (block-table index, offset in the block):
+// shifts when block_size is a power of two (bs_shift >= 0), else division.
+struct BlockMap {
+  int bs;
+  int bs_shift;
+  __device__ __forceinline__ int index(int p) const {
+    return bs_shift >= 0 ? p >> bs_shift : p / bs;
+  }
+  __device__ __forceinline__ int offset(int p) const {
+    return bs_shift >= 0 ? p & (bs - 1) : p % bs;
+  }
+};
+
+template <int D, int HG>
+struct DecodeCfg {
+  static constexpr int TPR = D / 8;           // lanes per K/V row (one 16-byte chunk each)
+  static constexpr int RPP = kThreads / TPR;  // rows per pass
+  // Positions per pipeline stage (a 32 KB ring either way; 64-position
+  // stages at head_dim 128 were measured slower: more registers, fewer CTAs).
+  static constexpr int BN = D == 64 ? 64 : 32;
+  static constexpr int R = BN / RPP;  // rows per thread per stage
+  static constexpr int kStages = 2;   // shared ring: stage i + 1 loads during stage i
+  static_assert(32 % TPR == 0 && BN % RPP == 0 && BN % 32 == 0, "thread layout");
+  static_assert(kDecodeChunk % BN == 0, "splits start on stage boundaries");
+  static_assert(sizeof(float) * kWarps * HG * D <= sizeof(bf16) * kStages * 2 * BN * D,
+                "s_red fits in the ring");
+};
+
 template <int D, int HG>
 __global__ void __launch_bounds__(kThreads)
     decode_split_kernel(const bf16* __restrict__ q /* [num_seqs] rows of q_row_stride */,
                         int64_t q_row_stride, KvLayer kv, AttnBatch batch, int n_heads,
-                        float scale_log2, int num_splits,
+                        float scale_log2, int num_splits, int bs_shift,
                         float* __restrict__ o_part /* [num_seqs, n_heads, num_splits, D] */,
                         float* __restrict__ ml_part /* [num_seqs, n_heads, num_splits, 2] */) {
-  constexpr int TPR = D / 8;                                       // lanes per K/V row
-  constexpr int RPP = kThreads / TPR;                              // rows per pass
-  constexpr int R = kChunk / RPP;                                  // rows per thread per chunk
+  using Cfg = DecodeCfg<D, HG>;
+  constexpr int TPR = Cfg::TPR;
+  constexpr int RPP = Cfg::RPP;
+  constexpr int BN = Cfg::BN;
+  constexpr int R = Cfg::R;
   constexpr int NP = HG <= 1 ? 1 : HG <= 2 ? 2 : HG <= 4 ? 4 : 8;  // HG rounded up to 2^k
-  static_assert(32 % TPR == 0 && kChunk % RPP == 0 && kChunk % 32 == 0, "thread layout");
   static_assert(HG >= 1 && HG <= 8 && NP <= TPR, "heads per CTA");
 
-  __shared__ float s_p[HG][kChunk];  // scores, then probabilities, of the chunk
-  __shared__ float s_m[HG];          // running max (log2 units)
-  __shared__ float s_l[HG];          // running sum
-  __shared__ float s_alpha[HG];      // rescale factor of the current chunk
-  __shared__ __align__(16) float s_red[kWarps][HG][D];
-
+  // K/V ring [stage][K, V][BN][D]: thread (rg, c) copies and later reads
+  // only its own 16-byte pieces (rows rg + i RPP, dims [8c, 8c + 8)), so the
+  // ring needs no barrier, only cp.async waits. After the loop it holds the
+  // cross-warp reduction buffer [kWarps][HG][D] floats.
+  __shared__ __align__(16) bf16 s_kv[Cfg::kStages][2][BN][D];
+  // Double-buffered by stage parity, so a stage's phase A can overwrite them
+  // while slower threads still read the previous stage's in phase C.
+  __shared__ float s_p[2][HG][BN + 1];  // scores, then probabilities (+1: banks)
+  __shared__ float s_alpha[2][HG];      // rescale factor of the stage
+  __shared__ float s_m[HG];             // running max (log2 units)
+  __shared__ float s_l[HG];             // running sum
   const int s = blockIdx.x;
   const int group = n_heads / kv.num_kv_heads;
   const int n_sub = group / HG;
@@ -121,12 +159,50 @@ __global__ void __launch_bounds__(kThreads)
   const int begin = split * split_len;
   if (begin >= ctx) return;  // empty split (CTA-uniform): the merge skips it
   const int end = min(ctx, begin + split_len);
+  const int n_stages = (end - begin + BN - 1) / BN;  // >= 1
 
   const int tid = threadIdx.x;
   const int lane = tid & 31;
   const int warp = tid >> 5;
   const int c = tid % TPR;   // this thread's 16-byte chunk of a row: dims [8c, 8c + 8)
   const int rg = tid / TPR;  // this thread's row slot in a pass
+
+  const int32_t* bt = batch.block_table + static_cast<int64_t>(s) * batch.max_blocks;
+  const BlockMap bm{kv.block_size, bs_shift};
+  const int64_t kv_dim = static_cast<int64_t>(kv.num_kv_heads) * D;
+  const int64_t head_off = static_cast<int64_t>(kvh) * D + c * 8;
+
+  // Block ids of this thread's rows of a stage (0 past `end`: not read).
+  auto load_blocks = [&](int stage, int(&blk)[R]) {
+#pragma unroll
+    for (int i = 0; i < R; ++i) {
+      const int p = begin + stage * BN + rg + i * RPP;
+      blk[i] = p < end ? __ldg(bt + bm.index(p)) : 0;
+    }
+  };
+  // This thread's pieces of a stage into ring slot stage % kStages; rows
+  // past `end` are zero-filled.
+  auto issue = [&](int stage, const int(&blk)[R]) {
+    const int slot = stage % Cfg::kStages;
+#pragma unroll
+    for (int i = 0; i < R; ++i) {
+      const int row = rg + i * RPP;
+      const int p = begin + stage * BN + row;
+      const bool valid = p < end;
+      const int64_t off = valid ? static_cast<int64_t>(blk[i]) * kv.block_stride +
+                                      static_cast<int64_t>(bm.offset(p)) * kv_dim + head_off
+                                : 0;
+      cp_async_16(&s_kv[slot][0][row][c * 8], kv.k + off, valid);
+      cp_async_16(&s_kv[slot][1][row][c * 8], kv.v + off, valid);
+    }
+  };
+
+  // Pipeline prologue: stage 0 in flight, then the block ids of stage 1.
+  int blk[R];
+  load_blocks(0, blk);
+  issue(0, blk);
+  cp_async_commit();
+  load_blocks(1, blk);
 
   // q of the HG heads, this thread's 8 dims (fp32).
   float qf[HG][8];
@@ -147,41 +223,27 @@ __global__ void __launch_bounds__(kThreads)
     s_m[tid] = -INFINITY;
     s_l[tid] = 0.f;
   }
-  // (visible after the first chunk's first barrier)
+  // (visible after the first stage's first barrier)
 
-  const int32_t* bt = batch.block_table + static_cast<int64_t>(s) * batch.max_blocks;
-  const int bs = kv.block_size;
-  const int64_t kv_dim = static_cast<int64_t>(kv.num_kv_heads) * D;
-  const int64_t head_off = static_cast<int64_t>(kvh) * D + c * 8;
-
-  // Row loads of the chunk starting at c0: rows past `end` are zeros (and
-  // the pool is not read there).
-  auto load_rows = [&](const bf16* base, int c0, uint4(&dst)[R]) {
-#pragma unroll
-    for (int i = 0; i < R; ++i) {
-      const int p = c0 + rg + i * RPP;
-      if (p < end) {
-        const int64_t off = static_cast<int64_t>(bt[p / bs]) * kv.block_stride +
-                            static_cast<int64_t>(p % bs) * kv_dim + head_off;
-        dst[i] = __ldg(reinterpret_cast<const uint4*>(base + off));
-      } else {
-        dst[i] = make_uint4(0u, 0u, 0u, 0u);
-      }
+  for (int st = 0; st < n_stages; ++st) {
+    // Stage st + 1 in flight while st is computed; its block ids were loaded
+    // one stage earlier, the next ones now.
+    if (st + 1 < n_stages) {
+      issue(st + 1, blk);
+      load_blocks(st + 2, blk);
     }
-  };
+    cp_async_commit();   // (an empty group on the last stage keeps the count uniform)
+    cp_async_wait<1>();  // this thread's pieces of stage st have landed
+    const int slot = st % Cfg::kStages;
+    const int buf = st & 1;
+    const int p0 = begin + st * BN;
 
-  // Pipeline: K of a chunk is loaded during the previous chunk's phase C, V
-  // at the start of its own chunk; both are in flight while the CTA computes.
-  uint4 kr[R], vr[R];
-  load_rows(kv.k, begin, kr);
-  for (int c0 = begin; c0 < end; c0 += kChunk) {
-    load_rows(kv.v, c0, vr);
-
-    // (A) scores of the chunk.
+    // (A) scores of the stage.
 #pragma unroll
     for (int i = 0; i < R; ++i) {
+      const int row = rg + i * RPP;
       float kf[8];
-      bf16x8_to_f32(kr[i], kf);
+      bf16x8_to_f32(*reinterpret_cast<const uint4*>(&s_kv[slot][0][row][c * 8]), kf);
       float part[NP];  // heads >= HG are padding (0)
 #pragma unroll
       for (int h = 0; h < NP; ++h) {
@@ -195,67 +257,67 @@ __global__ void __launch_bounds__(kThreads)
       }
       // Lane c now holds the score of head c % NP of this row.
       const float score = reduce_scatter_sum<NP, TPR>(part, lane);
-      const int pl = rg + i * RPP;  // position in the chunk
-      if (c < HG) s_p[c][pl] = c0 + pl < end ? score * scale_log2 : -INFINITY;
+      if (c < HG) s_p[buf][c][row] = p0 + row < end ? score * scale_log2 : -INFINITY;
     }
     __syncthreads();
 
     // (B) softmax statistics, one warp per head.
     for (int h = warp; h < HG; h += kWarps) {
       const float m_old = s_m[h];
-      float x[kChunk / 32];
+      float x[BN / 32];
       float mx = -INFINITY;
 #pragma unroll
-      for (int k = 0; k < kChunk / 32; ++k) {
-        x[k] = s_p[h][lane + 32 * k];
+      for (int k = 0; k < BN / 32; ++k) {
+        x[k] = s_p[buf][h][lane + 32 * k];
         mx = fmaxf(mx, x[k]);
       }
       mx = warp_max(mx);
-      const float m_new = fmaxf(m_old, mx);  // finite: the chunk has a valid position
+      const float m_new = fmaxf(m_old, mx);  // finite: the stage has a valid position
       float sum = 0.f;
 #pragma unroll
-      for (int k = 0; k < kChunk / 32; ++k) {
+      for (int k = 0; k < BN / 32; ++k) {
         x[k] = exp2f(x[k] - m_new);
-        s_p[h][lane + 32 * k] = x[k];
+        s_p[buf][h][lane + 32 * k] = x[k];
         sum += x[k];
       }
       sum = warp_sum(sum);
       __syncwarp();  // every lane has read s_m[h] before lane 0 updates it
       if (lane == 0) {
-        const float alpha = exp2f(m_old - m_new);  // 0 on the first chunk
-        s_alpha[h] = alpha;
+        const float alpha = exp2f(m_old - m_new);  // 0 on the first stage
+        s_alpha[buf][h] = alpha;
         s_l[h] = s_l[h] * alpha + sum;
         s_m[h] = m_new;
       }
     }
     __syncthreads();
 
-    // Next chunk's K (its rows are all past `end` on the last chunk: zeros, no reads).
-    load_rows(kv.k, c0 + kChunk, kr);
-
     // (C) acc = acc * alpha + p V.
 #pragma unroll
     for (int h = 0; h < HG; ++h) {
-      const float a = s_alpha[h];
+      const float a = s_alpha[buf][h];
 #pragma unroll
       for (int e = 0; e < 8; ++e)
         acc[h][e] *= a;
     }
 #pragma unroll
     for (int i = 0; i < R; ++i) {
+      const int row = rg + i * RPP;
       float vf[8];
-      bf16x8_to_f32(vr[i], vf);
-      const int pl = rg + i * RPP;
+      bf16x8_to_f32(*reinterpret_cast<const uint4*>(&s_kv[slot][1][row][c * 8]), vf);
 #pragma unroll
       for (int h = 0; h < HG; ++h) {
-        const float pw = s_p[h][pl];  // 0 past the split's end (and vf is 0 there)
+        const float pw = s_p[buf][h][row];  // 0 past the split's end (and vf is 0 there)
 #pragma unroll
         for (int e = 0; e < 8; ++e)
           acc[h][e] = fmaf(pw, vf[e], acc[h][e]);
       }
     }
-    __syncthreads();  // s_p, s_alpha are rewritten by the next chunk
+    // No barrier here: the next stage writes the other s_p / s_alpha
+    // buffers, and the one after reaches this buffer only past two barriers
+    // that every thread passes after finishing this phase.
   }
+  cp_async_wait<0>();  // (only empty groups can be pending)
+  __syncthreads();     // every thread is done reading the ring
 
   // Sum the row slots: inside the warp (lanes with the same c), then over warps.
 #pragma unroll
@@ -267,6 +329,8 @@ __global__ void __launch_bounds__(kThreads)
         acc[h][e] += __shfl_xor_sync(0xffffffffu, acc[h][e], o);
     }
   }
+  // The ring is free (barrier above, no copy pending): reduction buffer.
+  auto s_red = reinterpret_cast<float(*)[HG][D]>(&s_kv[0][0][0][0]);
   if (lane < TPR) {  // then c == lane
 #pragma unroll
     for (int h = 0; h < HG; ++h) {
@@ -337,47 +401,47 @@ __global__ void __launch_bounds__(kMergeWarps * 32)
 template <int D, int HG>
 void launch_split(const dim3& grid, cudaStream_t st, const bf16* q, int64_t q_row_stride,
                   const KvLayer& kv, const AttnBatch& batch, int n_heads, float scale_log2,
-                  int num_splits, float* o_part, float* ml_part) {
-  decode_split_kernel<D, HG><<<grid, kThreads, 0, st>>>(q, q_row_stride, kv, batch, n_heads,
-                                                        scale_log2, num_splits, o_part, ml_part);
+                  int num_splits, int bs_shift, float* o_part, float* ml_part) {
+  decode_split_kernel<D, HG><<<grid, kThreads, 0, st>>>(
+      q, q_row_stride, kv, batch, n_heads, scale_log2, num_splits, bs_shift, o_part, ml_part);
 }
 
 template <int D>
 void launch_split_hg(int hg, const dim3& grid, cudaStream_t st, const bf16* q, int64_t q_row_stride,
                      const KvLayer& kv, const AttnBatch& batch, int n_heads, float scale_log2,
-                     int num_splits, float* o_part, float* ml_part) {
+                     int num_splits, int bs_shift, float* o_part, float* ml_part) {
   switch (hg) {
     case 1:
       launch_split<D, 1>(grid, st, q, q_row_stride, kv, batch, n_heads, scale_log2, num_splits,
-                         o_part, ml_part);
+                         bs_shift, o_part, ml_part);
       break;
     case 2:
       launch_split<D, 2>(grid, st, q, q_row_stride, kv, batch, n_heads, scale_log2, num_splits,
-                         o_part, ml_part);
+                         bs_shift, o_part, ml_part);
       break;
     case 3:
       launch_split<D, 3>(grid, st, q, q_row_stride, kv, batch, n_heads, scale_log2, num_splits,
-                         o_part, ml_part);
+                         bs_shift, o_part, ml_part);
       break;
     case 4:
       launch_split<D, 4>(grid, st, q, q_row_stride, kv, batch, n_heads, scale_log2, num_splits,
-                         o_part, ml_part);
+                         bs_shift, o_part, ml_part);
       break;
     case 5:
       launch_split<D, 5>(grid, st, q, q_row_stride, kv, batch, n_heads, scale_log2, num_splits,
-                         o_part, ml_part);
+                         bs_shift, o_part, ml_part);
       break;
     case 6:
       launch_split<D, 6>(grid, st, q, q_row_stride, kv, batch, n_heads, scale_log2, num_splits,
-                         o_part, ml_part);
+                         bs_shift, o_part, ml_part);
       break;
     case 7:
       launch_split<D, 7>(grid, st, q, q_row_stride, kv, batch, n_heads, scale_log2, num_splits,
-                         o_part, ml_part);
+                         bs_shift, o_part, ml_part);
       break;
     default:
       launch_split<D, 8>(grid, st, q, q_row_stride, kv, batch, n_heads, scale_log2, num_splits,
-                         o_part, ml_part);
+                         bs_shift, o_part, ml_part);
       break;
   }
 }
@@ -394,7 +458,9 @@ int decode_num_splits(int num_seqs, int num_kv_heads, int max_context_len, int m
                       int num_sms) {
   if (max_splits <= 1 || num_seqs <= 0 || num_kv_heads <= 0 || max_context_len <= 0) return 1;
   const long long ctas = static_cast<long long>(num_seqs) * num_kv_heads;
-  const long long target = 2LL * (num_sms > 0 ? num_sms : 1);  // ~2 waves
+  // ~2 waves, a wave being kResidentCtas CTAs on each SM (what the split
+  // kernel's registers allow at GQA group 8; more fit at smaller groups).
+  const long long target = 2LL * kResidentCtas * (num_sms > 0 ? num_sms : 1);
   long long splits = (target + ctas - 1) / ctas;
   const long long by_len =
       (static_cast<long long>(max_context_len) + kMinSplitLen - 1) / kMinSplitLen;  // >= 1
@@ -435,19 +501,25 @@ void paged_attention_decode(const bf16* q, int64_t q_row_stride, const KvLayer& 
   float* ml_part = o_part + static_cast<size_t>(batch.num_seqs) * static_cast<size_t>(n_heads) *
                                 static_cast<size_t>(num_splits) * static_cast<size_t>(D);
   const float scale_log2 = scale * kLog2e;
+  int bs_shift = -1;  // log2(block_size) when it is a power of two
+  if ((kv.block_size & (kv.block_size - 1)) == 0) {
+    bs_shift = 0;
+    while ((1 << bs_shift) < kv.block_size)
+      ++bs_shift;
+  }
   const dim3 grid(static_cast<unsigned>(batch.num_seqs), static_cast<unsigned>(grid_y),
                   static_cast<unsigned>(num_splits));
   const long long items = static_cast<long long>(batch.num_seqs) * n_heads;
   const unsigned merge_grid = static_cast<unsigned>((items + kMergeWarps - 1) / kMergeWarps);
   if (D == 64) {
     launch_split_hg<64>(hg, grid, s, q, q_row_stride, kv, batch, n_heads, scale_log2, num_splits,
-                        o_part, ml_part);
+                        bs_shift, o_part, ml_part);
     check_launch("paged_attention_decode (split)");
     decode_merge_kernel<64>
         <<<merge_grid, kMergeWarps * 32, 0, s>>>(o_part, ml_part, batch, out, n_heads, num_splits);
   } else {
     launch_split_hg<128>(hg, grid, s, q, q_row_stride, kv, batch, n_heads, scale_log2, num_splits,
-                         o_part, ml_part);
+                         bs_shift, o_part, ml_part);
     check_launch("paged_attention_decode (split)");
     decode_merge_kernel<128>
         <<<merge_grid, kMergeWarps * 32, 0, s>>>(o_part, ml_part, batch, out, n_heads, num_splits);

@@ -36,6 +36,30 @@ __host__ __device__ inline int decode_split_len(int ctx, int num_splits) {
   return (per + kDecodeChunk - 1) / kDecodeChunk * kDecodeChunk;
 }
 
+#ifdef __CUDACC__
+// ---- device helpers shared by the attention kernels ----
+
+// 16 bytes global -> shared, asynchronously (cp.async, L2 only); zero-filled
+// when !valid (the source is then not read). The data is visible to the
+// issuing thread after cp_async_wait, to other threads after a barrier too.
+__device__ __forceinline__ void cp_async_16(void* dst, const void* src, bool valid) {
+  const unsigned saddr = static_cast<unsigned>(__cvta_generic_to_shared(dst));
+  const size_t gaddr = __cvta_generic_to_global(src);
+  const int src_bytes = valid ? 16 : 0;
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(saddr), "l"(gaddr),
+               "r"(src_bytes)
+               : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() {
+  asm volatile("cp.async.commit_group;\n" ::: "memory");
+}
+// Waits until at most N of this thread's committed groups are pending.
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+#endif  // __CUDACC__
+
 }  // namespace cartserve::ops::cuda
 
 #endif  // CARTSERVE_WITH_CUDA

@@ -98,24 +98,6 @@ __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const bf16* 
                : "memory");
 }
 
-// 16 bytes global -> shared, asynchronously; zero-filled when !valid (the
-// source is then not read).
-__device__ __forceinline__ void cp_async_16(bf16* dst, const bf16* src, bool valid) {
-  const unsigned saddr = static_cast<unsigned>(__cvta_generic_to_shared(dst));
-  const size_t gaddr = __cvta_generic_to_global(src);
-  const int src_bytes = valid ? 16 : 0;
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(saddr), "l"(gaddr),
-               "r"(src_bytes)
-               : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() {
-  asm volatile("cp.async.commit_group;\n" ::: "memory");
-}
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
-}
-
 // The sequence owning flat tile b: the largest s with query_start[s] / P + s
 // <= b (that quantity strictly increases with s, and is 0 at s = 0).
 __device__ __forceinline__ int tile_sequence(const int32_t* query_start, int num_seqs, int P,
