@@ -6,6 +6,10 @@
 
 namespace cartserve {
 
+BlockHash DeviceKvTier::block_key(const DeviceCartridge& c, int32_t block_size, int32_t i) {
+  return cartridge_block_hash(c.cartridge_id + '\0' + c.content_hash, block_size, i);
+}
+
 DeviceKvTier::DeviceKvTier(BlockPool& pool, DeviceTierConfig config)
     : pool_(pool), config_(config) {
   counters_.budget_bytes = config_.budget_bytes;
@@ -48,7 +52,7 @@ DeviceKvTier::Entry& DeviceKvTier::entry_for(const DeviceCartridge& c) {
   const int32_t blocks = (c.num_tokens + B - 1) / B;
   n.blocks.assign(static_cast<size_t>(blocks), -1);
   for (int32_t i = 0; i < blocks; ++i) {
-    n.hashes.push_back(cartridge_block_hash(c.content_hash, B, i));
+    n.hashes.push_back(block_key(c, B, i));
     by_hash_[n.hashes.back()] = {c.cartridge_id, i};
   }
   return n;
@@ -114,19 +118,24 @@ Result<DeviceKvTier::State> DeviceKvTier::hold(Entry& e, bool count) {
     if (e.blocks[static_cast<size_t>(i)] < 0) missing.push_back(i);
   }
   const auto n_missing = static_cast<int32_t>(missing.size());
+  // Enough blocks in the pool (its cached ones, which we are about to take,
+  // count as free now)? Checked before any idle cartridge is dropped.
+  if (pool_.num_free_blocks() - (n - n_missing) < n_missing) {
+    return make_error(ErrorCode::kResourceExhausted,
+                      "no {} free KV blocks for cartridge '{}' now ({} free)", n_missing,
+                      e.c.cartridge_id, pool_.num_free_blocks() - (n - n_missing));
+  }
   CS_RETURN_IF_ERROR(make_room(e, bytes(n_missing)));
   // Cached blocks first (off the LRU, so allocating cannot evict them).
   for (int32_t b : e.blocks) {
     if (b >= 0) pool_.ref(b);
   }
   auto fresh = pool_.allocate(n_missing);
-  if (!fresh) {
-    for (int32_t b : e.blocks) {
-      if (b >= 0) pool_.release(b);
+  if (!fresh) {  // cannot happen after the check above; kept as a guard
+    for (auto it = e.blocks.rbegin(); it != e.blocks.rend(); ++it) {
+      if (*it >= 0) pool_.release(*it);
     }
-    return make_error(ErrorCode::kResourceExhausted,
-                      "no {} free KV blocks for cartridge '{}' now ({} free)", n_missing,
-                      e.c.cartridge_id, pool_.num_free_blocks());
+    return make_error(ErrorCode::kInternal, "the pool refused {} blocks it said it had", n_missing);
   }
   e.held = true;
   if (n_missing == 0) {
@@ -158,9 +167,13 @@ void DeviceKvTier::let_go(Entry& e) {
   if (!e.held) return;
   e.held = false;
   e.last_use = ++clock_;
-  // Last to first, as a sequence's blocks: the tail is reclaimed first.
-  for (auto it = e.blocks.rbegin(); it != e.blocks.rend(); ++it)
-    pool_.release(*it);
+  // Last to first, as a sequence's blocks: the tail is reclaimed first. The
+  // hashes are registered again in case a prefix-cache reset dropped them
+  // while the cartridge was held (a no-op otherwise).
+  for (size_t i = e.blocks.size(); i-- > 0;) {
+    pool_.register_hash(e.blocks[i], e.hashes[i]);
+    pool_.release(e.blocks[i]);
+  }
 }
 
 void DeviceKvTier::drop_idle(Entry& e) {
@@ -177,6 +190,9 @@ void DeviceKvTier::on_dropped(int32_t block, const BlockHash& hash) {
   Entry* e = find(it->second.first);
   const auto i = static_cast<size_t>(it->second.second);
   if (!e || i >= e->blocks.size() || e->blocks[i] != block) return;
+  // Held blocks keep their KV (only a prefix-cache reset drops a hash in use);
+  // let_go registers the hash again.
+  if (e->held) return;
   if (e->resident == e->num_blocks() && !e->loading) ++counters_.evictions;
   e->blocks[i] = -1;
   --e->resident;
@@ -226,7 +242,7 @@ std::vector<int32_t> DeviceKvTier::blocks(const std::string& id) const {
 Status DeviceKvTier::pin(const DeviceCartridge& c) {
   Lock lk(mu_);
   Entry& e = entry_for(c);
-  if (e.pinned) return {};
+  if (e.pinned) return e.failed ? *e.failed : Status();
   CS_RETURN_IF_ERROR(hold(e, /*count=*/false).status());
   e.pinned = true;
   return {};
@@ -307,8 +323,8 @@ void DeviceKvTier::load_done(const std::string& id, const Status& status) {
   } else {
     LOG_WARN("loading cartridge '{}' into KV blocks failed: {}", id, status.to_string());
     e->failed = status;
-    // Blocks without a hash were being written: they go back free.
-    for (size_t i = 0; i < e->blocks.size(); ++i) {
+    // Blocks without a hash were being written: they go back free. Last to first.
+    for (size_t i = e->blocks.size(); i-- > 0;) {
       const int32_t b = e->blocks[i];
       const bool cached = pool_.hash_of(b).has_value();
       pool_.release(b);
@@ -371,7 +387,7 @@ Status DeviceKvTier::check_invariants() const {
       if (e.held && pool_.ref_count(b) < 1) {
         return make_error(ErrorCode::kInternal, "'{}' holds block {} without a reference", id, b);
       }
-      if (!e.loading && pool_.lookup(e.hashes[i]) != b) {
+      if (!e.held && pool_.lookup(e.hashes[i]) != b) {
         return make_error(ErrorCode::kInternal, "'{}' block {} is not cached under its hash", id,
                           b);
       }

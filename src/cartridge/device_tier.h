@@ -7,7 +7,7 @@
 // it, it is pinned, a prefetch or a load is in flight) the tier holds one
 // pool reference per block. When the last holder lets go, the references are
 // dropped and the blocks stay in the pool as cached blocks, keyed by
-// cartridge_block_hash(content, B, i): idle cartridges then sit in the pool's
+// block_key(c, B, i): idle cartridges then sit in the pool's
 // LRU beside cached prompt prefixes, and the pool reclaims either when it
 // needs blocks. The next acquire finds the blocks still cached (a hit), or
 // loads only the missing ones.
@@ -71,6 +71,10 @@ class DeviceKvTier {
     std::vector<int32_t> block_ids;
     std::vector<int32_t> block_index;
   };
+
+  // The pool hash of block `i` of `c`: cartridge_block_hash of its id and
+  // content hash (two ids registered from one file keep blocks of their own).
+  static BlockHash block_key(const DeviceCartridge& c, int32_t block_size, int32_t i);
 
   DeviceKvTier(BlockPool& pool, DeviceTierConfig config);
   ~DeviceKvTier();  // drops every pool reference it holds

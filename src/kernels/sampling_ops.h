@@ -45,7 +45,7 @@ struct SampleRowParams {
   float presence_penalty = 0.0f;    // used by edits with output_count > 0
   float frequency_penalty = 0.0f;   // used by edits with output_count > 0
   uint64_t seed = 0;
-  uint64_t draw_index = 0;   // the CPU's row.output_token_ids.size()
+  uint64_t draw_index = 0;    // the CPU's row.output_token_ids.size()
   int32_t num_logprobs = -1;  // -1: none; 0: chosen token only; n in [1, 20]: plus top n
   int32_t edit_begin = 0;     // this row's edits: edits[edit_begin, edit_end)
   int32_t edit_end = 0;
