@@ -1,13 +1,103 @@
 #!/usr/bin/env bash
-# On the GPU machine: builds the kernels and the GPU tests (CUDA against the
-# CPU reference on random data) and runs them; results under $OUT (or ./out).
-# The machine lacks most -dev packages, hence CARTSERVE_GPU_ONLY.
-set -euo pipefail
+# The GPU check, on the GPU machine, in stages that fit the device tool's
+# calls (each at most 10 minutes; the machine stays warm between calls that
+# follow each other, and /tmp survives while it does):
+#   scripts/gpu_run.sh STAGE...
+# Stages:
+#   unit       the CUDA op tests (ctest label gpu: ops, attention, sampling vs the CPU)
+#   sanitizer  compute-sanitizer memcheck over the op tests and a whole forward pass
+#   logits     random-weight Llama-3.2-3B and SmolLM2-135M shapes written by HF
+#              transformers: our logits and greedy continuations against HF's
+#   bench      bench/gpu_bench on the 3B shape (decode, prefill, cartridge TTFT, promotion)
+#   baseline   HF transformers eager and static cache + torch.compile on the same weights
+#   smollm2    the real SmolLM2 GGUF: greedy text vs the CPU build on the golden
+#              prompts, the cartridge canary, validation tiers 0-5, R, A with --device cuda
+# Inputs (built here by scripts/gpu_pack.sh, carried as .gpu/*): bundle.tgz (binaries +
+# 3 libraries) and gguf.part-N (the GGUF in parts, one per call). Results: $OUT (at most
+# 8 files come back): stages.jsonl, run.log, and one JSON per stage.
+set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-$PWD/out}"
 mkdir -p "$OUT"
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
-cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DCARTSERVE_GPU_ONLY=ON \
-  -DCMAKE_CUDA_ARCHITECTURES=90 > "$OUT/configure.log" 2>&1 || { tail -30 "$OUT/configure.log"; exit 1; }
-cmake --build build-gpu -j "$(nproc)" --target gpu_tests > "$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.log"; exit 1; }
-./build-gpu/tests/gpu_tests --gtest_output="json:$OUT/gpu_tests.json" 2>&1 | tee "$OUT/gpu_tests.log"
+G=/tmp/cartserve-gpu
+mkdir -p "$G"
+if [ -f .gpu/bundle.tgz ]; then
+  rm -rf "$G/bin" "$G/lib"
+  tar xzf .gpu/bundle.tgz -C "$G"
+fi
+for p in .gpu/gguf.part-* .gpu/gguf.sha256; do
+  if [ -f "$p" ]; then cp "$p" "$G/"; fi
+done
+GGUF="$G/smollm2.gguf"
+if [ ! -f "$GGUF" ] && [ -f "$G/gguf.sha256" ] && [ -f "$G/gguf.part-2" ]; then
+  cat "$G"/gguf.part-? > "$GGUF"
+  if [ "$(sha256sum "$GGUF" | awk '{print $1}')" != "$(cat "$G/gguf.sha256")" ]; then
+    echo "GGUF checksum mismatch" >&2
+    rm -f "$GGUF"
+  fi
+fi
+export LD_LIBRARY_PATH="$G/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
+B="$G/bin"
+export CARTSERVE_SOURCE_DIR="$PWD" CARTSERVE_NO_PROGRESS=1 PYTHONUNBUFFERED=1
+echo "bundle: $(cat "$G/COMMIT" 2>/dev/null | tr '\n' ' ') tree: $(git rev-parse HEAD 2>/dev/null)" |
+  tee -a "$OUT/run.log"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee -a "$OUT/run.log"
+
+stage() {  # stage NAME CMD...: runs, logs, records rc and time
+  local name=$1
+  shift
+  local t0=$SECONDS
+  echo "== $name: $*" >> "$OUT/run.log"
+  "$@" >> "$OUT/run.log" 2>&1
+  local rc=$?
+  echo "{\"stage\": \"$name\", \"rc\": $rc, \"seconds\": $((SECONDS - t0))}" | tee -a "$OUT/stages.jsonl"
+  return $rc
+}
+
+ckpt() {  # ckpt NAME: the random checkpoint of that shape (written once per machine)
+  [ -f "/tmp/ckpt/$1/prompts.json" ] || python3 tools/gpu/hf_reference.py make "$1" "/tmp/ckpt/$1"
+}
+
+logits() {  # logits NAME
+  ckpt "$1" || return 1
+  rm -rf "/tmp/ours/$1" && mkdir -p "/tmp/ours/$1"
+  "$B/dump_logits" "/tmp/ckpt/$1" "/tmp/ckpt/$1/prompts.json" "/tmp/ours/$1" --device cuda \
+    --greedy 64 || return 1
+  python3 tools/gpu/hf_reference.py compare "/tmp/ckpt/$1" "/tmp/ours/$1" "$OUT/logits_$1.json"
+}
+
+smollm2() {
+  [ -f "$GGUF" ] || { echo "no GGUF (carry .gpu/gguf.part-0..2 over three calls)"; return 1; }
+  local rc=0
+  rm -rf /tmp/ours/golden && mkdir -p /tmp/ours/golden
+  "$B/dump_logits" "$GGUF" tests/fixtures/model/smollm2_golden.json /tmp/ours/golden \
+    --device cuda --greedy 64 || rc=1
+  python3 tools/gpu/golden_greedy.py tests/fixtures/model/smollm2_golden.json \
+    /tmp/ours/golden/greedy.json "$OUT/smollm2_golden.json" || rc=1
+  CARTSERVE_TEST_DEVICE=cuda CARTSERVE_TEST_MODEL="$GGUF" "$B/model_tests" \
+    --gtest_filter='*Canary*' || rc=1
+  CARTSERVE_TEST_DEVICE=cuda CARTSERVE_TEST_MODEL="$GGUF" CARTSERVE_BIN="$B/cartserve" \
+    CARTSERVE_TIER_REPORT="$OUT/tiers.jsonl" python3 -m pytest -x -q tests/e2e/test_cartridge_tiers.py ||
+    rc=1
+  CARTSERVE_TIER_REPORT="$OUT/tiers.jsonl" python3 tests/e2e/tier_report.py
+  return $rc
+}
+
+for s in "$@"; do
+  case "$s" in
+    unit) stage unit "$B/gpu_tests" ;;
+    sanitizer)
+      stage sanitizer compute-sanitizer --tool memcheck --error-exitcode 9 "$B/gpu_tests" \
+        --gtest_filter='CudaOps.*:PagedAttention*Decode*:CudaSampling.Greedy*' &&
+        stage sanitizer_forward compute-sanitizer --tool memcheck --error-exitcode 9 \
+          "$B/dump_logits" /tmp/ckpt/smollm2 /tmp/ckpt/smollm2/prompts.json /tmp --device cuda \
+          --greedy 4 ;;
+    logits) stage logits_smollm2 logits smollm2; stage logits_llama3b logits llama3b ;;
+    bench) ckpt llama3b && stage bench "$B/gpu_bench" /tmp/ckpt/llama3b --out "$OUT/gpu_bench.json" ;;
+    baseline) ckpt llama3b && stage baseline python3 tools/gpu/hf_reference.py baseline \
+                /tmp/ckpt/llama3b "$OUT/hf_baseline.json" ;;
+    smollm2) stage smollm2 smollm2 ;;
+    *) echo "unknown stage $s" ;;
+  esac
+done
+tail -n 40 "$OUT/run.log"

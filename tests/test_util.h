@@ -25,6 +25,13 @@ inline std::string env_or_empty(const char* name) {
 
 // The SmolLM2 GGUF (scripts/fetch_model.sh). Tests that need it fail, not
 // skip, when it is missing: `make test` always fetches it.
+// The device model tests run on: CARTSERVE_TEST_DEVICE (cpu by default; the
+// GPU machine's script sets cuda).
+inline std::string test_device() {
+  std::string d = env_or_empty("CARTSERVE_TEST_DEVICE");
+  return d.empty() ? "cpu" : d;
+}
+
 inline std::string test_model_path() {
   std::string p = env_or_empty("CARTSERVE_TEST_MODEL");
   if (p.empty()) {

@@ -16,6 +16,8 @@
 #include <vector>
 
 #include "core/dtype.h"
+#include "core/status.h"
+#include "runtime/kv_spec.h"
 
 namespace cartserve {
 
@@ -51,5 +53,10 @@ struct BlockCopy {
 };
 
 using TransferId = uint64_t;
+
+// Checks a transfer against a backend's KV: a layer count that matches, a
+// float dtype, block ids inside the cache (never the null block), block
+// indices increasing and inside the host KV's tokens.
+Status validate_transfer(const HostKv& kv, const KvBlockList& blocks, const KvSpec& spec);
 
 }  // namespace cartserve

@@ -43,4 +43,65 @@ int32_t StepInput::append_sequence(std::span<const int32_t> table, int32_t block
   return first_row;
 }
 
+Status validate_step(const StepInput& in, std::span<const int32_t> logit_rows, int32_t vocab,
+                     int32_t num_blocks, int32_t block_size) {
+  const int32_t n = in.num_tokens();
+  const int32_t num_seqs = in.num_seqs();
+  if (in.positions.size() != in.token_ids.size() || in.slot_mapping.size() != in.token_ids.size()) {
+    return make_error(ErrorCode::kInvalidArgument,
+                      "forward: {} tokens but {} positions and {} slots", n, in.positions.size(),
+                      in.slot_mapping.size());
+  }
+  if (in.query_start.size() != static_cast<size_t>(num_seqs) + 1 || in.query_start[0] != 0 ||
+      in.query_start.back() != n) {
+    return make_error(ErrorCode::kInvalidArgument,
+                      "forward: query_start must run from 0 to the {} rows over {} sequences", n,
+                      num_seqs);
+  }
+  if (in.max_blocks < 0 ||
+      in.block_table.size() != static_cast<size_t>(num_seqs) * static_cast<size_t>(in.max_blocks)) {
+    return make_error(ErrorCode::kInvalidArgument,
+                      "forward: block table of {} entries for {} sequences of {} blocks",
+                      in.block_table.size(), num_seqs, in.max_blocks);
+  }
+  const int64_t num_slots = static_cast<int64_t>(num_blocks) * block_size;
+  for (int32_t i = 0; i < n; ++i) {
+    if (in.token_ids[i] < 0 || in.token_ids[i] >= vocab) {
+      return make_error(ErrorCode::kInvalidArgument, "forward: token id {} outside [0, {})",
+                        in.token_ids[i], vocab);
+    }
+    if (in.slot_mapping[i] < 0 || in.slot_mapping[i] >= num_slots) {
+      return make_error(ErrorCode::kInvalidArgument, "forward: slot {} outside the cache ({})",
+                        in.slot_mapping[i], num_slots);
+    }
+  }
+  for (int32_t s = 0; s < num_seqs; ++s) {
+    const int32_t q_len = in.query_start[s + 1] - in.query_start[s];
+    const int32_t kv_len = in.context_lens[s];
+    if (q_len <= 0 || kv_len < q_len) {
+      return make_error(ErrorCode::kInvalidArgument,
+                        "forward: sequence {} has {} rows and {} positions", s, q_len, kv_len);
+    }
+    const int64_t need = (kv_len + block_size - 1) / block_size;
+    if (need > in.max_blocks) {
+      return make_error(ErrorCode::kInvalidArgument,
+                        "forward: block table holds {} blocks but kv_len is {}", in.max_blocks,
+                        kv_len);
+    }
+    const int32_t* table = in.block_table.data() + static_cast<size_t>(s) * in.max_blocks;
+    for (int64_t b = 0; b < need; ++b) {
+      if (table[b] < 0 || table[b] >= num_blocks) {
+        return make_error(ErrorCode::kInvalidArgument, "forward: block id {} outside the cache",
+                          table[b]);
+      }
+    }
+  }
+  for (int32_t r : logit_rows) {
+    if (r < 0 || r >= n) {
+      return make_error(ErrorCode::kInvalidArgument, "forward: logit row {} outside the batch", r);
+    }
+  }
+  return {};
+}
+
 }  // namespace cartserve

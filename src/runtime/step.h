@@ -20,6 +20,7 @@
 #include <span>
 #include <vector>
 
+#include "core/status.h"
 #include "runtime/kv_transfer.h"
 #include "runtime/sampling_params.h"
 
@@ -86,6 +87,13 @@ struct StepInput {
   int32_t append_sequence(std::span<const int32_t> table, int32_t block_size, int32_t start,
                           std::span<const int32_t> tokens);
 };
+
+// Checks a step against a cache of `num_blocks` blocks of `block_size` and a
+// vocabulary: array sizes agree, token ids, slots and block ids are in range,
+// each sequence's rows are contiguous with context_len >= rows, its table
+// covers its positions, and every logit row is a row of the step.
+Status validate_step(const StepInput& in, std::span<const int32_t> logit_rows, int32_t vocab,
+                     int32_t num_blocks, int32_t block_size);
 
 struct StepOutput {
   std::vector<SampleResult> samples;                        // [samples.size()]

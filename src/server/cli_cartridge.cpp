@@ -43,6 +43,7 @@ struct BuildArgs {
   bool raw = false;
   bool no_manifest = false;
   int block_size = 16;
+  std::string device = "cpu";
 };
 
 int fail(const Status& s) {
@@ -164,11 +165,15 @@ int run_build(const BuildArgs& a) {
   if (auto f = cartridge_format_for_path(a.out); !f.ok()) return fail(f.status());
   auto text = read_file(a.text_file);
   if (!text.ok()) return fail(text.status());
-  auto model = load_model(a.model, LoadOptions{});
+  ServeOptions so;
+  so.model = a.model;
+  so.device = a.device;
+  auto model = load_model_for(so);
   if (!model.ok()) return fail(model.status());
   CartridgeBuildOptions o;
   o.raw = a.raw;
   o.dtype = *dtype;
+  o.device = a.device;
   auto data = build_cartridge(**model, *text, o);
   if (!data.ok()) return fail(data.status());
   if (auto st = save_cartridge(a.out, *data); !st.ok()) return fail(st);
@@ -256,6 +261,9 @@ void register_cartridge(CLI::App& app) {
                    "Block size recorded in the manifest (the server's --block-size)")
       ->capture_default_str();
   build->add_flag("--no-manifest", build_args->no_manifest, "Do not write the manifest");
+  build->add_option("--device", build_args->device, "Where the document is prefilled: cpu or cuda")
+      ->default_val("cpu")
+      ->check(CLI::IsMember({"cpu", "cuda"}));
   build->callback([build_args] { set_exit_code(run_build(*build_args)); });
 }
 

@@ -30,7 +30,8 @@ void ServeOptions::add_to(CLI::App& sub) {
                  "Token budget of one engine step (prefill chunks + decodes)")
       ->default_val(2048)
       ->check(CLI::Range(1, 1 << 20));
-  sub.add_option("--device", device, "cpu (fp32 reference backend) or cuda")
+  sub.add_option("--device", device,
+                 "cpu (fp32 compute) or cuda (bf16 weights and KV on GPU 0; CUDA builds only)")
       ->default_val("cpu")
       ->check(CLI::IsMember({"cpu", "cuda"}));
   sub.add_option("--dtype", dtype,
@@ -38,10 +39,11 @@ void ServeOptions::add_to(CLI::App& sub) {
                  "the bytes a decode step reads)")
       ->default_val("auto");
   sub.add_option("--kv-cache-memory", kv_cache_memory,
-                 "Bytes for the KV cache, e.g. 1GiB, 512MiB (cpu)")
-      ->default_val("1GiB");
+                 "Bytes for the KV cache, e.g. 1GiB, 512MiB (cpu: default 1GiB; cuda: instead of "
+                 "what --gpu-memory-utilization leaves)");
   sub.add_option("--gpu-memory-utilization", gpu_memory_utilization,
-                 "Fraction of GPU memory to use (cuda)")
+                 "Fraction of GPU memory for weights, step buffers and KV cache (cuda; default "
+                 "0.9); the KV cache takes what the rest leaves")
       ->check(CLI::Range(0.01, 1.0));
   sub.add_flag("--enable-prefix-caching,!--no-enable-prefix-caching", enable_prefix_caching,
                "Reuse KV blocks of identical prompt prefixes (default on)");
@@ -57,21 +59,25 @@ void ServeOptions::add_to(CLI::App& sub) {
 }
 
 Status ServeOptions::validate() const {
-  if (device == "cuda") {
-    return make_error(ErrorCode::kUnsupported,
-                      "--device cuda is not supported yet in this build; use --device cpu");
-  }
   if (tensor_parallel_size != 1) {
-    return make_error(ErrorCode::kUnsupported,
-                      "--tensor-parallel-size {} is not supported yet (CUDA backend only)",
+    return make_error(ErrorCode::kUnsupported, "--tensor-parallel-size {} is not supported yet",
                       tensor_parallel_size);
   }
-  if (gpu_memory_utilization) {
-    return make_error(ErrorCode::kUnsupported,
-                      "--gpu-memory-utilization applies to --device cuda; on the CPU use "
-                      "--kv-cache-memory");
+  if (device == "cuda") {
+    if (dtype != "auto" && dtype != "bfloat16" && dtype != "bf16") {
+      return make_error(ErrorCode::kUnsupported,
+                        "--dtype {} is not supported on the CUDA backend (auto or bfloat16: "
+                        "bf16 weights and KV, fp32 accumulation)",
+                        dtype);
+    }
+  } else {
+    if (gpu_memory_utilization) {
+      return make_error(ErrorCode::kUnsupported,
+                        "--gpu-memory-utilization applies to --device cuda; on the CPU use "
+                        "--kv-cache-memory");
+    }
+    if (auto d = cpu_weight_dtype(dtype); !d.ok()) return d.status();
   }
-  if (auto d = cpu_weight_dtype(dtype); !d.ok()) return d.status();
   if (max_num_batched_tokens < max_num_seqs) {
     return make_error(ErrorCode::kInvalidArgument,
                       "--max-num-batched-tokens ({}) must be at least --max-num-seqs ({})",
@@ -92,7 +98,9 @@ Result<ServeOptions::Plan> ServeOptions::plan(const ModelConfig& config) const {
     }
     len = *max_model_len;
   }
-  CS_ASSIGN_OR_RETURN(p.kv_bytes, parse_byte_size(kv_cache_memory));
+  if (kv_cache_memory || device != "cuda") {
+    CS_ASSIGN_OR_RETURN(p.kv_bytes, parse_byte_size(kv_cache_memory.value_or("1GiB")));
+  }
   p.engine.scheduler.block_size = block_size;
   p.engine.scheduler.max_num_seqs = max_num_seqs;
   p.engine.scheduler.max_num_batched_tokens = max_num_batched_tokens;

@@ -27,7 +27,9 @@ struct ServeOptions {
   int32_t max_num_batched_tokens = 2048;
   std::string device = "cpu";
   std::string dtype = "auto";
-  std::string kv_cache_memory = "1GiB";
+  // Bytes of KV cache (CPU default 1GiB; on CUDA it replaces the share that
+  // --gpu-memory-utilization leaves, like vLLM's --kv-cache-memory-bytes).
+  std::optional<std::string> kv_cache_memory;
   // Instead of kv_cache_memory: room for this many positions (not a flag of
   // `serve`; `generate` and `cartridge build` size their cache with it).
   int64_t kv_cache_tokens = 0;
@@ -47,7 +49,7 @@ struct ServeOptions {
   struct Plan {
     EngineConfig engine;
     std::vector<std::string> served_model_names;
-    uint64_t kv_bytes = 0;
+    uint64_t kv_bytes = 0;  // 0 on CUDA without --kv-cache-memory
   };
   Result<Plan> plan(const ModelConfig& config) const;
 };

@@ -5,6 +5,9 @@
 #include "engine/cartridge_builder.h"
 #include "model/rope.h"
 #include "runtime/cpu/cpu_backend.h"
+#ifdef CARTSERVE_WITH_CUDA
+#include "runtime/cuda/cuda_backend.h"
+#endif
 #include "server/kv_transfer_config.h"
 
 namespace cartserve {
@@ -50,15 +53,34 @@ Status build_cartridges(const Model& model, const CartridgeConnectorConfig& conf
 Result<std::unique_ptr<Model>> load_model_for(const ServeOptions& options, bool progress) {
   LoadOptions lo;
   lo.progress = progress;
-  CS_ASSIGN_OR_RETURN(lo.weight_dtype, cpu_weight_dtype(options.dtype));
+  // On the GPU the matrices travel in bf16: keep them so on the host too.
+  if (options.device == "cuda") {
+    lo.weight_dtype = DType::kBF16;
+  } else {
+    CS_ASSIGN_OR_RETURN(lo.weight_dtype, cpu_weight_dtype(options.dtype));
+  }
   return load_model(options.model, lo);
 }
 
 Result<std::unique_ptr<Backend>> make_backend(const Model& model, const ServeOptions& options) {
   CS_ASSIGN_OR_RETURN(ServeOptions::Plan plan, options.plan(model.config));
-  if (options.device != "cpu") {
-    return make_error(ErrorCode::kUnsupported, "--device {} is not supported in this build",
-                      options.device);
+  if (options.device == "cuda") {
+#ifdef CARTSERVE_WITH_CUDA
+    cuda::CudaOptions co;
+    co.block_size = options.block_size;
+    co.gpu_memory_utilization = options.gpu_memory_utilization.value_or(0.9);
+    co.kv_cache_tokens = options.kv_cache_tokens;
+    co.kv_cache_bytes = plan.kv_bytes;
+    co.max_num_batched_tokens = plan.engine.scheduler.max_num_batched_tokens;
+    co.max_num_seqs = plan.engine.scheduler.max_num_seqs;
+    co.max_model_len = plan.engine.scheduler.max_model_len;
+    CS_ASSIGN_OR_RETURN(auto gpu, cuda::CudaBackend::create(model, co));
+    return std::unique_ptr<Backend>(std::move(gpu));
+#else
+    return make_error(ErrorCode::kUnsupported,
+                      "--device cuda: this build has no CUDA backend (nvcc was not found when it "
+                      "was built)");
+#endif
   }
   const KvBudget budget{plan.kv_bytes, options.kv_cache_tokens};
   CS_ASSIGN_OR_RETURN(auto cpu, CpuBackend::create(model, options.block_size, budget));

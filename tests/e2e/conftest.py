@@ -16,6 +16,8 @@ BIN = os.environ.get("CARTSERVE_BIN", os.path.join(os.path.dirname(__file__), ".
 MODEL = os.environ.get("CARTSERVE_TEST_MODEL",
                        os.path.expanduser("~/.cache/cartserve/models/SmolLM2-135M-Instruct.Q4_1.gguf"))
 MODEL_NAME = "smollm2"
+# The backend the servers run on (the GPU machine's script sets cuda).
+DEVICE = os.environ.get("CARTSERVE_TEST_DEVICE", "cpu")
 
 
 class Server:
@@ -24,7 +26,7 @@ class Server:
     def __init__(self, *extra_args, env=None, kv_cache="256MiB"):
         self.args = [BIN, "serve", MODEL, "--host", "127.0.0.1", "--port", "0",
                      "--served-model-name", MODEL_NAME, "--max-model-len", "2048",
-                     "--kv-cache-memory", kv_cache, *extra_args]
+                     "--kv-cache-memory", kv_cache, "--device", DEVICE, *extra_args]
         self.proc = subprocess.Popen(self.args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                      text=True, env={**os.environ, **(env or {})})
         self.log = []

@@ -17,7 +17,7 @@ import time
 import pytest
 import requests
 
-from conftest import BIN, MODEL, MODEL_NAME, Server
+from conftest import BIN, DEVICE, MODEL, MODEL_NAME, Server
 from tier_report import record
 
 ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
@@ -257,10 +257,11 @@ def test_tier5_errors(vserver, carts, tmp_path):
 def test_residency_lru_pin_in_use(carts):
     d, paths = carts
     ids = ["marrowick", "tallowmere", "quillon"]
-    # The device budget holds two and a half fp32 cartridges (twice the bf16 file):
-    # three cartridges in turn make every third request evict.
+    # The device budget holds two and a half cartridges in the device's KV dtype
+    # (fp32 on the CPU: twice the bf16 file; bf16 on the GPU): three cartridges
+    # in turn make every third request evict.
     sizes = [os.path.getsize(paths[i]) for i in ids]
-    budget = int(max(sizes) * 2 * 2.5)
+    budget = int(max(sizes) * (1 if DEVICE == "cuda" else 2) * 2.5)
     cfg = kv_config([{"cartridge_id": i, "path": paths[i]} for i in ids], router={"type": "explicit"},
                     gpu_capacity_bytes=budget, cartridge_dir=d)
     s = Server("--kv-transfer-config", cfg, kv_cache="512MiB")

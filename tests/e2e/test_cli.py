@@ -52,8 +52,8 @@ def test_errors_are_clear_and_nonzero():
     assert r.returncode != 0 and "--prompt" in r.stderr
     r = run("generate", MODEL, "--prompt", "hi", "--top-p", "2")
     assert r.returncode != 0 and "top-p" in r.stderr
-    r = run("serve", MODEL, "--device", "cuda")
-    assert r.returncode == 1 and "not supported yet" in r.stderr
+    r = run("serve", MODEL, "--device", "cuda")  # CI has no GPU (or no CUDA build)
+    assert r.returncode == 1 and ("no CUDA GPU" in r.stderr or "no CUDA backend" in r.stderr)
     r = run("serve", MODEL, "--tensor-parallel-size", "2")
     assert r.returncode == 1 and "not supported yet" in r.stderr
     r = run("serve", MODEL, "--kv-transfer-config", "{bad json")

@@ -33,17 +33,9 @@ CpuBackend::CpuBackend(const Model& model, const KvSpec& spec)
       spec_(spec),
       forward_(model),
       cache_(spec.num_layers, spec.num_blocks, spec.block_size, spec.kv_dim()),
-      sampler_(&ThreadPool::global()),
-      copier_([this] { copy_loop(); }) {}
+      sampler_(&ThreadPool::global()) {}
 
-CpuBackend::~CpuBackend() {
-  {
-    std::lock_guard<std::mutex> lk(mu_);
-    stop_ = true;
-  }
-  cv_.notify_all();
-  copier_.join();
-}
+CpuBackend::~CpuBackend() = default;
 
 void CpuBackend::copy_blocks(const std::vector<BlockCopy>& copies) {
   const size_t row = static_cast<size_t>(cache_.kv_dim());
@@ -106,36 +98,9 @@ Status CpuBackend::execute(const StepInput& in, StepOutput& out) {
 
 // ---------------------------------------------------------------- transfers
 
-Status CpuBackend::check_transfer(const HostKv& kv, const KvBlockList& blocks) const {
-  if (kv.keys.size() != static_cast<size_t>(spec_.num_layers) ||
-      kv.values.size() != static_cast<size_t>(spec_.num_layers)) {
-    return make_error(ErrorCode::kInvalidArgument, "KV transfer of {} layers; the model has {}",
-                      kv.keys.size(), spec_.num_layers);
-  }
-  if (kv.dtype != DType::kF32 && kv.dtype != DType::kF16 && kv.dtype != DType::kBF16) {
-    return make_error(ErrorCode::kInvalidArgument, "KV transfer in {} (float types only)",
-                      dtype_name(kv.dtype));
-  }
-  if (blocks.block_ids.size() != blocks.block_index.size()) {
-    return make_error(ErrorCode::kInvalidArgument, "KV transfer: {} blocks but {} indices",
-                      blocks.block_ids.size(), blocks.block_index.size());
-  }
-  const int32_t B = spec_.block_size;
-  for (size_t i = 0; i < blocks.block_ids.size(); ++i) {
-    const int32_t b = blocks.block_ids[i], idx = blocks.block_index[i];
-    if (b <= 0 || b >= spec_.num_blocks || idx < 0 ||
-        static_cast<int64_t>(idx) * B >= kv.num_tokens) {
-      return make_error(ErrorCode::kInvalidArgument,
-                        "KV transfer: block {} (index {}) outside the cache or the {} tokens", b,
-                        idx, kv.num_tokens);
-    }
-  }
-  return {};
-}
-
 Result<TransferId> CpuBackend::start_kv_load(const HostKv& src, const KvBlockList& blocks) {
-  CS_RETURN_IF_ERROR(check_transfer(src, blocks));
-  return enqueue([this, src, blocks] {
+  CS_RETURN_IF_ERROR(validate_transfer(src, blocks, spec_));
+  return transfers_.start([this, src, blocks] {
     const int32_t B = spec_.block_size;
     const int64_t stride = static_cast<int64_t>(B) * spec_.kv_dim();
     for (size_t i = 0; i < blocks.block_ids.size(); ++i) {
@@ -156,8 +121,8 @@ Result<TransferId> CpuBackend::start_kv_load(const HostKv& src, const KvBlockLis
 }
 
 Result<TransferId> CpuBackend::start_kv_save(const KvBlockList& blocks, const HostKv& dst) {
-  CS_RETURN_IF_ERROR(check_transfer(dst, blocks));
-  return enqueue([this, dst, blocks] {
+  CS_RETURN_IF_ERROR(validate_transfer(dst, blocks, spec_));
+  return transfers_.start([this, dst, blocks] {
     const int32_t B = spec_.block_size;
     const int64_t stride = static_cast<int64_t>(B) * spec_.kv_dim();
     for (size_t i = 0; i < blocks.block_ids.size(); ++i) {
@@ -175,50 +140,12 @@ Result<TransferId> CpuBackend::start_kv_save(const KvBlockList& blocks, const Ho
   });
 }
 
-Result<TransferId> CpuBackend::enqueue(std::function<Status()> job) {
-  std::lock_guard<std::mutex> lk(mu_);
-  const TransferId id = next_id_++;
-  transfers_.emplace(id, std::nullopt);
-  queue_.emplace_back(id, std::move(job));
-  cv_.notify_all();
-  return id;
-}
-
 std::optional<Status> CpuBackend::poll_transfer(TransferId id) {
-  std::lock_guard<std::mutex> lk(mu_);
-  auto it = transfers_.find(id);
-  if (it == transfers_.end()) {
-    return make_error(ErrorCode::kNotFound, "no KV transfer {}", id);
-  }
-  if (!it->second) return std::nullopt;
-  Status st = *it->second;
-  transfers_.erase(it);
-  return st;
+  return transfers_.poll(id);
 }
 
 Status CpuBackend::wait_transfer(TransferId id) {
-  std::unique_lock<std::mutex> lk(mu_);
-  auto it = transfers_.find(id);
-  if (it == transfers_.end()) return make_error(ErrorCode::kNotFound, "no KV transfer {}", id);
-  cv_.wait(lk, [&] { return it->second.has_value(); });
-  Status st = *it->second;
-  transfers_.erase(it);
-  return st;
-}
-
-void CpuBackend::copy_loop() {
-  std::unique_lock<std::mutex> lk(mu_);
-  for (;;) {
-    cv_.wait(lk, [&] { return stop_ || !queue_.empty(); });
-    if (queue_.empty()) return;  // stopping with nothing left
-    auto [id, job] = std::move(queue_.front());
-    queue_.pop_front();
-    lk.unlock();
-    Status st = job();
-    lk.lock();
-    transfers_[id] = std::move(st);
-    cv_.notify_all();
-  }
+  return transfers_.wait(id);
 }
 
 }  // namespace cartserve

@@ -3,18 +3,13 @@
 // and KV transfers run by a copy thread (the CPU's "copy stream").
 #pragma once
 
-#include <condition_variable>
-#include <deque>
-#include <functional>
-#include <map>
 #include <memory>
-#include <mutex>
-#include <thread>
 
 #include "runtime/backend.h"
 #include "runtime/cpu/kv_cache.h"
 #include "runtime/cpu/llama_forward.h"
 #include "runtime/cpu/sampler.h"
+#include "runtime/transfer_queue.h"
 
 namespace cartserve {
 
@@ -44,9 +39,6 @@ class CpuBackend final : public Backend {
   // Block copies and the forward pass; logits of the sampled rows, then of
   // the prompt-logprob rows when `prompt_rows`.
   Status run(const StepInput& in, bool prompt_rows, std::vector<float>& logits);
-  Status check_transfer(const HostKv& kv, const KvBlockList& blocks) const;
-  Result<TransferId> enqueue(std::function<Status()> job);
-  void copy_loop();
 
   const Model& model_;
   KvSpec spec_;
@@ -56,14 +48,7 @@ class CpuBackend final : public Backend {
   std::vector<int32_t> logit_rows_;  // [samples + prompt logprob rows] of the current step
   std::vector<float> logits_;        // [logit_rows_.size(), vocab]
 
-  // The copy thread and its transfers.
-  std::mutex mu_;
-  std::condition_variable cv_;
-  std::deque<std::pair<TransferId, std::function<Status()>>> queue_;
-  std::map<TransferId, std::optional<Status>> transfers_;  // nullopt: queued or running
-  TransferId next_id_ = 1;
-  bool stop_ = false;
-  std::thread copier_;
+  TransferQueue transfers_;  // declared last: its jobs use the cache
 };
 
 }  // namespace cartserve

@@ -40,8 +40,6 @@ class LlamaForward {
   const Model& model() const { return model_; }
 
  private:
-  Status validate(const StepInput& in, std::span<const int32_t> logit_rows,
-                  const KvCache& cache) const;
   void dump(const char* name, int layer, const std::vector<float>& buf, int rows, int cols);
 
   const Model& model_;

@@ -1,0 +1,390 @@
+// The GPU benchmark (issue 10's first figures; the targets are issue 11's):
+// on one model, in one run,
+//   - decode ms/step at batch 1 and tok/s at batch 64 (512-token contexts),
+//   - prefill ms at 512, 2048 and 8192 tokens,
+//   - time to first token with a resident 2048-token cartridge and a 64-token
+//     question, and with the cartridge promoted from the host tier at request
+//     time (promotion GB/s),
+// each beside its floor from the device-to-device copy bandwidth and the
+// bf16 GEMM rate measured in the same run. Decode and prefill drive the
+// backend through the runtime seam (sampling included); the cartridge
+// figures go through the whole engine. Writes JSON; prints a table.
+//
+// Usage: gpu_bench MODEL [--out gpu_bench.json] [--repeats N]
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <random>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "cartridge/cartridge_io.h"
+#include "runtime/cuda/gemm.h"
+#include "server/serving_stack.h"
+
+using namespace cartserve;
+using nlohmann::json;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+double seconds_since(Clock::time_point t0) {
+  return std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v.empty() ? 0.0 : v[v.size() / 2];
+}
+
+std::vector<int32_t> random_ids(int n, int vocab, unsigned seed) {
+  std::mt19937 rng(seed);
+  std::uniform_int_distribution<int32_t> d(100, vocab - 1);
+  std::vector<int32_t> v(static_cast<size_t>(n));
+  for (auto& x : v)
+    x = d(rng);
+  return v;
+}
+
+// Device-to-device copy bandwidth (bytes read + written per second).
+double copy_bandwidth() {
+  const size_t bytes = size_t{2} << 30;
+  void *a = nullptr, *b = nullptr;
+  cudaMalloc(&a, bytes);
+  cudaMalloc(&b, bytes);
+  cudaMemset(a, 1, bytes);
+  cudaEvent_t e0, e1;
+  cudaEventCreate(&e0);
+  cudaEventCreate(&e1);
+  std::vector<double> t;
+  for (int i = 0; i < 12; ++i) {
+    cudaEventRecord(e0);
+    cudaMemcpy(b, a, bytes, cudaMemcpyDeviceToDevice);
+    cudaEventRecord(e1);
+    cudaEventSynchronize(e1);
+    float ms = 0;
+    cudaEventElapsedTime(&ms, e0, e1);
+    if (i >= 2) t.push_back(ms / 1e3);
+  }
+  cudaFree(a);
+  cudaFree(b);
+  return 2.0 * static_cast<double>(bytes) / median(t);
+}
+
+// bf16 GEMM rate (FLOP/s) at 8192^3 through the backend's cuBLASLt path.
+double gemm_rate() {
+  const int n = 8192;
+  const size_t elems = static_cast<size_t>(n) * n;
+  __nv_bfloat16 *x = nullptr, *w = nullptr, *y = nullptr;
+  void* ws = nullptr;
+  cudaMalloc(&x, elems * 2);
+  cudaMalloc(&w, elems * 2);
+  cudaMalloc(&y, elems * 2);
+  cudaMalloc(&ws, 32 << 20);
+  std::vector<uint16_t> h(elems);
+  std::mt19937 rng(1);
+  for (auto& v : h)
+    v = f32_to_bf16(std::normal_distribution<float>(0.f, 1.f)(rng));
+  cudaMemcpy(x, h.data(), elems * 2, cudaMemcpyHostToDevice);
+  cudaMemcpy(w, h.data(), elems * 2, cudaMemcpyHostToDevice);
+  auto g = cuda::Gemm::create(ws, 32 << 20);
+  std::vector<double> t;
+  if (g.ok()) {
+    cudaEvent_t e0, e1;
+    cudaEventCreate(&e0);
+    cudaEventCreate(&e1);
+    for (int i = 0; i < 12; ++i) {
+      cudaEventRecord(e0);
+      (void)(*g)->run(x, w, y, false, n, n, n, nullptr);
+      cudaEventRecord(e1);
+      cudaEventSynchronize(e1);
+      float ms = 0;
+      cudaEventElapsedTime(&ms, e0, e1);
+      if (i >= 2) t.push_back(ms / 1e3);
+    }
+  }
+  cudaFree(x);
+  cudaFree(w);
+  cudaFree(y);
+  cudaFree(ws);
+  return t.empty() ? 0.0 : 2.0 * n * static_cast<double>(n) * n / median(t);
+}
+
+// Sequences driven straight through a backend: prefill, then decode steps
+// (greedy sampling, as a server step does).
+class Batch {
+ public:
+  Batch(Backend& b, int vocab) : b_(b), vocab_(vocab) {}
+
+  // Adds `count` sequences of `len` random tokens (prefilled, not timed).
+  Status add(int count, int len, int chunk_tokens) {
+    const int B = b_.kv_spec().block_size;
+    StepInput in;
+    for (int i = 0; i < count; ++i) {
+      Seq s;
+      s.len = len;
+      for (int k = 0; k < (len + 256 + B - 1) / B; ++k)
+        s.table.push_back(next_block_++);
+      seqs_.push_back(s);
+    }
+    // Prefill in steps of up to chunk_tokens tokens.
+    size_t first = seqs_.size() - static_cast<size_t>(count);
+    while (first < seqs_.size()) {
+      in.clear();
+      in.max_blocks = static_cast<int32_t>(seqs_[first].table.size());
+      size_t e = first;
+      int tokens = 0;
+      while (e < seqs_.size() && tokens + len <= std::max(chunk_tokens, len)) {
+        const auto ids = random_ids(len, vocab_, static_cast<unsigned>(e));
+        const int32_t row = in.append_sequence(seqs_[e].table, B, 0, ids);
+        in.samples.push_back(sample_row(row + len - 1));
+        tokens += len;
+        ++e;
+      }
+      CS_RETURN_IF_ERROR(b_.execute(in, out_));
+      first = e;
+    }
+    return {};
+  }
+  // One decode step over every sequence; seconds.
+  Result<double> step() {
+    const int B = b_.kv_spec().block_size;
+    StepInput in;
+    in.max_blocks = static_cast<int32_t>(seqs_[0].table.size());
+    for (size_t i = 0; i < seqs_.size(); ++i) {
+      const int32_t tok = 1000 + static_cast<int32_t>(i);
+      in.append_sequence(seqs_[i].table, B, seqs_[i].len, std::span<const int32_t>(&tok, 1));
+      in.samples.push_back(sample_row(static_cast<int32_t>(i)));
+    }
+    const auto t0 = Clock::now();
+    CS_RETURN_IF_ERROR(b_.execute(in, out_));
+    const double t = seconds_since(t0);
+    for (auto& s : seqs_)
+      ++s.len;
+    return t;
+  }
+
+ private:
+  struct Seq {
+    int len = 0;
+    std::vector<int32_t> table;
+  };
+  SampleRow sample_row(int32_t row) {
+    SampleRow r;
+    r.row = row;
+    r.params = &greedy_;
+    return r;
+  }
+  Backend& b_;
+  int vocab_;
+  SamplingParams greedy_ = [] {
+    SamplingParams p;
+    p.temperature = 0;
+    return p;
+  }();
+  std::vector<Seq> seqs_;
+  int32_t next_block_ = 1;
+  StepOutput out_;
+};
+
+// A random cartridge of `tokens` tokens for `model`, bf16, written to `path`.
+Status write_random_cartridge(const Model& model, int tokens, const std::string& path) {
+  CartridgeData c;
+  c.num_layers = model.config.num_layers;
+  c.num_kv_heads = model.config.num_kv_heads;
+  c.head_dim = model.config.head_dim;
+  c.num_tokens = tokens;
+  c.dtype = DType::kBF16;
+  std::mt19937 rng(3);
+  std::normal_distribution<float> d(0.f, 1.f);
+  for (int l = 0; l < c.num_layers; ++l) {
+    for (int v = 0; v < 2; ++v) {
+      Tensor t(DType::kBF16, {c.num_kv_heads, tokens, c.head_dim});
+      auto* p = t.data<uint16_t>();
+      for (int64_t i = 0; i < t.numel(); ++i)
+        p[i] = f32_to_bf16(d(rng));
+      (v ? c.values : c.keys).push_back(std::move(t));
+    }
+  }
+  return save_cartridge(path, c);
+}
+
+// Seconds from submission to the first token of a request on `stack`.
+double ttft(ServingStack& stack, const std::vector<int32_t>& prompt, int32_t virtual_tokens) {
+  static int n = 0;
+  GenerateRequest g;
+  g.id = "ttft-" + std::to_string(n++);
+  g.prompt_token_ids = prompt;
+  g.sampling.temperature = 0;
+  g.sampling.max_tokens = 1;
+  if (virtual_tokens > 0) {
+    g.num_virtual_tokens = virtual_tokens;
+    g.cartridge_ids = {"doc"};
+    g.prefix_salt = "doc";
+  }
+  const auto t0 = Clock::now();
+  auto s = stack.engine->submit(std::move(g));
+  double first = -1;
+  for (bool done = false; !done;) {
+    for (auto& o : s->next(std::chrono::milliseconds(20))) {
+      if (!o.error.ok()) std::fprintf(stderr, "ttft: %s\n", o.error.message().c_str());
+      if (first < 0 && (!o.token_ids.empty() || o.finished)) first = seconds_since(t0);
+      done = done || o.finished;
+    }
+  }
+  return first;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2) {
+    std::fprintf(stderr, "usage: %s MODEL [--out FILE] [--repeats N]\n", argv[0]);
+    return 2;
+  }
+  std::string out_path = "gpu_bench.json";
+  int repeats = 5;
+  for (int i = 2; i + 1 < argc; i += 2) {
+    if (std::string(argv[i]) == "--out") out_path = argv[i + 1];
+    if (std::string(argv[i]) == "--repeats") repeats = std::max(1, std::atoi(argv[i + 1]));
+  }
+  ServeOptions o;
+  o.model = argv[1];
+  o.device = "cuda";
+  o.max_num_batched_tokens = 8192;
+  o.max_num_seqs = 64;
+  o.max_model_len = 8448;
+  auto model = load_model_for(o, false);
+  if (!model.ok()) {
+    std::fprintf(stderr, "error: %s\n", model.status().message().c_str());
+    return 1;
+  }
+  const Model& m = **model;
+  const ModelConfig& c = m.config;
+  const double copy_bw = copy_bandwidth();
+  const double flops = gemm_rate();
+
+  json j = {{"benchmark", "gpu_bench"}, {"model", m.path}, {"repeats", repeats}};
+  int dev = 0;
+  cudaDeviceProp prop{};
+  cudaGetDevice(&dev);
+  cudaGetDeviceProperties(&prop, dev);
+  j["gpu"] = prop.name;
+  j["ceilings"] = {{"copy_bytes_per_s", copy_bw}, {"bf16_gemm_flop_per_s", flops}};
+  const double params = static_cast<double>(c.num_parameters());
+  const double weight_bytes = 2.0 * params;
+  const double kv_token_bytes = static_cast<double>(c.kv_bytes_per_token(2));
+  std::printf("ceilings: copy %.0f GB/s, bf16 GEMM %.0f TFLOP/s\n", copy_bw / 1e9, flops / 1e12);
+
+  json figures = json::object();
+  {
+    auto backend = make_backend(m, o);
+    if (!backend.ok()) {
+      std::fprintf(stderr, "error: %s\n", backend.status().message().c_str());
+      return 1;
+    }
+    Backend& b = **backend;
+    // Decode at batch 1 and 64, 512-token contexts.
+    for (int batch : {1, 64}) {
+      Batch seqs(b, c.vocab_size);
+      if (auto st = seqs.add(batch, 512, 8192); !st.ok()) {
+        std::fprintf(stderr, "decode setup: %s\n", st.message().c_str());
+        return 1;
+      }
+      std::vector<double> t;
+      for (int i = 0; i < 10 + 20 * repeats; ++i) {
+        auto s = seqs.step();
+        if (!s.ok()) {
+          std::fprintf(stderr, "decode: %s\n", s.status().message().c_str());
+          return 1;
+        }
+        if (i >= 10) t.push_back(*s);
+      }
+      const double ms = 1e3 * median(t);
+      const double floor_ms = 1e3 * (weight_bytes + batch * 522.0 * kv_token_bytes) / copy_bw;
+      const std::string key = "decode_batch_" + std::to_string(batch);
+      figures[key] = {{"ms_per_step", ms},
+                      {"tokens_per_s", batch / (ms / 1e3)},
+                      {"floor_ms_per_step", floor_ms},
+                      {"fraction_of_floor", floor_ms / ms}};
+      std::printf("%-28s %9.3f ms/step %9.0f tok/s   floor %.3f ms (%.0f%%)\n", key.c_str(), ms,
+                  batch / (ms / 1e3), floor_ms, 100.0 * floor_ms / ms);
+    }
+    // Prefill of one sequence.
+    for (int n : {512, 2048, 8192}) {
+      std::vector<double> t;
+      for (int r = 0; r < 2 + repeats; ++r) {
+        Batch seqs(b, c.vocab_size);
+        const auto t0 = Clock::now();
+        if (auto st = seqs.add(1, n, 8192); !st.ok()) {
+          std::fprintf(stderr, "prefill %d: %s\n", n, st.message().c_str());
+          return 1;
+        }
+        if (r >= 2) t.push_back(seconds_since(t0));
+      }
+      const double ms = 1e3 * median(t);
+      const double fl = 2.0 * params * n + 2.0 * c.num_layers * c.q_dim() * double(n) * n;
+      const double floor_ms = 1e3 * fl / flops;
+      const std::string key = "prefill_" + std::to_string(n);
+      figures[key] = {
+          {"ms", ms}, {"flops", fl}, {"floor_ms", floor_ms}, {"fraction_of_floor", floor_ms / ms}};
+      std::printf("%-28s %9.3f ms   floor %.3f ms (%.0f%%)\n", key.c_str(), ms, floor_ms,
+                  100.0 * floor_ms / ms);
+    }
+  }
+  // Cartridges through the engine: resident, and promoted from the host tier.
+  {
+    const int kTokens = 2048, kQuestion = 64;
+    const std::string path = "/tmp/cartserve_gpu_bench_cartridge.safetensors";
+    if (auto st = write_random_cartridge(m, kTokens, path); !st.ok()) {
+      std::fprintf(stderr, "cartridge: %s\n", st.message().c_str());
+      return 1;
+    }
+    ServeOptions so = o;
+    so.max_num_seqs = 8;
+    so.max_model_len = 4096;
+    so.max_num_batched_tokens = 4096;
+    json cfg = {{"kv_connector", "CartridgeConnector"},
+                {"kv_connector_extra_config",
+                 {{"cartridges", {{{"cartridge_id", "doc"}, {"path", path}}}}}}};
+    so.kv_transfer_config = cfg.dump();
+    auto stack = build_serving_stack(m, so);
+    if (!stack.ok()) {
+      std::fprintf(stderr, "stack: %s\n", stack.status().message().c_str());
+      return 1;
+    }
+    const auto q = random_ids(kQuestion, c.vocab_size, 11);
+    (void)ttft(**stack, q, kTokens);  // cold: disk -> host -> blocks
+    std::vector<double> resident, promoted, alone;
+    for (int r = 0; r < repeats + 1; ++r) {
+      resident.push_back(ttft(**stack, q, kTokens));
+      alone.push_back(ttft(**stack, random_ids(kQuestion, c.vocab_size, 50 + r), 0));
+      (void)(*stack)->cartridges->evict("doc", Tier::kDevice);
+      promoted.push_back(ttft(**stack, q, kTokens));
+    }
+    const double bytes = kTokens * kv_token_bytes;  // bf16 K and V of every layer
+    const double res_ms = 1e3 * median(resident), host_ms = 1e3 * median(promoted);
+    const double fl = 2.0 * params * kQuestion +
+                      4.0 * c.num_layers * c.q_dim() * double(kQuestion) * (kTokens + kQuestion);
+    const double floor_ms = 1e3 * std::max(weight_bytes / copy_bw, fl / flops);
+    figures["ttft_resident_cartridge_2048_question_64"] = {
+        {"ms", res_ms}, {"floor_ms", floor_ms}, {"question_alone_ms", 1e3 * median(alone)}};
+    figures["ttft_cartridge_promoted_from_host"] = {
+        {"ms", host_ms},
+        {"cartridge_bytes", bytes},
+        {"promotion_ms", host_ms - res_ms},
+        {"promotion_gb_per_s", bytes / ((host_ms - res_ms) / 1e3) / 1e9}};
+    std::printf("%-28s %9.3f ms   floor %.3f ms; question alone %.3f ms\n", "ttft resident cart",
+                res_ms, floor_ms, 1e3 * median(alone));
+    std::printf("%-28s %9.3f ms   promotion %.1f GB/s\n", "ttft promoted from host", host_ms,
+                bytes / ((host_ms - res_ms) / 1e3) / 1e9);
+  }
+  j["figures"] = figures;
+  std::ofstream(out_path) << j.dump(1);
+  return 0;
+}

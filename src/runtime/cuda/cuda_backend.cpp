@@ -1,0 +1,650 @@
+#include "runtime/cuda/cuda_backend.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "core/logging.h"
+#include "core/progress.h"
+#include "kernels/cuda_ops.h"
+#include "kernels/sampling_ops.h"
+#include "runtime/cuda/cuda_status.h"
+
+namespace cartserve::cuda {
+
+namespace ops = ::cartserve::ops::cuda;
+
+namespace {
+
+constexpr uint64_t kAlign = 256;
+constexpr int kMaxSplits = 32;                 // split-KV decode
+constexpr uint64_t kGemmWorkspace = 32 << 20;  // cuBLASLt
+constexpr int kMaxEdits = 1 << 20;             // penalty / mask edits of one step
+constexpr uint64_t kStageBytes = 32 << 20;     // per transfer staging buffer (x2)
+constexpr uint64_t kReserve = 512ull << 20;    // CUDA context, cuBLAS, fragmentation
+
+// Carves one allocation into aligned pieces (measure with base == nullptr).
+class Arena {
+ public:
+  explicit Arena(uint8_t* base) : base_(base) {}
+  template <typename T>
+  T* take(uint64_t count) {
+    T* p = reinterpret_cast<T*>(base_ ? base_ + used_ : nullptr);
+    used_ += (count * sizeof(T) + kAlign - 1) / kAlign * kAlign;
+    return p;
+  }
+  uint64_t used() const { return used_; }
+
+ private:
+  uint8_t* base_;
+  uint64_t used_ = 0;
+};
+
+ops::KvElem kv_elem(DType d) {
+  return d == DType::kF32   ? ops::KvElem::kF32
+         : d == DType::kF16 ? ops::KvElem::kF16
+                            : ops::KvElem::kBF16;
+}
+
+}  // namespace
+
+// Persistent buffers: one device allocation for the step's activations and
+// workspaces, one pinned host allocation for what crosses the bus, the KV
+// pool apart.
+struct CudaBackend::Buffers {
+  // Limits the buffers were sized for.
+  int32_t max_tokens = 0, max_seqs = 0, max_rows = 0, max_blocks = 0;
+  uint64_t in_ints = 0;  // capacity of the int32 input area
+
+  void* device = nullptr;  // everything below that is on the device
+  void* host = nullptr;    // pinned
+  void* kv = nullptr;      // the pool, [num_blocks][layers][2][B][kv_dim] bf16
+
+  float* x = nullptr;       // [T, hidden] residual stream
+  bf16* xn = nullptr;       // [T, hidden] normed
+  bf16* qkv = nullptr;      // [T, q_dim + 2 kv_dim]
+  bf16* attn = nullptr;     // [T, q_dim]
+  bf16* delta = nullptr;    // [T, hidden] sublayer output
+  bf16* gu = nullptr;       // [T, 2 ff]
+  bf16* act = nullptr;      // [T, ff]
+  float* x_rows = nullptr;  // [R, hidden] rows that get logits
+  bf16* xn_rows = nullptr;  // [R, hidden]
+  float* logits = nullptr;  // [R, vocab]
+  void* attn_ws = nullptr;  // split-KV decode partials
+  void* gemm_ws = nullptr;  // [kGemmWorkspace]
+  void* sample_ws = nullptr;
+  int32_t* d_in = nullptr;                   // [in_ints] the step's int arrays
+  ops::SampleRowParams* d_params = nullptr;  // [R]
+  ops::TokenEdit* d_edits = nullptr;         // [kMaxEdits]
+  int32_t* d_token = nullptr;                // [R]
+  float* d_logprob = nullptr;                // [R]
+  int32_t* d_rank = nullptr;                 // [R]
+  int32_t* d_top_ids = nullptr;              // [R, 20]
+  float* d_top_lp = nullptr;                 // [R, 20]
+  int32_t* d_table = nullptr;                // [max_blocks] a transfer's blocks
+  void* d_stage[2] = {nullptr, nullptr};     // [kStageBytes] transfer staging
+
+  int32_t* h_in = nullptr;
+  ops::SampleRowParams* h_params = nullptr;
+  ops::TokenEdit* h_edits = nullptr;
+  int32_t* h_token = nullptr;
+  float* h_logprob = nullptr;
+  int32_t* h_rank = nullptr;
+  int32_t* h_top_ids = nullptr;
+  float* h_top_lp = nullptr;
+  void* h_stage[2] = {nullptr, nullptr};
+  cudaEvent_t staged[2] = {nullptr, nullptr};  // a staging buffer's last use is done
+
+  ~Buffers() {
+    for (cudaEvent_t e : staged) {
+      if (e) cudaEventDestroy(e);
+    }
+    if (kv) cudaFree(kv);
+    if (device) cudaFree(device);
+    if (host) cudaFreeHost(host);
+  }
+};
+
+Result<std::unique_ptr<CudaBackend>> CudaBackend::create(const Model& model,
+                                                         const CudaOptions& opts) {
+  const ModelConfig& c = model.config;
+  if (c.head_dim != 64 && c.head_dim != 128) {
+    return make_error(ErrorCode::kUnsupported,
+                      "the CUDA backend supports head_dim 64 and 128; this model has {}",
+                      c.head_dim);
+  }
+  int count = 0;
+  if (cudaGetDeviceCount(&count) != cudaSuccess || count == 0) {
+    return make_error(ErrorCode::kUnavailable, "--device cuda: no CUDA GPU is visible");
+  }
+  CS_CUDA(cudaSetDevice(opts.device));
+  auto weights = DeviceWeights::upload(model);
+  if (!weights.ok()) return weights.status();
+  std::unique_ptr<CudaBackend> b(new CudaBackend(model, opts, std::move(weights).value()));
+  cudaDeviceProp prop{};
+  CS_CUDA(cudaGetDeviceProperties(&prop, opts.device));
+  b->name_ = fmt::format("cuda:{} {}", opts.device, prop.name);
+  b->num_sms_ = prop.multiProcessorCount;
+  CS_CUDA(cudaStreamCreateWithFlags(&b->compute_, cudaStreamNonBlocking));
+  CS_CUDA(cudaStreamCreateWithFlags(&b->copy_, cudaStreamNonBlocking));
+
+  KvSpec& spec = b->spec_;
+  spec.dtype = DType::kBF16;
+  spec.block_size = opts.block_size;
+  spec.num_layers = c.num_layers;
+  spec.num_kv_heads = c.num_kv_heads;
+  spec.head_dim = c.head_dim;
+  CS_RETURN_IF_ERROR(b->allocate(0));  // the step buffers first: the pool takes the rest
+  size_t free = 0, total = 0;
+  CS_CUDA(cudaMemGetInfo(&free, &total));
+  uint64_t kv_bytes = 0;
+  if (opts.kv_cache_tokens > 0 || opts.kv_cache_bytes > 0) {
+    const KvBudget budget{opts.kv_cache_bytes, opts.kv_cache_tokens};
+    kv_bytes = static_cast<uint64_t>(budget.num_blocks(spec)) * spec.bytes_per_block();
+  } else {
+    const double limit = opts.gpu_memory_utilization * static_cast<double>(total);
+    const double used = static_cast<double>(total - free);
+    const double left = limit - used - static_cast<double>(kReserve);
+    if (left < 2.0 * static_cast<double>(spec.bytes_per_block())) {
+      return make_error(ErrorCode::kResourceExhausted,
+                        "out of GPU memory at start-up: {} of {} in use after the weights ({}) "
+                        "and the step buffers, --gpu-memory-utilization {} allows {}; raise "
+                        "--gpu-memory-utilization or lower --max-num-batched-tokens / "
+                        "--max-num-seqs",
+                        format_bytes(static_cast<uint64_t>(used)), format_bytes(total),
+                        format_bytes(b->weights_.nbytes()), opts.gpu_memory_utilization,
+                        format_bytes(static_cast<uint64_t>(limit)));
+    }
+    kv_bytes = static_cast<uint64_t>(left);
+  }
+  CS_RETURN_IF_ERROR(b->allocate(kv_bytes));
+  CS_ASSIGN_OR_RETURN(b->gemm_, Gemm::create(b->buf_->gemm_ws, kGemmWorkspace));
+  b->transfers_ = std::make_unique<TransferQueue>();
+  LOG_INFO("CUDA backend on {}: weights {}, KV cache {} blocks x {} = {} tokens ({} bf16)",
+           b->name_, format_bytes(b->weights_.nbytes()), spec.num_blocks - 1, spec.block_size,
+           spec.num_tokens(), format_bytes(spec.total_bytes()));
+  return b;
+}
+
+CudaBackend::CudaBackend(const Model& model, const CudaOptions& opts, DeviceWeights weights)
+    : model_(model), opts_(opts), weights_(std::move(weights)) {}
+
+CudaBackend::~CudaBackend() {
+  transfers_.reset();  // finishes its jobs (they use the copy stream and staging)
+  if (compute_) cudaStreamSynchronize(compute_);
+  buf_.reset();
+  gemm_.reset();
+  if (compute_) cudaStreamDestroy(compute_);
+  if (copy_) cudaStreamDestroy(copy_);
+}
+
+Status CudaBackend::allocate(uint64_t kv_bytes) {
+  const ModelConfig& c = model_.config;
+  if (!buf_) {
+    buf_ = std::make_unique<Buffers>();
+    Buffers& b = *buf_;
+    b.max_tokens = opts_.max_num_batched_tokens;
+    b.max_seqs = opts_.max_num_seqs;
+    b.max_rows = std::max(opts_.max_num_seqs, 64);
+    b.max_blocks = (opts_.max_model_len + opts_.block_size - 1) / opts_.block_size + 1;
+    const uint64_t T = static_cast<uint64_t>(b.max_tokens), S = static_cast<uint64_t>(b.max_seqs),
+                   R = static_cast<uint64_t>(b.max_rows), MB = static_cast<uint64_t>(b.max_blocks);
+    b.in_ints = 3 * T + (S + 1) + S + S * MB + R + 3 * S + 2 * R;
+    const uint64_t H = static_cast<uint64_t>(c.hidden_size), Q = static_cast<uint64_t>(c.q_dim()),
+                   KVD = static_cast<uint64_t>(c.kv_dim()),
+                   FF = static_cast<uint64_t>(c.intermediate_size),
+                   V = static_cast<uint64_t>(c.vocab_size);
+    const size_t attn_ws =
+        ops::decode_workspace_bytes(b.max_seqs, c.num_heads, c.head_dim, kMaxSplits);
+    const size_t sample_ws = ops::sample_workspace_bytes(b.max_rows, c.vocab_size, kMaxEdits);
+    constexpr uint64_t kTop = ops::kMaxTopLogprobs;
+    auto carve_device = [&](Arena& a) {
+      b.x = a.take<float>(T * H);
+      b.xn = a.take<bf16>(T * H);
+      b.qkv = a.take<bf16>(T * (Q + 2 * KVD));
+      b.attn = a.take<bf16>(T * Q);
+      b.delta = a.take<bf16>(T * H);
+      b.gu = a.take<bf16>(T * 2 * FF);
+      b.act = a.take<bf16>(T * FF);
+      b.x_rows = a.take<float>(R * H);
+      b.xn_rows = a.take<bf16>(R * H);
+      b.logits = a.take<float>(R * V);
+      b.attn_ws = a.take<uint8_t>(attn_ws);
+      b.gemm_ws = a.take<uint8_t>(kGemmWorkspace);
+      b.sample_ws = a.take<uint8_t>(sample_ws);
+      b.d_in = a.take<int32_t>(b.in_ints);
+      b.d_params = a.take<ops::SampleRowParams>(R);
+      b.d_edits = a.take<ops::TokenEdit>(kMaxEdits);
+      b.d_token = a.take<int32_t>(R);
+      b.d_logprob = a.take<float>(R);
+      b.d_rank = a.take<int32_t>(R);
+      b.d_top_ids = a.take<int32_t>(R * kTop);
+      b.d_top_lp = a.take<float>(R * kTop);
+      b.d_table = a.take<int32_t>(MB);
+      b.d_stage[0] = a.take<uint8_t>(kStageBytes);
+      b.d_stage[1] = a.take<uint8_t>(kStageBytes);
+    };
+    auto carve_host = [&](Arena& a) {
+      b.h_in = a.take<int32_t>(b.in_ints);
+      b.h_params = a.take<ops::SampleRowParams>(R);
+      b.h_edits = a.take<ops::TokenEdit>(kMaxEdits);
+      b.h_token = a.take<int32_t>(R);
+      b.h_logprob = a.take<float>(R);
+      b.h_rank = a.take<int32_t>(R);
+      b.h_top_ids = a.take<int32_t>(R * kTop);
+      b.h_top_lp = a.take<float>(R * kTop);
+      b.h_stage[0] = a.take<uint8_t>(kStageBytes);
+      b.h_stage[1] = a.take<uint8_t>(kStageBytes);
+    };
+    Arena md(nullptr), mh(nullptr);
+    carve_device(md);
+    carve_host(mh);
+    Status st = cuda_status(cudaMalloc(&b.device, md.used()), "cudaMalloc (step buffers)");
+    if (!st.ok()) {
+      return make_error(st.code(),
+                        "cannot allocate {} of GPU memory for the step buffers ({}); lower "
+                        "--max-num-batched-tokens or --max-num-seqs",
+                        format_bytes(md.used()), st.message());
+    }
+    CS_CUDA(cudaHostAlloc(&b.host, mh.used(), cudaHostAllocDefault));
+    Arena ad(static_cast<uint8_t*>(b.device)), ah(static_cast<uint8_t*>(b.host));
+    carve_device(ad);
+    carve_host(ah);
+    for (cudaEvent_t& e : b.staged)
+      CS_CUDA(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+    return {};
+  }
+  const uint64_t blocks = kv_bytes / spec_.bytes_per_block();
+  if (blocks < 2) {
+    return make_error(ErrorCode::kResourceExhausted,
+                      "the KV cache gets {} of GPU memory, less than 2 blocks of {}; raise "
+                      "--gpu-memory-utilization",
+                      format_bytes(kv_bytes), format_bytes(spec_.bytes_per_block()));
+  }
+  spec_.num_blocks = static_cast<int32_t>(std::min<uint64_t>(blocks, 1u << 30));
+  Status st = cuda_status(cudaMalloc(&buf_->kv, spec_.total_bytes()), "cudaMalloc (KV cache)");
+  if (!st.ok()) {
+    return make_error(st.code(),
+                      "cannot allocate {} of GPU memory for the KV cache ({}); lower "
+                      "--gpu-memory-utilization",
+                      format_bytes(spec_.total_bytes()), st.message());
+  }
+  return {};
+}
+
+// ---------------------------------------------------------------- steps
+
+Status CudaBackend::forward(const StepInput& in) {
+  Buffers& b = *buf_;
+  const ModelConfig& c = model_.config;
+  const int32_t n = in.num_tokens(), seqs = in.num_seqs();
+  const auto n_samples = static_cast<int32_t>(in.samples.size());
+  const auto n_copies = static_cast<int32_t>(in.block_copies.size());
+  if (n > b.max_tokens || seqs > b.max_seqs || in.max_blocks > b.max_blocks ||
+      n_samples > b.max_rows || n_copies > b.max_seqs) {
+    return make_error(ErrorCode::kInvalidArgument,
+                      "step of {} tokens, {} sequences, {} blocks per sequence and {} samples "
+                      "exceeds the CUDA backend's buffers ({}, {}, {}, {})",
+                      n, seqs, in.max_blocks, n_samples, b.max_tokens, b.max_seqs, b.max_blocks,
+                      b.max_rows);
+  }
+  // One upload of every int array.
+  int32_t* h = b.h_in;
+  size_t o = 0;
+  auto put = [&](const int32_t* src, size_t count) {
+    std::memcpy(h + o, src, count * sizeof(int32_t));
+    const size_t at = o;
+    o += count;
+    return b.d_in + at;
+  };
+  const int32_t* d_ids = put(in.token_ids.data(), static_cast<size_t>(n));
+  const int32_t* d_pos = put(in.positions.data(), static_cast<size_t>(n));
+  const int32_t* d_slots = put(in.slot_mapping.data(), static_cast<size_t>(n));
+  const int32_t* d_qs = put(in.query_start.data(), in.query_start.size());
+  const int32_t* d_ctx = put(in.context_lens.data(), in.context_lens.size());
+  const int32_t* d_table = put(in.block_table.data(), in.block_table.size());
+  std::vector<int32_t> rows(static_cast<size_t>(n_samples));
+  for (int32_t i = 0; i < n_samples; ++i)
+    rows[static_cast<size_t>(i)] = in.samples[static_cast<size_t>(i)].row;
+  rows_ = put(rows.data(), rows.size());
+  std::vector<int32_t> copies(3 * static_cast<size_t>(n_copies));
+  for (int32_t i = 0; i < n_copies; ++i) {
+    copies[static_cast<size_t>(i)] = in.block_copies[static_cast<size_t>(i)].src_block;
+    copies[static_cast<size_t>(n_copies + i)] = in.block_copies[static_cast<size_t>(i)].dst_block;
+    copies[static_cast<size_t>(2 * n_copies + i)] =
+        in.block_copies[static_cast<size_t>(i)].num_slots;
+  }
+  const int32_t* d_copies = put(copies.data(), copies.size());
+  CS_CUDA(cudaMemcpyAsync(b.d_in, h, o * sizeof(int32_t), cudaMemcpyHostToDevice, compute_));
+
+  auto* pool = static_cast<bf16*>(b.kv);
+  const int32_t B = spec_.block_size, L = spec_.num_layers, KVD = spec_.kv_dim();
+  if (n_copies > 0) {
+    ops::copy_block_prefixes(pool, d_copies, d_copies + n_copies, d_copies + 2 * n_copies, n_copies,
+                             L, B, KVD, compute_);
+  }
+  const int H = c.hidden_size, Q = c.q_dim(), QKV = c.q_dim() + 2 * KVD, FF = c.intermediate_size;
+  const float eps = c.rms_norm_eps;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
+  ops::AttnBatch batch;
+  batch.query_start = d_qs;
+  batch.context_lens = d_ctx;
+  batch.block_table = d_table;
+  batch.num_seqs = seqs;
+  batch.max_blocks = in.max_blocks;
+  batch.num_tokens = n;
+  batch.max_query_len = in.max_query_len;
+  batch.max_context_len = in.max_context_len;
+  const bool decode = in.max_query_len == 1;
+  const int splits = decode ? ops::decode_num_splits(seqs, c.num_kv_heads, in.max_context_len,
+                                                     kMaxSplits, num_sms_)
+                            : 1;
+
+  ops::embedding(weights_.embed, d_ids, b.x, n, H, compute_);
+  for (int32_t l = 0; l < L; ++l) {
+    const DeviceLayer& w = weights_.layers[static_cast<size_t>(l)];
+    ops::KvLayer kv;
+    kv.k = pool + static_cast<size_t>(l) * 2 * B * KVD;
+    kv.v = kv.k + static_cast<size_t>(B) * KVD;
+    kv.block_stride = static_cast<int64_t>(L) * 2 * B * KVD;
+    kv.block_size = B;
+    kv.num_kv_heads = spec_.num_kv_heads;
+    kv.head_dim = spec_.head_dim;
+    ops::add_rms_norm(b.x, l == 0 ? nullptr : b.delta, w.attn_norm, b.xn, n, H, eps, compute_);
+    CS_RETURN_IF_ERROR(gemm_->run(b.xn, w.wqkv, b.qkv, false, n, H, QKV, compute_));
+    ops::rope_qkv_write(b.qkv, w.bqkv, d_pos, weights_.inv_freq, d_slots, kv, n, c.num_heads,
+                        compute_);
+    if (decode) {
+      ops::paged_attention_decode(b.qkv, QKV, kv, batch, b.attn, c.num_heads, scale, splits,
+                                  b.attn_ws, compute_);
+    } else {
+      ops::paged_attention_prefill(b.qkv, QKV, kv, batch, b.attn, c.num_heads, scale, compute_);
+    }
+    CS_RETURN_IF_ERROR(gemm_->run(b.attn, w.wo, b.delta, false, n, Q, H, compute_));
+    ops::add_rms_norm(b.x, b.delta, w.ffn_norm, b.xn, n, H, eps, compute_);
+    CS_RETURN_IF_ERROR(gemm_->run(b.xn, w.wgu, b.gu, false, n, H, 2 * FF, compute_));
+    ops::silu_mul(b.gu, b.act, n, FF, compute_);
+    CS_RETURN_IF_ERROR(gemm_->run(b.act, w.wdown, b.delta, false, n, FF, H, compute_));
+  }
+  // The last residual add (its normed output is recomputed per logit row).
+  ops::add_rms_norm(b.x, b.delta, weights_.final_norm, b.xn, n, H, eps, compute_);
+  return last_error("the forward pass");
+}
+
+Status CudaBackend::head(const int32_t* d_rows, int n) {
+  Buffers& b = *buf_;
+  const ModelConfig& c = model_.config;
+  if (n == 0) return {};
+  ops::gather_rows(b.x, d_rows, b.x_rows, n, c.hidden_size, compute_);
+  ops::add_rms_norm(b.x_rows, nullptr, weights_.final_norm, b.xn_rows, n, c.hidden_size,
+                    c.rms_norm_eps, compute_);
+  return gemm_->run(b.xn_rows, weights_.lm_head, b.logits, true, n, c.hidden_size, c.vocab_size,
+                    compute_);
+}
+
+Status CudaBackend::sample(const StepInput& in, StepOutput& out) {
+  Buffers& b = *buf_;
+  const int32_t vocab = model_.config.vocab_size;
+  const auto n = static_cast<int32_t>(in.samples.size());
+  out.samples.assign(static_cast<size_t>(n), SampleResult{});
+  if (n == 0) return {};
+  CS_RETURN_IF_ERROR(head(rows_, n));
+  std::vector<ops::TokenEdit> edits;
+  bool any_logprobs = false, any_top = false;
+  for (int32_t i = 0; i < n; ++i) {
+    const SampleRow& r = in.samples[static_cast<size_t>(i)];
+    const SamplingParams& sp = *r.params;
+    ops::SampleRowParams& p = b.h_params[i];
+    p = ops::SampleRowParams{};
+    p.temperature = sp.temperature;
+    p.top_k = sp.top_k;
+    p.top_p = sp.top_p;
+    p.min_p = sp.min_p;
+    p.log_min_p = sp.min_p > 0.0f ? std::log(sp.min_p) : 0.0f;
+    p.repetition_penalty = sp.repetition_penalty;
+    p.presence_penalty = sp.presence_penalty;
+    p.frequency_penalty = sp.frequency_penalty;
+    p.seed = r.seed;
+    p.draw_index = r.output_token_ids.size();
+    p.num_logprobs = sp.logprobs || sp.top_logprobs > 0 ? sp.top_logprobs : -1;
+    any_logprobs = any_logprobs || p.num_logprobs >= 0;
+    any_top = any_top || p.num_logprobs > 0;
+    std::vector<int32_t> masked;
+    if (static_cast<int32_t>(r.output_token_ids.size()) < sp.min_tokens) {
+      if (!sp.ignore_eos) masked.assign(r.eos_token_ids.begin(), r.eos_token_ids.end());
+      masked.insert(masked.end(), sp.stop_token_ids.begin(), sp.stop_token_ids.end());
+    }
+    p.edit_begin = static_cast<int32_t>(edits.size());
+    ops::append_token_edits(r.prompt_token_ids.data(), r.prompt_token_ids.size(),
+                            r.output_token_ids.data(), r.output_token_ids.size(),
+                            sp.repetition_penalty != 1.0f,
+                            sp.frequency_penalty != 0.0f || sp.presence_penalty != 0.0f,
+                            masked.data(), masked.size(), vocab, edits);
+    p.edit_end = static_cast<int32_t>(edits.size());
+  }
+  if (edits.size() > static_cast<size_t>(kMaxEdits)) {
+    return make_error(ErrorCode::kResourceExhausted,
+                      "the step's penalties touch {} tokens, more than the sampler's {}",
+                      edits.size(), kMaxEdits);
+  }
+  std::copy(edits.begin(), edits.end(), b.h_edits);
+  CS_CUDA(cudaMemcpyAsync(b.d_params, b.h_params, sizeof(ops::SampleRowParams) * n,
+                          cudaMemcpyHostToDevice, compute_));
+  if (!edits.empty()) {
+    CS_CUDA(cudaMemcpyAsync(b.d_edits, b.h_edits, sizeof(ops::TokenEdit) * edits.size(),
+                            cudaMemcpyHostToDevice, compute_));
+  }
+  ops::sample(b.logits, vocab, b.d_params, n, edits.empty() ? nullptr : b.d_edits, b.sample_ws,
+              b.d_token, any_logprobs ? b.d_logprob : nullptr, any_logprobs ? b.d_rank : nullptr,
+              any_top ? b.d_top_ids : nullptr, any_top ? b.d_top_lp : nullptr, compute_);
+  constexpr int kTop = ops::kMaxTopLogprobs;
+  CS_CUDA(
+      cudaMemcpyAsync(b.h_token, b.d_token, sizeof(int32_t) * n, cudaMemcpyDeviceToHost, compute_));
+  if (any_logprobs) {
+    CS_CUDA(cudaMemcpyAsync(b.h_logprob, b.d_logprob, sizeof(float) * n, cudaMemcpyDeviceToHost,
+                            compute_));
+    CS_CUDA(
+        cudaMemcpyAsync(b.h_rank, b.d_rank, sizeof(int32_t) * n, cudaMemcpyDeviceToHost, compute_));
+  }
+  if (any_top) {
+    CS_CUDA(cudaMemcpyAsync(b.h_top_ids, b.d_top_ids, sizeof(int32_t) * n * kTop,
+                            cudaMemcpyDeviceToHost, compute_));
+    CS_CUDA(cudaMemcpyAsync(b.h_top_lp, b.d_top_lp, sizeof(float) * n * kTop,
+                            cudaMemcpyDeviceToHost, compute_));
+  }
+  CS_CUDA(cudaStreamSynchronize(compute_));
+  CS_RETURN_IF_ERROR(last_error("sampling"));
+  for (int32_t i = 0; i < n; ++i) {
+    SampleResult& res = out.samples[static_cast<size_t>(i)];
+    res.token = b.h_token[i];
+    if (res.token < 0) {
+      return make_error(ErrorCode::kInternal, "logits row {} holds NaN or +inf", i);
+    }
+    const int32_t k = b.h_params[i].num_logprobs;
+    if (k < 0) continue;
+    res.logprob = b.h_logprob[i];
+    res.rank = b.h_rank[i];
+    for (int32_t j = 0; j < k; ++j)
+      res.top_logprobs.push_back({b.h_top_ids[i * kTop + j], b.h_top_lp[i * kTop + j]});
+  }
+  return {};
+}
+
+Status CudaBackend::prompt_logprobs(const StepInput& in, StepOutput& out) {
+  Buffers& b = *buf_;
+  const int32_t vocab = model_.config.vocab_size;
+  constexpr int kTop = ops::kMaxTopLogprobs;
+  out.prompt_logprobs.assign(in.prompt_logprobs.size(), {});
+  // Its own corner of the input area: rows then targets, one chunk at a time.
+  int32_t* h_rows = b.h_in + b.in_ints - 2 * static_cast<uint64_t>(b.max_rows);
+  int32_t* d_rows = b.d_in + b.in_ints - 2 * static_cast<uint64_t>(b.max_rows);
+  for (size_t k = 0; k < in.prompt_logprobs.size(); ++k) {
+    const PromptLogprobRows& p = in.prompt_logprobs[k];
+    const int top_n = std::clamp(p.top_n, 0, kTop);
+    for (size_t done = 0; done < p.targets.size();) {
+      const int c = static_cast<int>(
+          std::min<size_t>(static_cast<size_t>(b.max_rows), p.targets.size() - done));
+      for (int i = 0; i < c; ++i) {
+        h_rows[i] = p.first_row + static_cast<int32_t>(done) + i;
+        h_rows[b.max_rows + i] = p.targets[done + static_cast<size_t>(i)];
+      }
+      CS_CUDA(cudaMemcpyAsync(d_rows, h_rows, sizeof(int32_t) * 2 * b.max_rows,
+                              cudaMemcpyHostToDevice, compute_));
+      CS_RETURN_IF_ERROR(head(d_rows, c));
+      ops::token_logprobs(b.logits, vocab, c, d_rows + b.max_rows, top_n, b.d_logprob, b.d_rank,
+                          top_n > 0 ? b.d_top_ids : nullptr, top_n > 0 ? b.d_top_lp : nullptr,
+                          compute_);
+      CS_CUDA(cudaMemcpyAsync(b.h_logprob, b.d_logprob, sizeof(float) * c, cudaMemcpyDeviceToHost,
+                              compute_));
+      if (top_n > 0) {
+        CS_CUDA(cudaMemcpyAsync(b.h_top_ids, b.d_top_ids, sizeof(int32_t) * c * kTop,
+                                cudaMemcpyDeviceToHost, compute_));
+        CS_CUDA(cudaMemcpyAsync(b.h_top_lp, b.d_top_lp, sizeof(float) * c * kTop,
+                                cudaMemcpyDeviceToHost, compute_));
+      }
+      CS_CUDA(cudaStreamSynchronize(compute_));
+      for (int i = 0; i < c; ++i) {
+        PromptLogprob pl;
+        pl.token = p.targets[done + static_cast<size_t>(i)];
+        pl.logprob = b.h_logprob[i];
+        for (int j = 0; j < top_n; ++j)
+          pl.top.push_back({b.h_top_ids[i * kTop + j], b.h_top_lp[i * kTop + j]});
+        out.prompt_logprobs[k].push_back(std::move(pl));
+      }
+      done += static_cast<size_t>(c);
+    }
+  }
+  return last_error("prompt logprobs");
+}
+
+Status CudaBackend::execute(const StepInput& in, StepOutput& out) {
+  std::vector<int32_t> rows;
+  for (const SampleRow& s : in.samples)
+    rows.push_back(s.row);
+  for (const PromptLogprobRows& p : in.prompt_logprobs) {
+    for (size_t i = 0; i < p.targets.size(); ++i)
+      rows.push_back(p.first_row + static_cast<int32_t>(i));
+  }
+  CS_RETURN_IF_ERROR(
+      validate_step(in, rows, model_.config.vocab_size, spec_.num_blocks, spec_.block_size));
+  CS_RETURN_IF_ERROR(forward(in));
+  CS_RETURN_IF_ERROR(sample(in, out));
+  return prompt_logprobs(in, out);
+}
+
+Status CudaBackend::logits(const StepInput& in, std::vector<float>& out) {
+  std::vector<int32_t> rows;
+  for (const SampleRow& s : in.samples)
+    rows.push_back(s.row);
+  CS_RETURN_IF_ERROR(
+      validate_step(in, rows, model_.config.vocab_size, spec_.num_blocks, spec_.block_size));
+  CS_RETURN_IF_ERROR(forward(in));
+  const auto n = static_cast<int32_t>(rows.size());
+  CS_RETURN_IF_ERROR(head(rows_, n));
+  out.resize(static_cast<size_t>(n) * model_.config.vocab_size);
+  CS_CUDA(cudaMemcpyAsync(out.data(), buf_->logits, out.size() * sizeof(float),
+                          cudaMemcpyDeviceToHost, compute_));
+  CS_CUDA(cudaStreamSynchronize(compute_));
+  return last_error("logits");
+}
+
+// ---------------------------------------------------------------- transfers
+
+Status CudaBackend::transfer(const HostKv& kv, const KvBlockList& blocks, bool load) {
+  CS_CUDA(cudaSetDevice(opts_.device));  // the transfer thread's first call may be this one
+  Buffers& b = *buf_;
+  const int32_t B = spec_.block_size, L = spec_.num_layers, KVD = spec_.kv_dim();
+  const int32_t heads = spec_.num_kv_heads, dim = spec_.head_dim;
+  const int32_t T = kv.num_tokens;
+  const size_t esz = dtype_size(kv.dtype);
+  const int32_t n_index = (T + B - 1) / B;
+  if (n_index > b.max_blocks) {
+    return make_error(ErrorCode::kInvalidArgument,
+                      "a KV transfer of {} tokens exceeds --max-model-len", T);
+  }
+  // Block of each block index (only the transferred ones are read).
+  std::vector<int32_t> table(static_cast<size_t>(n_index), 0);
+  for (size_t i = 0; i < blocks.block_ids.size(); ++i)
+    table[static_cast<size_t>(blocks.block_index[i])] = blocks.block_ids[i];
+  CS_CUDA(cudaMemcpyAsync(b.d_table, table.data(), table.size() * sizeof(int32_t),
+                          cudaMemcpyHostToDevice, copy_));
+  // Token chunks that fit a staging buffer, whole blocks each.
+  const uint64_t token_bytes = static_cast<uint64_t>(heads) * dim * esz;
+  const int32_t chunk = static_cast<int32_t>(kStageBytes / token_bytes) / B * B;
+  if (chunk < B) return make_error(ErrorCode::kInternal, "a KV block exceeds the staging buffer");
+  auto* pool = static_cast<bf16*>(b.kv);
+  int slot = 0;
+  for (size_t r = 0; r < blocks.block_index.size();) {
+    // A run of consecutive block indices: positions [p0, p1).
+    size_t e = r + 1;
+    while (e < blocks.block_index.size() && blocks.block_index[e] == blocks.block_index[e - 1] + 1)
+      ++e;
+    const int32_t p0 = blocks.block_index[r] * B;
+    const int32_t p1 = std::min(T, (blocks.block_index[e - 1] + 1) * B);
+    r = e;
+    for (int32_t l = 0; l < L; ++l) {
+      for (int v = 0; v < 2; ++v) {
+        auto* host = static_cast<uint8_t*>(v ? kv.values[l] : kv.keys[l]);  // [heads, T, dim]
+        ops::KvLayer layout;
+        layout.k = pool + static_cast<size_t>(l) * 2 * B * KVD;
+        layout.v = layout.k + static_cast<size_t>(B) * KVD;
+        layout.block_stride = static_cast<int64_t>(L) * 2 * B * KVD;
+        layout.block_size = B;
+        layout.num_kv_heads = heads;
+        layout.head_dim = dim;
+        bf16* base = v ? layout.v : layout.k;
+        for (int32_t t0 = p0; t0 < p1; t0 += chunk) {
+          const int32_t c = std::min(chunk, p1 - t0);
+          const size_t row = static_cast<size_t>(c) * dim * esz;  // one head's rows
+          auto* staged = static_cast<uint8_t*>(b.h_stage[slot]);
+          CS_CUDA(cudaEventSynchronize(b.staged[slot]));  // its previous use is done
+          if (load) {
+            for (int32_t h = 0; h < heads; ++h) {
+              std::memcpy(staged + h * row, host + (static_cast<size_t>(h) * T + t0) * dim * esz,
+                          row);
+            }
+            CS_CUDA(cudaMemcpyAsync(b.d_stage[slot], staged, row * heads, cudaMemcpyHostToDevice,
+                                    copy_));
+            ops::kv_import(b.d_stage[slot], kv_elem(kv.dtype), c, 0, c, b.d_table + t0 / B, base,
+                           layout, copy_);
+            CS_CUDA(cudaEventRecord(b.staged[slot], copy_));
+          } else {
+            ops::kv_export(base, layout, b.d_table + t0 / B, c, 0, c, b.d_stage[slot],
+                           kv_elem(kv.dtype), copy_);
+            CS_CUDA(cudaMemcpyAsync(staged, b.d_stage[slot], row * heads, cudaMemcpyDeviceToHost,
+                                    copy_));
+            CS_CUDA(cudaEventRecord(b.staged[slot], copy_));
+            CS_CUDA(cudaEventSynchronize(b.staged[slot]));
+            for (int32_t h = 0; h < heads; ++h) {
+              std::memcpy(host + (static_cast<size_t>(h) * T + t0) * dim * esz, staged + h * row,
+                          row);
+            }
+          }
+          slot ^= 1;
+        }
+      }
+    }
+  }
+  CS_CUDA(cudaStreamSynchronize(copy_));
+  return last_error(load ? "loading KV into blocks" : "saving KV from blocks");
+}
+
+Result<TransferId> CudaBackend::start_kv_load(const HostKv& src, const KvBlockList& blocks) {
+  CS_RETURN_IF_ERROR(validate_transfer(src, blocks, spec_));
+  return transfers_->start([this, src, blocks] { return transfer(src, blocks, true); });
+}
+
+Result<TransferId> CudaBackend::start_kv_save(const KvBlockList& blocks, const HostKv& dst) {
+  CS_RETURN_IF_ERROR(validate_transfer(dst, blocks, spec_));
+  return transfers_->start([this, dst, blocks] { return transfer(dst, blocks, false); });
+}
+
+std::optional<Status> CudaBackend::poll_transfer(TransferId id) {
+  return transfers_->poll(id);
+}
+
+Status CudaBackend::wait_transfer(TransferId id) {
+  return transfers_->wait(id);
+}
+
+}  // namespace cartserve::cuda

@@ -1,0 +1,89 @@
+// The CUDA backend: bf16 weights in one device allocation, the paged KV pool
+// in another (block-major, see kernels/cuda_ops.h), persistent step buffers,
+// the forward pass through cuBLASLt GEMMs and the bf16 kernels, sampling on
+// the device; only token ids and requested logprobs come back.
+//
+// NOTE: streams. Steps run on the compute stream; KV transfers run on the
+// copy stream, driven by the transfer thread (host staging in pinned memory,
+// a device staging buffer, then kv_import / kv_export into or out of the
+// blocks). A transfer's blocks are never touched by a step while it runs
+// (the device tier and the engine guarantee it), so the streams need no
+// ordering between them.
+//
+// Memory at start-up (vLLM's --gpu-memory-utilization): weights, then the
+// step buffers sized for max_num_batched_tokens and max_num_seqs, then the
+// KV pool takes what is left of utilization x total memory. No allocation
+// happens inside a step.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "model/model.h"
+#include "runtime/backend.h"
+#include "runtime/cuda/device_weights.h"
+#include "runtime/cuda/gemm.h"
+#include "runtime/transfer_queue.h"
+
+namespace cartserve::cuda {
+
+struct CudaOptions {
+  int device = 0;
+  int32_t block_size = 16;
+  double gpu_memory_utilization = 0.9;
+  // Instead of the utilization: room for this many positions, or this many bytes.
+  int64_t kv_cache_tokens = 0;
+  uint64_t kv_cache_bytes = 0;
+  int32_t max_num_batched_tokens = 2048;
+  int32_t max_num_seqs = 256;
+  int32_t max_model_len = 4096;
+};
+
+class CudaBackend final : public Backend {
+ public:
+  static Result<std::unique_ptr<CudaBackend>> create(const Model& model, const CudaOptions& opts);
+  ~CudaBackend() override;
+
+  std::string name() const override { return name_; }
+  const KvSpec& kv_spec() const override { return spec_; }
+  Status execute(const StepInput& in, StepOutput& out) override;
+  Status logits(const StepInput& in, std::vector<float>& out) override;
+  Result<TransferId> start_kv_load(const HostKv& src, const KvBlockList& blocks) override;
+  Result<TransferId> start_kv_save(const KvBlockList& blocks, const HostKv& dst) override;
+  std::optional<Status> poll_transfer(TransferId id) override;
+  Status wait_transfer(TransferId id) override;
+
+  uint64_t weight_bytes() const { return weights_.nbytes(); }
+
+ private:
+  struct Buffers;
+  CudaBackend(const Model& model, const CudaOptions& opts, DeviceWeights weights);
+  Status allocate(uint64_t kv_bytes);
+  // Uploads the step's arrays, applies its block copies and runs every row;
+  // the final hidden states are in x_.
+  Status forward(const StepInput& in);
+  // Logits [n, vocab] fp32 in logits_ of the rows at d_rows (device) of x_.
+  Status head(const int32_t* d_rows, int n);
+  Status sample(const StepInput& in, StepOutput& out);
+  Status prompt_logprobs(const StepInput& in, StepOutput& out);
+  Status transfer(const HostKv& kv, const KvBlockList& blocks, bool load);
+
+  const Model& model_;
+  CudaOptions opts_;
+  std::string name_;
+  KvSpec spec_;
+  int num_sms_ = 0;
+  DeviceWeights weights_;
+  std::unique_ptr<Buffers> buf_;
+  const int32_t* rows_ = nullptr;  // device: the step's sampled rows (set by forward)
+  std::unique_ptr<Gemm> gemm_;
+  cudaStream_t compute_ = nullptr;
+  cudaStream_t copy_ = nullptr;
+  std::unique_ptr<TransferQueue> transfers_;  // its jobs use the copy stream and staging
+};
+
+}  // namespace cartserve::cuda

@@ -1,0 +1,66 @@
+#include "runtime/cuda/gemm.h"
+
+#include "runtime/cuda/cuda_status.h"
+
+namespace cartserve::cuda {
+
+Result<std::unique_ptr<Gemm>> Gemm::create(void* workspace, size_t workspace_bytes) {
+  std::unique_ptr<Gemm> g(new Gemm());
+  CS_CUBLAS(cublasLtCreate(&g->handle_));
+  g->workspace_ = workspace;
+  g->workspace_bytes_ = workspace_bytes;
+  return g;
+}
+
+Gemm::~Gemm() {
+  for (auto& [key, p] : plans_) {
+    cublasLtMatrixLayoutDestroy(p.a);
+    cublasLtMatrixLayoutDestroy(p.b);
+    cublasLtMatrixLayoutDestroy(p.c);
+    cublasLtMatmulDescDestroy(p.op);
+  }
+  if (handle_) cublasLtDestroy(handle_);
+}
+
+// Column-major view: Y^T [out, n] = W [out, in] (stored as W^T [in, out], ld in,
+// transposed) x X^T [in, n] (ld in).
+Result<const Gemm::Plan*> Gemm::plan(int n, int in, int out, bool y_fp32) {
+  const auto key = std::make_tuple(n, in, out, y_fp32);
+  if (auto it = plans_.find(key); it != plans_.end()) return &it->second;
+  Plan p;
+  CS_CUBLAS(cublasLtMatmulDescCreate(&p.op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+  const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
+  CS_CUBLAS(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta));
+  CS_CUBLAS(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb));
+  CS_CUBLAS(cublasLtMatrixLayoutCreate(&p.a, CUDA_R_16BF, in, out, in));
+  CS_CUBLAS(cublasLtMatrixLayoutCreate(&p.b, CUDA_R_16BF, in, n, in));
+  CS_CUBLAS(cublasLtMatrixLayoutCreate(&p.c, y_fp32 ? CUDA_R_32F : CUDA_R_16BF, out, n, out));
+  cublasLtMatmulPreference_t pref = nullptr;
+  CS_CUBLAS(cublasLtMatmulPreferenceCreate(&pref));
+  CS_CUBLAS(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                                                 &workspace_bytes_, sizeof workspace_bytes_));
+  cublasLtMatmulHeuristicResult_t result{};
+  int found = 0;
+  const cublasStatus_t st =
+      cublasLtMatmulAlgoGetHeuristic(handle_, p.op, p.a, p.b, p.c, p.c, pref, 1, &result, &found);
+  cublasLtMatmulPreferenceDestroy(pref);
+  CS_CUBLAS(st);
+  if (found == 0) {
+    return make_error(ErrorCode::kInternal, "cuBLASLt has no algorithm for a {}x{}x{} GEMM", n, in,
+                      out);
+  }
+  p.algo = result.algo;
+  return &plans_.emplace(key, p).first->second;
+}
+
+Status Gemm::run(const __nv_bfloat16* x, const __nv_bfloat16* w, void* y, bool y_fp32, int n,
+                 int in, int out, cudaStream_t s) {
+  if (n == 0) return {};
+  CS_ASSIGN_OR_RETURN(const Plan* p, plan(n, in, out, y_fp32));
+  const float alpha = 1.0f, beta = 0.0f;
+  CS_CUBLAS(cublasLtMatmul(handle_, p->op, &alpha, w, p->a, x, p->b, &beta, y, p->c, y, p->c,
+                           &p->algo, workspace_, workspace_bytes_, s));
+  return {};
+}
+
+}  // namespace cartserve::cuda

@@ -1,0 +1,45 @@
+// Linear layers on the GPU through cuBLASLt: y[n, out] = x[n, in] @ w[out, in]^T
+// with bf16 operands and fp32 accumulation, y in bf16 or fp32. The algorithm
+// for each shape is chosen once (cuBLASLt's heuristic) and kept.
+#pragma once
+
+#include <cublasLt.h>
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <map>
+#include <memory>
+#include <tuple>
+
+#include "core/status.h"
+
+namespace cartserve::cuda {
+
+class Gemm {
+ public:
+  // `workspace` (device, `workspace_bytes`) is the caller's, for every call.
+  static Result<std::unique_ptr<Gemm>> create(void* workspace, size_t workspace_bytes);
+  ~Gemm();
+  Gemm(const Gemm&) = delete;
+  Gemm& operator=(const Gemm&) = delete;
+
+  // x: [n, in] bf16; w: [out, in] bf16; y: [n, out] (fp32 when y_fp32, else bf16).
+  Status run(const __nv_bfloat16* x, const __nv_bfloat16* w, void* y, bool y_fp32, int n, int in,
+             int out, cudaStream_t s);
+
+ private:
+  Gemm() = default;
+  struct Plan {
+    cublasLtMatmulDesc_t op = nullptr;
+    cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
+    cublasLtMatmulAlgo_t algo{};
+  };
+  Result<const Plan*> plan(int n, int in, int out, bool y_fp32);
+
+  cublasLtHandle_t handle_ = nullptr;
+  void* workspace_ = nullptr;
+  size_t workspace_bytes_ = 0;
+  std::map<std::tuple<int, int, int, bool>, Plan> plans_;
+};
+
+}  // namespace cartserve::cuda
