@@ -278,15 +278,13 @@ Status CudaBackend::forward(const StepInput& in) {
   Buffers& b = *buf_;
   const ModelConfig& c = model_.config;
   const int32_t n = in.num_tokens(), seqs = in.num_seqs();
-  const auto n_samples = static_cast<int32_t>(in.samples.size());
   const auto n_copies = static_cast<int32_t>(in.block_copies.size());
   if (n > b.max_tokens || seqs > b.max_seqs || in.max_blocks > b.max_blocks ||
-      n_samples > b.max_rows || n_copies > b.max_seqs) {
+      n_copies > b.max_seqs) {
     return make_error(ErrorCode::kInvalidArgument,
-                      "step of {} tokens, {} sequences, {} blocks per sequence and {} samples "
-                      "exceeds the CUDA backend's buffers ({}, {}, {}, {})",
-                      n, seqs, in.max_blocks, n_samples, b.max_tokens, b.max_seqs, b.max_blocks,
-                      b.max_rows);
+                      "step of {} tokens, {} sequences and {} blocks per sequence exceeds the CUDA "
+                      "backend's buffers ({}, {}, {})",
+                      n, seqs, in.max_blocks, b.max_tokens, b.max_seqs, b.max_blocks);
   }
   // One upload of every int array.
   int32_t* h = b.h_in;
@@ -303,10 +301,6 @@ Status CudaBackend::forward(const StepInput& in) {
   const int32_t* d_qs = put(in.query_start.data(), in.query_start.size());
   const int32_t* d_ctx = put(in.context_lens.data(), in.context_lens.size());
   const int32_t* d_table = put(in.block_table.data(), in.block_table.size());
-  std::vector<int32_t> rows(static_cast<size_t>(n_samples));
-  for (int32_t i = 0; i < n_samples; ++i)
-    rows[static_cast<size_t>(i)] = in.samples[static_cast<size_t>(i)].row;
-  rows_ = put(rows.data(), rows.size());
   std::vector<int32_t> copies(3 * static_cast<size_t>(n_copies));
   for (int32_t i = 0; i < n_copies; ++i) {
     copies[static_cast<size_t>(i)] = in.block_copies[static_cast<size_t>(i)].src_block;
@@ -382,13 +376,31 @@ Status CudaBackend::head(const int32_t* d_rows, int n) {
                     compute_);
 }
 
+Status CudaBackend::head_rows(const int32_t* rows, int n, const int32_t* targets) {
+  Buffers& b = *buf_;
+  int32_t* h_rows = b.h_in + b.in_ints - 2 * static_cast<uint64_t>(b.max_rows);
+  int32_t* d_rows = b.d_in + b.in_ints - 2 * static_cast<uint64_t>(b.max_rows);
+  std::memcpy(h_rows, rows, sizeof(int32_t) * n);
+  if (targets) std::memcpy(h_rows + b.max_rows, targets, sizeof(int32_t) * n);
+  CS_CUDA(cudaMemcpyAsync(d_rows, h_rows, sizeof(int32_t) * 2 * b.max_rows, cudaMemcpyHostToDevice,
+                          compute_));
+  return head(d_rows, n);
+}
+
 Status CudaBackend::sample(const StepInput& in, StepOutput& out) {
   Buffers& b = *buf_;
   const int32_t vocab = model_.config.vocab_size;
   const auto n = static_cast<int32_t>(in.samples.size());
   out.samples.assign(static_cast<size_t>(n), SampleResult{});
   if (n == 0) return {};
-  CS_RETURN_IF_ERROR(head(rows_, n));
+  if (n > b.max_rows) {
+    return make_error(ErrorCode::kInvalidArgument, "{} rows to sample, more than the {} buffered",
+                      n, b.max_rows);
+  }
+  std::vector<int32_t> rows;
+  for (const SampleRow& r : in.samples)
+    rows.push_back(r.row);
+  CS_RETURN_IF_ERROR(head_rows(rows.data(), n, nullptr));
   std::vector<ops::TokenEdit> edits;
   bool any_logprobs = false, any_top = false;
   for (int32_t i = 0; i < n; ++i) {
@@ -475,23 +487,18 @@ Status CudaBackend::prompt_logprobs(const StepInput& in, StepOutput& out) {
   const int32_t vocab = model_.config.vocab_size;
   constexpr int kTop = ops::kMaxTopLogprobs;
   out.prompt_logprobs.assign(in.prompt_logprobs.size(), {});
-  // Its own corner of the input area: rows then targets, one chunk at a time.
-  int32_t* h_rows = b.h_in + b.in_ints - 2 * static_cast<uint64_t>(b.max_rows);
-  int32_t* d_rows = b.d_in + b.in_ints - 2 * static_cast<uint64_t>(b.max_rows);
+  const int32_t* d_targets = b.d_in + b.in_ints - static_cast<uint64_t>(b.max_rows);
   for (size_t k = 0; k < in.prompt_logprobs.size(); ++k) {
     const PromptLogprobRows& p = in.prompt_logprobs[k];
     const int top_n = std::clamp(p.top_n, 0, kTop);
     for (size_t done = 0; done < p.targets.size();) {
       const int c = static_cast<int>(
           std::min<size_t>(static_cast<size_t>(b.max_rows), p.targets.size() - done));
-      for (int i = 0; i < c; ++i) {
-        h_rows[i] = p.first_row + static_cast<int32_t>(done) + i;
-        h_rows[b.max_rows + i] = p.targets[done + static_cast<size_t>(i)];
-      }
-      CS_CUDA(cudaMemcpyAsync(d_rows, h_rows, sizeof(int32_t) * 2 * b.max_rows,
-                              cudaMemcpyHostToDevice, compute_));
-      CS_RETURN_IF_ERROR(head(d_rows, c));
-      ops::token_logprobs(b.logits, vocab, c, d_rows + b.max_rows, top_n, b.d_logprob, b.d_rank,
+      std::vector<int32_t> rows(static_cast<size_t>(c));
+      for (int i = 0; i < c; ++i)
+        rows[static_cast<size_t>(i)] = p.first_row + static_cast<int32_t>(done) + i;
+      CS_RETURN_IF_ERROR(head_rows(rows.data(), c, p.targets.data() + done));
+      ops::token_logprobs(b.logits, vocab, c, d_targets, top_n, b.d_logprob, b.d_rank,
                           top_n > 0 ? b.d_top_ids : nullptr, top_n > 0 ? b.d_top_lp : nullptr,
                           compute_);
       CS_CUDA(cudaMemcpyAsync(b.h_logprob, b.d_logprob, sizeof(float) * c, cudaMemcpyDeviceToHost,
@@ -539,12 +546,17 @@ Status CudaBackend::logits(const StepInput& in, std::vector<float>& out) {
   CS_RETURN_IF_ERROR(
       validate_step(in, rows, model_.config.vocab_size, spec_.num_blocks, spec_.block_size));
   CS_RETURN_IF_ERROR(forward(in));
-  const auto n = static_cast<int32_t>(rows.size());
-  CS_RETURN_IF_ERROR(head(rows_, n));
-  out.resize(static_cast<size_t>(n) * model_.config.vocab_size);
-  CS_CUDA(cudaMemcpyAsync(out.data(), buf_->logits, out.size() * sizeof(float),
-                          cudaMemcpyDeviceToHost, compute_));
-  CS_CUDA(cudaStreamSynchronize(compute_));
+  const size_t vocab = static_cast<size_t>(model_.config.vocab_size);
+  out.resize(rows.size() * vocab);
+  for (size_t done = 0; done < rows.size();) {  // in chunks the logits buffer holds
+    const int c =
+        static_cast<int>(std::min<size_t>(static_cast<size_t>(buf_->max_rows), rows.size() - done));
+    CS_RETURN_IF_ERROR(head_rows(rows.data() + done, c, nullptr));
+    CS_CUDA(cudaMemcpyAsync(out.data() + done * vocab, buf_->logits, c * vocab * sizeof(float),
+                            cudaMemcpyDeviceToHost, compute_));
+    CS_CUDA(cudaStreamSynchronize(compute_));
+    done += static_cast<size_t>(c);
+  }
   return last_error("logits");
 }
 

@@ -66,8 +66,11 @@ class CudaBackend final : public Backend {
   // Uploads the step's arrays, applies its block copies and runs every row;
   // the final hidden states are in x_.
   Status forward(const StepInput& in);
-  // Logits [n, vocab] fp32 in logits_ of the rows at d_rows (device) of x_.
+  // Logits [n, vocab] fp32 in the logits buffer of the rows at d_rows (device) of x.
   Status head(const int32_t* d_rows, int n);
+  // The same for host rows (n <= the buffer's rows), uploaded with their
+  // targets (prompt logprobs; may be null) to the input area's last rows.
+  Status head_rows(const int32_t* rows, int n, const int32_t* targets);
   Status sample(const StepInput& in, StepOutput& out);
   Status prompt_logprobs(const StepInput& in, StepOutput& out);
   Status transfer(const HostKv& kv, const KvBlockList& blocks, bool load);
@@ -79,7 +82,6 @@ class CudaBackend final : public Backend {
   int num_sms_ = 0;
   DeviceWeights weights_;
   std::unique_ptr<Buffers> buf_;
-  const int32_t* rows_ = nullptr;  // device: the step's sampled rows (set by forward)
   std::unique_ptr<Gemm> gemm_;
   cudaStream_t compute_ = nullptr;
   cudaStream_t copy_ = nullptr;

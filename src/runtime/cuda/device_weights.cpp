@@ -44,7 +44,8 @@ class Packer {
     return off;
   }
   uint64_t size() const { return size_; }
-  void allocate() { image_.resize(size_); }
+  // Room for what a measuring pass counted (before packing for real).
+  void allocate(uint64_t bytes) { image_.resize(bytes); }
   const uint8_t* data() const { return image_.data(); }
 
  private:
@@ -128,7 +129,7 @@ Result<DeviceWeights> DeviceWeights::upload(const Model& model) {
                       dw.bytes_ >> 20, st.message());
   }
   Packer p(false);
-  p.allocate();
+  p.allocate(dw.bytes_);
   const Offsets o = pack(model, p);
   CS_CUDA(cudaMemcpy(dw.base_, p.data(), p.size(), cudaMemcpyHostToDevice));
   auto* base = static_cast<const uint8_t*>(dw.base_);
