@@ -125,8 +125,12 @@ def test_tier05_canary_both_modes(vserver, carts):
         served = metric(ps, 'cartserve:cartridge_requests_total{cartridge_id="canary"}')
     finally:
         ps.stop()
-    ok = d_virtual < 1e-3 and d_prefix < 1e-3 and served >= 1
-    record("0.5", "canary: cartridge logprobs == document+question, both modes (fp32, tol 1e-3)", ok,
+    # fp32 on the CPU; on the GPU both sides are bf16 (the cartridge prefilled by the CPU,
+    # the document by the GPU): bf16 weights alone move this model's logits by up to
+    # 0.17 (tests/model/golden_test.cpp), so 0.25 there.
+    tol = 1e-3 if DEVICE == "cpu" else 0.25
+    ok = d_virtual < tol and d_prefix < tol and served >= 1
+    record("0.5", f"canary: cartridge logprobs == document+question, both modes ({DEVICE}, tol {tol:g})", ok,
            f"max |dlogprob| top-20: virtual {d_virtual:.1e}, prefix {d_prefix:.1e}")
     assert ok
 
@@ -281,10 +285,14 @@ def test_residency_lru_pin_in_use(carts):
         assert requests.post(s.url + "/v1/cartridges/marrowick/unpin").status_code == 200
         # In use: a long request on tallowmere while others are asked for; it never loses its KV.
         with cf.ThreadPoolExecutor(2) as ex:
-            long = ex.submit(answer, s.url, q["tallowmere"]["question"], "tallowmere", max_tokens=200,
-                             extra={"ignore_eos": True})
-            time.sleep(1.0)
-            mid = {e["id"]: e for e in requests.get(s.url + "/v1/cartridges").json()["data"]}
+            long = ex.submit(answer, s.url, q["tallowmere"]["question"], "tallowmere",
+                             max_tokens=200 if DEVICE == "cpu" else 1200, extra={"ignore_eos": True})
+            # The listing while the long request runs (the GPU is fast: poll rather than sleep).
+            while True:
+                mid = {e["id"]: e for e in requests.get(s.url + "/v1/cartridges").json()["data"]}
+                if mid["tallowmere"]["in_use"] >= 1 or long.done():
+                    break
+                time.sleep(0.02)
             other = ex.submit(answer, s.url, q["quillon"]["question"], "quillon", max_tokens=8)
             long_text = long.result()
             other.result()
