@@ -28,6 +28,7 @@ struct GenerateArgs {
   bool chat = false;
   bool ignore_eos = false;
   std::string dtype = "auto";
+  std::string device = "cpu";
   std::string log_level = "info";
 };
 
@@ -45,6 +46,7 @@ int run_generate(const GenerateArgs& a) {
   ServeOptions so;
   so.model = a.model;
   so.dtype = a.dtype;
+  so.device = a.device;
   so.max_num_seqs = 1;
   so.max_num_batched_tokens = 512;
   auto loaded = load_model_for(so);
@@ -158,6 +160,9 @@ void register_generate(CLI::App& app) {
   sub->add_option("--dtype", args->dtype,
                   "Weights: auto or float32; bfloat16 (bf16 weight matrices, fp32 compute)")
       ->default_val("auto");
+  sub->add_option("--device", args->device, "cpu or cuda (CUDA builds)")
+      ->default_val("cpu")
+      ->check(CLI::IsMember({"cpu", "cuda"}));
   sub->add_option("--log-level", args->log_level, "trace|debug|info|warn|error")
       ->default_val("info");
   sub->callback([args] {

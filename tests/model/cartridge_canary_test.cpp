@@ -47,10 +47,11 @@ using TopLogprobs = std::map<int32_t, float>;
 
 // A serving stack with (or without) the cartridge at `cartridge_path` as "doc".
 std::unique_ptr<ServingStack> make_stack(const Model& m, const std::string& cartridge_path,
-                                         const char* mode) {
+                                         const char* mode,
+                                         const std::string& device = testing::test_device()) {
   ServeOptions o;
   o.model = m.path;
-  o.device = testing::test_device();
+  o.device = device;
   o.max_num_seqs = 4;
   o.max_model_len = 2048;
   o.max_num_batched_tokens = 512;
@@ -165,6 +166,50 @@ TEST_P(Canary, CartridgeEqualsFullPrefillInBothModes) {
   // The cartridge really was used (one load into KV blocks each).
   EXPECT_EQ(virt->device_tier->counters().promotions, 1u);
   EXPECT_EQ(pre->connector->num_requests_served(), 1u);
+}
+
+// A cartridge file built on one backend serves on the other (fp32 compute on
+// the CPU, bf16 on the GPU; the file is bf16 either way): the first token's
+// top-20 logprobs with each file equal the document-in-prompt ones of the
+// serving backend within the bf16 bound and with the same top-1. Needs a GPU
+// (CARTSERVE_TEST_DEVICE=cuda); skipped elsewhere.
+TEST(CartridgeAcrossDevices, BuiltOnOneBackendServesOnTheOther) {
+  if (testing::test_device() != "cuda") GTEST_SKIP() << "needs CARTSERVE_TEST_DEVICE=cuda";
+  const Model& m = smollm2();
+  auto doc = read_file(testing::fixture_path("text/long_prompt.txt"));
+  ASSERT_TRUE(doc.ok());
+  const std::string text = doc->substr(0, 1500);
+  const std::string question = "Where did the most famous of the ancient lights stand?";
+  const PromptBuilder prompts(m);
+  auto full = prompts.chat({{"system", text}, {"user", question}}, true, false);
+  auto suffix = prompts.chat({{"user", question}}, true, /*after_cartridge=*/true);
+  ASSERT_TRUE(full.ok() && suffix.ok());
+  TempDir dir;
+  std::map<std::string, std::string> files;  // built on -> path
+  int32_t p = 0;
+  for (const char* dev : {"cpu", "cuda"}) {
+    CartridgeBuildOptions bo;
+    bo.device = dev;
+    auto built = build_cartridge(m, text, bo);
+    ASSERT_TRUE(built.ok()) << built.status().to_string();
+    p = built->num_tokens;
+    files[dev] = dir.file(std::string(dev) + ".pt");
+    ASSERT_TRUE(save_cartridge(files[dev], *built).ok());
+  }
+  for (const char* serve : {"cpu", "cuda"}) {
+    auto plain = make_stack(m, "", "virtual", serve);
+    const TopLogprobs ref = first_token_logprobs(*plain->engine, *full, 0, false);
+    for (const auto& [built_on, path] : files) {
+      auto virt = make_stack(m, path, "virtual", serve);
+      const TopLogprobs v = first_token_logprobs(*virt->engine, *suffix, p, true);
+      bool top1 = false;
+      const float d = max_diff(ref, v, top1);
+      std::printf("[across] built on %s, served on %s: max|dlogprob| %.2e, same top-1 %d\n",
+                  built_on.c_str(), serve, d, top1);
+      EXPECT_TRUE(top1) << built_on << " -> " << serve;
+      EXPECT_LT(d, 0.25f) << built_on << " -> " << serve;
+    }
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Dtypes, Canary, ::testing::Values(DType::kF32, DType::kBF16),

@@ -101,7 +101,17 @@ def compare(d, ours_dir, out_path):
                 "top1_agree": int((ours.argmax(-1) == ref.argmax(-1)).sum()),
             }
         hb, hf = refs["bf16"][i]["logits"], refs["fp32"][i]["logits"]
+        # How far HF's own bf16 run is from its fp32 run (the noise bf16 itself brings).
         p["hf_bf16_vs_hf_fp32_top1_agree"] = int((hb.argmax(-1) == hf.argmax(-1)).sum())
+        p["hf_bf16_vs_hf_fp32_rel_err"] = float((hb - hf).norm() / hf.norm())
+        # Rows where the fp32 reference's top-1 margin exceeds twice the largest
+        # ours-vs-HF-bf16 difference in that row: the top-1 is decided, not a near tie.
+        top2 = hf.topk(2, dim=-1).values
+        margin = top2[:, 0] - top2[:, 1]
+        noise = (ours - hb).abs().max(-1).values
+        decided = margin > 2 * noise
+        p["decided_rows"] = int(decided.sum())
+        p["top1_agree_on_decided_rows"] = int(((ours.argmax(-1) == hb.argmax(-1)) & decided).sum())
         p["ref_logit_std"] = float(hf.std())
         worst_rel = max(worst_rel, p["vs_hf_bf16"]["rel_err"])
         agree_all += p["vs_hf_bf16"]["top1_agree"]
@@ -109,13 +119,22 @@ def compare(d, ours_dir, out_path):
         # Greedy: equal up to the first divergence; is that a near tie (our top-2 gap there)?
         hg, og = refs["bf16"][i]["greedy"], ours_greedy[i]["tokens"]
         first = next((k for k in range(min(len(hg), len(og))) if hg[k] != og[k]), None)
+        gap = None if first is None else ours_greedy[i]["gaps"][first]
         p["greedy"] = {"equal_prefix": len(og) if first is None else first,
                        "length": len(og),
                        "first_divergence": first,
-                       "our_top2_gap_there": None if first is None else ours_greedy[i]["gaps"][first]}
+                       "our_top2_gap_there": gap,
+                       # A near tie: our top-2 gap there is within the largest logit
+                       # difference between the two implementations on this prompt.
+                       "near_tie": None if first is None else gap <= p["vs_hf_bf16"]["max_abs_diff"]}
         res["prompts"].append(p)
     res["worst_rel_err_vs_hf_bf16"] = worst_rel
     res["top1_agreement_vs_hf_bf16"] = agree_all / total_all
+    decided = sum(p["decided_rows"] for p in res["prompts"])
+    res["top1_agreement_on_decided_rows"] = (
+        sum(p["top1_agree_on_decided_rows"] for p in res["prompts"]) / decided if decided else None)
+    res["greedy_divergences_all_near_ties"] = all(
+        p["greedy"]["near_tie"] in (None, True) for p in res["prompts"])
     with open(out_path, "w") as f:
         json.dump(res, f, indent=1)
     print(json.dumps(res, indent=1))
