@@ -23,6 +23,15 @@ std::string shape_to_string(const Shape& shape) {
   return s + "]";
 }
 
+Tensor Tensor::adopt(DType dtype, Shape shape, std::shared_ptr<void> data) {
+  Tensor t;
+  t.dtype_ = dtype;
+  t.shape_ = std::move(shape);
+  t.bytes_ = static_cast<size_t>(shape_numel(t.shape_)) * dtype_size(dtype);
+  t.data_ = std::move(data);
+  return t;
+}
+
 void Tensor::Free::operator()(void* p) const {
   std::free(p);
 }

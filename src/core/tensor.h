@@ -38,6 +38,9 @@ class Tensor {
   Tensor(DType dtype, Shape shape);
 
   static Tensor from_f32(Shape shape, std::span<const float> values);
+  // A tensor over `data` (at least numel * dtype_size bytes, owned through
+  // the shared_ptr's deleter), e.g. page-locked memory of a GPU runtime.
+  static Tensor adopt(DType dtype, Shape shape, std::shared_ptr<void> data);
 
   DType dtype() const { return dtype_; }
   const Shape& shape() const { return shape_; }

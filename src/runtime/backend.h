@@ -13,6 +13,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -41,6 +42,11 @@ class Backend {
   // and KV writes happen as in execute; nothing is sampled). For tests and
   // debugging; the engine never asks for them.
   virtual Status logits(const StepInput& in, std::vector<float>& out) = 0;
+
+  // Host memory the backend copies KV from fastest (page-locked on CUDA, so
+  // a load is a DMA with no staging copy); null: plain memory is as good.
+  // The host tier keeps loaded cartridges in it.
+  virtual std::shared_ptr<void> host_buffer(size_t /*bytes*/) { return nullptr; }
 
   // Asynchronous KV transfers (see runtime/kv_transfer.h).
   virtual Result<TransferId> start_kv_load(const HostKv& src, const KvBlockList& blocks) = 0;

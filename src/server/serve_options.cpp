@@ -47,6 +47,8 @@ void ServeOptions::add_to(CLI::App& sub) {
       ->check(CLI::Range(0.01, 1.0));
   sub.add_flag("--enable-prefix-caching,!--no-enable-prefix-caching", enable_prefix_caching,
                "Reuse KV blocks of identical prompt prefixes (default on)");
+  sub.add_flag("--enforce-eager", enforce_eager,
+               "cuda: launch every kernel of a decode step instead of replaying CUDA graphs");
   sub.add_option("--tensor-parallel-size", tensor_parallel_size, "GPUs to shard the model over")
       ->default_val(1)
       ->check(CLI::PositiveNumber);

@@ -35,6 +35,7 @@ struct ServeOptions {
   int64_t kv_cache_tokens = 0;
   std::optional<double> gpu_memory_utilization;
   bool enable_prefix_caching = true;
+  bool enforce_eager = false;  // cuda: no CUDA graphs for decode steps
   int32_t tensor_parallel_size = 1;
   std::string kv_transfer_config;
   int32_t threads = 0;

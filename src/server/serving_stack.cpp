@@ -1,5 +1,7 @@
 #include "server/serving_stack.h"
 
+#include <cstring>
+
 #include "core/logging.h"
 #include "core/progress.h"
 #include "engine/cartridge_builder.h"
@@ -15,6 +17,20 @@ namespace cartserve {
 namespace {
 
 constexpr uint64_t kDefaultHostBudget = 4ull << 30;
+
+// `data` moved into host memory the backend copies from fastest (page-locked
+// on CUDA), when it has such memory; else as it is.
+Result<CartridgeData> in_backend_host_memory(CartridgeData data, Backend& backend) {
+  for (auto* tensors : {&data.keys, &data.values}) {
+    for (Tensor& t : *tensors) {
+      std::shared_ptr<void> buf = backend.host_buffer(t.nbytes());
+      if (!buf) return data;  // plain memory (what is moved already stays usable)
+      std::memcpy(buf.get(), t.raw(), t.nbytes());
+      t = Tensor::adopt(t.dtype(), t.shape(), std::move(buf));
+    }
+  }
+  return data;
+}
 
 // The cartridge part of the stack, from --kv-transfer-config.
 Status build_cartridges(const Model& model, const CartridgeConnectorConfig& config,
@@ -35,8 +51,14 @@ Status build_cartridges(const Model& model, const CartridgeConnectorConfig& conf
   hc.host_budget_bytes = config.host_capacity_bytes.value_or(kDefaultHostBudget);
 
   s.catalog = std::make_unique<CartridgeCatalog>();
+  CartridgeLoader files =
+      catalog_loader(*s.catalog, rope_inv_freq(model.config, model.weights.rope_freq_factors));
+  Backend* backend = s.backend.get();
   s.host_tier = std::make_unique<ResidencyManager>(
-      hc, catalog_loader(*s.catalog, rope_inv_freq(model.config, model.weights.rope_freq_factors)));
+      hc, [files, backend](const std::string& path) -> Result<CartridgeData> {
+        CS_ASSIGN_OR_RETURN(CartridgeData d, files(path));
+        return in_backend_host_memory(std::move(d), *backend);
+      });
   s.device_tier = std::make_unique<DeviceKvTier>(*s.pool, dc);
   s.connector = std::make_unique<CartridgeConnector>(*s.host_tier, *s.device_tier, *s.catalog,
                                                      config.mode, kv.block_size);
@@ -71,6 +93,7 @@ Result<std::unique_ptr<Backend>> make_backend(const Model& model, const ServeOpt
     co.gpu_memory_utilization = options.gpu_memory_utilization.value_or(0.9);
     co.kv_cache_tokens = options.kv_cache_tokens;
     co.kv_cache_bytes = plan.kv_bytes;
+    co.cuda_graphs = !options.enforce_eager;
     co.max_num_batched_tokens = plan.engine.scheduler.max_num_batched_tokens;
     co.max_num_seqs = plan.engine.scheduler.max_num_seqs;
     co.max_model_len = plan.engine.scheduler.max_model_len;

@@ -172,6 +172,8 @@ CudaBackend::CudaBackend(const Model& model, const CudaOptions& opts, DeviceWeig
 CudaBackend::~CudaBackend() {
   transfers_.reset();  // finishes its jobs (they use the copy stream and staging)
   if (compute_) cudaStreamSynchronize(compute_);
+  for (auto& [key, exec] : graphs_)
+    cudaGraphExecDestroy(exec);
   buf_.reset();
   gemm_.reset();
   if (compute_) cudaStreamDestroy(compute_);
@@ -269,6 +271,8 @@ Status CudaBackend::allocate(uint64_t kv_bytes) {
                       "--gpu-memory-utilization",
                       format_bytes(spec_.total_bytes()), st.message());
   }
+  // The null block is read by padding rows of decode graphs: finite zeros.
+  CS_CUDA(cudaMemset(buf_->kv, 0, spec_.bytes_per_block()));
   return {};
 }
 
@@ -276,7 +280,6 @@ Status CudaBackend::allocate(uint64_t kv_bytes) {
 
 Status CudaBackend::forward(const StepInput& in) {
   Buffers& b = *buf_;
-  const ModelConfig& c = model_.config;
   const int32_t n = in.num_tokens(), seqs = in.num_seqs();
   const auto n_copies = static_cast<int32_t>(in.block_copies.size());
   if (n > b.max_tokens || seqs > b.max_seqs || in.max_blocks > b.max_blocks ||
@@ -286,6 +289,7 @@ Status CudaBackend::forward(const StepInput& in) {
                       "backend's buffers ({}, {}, {})",
                       n, seqs, in.max_blocks, b.max_tokens, b.max_seqs, b.max_blocks);
   }
+  if (opts_.cuda_graphs && in.max_query_len == 1 && n_copies == 0) return forward_decode(in);
   // One upload of every int array.
   int32_t* h = b.h_in;
   size_t o = 0;
@@ -295,12 +299,13 @@ Status CudaBackend::forward(const StepInput& in) {
     o += count;
     return b.d_in + at;
   };
-  const int32_t* d_ids = put(in.token_ids.data(), static_cast<size_t>(n));
-  const int32_t* d_pos = put(in.positions.data(), static_cast<size_t>(n));
-  const int32_t* d_slots = put(in.slot_mapping.data(), static_cast<size_t>(n));
-  const int32_t* d_qs = put(in.query_start.data(), in.query_start.size());
-  const int32_t* d_ctx = put(in.context_lens.data(), in.context_lens.size());
-  const int32_t* d_table = put(in.block_table.data(), in.block_table.size());
+  Shape sh;
+  sh.ids = put(in.token_ids.data(), static_cast<size_t>(n));
+  sh.pos = put(in.positions.data(), static_cast<size_t>(n));
+  sh.slots = put(in.slot_mapping.data(), static_cast<size_t>(n));
+  sh.batch.query_start = put(in.query_start.data(), in.query_start.size());
+  sh.batch.context_lens = put(in.context_lens.data(), in.context_lens.size());
+  sh.batch.block_table = put(in.block_table.data(), in.block_table.size());
   std::vector<int32_t> copies(3 * static_cast<size_t>(n_copies));
   for (int32_t i = 0; i < n_copies; ++i) {
     copies[static_cast<size_t>(i)] = in.block_copies[static_cast<size_t>(i)].src_block;
@@ -310,31 +315,117 @@ Status CudaBackend::forward(const StepInput& in) {
   }
   const int32_t* d_copies = put(copies.data(), copies.size());
   CS_CUDA(cudaMemcpyAsync(b.d_in, h, o * sizeof(int32_t), cudaMemcpyHostToDevice, compute_));
+  if (n_copies > 0) {
+    ops::copy_block_prefixes(static_cast<bf16*>(b.kv), d_copies, d_copies + n_copies,
+                             d_copies + 2 * n_copies, n_copies, spec_.num_layers, spec_.block_size,
+                             spec_.kv_dim(), compute_);
+  }
+  sh.batch.num_seqs = seqs;
+  sh.batch.max_blocks = in.max_blocks;
+  sh.batch.num_tokens = n;
+  sh.batch.max_query_len = in.max_query_len;
+  sh.batch.max_context_len = in.max_context_len;
+  sh.decode = in.max_query_len == 1;
+  sh.splits = sh.decode ? ops::decode_num_splits(seqs, model_.config.num_kv_heads,
+                                                 in.max_context_len, kMaxSplits, num_sms_)
+                        : 1;
+  CS_RETURN_IF_ERROR(layers(sh));
+  return last_error("the forward pass");
+}
 
+// NOTE: decode steps replay CUDA graphs. A graph is captured per (sequences,
+// blocks per sequence) bucket over fixed input addresses; a step is padded up
+// to its bucket with sequences of one token at position 0 whose K/V write is
+// skipped (slot -1) and whose table holds only the null block, so the real
+// rows compute exactly what an eager step computes. A bucket runs eagerly the
+// first time (cuBLASLt picks its algorithms outside a capture) and is captured
+// the second time.
+Status CudaBackend::forward_decode(const StepInput& in) {
+  Buffers& b = *buf_;
+  const int32_t seqs = in.num_seqs();
+  int32_t bs = 1;  // sequences: 1, 2, 4, 8, 16, then multiples of 16
+  while (bs < seqs)
+    bs = bs < 16 ? 2 * bs : bs + 16;
+  bs = std::min(bs, b.max_seqs);
+  int32_t bb = 8;  // blocks per sequence: powers of two
+  while (bb < in.max_blocks)
+    bb *= 2;
+  bb = std::min(bb, b.max_blocks);
+  // Fixed layout for this bucket: ids | pos | slots | query_start | context | table.
+  int32_t* h = b.h_in;
+  const size_t S = static_cast<size_t>(bs);
+  int32_t* ids = h;
+  int32_t* pos = ids + S;
+  int32_t* slots = pos + S;
+  int32_t* qs = slots + S;
+  int32_t* ctx = qs + S + 1;
+  int32_t* table = ctx + S;
+  for (int32_t s = 0; s < bs; ++s) {
+    const bool real = s < seqs;
+    ids[s] = real ? in.token_ids[static_cast<size_t>(s)] : 0;
+    pos[s] = real ? in.positions[static_cast<size_t>(s)] : 0;
+    slots[s] = real ? in.slot_mapping[static_cast<size_t>(s)] : -1;
+    qs[s] = s;
+    ctx[s] = real ? in.context_lens[static_cast<size_t>(s)] : 1;
+    int32_t* row = table + static_cast<size_t>(s) * bb;
+    std::fill(row, row + bb, 0);  // the null block
+    if (real) {
+      std::copy_n(in.block_table.begin() + static_cast<ptrdiff_t>(s) * in.max_blocks, in.max_blocks,
+                  row);
+    }
+  }
+  qs[bs] = bs;
+  const size_t count = static_cast<size_t>(table - h) + S * static_cast<size_t>(bb);
+  CS_CUDA(cudaMemcpyAsync(b.d_in, h, count * sizeof(int32_t), cudaMemcpyHostToDevice, compute_));
+  Shape sh;
+  sh.ids = b.d_in;
+  sh.pos = b.d_in + (pos - h);
+  sh.slots = b.d_in + (slots - h);
+  sh.batch.query_start = b.d_in + (qs - h);
+  sh.batch.context_lens = b.d_in + (ctx - h);
+  sh.batch.block_table = b.d_in + (table - h);
+  sh.batch.num_seqs = bs;
+  sh.batch.max_blocks = bb;
+  sh.batch.num_tokens = bs;
+  sh.batch.max_query_len = 1;
+  sh.batch.max_context_len = bb * spec_.block_size;
+  sh.decode = true;
+  sh.splits = ops::decode_num_splits(bs, model_.config.num_kv_heads, sh.batch.max_context_len,
+                                     kMaxSplits, num_sms_);
+  const auto key = std::make_pair(bs, bb);
+  if (auto it = graphs_.find(key); it != graphs_.end()) {
+    CS_CUDA(cudaGraphLaunch(it->second, compute_));
+    return last_error("a decode graph");
+  }
+  if (graph_seen_.insert(key).second) {  // first time: eagerly
+    CS_RETURN_IF_ERROR(layers(sh));
+    return last_error("the forward pass");
+  }
+  cudaGraph_t graph = nullptr;
+  CS_CUDA(cudaStreamBeginCapture(compute_, cudaStreamCaptureModeThreadLocal));
+  const Status st = layers(sh);
+  const cudaError_t end = cudaStreamEndCapture(compute_, &graph);
+  CS_RETURN_IF_ERROR(st);
+  CS_CUDA(end);
+  cudaGraphExec_t exec = nullptr;
+  const cudaError_t inst = cudaGraphInstantiate(&exec, graph, 0);
+  cudaGraphDestroy(graph);
+  CS_CUDA(inst);
+  graphs_.emplace(key, exec);
+  CS_CUDA(cudaGraphLaunch(exec, compute_));
+  return last_error("a decode graph");
+}
+
+Status CudaBackend::layers(const Shape& sh) {
+  Buffers& b = *buf_;
+  const ModelConfig& c = model_.config;
   auto* pool = static_cast<bf16*>(b.kv);
   const int32_t B = spec_.block_size, L = spec_.num_layers, KVD = spec_.kv_dim();
-  if (n_copies > 0) {
-    ops::copy_block_prefixes(pool, d_copies, d_copies + n_copies, d_copies + 2 * n_copies, n_copies,
-                             L, B, KVD, compute_);
-  }
+  const int n = sh.batch.num_tokens;
   const int H = c.hidden_size, Q = c.q_dim(), QKV = c.q_dim() + 2 * KVD, FF = c.intermediate_size;
   const float eps = c.rms_norm_eps;
   const float scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
-  ops::AttnBatch batch;
-  batch.query_start = d_qs;
-  batch.context_lens = d_ctx;
-  batch.block_table = d_table;
-  batch.num_seqs = seqs;
-  batch.max_blocks = in.max_blocks;
-  batch.num_tokens = n;
-  batch.max_query_len = in.max_query_len;
-  batch.max_context_len = in.max_context_len;
-  const bool decode = in.max_query_len == 1;
-  const int splits = decode ? ops::decode_num_splits(seqs, c.num_kv_heads, in.max_context_len,
-                                                     kMaxSplits, num_sms_)
-                            : 1;
-
-  ops::embedding(weights_.embed, d_ids, b.x, n, H, compute_);
+  ops::embedding(weights_.embed, sh.ids, b.x, n, H, compute_);
   for (int32_t l = 0; l < L; ++l) {
     const DeviceLayer& w = weights_.layers[static_cast<size_t>(l)];
     ops::KvLayer kv;
@@ -346,13 +437,13 @@ Status CudaBackend::forward(const StepInput& in) {
     kv.head_dim = spec_.head_dim;
     ops::add_rms_norm(b.x, l == 0 ? nullptr : b.delta, w.attn_norm, b.xn, n, H, eps, compute_);
     CS_RETURN_IF_ERROR(gemm_->run(b.xn, w.wqkv, b.qkv, false, n, H, QKV, compute_));
-    ops::rope_qkv_write(b.qkv, w.bqkv, d_pos, weights_.inv_freq, d_slots, kv, n, c.num_heads,
+    ops::rope_qkv_write(b.qkv, w.bqkv, sh.pos, weights_.inv_freq, sh.slots, kv, n, c.num_heads,
                         compute_);
-    if (decode) {
-      ops::paged_attention_decode(b.qkv, QKV, kv, batch, b.attn, c.num_heads, scale, splits,
+    if (sh.decode) {
+      ops::paged_attention_decode(b.qkv, QKV, kv, sh.batch, b.attn, c.num_heads, scale, sh.splits,
                                   b.attn_ws, compute_);
     } else {
-      ops::paged_attention_prefill(b.qkv, QKV, kv, batch, b.attn, c.num_heads, scale, compute_);
+      ops::paged_attention_prefill(b.qkv, QKV, kv, sh.batch, b.attn, c.num_heads, scale, compute_);
     }
     CS_RETURN_IF_ERROR(gemm_->run(b.attn, w.wo, b.delta, false, n, Q, H, compute_));
     ops::add_rms_norm(b.x, b.delta, w.ffn_norm, b.xn, n, H, eps, compute_);
@@ -362,7 +453,7 @@ Status CudaBackend::forward(const StepInput& in) {
   }
   // The last residual add (its normed output is recomputed per logit row).
   ops::add_rms_norm(b.x, b.delta, weights_.final_norm, b.xn, n, H, eps, compute_);
-  return last_error("the forward pass");
+  return {};
 }
 
 Status CudaBackend::head(const int32_t* d_rows, int n) {
@@ -586,6 +677,17 @@ Status CudaBackend::transfer(const HostKv& kv, const KvBlockList& blocks, bool l
   if (chunk < B) return make_error(ErrorCode::kInternal, "a KV block exceeds the staging buffer");
   auto* pool = static_cast<bf16*>(b.kv);
   int slot = 0;
+  // Host tensors in page-locked memory (the host tier's, see host_buffer) are
+  // copied by DMA without the CPU staging copy.
+  bool pinned = load;
+  for (int32_t l = 0; l < L && pinned; ++l) {
+    for (void* p : {kv.keys[l], kv.values[l]}) {
+      cudaPointerAttributes attr{};
+      pinned = pinned && cudaPointerGetAttributes(&attr, p) == cudaSuccess &&
+               attr.type == cudaMemoryTypeHost;
+    }
+  }
+  cudaGetLastError();  // a pageable pointer's query may leave an error behind
   for (size_t r = 0; r < blocks.block_index.size();) {
     // A run of consecutive block indices: positions [p0, p1).
     size_t e = r + 1;
@@ -609,6 +711,17 @@ Status CudaBackend::transfer(const HostKv& kv, const KvBlockList& blocks, bool l
           const int32_t c = std::min(chunk, p1 - t0);
           const size_t row = static_cast<size_t>(c) * dim * esz;  // one head's rows
           auto* staged = static_cast<uint8_t*>(b.h_stage[slot]);
+          if (load && pinned) {
+            // Page-locked source: one strided DMA (a row per head); the copy
+            // stream orders it after the kernel that last read this slot.
+            CS_CUDA(cudaMemcpy2DAsync(
+                b.d_stage[slot], row, host + static_cast<size_t>(t0) * dim * esz,
+                static_cast<size_t>(T) * dim * esz, row, heads, cudaMemcpyHostToDevice, copy_));
+            ops::kv_import(b.d_stage[slot], kv_elem(kv.dtype), c, 0, c, b.d_table + t0 / B, base,
+                           layout, copy_);
+            slot ^= 1;
+            continue;
+          }
           CS_CUDA(cudaEventSynchronize(b.staged[slot]));  // its previous use is done
           if (load) {
             for (int32_t h = 0; h < heads; ++h) {
@@ -639,6 +752,15 @@ Status CudaBackend::transfer(const HostKv& kv, const KvBlockList& blocks, bool l
   }
   CS_CUDA(cudaStreamSynchronize(copy_));
   return last_error(load ? "loading KV into blocks" : "saving KV from blocks");
+}
+
+std::shared_ptr<void> CudaBackend::host_buffer(size_t bytes) {
+  void* p = nullptr;
+  if (cudaHostAlloc(&p, bytes, cudaHostAllocDefault) != cudaSuccess) {
+    cudaGetLastError();  // not sticky; plain memory will do
+    return nullptr;
+  }
+  return std::shared_ptr<void>(p, [](void* q) { cudaFreeHost(q); });
 }
 
 Result<TransferId> CudaBackend::start_kv_load(const HostKv& src, const KvBlockList& blocks) {

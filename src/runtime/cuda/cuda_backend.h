@@ -19,10 +19,14 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
+#include <map>
 #include <memory>
+#include <set>
 #include <string>
+#include <utility>
 #include <vector>
 
+#include "kernels/cuda_ops.h"
 #include "model/model.h"
 #include "runtime/backend.h"
 #include "runtime/cuda/device_weights.h"
@@ -41,6 +45,7 @@ struct CudaOptions {
   int32_t max_num_batched_tokens = 2048;
   int32_t max_num_seqs = 256;
   int32_t max_model_len = 4096;
+  bool cuda_graphs = true;  // decode steps replay captured graphs (--enforce-eager: off)
 };
 
 class CudaBackend final : public Backend {
@@ -52,6 +57,7 @@ class CudaBackend final : public Backend {
   const KvSpec& kv_spec() const override { return spec_; }
   Status execute(const StepInput& in, StepOutput& out) override;
   Status logits(const StepInput& in, std::vector<float>& out) override;
+  std::shared_ptr<void> host_buffer(size_t bytes) override;
   Result<TransferId> start_kv_load(const HostKv& src, const KvBlockList& blocks) override;
   Result<TransferId> start_kv_save(const KvBlockList& blocks, const HostKv& dst) override;
   std::optional<Status> poll_transfer(TransferId id) override;
@@ -61,11 +67,24 @@ class CudaBackend final : public Backend {
 
  private:
   struct Buffers;
+  // What one forward pass runs over: device inputs and the attention batch.
+  struct Shape {
+    const int32_t* ids = nullptr;    // [n]
+    const int32_t* pos = nullptr;    // [n]
+    const int32_t* slots = nullptr;  // [n]
+    ops::cuda::AttnBatch batch;
+    bool decode = false;
+    int splits = 1;
+  };
   CudaBackend(const Model& model, const CudaOptions& opts, DeviceWeights weights);
   Status allocate(uint64_t kv_bytes);
   // Uploads the step's arrays, applies its block copies and runs every row;
   // the final hidden states are in x_.
   Status forward(const StepInput& in);
+  // Decode steps through the graph of their bucket (see the NOTE in the .cpp).
+  Status forward_decode(const StepInput& in);
+  // Embedding, every layer and the last residual add, on the compute stream.
+  Status layers(const Shape& sh);
   // Logits [n, vocab] fp32 in the logits buffer of the rows at d_rows (device) of x.
   Status head(const int32_t* d_rows, int n);
   // The same for host rows (n <= the buffer's rows), uploaded with their
@@ -85,6 +104,8 @@ class CudaBackend final : public Backend {
   std::unique_ptr<Gemm> gemm_;
   cudaStream_t compute_ = nullptr;
   cudaStream_t copy_ = nullptr;
+  std::map<std::pair<int32_t, int32_t>, cudaGraphExec_t> graphs_;  // by (seqs, blocks) bucket
+  std::set<std::pair<int32_t, int32_t>> graph_seen_;               // buckets run once eagerly
   std::unique_ptr<TransferQueue> transfers_;  // its jobs use the copy stream and staging
 };
 
