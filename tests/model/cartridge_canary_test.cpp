@@ -203,10 +203,23 @@ TEST(CartridgeAcrossDevices, BuiltOnOneBackendServesOnTheOther) {
       auto virt = make_stack(m, path, "virtual", serve);
       const TopLogprobs v = first_token_logprobs(*virt->engine, *suffix, p, true);
       bool top1 = false;
-      const float d = max_diff(ref, v, top1);
-      std::printf("[across] built on %s, served on %s: max|dlogprob| %.2e, same top-1 %d\n",
-                  built_on.c_str(), serve, d, top1);
+      (void)max_diff(ref, v, top1);
+      // Across the bf16/fp32 divide the 20th place may change hands: compare
+      // the tokens both top-20 lists hold (at least 18 of them).
+      float d = 0.f;
+      int common = 0;
+      for (const auto& [t, lp] : ref) {
+        if (auto it = v.find(t); it != v.end()) {
+          d = std::max(d, std::fabs(lp - it->second));
+          ++common;
+        }
+      }
+      std::printf(
+          "[across] built on %s, served on %s: max|dlogprob| %.2e over %d common top-20 tokens, "
+          "same top-1 %d\n",
+          built_on.c_str(), serve, d, common, top1);
       EXPECT_TRUE(top1) << built_on << " -> " << serve;
+      EXPECT_GE(common, 18) << built_on << " -> " << serve;
       EXPECT_LT(d, 0.25f) << built_on << " -> " << serve;
     }
   }
