@@ -20,6 +20,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "bench_util.h"
 #include "cartridge/cartridge_io.h"
 #include "chat_template/prompt_builder.h"
 #include "core/mapped_file.h"
@@ -27,15 +28,11 @@
 #include "server/serving_stack.h"
 
 using namespace cartserve;
+using bench::Clock;
+using bench::median;
 using nlohmann::json;
-using Clock = std::chrono::steady_clock;
 
 namespace {
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
-}
 
 // A serving stack, with the cartridge file `cartridge` registered as "doc" when given.
 std::unique_ptr<ServingStack> make_stack(const Model& m, const std::string& cartridge,

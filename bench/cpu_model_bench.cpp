@@ -40,20 +40,18 @@
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
+#include "bench_util.h"
 #include "core/thread_pool.h"
 #include "formats/gguf.h"
 #include "model/model.h"
 #include "server/serving_stack.h"
 
 using namespace cartserve;
+using bench::Clock;
+using bench::seconds_since;
 using nlohmann::json;
-using Clock = std::chrono::steady_clock;
 
 namespace {
-
-double seconds_since(Clock::time_point t0) {
-  return std::chrono::duration<double>(Clock::now() - t0).count();
-}
 
 // Sorted durations of `reps` timed calls after `warmup` untimed ones.
 template <typename F>

@@ -23,24 +23,18 @@
 
 #include <nlohmann/json.hpp>
 
+#include "bench_util.h"
 #include "cartridge/cartridge_io.h"
 #include "runtime/cuda/gemm.h"
 #include "server/serving_stack.h"
 
 using namespace cartserve;
+using bench::Clock;
+using bench::median;
+using bench::seconds_since;
 using nlohmann::json;
-using Clock = std::chrono::steady_clock;
 
 namespace {
-
-double seconds_since(Clock::time_point t0) {
-  return std::chrono::duration<double>(Clock::now() - t0).count();
-}
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v.empty() ? 0.0 : v[v.size() / 2];
-}
 
 std::vector<int32_t> random_ids(int n, int vocab, unsigned seed) {
   std::mt19937 rng(seed);

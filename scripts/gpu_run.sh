@@ -73,7 +73,7 @@ smollm2() {
   "$B/dump_logits" "$GGUF" tests/fixtures/model/smollm2_golden.json /tmp/ours/golden \
     --device cuda --greedy 64 || rc=1
   python3 tools/gpu/golden_greedy.py tests/fixtures/model/smollm2_golden.json \
-    /tmp/ours/golden/greedy.json "$OUT/smollm2_golden.json" || rc=1
+    /tmp/ours/golden "$OUT/smollm2_golden.json" || rc=1
   CARTSERVE_TEST_DEVICE=cuda CARTSERVE_TEST_MODEL="$GGUF" "$B/model_tests" \
     --gtest_filter='*Canary*:*AcrossDevices*' || rc=1
   CARTSERVE_TEST_DEVICE=cuda CARTSERVE_TEST_MODEL="$GGUF" CARTSERVE_BIN="$B/cartserve" \

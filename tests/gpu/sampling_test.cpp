@@ -33,6 +33,7 @@
 #include "core/thread_pool.h"
 #include "kernels/sampling_ops.h"
 #include "runtime/cpu/sampler.h"
+#include "runtime/cuda/device_sampling.h"
 
 namespace cartserve {
 namespace {
@@ -124,17 +125,23 @@ bool wants_logprobs(const SamplingParams& sp) {
   return sp.logprobs || sp.top_logprobs > 0;
 }
 
+// Row i of the batch as a step's sample row (views into the batch).
+SamplerRow sample_row(const Batch& b, size_t i) {
+  const Row& r = b.rows[i];
+  SamplerRow s;
+  s.row = static_cast<int32_t>(i);
+  s.params = &r.sp;
+  s.prompt_token_ids = r.prompt;
+  s.output_token_ids = r.output;
+  s.eos_token_ids = r.eos;
+  s.seed = r.seed;
+  return s;
+}
+
 std::vector<SampleResult> run_cpu(const Batch& b) {
   std::vector<SamplerRow> rows(b.rows.size());
-  for (size_t i = 0; i < rows.size(); ++i) {
-    const Row& r = b.rows[i];
-    rows[i].row = static_cast<int32_t>(i);
-    rows[i].params = &r.sp;
-    rows[i].prompt_token_ids = r.prompt;
-    rows[i].output_token_ids = r.output;
-    rows[i].eos_token_ids = r.eos;
-    rows[i].seed = r.seed;
-  }
+  for (size_t i = 0; i < rows.size(); ++i)
+    rows[i] = sample_row(b, i);
   std::vector<SampleResult> out;
   const Sampler sampler(&ThreadPool::global());
   const Status st = sampler.sample(b.logits, b.vocab, rows, out);
@@ -142,36 +149,13 @@ std::vector<SampleResult> run_cpu(const Batch& b) {
   return out;
 }
 
-// The device row parameters and edit lists, as a CUDA backend builds them.
+// The device row parameters and edit lists, as the CUDA backend builds them.
 void build_device_rows(const Batch& b, std::vector<cu::SampleRowParams>& params,
                        std::vector<cu::TokenEdit>& edits) {
   params.clear();
   edits.clear();
-  for (const Row& r : b.rows) {
-    const SamplingParams& sp = r.sp;
-    cu::SampleRowParams p;
-    p.temperature = sp.temperature;
-    p.top_k = sp.top_k;
-    p.top_p = sp.top_p;
-    p.min_p = sp.min_p;
-    p.log_min_p = sp.min_p > 0.0f ? std::log(sp.min_p) : 0.0f;
-    p.repetition_penalty = sp.repetition_penalty;
-    p.presence_penalty = sp.presence_penalty;
-    p.frequency_penalty = sp.frequency_penalty;
-    p.seed = r.seed;
-    p.draw_index = r.output.size();
-    p.num_logprobs = wants_logprobs(sp) ? sp.top_logprobs : -1;
-    std::vector<int32_t> masked;
-    if (static_cast<int32_t>(r.output.size()) < sp.min_tokens) {
-      if (!sp.ignore_eos) masked.insert(masked.end(), r.eos.begin(), r.eos.end());
-      masked.insert(masked.end(), sp.stop_token_ids.begin(), sp.stop_token_ids.end());
-    }
-    const bool rep = sp.repetition_penalty != 1.0f;
-    const bool freq = sp.frequency_penalty != 0.0f || sp.presence_penalty != 0.0f;
-    p.edit_begin = static_cast<int32_t>(edits.size());
-    cu::append_token_edits(r.prompt.data(), r.prompt.size(), r.output.data(), r.output.size(), rep,
-                           freq, masked.data(), masked.size(), b.vocab, edits);
-    p.edit_end = static_cast<int32_t>(edits.size());
+  for (size_t i = 0; i < b.rows.size(); ++i) {
+    const cu::SampleRowParams p = cuda::device_sample_row(sample_row(b, i), b.vocab, edits);
     params.push_back(p);
   }
 }

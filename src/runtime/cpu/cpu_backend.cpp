@@ -98,24 +98,35 @@ Status CpuBackend::execute(const StepInput& in, StepOutput& out) {
 
 // ---------------------------------------------------------------- transfers
 
+void CpuBackend::move_kv(const HostKv& kv, const KvBlockList& blocks, bool load) {
+  const int32_t B = spec_.block_size;
+  const int64_t stride = static_cast<int64_t>(B) * spec_.kv_dim();
+  for (size_t i = 0; i < blocks.block_ids.size(); ++i) {
+    const int32_t first = blocks.block_index[i] * B;
+    const int32_t count = std::min(B, kv.num_tokens - first);
+    // Position p of this run lands in block block_ids[i]: a one-entry table
+    // indexed by p / B - block_index[i] (the ops index from `first`).
+    const int32_t* table = &blocks.block_ids[i] - blocks.block_index[i];
+    for (int32_t l = 0; l < spec_.num_layers; ++l) {
+      for (int v = 0; v < 2; ++v) {
+        float* cache = v ? cache_.v(l) : cache_.k(l);
+        void* host = v ? kv.values[l] : kv.keys[l];
+        if (load) {
+          ops::cpu::kv_import(host, kv.dtype, kv.num_tokens, first, count, table, cache, stride, B,
+                              spec_.num_kv_heads, spec_.head_dim);
+        } else {
+          ops::cpu::kv_export(cache, stride, B, spec_.num_kv_heads, spec_.head_dim, table,
+                              kv.num_tokens, first, count, host, kv.dtype);
+        }
+      }
+    }
+  }
+}
+
 Result<TransferId> CpuBackend::start_kv_load(const HostKv& src, const KvBlockList& blocks) {
   CS_RETURN_IF_ERROR(validate_transfer(src, blocks, spec_));
   return transfers_.start([this, src, blocks] {
-    const int32_t B = spec_.block_size;
-    const int64_t stride = static_cast<int64_t>(B) * spec_.kv_dim();
-    for (size_t i = 0; i < blocks.block_ids.size(); ++i) {
-      const int32_t first = blocks.block_index[i] * B;
-      const int32_t count = std::min(B, src.num_tokens - first);
-      // Position p of this run lands in block block_ids[i]: a one-entry table
-      // indexed by p / B - block_index[i] (kv_import indexes from `first`).
-      const int32_t* table = &blocks.block_ids[i] - blocks.block_index[i];
-      for (int32_t l = 0; l < spec_.num_layers; ++l) {
-        ops::cpu::kv_import(src.keys[l], src.dtype, src.num_tokens, first, count, table,
-                            cache_.k(l), stride, B, spec_.num_kv_heads, spec_.head_dim);
-        ops::cpu::kv_import(src.values[l], src.dtype, src.num_tokens, first, count, table,
-                            cache_.v(l), stride, B, spec_.num_kv_heads, spec_.head_dim);
-      }
-    }
+    move_kv(src, blocks, /*load=*/true);
     return Status();
   });
 }
@@ -123,19 +134,7 @@ Result<TransferId> CpuBackend::start_kv_load(const HostKv& src, const KvBlockLis
 Result<TransferId> CpuBackend::start_kv_save(const KvBlockList& blocks, const HostKv& dst) {
   CS_RETURN_IF_ERROR(validate_transfer(dst, blocks, spec_));
   return transfers_.start([this, dst, blocks] {
-    const int32_t B = spec_.block_size;
-    const int64_t stride = static_cast<int64_t>(B) * spec_.kv_dim();
-    for (size_t i = 0; i < blocks.block_ids.size(); ++i) {
-      const int32_t first = blocks.block_index[i] * B;
-      const int32_t count = std::min(B, dst.num_tokens - first);
-      const int32_t* table = &blocks.block_ids[i] - blocks.block_index[i];
-      for (int32_t l = 0; l < spec_.num_layers; ++l) {
-        ops::cpu::kv_export(cache_.k(l), stride, B, spec_.num_kv_heads, spec_.head_dim, table,
-                            dst.num_tokens, first, count, dst.keys[l], dst.dtype);
-        ops::cpu::kv_export(cache_.v(l), stride, B, spec_.num_kv_heads, spec_.head_dim, table,
-                            dst.num_tokens, first, count, dst.values[l], dst.dtype);
-      }
-    }
+    move_kv(dst, blocks, /*load=*/false);
     return Status();
   });
 }

@@ -36,6 +36,8 @@ class CpuBackend final : public Backend {
  private:
   CpuBackend(const Model& model, const KvSpec& spec);
   void copy_blocks(const std::vector<BlockCopy>& copies);
+  // Host KV into (load) or out of the blocks (runs on the transfer thread).
+  void move_kv(const HostKv& kv, const KvBlockList& blocks, bool load);
   // Block copies and the forward pass; logits of the sampled rows, then of
   // the prompt-logprob rows when `prompt_rows`.
   Status run(const StepInput& in, bool prompt_rows, std::vector<float>& logits);

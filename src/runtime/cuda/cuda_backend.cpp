@@ -9,6 +9,7 @@
 #include "kernels/cuda_ops.h"
 #include "kernels/sampling_ops.h"
 #include "runtime/cuda/cuda_status.h"
+#include "runtime/cuda/device_sampling.h"
 
 namespace cartserve::cuda {
 
@@ -496,34 +497,10 @@ Status CudaBackend::sample(const StepInput& in, StepOutput& out) {
   bool any_logprobs = false, any_top = false;
   for (int32_t i = 0; i < n; ++i) {
     const SampleRow& r = in.samples[static_cast<size_t>(i)];
-    const SamplingParams& sp = *r.params;
     ops::SampleRowParams& p = b.h_params[i];
-    p = ops::SampleRowParams{};
-    p.temperature = sp.temperature;
-    p.top_k = sp.top_k;
-    p.top_p = sp.top_p;
-    p.min_p = sp.min_p;
-    p.log_min_p = sp.min_p > 0.0f ? std::log(sp.min_p) : 0.0f;
-    p.repetition_penalty = sp.repetition_penalty;
-    p.presence_penalty = sp.presence_penalty;
-    p.frequency_penalty = sp.frequency_penalty;
-    p.seed = r.seed;
-    p.draw_index = r.output_token_ids.size();
-    p.num_logprobs = sp.logprobs || sp.top_logprobs > 0 ? sp.top_logprobs : -1;
+    p = device_sample_row(r, vocab, edits);
     any_logprobs = any_logprobs || p.num_logprobs >= 0;
     any_top = any_top || p.num_logprobs > 0;
-    std::vector<int32_t> masked;
-    if (static_cast<int32_t>(r.output_token_ids.size()) < sp.min_tokens) {
-      if (!sp.ignore_eos) masked.assign(r.eos_token_ids.begin(), r.eos_token_ids.end());
-      masked.insert(masked.end(), sp.stop_token_ids.begin(), sp.stop_token_ids.end());
-    }
-    p.edit_begin = static_cast<int32_t>(edits.size());
-    ops::append_token_edits(r.prompt_token_ids.data(), r.prompt_token_ids.size(),
-                            r.output_token_ids.data(), r.output_token_ids.size(),
-                            sp.repetition_penalty != 1.0f,
-                            sp.frequency_penalty != 0.0f || sp.presence_penalty != 0.0f,
-                            masked.data(), masked.size(), vocab, edits);
-    p.edit_end = static_cast<int32_t>(edits.size());
   }
   if (edits.size() > static_cast<size_t>(kMaxEdits)) {
     return make_error(ErrorCode::kResourceExhausted,
