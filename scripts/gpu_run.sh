@@ -6,7 +6,7 @@
 # Stages:
 #   unit       the CUDA op tests (ctest label gpu: ops, attention, sampling vs the CPU)
 #   sanitizer  compute-sanitizer memcheck over the op tests and a whole forward pass
-#   logits     random-weight Llama-3.2-3B and SmolLM2-135M shapes written by HF
+#   logits     (logits:NAME for one shape) random-weight Llama-3.2-3B and SmolLM2-135M shapes written by HF
 #              transformers: our logits and greedy continuations against HF's
 #   bench      bench/gpu_bench on the 3B shape (decode, prefill, cartridge TTFT, promotion)
 #   baseline   HF transformers eager and static cache + torch.compile on the same weights
@@ -89,10 +89,11 @@ for s in "$@"; do
     sanitizer)
       stage sanitizer compute-sanitizer --tool memcheck --error-exitcode 9 "$B/gpu_tests" \
         --gtest_filter='CudaOps.*:PagedAttention*Decode*:CudaSampling.Greedy*' &&
-        stage sanitizer_forward compute-sanitizer --tool memcheck --error-exitcode 9 \
+        ckpt smollm2 && stage sanitizer_forward compute-sanitizer --tool memcheck --error-exitcode 9 \
           "$B/dump_logits" /tmp/ckpt/smollm2 /tmp/ckpt/smollm2/prompts.json /tmp --device cuda \
           --greedy 4 ;;
     logits) stage logits_smollm2 logits smollm2; stage logits_llama3b logits llama3b ;;
+    logits:*) stage "logits_${s#logits:}" logits "${s#logits:}" ;;
     bench) ckpt llama3b && stage bench "$B/gpu_bench" /tmp/ckpt/llama3b --out "$OUT/gpu_bench.json" ;;
     baseline) ckpt llama3b && stage baseline python3 tools/gpu/hf_reference.py baseline \
                 /tmp/ckpt/llama3b "$OUT/hf_baseline.json" ;;
