@@ -14,6 +14,8 @@ const char* model_arch_name(ModelArch arch) {
       return "llama";
     case ModelArch::kQwen2:
       return "qwen2";
+    case ModelArch::kQwen3:
+      return "qwen3";
   }
   return "unknown";
 }
@@ -24,6 +26,7 @@ int64_t ModelConfig::num_parameters() const {
                       + 3 * h * intermediate_size                   // MLP
                       + 2 * h;                                      // norms
   if (attention_bias) per_layer += q_dim() + 2 * kv_dim();
+  if (qk_norm) per_layer += 2 * head_dim;
   int64_t total = per_layer * num_layers + static_cast<int64_t>(vocab_size) * h + h;
   if (!tie_word_embeddings) total += static_cast<int64_t>(vocab_size) * h;
   return total;
@@ -159,10 +162,13 @@ Result<ModelConfig> parse_hf_config(const std::string& json_text) {
     c.arch = ModelArch::kLlama;
   } else if (arch == "Qwen2ForCausalLM" || (arch.empty() && model_type == "qwen2")) {
     c.arch = ModelArch::kQwen2;
+  } else if (arch == "Qwen3ForCausalLM" || (arch.empty() && model_type == "qwen3")) {
+    c.arch = ModelArch::kQwen3;
+    c.qk_norm = true;
   } else {
     return make_error(ErrorCode::kUnsupported,
                       "unsupported model architecture '{}' (model_type '{}'); supported: "
-                      "LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM",
+                      "LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM",
                       arch, model_type);
   }
   c.model_id = j.value("_name_or_path", std::string());
@@ -209,7 +215,9 @@ Result<ModelConfig> parse_hf_config(const std::string& json_text) {
   } else if (auto it2 = j.find("attention_bias"); it2 != j.end() && it2->is_boolean()) {
     c.attention_bias = it2->get<bool>();
   }
-  const bool sliding_enabled = c.arch != ModelArch::kQwen2 || j.value("use_sliding_window", false);
+  // Qwen2/Qwen3 configs carry a sliding_window that only applies with use_sliding_window.
+  const bool qwen = c.arch == ModelArch::kQwen2 || c.arch == ModelArch::kQwen3;
+  const bool sliding_enabled = !qwen || j.value("use_sliding_window", false);
   CS_ASSIGN_OR_RETURN(auto window, opt_int(j, "sliding_window"));
   if (sliding_enabled && window) c.sliding_window = *window;
 
@@ -239,9 +247,14 @@ Result<ModelConfig> config_from_gguf(const GgufFile& gguf) {
   } else if (arch == "qwen2") {
     c.arch = ModelArch::kQwen2;
     c.attention_bias = true;
+  } else if (arch == "qwen3") {
+    c.arch = ModelArch::kQwen3;
+    c.qk_norm = true;
+    c.attention_bias = gguf.find_tensor("blk.0.attn_q.bias") != nullptr;
   } else {
     return make_error(ErrorCode::kUnsupported,
-                      "unsupported GGUF architecture '{}'; supported: llama, mistral, qwen2", arch);
+                      "unsupported GGUF architecture '{}'; supported: llama, mistral, qwen2, qwen3",
+                      arch);
   }
   auto req = [&](const std::string& suffix) -> Result<int64_t> {
     const std::string key = arch + "." + suffix;

@@ -15,6 +15,7 @@ class GgufFile;
 enum class ModelArch {
   kLlama,  // Llama 2/3.x, SmolLM/SmolLM2, Mistral (no sliding window)
   kQwen2,  // Qwen2/Qwen2.5: Llama plus q/k/v biases
+  kQwen3,  // Qwen3: Llama plus a per-head RMSNorm on q and k before RoPE (qk_norm)
 };
 
 const char* model_arch_name(ModelArch arch);
@@ -46,6 +47,7 @@ struct ModelConfig {
   int64_t max_position_embeddings = 2048;
   bool tie_word_embeddings = false;
   bool attention_bias = false;            // q/k/v projections carry biases (Qwen2)
+  bool qk_norm = false;                   // RMSNorm over each head of q and k before RoPE (Qwen3)
   std::optional<int64_t> sliding_window;  // Mistral/Qwen2; we serve up to this length
 
   std::optional<int32_t> bos_token_id;

@@ -13,8 +13,8 @@
 namespace cartserve {
 
 // Logical names: "embed", "final_norm", "lm_head", "rope_freqs", and per layer
-// "attn_norm", "wq", "wk", "wv", "wo", "bq", "bk", "bv", "ffn_norm", "w_gate",
-// "w_up", "w_down" (with `layer` >= 0).
+// "attn_norm", "wq", "wk", "wv", "wo", "bq", "bk", "bv", "q_norm", "k_norm",
+// "ffn_norm", "w_gate", "w_up", "w_down" (with `layer` >= 0).
 class TensorSource {
  public:
   virtual ~TensorSource() = default;

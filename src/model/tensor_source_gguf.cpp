@@ -26,6 +26,8 @@ std::string gguf_name(const std::string& logical, int layer) {
       {"bq", "attn_q.bias"},
       {"bk", "attn_k.bias"},
       {"bv", "attn_v.bias"},
+      {"q_norm", "attn_q_norm.weight"},
+      {"k_norm", "attn_k_norm.weight"},
       {"ffn_norm", "ffn_norm.weight"},
       {"w_gate", "ffn_gate.weight"},
       {"w_up", "ffn_up.weight"},

@@ -23,6 +23,8 @@ std::string hf_name(const std::string& logical, int layer) {
       {"bq", "self_attn.q_proj.bias"},
       {"bk", "self_attn.k_proj.bias"},
       {"bv", "self_attn.v_proj.bias"},
+      {"q_norm", "self_attn.q_norm.weight"},
+      {"k_norm", "self_attn.k_norm.weight"},
       {"ffn_norm", "post_attention_layernorm.weight"},
       {"w_gate", "mlp.gate_proj.weight"},
       {"w_up", "mlp.up_proj.weight"},

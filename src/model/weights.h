@@ -16,6 +16,8 @@ struct LayerWeights {
   Tensor wv;          // [n_kv_heads * head_dim, hidden]
   Tensor wo;          // [hidden, n_heads * head_dim]
   Tensor bq, bk, bv;  // [q_dim], [kv_dim], [kv_dim] when attention_bias, else empty
+  Tensor q_norm;      // [head_dim] when qk_norm (Qwen3), else empty
+  Tensor k_norm;      // [head_dim] when qk_norm (Qwen3), else empty
   Tensor ffn_norm;    // [hidden]
   Tensor w_gate;      // [intermediate, hidden]
   Tensor w_up;        // [intermediate, hidden]

@@ -88,6 +88,10 @@ Result<ModelWeights> load_weights(const TensorSource& src, const ModelConfig& c,
       CS_ASSIGN_OR_RETURN(l.bk, load_checked(src, "bk", i, {kv}));
       CS_ASSIGN_OR_RETURN(l.bv, load_checked(src, "bv", i, {kv}));
     }
+    if (c.qk_norm) {
+      CS_ASSIGN_OR_RETURN(l.q_norm, load_checked(src, "q_norm", i, {c.head_dim}));
+      CS_ASSIGN_OR_RETURN(l.k_norm, load_checked(src, "k_norm", i, {c.head_dim}));
+    }
     CS_ASSIGN_OR_RETURN(l.ffn_norm, load_checked(src, "ffn_norm", i, {h}));
     CS_ASSIGN_OR_RETURN(l.w_gate, load_checked(src, "w_gate", i, {ff, h}));
     l.w_gate = matrix(std::move(l.w_gate));

@@ -76,6 +76,14 @@ Status LlamaForward::forward(const StepInput& in, std::span<const int32_t> logit
     linear(xn_.data(), l.wq, bq, q_.data(), n, h, qd);
     linear(xn_.data(), l.wk, bk, k_.data(), n, h, kvd);
     linear(xn_.data(), l.wv, bv, v_.data(), n, h, kvd);
+    if (c.qk_norm) {
+      // Qwen3: RMSNorm over each head ([n * heads, head_dim] rows) before RoPE,
+      // so the cache (and any cartridge) holds normed, rotated keys.
+      ops::cpu::rms_norm(q_.data(), l.q_norm.data<float>(), q_.data(), n * c.num_heads, c.head_dim,
+                         c.rms_norm_eps);
+      ops::cpu::rms_norm(k_.data(), l.k_norm.data<float>(), k_.data(), n * c.num_kv_heads,
+                         c.head_dim, c.rms_norm_eps);
+    }
     ops::cpu::rope(q_.data(), in.positions.data(), rope, n, c.num_heads);
     ops::cpu::rope(k_.data(), in.positions.data(), rope, n, c.num_kv_heads);
     dump("q", li, q_, n, qd);

@@ -1,5 +1,5 @@
 // Llama-family forward pass (Llama 2/3.x, SmolLM2, Mistral, Qwen2 via the
-// attention_bias flag) on the CPU reference kernels, over a paged KV cache.
+// attention_bias flag, Qwen3 via qk_norm) on the CPU reference kernels, over a paged KV cache.
 //
 // One call runs any mix of prefill chunks and decode tokens: rows of the
 // step are tokens; each sequence owns a contiguous run of rows (see

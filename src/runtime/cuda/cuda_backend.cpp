@@ -109,6 +109,14 @@ struct CudaBackend::Buffers {
 Result<std::unique_ptr<CudaBackend>> CudaBackend::create(const Model& model,
                                                          const CudaOptions& opts) {
   const ModelConfig& c = model.config;
+  if (c.qk_norm) {
+    // NOTE: the device forward pass has no per-head q/k RMSNorm yet; running
+    // without it would give wrong logits and wrong cartridge keys.
+    return make_error(ErrorCode::kUnsupported,
+                      "the CUDA backend does not support {} models yet (per-head q/k RMSNorm); "
+                      "use --device cpu",
+                      model_arch_name(c.arch));
+  }
   if (c.head_dim != 64 && c.head_dim != 128) {
     return make_error(ErrorCode::kUnsupported,
                       "the CUDA backend supports head_dim 64 and 128; this model has {}",
