@@ -2,6 +2,7 @@
 
 #include <filesystem>
 
+#include "cartridge/cartridge_id.h"
 #include "cartridge/cartridge_io.h"
 #include "cartridge/compose.h"
 #include "core/sha256.h"
@@ -12,6 +13,7 @@ Result<CatalogEntry> inspect_cartridge_file(const std::string& cartridge_id,
                                             const std::string& path,
                                             const std::string& manifest_path,
                                             const ServedModelInfo& model, int32_t block_size) {
+  if (!cartridge_id.empty()) CS_RETURN_IF_ERROR(validate_cartridge_id(cartridge_id));
   auto data = load_cartridge(path);
   if (!data.ok()) return data.status().with_context("cartridge '" + path + "'");
   CatalogEntry e;
@@ -40,6 +42,14 @@ Result<CatalogEntry> inspect_cartridge_file(const std::string& cartridge_id,
   } else {
     ManifestOptions o;
     o.cartridge_id = cartridge_id;
+    if (o.cartridge_id.empty()) {
+      // The .pt import: the id comes from the file name, which must make a valid one.
+      o.cartridge_id = std::filesystem::path(path).stem().string();
+      Status valid = validate_cartridge_id(o.cartridge_id, "the id taken from the file name");
+      if (!valid.ok()) {
+        return Status(valid.code(), valid.message() + "; give the cartridge an explicit id");
+      }
+    }
     o.block_size = block_size;
     CS_ASSIGN_OR_RETURN(e.manifest, manifest_from_cartridge(*data, path, o));
   }
@@ -94,6 +104,8 @@ std::string composite_id(const std::vector<std::string>& parts, bool rerotate) {
 }
 
 Status CartridgeCatalog::add(CatalogEntry entry) {
+  // Composites are made by composite() alone: their keys are outside the id set.
+  CS_RETURN_IF_ERROR(validate_cartridge_id(entry.cartridge_id));
   std::lock_guard<std::mutex> lk(mu_);
   if (entries_.count(entry.cartridge_id)) {
     return make_error(ErrorCode::kAlreadyExists, "cartridge '{}' is already registered",
@@ -134,6 +146,22 @@ Result<CatalogEntry> CartridgeCatalog::composite(const std::vector<std::string>&
   const std::string id = composite_id(parts, rerotate);
   std::lock_guard<std::mutex> lk(mu_);
   if (auto it = entries_.find(id); it != entries_.end()) return it->second;
+  CS_ASSIGN_OR_RETURN(CatalogEntry c, make_composite_locked(parts, rerotate));
+  entries_.emplace(id, c);
+  return c;
+}
+
+Result<CatalogEntry> CartridgeCatalog::preview_composite(const std::vector<std::string>& parts,
+                                                         bool rerotate) const {
+  const std::string id = composite_id(parts, rerotate);
+  std::lock_guard<std::mutex> lk(mu_);
+  if (auto it = entries_.find(id); it != entries_.end()) return it->second;
+  return make_composite_locked(parts, rerotate);
+}
+
+Result<CatalogEntry> CartridgeCatalog::make_composite_locked(const std::vector<std::string>& parts,
+                                                             bool rerotate) const {
+  const std::string id = composite_id(parts, rerotate);
   CatalogEntry c;
   c.cartridge_id = id;
   c.parts = parts;
@@ -170,7 +198,6 @@ Result<CatalogEntry> CartridgeCatalog::composite(const std::vector<std::string>&
     }
   }
   c.content_hash = Sha256::hex(h.finish());
-  entries_.emplace(id, c);
   return c;
 }
 

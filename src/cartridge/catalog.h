@@ -45,7 +45,9 @@ Result<CatalogEntry> inspect_cartridge_file(const std::string& cartridge_id,
                                             const std::string& manifest_path,
                                             const ServedModelInfo& model, int32_t block_size);
 
-// The id of the composite of `parts` ("a+b", "a+b@rerotate").
+// The key of the composite of `parts` ("a+b", "a+b@rerotate"). '+' and '@'
+// are outside the cartridge id set (cartridge_id.h): no registered id equals
+// a composite key, and add() refuses one.
 std::string composite_id(const std::vector<std::string>& parts, bool rerotate);
 
 // The residency path of a composite: "composite:" + its id.
@@ -59,7 +61,9 @@ CartridgeLoader catalog_loader(const CartridgeCatalog& catalog, std::vector<floa
 
 class CartridgeCatalog {
  public:
-  Status add(CatalogEntry entry);  // AlreadyExists for a known id
+  // AlreadyExists for a known id; InvalidArgument for an id outside the id
+  // set (cartridge_id.h).
+  Status add(CatalogEntry entry);
   bool remove(const std::string& cartridge_id);
   std::optional<CatalogEntry> get(const std::string& cartridge_id) const;
   bool contains(const std::string& cartridge_id) const;
@@ -67,8 +71,15 @@ class CartridgeCatalog {
   // The composite entry for `parts` (created on first use from the parts'
   // entries). NotFound naming an unknown part.
   Result<CatalogEntry> composite(const std::vector<std::string>& parts, bool rerotate);
+  // The same entry without adding it (what a request would get; nothing is
+  // listed until composite() is called).
+  Result<CatalogEntry> preview_composite(const std::vector<std::string>& parts,
+                                         bool rerotate) const;
 
  private:
+  Result<CatalogEntry> make_composite_locked(const std::vector<std::string>& parts,
+                                             bool rerotate) const;
+
   mutable std::mutex mu_;
   std::map<std::string, CatalogEntry> entries_;
 };

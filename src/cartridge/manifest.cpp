@@ -11,6 +11,7 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "cartridge/cartridge_id.h"
 #include "core/mapped_file.h"
 #include "core/sha256.h"
 
@@ -142,19 +143,7 @@ bool model_ids_match(std::string_view a, std::string_view b) {
 }
 
 Status CartridgeManifest::validate() const {
-  if (cartridge_id.empty())
-    return make_error(ErrorCode::kInvalidArgument, "manifest field 'cartridge_id' is empty");
-  if (cartridge_id.size() > 256) {
-    return make_error(ErrorCode::kInvalidArgument,
-                      "manifest field 'cartridge_id' is {} bytes long (at most 256)",
-                      cartridge_id.size());
-  }
-  for (unsigned char c : cartridge_id) {
-    if (c < 0x20 || c == 0x7f) {
-      return make_error(ErrorCode::kInvalidArgument,
-                        "manifest field 'cartridge_id' contains control character 0x{:02x}", c);
-    }
-  }
+  CS_RETURN_IF_ERROR(validate_cartridge_id(cartridge_id, "manifest field 'cartridge_id'"));
   const std::pair<const char*, int64_t> dims[] = {
       {"num_layers", num_layers}, {"num_kv_heads", num_kv_heads}, {"head_dim", head_dim}};
   for (const auto& [name, v] : dims) {

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 
+#include "core/logging.h"
 #include "engine/stop_checker.h"
 
 namespace cartserve {
@@ -371,8 +372,10 @@ SchedulerOutput Scheduler::schedule() {
 
 void Scheduler::reject(Request& req, const Status& error, SchedulerOutput& out) {
   ++stats_.num_rejected;
+  // The client gets the reason alone (no internal request id); the log has both.
   const std::string message = "request '" + req.id + "' rejected: " + error.message();
-  out.rejected.push_back({req.id, Status(error.code(), message)});
+  LOG_DEBUG("{}", message);
+  out.rejected.push_back({req.id, Status(error.code(), error.message())});
   req.status = RequestStatus::kWaiting;  // holds no blocks
   finish(req, FinishReason::kError, message);
 }

@@ -6,6 +6,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "cartridge/cartridge_id.h"
 #include "core/logging.h"
 
 namespace cartserve {
@@ -65,6 +66,19 @@ int http_status_for(const Status& s) {
   }
 }
 
+// An id as one URL path segment (for the DELETE hint of an id that needs escaping).
+std::string percent_encode(const std::string& id) {
+  std::string out;
+  for (unsigned char c : id) {
+    if (std::isalnum(c) || c == '-' || c == '_' || c == '~') {
+      out += static_cast<char>(c);
+    } else {
+      out += fmt::format("%{:02X}", c);
+    }
+  }
+  return out;
+}
+
 HttpResponse status_response(const Status& s) {
   const int code = http_status_for(s);
   return error_response(code, s.message(), code >= 500 ? "server_error" : "invalid_request_error");
@@ -104,11 +118,29 @@ Result<std::unique_ptr<CartridgeService>> CartridgeService::create(
   auto remembered = s->registry_->list();
   if (!remembered.ok()) return remembered.status();
   for (const auto& r : *remembered) {
-    if (parts.catalog.contains(r.manifest.cartridge_id)) continue;
-    auto e = inspect_cartridge_file(r.manifest.cartridge_id, r.path, "", s->served_, block_size);
+    const std::string& id = r.manifest.cartridge_id;
+    if (parts.catalog.contains(id)) continue;
+    // An id an older version accepted: kept (so that it can be deleted), never served.
+    if (Status valid = validate_cartridge_id(id, "registered cartridge id"); !valid.ok()) {
+      LOG_WARN("{}; it is not served. Remove it with DELETE /v1/cartridges/{}", valid.message(),
+               percent_encode(id));
+      s->flag(id, {r.path, "invalid_id", valid.message()});
+      continue;
+    }
+    auto e = inspect_cartridge_file(id, r.path, "", s->served_, block_size);
     if (!e.ok()) {
-      LOG_WARN("registered cartridge '{}' is not servable now: {}", r.manifest.cartridge_id,
-               e.status().message());
+      LOG_WARN("registered cartridge '{}' is not servable now: {}", id, e.status().message());
+      s->flag(id, {r.path, "unreadable", e.status().message()});
+      continue;
+    }
+    // The file must still be the one the administrator registered.
+    if (r.manifest.checksum && e->content_hash != *r.manifest.checksum) {
+      const std::string msg =
+          fmt::format("the file '{}' changed since it was registered (sha256 {} then, {} now)",
+                      r.path, *r.manifest.checksum, e->content_hash);
+      LOG_WARN("cartridge '{}': {}; it is kept out of service until it is registered again", id,
+               msg);
+      s->flag(id, {r.path, "file_changed", msg});
       continue;
     }
     e->manifest.labels = r.manifest.labels;
@@ -147,6 +179,13 @@ Result<std::unique_ptr<CartridgeService>> CartridgeService::create(
            parts.catalog.list().size(), s->router_->describe(),
            config.mode == CartridgeMode::kPrefix ? "prefix" : "virtual",
            parts.device.config().budget_bytes, parts.host.config().host_budget_bytes);
+  if (config.router.is_null() && config.cartridges.size() == 1) {
+    LOG_INFO(
+        "one cartridge and no router: every request without a cartridge_id gets cartridge "
+        "'{}' (also one that carries the document itself); set \"router\": {{\"type\": "
+        "\"explicit\"}} to serve such requests without it",
+        config.cartridges.front().cartridge_id);
+  }
   return s;
 }
 
@@ -227,6 +266,47 @@ Result<CatalogEntry> CartridgeService::ensure_composite(const std::vector<std::s
   return c;
 }
 
+void CartridgeService::flag(const std::string& id, Flagged f) {
+  std::lock_guard<std::mutex> lk(flag_mu_);
+  flagged_[id] = std::move(f);
+}
+
+bool CartridgeService::unflag(const std::string& id) {
+  std::lock_guard<std::mutex> lk(flag_mu_);
+  return flagged_.erase(id) > 0;
+}
+
+std::map<std::string, CartridgeService::Flagged> CartridgeService::flagged() const {
+  std::lock_guard<std::mutex> lk(flag_mu_);
+  return flagged_;
+}
+
+std::optional<api::ApiError> CartridgeService::check_servable(const std::string& id) const {
+  // Composite keys are not names a request can use (cartridge_id.h); a list is.
+  const bool known = is_valid_cartridge_id(id) && parts_.catalog.contains(id);
+  if (!known) {
+    {
+      std::lock_guard<std::mutex> lk(flag_mu_);
+      if (auto it = flagged_.find(id); it != flagged_.end() && it->second.reason != "invalid_id") {
+        api::ApiError e;
+        e.http_status = 409;
+        e.type = "conflict_error";
+        e.code = "cartridge_unavailable";
+        e.param = "kv_transfer_params.cartridge_id";
+        e.message = "cartridge '" + id +
+                    "' is out of service: its file changed or cannot be read since it was "
+                    "registered; an administrator must register it again";
+        return e;
+      }
+    }
+    api::ApiError e =
+        api::bad_request("unknown cartridge '" + id + "'", "kv_transfer_params.cartridge_id");
+    e.code = "cartridge_not_found";
+    return e;
+  }
+  return std::nullopt;
+}
+
 std::variant<CartridgePlacement, api::ApiError> CartridgeService::resolve(
     const api::CartridgeSelection& sel) {
   std::vector<std::string> ids = sel.cartridge_ids;
@@ -243,15 +323,15 @@ std::variant<CartridgePlacement, api::ApiError> CartridgeService::resolve(
   }
   if (ids.empty()) return CartridgePlacement{};
   for (const auto& id : ids) {
-    if (!parts_.catalog.contains(id)) {
-      if (config_.on_unknown == OnUnknownCartridge::kIgnore) return CartridgePlacement{};
-      api::ApiError e =
-          api::bad_request("unknown cartridge '" + id + "'", "kv_transfer_params.cartridge_id");
-      e.code = "cartridge_not_found";
-      return e;
+    if (auto e = check_servable(id)) {
+      if (config_.on_unknown == OnUnknownCartridge::kIgnore && e->http_status == 400) {
+        return CartridgePlacement{};
+      }
+      return *e;
     }
   }
   CatalogEntry entry;
+  bool rerotate = false;
   if (ids.size() == 1) {
     entry = *parts_.catalog.get(ids[0]);
   } else {
@@ -260,23 +340,33 @@ std::variant<CartridgePlacement, api::ApiError> CartridgeService::resolve(
                               "kv_transfer_params.cartridge_id");
     }
     auto it = sel.kv_transfer_params.find("rerotate");
-    const bool rerotate = it != sel.kv_transfer_params.end() && it->second == "true";
-    auto c = ensure_composite(ids, rerotate);
+    rerotate = it != sel.kv_transfer_params.end() && it->second == "true";
+    // Nothing enters the catalog until the request passes every check (commit).
+    auto c = parts_.catalog.preview_composite(ids, rerotate);
     if (!c.ok()) return api::bad_request(c.status().message(), "kv_transfer_params.cartridge_id");
     entry = std::move(c).value();
   }
   CartridgePlacement p;
   p.active = true;
   p.cartridge_ids = {entry.cartridge_id};
+  p.named_ids = ids;
   p.prefix_salt = entry.content_hash;
   if (config_.mode == CartridgeMode::kVirtual) {
     p.num_virtual_tokens = entry.num_tokens();
     p.strip_system_prefix = true;
   }
-  metrics_
-      .counter("cartserve:cartridge_requests_total", "Requests served with a cartridge",
-               "cartridge_id=\"" + label_value(entry.cartridge_id) + "\"")
-      .inc();
+  const std::string counted = entry.cartridge_id;
+  p.commit = [this, ids, rerotate, counted]() -> std::optional<api::ApiError> {
+    if (ids.size() > 1) {
+      auto c = ensure_composite(ids, rerotate);
+      if (!c.ok()) return api::bad_request(c.status().message(), "kv_transfer_params.cartridge_id");
+    }
+    metrics_
+        .counter("cartserve:cartridge_requests_total", "Requests served with a cartridge",
+                 "cartridge_id=\"" + label_value(counted) + "\"")
+        .inc();
+    return std::nullopt;
+  };
   return p;
 }
 
@@ -336,7 +426,15 @@ HttpResponse CartridgeService::list_cartridges() const {
     if (e.composite()) item["parts"] = e.parts;
     data.push_back(item);
   }
-  return json_response(200, {{"object", "list"}, {"data", data}});
+  json flagged = json::array();
+  for (const auto& [id, f] : this->flagged()) {
+    flagged.push_back({{"id", id},
+                       {"object", "cartridge"},
+                       {"path", f.path},
+                       {"reason", f.reason},
+                       {"message", f.message}});
+  }
+  return json_response(200, {{"object", "list"}, {"data", data}, {"flagged", flagged}});
 }
 
 HttpResponse CartridgeService::post_cartridge(const HttpRequest& req) {
@@ -367,6 +465,11 @@ HttpResponse CartridgeService::post_cartridge(const HttpRequest& req) {
     return error_response(400, "'cartridge_id' and 'manifest_path' must be strings",
                           "invalid_request_error");
   }
+  if (!id->empty()) {
+    if (Status valid = validate_cartridge_id(*id); !valid.ok()) {
+      return error_response(400, valid.message(), "invalid_request_error");
+    }
+  }
   std::map<std::string, std::string> labels;
   if (auto it = body.find("labels"); it != body.end() && !it->is_null()) {
     if (!it->is_object())
@@ -389,6 +492,12 @@ HttpResponse CartridgeService::post_cartridge(const HttpRequest& req) {
   };
   auto full = confine(*path);
   if (!full.ok()) return status_response(full.status());
+  // Hidden names are never cartridges: unfinished writes (core/atomic_file.h) are hidden.
+  if (const std::string name = fs::path(*full).filename().string();
+      name.empty() || name[0] == '.') {
+    return error_response(400, "'path' names a hidden file; cartridges are visible files",
+                          "invalid_request_error");
+  }
   std::string full_manifest;
   if (!manifest_path->empty()) {
     auto m = confine(*manifest_path);
@@ -411,6 +520,7 @@ HttpResponse CartridgeService::post_cartridge(const HttpRequest& req) {
   const std::string new_id = entry->cartridge_id;
   Status st = register_entry(std::move(entry).value(), /*persist=*/true);
   if (!st.ok()) return status_response(st);
+  if (unflag(new_id)) LOG_INFO("cartridge '{}' registered again: back in service", new_id);
   LOG_INFO("cartridge '{}' registered from {}", new_id, *full);
   const auto e = parts_.catalog.get(new_id);
   return json_response(201, {{"id", new_id},
@@ -423,7 +533,17 @@ HttpResponse CartridgeService::post_cartridge(const HttpRequest& req) {
 HttpResponse CartridgeService::delete_cartridge(const std::string& id) {
   std::lock_guard<std::mutex> lk(admin_mu_);
   const auto entry = parts_.catalog.get(id);
-  if (!entry) return error_response(404, "unknown cartridge '" + id + "'", "not_found_error");
+  if (!entry) {
+    // Not served, but perhaps still registered (flagged, or an invalid id).
+    auto removed = registry_->unregister(id);
+    if (!removed.ok()) return status_response(removed.status());
+    const bool was_flagged = unflag(id);
+    if (!*removed && !was_flagged) {
+      return error_response(404, "unknown cartridge '" + id + "'", "not_found_error");
+    }
+    LOG_INFO("cartridge '{}' (not in service) removed from the registry", id);
+    return json_response(200, {{"id", id}, {"object", "cartridge.deleted"}, {"deleted", true}});
+  }
   // Composites built on it go first (they cannot outlive a part).
   std::vector<std::string> doomed;
   for (const auto& e : parts_.catalog.list()) {
@@ -448,23 +568,34 @@ HttpResponse CartridgeService::delete_cartridge(const std::string& id) {
 }
 
 HttpResponse CartridgeService::pin_cartridge(const std::string& id, bool pin) {
-  if (!parts_.catalog.contains(id))
+  if (!parts_.catalog.contains(id)) {
+    if (auto e = check_servable(id); e && e->http_status == 409) {
+      return json_response(409, api::error_json(*e));
+    }
     return error_response(404, "unknown cartridge '" + id + "'", "not_found_error");
+  }
   Status st = pin ? this->pin(id) : unpin(id);
   if (!st.ok()) return status_response(st);
   return json_response(200, {{"id", id}, {"pinned", pin}});
 }
 
 void CartridgeService::add_admin_routes(HttpServer& http) {
+  // Mutating routes are admin routes (--admin-api-key). DELETE takes any
+  // (percent-decoded) id, so that an invalid id an older version stored can
+  // still be removed.
   http.add_route("GET", "/v1/cartridges", [this](const HttpRequest&) { return list_cartridges(); });
-  http.add_route("POST", "/v1/cartridges",
-                 [this](const HttpRequest& r) { return post_cartridge(r); });
-  http.add_route("DELETE", R"(/v1/cartridges/([^/]+))",
-                 [this](const HttpRequest& r) { return delete_cartridge(r.matches.at(0)); });
-  http.add_route("POST", R"(/v1/cartridges/([^/]+)/pin)",
-                 [this](const HttpRequest& r) { return pin_cartridge(r.matches.at(0), true); });
-  http.add_route("POST", R"(/v1/cartridges/([^/]+)/unpin)",
-                 [this](const HttpRequest& r) { return pin_cartridge(r.matches.at(0), false); });
+  http.add_route(
+      "POST", "/v1/cartridges", [this](const HttpRequest& r) { return post_cartridge(r); },
+      /*admin=*/true);
+  http.add_route(
+      "DELETE", R"(/v1/cartridges/(.+))",
+      [this](const HttpRequest& r) { return delete_cartridge(r.matches.at(0)); }, true);
+  http.add_route(
+      "POST", R"(/v1/cartridges/([^/]+)/pin)",
+      [this](const HttpRequest& r) { return pin_cartridge(r.matches.at(0), true); }, true);
+  http.add_route(
+      "POST", R"(/v1/cartridges/([^/]+)/unpin)",
+      [this](const HttpRequest& r) { return pin_cartridge(r.matches.at(0), false); }, true);
 }
 
 }  // namespace cartserve

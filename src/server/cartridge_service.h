@@ -6,6 +6,7 @@
 // built by the serving stack (server/serving_stack.h) and lent to it.
 #pragma once
 
+#include <map>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -51,6 +52,7 @@ class CartridgeService {
   CartridgeResolver resolver();
 
   // GET/POST /v1/cartridges, DELETE /v1/cartridges/{id}, POST .../{id}/pin|unpin.
+  // With `admin_api_key`, the mutating routes need it (Authorization: Bearer).
   void add_admin_routes(HttpServer& http);
 
   // Device-tier operations, on the engine thread (tests, benchmarks).
@@ -60,11 +62,27 @@ class CartridgeService {
 
   size_t num_cartridges() const;
 
+  // A registry entry that is kept out of service: its id is not a valid one
+  // (registered by an older version), or its file changed or cannot be read
+  // since it was registered. Listed by GET /v1/cartridges under "flagged";
+  // deleting or registering it again clears the flag.
+  struct Flagged {
+    std::string path;
+    std::string reason;  // "invalid_id", "file_changed", "unreadable"
+    std::string message;
+  };
+  std::map<std::string, Flagged> flagged() const;
+
  private:
   CartridgeService(const Model& model, int32_t block_size, const CartridgeConnectorConfig& config,
                    CartridgeParts parts, MetricsRegistry& metrics);
   Status register_entry(CatalogEntry entry, bool persist);
   Result<CatalogEntry> ensure_composite(const std::vector<std::string>& ids, bool rerotate);
+  void flag(const std::string& id, Flagged f);
+  // Clears a flag; true when the id was flagged.
+  bool unflag(const std::string& id);
+  // An error for a request naming `id` when it cannot be served; nullopt when it can.
+  std::optional<api::ApiError> check_servable(const std::string& id) const;
   void collect_metrics();
 
   HttpResponse list_cartridges() const;
@@ -85,6 +103,8 @@ class CartridgeService {
   std::unique_ptr<CartridgeRouter> router_;
   Engine* engine_ = nullptr;
   std::mutex admin_mu_;  // serialises registrations and removals
+  mutable std::mutex flag_mu_;
+  std::map<std::string, Flagged> flagged_;  // guarded by flag_mu_
 };
 
 }  // namespace cartserve

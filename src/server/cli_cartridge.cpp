@@ -8,6 +8,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "cartridge/cartridge_id.h"
 #include "cartridge/cartridge_io.h"
 #include "cartridge/manifest.h"
 #include "core/mapped_file.h"
@@ -163,6 +164,14 @@ int run_build(const BuildArgs& a) {
     return fail(Status(ErrorCode::kInvalidArgument, "--dtype must be bf16, fp16 or fp32"));
   }
   if (auto f = cartridge_format_for_path(a.out); !f.ok()) return fail(f.status());
+  if (!a.no_manifest) {
+    // Checked before the model is loaded: the id (given, or the output's name).
+    const std::string id =
+        a.cartridge_id.empty() ? std::filesystem::path(a.out).stem().string() : a.cartridge_id;
+    Status valid = validate_cartridge_id(
+        id, a.cartridge_id.empty() ? "the id taken from the output name" : "--id");
+    if (!valid.ok()) return fail(valid);
+  }
   auto text = read_file(a.text_file);
   if (!text.ok()) return fail(text.status());
   ServeOptions so;

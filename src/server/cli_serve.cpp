@@ -68,35 +68,57 @@ int run_serve(const ServeOptions& o) {
   sc.max_model_len = stack.engine_config.scheduler.max_model_len;
   OpenAiService service(model, *stack.engine, sc,
                         stack.cartridges ? stack.cartridges->resolver() : CartridgeResolver());
+  auto plan = o.plan(model.config);
+  if (!plan.ok()) return fail(plan.status().message());
   HttpServerConfig hc;
   hc.host = o.host;
   hc.port = o.port;
   hc.api_key = o.api_key;
+  hc.admin_api_key = o.admin_api_key;
+  hc.max_request_bytes = plan->max_request_bytes;
+  hc.max_concurrent_requests = o.max_concurrent_requests;
+  hc.request_timeout = std::chrono::milliseconds(static_cast<int64_t>(o.request_timeout * 1000));
   HttpServer http(service, metrics, hc);
   if (stack.cartridges) stack.cartridges->add_admin_routes(http);
   if (auto st = http.start(); !st.ok()) return fail(st.message());
   const KvSpec& kv = stack.kv();
   std::fprintf(stderr,
                "cartserve: serving '%s' on http://%s:%d (device %s, max_model_len %d, KV cache "
-               "%d blocks x %d = %lld tokens, %s %s)%s\n",
+               "%d blocks x %d = %lld tokens, %s %s)%s%s\n",
                sc.served_model_names.front().c_str(), o.host.c_str(), http.port(),
                stack.backend->name().c_str(), sc.max_model_len, kv.num_blocks - 1, kv.block_size,
                static_cast<long long>(kv.num_tokens()), format_bytes(kv.total_bytes()).c_str(),
-               dtype_name(kv.dtype), o.api_key.empty() ? "" : ", API key required");
+               dtype_name(kv.dtype), o.api_key.empty() ? "" : ", API key required",
+               o.admin_api_key.empty() ? "" : ", admin key required for cartridge changes");
+  std::fprintf(stderr, "cartserve: limits: request bodies up to %s, %s, %s\n",
+               format_bytes(hc.max_request_bytes).c_str(),
+               hc.max_concurrent_requests > 0
+                   ? (std::to_string(hc.max_concurrent_requests) + " requests at once").c_str()
+                   : "no cap on requests at once",
+               o.request_timeout > 0
+                   ? ("timeout " + std::to_string(o.request_timeout) + " s").c_str()
+                   : "no request timeout");
   std::fflush(stderr);
 
+  // SIGTERM/SIGINT drain: no new connections or requests, requests in flight
+  // get --shutdown-timeout seconds, then they are cancelled; exit 0.
   std::thread signal_thread([&] {
     unsigned char sig = 0;
     while (read(g_signal_pipe[0], &sig, 1) < 0 && errno == EINTR) {
     }
-    if (sig != 0) std::fprintf(stderr, "cartserve: signal %d, shutting down\n", sig);
-    http.stop();
+    if (sig != 0) {
+      std::fprintf(stderr, "cartserve: signal %d, draining: %d requests in flight get up to %g s\n",
+                   sig, http.in_flight(), o.shutdown_timeout);
+      std::fflush(stderr);
+    }
+    http.drain(std::chrono::milliseconds(static_cast<int64_t>(o.shutdown_timeout * 1000)));
   });
   http.wait();
   const unsigned char zero = 0;  // wakes the watcher if the server stopped on its own
   [[maybe_unused]] ssize_t n = write(g_signal_pipe[1], &zero, 1);
   signal_thread.join();
   stack.engine->stop();
+  std::fprintf(stderr, "cartserve: stopped\n");
   return 0;
 }
 

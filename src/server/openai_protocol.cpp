@@ -71,11 +71,13 @@ class Fields {
   void integer(const char* key, std::optional<int64_t>& out, int64_t lo, int64_t hi) {
     if (const json* v = get(key)) {
       if (!v->is_number_integer()) return fail(fmt::format("'{}' must be an integer", key), key);
-      const int64_t i = v->get<int64_t>();
-      if (i < lo || i > hi) {
-        return fail(fmt::format("'{}' must be in [{}, {}], got {}", key, lo, hi, i), key);
+      // Above INT64_MAX the value is unsigned; reading it signed would wrap.
+      const bool huge =
+          v->is_number_unsigned() && v->get<uint64_t>() > static_cast<uint64_t>(hi < 0 ? 0 : hi);
+      if (huge || v->get<int64_t>() < lo || v->get<int64_t>() > hi) {
+        return fail(fmt::format("'{}' must be in [{}, {}], got {}", key, lo, hi, v->dump()), key);
       }
-      out = i;
+      out = v->get<int64_t>();
     }
   }
 
@@ -91,6 +93,13 @@ class Fields {
 };
 
 constexpr int64_t kMaxInt = std::numeric_limits<int32_t>::max();
+
+// An integer JSON value in [0, INT32_MAX] (huge unsigned values included in the check).
+bool is_token_id_value(const json& e) {
+  if (e.is_number_unsigned()) return e.get<uint64_t>() <= static_cast<uint64_t>(kMaxInt);
+  const int64_t v = e.get<int64_t>();
+  return v >= 0 && v <= kMaxInt;
+}
 
 void parse_sampling(Fields& f, SamplingFields& s) {
   f.integer("max_tokens", s.max_tokens, 0, kMaxInt);
@@ -127,8 +136,13 @@ void parse_sampling(Fields& f, SamplingFields& s) {
     if (!v->is_array())
       return f.fail("'stop_token_ids' must be a list of integers", "stop_token_ids");
     for (const auto& e : *v) {
-      if (!e.is_number_integer() || e.get<int64_t>() < 0 || e.get<int64_t>() > kMaxInt) {
-        return f.fail("'stop_token_ids' must be a list of non-negative integers", "stop_token_ids");
+      if (!e.is_number_integer())
+        return f.fail("'stop_token_ids' must be a list of integers", "stop_token_ids");
+      if (!is_token_id_value(e)) {
+        return f.fail(fmt::format("'stop_token_ids' holds {}, which is not a token id "
+                                  "(ids are non-negative 32-bit integers)",
+                                  e.dump()),
+                      "stop_token_ids");
       }
       s.stop_token_ids.push_back(e.get<int32_t>());
     }
@@ -162,11 +176,15 @@ void parse_cartridges(const json& body, Fields& f, CartridgeSelection& sel) {
   auto read_params = [&](const json& p, const std::string& where) {
     if (!p.is_object()) return f.fail("'" + where + "' must be an object", where);
     for (const auto& [k, v] : p.items()) {
-      if (k == "cartridge_id" && v.is_array()) {
+      if (k == "cartridge_id" && !v.is_null() && !v.is_string()) {
+        // A list composes cartridges in order; anything else is a type error
+        // (not an id: 5 is not cartridge "5", [] is not "no cartridge").
+        const std::string what =
+            "'" + where + ".cartridge_id' must be a string or a non-empty list of strings";
+        if (!v.is_array() || v.empty()) return f.fail(what, where + ".cartridge_id");
         for (const auto& e : v) {
           if (!e.is_string() || e.get<std::string>().empty()) {
-            return f.fail("'" + where + ".cartridge_id' must be a string or a list of strings",
-                          where + ".cartridge_id");
+            return f.fail(what, where + ".cartridge_id");
           }
           sel.cartridge_ids.push_back(e.get<std::string>());
         }
@@ -174,9 +192,6 @@ void parse_cartridges(const json& body, Fields& f, CartridgeSelection& sel) {
         sel.kv_transfer_params[k] = v.get<std::string>();
       } else if (v.is_number() || v.is_boolean()) {
         sel.kv_transfer_params[k] = v.dump();
-      } else if (k == "cartridge_id") {
-        return f.fail("'" + where + ".cartridge_id' must be a string or a list of strings",
-                      where + ".cartridge_id");
       }
     }
   };
@@ -216,13 +231,29 @@ std::optional<json> parse_object(const std::string& body, ApiError& err) {
   return j;
 }
 
-bool token_list(const json& v, std::vector<int32_t>& out) {
-  if (!v.is_array()) return false;
-  for (const auto& e : v) {
-    if (!e.is_number_integer() || e.get<int64_t>() < 0 || e.get<int64_t>() > kMaxInt) return false;
+// Token ids: integers that fit int32 (the vocabulary range is checked where it
+// is known, with a message naming it); an ApiError naming the offending entry.
+std::optional<ApiError> token_list(const json& v, const std::string& where,
+                                   std::vector<int32_t>& out) {
+  if (!v.is_array()) {
+    return bad_request("'prompt' must be a string, a list of strings, or token ids", "prompt");
+  }
+  for (size_t i = 0; i < v.size(); ++i) {
+    const json& e = v[i];
+    if (!e.is_number_integer()) {
+      return bad_request(fmt::format("{}[{}] is {}, not a token id (an integer)", where, i,
+                                     e.dump(-1, ' ', false, json::error_handler_t::replace)),
+                         "prompt");
+    }
+    if (!is_token_id_value(e)) {
+      return bad_request(fmt::format("{}[{}] = {} is not a token id: ids are non-negative and "
+                                     "below the vocabulary size",
+                                     where, i, e.dump()),
+                         "prompt");
+    }
     out.push_back(e.get<int32_t>());
   }
-  return true;
+  return std::nullopt;
 }
 
 }  // namespace
@@ -244,18 +275,14 @@ std::variant<CompletionRequest, ApiError> parse_completion_request(const std::st
       r.prompts.emplace_back(e.get<std::string>());
     }
   } else if (prompt->is_array() && !prompt->empty() && (*prompt)[0].is_array()) {
-    for (const auto& e : *prompt) {
+    for (size_t i = 0; i < prompt->size(); ++i) {
       std::vector<int32_t> ids;
-      if (!token_list(e, ids)) {
-        return bad_request("'prompt' token lists must hold non-negative integers", "prompt");
-      }
+      if (auto e = token_list((*prompt)[i], fmt::format("prompt[{}]", i), ids)) return *e;
       r.prompts.emplace_back(std::move(ids));
     }
   } else if (prompt->is_array()) {
     std::vector<int32_t> ids;
-    if (!token_list(*prompt, ids)) {
-      return bad_request("'prompt' must be a string, a list of strings, or token ids", "prompt");
-    }
+    if (auto e = token_list(*prompt, "prompt", ids)) return *e;
     r.prompts.emplace_back(std::move(ids));
   } else {
     return bad_request("'prompt' must be a string, a list of strings, or token ids", "prompt");
@@ -307,7 +334,9 @@ std::variant<ChatCompletionRequest, ApiError> parse_chat_request(const std::stri
     cm.role = r_name == "developer" ? "system" : r_name;
     auto content = m.find("content");
     if (content == m.end() || content->is_null()) {
-      cm.content = "";
+      // Only an assistant turn with tool calls may omit it, and tools are not supported.
+      return bad_request(where + ".content is required (a string or a list of text parts)",
+                         where + ".content");
     } else if (content->is_string()) {
       cm.content = content->get<std::string>();
     } else if (content->is_array()) {

@@ -5,6 +5,8 @@
 #include <ctime>
 #include <random>
 
+#include "core/logging.h"
+
 namespace cartserve {
 
 using api::ApiError;
@@ -58,8 +60,10 @@ struct ChoiceState {
 class Job final : public CompletionJob {
  public:
   Job(const Model& model, bool chat, bool stream, bool include_usage, std::string id,
-      std::string model_name, bool logprobs, bool discard_generation)
-      : model_(model),
+      std::string model_name, bool logprobs, bool discard_generation,
+      std::vector<std::string> cartridges)
+      : cartridges_(std::move(cartridges)),
+        model_(model),
         chat_(chat),
         stream_(stream),
         include_usage_(include_usage),
@@ -85,6 +89,13 @@ class Job final : public CompletionJob {
       if (c.error) return c.error;
     }
     return std::nullopt;
+  }
+
+  bool admitted() override {
+    for (auto& c : choices) {
+      if (c.stream && !c.stream->wait_admitted(std::chrono::milliseconds(0))) return false;
+    }
+    return true;
   }
 
   bool poll(std::vector<json>& chunks, std::chrono::milliseconds timeout) override {
@@ -131,16 +142,7 @@ class Job final : public CompletionJob {
  private:
   // Folds one engine output into the choice; emits a chunk when streaming.
   void absorb(ChoiceState& c, EngineOutput&& o, std::vector<json>* chunks) {
-    if (o.finished && !o.error.ok()) {
-      ApiError e;
-      e.http_status =
-          (o.error.code() == ErrorCode::kInternal || o.error.code() == ErrorCode::kUnavailable)
-              ? 500
-              : 400;
-      e.type = e.http_status == 500 ? "server_error" : "invalid_request_error";
-      e.message = o.error.message();
-      c.error = e;
-    }
+    if (o.finished && !o.error.ok()) c.error = engine_error(o.error);
     c.prompt_tokens = o.num_prompt_tokens ? o.num_prompt_tokens : c.prompt_tokens;
     c.output_tokens = o.num_output_tokens ? o.num_output_tokens : c.output_tokens;
     api::Choice delta;
@@ -211,6 +213,43 @@ class Job final : public CompletionJob {
     }
   }
 
+  // An engine error as the client sees it.
+  ApiError engine_error(const Status& st) const {
+    ApiError e;
+    const ErrorCode code = st.code();
+    if (!cartridges_.empty() && (code == ErrorCode::kCorrupt || code == ErrorCode::kIo)) {
+      // A cartridge (re)load failed: its file changed, is truncated or gone.
+      // The details (server paths, hashes) stay in the server's log.
+      LOG_WARN("a request's cartridge could not be loaded: {}", st.to_string());
+      std::string names;
+      for (const auto& id : cartridges_)
+        names += (names.empty() ? "'" : ", '") + id + "'";
+      e.http_status = 409;
+      e.type = "conflict_error";
+      e.code = "cartridge_unavailable";
+      e.param = "kv_transfer_params.cartridge_id";
+      e.message = fmt::format(
+          "cartridge {} cannot be loaded: its file no longer matches what was registered "
+          "(changed, truncated or removed on the server); an administrator must register it "
+          "again",
+          names);
+      return e;
+    }
+    if (code == ErrorCode::kUnavailable) {
+      e.http_status = 503;
+      e.type = "service_unavailable_error";
+    } else if (code == ErrorCode::kInternal) {
+      e.http_status = 500;
+      e.type = "server_error";
+    } else {
+      e.http_status = 400;
+      e.type = "invalid_request_error";
+    }
+    e.message = st.message();
+    return e;
+  }
+
+  std::vector<std::string> cartridges_;  // the ids the request named
   const Model& model_;
   bool chat_, stream_, include_usage_;
   std::string id_, model_name_;
@@ -227,7 +266,10 @@ OpenAiService::OpenAiService(const Model& model, Engine& engine, ServiceConfig c
       engine_(engine),
       config_(std::move(config)),
       cartridges_(std::move(cartridges)),
-      prompts_(model) {}
+      prompts_(model) {
+  for (int32_t id = 0; id < model.tokenizer.vocab_size(); ++id)
+    max_token_bytes_ = std::max(max_token_bytes_, model.tokenizer.token_bytes(id).size());
+}
 
 json OpenAiService::models_json() const {
   json data = json::array();
@@ -247,10 +289,45 @@ std::optional<ApiError> OpenAiService::check_model(const std::string& name) cons
   for (const auto& n : config_.served_model_names) {
     if (n == name) return std::nullopt;
   }
+  // As the OpenAI API and vLLM: 404.
   ApiError e = bad_request("The model `" + name + "` does not exist.", "model");
+  e.http_status = 404;
   e.type = "NotFoundError";
   e.code = "model_not_found";
   return e;
+}
+
+std::optional<ApiError> OpenAiService::check_text_size(size_t bytes, int32_t virtual_tokens,
+                                                       const char* field) const {
+  // Each token stands for at most max_token_bytes_ bytes of the normalized
+  // text, and Unicode normalization (NFKC at worst) shrinks text at most 4x.
+  const uint64_t per_token = 4 * static_cast<uint64_t>(max_token_bytes_);
+  const uint64_t at_least = (bytes + per_token - 1) / per_token;
+  if (at_least + static_cast<uint64_t>(std::max(virtual_tokens, 0)) <
+      static_cast<uint64_t>(config_.max_model_len)) {
+    return std::nullopt;
+  }
+  return bad_request(
+      fmt::format("This model's maximum context length is {} tokens. However, your {} is {} bytes "
+                  "of text, at least {} tokens{}. Please reduce it.",
+                  config_.max_model_len, field, bytes, at_least,
+                  virtual_tokens > 0 ? fmt::format(" after a cartridge of {}", virtual_tokens)
+                                     : std::string()),
+      field);
+}
+
+std::optional<ApiError> OpenAiService::check_token_ids(const std::vector<int32_t>& ids,
+                                                       const std::string& where) const {
+  const int32_t vocab = model_.config.vocab_size;
+  for (size_t i = 0; i < ids.size(); ++i) {
+    if (ids[i] < 0 || ids[i] >= vocab) {
+      return bad_request(fmt::format("{}[{}] = {} is outside the vocabulary: token ids are in "
+                                     "[0, {})",
+                                     where, i, ids[i], vocab),
+                         "prompt");
+    }
+  }
+  return std::nullopt;
 }
 
 std::variant<SamplingParams, ApiError> OpenAiService::sampling_params(const api::SamplingFields& f,
@@ -284,8 +361,10 @@ std::variant<SamplingParams, ApiError> OpenAiService::sampling_params(const api:
     return bad_request("'min_tokens' must not exceed 'max_tokens'", "min_tokens");
   }
   for (int32_t id : p.stop_token_ids) {
-    if (id >= model_.config.vocab_size) {
-      return bad_request(fmt::format("stop_token_ids holds {}, outside the vocabulary", id),
+    if (id < 0 || id >= model_.config.vocab_size) {
+      return bad_request(fmt::format("stop_token_ids holds {}, outside the vocabulary: token ids "
+                                     "are in [0, {})",
+                                     id, model_.config.vocab_size),
                          "stop_token_ids");
     }
   }
@@ -324,10 +403,25 @@ std::variant<std::unique_ptr<CompletionJob>, ApiError> OpenAiService::start_comp
   const CartridgePlacement place = std::get<CartridgePlacement>(placed);
   const bool logprobs = r.logprobs.has_value();
   const bool zero_tokens = r.sampling.max_tokens && *r.sampling.max_tokens == 0;
-  auto job = std::make_unique<Job>(
-      model_, /*chat=*/false, r.stream, r.include_usage, "cmpl-" + random_hex(24),
-      r.model.empty() ? config_.served_model_names.front() : r.model, logprobs, zero_tokens);
-  int64_t index = 0;
+  auto job = std::make_unique<Job>(model_, /*chat=*/false, r.stream, r.include_usage,
+                                   "cmpl-" + random_hex(24),
+                                   r.model.empty() ? config_.served_model_names.front() : r.model,
+                                   logprobs, zero_tokens, place.named_ids);
+  // Sizes first: no prompt is tokenized when one of them cannot fit.
+  for (size_t i = 0; i < r.prompts.size(); ++i) {
+    if (const auto* s = std::get_if<std::string>(&r.prompts[i])) {
+      if (auto e = check_text_size(s->size(), place.num_virtual_tokens, "prompt")) return *e;
+    } else {
+      const auto& ids = std::get<std::vector<int32_t>>(r.prompts[i]);
+      if (auto e = check_token_ids(
+              ids, r.prompts.size() > 1 ? fmt::format("prompt[{}]", i) : std::string("prompt"))) {
+        return *e;
+      }
+    }
+  }
+  std::vector<SamplingParams> checked;  // per prompt, once all prompts passed
+  std::vector<std::vector<int32_t>> prompt_ids;
+  std::vector<std::string> texts;
   for (const auto& prompt : r.prompts) {
     std::vector<int32_t> ids;
     std::string text;
@@ -336,13 +430,6 @@ std::variant<std::unique_ptr<CompletionJob>, ApiError> OpenAiService::start_comp
       ids = prompts_.completion(*s, /*after_cartridge=*/place.active);
     } else {
       ids = std::get<std::vector<int32_t>>(prompt);
-      for (int32_t t : ids) {
-        if (t >= model_.config.vocab_size) {
-          return bad_request(fmt::format("prompt token id {} is outside the vocabulary of {}", t,
-                                         model_.config.vocab_size),
-                             "prompt");
-        }
-      }
       text = model_.tokenizer.decode(ids);
     }
     if (ids.empty()) return bad_request("the prompt is empty after tokenization", "prompt");
@@ -351,9 +438,20 @@ std::variant<std::unique_ptr<CompletionJob>, ApiError> OpenAiService::start_comp
     if (zero_tokens) fields.max_tokens = 1;  // computed for prompt logprobs, then dropped
     auto sp = sampling_params(fields, ctx_len);
     if (auto* e = std::get_if<ApiError>(&sp)) return *e;
+    checked.push_back(std::get<SamplingParams>(sp));
+    prompt_ids.push_back(std::move(ids));
+    texts.push_back(std::move(text));
+  }
+  if (place.commit) {
+    if (auto e = place.commit()) return *e;
+  }
+  int64_t index = 0;
+  for (size_t pi = 0; pi < prompt_ids.size(); ++pi) {
+    const std::vector<int32_t>& ids = prompt_ids[pi];
+    const std::string& text = texts[pi];
     job->unique_prompt_tokens += static_cast<int64_t>(ids.size());
     for (int64_t j = 0; j < r.sampling.n; ++j, ++index) {
-      SamplingParams p = std::get<SamplingParams>(sp);
+      SamplingParams p = checked[pi];
       p.logprobs = logprobs;
       p.top_logprobs = logprobs ? static_cast<int32_t>(*r.logprobs) : 0;
       if (r.echo && logprobs) p.prompt_logprobs = static_cast<int32_t>(*r.logprobs);
@@ -387,11 +485,16 @@ std::variant<std::unique_ptr<CompletionJob>, ApiError> OpenAiService::start_chat
   auto placed = placement(r.cartridges);
   if (auto* e = std::get_if<ApiError>(&placed)) return *e;
   const CartridgePlacement place = std::get<CartridgePlacement>(placed);
-  auto chat_ids = prompts_.chat(r.messages, r.add_generation_prompt, place.strip_system_prefix);
-  if (!chat_ids.ok()) {
-    return bad_request(chat_ids.status().message(), "messages");
+  auto chat_text =
+      prompts_.chat_text(r.messages, r.add_generation_prompt, place.strip_system_prefix);
+  if (!chat_text.ok()) {
+    return bad_request(chat_text.status().message(), "messages");
   }
-  const std::vector<int32_t>& ids = *chat_ids;
+  if (auto e = check_text_size(chat_text->size(), place.num_virtual_tokens, "conversation")) {
+    e->param = "messages";
+    return *e;
+  }
+  const std::vector<int32_t> ids = model_.tokenizer.encode(*chat_text);
   if (ids.empty()) return bad_request("the conversation is empty after tokenization", "messages");
   const int32_t ctx_len = static_cast<int32_t>(ids.size()) + place.num_virtual_tokens;
   auto sp = sampling_params(r.sampling, ctx_len);
@@ -399,9 +502,13 @@ std::variant<std::unique_ptr<CompletionJob>, ApiError> OpenAiService::start_chat
   if (std::get<SamplingParams>(sp).max_tokens == 0) {
     return bad_request("'max_tokens' must be at least 1 for chat completions", "max_tokens");
   }
-  auto job = std::make_unique<Job>(
-      model_, /*chat=*/true, r.stream, r.include_usage, "chatcmpl-" + random_hex(24),
-      r.model.empty() ? config_.served_model_names.front() : r.model, r.logprobs, false);
+  if (place.commit) {
+    if (auto e = place.commit()) return *e;
+  }
+  auto job = std::make_unique<Job>(model_, /*chat=*/true, r.stream, r.include_usage,
+                                   "chatcmpl-" + random_hex(24),
+                                   r.model.empty() ? config_.served_model_names.front() : r.model,
+                                   r.logprobs, false, place.named_ids);
   job->unique_prompt_tokens = static_cast<int64_t>(ids.size());
   for (int64_t j = 0; j < r.sampling.n; ++j) {
     SamplingParams p = std::get<SamplingParams>(sp);

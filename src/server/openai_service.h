@@ -35,6 +35,12 @@ struct CartridgePlacement {
   std::vector<std::string> cartridge_ids;  // resolved, request order
   std::string prefix_salt;
   bool strip_system_prefix = false;  // chat: render without BOS / default system turn
+  // The ids the request named (composites: their parts), for messages.
+  std::vector<std::string> named_ids;
+  // Called once the request passed every check, before it is submitted:
+  // side effects of the placement (a composite enters the catalog, request
+  // counters). Null: nothing to do.
+  std::function<std::optional<api::ApiError>()> commit;
 };
 
 // Resolves a request's cartridge selection (explicit ids, kv_transfer_params,
@@ -57,6 +63,8 @@ class CompletionJob {
   // fits, a prefix-mode prompt shorter than its cartridge); waits up to
   // `timeout` for the admission.
   virtual std::optional<api::ApiError> early_error(std::chrono::milliseconds timeout) = 0;
+  // Every engine request of the job was admitted (or finished) by now.
+  virtual bool admitted() = 0;
   virtual void cancel() = 0;
 };
 
@@ -75,6 +83,13 @@ class OpenAiService {
 
  private:
   std::optional<api::ApiError> check_model(const std::string& name) const;
+  // Refuses text that cannot fit the context whatever its tokenization, before
+  // it is tokenized: every token holds at most max_token_bytes_ bytes of text.
+  std::optional<api::ApiError> check_text_size(size_t bytes, int32_t virtual_tokens,
+                                               const char* field) const;
+  // The ids are in the vocabulary; `where` names them in the message.
+  std::optional<api::ApiError> check_token_ids(const std::vector<int32_t>& ids,
+                                               const std::string& where) const;
   // The request's cartridge placement (none without a resolver or a selection).
   std::variant<CartridgePlacement, api::ApiError> placement(
       const api::CartridgeSelection& selection) const;
@@ -90,6 +105,7 @@ class OpenAiService {
   ServiceConfig config_;
   CartridgeResolver cartridges_;
   PromptBuilder prompts_;
+  size_t max_token_bytes_ = 1;  // longest text of one vocabulary token
   std::atomic<uint64_t> next_id_{0};
 };
 

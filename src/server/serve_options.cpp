@@ -1,5 +1,6 @@
 #include "server/serve_options.h"
 
+#include <algorithm>
 #include <cctype>
 #include <cmath>
 #include <filesystem>
@@ -15,6 +16,29 @@ void ServeOptions::add_to(CLI::App& sub) {
   sub.add_option("--api-key", api_key,
                  "Require 'Authorization: Bearer KEY' on /v1 endpoints (also CARTSERVE_API_KEY)")
       ->envname("CARTSERVE_API_KEY");
+  sub.add_option("--admin-api-key", admin_api_key,
+                 "Require 'Authorization: Bearer KEY' on the routes that change cartridges "
+                 "(POST/DELETE /v1/cartridges, pin, unpin); this key also opens every other "
+                 "/v1 route (also CARTSERVE_ADMIN_API_KEY)")
+      ->envname("CARTSERVE_ADMIN_API_KEY");
+  sub.add_option("--max-request-bytes", max_request_bytes,
+                 "Largest request body, e.g. 2MiB; larger ones get 413 (default: 64 bytes per "
+                 "token of --max-model-len, at least 1MiB)");
+  sub.add_option("--max-concurrent-requests", max_concurrent_requests,
+                 "Completion requests in the server at once, queued and running; one more gets "
+                 "503 with Retry-After (0: no cap)")
+      ->default_val(256)
+      ->check(CLI::Range(0, 1 << 16));
+  sub.add_option("--request-timeout", request_timeout,
+                 "Seconds a completion request may take: one still waiting for the engine then "
+                 "gets 503, one running ends with finish_reason \"abort\" (0: no limit)")
+      ->default_val(0)
+      ->check(CLI::NonNegativeNumber);
+  sub.add_option("--shutdown-timeout", shutdown_timeout,
+                 "On SIGTERM/SIGINT: seconds requests in flight may take to finish before they "
+                 "are cancelled (no new requests are accepted meanwhile)")
+      ->default_val(30)
+      ->check(CLI::NonNegativeNumber);
   sub.add_option("--served-model-name", served_model_name,
                  "Name(s) clients use in 'model' (default: the model path)");
   sub.add_option("--max-model-len", max_model_len,
@@ -109,7 +133,16 @@ Result<ServeOptions::Plan> ServeOptions::plan(const ModelConfig& config) const {
   p.engine.scheduler.max_model_len = static_cast<int32_t>(len);
   p.served_model_names = served_model_name;
   if (p.served_model_names.empty()) p.served_model_names.push_back(model);
+  p.max_request_bytes = default_max_request_bytes(len);
+  if (max_request_bytes) {
+    CS_ASSIGN_OR_RETURN(p.max_request_bytes, parse_byte_size(*max_request_bytes));
+  }
   return p;
+}
+
+uint64_t default_max_request_bytes(int64_t max_model_len) {
+  return std::max<uint64_t>(1u << 20,
+                            64 * static_cast<uint64_t>(std::max<int64_t>(0, max_model_len)));
 }
 
 Result<DType> cpu_weight_dtype(const std::string& dtype) {

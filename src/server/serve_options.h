@@ -20,6 +20,12 @@ struct ServeOptions {
   std::string host = "0.0.0.0";
   int port = 8000;
   std::string api_key;
+  std::string admin_api_key;
+  // Request limits (the HTTP edge).
+  std::optional<std::string> max_request_bytes;  // default: what the context can use
+  int32_t max_concurrent_requests = 256;
+  double request_timeout = 0;    // seconds; 0: none
+  double shutdown_timeout = 30;  // seconds SIGTERM gives requests in flight
   std::vector<std::string> served_model_name;
   std::optional<int32_t> max_model_len;
   int32_t block_size = 16;
@@ -51,6 +57,7 @@ struct ServeOptions {
     EngineConfig engine;
     std::vector<std::string> served_model_names;
     uint64_t kv_bytes = 0;  // 0 on CUDA without --kv-cache-memory
+    uint64_t max_request_bytes = 0;
   };
   Result<Plan> plan(const ModelConfig& config) const;
 };
@@ -58,6 +65,10 @@ struct ServeOptions {
 // --dtype on the CPU backend -> storage of the weight matrices: auto/float32
 // -> kF32, bfloat16 -> kBF16 (fp32 compute either way).
 Result<DType> cpu_weight_dtype(const std::string& dtype);
+
+// The default request body cap for a context of `max_model_len` tokens:
+// 64 bytes per token (JSON-escaped non-Latin text, token id lists), at least 1 MiB.
+uint64_t default_max_request_bytes(int64_t max_model_len);
 
 // "1GiB", "512MiB", "2G", "1e9", "1048576" -> bytes.
 Result<uint64_t> parse_byte_size(const std::string& text);

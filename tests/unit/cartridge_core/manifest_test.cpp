@@ -350,14 +350,34 @@ TEST(ManifestValidate, ChecksumMustBeSha256Hex) {
   EXPECT_TRUE(m.validate().ok());
 }
 
-TEST(ManifestValidate, RejectsEmptyIdAndControlCharacters) {
+TEST(ManifestValidate, RejectsIdsThatAreNotUrlSafe) {
   CartridgeManifest m = make_manifest();
   m.cartridge_id = "";
   EXPECT_THAT(m.validate().message(), HasSubstr("'cartridge_id' is empty"));
   m.cartridge_id = "a\nb";
-  EXPECT_THAT(m.validate().message(), HasSubstr("control character"));
+  EXPECT_THAT(m.validate().message(), HasSubstr("byte 0x0a"));
   m.cartridge_id = std::string(300, 'x');
   EXPECT_THAT(m.validate().message(), HasSubstr("300 bytes"));
+  // What the probing registered: a path, a composite's key, a directory name.
+  for (const char* bad :
+       {"../../x", "a/b", "p+q", "a+b@rerotate", "..", ".", "sp ace", "caf\xc3\xa9"}) {
+    m.cartridge_id = bad;
+    EXPECT_EQ(m.validate().code(), ErrorCode::kInvalidArgument) << bad;
+    EXPECT_THAT(m.validate().message(), HasSubstr("manifest field 'cartridge_id'")) << bad;
+  }
+  const std::string longest(128, 'z');
+  for (const std::string good : {"a", "doc_01", "Patient-04.v2", "x~y", "...", longest.c_str()}) {
+    m.cartridge_id = good;
+    EXPECT_TRUE(m.validate().ok()) << good << ": " << m.validate().message();
+  }
+}
+
+TEST(ManifestValidate, ManifestJsonWithABadIdIsRefused) {
+  nlohmann::json j = manifest_to_json(make_manifest());
+  j["cartridge_id"] = "../../etc";
+  auto m = manifest_from_json(j);
+  ASSERT_FALSE(m.ok());
+  EXPECT_THAT(m.status().message(), HasSubstr("'/'"));
 }
 
 TEST(ManifestValidate, RejectsNonPositiveDimensions) {

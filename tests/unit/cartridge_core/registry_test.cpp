@@ -238,14 +238,23 @@ TEST_F(RegistryTest, IdsAreCaseSensitiveAndExact) {
   EXPECT_TRUE(reg_->get("Doc")->has_value());
 }
 
-TEST_F(RegistryTest, UnicodeAndQuotesSurvive) {
-  add(manifest("café \"quoted\" 'single'", {{"ключ", "значение"}}));
-  auto e = reg_->get("café \"quoted\" 'single'");
+// Ids are URL-safe (cartridge_id.h); labels keep any text.
+TEST_F(RegistryTest, UnicodeAndQuotesSurviveInLabels) {
+  add(manifest("cafe.quoted_single~1", {{"ключ", "значение \"q\" 'single'"}}));
+  auto e = reg_->get("cafe.quoted_single~1");
   ASSERT_TRUE(e.ok() && e->has_value());
-  EXPECT_EQ((*e)->manifest.labels.at("ключ"), "значение");
-  auto found = reg_->find_by_label("ключ", "значение");
+  EXPECT_EQ((*e)->manifest.labels.at("ключ"), "значение \"q\" 'single'");
+  auto found = reg_->find_by_label("ключ", "значение \"q\" 'single'");
   ASSERT_TRUE(found.ok());
-  EXPECT_THAT(ids_of(*found), ElementsAre("café \"quoted\" 'single'"));
+  EXPECT_THAT(ids_of(*found), ElementsAre("cafe.quoted_single~1"));
+}
+
+TEST_F(RegistryTest, RefusesIdsOutsideTheIdSet) {
+  for (const char* bad : {"../../x", "p+q", "café", ".."}) {
+    Status s = reg_->register_cartridge(manifest(bad), "");
+    EXPECT_EQ(s.code(), ErrorCode::kInvalidArgument) << bad;
+  }
+  EXPECT_EQ(*reg_->count(), 0);
 }
 
 // ---- lookups ----
