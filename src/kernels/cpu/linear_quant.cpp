@@ -1,0 +1,107 @@
+// Dense layer over quantized weights (kernels/quant_ops.h).
+// A few rows (decode): the activations are quantized to Q8 once, then every
+// weight row is read from memory once, by one thread, and dotted with all the
+// rows (integer block products, kernels/cpu/quant_dot.h).
+// Many rows (prefill, with BLAS): panels of weight rows are dequantized to
+// fp32 and multiplied by sgemm, which is compute-bound there and faster than
+// the integer kernels; the dequantization is small next to the product.
+#ifdef CARTSERVE_HAVE_BLAS
+#include <cblas.h>
+#endif
+
+#include <algorithm>
+#include <vector>
+
+#include "core/thread_pool.h"
+#include "kernels/cpu/cpu_isa.h"
+#include "kernels/cpu/quant_dot.h"
+#include "kernels/quant_ops.h"
+
+namespace cartserve::ops::cpu {
+namespace {
+
+// Rows of x up to which the integer kernels are used (as linear.cpp's
+// small-batch kernel: a row's result does not depend on the batch).
+constexpr int kSmallBatchMaxRows = 16;
+// Weight rows per task of the thread pool.
+constexpr size_t kMinRowsPerTask = 16;
+
+void add_bias(const float* bias, float* y, int n, int64_t out_dim) {
+  if (!bias) return;
+  for (int r = 0; r < n; ++r) {
+    float* yr = y + static_cast<size_t>(r) * static_cast<size_t>(out_dim);
+    for (int64_t i = 0; i < out_dim; ++i)
+      yr[i] += bias[i];
+  }
+}
+
+void linear_small_batch(const float* x, const QuantMatrix& w, float* y, int n) {
+  // Reused across calls (decode allocates nothing). A reference, so that the
+  // pool's threads see the caller's copy, not their own.
+  thread_local Q8Rows tls_a;
+  Q8Rows& a = tls_a;
+  quantize_rows_q8(x, n, static_cast<int>(w.cols), a);
+  const size_t ldy = static_cast<size_t>(w.rows);
+  ThreadPool::global().parallel_for(
+      static_cast<size_t>(w.rows),
+      [&](size_t b, size_t e) {
+        quant_dot_rows(w, static_cast<int64_t>(b), static_cast<int64_t>(e), a, 0, n, y + b, ldy);
+      },
+      kMinRowsPerTask);
+}
+
+#ifdef CARTSERVE_HAVE_BLAS
+void linear_panels(const float* x, const QuantMatrix& w, float* y, int n) {
+  constexpr int64_t kPanelRows = 256;
+  const size_t k = static_cast<size_t>(w.cols);
+  thread_local std::vector<float> tls_panel;
+  std::vector<float>& panel = tls_panel;  // [kPanelRows, cols] (the caller's, as above)
+  panel.resize(static_cast<size_t>(kPanelRows) * k);
+  for (int64_t j0 = 0; j0 < w.rows; j0 += kPanelRows) {
+    const int64_t rows = std::min(kPanelRows, w.rows - j0);
+    ThreadPool::global().parallel_for(
+        static_cast<size_t>(rows),
+        [&](size_t b, size_t e) {
+          dequantize_rows(w, j0 + static_cast<int64_t>(b), static_cast<int64_t>(e - b),
+                          panel.data() + b * k);
+        },
+        16);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, static_cast<int>(rows),
+                static_cast<int>(k), 1.0f, x, static_cast<int>(k), panel.data(),
+                static_cast<int>(k), 0.0f, y + j0, static_cast<int>(w.rows));
+  }
+}
+#endif
+
+}  // namespace
+
+void quant_dot_rows(const QuantMatrix& w, int64_t j0, int64_t j1, const Q8Rows& a, int r0, int r1,
+                    float* y, size_t ldy) {
+#if defined(__x86_64__)
+  switch (cpu_isa()) {
+    case CpuIsa::kAvx512:
+      return detail::quant_dot_avx512(w, j0, j1, a, r0, r1, y, ldy);
+    case CpuIsa::kAvx2:
+      return detail::quant_dot_avx2(w, j0, j1, a, r0, r1, y, ldy);
+    case CpuIsa::kScalar:
+      break;
+  }
+#endif
+  detail::quant_dot_scalar(w, j0, j1, a, r0, r1, y, ldy);
+}
+
+void linear_quant(const float* x, const QuantMatrix& w, const float* bias, float* y, int n) {
+  if (n <= 0) return;
+#ifdef CARTSERVE_HAVE_BLAS
+  if (n > kSmallBatchMaxRows) {
+    linear_panels(x, w, y, n);
+  } else {
+    linear_small_batch(x, w, y, n);
+  }
+#else
+  linear_small_batch(x, w, y, n);
+#endif
+  add_bias(bias, y, n, w.rows);
+}
+
+}  // namespace cartserve::ops::cpu

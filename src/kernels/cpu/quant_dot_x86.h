@@ -1,0 +1,235 @@
+// The x86 dot-product kernels of quant_dot_avx2.cpp and quant_dot_avx512.cpp,
+// written once: each includes this header under its own target (the AVX-512
+// one through #pragma GCC target, so the binary still runs on AVX2-only
+// CPUs) and with QDOT_VNNI set to use vpdpbusd (AVX-512 VNNI on 256-bit
+// registers) instead of vpmaddubsw + vpmaddwd for the block products.
+//
+// Per weight row, every block of 32 weights is decoded once into a register
+// (32 quants, a float scale and an offset coefficient) and dotted with up to
+// kMaxR activation rows, whose partial sums stay in registers. Include only
+// inside an anonymous namespace-free .cpp, after setting QDOT_VNNI.
+#pragma once
+
+#include <immintrin.h>
+
+#include "kernels/cpu/quant_blocks.h"
+#include "kernels/quant_ops.h"
+
+#ifndef QDOT_VNNI
+#error "define QDOT_VNNI (0 or 1) before including quant_dot_x86.h"
+#endif
+
+namespace {
+
+using cartserve::ops::Q8Rows;
+using cartserve::ops::QuantMatrix;
+using cartserve::ops::QuantType;
+namespace blocks = cartserve::ops::cpu::blocks;
+
+constexpr int kMaxR = 4;
+
+inline float f16(const uint8_t* p) {
+  uint16_t h;
+  std::memcpy(&h, p, sizeof(h));
+  return _cvtsh_ss(h);
+}
+
+inline float hsum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+// 8 int32 partial sums of u[i] * x[i] (u unsigned 0..127, x int8).
+inline __m256i dot_u8s8(__m256i u, __m256i x) {
+#if QDOT_VNNI
+  return _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, x);
+#else
+  return _mm256_madd_epi16(_mm256_maddubs_epi16(u, x), _mm256_set1_epi16(1));
+#endif
+}
+
+// 16 bytes of nibbles -> 32 quants: low nibbles (elements 0..15), then high.
+inline __m256i unpack_nibbles16(const uint8_t* q) {
+  const __m128i t = _mm_loadu_si128(reinterpret_cast<const __m128i*>(q));
+  const __m256i v = _mm256_set_m128i(_mm_srli_epi16(t, 4), t);
+  return _mm256_and_si256(v, _mm256_set1_epi8(0x0f));
+}
+
+inline __m256i load32(const void* p) {
+  return _mm256_loadu_si256(static_cast<const __m256i*>(p));
+}
+
+// One decoded block of 32 weights: w = scale * u + off (u unsigned, or for
+// Q8_0 signed: then `sign` carries the signs and u = |q|).
+struct Block {
+  __m256i u;
+  float scale;
+  float off;
+};
+
+// Rows [r0, r0 + R) of a against one weight row of a format with 32-element
+// units decoded by dec(b, &blk) (b = index of the 32-block in the row).
+// kSigned: u holds signed quants (Q8_0), multiplied through the sign trick.
+template <int R, bool kSigned, bool kOff, typename Dec>
+inline void run_rows(const Dec& dec, int64_t nb, const Q8Rows& a, int r0, float* y, size_t ldy) {
+  __m256 acc[R];
+  float off[R];
+  const int8_t* xq[R];
+  const float* dx[R];
+  const float* sx[R];
+  for (int r = 0; r < R; ++r) {
+    acc[r] = _mm256_setzero_ps();
+    off[r] = 0.f;
+    xq[r] = a.q_row(r0 + r);
+    dx[r] = a.d_row(r0 + r);
+    sx[r] = a.s_row(r0 + r);
+  }
+  for (int64_t b = 0; b < nb; ++b) {
+    Block blk;
+    dec(b, &blk);
+    __m256i u = blk.u;
+    if constexpr (kSigned) u = _mm256_sign_epi8(blk.u, blk.u);
+    for (int r = 0; r < R; ++r) {
+      __m256i x = load32(xq[r] + 32 * b);
+      if constexpr (kSigned) x = _mm256_sign_epi8(x, blk.u);
+      const __m256 p = _mm256_cvtepi32_ps(dot_u8s8(u, x));
+      acc[r] = _mm256_fmadd_ps(p, _mm256_set1_ps(blk.scale * dx[r][b]), acc[r]);
+      if constexpr (kOff) off[r] += blk.off * sx[r][b];
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    y[static_cast<size_t>(r) * ldy] = hsum(acc[r]) + off[r];
+}
+
+// Q6_K: per 32-block two scales of 16; the integer products are scaled in
+// the int16 domain (vpmaddwd) before the float conversion.
+template <int R>
+inline void run_rows_q6k(const uint8_t* p, int64_t nsb, const Q8Rows& a, int r0, float* y,
+                         size_t ldy) {
+  __m256 acc[R];
+  const int8_t* xq[R];
+  const float* dx[R];
+  for (int r = 0; r < R; ++r) {
+    acc[r] = _mm256_setzero_ps();
+    xq[r] = a.q_row(r0 + r);
+    dx[r] = a.d_row(r0 + r);
+  }
+  const __m256i m4 = _mm256_set1_epi8(0x0f);
+  const __m256i m2 = _mm256_set1_epi8(0x03);
+  const __m256i k32 = _mm256_set1_epi8(32);
+  for (int64_t sb = 0; sb < nsb; ++sb, p += blocks::kQ6_KBytes) {
+    const float d = f16(p + 208);
+    const auto* sc = reinterpret_cast<const int8_t*>(p + 192);
+    for (int h = 0; h < 2; ++h) {
+      const __m256i ql0 = load32(p + 64 * h);
+      const __m256i ql1 = load32(p + 64 * h + 32);
+      const __m256i qh = load32(p + 128 + 32 * h);
+      __m256i q[4];
+      q[0] = _mm256_or_si256(_mm256_and_si256(ql0, m4),
+                             _mm256_slli_epi16(_mm256_and_si256(qh, m2), 4));
+      q[1] = _mm256_or_si256(_mm256_and_si256(ql1, m4),
+                             _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), m2), 4));
+      q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4),
+                             _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), m2), 4));
+      q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
+                             _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), m2), 4));
+      for (int pq = 0; pq < 4; ++pq) {
+        const int j = 4 * h + pq;  // 32-block within the super-block
+        const __m256i s16 =
+            _mm256_set_m128i(_mm_set1_epi16(sc[2 * j + 1]), _mm_set1_epi16(sc[2 * j]));
+        const int64_t xb = 8 * sb + j;
+        for (int r = 0; r < R; ++r) {
+          const __m256i x = load32(xq[r] + 32 * xb);
+          // sum((q - 32) * x) in int16 pairs: |.| <= 2 * 32 * 127.
+          const __m256i p16 =
+              _mm256_sub_epi16(_mm256_maddubs_epi16(q[pq], x), _mm256_maddubs_epi16(k32, x));
+          const __m256 pf = _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, s16));
+          acc[r] = _mm256_fmadd_ps(pf, _mm256_set1_ps(d * dx[r][xb]), acc[r]);
+        }
+      }
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    y[static_cast<size_t>(r) * ldy] = hsum(acc[r]);
+}
+
+template <int R>
+void dot_one_row(const QuantMatrix& w, const uint8_t* p, const Q8Rows& a, int r0, float* y,
+                 size_t ldy) {
+  const int64_t nb = w.cols / 32;
+  switch (w.type) {
+    case QuantType::kQ4_0:
+      return run_rows<R, false, true>(
+          [p](int64_t b, Block* o) {
+            const uint8_t* q = p + b * blocks::kQ4_0Bytes;
+            o->u = unpack_nibbles16(q + 2);
+            o->scale = f16(q);
+            o->off = -8.0f * o->scale;
+          },
+          nb, a, r0, y, ldy);
+    case QuantType::kQ4_1:
+      return run_rows<R, false, true>(
+          [p](int64_t b, Block* o) {
+            const uint8_t* q = p + b * blocks::kQ4_1Bytes;
+            o->u = unpack_nibbles16(q + 4);
+            o->scale = f16(q);
+            o->off = f16(q + 2);
+          },
+          nb, a, r0, y, ldy);
+    case QuantType::kQ8_0:
+      return run_rows<R, true, false>(
+          [p](int64_t b, Block* o) {
+            const uint8_t* q = p + b * blocks::kQ8_0Bytes;
+            o->u = load32(q + 2);
+            o->scale = f16(q);
+            o->off = 0.f;
+          },
+          nb, a, r0, y, ldy);
+    case QuantType::kQ4_K:
+      return run_rows<R, false, true>(
+          [p](int64_t b, Block* o) {
+            const uint8_t* q = p + (b / 8) * blocks::kQ4_KBytes;
+            const int j = static_cast<int>(b % 8);
+            int sc, m;
+            blocks::q4k_scale_min(j, q + 4, &sc, &m);
+            const __m256i v = load32(q + 16 + 32 * (j / 2));
+            o->u =
+                _mm256_and_si256(j % 2 == 0 ? v : _mm256_srli_epi16(v, 4), _mm256_set1_epi8(0x0f));
+            o->scale = f16(q) * static_cast<float>(sc);
+            o->off = -f16(q + 2) * static_cast<float>(m);
+          },
+          nb, a, r0, y, ldy);
+    case QuantType::kQ6_K:
+      return run_rows_q6k<R>(p, w.cols / 256, a, r0, y, ldy);
+  }
+}
+
+// The kernel contract of kernels/cpu/quant_dot.h.
+inline void quant_dot_x86(const QuantMatrix& w, int64_t j0, int64_t j1, const Q8Rows& a, int r0,
+                          int r1, float* y, size_t ldy) {
+  for (int64_t j = j0; j < j1; ++j) {
+    const uint8_t* p = w.data + static_cast<size_t>(j) * w.row_bytes;
+    float* yj = y + (j - j0);
+    for (int r = r0; r < r1; r += kMaxR) {
+      float* yr = yj + static_cast<size_t>(r - r0) * ldy;
+      switch (std::min(kMaxR, r1 - r)) {
+        case 1:
+          dot_one_row<1>(w, p, a, r, yr, ldy);
+          break;
+        case 2:
+          dot_one_row<2>(w, p, a, r, yr, ldy);
+          break;
+        case 3:
+          dot_one_row<3>(w, p, a, r, yr, ldy);
+          break;
+        default:
+          dot_one_row<4>(w, p, a, r, yr, ldy);
+          break;
+      }
+    }
+  }
+}
+
+}  // namespace
