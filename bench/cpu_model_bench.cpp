@@ -1,6 +1,7 @@
-// CPU prefill and decode throughput of our backend, with fp32 weights and
-// again with bf16 weight matrices (--dtype bfloat16), with the physical floors measured in the same
-// run on the same machine:
+// CPU prefill and decode throughput of our backend on its default path
+// (--dtype auto: a GGUF's quantized matrices kept, kernels/quant_ops.h), again
+// with bf16 weight matrices (--dtype bfloat16) and, with --fp32, fp32 ones,
+// with the physical floors measured in the same run on the same machine:
 //  - streaming read bandwidth (multi-threaded reduction over 256 MiB) and
 //    copy bandwidth (memcpy, bytes read + written);
 //  - BLAS sgemm rate (1024^3).
@@ -8,9 +9,9 @@
 //  - decode step >= max(bytes read / read bandwidth, FLOPs / sgemm rate),
 //    where bytes = the weights touched per step (every linear weight and the
 //    LM head; not the embedding table unless it is the tied LM head) plus the
-//    KV of every sequence. Byte counts are reported for OUR weights (fp32, or
-//    bf16 matrices; fp32 KV) and for LLAMA.CPP's (the GGUF's tensors as stored,
-//    e.g. Q4_1, and its default f16 KV); each engine is held to its own.
+//    KV of every sequence. Byte counts are reported for OUR weights (as
+//    loaded: quantized, bf16 or fp32 matrices; fp32 KV) and for LLAMA.CPP's (the GGUF's tensors as
+//    stored, e.g. Q4_1, and its default f16 KV); each engine is held to its own.
 //  - prefill >= FLOPs / sgemm rate (linear layers, causal attention, one
 //    LM-head row). llama.cpp computes quantized matmuls with integer dot
 //    products that this fp32 rate does not bound; its prefill fraction is
@@ -21,6 +22,7 @@
 //
 // Usage: cpu_model_bench MODEL [--out FILE.json] [--llama-bench PATH] [--threads N]
 //                              [--reps N] [--context N] [--decode-steps N]
+//                              [--fp32] [--no-bf16] [--decode-only]
 #include <cblas.h>
 #include <sys/resource.h>
 #include <unistd.h>
@@ -235,7 +237,7 @@ std::vector<int32_t> random_tokens(int n, int vocab, unsigned seed) {
 struct ModelCosts {
   double linear_params = 0;     // every layer's projections (not norms, not embeddings)
   double lm_head_params = 0;    // vocab * hidden
-  double fp32_step_bytes = 0;   // our weights read by one decode step
+  double ours_step_bytes = 0;   // our weights (default path) read by one decode step
   double gguf_step_bytes = 0;   // llama.cpp's (GGUF as stored) weights read by one step
   double gguf_total_bytes = 0;  // every tensor in the GGUF
   double kv_bytes_per_token_fp32 = 0;
@@ -259,7 +261,7 @@ struct ModelCosts {
 
 // Weight bytes one decode step reads: every matrix and norm; the embedding
 // table is gathered (a few rows), so it counts only when it is also the LM
-// head (tied, fp32) and then once.
+// head (tied, fp32 or quantized) and then once.
 double step_bytes(const Model& model) {
   const ModelWeights& w = model.weights;
   const bool shared = w.lm_head.raw() == w.embed.raw();
@@ -274,7 +276,7 @@ Result<ModelCosts> model_costs(const Model& model, const std::string& path) {
       static_cast<double>(c.num_layers) *
       (h * c.q_dim() + 2 * h * c.kv_dim() + c.q_dim() * h + 3 * h * c.intermediate_size);
   k.lm_head_params = static_cast<double>(c.vocab_size) * h;
-  k.fp32_step_bytes = step_bytes(model);
+  k.ours_step_bytes = step_bytes(model);
   k.kv_bytes_per_token_fp32 = static_cast<double>(c.kv_bytes_per_token(4));
   k.kv_bytes_per_token_f16 = static_cast<double>(c.kv_bytes_per_token(2));
   if (path.size() < 5 || path.substr(path.size() - 5) != ".gguf") return k;
@@ -449,7 +451,11 @@ const json* find_test(const json& baseline, const std::string& name) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  CLI::App app{"CPU prefill/decode tokens/s (fp32 and bf16 weights) with measured floors"};
+  CLI::App app{"CPU prefill/decode tokens/s (default, bf16 and fp32 weights) with measured floors"};
+  bool with_fp32 = false, no_bf16 = false, decode_only = false;
+  app.add_flag("--fp32", with_fp32, "also run with fp32 weight matrices (--dtype float32)");
+  app.add_flag("--no-bf16", no_bf16, "skip the bf16 weight matrices (--dtype bfloat16)");
+  app.add_flag("--decode-only", decode_only, "skip the prefill cases");
   std::string model_path, out_path = "cpu_model_bench.json", llama_bench;
   int threads = 0, reps = 5, ctx = 128, steps = 16;
   app.add_option("model", model_path, "GGUF file or Hugging Face folder")->required();
@@ -476,6 +482,7 @@ int main(int argc, char** argv) {
 
   LoadOptions opts;
   opts.progress = false;
+  opts.keep_quantized = true;  // the default path (--dtype auto)
   auto loaded = load_model(model_path, opts);
   if (!loaded.ok()) {
     std::fprintf(stderr, "error: %s\n", loaded.status().to_string().c_str());
@@ -501,8 +508,8 @@ int main(int argc, char** argv) {
       openblas_get_corename());
 
   json results = json::array();
-  std::printf("%-38s %10s %16s %11s %9s\n", "case (ours; fp32 unless named)", "tok/s", "min..max",
-              "floor tok/s", "of floor");
+  std::printf("%-38s %10s %16s %11s %9s\n", "case (ours; default unless named)", "tok/s",
+              "min..max", "floor tok/s", "of floor");
   auto add = [&](const std::string& name, const std::vector<double>& tok_s_sorted, json floor,
                  json extra) {
     const double med = median(tok_s_sorted);
@@ -522,6 +529,7 @@ int main(int argc, char** argv) {
   // Prefill and decode cases of one model; `label` prefixes the case names.
   auto run_cases = [&](const Model& m, const std::string& label, double step_bytes) -> bool {
     for (int n : {128, 512}) {
+      if (decode_only) break;
       const auto ids = random_tokens(n, cfg.vocab_size, 7);
       auto backend = cpu_backend(m, n);
       bool ok = backend.ok();
@@ -557,16 +565,24 @@ int main(int argc, char** argv) {
     }
     return true;
   };
-  if (!run_cases(model, "", costs.fp32_step_bytes)) return 1;
-  // The same with bf16 weight matrices (--dtype bfloat16): half the bytes.
-  opts.weight_dtype = DType::kBF16;
-  auto bf16_model = load_model(model_path, opts);
-  if (!bf16_model.ok()) {
-    std::fprintf(stderr, "error: %s\n", bf16_model.status().to_string().c_str());
-    return 1;
+  if (!run_cases(model, "", costs.ours_step_bytes)) return 1;
+  // The same with bf16 weight matrices (--dtype bfloat16), and fp32 ones.
+  opts.keep_quantized = false;
+  double bf16_step_bytes = 0, fp32_step_bytes = 0;
+  for (DType dt : {DType::kBF16, DType::kF32}) {
+    if ((dt == DType::kBF16 && no_bf16) || (dt == DType::kF32 && !with_fp32)) continue;
+    opts.weight_dtype = dt;
+    auto other = load_model(model_path, opts);
+    if (!other.ok()) {
+      std::fprintf(stderr, "error: %s\n", other.status().to_string().c_str());
+      return 1;
+    }
+    const double bytes = step_bytes(**other);
+    (dt == DType::kBF16 ? bf16_step_bytes : fp32_step_bytes) = bytes;
+    if (!run_cases(**other, dt == DType::kBF16 ? "bf16 weights: " : "fp32 weights: ", bytes)) {
+      return 1;
+    }
   }
-  const double bf16_step_bytes = step_bytes(**bf16_model);
-  if (!run_cases(**bf16_model, "bf16 weights: ", bf16_step_bytes)) return 1;
 
   const json ours_cpu = ours_account.finish();
   std::printf("other processes took %.0f%% of the machine meanwhile\n",
@@ -585,8 +601,10 @@ int main(int argc, char** argv) {
         {"linear_parameters", costs.linear_params},
         {"lm_head_parameters", costs.lm_head_params},
         {"tied_embeddings", cfg.tie_word_embeddings},
-        {"ours_fp32_bytes_per_decode_step", costs.fp32_step_bytes},
+        {"ours_default_bytes_per_decode_step", costs.ours_step_bytes},
+        {"ours_default_weight_bytes", static_cast<double>(model.weights.nbytes())},
         {"ours_bf16_weights_bytes_per_decode_step", bf16_step_bytes},
+        {"ours_fp32_weights_bytes_per_decode_step", fp32_step_bytes},
         {"llama_cpp_gguf_bytes_per_decode_step", costs.gguf_step_bytes},
         {"gguf_tensor_bytes", costs.gguf_total_bytes},
         {"gguf_tensor_types", costs.gguf_types},

@@ -77,6 +77,7 @@ Tensor Tensor::to(DType dtype) const {
 Tensor Tensor::clone() const {
   Tensor out(dtype_, shape_);
   if (bytes_) std::memcpy(out.raw(), raw(), bytes_);
+  out.block_type_ = block_type_;
   return out;
 }
 

@@ -61,6 +61,12 @@ class Tensor {
     return static_cast<const T*>(raw());
   }
 
+  // A matrix kept in a GGML block format (the CPU backend keeps GGUF weights
+  // so): kU8 storage [rows, bytes per row] tagged with the GGML type id
+  // (e.g. 3 = Q4_1); 0 for every other tensor.
+  uint32_t block_type() const { return block_type_; }
+  void set_block_type(uint32_t ggml_type) { block_type_ = ggml_type; }
+
   TensorView view() const { return {dtype_, shape_, raw()}; }
   // Same storage, new shape with equal numel.
   Tensor reshaped(Shape shape) const;
@@ -76,6 +82,7 @@ class Tensor {
   DType dtype_ = DType::kF32;
   Shape shape_;
   size_t bytes_ = 0;
+  uint32_t block_type_ = 0;
   std::shared_ptr<void> data_;
 };
 

@@ -36,8 +36,8 @@ Status load_gguf(const std::string& path, const LoadOptions& options, Model& m) 
   CS_ASSIGN_OR_RETURN(m.config, config_from_gguf(gguf));
   if (m.config.model_id.empty()) m.config.model_id = fs::path(path).stem().string();
   auto source = make_gguf_source(gguf, m.config);
-  CS_ASSIGN_OR_RETURN(m.weights,
-                      load_weights(*source, m.config, options.progress, options.weight_dtype));
+  CS_ASSIGN_OR_RETURN(m.weights, load_weights(*source, m.config, options.progress,
+                                              options.weight_dtype, options.keep_quantized));
   CS_ASSIGN_OR_RETURN(GgufTokenizerData tok_data, read_gguf_tokenizer_data(gguf));
   auto tok = Tokenizer::from_gguf(tok_data);
   if (!tok.ok()) return tok.status().with_context("tokenizer of '" + path + "'");
@@ -72,8 +72,8 @@ Status load_hf_dir(const std::string& dir, const LoadOptions& options, Model& m)
 
   CS_ASSIGN_OR_RETURN(SafetensorsSet set, SafetensorsSet::open_dir(dir));
   auto source = make_safetensors_source(set, dir);
-  CS_ASSIGN_OR_RETURN(m.weights,
-                      load_weights(*source, m.config, options.progress, options.weight_dtype));
+  CS_ASSIGN_OR_RETURN(m.weights, load_weights(*source, m.config, options.progress,
+                                              options.weight_dtype, options.keep_quantized));
 
   HfTokenizerConfig tcfg;
   if (auto tc_text = read_file((root / "tokenizer_config.json").string()); tc_text.ok()) {
@@ -116,9 +116,9 @@ std::string model_summary(const Model& m, double load_seconds) {
       "| {} weights | loaded in {:.1f} s",
       c.model_id, model_arch_name(c.arch), format_count(static_cast<uint64_t>(c.num_parameters())),
       c.num_layers, c.num_heads, c.num_kv_heads, c.head_dim, c.source_dtype,
-      m.weights.layers.empty() || m.weights.layers[0].wq.dtype() == DType::kF32
-          ? "float32"
-          : "bfloat16 matrices, float32 compute",
+      m.weights.layers.empty() || m.weights.layers[0].wq.dtype() == DType::kF32 ? "float32"
+      : m.weights.layers[0].wq.block_type() != 0 ? "quantized matrices kept, float32 compute"
+                                                 : "bfloat16 matrices, float32 compute",
       format_bytes(m.weights.nbytes()), load_seconds);
 }
 

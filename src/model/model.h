@@ -27,6 +27,9 @@ struct LoadOptions {
   bool summary = true;   // one-line summary at the end (log, info level)
   // Storage of the weight matrices (see load_weights): kF32 or kBF16.
   DType weight_dtype = DType::kF32;
+  // Keep a GGUF's block-quantized matrices so (CPU backend only; see
+  // load_weights); the others follow weight_dtype.
+  bool keep_quantized = false;
 };
 
 // `path` is a .gguf file or a folder with config.json + *.safetensors +

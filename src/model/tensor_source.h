@@ -21,6 +21,12 @@ class TensorSource {
   virtual bool has(const std::string& logical, int layer = -1) const = 0;
   // kNotFound naming the source's tensor name and file when absent.
   virtual Result<Tensor> load(const std::string& logical, int layer = -1) const = 0;
+  // A matrix as the source stores it when that is a block format the CPU
+  // kernels compute on (Q4_0, Q4_1, Q8_0, Q4_K, Q6_K; see Tensor::block_type),
+  // rows in HF order; an empty tensor otherwise (then use load()).
+  virtual Result<Tensor> load_blocks(const std::string& /*logical*/, int /*layer*/ = -1) const {
+    return Tensor{};
+  }
   // Count of tensors load_weights will read (for the progress bar).
   virtual std::string describe() const = 0;
 };

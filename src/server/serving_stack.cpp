@@ -80,6 +80,8 @@ Result<std::unique_ptr<Model>> load_model_for(const ServeOptions& options, bool 
     lo.weight_dtype = DType::kBF16;
   } else {
     CS_ASSIGN_OR_RETURN(lo.weight_dtype, cpu_weight_dtype(options.dtype));
+    // auto: a GGUF's quantized matrices stay quantized (README, --dtype).
+    lo.keep_quantized = options.dtype == "auto";
   }
   return load_model(options.model, lo);
 }

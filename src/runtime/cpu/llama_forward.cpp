@@ -2,16 +2,26 @@
 
 #include <cmath>
 
+#include "kernels/quant_ops.h"
 #include "model/rope.h"
 
 namespace cartserve {
 
 namespace {
 
-// y[n, out] = x[n, in] @ w^T (+ bias), w fp32 or bf16 [out, in].
+// A block-quantized matrix [rows, cols] (Tensor::block_type) for the kernels.
+ops::QuantMatrix quant_matrix(const Tensor& w, int64_t rows, int64_t cols) {
+  ops::QuantType t = ops::QuantType::kQ8_0;
+  ops::quant_type_from_ggml(w.block_type(), &t);  // the loader checked it
+  return {t, w.data<uint8_t>(), rows, cols, static_cast<size_t>(w.dim(1))};
+}
+
+// y[n, out] = x[n, in] @ w^T (+ bias), w fp32, bf16 or block-quantized [out, in].
 void linear(const float* x, const Tensor& w, const float* bias, float* y, int n, int in_dim,
             int out_dim) {
-  if (w.dtype() == DType::kBF16) {
+  if (w.block_type() != 0) {
+    ops::cpu::linear_quant(x, quant_matrix(w, out_dim, in_dim), bias, y, n);
+  } else if (w.dtype() == DType::kBF16) {
     ops::cpu::linear_bf16(x, w.data<uint16_t>(), bias, y, n, in_dim, out_dim);
   } else {
     ops::cpu::linear(x, w.data<float>(), bias, y, n, in_dim, out_dim);
@@ -62,7 +72,14 @@ Status LlamaForward::forward(const StepInput& in, std::span<const int32_t> logit
   const float scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
 
   if (n > 0) {
-    ops::cpu::embedding(w.embed.data<float>(), in.token_ids.data(), x_.data(), n, h);
+    if (w.embed.block_type() != 0) {  // one row dequantized per token
+      const ops::QuantMatrix table = quant_matrix(w.embed, c.vocab_size, h);
+      for (int i = 0; i < n; ++i)
+        ops::cpu::dequantize_rows(table, in.token_ids[i], 1,
+                                  x_.data() + static_cast<size_t>(i) * h);
+    } else {
+      ops::cpu::embedding(w.embed.data<float>(), in.token_ids.data(), x_.data(), n, h);
+    }
     dump("embed", -1, x_, n, h);
   }
   for (int li = 0; li < c.num_layers && n > 0; ++li) {
