@@ -144,6 +144,12 @@ bool model_ids_match(std::string_view a, std::string_view b) {
 
 Status CartridgeManifest::validate() const {
   CS_RETURN_IF_ERROR(validate_cartridge_id(cartridge_id, "manifest field 'cartridge_id'"));
+  return validate_fields();
+}
+
+Status CartridgeManifest::validate_fields() const {
+  if (cartridge_id.empty())
+    return make_error(ErrorCode::kInvalidArgument, "manifest field 'cartridge_id' is empty");
   const std::pair<const char*, int64_t> dims[] = {
       {"num_layers", num_layers}, {"num_kv_heads", num_kv_heads}, {"head_dim", head_dim}};
   for (const auto& [name, v] : dims) {

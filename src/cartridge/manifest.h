@@ -60,9 +60,13 @@ struct CartridgeManifest {
 
   bool operator==(const CartridgeManifest&) const = default;
 
-  // Internal consistency: positive dimensions, float dtype, aligned counts,
-  // frozen prefix, checksum format, no size overflow. Names the field.
+  // Internal consistency: an id in the id set (cartridge_id.h), positive
+  // dimensions, float dtype, aligned counts, frozen prefix, checksum format,
+  // no size overflow. Names the field.
   Status validate() const;
+  // The same but for the id, which need only be non-empty: the manifests of
+  // composites carry their keys ("a+b"), which are outside the id set.
+  Status validate_fields() const;
 
   // One message per mismatch ("num_layers: cartridge has 28, model has 32").
   std::vector<std::string> model_mismatches(const ServedModelInfo& model) const;

@@ -58,7 +58,8 @@ Status ResidencyManager::add_cartridge(const std::string& cartridge_id, const st
   e->id = cartridge_id;
   e->path = path;
   if (manifest) {
-    Status valid = manifest->validate();
+    // Composites' keys are residency ids too: the id need not be in the id set.
+    Status valid = manifest->validate_fields();
     if (!valid.ok()) return valid.with_context("cartridge '" + cartridge_id + "'");
     e->bytes = 2ull * static_cast<uint64_t>(manifest->num_layers) *
                static_cast<uint64_t>(manifest->num_kv_heads) * manifest->num_tokens_raw *

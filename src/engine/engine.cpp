@@ -573,6 +573,7 @@ void Engine::update_gauges() {
   s.num_waiting = scheduler_->num_waiting();
   s.num_waiting_for_kv = scheduler_->num_waiting_for_kv();
   s.kv_usage = pool_.usage();
+  s.kv_free_blocks = pool_.num_free_blocks();
   s.prefix_queries = pool_.stats().queries;
   s.prefix_hits = pool_.stats().hits;
   s.num_preemptions = scheduler_->stats().num_preemptions;

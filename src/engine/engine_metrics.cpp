@@ -21,6 +21,8 @@ EngineMetrics::EngineMetrics(MetricsRegistry& r)
                                "Requests waiting for their cartridge's KV to load")),
       kv_usage_(
           &r.gauge("cartserve:kv_cache_usage_perc", "Fraction of KV cache blocks in use (0-1)")),
+      kv_free_blocks_(&r.gauge("cartserve:kv_free_blocks",
+                               "KV cache blocks free or evictable (held by no request)")),
       prefix_queries_(&r.gauge("cartserve:prefix_cache_queries",
                                "Prompt tokens looked up in the prefix cache")),
       prefix_hits_(
@@ -49,6 +51,7 @@ void EngineMetrics::gauges(const EngineStats& s) {
   waiting_->set(s.num_waiting);
   waiting_for_kv_->set(s.num_waiting_for_kv);
   kv_usage_->set(s.kv_usage);
+  kv_free_blocks_->set(s.kv_free_blocks);
   prefix_queries_->set(static_cast<double>(s.prefix_queries));
   prefix_hits_->set(static_cast<double>(s.prefix_hits));
   prefix_hit_rate_->set(s.prefix_queries > 0 ? static_cast<double>(s.prefix_hits) /

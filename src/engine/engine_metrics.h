@@ -14,6 +14,7 @@ struct EngineStats {
   int32_t num_waiting = 0;
   int32_t num_waiting_for_kv = 0;
   double kv_usage = 0.0;  // fraction of KV blocks in use
+  int32_t kv_free_blocks = 0;  // free or evictable (cached, unreferenced) blocks
   int64_t prefix_queries = 0;
   int64_t prefix_hits = 0;
   int64_t num_preemptions = 0;
@@ -41,6 +42,7 @@ class EngineMetrics {
   Gauge* waiting_;
   Gauge* waiting_for_kv_;
   Gauge* kv_usage_;
+  Gauge* kv_free_blocks_;
   Gauge* prefix_queries_;
   Gauge* prefix_hits_;
   Gauge* prefix_hit_rate_;

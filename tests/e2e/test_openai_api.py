@@ -149,7 +149,6 @@ def test_echo_with_zero_max_tokens(server):
 
 @pytest.mark.parametrize("body,field", [
     ({"model": MODEL_NAME, "prompt": ""}, "prompt"),
-    ({"model": "no-such-model", "prompt": "hi"}, "model"),
     ({"model": MODEL_NAME, "prompt": "hi", "max_tokens": 100000}, "max_tokens"),
     ({"model": MODEL_NAME, "prompt": "hi", "temperature": -1}, "temperature"),
     ({"model": MODEL_NAME, "prompt": "hi", "max_tokens": "ten"}, "max_tokens"),
@@ -161,6 +160,12 @@ def test_bad_requests_are_400(server, body, field):
     assert r.status_code == 400, r.text
     err = r.json()["error"]
     assert err["message"] and err["param"] == field
+
+
+def test_unknown_model_is_404_as_in_openai_and_vllm(server):
+    r = requests.post(server.url + "/v1/completions", json={"model": "no-such-model", "prompt": "hi"})
+    assert r.status_code == 404, r.text
+    assert r.json()["error"]["param"] == "model" and r.json()["error"]["code"] == "model_not_found"
 
 
 def test_bad_requests_raw_and_chat(server, client):
