@@ -69,11 +69,13 @@ struct Block {
   float off;
 };
 
-// Rows [r0, r0 + R) of a against one weight row of a format with 32-element
-// units decoded by dec(b, &blk) (b = index of the 32-block in the row).
+// Rows [r0, r0 + R) of a against blocks [b0, nb) of one weight row of a
+// format with 32-element units decoded by dec(b, &blk) (b = index of the
+// 32-block in the row); y[r * ldy] = the sum + base[r] (base may be null).
 // kSigned: u holds signed quants (Q8_0), multiplied through the sign trick.
 template <int R, bool kSigned, bool kOff, typename Dec>
-inline void run_rows(const Dec& dec, int64_t nb, const Q8Rows& a, int r0, float* y, size_t ldy) {
+inline void run_rows(const Dec& dec, int64_t nb, const Q8Rows& a, int r0, float* y, size_t ldy,
+                     int64_t b0 = 0, const float* base = nullptr) {
   __m256 acc[R];
   float off[R];
   const int8_t* xq[R];
@@ -86,7 +88,7 @@ inline void run_rows(const Dec& dec, int64_t nb, const Q8Rows& a, int r0, float*
     dx[r] = a.d_row(r0 + r);
     sx[r] = a.s_row(r0 + r);
   }
-  for (int64_t b = 0; b < nb; ++b) {
+  for (int64_t b = b0; b < nb; ++b) {
     Block blk;
     dec(b, &blk);
     __m256i u = blk.u;
@@ -100,7 +102,138 @@ inline void run_rows(const Dec& dec, int64_t nb, const Q8Rows& a, int r0, float*
     }
   }
   for (int r = 0; r < R; ++r)
-    y[static_cast<size_t>(r) * ldy] = hsum(acc[r]) + off[r];
+    y[static_cast<size_t>(r) * ldy] = hsum(acc[r]) + off[r] + (base ? base[r] : 0.f);
+}
+
+// Block decoders of run_rows.
+struct DecQ4_0 {
+  const uint8_t* p;
+  void operator()(int64_t b, Block* o) const {
+    const uint8_t* q = p + b * blocks::kQ4_0Bytes;
+    o->u = unpack_nibbles16(q + 2);
+    o->scale = f16(q);
+    o->off = -8.0f * o->scale;
+  }
+};
+struct DecQ4_1 {
+  const uint8_t* p;
+  void operator()(int64_t b, Block* o) const {
+    const uint8_t* q = p + b * blocks::kQ4_1Bytes;
+    o->u = unpack_nibbles16(q + 4);
+    o->scale = f16(q);
+    o->off = f16(q + 2);
+  }
+};
+struct DecQ8_0 {
+  const uint8_t* p;
+  void operator()(int64_t b, Block* o) const {
+    const uint8_t* q = p + b * blocks::kQ8_0Bytes;
+    o->u = load32(q + 2);
+    o->scale = f16(q);
+    o->off = 0.f;
+  }
+};
+struct DecQ4_K {
+  const uint8_t* p;
+  void operator()(int64_t b, Block* o) const {
+    const uint8_t* q = p + (b / 8) * blocks::kQ4_KBytes;
+    const int j = static_cast<int>(b % 8);
+    int sc, m;
+    blocks::q4k_scale_min(j, q + 4, &sc, &m);
+    const __m256i v = load32(q + 16 + 32 * (j / 2));
+    o->u = _mm256_and_si256(j % 2 == 0 ? v : _mm256_srli_epi16(v, 4), _mm256_set1_epi8(0x0f));
+    o->scale = f16(q) * static_cast<float>(sc);
+    o->off = -f16(q + 2) * static_cast<float>(m);
+  }
+};
+
+// 8 vectors of 8 int32 -> one vector of their 8 sums (s[0]'s first).
+inline __m256i reduce8(const __m256i* s) {
+  const __m256i h01 = _mm256_hadd_epi32(s[0], s[1]);
+  const __m256i h23 = _mm256_hadd_epi32(s[2], s[3]);
+  const __m256i h45 = _mm256_hadd_epi32(s[4], s[5]);
+  const __m256i h67 = _mm256_hadd_epi32(s[6], s[7]);
+  // t: [s0..s3 over lanes 0-3 | over lanes 4-7]; u the same for s4..s7.
+  const __m256i t = _mm256_hadd_epi32(h01, h23);
+  const __m256i u = _mm256_hadd_epi32(h45, h67);
+  return _mm256_add_epi32(_mm256_permute2x128_si256(t, u, 0x20),
+                          _mm256_permute2x128_si256(t, u, 0x31));
+}
+
+// Eight f16 values at p, p + stride, ... as floats.
+inline __m256 load_f16x8(const uint8_t* p, size_t stride) {
+  uint16_t h[8];
+  for (int i = 0; i < 8; ++i)
+    std::memcpy(&h[i], p + i * stride, 2);
+  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(h)));
+}
+
+// Q4_0, Q4_1, Q8_0 (blocks of 32 with one f16 scale, Q4_1 an f16 min):
+// groups of 8 blocks, whose 8 integer block sums are reduced into one
+// vector, so the float work (conversion, scales, offsets) is one vector op
+// per group instead of one per block. The rest of the row (nb % 8 blocks)
+// goes through run_rows.
+template <int R, QuantType T>
+inline void run_rows_32(const uint8_t* p, int64_t nb, const Q8Rows& a, int r0, float* y,
+                        size_t ldy) {
+  constexpr bool kSigned = T == QuantType::kQ8_0;
+  constexpr bool kOff = T != QuantType::kQ8_0;
+  constexpr size_t kBytes = T == QuantType::kQ4_0   ? blocks::kQ4_0Bytes
+                            : T == QuantType::kQ4_1 ? blocks::kQ4_1Bytes
+                                                    : blocks::kQ8_0Bytes;
+  __m256 acc[R], off[R];
+  const int8_t* xq[R];
+  const float* dx[R];
+  const float* sx[R];
+  for (int r = 0; r < R; ++r) {
+    acc[r] = _mm256_setzero_ps();
+    off[r] = _mm256_setzero_ps();
+    xq[r] = a.q_row(r0 + r);
+    dx[r] = a.d_row(r0 + r);
+    sx[r] = a.s_row(r0 + r);
+  }
+  const int64_t nb8 = nb / 8 * 8;
+  for (int64_t b = 0; b < nb8; b += 8) {
+    const uint8_t* q = p + static_cast<size_t>(b) * kBytes;
+    __m256i u[8], sg[8];
+    for (int i = 0; i < 8; ++i) {
+      const uint8_t* qi = q + i * kBytes;
+      if constexpr (T == QuantType::kQ4_0) u[i] = unpack_nibbles16(qi + 2);
+      if constexpr (T == QuantType::kQ4_1) u[i] = unpack_nibbles16(qi + 4);
+      if constexpr (T == QuantType::kQ8_0) {
+        sg[i] = load32(qi + 2);
+        u[i] = _mm256_sign_epi8(sg[i], sg[i]);
+      }
+    }
+    const __m256 dw = load_f16x8(q, kBytes);
+    __m256 mw = _mm256_setzero_ps();
+    if constexpr (T == QuantType::kQ4_0) mw = _mm256_mul_ps(dw, _mm256_set1_ps(-8.0f));
+    if constexpr (T == QuantType::kQ4_1) mw = load_f16x8(q + 2, kBytes);
+    for (int r = 0; r < R; ++r) {
+      __m256i s[8];
+      for (int i = 0; i < 8; ++i) {
+        __m256i x = load32(xq[r] + 32 * (b + i));
+        if constexpr (kSigned) x = _mm256_sign_epi8(x, sg[i]);
+        s[i] = dot_u8s8(u[i], x);
+      }
+      const __m256 p8 = _mm256_cvtepi32_ps(reduce8(s));
+      acc[r] = _mm256_fmadd_ps(p8, _mm256_mul_ps(dw, _mm256_loadu_ps(dx[r] + b)), acc[r]);
+      if constexpr (kOff) off[r] = _mm256_fmadd_ps(mw, _mm256_loadu_ps(sx[r] + b), off[r]);
+    }
+  }
+  float sums[R];
+  for (int r = 0; r < R; ++r)
+    sums[r] = hsum(_mm256_add_ps(acc[r], off[r]));
+  if (nb8 == nb) {
+    for (int r = 0; r < R; ++r)
+      y[static_cast<size_t>(r) * ldy] = sums[r];
+  } else if constexpr (T == QuantType::kQ4_0) {
+    run_rows<R, false, true>(DecQ4_0{p}, nb, a, r0, y, ldy, nb8, sums);
+  } else if constexpr (T == QuantType::kQ4_1) {
+    run_rows<R, false, true>(DecQ4_1{p}, nb, a, r0, y, ldy, nb8, sums);
+  } else {
+    run_rows<R, true, false>(DecQ8_0{p}, nb, a, r0, y, ldy, nb8, sums);
+  }
 }
 
 // Q6_K: per 32-block two scales of 16; the integer products are scaled in
@@ -161,46 +294,13 @@ void dot_one_row(const QuantMatrix& w, const uint8_t* p, const Q8Rows& a, int r0
   const int64_t nb = w.cols / 32;
   switch (w.type) {
     case QuantType::kQ4_0:
-      return run_rows<R, false, true>(
-          [p](int64_t b, Block* o) {
-            const uint8_t* q = p + b * blocks::kQ4_0Bytes;
-            o->u = unpack_nibbles16(q + 2);
-            o->scale = f16(q);
-            o->off = -8.0f * o->scale;
-          },
-          nb, a, r0, y, ldy);
+      return run_rows_32<R, QuantType::kQ4_0>(p, nb, a, r0, y, ldy);
     case QuantType::kQ4_1:
-      return run_rows<R, false, true>(
-          [p](int64_t b, Block* o) {
-            const uint8_t* q = p + b * blocks::kQ4_1Bytes;
-            o->u = unpack_nibbles16(q + 4);
-            o->scale = f16(q);
-            o->off = f16(q + 2);
-          },
-          nb, a, r0, y, ldy);
+      return run_rows_32<R, QuantType::kQ4_1>(p, nb, a, r0, y, ldy);
     case QuantType::kQ8_0:
-      return run_rows<R, true, false>(
-          [p](int64_t b, Block* o) {
-            const uint8_t* q = p + b * blocks::kQ8_0Bytes;
-            o->u = load32(q + 2);
-            o->scale = f16(q);
-            o->off = 0.f;
-          },
-          nb, a, r0, y, ldy);
+      return run_rows_32<R, QuantType::kQ8_0>(p, nb, a, r0, y, ldy);
     case QuantType::kQ4_K:
-      return run_rows<R, false, true>(
-          [p](int64_t b, Block* o) {
-            const uint8_t* q = p + (b / 8) * blocks::kQ4_KBytes;
-            const int j = static_cast<int>(b % 8);
-            int sc, m;
-            blocks::q4k_scale_min(j, q + 4, &sc, &m);
-            const __m256i v = load32(q + 16 + 32 * (j / 2));
-            o->u =
-                _mm256_and_si256(j % 2 == 0 ? v : _mm256_srli_epi16(v, 4), _mm256_set1_epi8(0x0f));
-            o->scale = f16(q) * static_cast<float>(sc);
-            o->off = -f16(q + 2) * static_cast<float>(m);
-          },
-          nb, a, r0, y, ldy);
+      return run_rows<R, false, true>(DecQ4_K{p}, nb, a, r0, y, ldy);
     case QuantType::kQ6_K:
       return run_rows_q6k<R>(p, w.cols / 256, a, r0, y, ldy);
   }
