@@ -5,7 +5,7 @@ BUILD ?= build
 JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?=
 
-.PHONY: setup build demo test unit bench fixtures format clean
+.PHONY: setup build demo test unit bench fixtures format clean fuzz test-sanitize
 
 setup:
 	scripts/setup.sh
@@ -22,6 +22,20 @@ test: build
 
 bench: build
 	scripts/run_bench.sh $(BUILD)
+
+# libFuzzer (clang, ASan + UBSan): every parser target for FUZZ_SECONDS each.
+FUZZ_SECONDS ?= 600
+fuzz: setup
+	scripts/run_fuzz.sh $(FUZZ_SECONDS)
+
+# The unit tests and fuzz smokes built with ASan + UBSan (gcc); any report fails.
+SAN_BUILD ?= build-san
+test-sanitize: setup
+	cmake -S . -B $(SAN_BUILD) -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCARTSERVE_SANITIZE=ON \
+	  -DCARTSERVE_CUDA=OFF -DCARTSERVE_BENCH=OFF $(CMAKE_FLAGS)
+	cmake --build $(SAN_BUILD) -j $(JOBS)
+	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+	  ctest --test-dir $(SAN_BUILD) --output-on-failure -j $(JOBS) -L 'unit|fuzz'
 
 format:
 	find src tests bench -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh' | xargs clang-format -i

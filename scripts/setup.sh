@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PKGS=(build-essential cmake ninja-build pkg-config unzip
+PKGS=(build-essential cmake ninja-build pkg-config unzip clang
       nlohmann-json3-dev libcpp-httplib-dev libpcre2-dev libcli11-dev libspdlog-dev libfmt-dev
       libopenblas-dev libxxhash-dev libsqlite3-dev libssl-dev libbrotli-dev libutf8proc-dev
       libgtest-dev libgmock-dev libbenchmark-dev
