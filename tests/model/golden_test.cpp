@@ -86,14 +86,14 @@ struct GoldenComparison {
   float worst_gap = 0.f;
 };
 
-GoldenComparison compare_to_golden(const Model& model, const json& p) {
+GoldenComparison compare_to_golden(const Model& model, const json& p, int chunk = 128) {
   GoldenComparison g;
   const int vocab = model.config.vocab_size;
   const auto ids = p["ids"].get<std::vector<int32_t>>();
   g.tokens = ids.size();
   auto backend = cpu_backend(model, static_cast<int>(ids.size()) + 8);
   BackendDriver runner(*backend);
-  auto logits = runner.append(ids, /*all_logits=*/true, /*chunk=*/128);
+  auto logits = runner.append(ids, /*all_logits=*/true, chunk);
   EXPECT_TRUE(logits.ok()) << logits.status().to_string();
   if (!logits.ok()) return g;
   g.logits = std::move(logits).value();
@@ -192,6 +192,46 @@ TEST(SmolLM2GoldenBf16, LogitsStayCloseToTransformers) {
     EXPECT_GE(g.top1_agree, static_cast<int>(0.98 * static_cast<double>(g.tokens))) << p["name"];
     EXPECT_LT(g.worst_gap, 0.1f) << p["name"];
   }
+}
+
+// The default CPU path (--dtype auto): the GGUF's matrices kept quantized
+// (Q4_1 layers, Q8_0 embeddings and tied LM head), activations quantized to
+// int16 per block of 32 for products of up to 16 rows (kernels/quant_ops.h).
+// The prompts run in chunks of 16 so that every product takes the integer
+// kernels (bigger prefill chunks use sgemm on dequantized weights: fp32 as
+// above). The reference is the fp32 forward pass on the same dequantized
+// weights, so the only difference is the activations' rounding (<= half a
+// step of each block's scale, max|x| / 32767). Tolerance (the issue's):
+// top-1 equal at >= 99% of positions; besides, any disagreement must be a
+// near tie (within 0.25) and top-64 logits within 0.05. Observed: top-1 at
+// 650/650 positions, top-64 max |diff| 0.011 (int8 activations, as ggml's
+// q8_1, gave 624/650 and 2.2: see quant_ops.h).
+TEST(SmolLM2GoldenQuantized, DefaultPathTop1AgreesWithFp32Reference) {
+  LoadOptions opts;
+  opts.progress = false;
+  opts.keep_quantized = true;
+  auto m = load_model(testing::test_model_path(), opts);
+  ASSERT_TRUE(m.ok()) << m.status().to_string();
+  ASSERT_NE((*m)->weights.layers[0].wq.block_type(), 0u);
+  ASSERT_NE((*m)->weights.lm_head.block_type(), 0u);
+  const json golden = load_json(fixture_path("model/smollm2_golden.json"));
+  int agree = 0;
+  size_t total = 0;
+  for (const auto& p : golden["prompts"]) {
+    const GoldenComparison g = compare_to_golden(**m, p, /*chunk=*/16);
+    std::printf(
+        "[golden quantized] smollm2 %-6s tokens=%4zu top64 max|diff|=%.3f top1 agreement "
+        "%d/%zu, worst top-1 gap %.3f\n",
+        p["name"].get<std::string>().c_str(), g.tokens, g.max_diff, g.top1_agree, g.tokens,
+        g.worst_gap);
+    EXPECT_LT(g.max_diff, 0.05f) << p["name"];
+    EXPECT_LT(g.worst_gap, 0.25f) << p["name"];
+    agree += g.top1_agree;
+    total += g.tokens;
+  }
+  std::printf("[golden quantized] top-1 agreement %d/%zu = %.2f%%\n", agree, total,
+              100.0 * agree / static_cast<double>(total));
+  EXPECT_GE(agree, static_cast<int>(std::ceil(0.99 * static_cast<double>(total))));
 }
 
 TEST_F(SmolLM2Golden, TokenizerGivesTheReferenceIds) {

@@ -1,5 +1,5 @@
 // Dense layer over quantized weights (kernels/quant_ops.h).
-// A few rows (decode): the activations are quantized to Q8 once, then every
+// A few rows (decode): the activations are quantized to int16 per block once, then every
 // weight row is read from memory once, by one thread, and dotted with all the
 // rows (integer block products, kernels/cpu/quant_dot.h).
 // Many rows (prefill, with BLAS): panels of weight rows are dequantized to
@@ -38,9 +38,9 @@ void add_bias(const float* bias, float* y, int n, int64_t out_dim) {
 void linear_small_batch(const float* x, const QuantMatrix& w, float* y, int n) {
   // Reused across calls (decode allocates nothing). A reference, so that the
   // pool's threads see the caller's copy, not their own.
-  thread_local Q8Rows tls_a;
-  Q8Rows& a = tls_a;
-  quantize_rows_q8(x, n, static_cast<int>(w.cols), a);
+  thread_local QActRows tls_a;
+  QActRows& a = tls_a;
+  quantize_rows_act(x, n, static_cast<int>(w.cols), a);
   const size_t ldy = static_cast<size_t>(w.rows);
   ThreadPool::global().parallel_for(
       static_cast<size_t>(w.rows),
@@ -75,7 +75,7 @@ void linear_panels(const float* x, const QuantMatrix& w, float* y, int n) {
 
 }  // namespace
 
-void quant_dot_rows(const QuantMatrix& w, int64_t j0, int64_t j1, const Q8Rows& a, int r0, int r1,
+void quant_dot_rows(const QuantMatrix& w, int64_t j0, int64_t j1, const QActRows& a, int r0, int r1,
                     float* y, size_t ldy) {
 #if defined(__x86_64__)
   switch (cpu_isa()) {

@@ -9,7 +9,7 @@
 
 namespace cartserve::ops::cpu::detail {
 
-void quant_dot_avx2(const QuantMatrix& w, int64_t j0, int64_t j1, const Q8Rows& a, int r0, int r1,
+void quant_dot_avx2(const QuantMatrix& w, int64_t j0, int64_t j1, const QActRows& a, int r0, int r1,
                     float* y, size_t ldy) {
   quant_dot_x86(w, j0, j1, a, r0, r1, y, ldy);
 }

@@ -1,14 +1,14 @@
-// Portable dot products of quantized weight rows with Q8 activation rows
+// Portable dot products of quantized weight rows with int16 activation rows
 // (kernels/cpu/quant_dot.h): the reference the SIMD kernels are tested
 // against, and the kernels of CPUs without AVX2. Per block of 32 (16 for
-// Q6_K's scales): an exact integer dot product of the quants with the int8
+// Q6_K's scales): an exact integer dot product of the quants with the int16
 // activations, scaled by both scales; the offsets come in through the
 // activation sums s = dx * sum(x):
 //   Q8_0  d*dx*sum(q*x)                       (q signed)
 //   Q4_0  d*dx*sum(q*x) - 8*d*s               (q in 0..15)
 //   Q4_1  d*dx*sum(q*x) + m*s
 //   Q4_K  d*sc_j*dx*sum(q*x) - dmin*m_j*s     (sub-blocks j of 32)
-//   Q6_K  d*dx*sum_g sc_g*sum(q*x - 32*x)     (q in 0..63, groups g of 16)
+//   Q6_K  d*dx*sum_g sc_g*sum((q-32)*x)       (q in 0..63, groups g of 16)
 #include "kernels/cpu/quant_blocks.h"
 #include "kernels/cpu/quant_dot.h"
 
@@ -17,15 +17,15 @@ namespace {
 
 using blocks::f16;
 
-// Exact sum of 32 products of quants u (0..63) with int8 activations x.
-inline int32_t idot32(const uint8_t* u, const int8_t* x) {
+// Exact sum of n products of quants u (0..255) with int16 activations x.
+inline int32_t idot(const uint8_t* u, const int16_t* x, int n) {
   int32_t s = 0;
-  for (int i = 0; i < 32; ++i)
+  for (int i = 0; i < n; ++i)
     s += static_cast<int32_t>(u[i]) * x[i];
   return s;
 }
 
-float dot_row(QuantType t, const uint8_t* p, const int8_t* x, const float* dx, const float* sx,
+float dot_row(QuantType t, const uint8_t* p, const int16_t* x, const float* dx, const float* sx,
               int64_t k) {
   float acc = 0.f;
   uint8_t u[32];
@@ -50,7 +50,7 @@ float dot_row(QuantType t, const uint8_t* p, const int8_t* x, const float* dx, c
         }
         const float d = f16(p);
         const float off = q41 ? f16(p + 2) : -8.0f * d;
-        acc += d * dx[b] * static_cast<float>(idot32(u, x + 32 * b)) + off * sx[b];
+        acc += d * dx[b] * static_cast<float>(idot(u, x + 32 * b, 32)) + off * sx[b];
       }
       break;
     }
@@ -64,8 +64,9 @@ float dot_row(QuantType t, const uint8_t* p, const int8_t* x, const float* dx, c
           for (int i = 0; i < 32; ++i)
             u[i] = j % 2 == 0 ? (qj[i] & 0x0f) : (qj[i] >> 4);
           const int64_t xb = 8 * b + j;
-          acc += d * static_cast<float>(sc) * dx[xb] * static_cast<float>(idot32(u, x + 32 * xb)) -
-                 dmin * static_cast<float>(m) * sx[xb];
+          acc +=
+              d * static_cast<float>(sc) * dx[xb] * static_cast<float>(idot(u, x + 32 * xb, 32)) -
+              dmin * static_cast<float>(m) * sx[xb];
         }
       }
       break;
@@ -74,15 +75,15 @@ float dot_row(QuantType t, const uint8_t* p, const int8_t* x, const float* dx, c
         const float d = f16(p + 208);
         const auto* sc = reinterpret_cast<const int8_t*>(p + 192);
         for (int j = 0; j < 8; ++j) {
-          const int8_t* xj = x + 256 * b + 32 * j;
-          int32_t s = 0;
+          const int16_t* xj = x + 256 * b + 32 * j;
+          float s = 0.f;
           for (int g = 0; g < 2; ++g) {
-            int32_t sg = 0;
+            int32_t sg = 0;  // |.| <= 16 * 32 * 32767
             for (int i = 16 * g; i < 16 * g + 16; ++i)
               sg += (blocks::q6k_quant(p, 32 * j + i) - 32) * xj[i];
-            s += sc[2 * j + g] * sg;
+            s += static_cast<float>(sc[2 * j + g]) * static_cast<float>(sg);
           }
-          acc += d * dx[8 * b + j] * static_cast<float>(s);
+          acc += d * dx[8 * b + j] * s;
         }
       }
       break;
@@ -92,8 +93,8 @@ float dot_row(QuantType t, const uint8_t* p, const int8_t* x, const float* dx, c
 
 }  // namespace
 
-void quant_dot_scalar(const QuantMatrix& w, int64_t j0, int64_t j1, const Q8Rows& a, int r0, int r1,
-                      float* y, size_t ldy) {
+void quant_dot_scalar(const QuantMatrix& w, int64_t j0, int64_t j1, const QActRows& a, int r0,
+                      int r1, float* y, size_t ldy) {
   for (int64_t j = j0; j < j1; ++j) {
     const uint8_t* row = w.data + static_cast<size_t>(j) * w.row_bytes;
     for (int r = r0; r < r1; ++r) {

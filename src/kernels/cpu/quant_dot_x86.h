@@ -1,16 +1,19 @@
 // The x86 dot-product kernels of quant_dot_avx2.cpp and quant_dot_avx512.cpp,
 // written once: each includes this header under its own target (the AVX-512
 // one through #pragma GCC target, so the binary still runs on AVX2-only
-// CPUs) and with QDOT_VNNI set to use vpdpbusd (AVX-512 VNNI on 256-bit
-// registers) instead of vpmaddubsw + vpmaddwd for the block products.
+// CPUs) and with QDOT_VNNI set to use vpdpwssd (AVX-512 VNNI on 256-bit
+// registers) instead of vpmaddwd + vpaddd for the block products.
 //
-// Per weight row, every block of 32 weights is decoded once into a register
-// (32 quants, a float scale and an offset coefficient) and dotted with up to
-// kMaxR activation rows, whose partial sums stay in registers. Include only
-// inside an anonymous namespace-free .cpp, after setting QDOT_VNNI.
+// Per weight row, every block of 32 weights is decoded once into registers
+// (two vectors of 16 int16 quants, a float scale and an offset coefficient)
+// and dotted with up to kMaxR int16 activation rows, whose partial sums stay
+// in registers. Include in one .cpp only, after setting QDOT_VNNI.
 #pragma once
 
 #include <immintrin.h>
+
+#include <algorithm>
+#include <cstring>
 
 #include "kernels/cpu/quant_blocks.h"
 #include "kernels/quant_ops.h"
@@ -21,7 +24,7 @@
 
 namespace {
 
-using cartserve::ops::Q8Rows;
+using cartserve::ops::QActRows;
 using cartserve::ops::QuantMatrix;
 using cartserve::ops::QuantType;
 namespace blocks = cartserve::ops::cpu::blocks;
@@ -41,30 +44,37 @@ inline float hsum(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
-// 8 int32 partial sums of u[i] * x[i] (u unsigned 0..127, x int8).
-inline __m256i dot_u8s8(__m256i u, __m256i x) {
-#if QDOT_VNNI
-  return _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, x);
-#else
-  return _mm256_madd_epi16(_mm256_maddubs_epi16(u, x), _mm256_set1_epi16(1));
-#endif
+inline __m128i load16(const void* p) {
+  return _mm_loadu_si128(static_cast<const __m128i*>(p));
 }
-
-// 16 bytes of nibbles -> 32 quants: low nibbles (elements 0..15), then high.
-inline __m256i unpack_nibbles16(const uint8_t* q) {
-  const __m128i t = _mm_loadu_si128(reinterpret_cast<const __m128i*>(q));
-  const __m256i v = _mm256_set_m128i(_mm_srli_epi16(t, 4), t);
-  return _mm256_and_si256(v, _mm256_set1_epi8(0x0f));
-}
-
 inline __m256i load32(const void* p) {
   return _mm256_loadu_si256(static_cast<const __m256i*>(p));
 }
 
-// One decoded block of 32 weights: w = scale * u + off (u unsigned, or for
-// Q8_0 signed: then `sign` carries the signs and u = |q|).
+// 32 weights as int16: lo = elements 0..15, hi = 16..31.
+struct W32 {
+  __m256i lo, hi;
+};
+
+// 8 int32 partial sums of w[i] * x[i] over the 32 elements at x.
+inline __m256i dot32(const W32& w, const int16_t* x) {
+  const __m256i s = _mm256_madd_epi16(w.lo, load32(x));
+#if QDOT_VNNI
+  return _mm256_dpwssd_epi32(s, w.hi, load32(x + 16));
+#else
+  return _mm256_add_epi32(s, _mm256_madd_epi16(w.hi, load32(x + 16)));
+#endif
+}
+
+// 16 bytes of nibbles (element i < 16 low, 16 + i high) -> 32 weights.
+inline W32 nibbles(const uint8_t* q) {
+  const __m256i b = _mm256_cvtepu8_epi16(load16(q));
+  return {_mm256_and_si256(b, _mm256_set1_epi16(0x0f)), _mm256_srli_epi16(b, 4)};
+}
+
+// One decoded block of 32 weights: w = scale * q + off.
 struct Block {
-  __m256i u;
+  W32 q;
   float scale;
   float off;
 };
@@ -72,13 +82,12 @@ struct Block {
 // Rows [r0, r0 + R) of a against blocks [b0, nb) of one weight row of a
 // format with 32-element units decoded by dec(b, &blk) (b = index of the
 // 32-block in the row); y[r * ldy] = the sum + base[r] (base may be null).
-// kSigned: u holds signed quants (Q8_0), multiplied through the sign trick.
-template <int R, bool kSigned, bool kOff, typename Dec>
-inline void run_rows(const Dec& dec, int64_t nb, const Q8Rows& a, int r0, float* y, size_t ldy,
+template <int R, bool kOff, typename Dec>
+inline void run_rows(const Dec& dec, int64_t nb, const QActRows& a, int r0, float* y, size_t ldy,
                      int64_t b0 = 0, const float* base = nullptr) {
   __m256 acc[R];
   float off[R];
-  const int8_t* xq[R];
+  const int16_t* xq[R];
   const float* dx[R];
   const float* sx[R];
   for (int r = 0; r < R; ++r) {
@@ -91,12 +100,8 @@ inline void run_rows(const Dec& dec, int64_t nb, const Q8Rows& a, int r0, float*
   for (int64_t b = b0; b < nb; ++b) {
     Block blk;
     dec(b, &blk);
-    __m256i u = blk.u;
-    if constexpr (kSigned) u = _mm256_sign_epi8(blk.u, blk.u);
     for (int r = 0; r < R; ++r) {
-      __m256i x = load32(xq[r] + 32 * b);
-      if constexpr (kSigned) x = _mm256_sign_epi8(x, blk.u);
-      const __m256 p = _mm256_cvtepi32_ps(dot_u8s8(u, x));
+      const __m256 p = _mm256_cvtepi32_ps(dot32(blk.q, xq[r] + 32 * b));
       acc[r] = _mm256_fmadd_ps(p, _mm256_set1_ps(blk.scale * dx[r][b]), acc[r]);
       if constexpr (kOff) off[r] += blk.off * sx[r][b];
     }
@@ -110,7 +115,7 @@ struct DecQ4_0 {
   const uint8_t* p;
   void operator()(int64_t b, Block* o) const {
     const uint8_t* q = p + b * blocks::kQ4_0Bytes;
-    o->u = unpack_nibbles16(q + 2);
+    o->q = nibbles(q + 2);
     o->scale = f16(q);
     o->off = -8.0f * o->scale;
   }
@@ -119,7 +124,7 @@ struct DecQ4_1 {
   const uint8_t* p;
   void operator()(int64_t b, Block* o) const {
     const uint8_t* q = p + b * blocks::kQ4_1Bytes;
-    o->u = unpack_nibbles16(q + 4);
+    o->q = nibbles(q + 4);
     o->scale = f16(q);
     o->off = f16(q + 2);
   }
@@ -128,7 +133,7 @@ struct DecQ8_0 {
   const uint8_t* p;
   void operator()(int64_t b, Block* o) const {
     const uint8_t* q = p + b * blocks::kQ8_0Bytes;
-    o->u = load32(q + 2);
+    o->q = {_mm256_cvtepi8_epi16(load16(q + 2)), _mm256_cvtepi8_epi16(load16(q + 18))};
     o->scale = f16(q);
     o->off = 0.f;
   }
@@ -140,8 +145,15 @@ struct DecQ4_K {
     const int j = static_cast<int>(b % 8);
     int sc, m;
     blocks::q4k_scale_min(j, q + 4, &sc, &m);
-    const __m256i v = load32(q + 16 + 32 * (j / 2));
-    o->u = _mm256_and_si256(j % 2 == 0 ? v : _mm256_srli_epi16(v, 4), _mm256_set1_epi8(0x0f));
+    const uint8_t* qj = q + 16 + 32 * (j / 2);
+    const __m256i lo = _mm256_cvtepu8_epi16(load16(qj));
+    const __m256i hi = _mm256_cvtepu8_epi16(load16(qj + 16));
+    if (j % 2 == 0) {
+      o->q = {_mm256_and_si256(lo, _mm256_set1_epi16(0x0f)),
+              _mm256_and_si256(hi, _mm256_set1_epi16(0x0f))};
+    } else {
+      o->q = {_mm256_srli_epi16(lo, 4), _mm256_srli_epi16(hi, 4)};
+    }
     o->scale = f16(q) * static_cast<float>(sc);
     o->off = -f16(q + 2) * static_cast<float>(m);
   }
@@ -174,15 +186,14 @@ inline __m256 load_f16x8(const uint8_t* p, size_t stride) {
 // per group instead of one per block. The rest of the row (nb % 8 blocks)
 // goes through run_rows.
 template <int R, QuantType T>
-inline void run_rows_32(const uint8_t* p, int64_t nb, const Q8Rows& a, int r0, float* y,
+inline void run_rows_32(const uint8_t* p, int64_t nb, const QActRows& a, int r0, float* y,
                         size_t ldy) {
-  constexpr bool kSigned = T == QuantType::kQ8_0;
   constexpr bool kOff = T != QuantType::kQ8_0;
   constexpr size_t kBytes = T == QuantType::kQ4_0   ? blocks::kQ4_0Bytes
                             : T == QuantType::kQ4_1 ? blocks::kQ4_1Bytes
                                                     : blocks::kQ8_0Bytes;
   __m256 acc[R], off[R];
-  const int8_t* xq[R];
+  const int16_t* xq[R];
   const float* dx[R];
   const float* sx[R];
   for (int r = 0; r < R; ++r) {
@@ -195,14 +206,13 @@ inline void run_rows_32(const uint8_t* p, int64_t nb, const Q8Rows& a, int r0, f
   const int64_t nb8 = nb / 8 * 8;
   for (int64_t b = 0; b < nb8; b += 8) {
     const uint8_t* q = p + static_cast<size_t>(b) * kBytes;
-    __m256i u[8], sg[8];
+    W32 w[8];
     for (int i = 0; i < 8; ++i) {
       const uint8_t* qi = q + i * kBytes;
-      if constexpr (T == QuantType::kQ4_0) u[i] = unpack_nibbles16(qi + 2);
-      if constexpr (T == QuantType::kQ4_1) u[i] = unpack_nibbles16(qi + 4);
+      if constexpr (T == QuantType::kQ4_0) w[i] = nibbles(qi + 2);
+      if constexpr (T == QuantType::kQ4_1) w[i] = nibbles(qi + 4);
       if constexpr (T == QuantType::kQ8_0) {
-        sg[i] = load32(qi + 2);
-        u[i] = _mm256_sign_epi8(sg[i], sg[i]);
+        w[i] = {_mm256_cvtepi8_epi16(load16(qi + 2)), _mm256_cvtepi8_epi16(load16(qi + 18))};
       }
     }
     const __m256 dw = load_f16x8(q, kBytes);
@@ -211,11 +221,8 @@ inline void run_rows_32(const uint8_t* p, int64_t nb, const Q8Rows& a, int r0, f
     if constexpr (T == QuantType::kQ4_1) mw = load_f16x8(q + 2, kBytes);
     for (int r = 0; r < R; ++r) {
       __m256i s[8];
-      for (int i = 0; i < 8; ++i) {
-        __m256i x = load32(xq[r] + 32 * (b + i));
-        if constexpr (kSigned) x = _mm256_sign_epi8(x, sg[i]);
-        s[i] = dot_u8s8(u[i], x);
-      }
+      for (int i = 0; i < 8; ++i)
+        s[i] = dot32(w[i], xq[r] + 32 * (b + i));
       const __m256 p8 = _mm256_cvtepi32_ps(reduce8(s));
       acc[r] = _mm256_fmadd_ps(p8, _mm256_mul_ps(dw, _mm256_loadu_ps(dx[r] + b)), acc[r]);
       if constexpr (kOff) off[r] = _mm256_fmadd_ps(mw, _mm256_loadu_ps(sx[r] + b), off[r]);
@@ -228,21 +235,22 @@ inline void run_rows_32(const uint8_t* p, int64_t nb, const Q8Rows& a, int r0, f
     for (int r = 0; r < R; ++r)
       y[static_cast<size_t>(r) * ldy] = sums[r];
   } else if constexpr (T == QuantType::kQ4_0) {
-    run_rows<R, false, true>(DecQ4_0{p}, nb, a, r0, y, ldy, nb8, sums);
+    run_rows<R, true>(DecQ4_0{p}, nb, a, r0, y, ldy, nb8, sums);
   } else if constexpr (T == QuantType::kQ4_1) {
-    run_rows<R, false, true>(DecQ4_1{p}, nb, a, r0, y, ldy, nb8, sums);
+    run_rows<R, true>(DecQ4_1{p}, nb, a, r0, y, ldy, nb8, sums);
   } else {
-    run_rows<R, true, false>(DecQ8_0{p}, nb, a, r0, y, ldy, nb8, sums);
+    run_rows<R, false>(DecQ8_0{p}, nb, a, r0, y, ldy, nb8, sums);
   }
 }
 
-// Q6_K: per 32-block two scales of 16; the integer products are scaled in
-// the int16 domain (vpmaddwd) before the float conversion.
+// Q6_K: per 32-block two scales of 16, multiplied into the int16 weights
+// (|(q - 32) * sc| <= 32 * 128), so each int32 lane of the block product
+// holds 4 products: |.| <= 4 * 4096 * 32767 < 2^31.
 template <int R>
-inline void run_rows_q6k(const uint8_t* p, int64_t nsb, const Q8Rows& a, int r0, float* y,
+inline void run_rows_q6k(const uint8_t* p, int64_t nsb, const QActRows& a, int r0, float* y,
                          size_t ldy) {
   __m256 acc[R];
-  const int8_t* xq[R];
+  const int16_t* xq[R];
   const float* dx[R];
   for (int r = 0; r < R; ++r) {
     acc[r] = _mm256_setzero_ps();
@@ -251,7 +259,7 @@ inline void run_rows_q6k(const uint8_t* p, int64_t nsb, const Q8Rows& a, int r0,
   }
   const __m256i m4 = _mm256_set1_epi8(0x0f);
   const __m256i m2 = _mm256_set1_epi8(0x03);
-  const __m256i k32 = _mm256_set1_epi8(32);
+  const __m256i k32 = _mm256_set1_epi16(32);
   for (int64_t sb = 0; sb < nsb; ++sb, p += blocks::kQ6_KBytes) {
     const float d = f16(p + 208);
     const auto* sc = reinterpret_cast<const int8_t*>(p + 192);
@@ -259,7 +267,7 @@ inline void run_rows_q6k(const uint8_t* p, int64_t nsb, const Q8Rows& a, int r0,
       const __m256i ql0 = load32(p + 64 * h);
       const __m256i ql1 = load32(p + 64 * h + 32);
       const __m256i qh = load32(p + 128 + 32 * h);
-      __m256i q[4];
+      __m256i q[4];  // 32 quants 0..63 of 32-blocks 4h .. 4h + 3
       q[0] = _mm256_or_si256(_mm256_and_si256(ql0, m4),
                              _mm256_slli_epi16(_mm256_and_si256(qh, m2), 4));
       q[1] = _mm256_or_si256(_mm256_and_si256(ql1, m4),
@@ -270,15 +278,15 @@ inline void run_rows_q6k(const uint8_t* p, int64_t nsb, const Q8Rows& a, int r0,
                              _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), m2), 4));
       for (int pq = 0; pq < 4; ++pq) {
         const int j = 4 * h + pq;  // 32-block within the super-block
-        const __m256i s16 =
-            _mm256_set_m128i(_mm_set1_epi16(sc[2 * j + 1]), _mm_set1_epi16(sc[2 * j]));
+        const __m256i lo =
+            _mm256_sub_epi16(_mm256_cvtepu8_epi16(_mm256_castsi256_si128(q[pq])), k32);
+        const __m256i hi =
+            _mm256_sub_epi16(_mm256_cvtepu8_epi16(_mm256_extracti128_si256(q[pq], 1)), k32);
+        const W32 w = {_mm256_mullo_epi16(lo, _mm256_set1_epi16(sc[2 * j])),
+                       _mm256_mullo_epi16(hi, _mm256_set1_epi16(sc[2 * j + 1]))};
         const int64_t xb = 8 * sb + j;
         for (int r = 0; r < R; ++r) {
-          const __m256i x = load32(xq[r] + 32 * xb);
-          // sum((q - 32) * x) in int16 pairs: |.| <= 2 * 32 * 127.
-          const __m256i p16 =
-              _mm256_sub_epi16(_mm256_maddubs_epi16(q[pq], x), _mm256_maddubs_epi16(k32, x));
-          const __m256 pf = _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, s16));
+          const __m256 pf = _mm256_cvtepi32_ps(dot32(w, xq[r] + 32 * xb));
           acc[r] = _mm256_fmadd_ps(pf, _mm256_set1_ps(d * dx[r][xb]), acc[r]);
         }
       }
@@ -289,7 +297,7 @@ inline void run_rows_q6k(const uint8_t* p, int64_t nsb, const Q8Rows& a, int r0,
 }
 
 template <int R>
-void dot_one_row(const QuantMatrix& w, const uint8_t* p, const Q8Rows& a, int r0, float* y,
+void dot_one_row(const QuantMatrix& w, const uint8_t* p, const QActRows& a, int r0, float* y,
                  size_t ldy) {
   const int64_t nb = w.cols / 32;
   switch (w.type) {
@@ -300,14 +308,14 @@ void dot_one_row(const QuantMatrix& w, const uint8_t* p, const Q8Rows& a, int r0
     case QuantType::kQ8_0:
       return run_rows_32<R, QuantType::kQ8_0>(p, nb, a, r0, y, ldy);
     case QuantType::kQ4_K:
-      return run_rows<R, false, true>(DecQ4_K{p}, nb, a, r0, y, ldy);
+      return run_rows<R, true>(DecQ4_K{p}, nb, a, r0, y, ldy);
     case QuantType::kQ6_K:
       return run_rows_q6k<R>(p, w.cols / 256, a, r0, y, ldy);
   }
 }
 
 // The kernel contract of kernels/cpu/quant_dot.h.
-inline void quant_dot_x86(const QuantMatrix& w, int64_t j0, int64_t j1, const Q8Rows& a, int r0,
+inline void quant_dot_x86(const QuantMatrix& w, int64_t j0, int64_t j1, const QActRows& a, int r0,
                           int r1, float* y, size_t ldy) {
   for (int64_t j = j0; j < j1; ++j) {
     const uint8_t* p = w.data + static_cast<size_t>(j) * w.row_bytes;

@@ -1,6 +1,6 @@
-// fp32 activations -> Q8Rows (kernels/quant_ops.h): per block of 32,
-// d = max|x| / 127 and q = x / d rounded to nearest (ties to even), so
-// |q| <= 127 and q * d is within d / 2 of x. One portable implementation
+// fp32 activations -> QActRows (kernels/quant_ops.h): per block of 32,
+// d = max|x| / 32767 and q = x / d rounded to nearest (ties to even), so
+// |q| <= 32767 and q * d is within d / 2 of x. One portable implementation
 // (GCC vector extensions: AVX2 where the kernels are built for it), the same
 // bits on every ISA.
 #include <algorithm>
@@ -31,7 +31,7 @@ inline v8f vabs(v8f v) {
 }
 
 // One row: q[k], d[k / 32], s[k / 32].
-void quantize_row(const float* x, int k, int8_t* q, float* d, float* s) {
+void quantize_row(const float* x, int k, int16_t* q, float* d, float* s) {
   for (int b = 0; b < k / 32; ++b) {
     const float* xb = x + 32 * b;
     v8f v[4];
@@ -42,14 +42,14 @@ void quantize_row(const float* x, int k, int8_t* q, float* d, float* s) {
       m = a > m ? a : m;
     }
     const float amax = simd::hmax(m);
-    const float db = amax / 127.0f;
+    const float db = amax / 32767.0f;
     const float id = db != 0.0f ? 1.0f / db : 0.0f;
     v8i sum = {};
     for (int i = 0; i < 4; ++i) {
       const v8i qi = __builtin_convertvector(round_even(v[i] * id), v8i);
       sum += qi;
       for (int l = 0; l < 8; ++l)
-        q[32 * b + 8 * i + l] = static_cast<int8_t>(qi[l]);
+        q[32 * b + 8 * i + l] = static_cast<int16_t>(qi[l]);
     }
     int total = 0;
     for (int l = 0; l < 8; ++l)
@@ -61,7 +61,7 @@ void quantize_row(const float* x, int k, int8_t* q, float* d, float* s) {
 
 }  // namespace
 
-void quantize_rows_q8(const float* x, int n, int k, Q8Rows& a) {
+void quantize_rows_act(const float* x, int n, int k, QActRows& a) {
   a.n = n;
   a.k = k;
   const size_t nn = static_cast<size_t>(n);
