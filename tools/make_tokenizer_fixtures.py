@@ -28,6 +28,24 @@ The fixed tokenizer.json (minus model.vocab and model.merges, which the C++
 test takes from the same GGUF) is stored as "tokenizer_json", so the C++ test
 checks Tokenizer::from_gguf and Tokenizer::from_hf_json against the same ids.
 
+SentencePiece-style BPE ("llama_spm", Llama 2's vocabulary): the GGUF has
+tokens and scores but no merges; transformers derives the merges from the
+scores (generate_merges) and builds a Metaspace(prepend_scheme="first")
+pipeline. The real Llama 2 tokenizer.json is the "legacy" one instead:
+normalizer Sequence[Prepend("\u2581"), Replace(" ", "\u2581")], no
+pre-tokenizer, model.unk_token "<unk>"; that is what we store and what
+Tokenizer::from_gguf builds for tokenizer.ggml.model "llama" (llama.cpp also
+prefixes a space at the start and after special tokens). The script checks it
+against the ids in llama.cpp's ggml-vocab-llama-spm.gguf.out, which the
+llama.cpp authors made with the real HF Llama 2 tokenizer. "merges_sha256" pins
+the derived merges so the C++ derivation is checked on its own.
+"spm_variants" are the transformers conversion as it is (Metaspace first), the
+other Metaspace settings (always + split, never, the legacy add_prefix_space
+form, the Metaspace decoder) over the same vocabulary, and a small Unigram
+model with byte fallback trained here by `tokenizers` (its whole vocabulary is
+in the fixture). "invalid_utf8" cases are raw bytes (hex) with the ids of their
+lossy UTF-8 decoding (U+FFFD per maximal invalid subpart, as the C++ repairs).
+
 "variants" are synthetic tokenizer.json files over the GPT-2 vocabulary that
 exercise what the four real models do not: every Split behaviour, invert,
 literal patterns, Digits without individual_digits, ByteLevel add_prefix_space,
@@ -43,6 +61,7 @@ every prefix of the ids of short multi-byte texts: they pin the U+FFFD rules.
 
 import copy
 import hashlib
+import tarfile
 import json
 import os
 import random
@@ -465,7 +484,171 @@ def variant_fixtures(gpt2_json):
     return out
 
 
+SPM_TEXTS = [
+    "Hello world",
+    " Hello world",
+    "<s>[INST] hi [/INST]",
+    "hi<s>there</s> again",
+    " <s> x",
+    "\u2581literal metaspace \u2581\u2581 and \u2581",
+    "<0x41> is a byte token's text, not a byte",
+    "<unk> text",
+    "\u0f6b\u0f6c rare Tibetan, \U00010348 Gothic, \U0001F9EC dna",
+    "\x00\x01\x02\x1b[31mred\x1b[0m\x7f",
+    "   ",
+    " " * 64 + "\n" + "\t" * 8,
+    "\u00a0\u2009nbsp thin",
+]
+
+INVALID_UTF8 = [
+    b"a\xe2\x82b\xff\xc0\xafz\xed\xa0\x80",
+    b"\xf0\x9f\x98",
+    b"ok \x80\x80 ok",
+    b"\xf4\x90\x80\x80 above U+10FFFF",
+    b"\xe6\x97\xa5\xe6\x9c",
+]
+
+SPM_GGUF = "ref/vocab/ggml-vocab-llama-spm.gguf"
+SDIST = CACHE / "wheels" / "llama_cpp_python-0.3.36.tar.gz"
+SDIST_MODELS = "llama_cpp_python-0.3.36/vendor/llama.cpp/models/"
+
+# The real Llama 2 tokenizer.json pipeline (meta-llama/Llama-2-7b-hf).
+LLAMA2_NORMALIZER = {"type": "Sequence", "normalizers": [
+    {"type": "Prepend", "prepend": "\u2581"},
+    {"type": "Replace", "pattern": {"String": " "}, "content": "\u2581"}]}
+
+
+def read_gguf_spm(path):
+    f = gguf.GGUFReader(str(path)).fields
+    return (f["tokenizer.ggml.tokens"].contents(), f["tokenizer.ggml.scores"].contents(),
+            f["tokenizer.ggml.token_type"].contents())
+
+
+def merges_digest(merges):
+    h = hashlib.sha256()
+    for a, b in merges:
+        h.update(f"{a} {b}".encode("utf-8") + b"\0")
+    return h.hexdigest()
+
+
+def llamacpp_cases(name):
+    """llama.cpp's own test texts and the ids HF gave for them (.inp / .out)."""
+    with tarfile.open(SDIST) as t:
+        inp = t.extractfile(SDIST_MODELS + name + ".inp").read().decode("utf-8")
+        out = t.extractfile(SDIST_MODELS + name + ".out").read().decode("utf-8")
+    sep = "\n__ggml_vocab_test__\n"
+    assert inp.endswith(sep)
+    texts = inp[: -len(sep)].split(sep)
+    ids = [[int(x) for x in line.split()] for line in out.split("\n")[: len(texts)]]
+    assert len(texts) == len(ids), (len(texts), len(ids))
+    return texts, ids
+
+
+def invalid_cases(tok):
+    out = []
+    for raw in INVALID_UTF8:
+        text = raw.decode("utf-8", "replace")
+        out.append({"hex": raw.hex(), "ids": tok.encode(text, add_special_tokens=False).ids})
+    return out
+
+
+def train_unigram():
+    from tokenizers import decoders, models, pre_tokenizers, trainers
+    tok = Tokenizer(models.Unigram())
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always")
+    tok.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="always")
+    corpus = [PARAGRAPH] * 4 + TEXTS[:60] + VARIANT_TEXTS
+    trainer = trainers.UnigramTrainer(vocab_size=400, special_tokens=["<unk>", "<s>", "</s>"],
+                                      unk_token="<unk>", shrinking_factor=0.75, n_sub_iterations=2,
+                                      max_piece_length=8, seed_size=20000)
+    tok.train_from_iterator(corpus, trainer)
+    j = json.loads(tok.to_str())
+    # Byte fallback over <0x00>..<0xFF>, scored below every piece, and the
+    # SentencePiece decoder chain.
+    vocab = j["model"]["vocab"]
+    have = {p for p, _ in vocab}
+    low = min(s for _, s in vocab) - 1.0
+    vocab += [[f"<0x{b:02X}>", low] for b in range(256) if f"<0x{b:02X}>" not in have]
+    j["model"]["byte_fallback"] = True
+    j["decoder"] = {"type": "Sequence", "decoders": [
+        {"type": "Replace", "pattern": {"String": "\u2581"}, "content": " "},
+        {"type": "ByteFallback"}, {"type": "Fuse"},
+        {"type": "Strip", "content": " ", "start": 1, "stop": 0}]}
+    return j
+
+
+def spm_fixture():
+    path = CACHE / SPM_GGUF
+    tokens, scores, types = read_gguf_spm(path)
+    conv = convert(path)
+    assert conv["model"]["vocab"] == {t: i for i, t in enumerate(tokens)}
+    merges = [tuple(m) for m in conv["model"]["merges"]]
+    assert conv["pre_tokenizer"]["type"] == "Metaspace" and conv["normalizer"] is None
+    added = {t["id"]: t["content"] for t in conv["added_tokens"]}
+    assert added == {i: tokens[i] for i in range(len(tokens)) if types[i] in (2, 3)}, added
+    # Llama 2's real pipeline (see top).
+    legacy = copy.deepcopy(conv)
+    legacy["normalizer"] = LLAMA2_NORMALIZER
+    legacy["pre_tokenizer"] = None
+    legacy["model"]["unk_token"] = "<unk>"
+    tok = Tokenizer.from_str(json.dumps(legacy))
+    texts, want = llamacpp_cases("ggml-vocab-llama-spm.gguf")
+    bad = [(t, w, tok.encode(t, add_special_tokens=False).ids) for t, w in zip(texts, want)
+           if tok.encode(t, add_special_tokens=False).ids != w]
+    assert not bad, f"legacy Llama 2 pipeline differs from llama.cpp's HF ids: {bad[:3]}"
+    print(f"  llama_spm: {len(texts)} llama.cpp reference texts match")
+    all_texts = TEXTS + SPM_TEXTS + texts
+    data = {
+        "gguf": SPM_GGUF,
+        "n_tokens": len(tokens),
+        "n_merges": len(merges),
+        "vocab_sha256": vocab_digest(tokens, []),
+        "merges_sha256": merges_digest(merges),
+        "tokenizer_json": skeleton(legacy),
+        "cases": cases_for(tok, all_texts),
+        "random_cases": cases_for(tok, random_texts(150)),
+        "prefix_decodes": prefix_decodes(tok),
+        "invalid_utf8": invalid_cases(tok),
+    }
+
+    def metaspace(**kw):
+        return dict({"type": "Metaspace", "replacement": "\u2581"}, **kw)
+    no_strip = {"type": "Sequence", "decoders": conv["decoder"]["decoders"][:3]}
+    variants = {
+        "metaspace_first": {},  # the transformers conversion as it is
+        "metaspace_always_split": {"pre_tokenizer": metaspace(prepend_scheme="always",
+                                                              split=True)},
+        "metaspace_never": {"pre_tokenizer": metaspace(prepend_scheme="never", split=False),
+                            "decoder": no_strip},
+        "metaspace_legacy_fields": {
+            "pre_tokenizer": metaspace(add_prefix_space=True),
+            "decoder": metaspace(add_prefix_space=True)},
+        "metaspace_decoder_first": {
+            "decoder": metaspace(prepend_scheme="first", split=False)},
+    }
+    vtexts = VARIANT_TEXTS + SPM_TEXTS + TEXTS[:40]
+    out = {}
+    for vname, v in variants.items():
+        j = copy.deepcopy(conv)
+        j.update(v)
+        vt = Tokenizer.from_str(json.dumps(j))
+        out[vname] = {"tokenizer_json": skeleton(j), "cases": cases_for(vt, vtexts),
+                      "invalid_utf8": invalid_cases(vt)}
+    uni = train_unigram()
+    ut = Tokenizer.from_str(json.dumps(uni))
+    out["unigram_byte_fallback"] = {"tokenizer_json": uni, "full_json": True,
+                                    "cases": cases_for(ut, vtexts + random_texts(40, seed=7)),
+                                    "invalid_utf8": invalid_cases(ut)}
+    data_v = {"gguf": SPM_GGUF, "n_tokens": len(tokens), "n_merges": len(merges),
+              "vocab_sha256": vocab_digest(tokens, []), "merges_sha256": merges_digest(merges),
+              "variants": out}
+    return data, data_v
+
+
 def main():
+    data, data_v = spm_fixture()
+    write("llama_spm", data)
+    write("spm_variants", data_v)
     full = {}
     for name, rel in MODELS:
         print(f"{name}: {rel}")

@@ -3,7 +3,10 @@
 #include <algorithm>
 #include <mutex>
 
+#include <fmt/format.h>
+
 #include "tokenizer/byte_level.h"
+#include "tokenizer/utf8.h"
 
 namespace cartserve {
 namespace {
@@ -82,7 +85,9 @@ Result<BpeModel> BpeModel::create(VocabMap vocab,
     m.unk_id_ = it->second;
   }
   for (int b = 0; b < 256; ++b) {
-    auto it = vocab.find(byte_level::encode(std::string(1, static_cast<char>(b))));
+    auto it =
+        vocab.find(m.options_.byte_level ? byte_level::encode(std::string(1, static_cast<char>(b)))
+                                         : fmt::format("<0x{:02X}>", b));
     m.byte_ids_[b] = it == vocab.end() ? -1 : it->second;
   }
   m.merges_ = std::make_unique<MergeTable>(merges.size());
@@ -120,19 +125,51 @@ void BpeModel::merge(std::string_view bytes, std::vector<int32_t>& out) const {
   syms.clear();
   heap.clear();
 
-  // Initial symbols, as HF's merge_word: bytes missing from the vocabulary
-  // become unk (fused when fuse_unk) or vanish when there is no unk token.
+  // Initial symbols, as HF's merge_word. Byte-level: one per byte. Otherwise
+  // one per character; a character missing from the vocabulary becomes the
+  // <0xNN> tokens of its bytes when byte_fallback has them all, else unk.
+  // Unknown symbols become unk (fused when fuse_unk) or vanish when there is
+  // no unk token. As in HF, byte-fallback symbols do not flush a pending unk
+  // (it lands after them); only a vocabulary symbol does.
   bool pending_unk = false;
   auto add = [&](int32_t id) { syms.push_back(Sym{id, 0, 0, false}); };
-  for (char c : bytes) {
-    const int32_t id = byte_ids_[static_cast<uint8_t>(c)];
-    if (id >= 0) {
-      if (pending_unk) add(*unk_id_);
-      pending_unk = false;
-      add(id);
-    } else if (unk_id_) {
-      if (pending_unk && !options_.fuse_unk) add(*unk_id_);
-      pending_unk = true;
+  auto known = [&](int32_t id) {
+    if (pending_unk) add(*unk_id_);
+    pending_unk = false;
+    add(id);
+  };
+  auto unknown = [&] {
+    if (!unk_id_) return;
+    if (pending_unk && !options_.fuse_unk) add(*unk_id_);
+    pending_unk = true;
+  };
+  if (options_.byte_level) {
+    for (char c : bytes) {
+      const int32_t id = byte_ids_[static_cast<uint8_t>(c)];
+      if (id >= 0) {
+        known(id);
+      } else {
+        unknown();
+      }
+    }
+  } else {
+    for (size_t i = 0; i < bytes.size();) {
+      const size_t len = std::min(utf8::seq_len(static_cast<uint8_t>(bytes[i])), bytes.size() - i);
+      const std::string_view ch = bytes.substr(i, len);
+      i += len;
+      if (auto it = vocab_.find(ch); it != vocab_.end()) {
+        known(it->second);
+        continue;
+      }
+      bool all_bytes = options_.byte_fallback;
+      for (size_t k = 0; all_bytes && k < ch.size(); ++k)
+        all_bytes = byte_ids_[static_cast<uint8_t>(ch[k])] >= 0;
+      if (all_bytes) {
+        for (char c : ch)
+          add(byte_ids_[static_cast<uint8_t>(c)]);
+      } else {
+        unknown();
+      }
     }
   }
   if (pending_unk) add(*unk_id_);
@@ -182,7 +219,7 @@ void BpeModel::merge(std::string_view bytes, std::vector<int32_t>& out) const {
 void BpeModel::encode_piece(std::string_view bytes, std::vector<int32_t>& out) const {
   if (bytes.empty()) return;
   if (options_.ignore_merges) {
-    auto it = vocab_.find(byte_level::encode(bytes));
+    auto it = options_.byte_level ? vocab_.find(byte_level::encode(bytes)) : vocab_.find(bytes);
     if (it != vocab_.end()) {
       out.push_back(it->second);
       return;

@@ -1,11 +1,15 @@
-// Byte-level BPE model: merge ranks over token ids, applied to one
-// pre-tokenized piece at a time (HF `tokenizers` models/bpe, Word::merge_all).
+// BPE model: merge ranks over token ids, applied to one pre-tokenized piece at
+// a time (HF `tokenizers` models/bpe, Word::merge_all). Byte-level (GPT-2
+// family) or SentencePiece-style (characters, with byte fallback: Llama 2,
+// Mistral).
 //
-// NOTE: a piece starts as one symbol per byte (the byte's character in the
-// vocabulary); the lowest-rank adjacent pair merges first, leftmost on ties,
-// until no pair has a merge. A min-heap over (rank, position) with lazy
-// invalidation makes this O(n log n) per piece, so a 100k-byte whitespace run
-// is as cheap as 100k short words. Results for short pieces are cached.
+// NOTE: a byte-level piece starts as one symbol per byte (the byte's character
+// in the vocabulary); a SentencePiece-style one as one symbol per character,
+// and a character missing from the vocabulary becomes its UTF-8 bytes as
+// "<0xNN>" tokens (byte_fallback) or unk. The lowest-rank adjacent pair merges first, leftmost on
+// ties, until no pair has a merge. A min-heap over (rank, position) with lazy invalidation makes
+// this O(n log n) per piece, so a 100k-byte whitespace run is as cheap as 100k short words. Results
+// for short pieces are cached.
 #pragma once
 
 #include <array>
@@ -23,7 +27,9 @@
 namespace cartserve {
 
 struct BpeOptions {
-  bool ignore_merges = false;            // a piece that is a whole vocab entry maps to it directly
+  bool byte_level = true;      // vocabulary in GPT-2's byte-level form; else raw UTF-8 pieces
+  bool byte_fallback = false;  // (not byte_level) unknown characters as <0xNN> byte tokens
+  bool ignore_merges = false;  // a piece that is a whole vocab entry maps to it directly
   std::optional<std::string> unk_token;  // for bytes missing from the vocabulary (else dropped)
   bool fuse_unk = false;
 };
@@ -61,7 +67,8 @@ class BpeModel {
   VocabMap vocab_;
   BpeOptions options_;
   std::optional<int32_t> unk_id_;
-  std::array<int32_t, 256> byte_ids_{};  // [byte] -> id of its character, or -1
+  std::array<int32_t, 256> byte_ids_{};  // [byte] -> id of its character (byte_level) or of
+                                         // its <0xNN> token (byte_fallback), or -1
   std::unique_ptr<MergeTable> merges_;
   std::unique_ptr<Cache> cache_;
   size_t merge_count_ = 0;

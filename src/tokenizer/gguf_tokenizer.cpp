@@ -12,6 +12,7 @@
 
 #include "core/logging.h"
 #include "formats/gguf.h"
+#include "tokenizer/spm_merges.h"
 #include "tokenizer/tokenizer_impl.h"
 
 namespace cartserve {
@@ -112,6 +113,11 @@ Result<GgufTokenizerData> read_gguf_tokenizer_data(const GgufFile& file) {
     return make_error(ErrorCode::kCorrupt, "{}: BPE tokenizer without tokenizer.ggml.merges",
                       file.path());
   }
+  if (file.find("tokenizer.ggml.scores") != nullptr) {
+    CS_ASSIGN_OR_RETURN(d.scores, file.get_float_array("tokenizer.ggml.scores"));
+  }
+  CS_RETURN_IF_ERROR(
+      read_optional_bool(file, "tokenizer.ggml.add_space_prefix", &d.add_space_prefix));
   if (file.find("tokenizer.ggml.token_type") != nullptr) {
     CS_ASSIGN_OR_RETURN(std::vector<int64_t> types,
                         file.get_int_array("tokenizer.ggml.token_type"));
@@ -130,24 +136,10 @@ Result<GgufTokenizerData> read_gguf_tokenizer_data(const GgufFile& file) {
   return d;
 }
 
-Result<Tokenizer> Tokenizer::from_gguf(const GgufTokenizerData& data) {
-  if (data.model != "gpt2") {
-    return make_error(ErrorCode::kUnsupported,
-                      "GGUF tokenizer.ggml.model '{}' is not supported (only 'gpt2', byte-level "
-                      "BPE)",
-                      data.model);
-  }
-  if (data.tokens.empty())
-    return make_error(ErrorCode::kCorrupt, "GGUF: tokenizer.ggml.tokens is empty");
-  if (!data.token_types.empty() && data.token_types.size() != data.tokens.size()) {
-    return make_error(ErrorCode::kCorrupt,
-                      "GGUF: tokenizer.ggml.token_type has {} entries for {} tokens",
-                      data.token_types.size(), data.tokens.size());
-  }
-  CS_ASSIGN_OR_RETURN(PreFamily family, pre_family(data.pre));
+namespace {
 
-  TokenizerSpec spec;
-  spec.source = "GGUF";
+// Vocabulary and added tokens shared by both GGUF tokenizer models.
+void fill_vocab(const GgufTokenizerData& data, TokenizerSpec& spec) {
   spec.vocab.reserve(data.tokens.size());
   for (size_t i = 0; i < data.tokens.size(); ++i) {
     spec.vocab[data.tokens[i]] = static_cast<int32_t>(i);  // a repeated text: the last id wins
@@ -162,6 +154,9 @@ Result<Tokenizer> Tokenizer::from_gguf(const GgufTokenizerData& data) {
       spec.added.push_back(std::move(t));
     }
   }
+}
+
+Status read_merges(const GgufTokenizerData& data, TokenizerSpec& spec) {
   spec.merges.reserve(data.merges.size());
   for (size_t i = 0; i < data.merges.size(); ++i) {
     const std::string& m = data.merges[i];
@@ -172,6 +167,76 @@ Result<Tokenizer> Tokenizer::from_gguf(const GgufTokenizerData& data) {
     }
     spec.merges.emplace_back(m.substr(0, sp), m.substr(sp + 1));
   }
+  return Status();
+}
+
+// tokenizer.ggml.model "llama": SentencePiece BPE, as the model's own
+// tokenizer.json (Llama 2: normalizer Prepend("▁") + Replace(" ", "▁"), no
+// pre-tokenizer, byte fallback, decoder Replace/ByteFallback/Fuse/Strip).
+// llama.cpp likewise prefixes a space at the start and after special tokens.
+Result<Tokenizer> from_gguf_spm(const GgufTokenizerData& data) {
+  TokenizerSpec spec;
+  spec.source = "GGUF";
+  fill_vocab(data, spec);
+  if (!data.merges.empty()) {
+    CS_RETURN_IF_ERROR(read_merges(data, spec));
+  } else {
+    if (data.scores.size() != data.tokens.size()) {
+      return make_error(ErrorCode::kCorrupt,
+                        "GGUF: tokenizer.ggml.scores has {} entries for {} tokens (a SentencePiece "
+                        "vocabulary without merges needs one score per token)",
+                        data.scores.size(), data.tokens.size());
+    }
+    spec.merges = spm_merges_from_scores(data.tokens, data.scores);
+  }
+  spec.bpe.byte_level = false;
+  spec.bpe.byte_fallback = true;
+  spec.bpe.fuse_unk = true;
+  if (data.unk_id && static_cast<size_t>(*data.unk_id) < data.tokens.size())
+    spec.bpe.unk_token = data.tokens[*data.unk_id];
+  const std::string kMeta = "\u2581";
+  const bool prefix = data.add_space_prefix.value_or(true);
+  std::vector<Normalizer::Step> norm;
+  if (prefix) norm.push_back(Normalizer::prepend(kMeta));
+  norm.push_back(Normalizer::replace(" ", kMeta));
+  spec.normalizer = Normalizer(std::move(norm));
+  using K = DecoderStep::Kind;
+  std::vector<DecoderStep> dec = {DecoderStep{K::kReplace, kMeta, std::string(1, ' '), 0, true},
+                                  DecoderStep{K::kByteFallback, {}, {}, 0, true},
+                                  DecoderStep{K::kFuse, {}, {}, 0, true}};
+  if (prefix) dec.push_back(DecoderStep{K::kStrip, std::string(1, ' '), {}, 1, true});
+  spec.decoder = std::move(dec);
+  spec.bos_id = data.bos_id;
+  spec.eos_id = data.eos_id;
+  if (data.eot_id) spec.extra_stop_ids.push_back(*data.eot_id);
+  if (data.eom_id) spec.extra_stop_ids.push_back(*data.eom_id);
+  spec.add_bos = data.add_bos.value_or(true);  // SentencePiece models add BOS (llama.cpp)
+  return build_tokenizer(std::move(spec));
+}
+
+}  // namespace
+
+Result<Tokenizer> Tokenizer::from_gguf(const GgufTokenizerData& data) {
+  if (data.model != "gpt2" && data.model != "llama") {
+    return make_error(ErrorCode::kUnsupported,
+                      "GGUF tokenizer.ggml.model '{}' is not supported ('gpt2', byte-level BPE, "
+                      "and 'llama', SentencePiece BPE, are)",
+                      data.model);
+  }
+  if (data.tokens.empty())
+    return make_error(ErrorCode::kCorrupt, "GGUF: tokenizer.ggml.tokens is empty");
+  if (!data.token_types.empty() && data.token_types.size() != data.tokens.size()) {
+    return make_error(ErrorCode::kCorrupt,
+                      "GGUF: tokenizer.ggml.token_type has {} entries for {} tokens",
+                      data.token_types.size(), data.tokens.size());
+  }
+  if (data.model == "llama") return from_gguf_spm(data);
+  CS_ASSIGN_OR_RETURN(PreFamily family, pre_family(data.pre));
+
+  TokenizerSpec spec;
+  spec.source = "GGUF";
+  fill_vocab(data, spec);
+  CS_RETURN_IF_ERROR(read_merges(data, spec));
   spec.bpe.ignore_merges = family == PreFamily::kLlama3;  // Llama 3's tokenizer.json sets it
   if (family == PreFamily::kQwen2) spec.normalizer = Normalizer({Normalizer::Form::kNfc});
   CS_ASSIGN_OR_RETURN(spec.pre_tokenizer, make_pre_tokenizer(family));

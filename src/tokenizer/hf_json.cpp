@@ -1,11 +1,16 @@
-// Tokenizer::from_hf_json: a HF tokenizer.json (model BPE, byte-level) into a
-// TokenizerSpec. Every field is type-checked; a file we cannot honour exactly
-// (another model type, byte_fallback, an unknown pre-tokenizer...) is a clear
-// kUnsupported naming the field, never a silently different tokenization.
+// Tokenizer::from_hf_json: a HF tokenizer.json (model BPE, byte-level or
+// SentencePiece-style with byte fallback, or Unigram) into a TokenizerSpec.
+// Every field is type-checked; a file we cannot honour exactly (another model
+// type, an unknown pre-tokenizer...) is a clear kUnsupported naming the field,
+// never a silently different tokenization.
+#include <algorithm>
+
 #include <nlohmann/json.hpp>
 
 #include "core/logging.h"
+#include "tokenizer/metaspace.h"
 #include "tokenizer/tokenizer_impl.h"
+#include "tokenizer/utf8.h"
 
 namespace cartserve {
 namespace {
@@ -46,8 +51,63 @@ std::string type_of(const json& j) {
   return t != nullptr && t->is_string() ? t->get<std::string>() : std::string();
 }
 
+// A literal {"String": ...} pattern (Replace); a Regex one is kUnsupported.
+Result<std::string> string_pattern(const json& j, const std::string& path) {
+  const json* pat = member(j, "pattern");
+  const json* str = pat ? member(*pat, "String") : nullptr;
+  if (pat != nullptr && member(*pat, "Regex") != nullptr) {
+    return make_error(ErrorCode::kUnsupported,
+                      "tokenizer.json: {}.pattern: a Regex Replace is not supported (String is)",
+                      path);
+  }
+  if (str == nullptr || !str->is_string()) {
+    return make_error(ErrorCode::kCorrupt, "tokenizer.json: {}.pattern must be {{\"String\": ...}}",
+                      path);
+  }
+  return str->get<std::string>();
+}
+
+Result<std::string> required_string(const json& j, const char* key, const std::string& path) {
+  std::optional<std::string> v;
+  CS_RETURN_IF_ERROR(read_string(j, key, path, &v));
+  if (!v) return make_error(ErrorCode::kCorrupt, "tokenizer.json: {}.{} is missing", path, key);
+  return *v;
+}
+
+bool is_one_char(std::string_view s) {
+  return !s.empty() && utf8::decode(s, 0).len == static_cast<int>(s.size());
+}
+
+// Metaspace's replacement and prepend scheme, from either serialization
+// (prepend_scheme, or the older add_prefix_space: true -> always).
+Status parse_metaspace_fields(const json& j, const std::string& path, std::string* replacement,
+                              PrependScheme* scheme) {
+  CS_ASSIGN_OR_RETURN(*replacement, required_string(j, "replacement", path));
+  if (!is_one_char(*replacement)) {
+    return make_error(ErrorCode::kCorrupt, "tokenizer.json: {}.replacement must be one character",
+                      path);
+  }
+  std::optional<std::string> ps;
+  CS_RETURN_IF_ERROR(read_string(j, "prepend_scheme", path, &ps));
+  bool add_prefix_space = true;
+  CS_RETURN_IF_ERROR(read_bool(j, "add_prefix_space", path, &add_prefix_space));
+  if (!ps) {
+    *scheme = add_prefix_space ? PrependScheme::kAlways : PrependScheme::kNever;
+  } else if (*ps == "always") {
+    *scheme = PrependScheme::kAlways;
+  } else if (*ps == "first") {
+    *scheme = PrependScheme::kFirst;
+  } else if (*ps == "never") {
+    *scheme = PrependScheme::kNever;
+  } else {
+    return make_error(ErrorCode::kCorrupt, "tokenizer.json: {}.prepend_scheme '{}' is unknown",
+                      path, *ps);
+  }
+  return Status();
+}
+
 Status parse_normalizer(const json& j, const std::string& path, int depth,
-                        std::vector<Normalizer::Form>& steps) {
+                        std::vector<Normalizer::Step>& steps) {
   if (depth > 16)
     return make_error(ErrorCode::kCorrupt, "tokenizer.json: {} nests too deeply", path);
   const std::string type = type_of(j);
@@ -60,18 +120,24 @@ Status parse_normalizer(const json& j, const std::string& path, int depth,
       CS_RETURN_IF_ERROR(parse_normalizer((*list)[i], fmt::format("{}.normalizers[{}]", path, i),
                                           depth + 1, steps));
     }
-  } else if (type == "NFC") {
-    steps.push_back(Normalizer::Form::kNfc);
-  } else if (type == "NFD") {
-    steps.push_back(Normalizer::Form::kNfd);
-  } else if (type == "NFKC") {
-    steps.push_back(Normalizer::Form::kNfkc);
-  } else if (type == "NFKD") {
-    steps.push_back(Normalizer::Form::kNfkd);
+  } else if (type == "NFC" || type == "NFD" || type == "NFKC" || type == "NFKD") {
+    Normalizer::Step st;
+    st.form = type == "NFC"    ? Normalizer::Form::kNfc
+              : type == "NFD"  ? Normalizer::Form::kNfd
+              : type == "NFKC" ? Normalizer::Form::kNfkc
+                               : Normalizer::Form::kNfkd;
+    steps.push_back(st);
+  } else if (type == "Prepend") {
+    CS_ASSIGN_OR_RETURN(std::string text, required_string(j, "prepend", path));
+    steps.push_back(Normalizer::prepend(std::move(text)));
+  } else if (type == "Replace") {
+    CS_ASSIGN_OR_RETURN(std::string pattern, string_pattern(j, path));
+    CS_ASSIGN_OR_RETURN(std::string content, required_string(j, "content", path));
+    steps.push_back(Normalizer::replace(std::move(pattern), std::move(content)));
   } else {
     return make_error(ErrorCode::kUnsupported,
-                      "tokenizer.json: {} of type '{}' is not supported (NFC, NFD, NFKC, NFKD and "
-                      "Sequence are)",
+                      "tokenizer.json: {} of type '{}' is not supported (NFC, NFD, NFKC, NFKD, "
+                      "Prepend, Replace and Sequence are)",
                       path, type);
   }
   return Status();
@@ -146,26 +212,84 @@ Result<std::unique_ptr<PreTokenizer>> parse_pre_tokenizer(const json& j, const s
     CS_RETURN_IF_ERROR(read_bool(j, "use_regex", path, &use_regex));
     return make_byte_level_pre_tokenizer(add_prefix_space, use_regex);
   }
+  if (type == "Metaspace") {
+    std::string replacement;
+    PrependScheme scheme = PrependScheme::kAlways;
+    CS_RETURN_IF_ERROR(parse_metaspace_fields(j, path, &replacement, &scheme));
+    bool split = true;  // HF default
+    CS_RETURN_IF_ERROR(read_bool(j, "split", path, &split));
+    return make_metaspace_pre_tokenizer(std::move(replacement), scheme, split);
+  }
   return make_error(ErrorCode::kUnsupported,
-                    "tokenizer.json: {} of type '{}' is not supported (Sequence, Split, Digits "
-                    "and ByteLevel are)",
+                    "tokenizer.json: {} of type '{}' is not supported (Sequence, Split, Digits, "
+                    "ByteLevel and Metaspace are)",
                     path, type);
 }
 
-Status check_decoder(const json* j) {
-  if (j == nullptr) {
+// Flattens the decoder into steps; a lone ByteLevel (or a Sequence holding only
+// it) leaves `steps` unset: the byte-level decoder.
+Status parse_decoder(const json& j, const std::string& path, int depth,
+                     std::optional<std::vector<DecoderStep>>& steps) {
+  if (depth > 16)
+    return make_error(ErrorCode::kCorrupt, "tokenizer.json: {} nests too deeply", path);
+  const std::string type = type_of(j);
+  if (type == "Sequence") {
+    const json* list = member(j, "decoders");
+    if (list == nullptr || !list->is_array()) {
+      return make_error(ErrorCode::kCorrupt, "tokenizer.json: {}.decoders must be a list", path);
+    }
+    if (list->size() == 1 && type_of((*list)[0]) == "ByteLevel") return Status();
+    if (!steps) steps.emplace();
+    for (size_t i = 0; i < list->size(); ++i) {
+      CS_RETURN_IF_ERROR(
+          parse_decoder((*list)[i], fmt::format("{}.decoders[{}]", path, i), depth + 1, steps));
+    }
+    return Status();
+  }
+  if (type == "ByteLevel") {
+    if (depth == 0) return Status();
     return make_error(ErrorCode::kUnsupported,
-                      "tokenizer.json: no decoder; a byte-level BPE needs the ByteLevel decoder");
+                      "tokenizer.json: {}: ByteLevel inside a decoder Sequence with other steps is "
+                      "not supported",
+                      path);
   }
-  std::string type = type_of(*j);
-  if (type == "Sequence") {  // a Sequence holding only ByteLevel is the same thing
-    const json* list = member(*j, "decoders");
-    if (list != nullptr && list->is_array() && list->size() == 1) type = type_of((*list)[0]);
-  }
-  if (type != "ByteLevel") {
+  if (!steps) steps.emplace();
+  DecoderStep st;
+  if (type == "Replace") {
+    st.kind = DecoderStep::Kind::kReplace;
+    CS_ASSIGN_OR_RETURN(st.pattern, string_pattern(j, path));
+    CS_ASSIGN_OR_RETURN(st.content, required_string(j, "content", path));
+  } else if (type == "ByteFallback") {
+    st.kind = DecoderStep::Kind::kByteFallback;
+  } else if (type == "Fuse") {
+    st.kind = DecoderStep::Kind::kFuse;
+  } else if (type == "Strip") {
+    st.kind = DecoderStep::Kind::kStrip;
+    CS_ASSIGN_OR_RETURN(st.pattern, required_string(j, "content", path));
+    const json* start = member(j, "start");
+    const json* stop = member(j, "stop");
+    if (start == nullptr || !start->is_number_unsigned() || stop == nullptr ||
+        !stop->is_number_unsigned()) {
+      return make_error(ErrorCode::kCorrupt,
+                        "tokenizer.json: {}.start and .stop must be non-negative integers", path);
+    }
+    if (stop->get<uint64_t>() != 0) {
+      return make_error(ErrorCode::kUnsupported,
+                        "tokenizer.json: {}: Strip with stop > 0 is not supported", path);
+    }
+    st.start = static_cast<size_t>(std::min<uint64_t>(start->get<uint64_t>(), 1u << 20));
+  } else if (type == "Metaspace") {
+    st.kind = DecoderStep::Kind::kMetaspace;
+    PrependScheme scheme = PrependScheme::kAlways;
+    CS_RETURN_IF_ERROR(parse_metaspace_fields(j, path, &st.pattern, &scheme));
+    st.prepend = scheme != PrependScheme::kNever;
+  } else {
     return make_error(ErrorCode::kUnsupported,
-                      "tokenizer.json: decoder of type '{}' is not supported (ByteLevel is)", type);
+                      "tokenizer.json: {} of type '{}' is not supported (ByteLevel, Replace, "
+                      "ByteFallback, Fuse, Strip, Metaspace and Sequence are)",
+                      path, type);
   }
+  steps->push_back(std::move(st));
   return Status();
 }
 
@@ -191,19 +315,42 @@ std::optional<std::string> template_bos(const json* j, int depth = 0) {
   return id->get<std::string>();
 }
 
+// {"type": "Unigram", "vocab": [[piece, score], ...], "unk_id", "byte_fallback"}.
+Status parse_unigram(const json& model, TokenizerSpec& spec) {
+  UnigramSpec u;
+  CS_RETURN_IF_ERROR(read_bool(model, "byte_fallback", "model", &u.byte_fallback));
+  if (const json* unk = member(model, "unk_id")) {
+    if (!unk->is_number_integer() || unk->get<int64_t>() < 0 || unk->get<int64_t>() > INT32_MAX)
+      return type_error("model.unk_id", "a token id", *unk);
+    u.unk_id = static_cast<int32_t>(unk->get<int64_t>());
+  }
+  const json* vocab = member(model, "vocab");
+  if (vocab == nullptr || !vocab->is_array()) {
+    return make_error(ErrorCode::kCorrupt, "tokenizer.json: model.vocab must be a list");
+  }
+  u.pieces.reserve(vocab->size());
+  for (size_t i = 0; i < vocab->size(); ++i) {
+    const json& e = (*vocab)[i];
+    if (!e.is_array() || e.size() != 2 || !e[0].is_string() || !e[1].is_number()) {
+      return make_error(ErrorCode::kCorrupt,
+                        "tokenizer.json: model.vocab[{}] must be [piece, score]", i);
+    }
+    u.pieces.emplace_back(e[0].get<std::string>(), e[1].get<double>());
+    spec.vocab[u.pieces.back().first] = static_cast<int32_t>(i);
+  }
+  spec.unigram = std::move(u);
+  return Status();
+}
+
 Status parse_model(const json& model, TokenizerSpec& spec) {
   const std::string type = type_of(model);
+  if (type == "Unigram") return parse_unigram(model, spec);
   if (!type.empty() && type != "BPE") {
     return make_error(ErrorCode::kUnsupported,
-                      "tokenizer.json: model type '{}' is not supported (BPE is)", type);
+                      "tokenizer.json: model type '{}' is not supported (BPE and Unigram are)",
+                      type);
   }
-  bool byte_fallback = false;
-  CS_RETURN_IF_ERROR(read_bool(model, "byte_fallback", "model", &byte_fallback));
-  if (byte_fallback) {
-    return make_error(ErrorCode::kUnsupported,
-                      "tokenizer.json: model.byte_fallback (SentencePiece-style BPE) is not "
-                      "supported; only byte-level BPE is");
-  }
+  CS_RETURN_IF_ERROR(read_bool(model, "byte_fallback", "model", &spec.bpe.byte_fallback));
   if (const json* d = member(model, "dropout")) {
     if (!d->is_number() || d->get<double>() != 0.0) {
       return make_error(ErrorCode::kUnsupported,
@@ -337,17 +484,20 @@ Result<Tokenizer> parse(std::string_view json_text, const HfTokenizerConfig& con
   CS_RETURN_IF_ERROR(parse_model(*model, spec));
   CS_RETURN_IF_ERROR(parse_added_tokens(member(root, "added_tokens"), spec));
   if (const json* n = member(root, "normalizer")) {
-    std::vector<Normalizer::Form> steps;
+    std::vector<Normalizer::Step> steps;
     CS_RETURN_IF_ERROR(parse_normalizer(*n, "normalizer", 0, steps));
     spec.normalizer = Normalizer(std::move(steps));
   }
-  const json* pre = member(root, "pre_tokenizer");
-  if (pre == nullptr) {
-    return make_error(ErrorCode::kUnsupported,
-                      "tokenizer.json: no pre_tokenizer; a byte-level BPE needs ByteLevel");
+  // No pre_tokenizer: the whole text is one piece (Llama 2's legacy pipeline).
+  if (const json* pre = member(root, "pre_tokenizer")) {
+    CS_ASSIGN_OR_RETURN(spec.pre_tokenizer, parse_pre_tokenizer(*pre, "pre_tokenizer", 0));
   }
-  CS_ASSIGN_OR_RETURN(spec.pre_tokenizer, parse_pre_tokenizer(*pre, "pre_tokenizer", 0));
-  CS_RETURN_IF_ERROR(check_decoder(member(root, "decoder")));
+  const json* decoder = member(root, "decoder");
+  if (decoder == nullptr) {
+    return make_error(ErrorCode::kUnsupported,
+                      "tokenizer.json: no decoder; ids could not be turned back into text");
+  }
+  CS_RETURN_IF_ERROR(parse_decoder(*decoder, "decoder", 0, spec.decoder));
 
   const std::optional<std::string> tmpl_bos = template_bos(member(root, "post_processor"));
   CS_ASSIGN_OR_RETURN(spec.bos_id,

@@ -30,19 +30,46 @@ int options(Normalizer::Form f) {
 
 }  // namespace
 
+Normalizer::Normalizer(std::vector<Form> forms) {
+  for (Form f : forms)
+    steps_.push_back(Step{Kind::kForm, f, {}, {}});
+}
+
 std::string Normalizer::apply(std::string_view text) const {
   std::string cur(text);
-  // Every normalization form leaves ASCII as it is.
-  if (steps_.empty() || is_ascii(text)) return cur;
-  for (Form f : steps_) {
-    utf8proc_uint8_t* dst = nullptr;
-    // Explicit length (no NULLTERM): text may hold NUL bytes.
-    const utf8proc_ssize_t n = utf8proc_map(reinterpret_cast<const utf8proc_uint8_t*>(cur.data()),
-                                            static_cast<utf8proc_ssize_t>(cur.size()), &dst,
-                                            static_cast<utf8proc_option_t>(options(f)));
-    if (n >= 0 && dst != nullptr) cur.assign(reinterpret_cast<const char*>(dst), n);
-    // n < 0 only for invalid UTF-8 or out of memory: keep the text as it is.
-    std::free(dst);
+  for (const Step& step : steps_) {
+    switch (step.kind) {
+      case Kind::kPrepend:
+        if (!cur.empty()) cur.insert(0, step.text);
+        break;
+      case Kind::kReplace: {
+        if (step.text.empty()) break;  // HF: an empty pattern matches nothing
+        std::string out;
+        size_t pos = 0;
+        for (size_t hit; (hit = cur.find(step.text, pos)) != std::string::npos;
+             pos = hit + step.text.size()) {
+          out.append(cur, pos, hit - pos);
+          out += step.content;
+        }
+        out.append(cur, pos, std::string::npos);
+        cur = std::move(out);
+        break;
+      }
+      case Kind::kForm: {
+        // Every normalization form leaves ASCII as it is.
+        if (is_ascii(cur)) break;
+        utf8proc_uint8_t* dst = nullptr;
+        // Explicit length (no NULLTERM): text may hold NUL bytes.
+        const utf8proc_ssize_t n =
+            utf8proc_map(reinterpret_cast<const utf8proc_uint8_t*>(cur.data()),
+                         static_cast<utf8proc_ssize_t>(cur.size()), &dst,
+                         static_cast<utf8proc_option_t>(options(step.form)));
+        if (n >= 0 && dst != nullptr) cur.assign(reinterpret_cast<const char*>(dst), n);
+        // n < 0 only for invalid UTF-8 or out of memory: keep the text as it is.
+        std::free(dst);
+        break;
+      }
+    }
   }
   return cur;
 }

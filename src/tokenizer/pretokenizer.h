@@ -21,6 +21,9 @@ namespace cartserve {
 class PieceList {
  public:
   std::vector<std::string_view> pieces;
+  // Whether pieces[0] starts at offset 0 of the text given to encode() (what
+  // Metaspace's prepend_scheme "first" asks; false after an added token).
+  bool at_text_start = false;
   // Keeps `s` alive as long as the list and returns a view of it.
   std::string_view own(std::string s) {
     owned_.push_back(std::move(s));

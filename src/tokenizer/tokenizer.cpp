@@ -1,13 +1,17 @@
-// Tokenizer: the encode pipeline of HF `tokenizers` for byte-level BPE.
+// Tokenizer: the encode pipeline of HF `tokenizers` for byte-level BPE and
+// SentencePiece-style tokenizers (BPE with byte fallback, Unigram).
 //
 // NOTE: encode() runs, in this order (as TokenizerImpl::encode_single_sequence):
 //   1. added tokens with normalized=false are split out of the raw text;
 //   2. each remaining piece is normalized (NFC for Qwen2), and added tokens
 //      with normalized=true are split out of it;
-//   3. the pre-tokenizer splits the rest (regex / Digits / ByteLevel);
-//   4. each pre-token goes through the BPE model (one symbol per byte).
+//   3. the pre-tokenizer splits the rest (regex / Digits / ByteLevel /
+//      Metaspace, which needs to know whether a piece starts the text);
+//   4. each pre-token goes through the model (BPE: one symbol per byte, or
+//      per character with byte fallback; Unigram: Viterbi).
 // decode() concatenates the byte-level-decoded tokens and repairs the result
-// to valid UTF-8, as the ByteLevel decoder does.
+// to valid UTF-8, as the ByteLevel decoder does; a SentencePiece-style
+// tokenizer runs its decoder chain (decoder.h).
 #include "tokenizer/tokenizer.h"
 
 #include <algorithm>
@@ -33,11 +37,36 @@ const std::vector<std::string>& end_of_turn_texts() {
 
 Result<Tokenizer> build_tokenizer(TokenizerSpec spec) {
   auto impl = std::make_unique<Tokenizer::Impl>();
-  if (!spec.pre_tokenizer || !spec.pre_tokenizer->ends_with_byte_level()) {
-    return make_error(ErrorCode::kUnsupported,
-                      "{}: the pre-tokenizer does not end with ByteLevel; only byte-level BPE "
-                      "tokenizers are supported",
-                      spec.source);
+  const bool byte_level = spec.pre_tokenizer && spec.pre_tokenizer->ends_with_byte_level();
+  if (!spec.pre_tokenizer) spec.pre_tokenizer = make_sequence_pre_tokenizer({});
+  if (byte_level) {
+    if (spec.decoder) {
+      return make_error(ErrorCode::kUnsupported,
+                        "{}: a ByteLevel pre-tokenizer needs the ByteLevel decoder", spec.source);
+    }
+    if (spec.unigram) {
+      return make_error(ErrorCode::kUnsupported,
+                        "{}: a Unigram model with a ByteLevel pre-tokenizer is not supported",
+                        spec.source);
+    }
+    if (spec.bpe.byte_fallback) {
+      return make_error(ErrorCode::kUnsupported,
+                        "{}: model.byte_fallback (SentencePiece-style BPE) with a ByteLevel "
+                        "pre-tokenizer is not supported",
+                        spec.source);
+    }
+  } else {
+    if (!spec.decoder) {
+      return make_error(ErrorCode::kUnsupported,
+                        "{}: the pre-tokenizer does not end with ByteLevel, so the ByteLevel "
+                        "decoder does not fit; a SentencePiece-style tokenizer needs its decoder "
+                        "chain (Replace, ByteFallback, Fuse, Strip, Metaspace)",
+                        spec.source);
+    }
+    spec.bpe.byte_level = false;
+    Result<SpmDecoder> dec = SpmDecoder::create(std::move(*spec.decoder));
+    if (!dec.ok()) return dec.status().with_context(spec.source);
+    impl->spm = std::make_unique<SpmDecoder>(std::move(dec).value());
   }
   if (spec.vocab.empty())
     return make_error(ErrorCode::kCorrupt, "{}: empty vocabulary", spec.source);
@@ -69,11 +98,12 @@ Result<Tokenizer> build_tokenizer(TokenizerSpec spec) {
   }
   impl->id_bytes.resize(n);
   for (size_t i = 0; i < n; ++i) {
-    impl->id_bytes[i] = byte_level::decode_token(impl->id_text[i]);
+    impl->id_bytes[i] = impl->spm ? impl->spm->token_text(impl->id_text[i])
+                                  : byte_level::decode_token(impl->id_text[i]);
   }
   // HF decodes a normalized added token from its normalized form.
   for (const AddedToken& t : spec.added) {
-    if (t.normalized && !spec.normalizer.empty()) {
+    if (t.normalized && !spec.normalizer.empty() && !impl->spm) {
       impl->id_bytes[t.id] = byte_level::decode_token(spec.normalizer.apply(t.content));
     }
   }
@@ -94,7 +124,12 @@ Result<Tokenizer> build_tokenizer(TokenizerSpec spec) {
   impl->raw_matcher.build(std::move(raw), raw_pat);
   impl->normalized_matcher.build(std::move(normalized), normalized_pat);
 
-  CS_ASSIGN_OR_RETURN(impl->bpe, BpeModel::create(std::move(spec.vocab), spec.merges, spec.bpe));
+  if (spec.unigram) {
+    CS_ASSIGN_OR_RETURN(UnigramModel u, UnigramModel::create(std::move(*spec.unigram)));
+    impl->unigram = std::make_unique<UnigramModel>(std::move(u));
+  } else {
+    CS_ASSIGN_OR_RETURN(impl->bpe, BpeModel::create(std::move(spec.vocab), spec.merges, spec.bpe));
+  }
   impl->normalizer = std::move(spec.normalizer);
   impl->pre_tokenizer = std::move(spec.pre_tokenizer);
 
@@ -128,12 +163,19 @@ Result<Tokenizer> build_tokenizer(TokenizerSpec spec) {
   return tok;
 }
 
-void Tokenizer::Impl::encode_text(std::string_view text, std::vector<int32_t>& out) const {
+void Tokenizer::Impl::encode_text(std::string_view text, bool at_text_start,
+                                  std::vector<int32_t>& out) const {
   PieceList list;
   list.pieces.push_back(text);
+  list.at_text_start = at_text_start;
   pre_tokenizer->split(list);
-  for (std::string_view piece : list.pieces)
-    bpe.encode_piece(piece, out);
+  for (std::string_view piece : list.pieces) {
+    if (unigram) {
+      unigram->encode_piece(piece, out);
+    } else {
+      bpe.encode_piece(piece, out);
+    }
+  }
 }
 
 Tokenizer::Tokenizer() = default;
@@ -158,6 +200,8 @@ std::vector<int32_t> Tokenizer::encode(std::string_view text, bool parse_special
       out.push_back(raw.id);
       continue;
     }
+    // Whether this segment starts the text (offset 0 of the original).
+    const bool raw_at_start = raw.text.data() == text.data();
     std::string normalized;
     std::string_view t = raw.text;
     if (!impl_->normalizer.empty()) {
@@ -170,7 +214,7 @@ std::vector<int32_t> Tokenizer::encode(std::string_view text, bool parse_special
       if (s.id >= 0) {
         out.push_back(s.id);
       } else {
-        impl_->encode_text(s.text, out);
+        impl_->encode_text(s.text, raw_at_start && s.text.data() == t.data(), out);
       }
     }
   }
@@ -180,6 +224,16 @@ std::vector<int32_t> Tokenizer::encode(std::string_view text, bool parse_special
 std::string Tokenizer::decode(std::span<const int32_t> ids, bool skip_special) const {
   std::string bytes;
   if (!impl_) return bytes;
+  if (impl_->spm) {
+    DecodeState state(*impl_->spm, /*at_text_start=*/true, /*eager=*/false);
+    for (int32_t id : ids) {
+      if (id < 0 || static_cast<size_t>(id) >= impl_->id_text.size()) continue;
+      if (skip_special && impl_->id_special[id]) continue;
+      state.push(impl_->id_text[id], bytes);
+    }
+    state.finish(bytes);
+    return utf8::is_valid(bytes) ? bytes : utf8::repair(bytes);
+  }
   for (int32_t id : ids) {
     if (id < 0 || static_cast<size_t>(id) >= impl_->id_bytes.size())
       continue;  // as HF: unknown ids vanish
@@ -204,7 +258,7 @@ const std::string& Tokenizer::token_text(int32_t id) const {
 std::optional<int32_t> Tokenizer::token_to_id(std::string_view token_text) const {
   if (!impl_) return std::nullopt;
   if (auto it = impl_->added_ids.find(token_text); it != impl_->added_ids.end()) return it->second;
-  const VocabMap& v = impl_->bpe.vocab();
+  const VocabMap& v = impl_->model_vocab();
   if (auto it = v.find(token_text); it != v.end()) return it->second;
   return std::nullopt;
 }

@@ -1,6 +1,8 @@
-// Byte-level BPE tokenizer (GPT-2 family: Llama 3, SmolLM/SmolLM2, Qwen2,
-// Mistral-Nemo ...), built from a HF tokenizer.json or from GGUF metadata.
-// Encoding must equal the Python `tokenizers` package exactly.
+// Tokenizers built from a HF tokenizer.json or from GGUF metadata: byte-level
+// BPE (GPT-2 family: Llama 3, SmolLM/SmolLM2, Qwen2/3, Mistral-Nemo ...) and
+// SentencePiece-style ones (BPE with byte fallback and Metaspace or
+// Prepend/Replace: Llama 2, Mistral 7B v0.1-0.3; Unigram). Encoding must equal
+// the Python `tokenizers` package exactly.
 #pragma once
 
 #include <cstdint>
@@ -19,10 +21,12 @@ struct TokenizerSpec;
 
 // Tokenizer fields of a GGUF file (tokenizer.ggml.*), read by the model loader.
 struct GgufTokenizerData {
-  std::string model;                // tokenizer.ggml.model, e.g. "gpt2"
-  std::string pre;                  // tokenizer.ggml.pre, e.g. "llama-bpe", "smollm", "qwen2"
-  std::vector<std::string> tokens;  // id -> token text (byte-level encoded)
-  std::vector<std::string> merges;  // "a b" pairs in rank order
+  std::string model;                     // tokenizer.ggml.model, e.g. "gpt2"
+  std::string pre;                       // tokenizer.ggml.pre, e.g. "llama-bpe", "smollm", "qwen2"
+  std::vector<std::string> tokens;       // id -> token text (byte-level encoded)
+  std::vector<std::string> merges;       // "a b" pairs in rank order (none for "llama": derived)
+  std::vector<double> scores;            // tokenizer.ggml.scores ("llama": SentencePiece scores)
+  std::optional<bool> add_space_prefix;  // tokenizer.ggml.add_space_prefix
   std::vector<int32_t>
       token_types;  // 1 normal, 2 unknown, 3 control, 4 user-defined, 5 unused, 6 byte
   std::optional<int32_t> bos_id, eos_id, eot_id, eom_id, unk_id, pad_id;
@@ -48,13 +52,16 @@ class Tokenizer {
   // tokenizer.json text; `config` may refine bos/eos and add_bos. Without a
   // config, bos and add_bos come from a TemplateProcessing post_processor
   // whose template starts with a special token (Llama 3); eos stays unset.
-  // kUnsupported for anything but byte-level BPE (e.g. SentencePiece-style
-  // byte_fallback, Metaspace, WordPiece), naming the field.
+  // kUnsupported for what cannot be honoured exactly (e.g. WordPiece, a
+  // Regex Replace), naming the field.
   static Result<Tokenizer> from_hf_json(std::string_view json_text,
                                         const HfTokenizerConfig& config = {});
   // tokenizer.ggml.pre picks the pre-tokenizer (llama-bpe/llama3/llama-v3,
   // qwen2, smollm, gpt-2; empty or "default" falls back to GPT-2's split with
   // a warning; others are kUnsupported). Control tokens are special.
+  // tokenizer.ggml.model "llama" is SentencePiece BPE as Llama 2's
+  // tokenizer.json has it: merges derived from the scores, byte fallback,
+  // "▁" prefixed to each text segment (unless add_space_prefix is false).
   static Result<Tokenizer> from_gguf(const GgufTokenizerData& data);
 
   // Encodes text. Special/added tokens in the text are matched when
@@ -69,7 +76,8 @@ class Tokenizer {
   // Invalid UTF-8 (a partial sequence) is replaced by U+FFFD as HF does.
   std::string decode(std::span<const int32_t> ids, bool skip_special = false) const;
 
-  // Raw bytes of one token (byte-level decoded; the text for special tokens).
+  // Raw bytes of one token (byte-level decoded, or "▁" as a space and a byte
+  // token as its byte; the text for special tokens).
   const std::string& token_bytes(int32_t id) const;
   // The token as written in the vocabulary (byte-level encoded form).
   const std::string& token_text(int32_t id) const;
@@ -90,15 +98,25 @@ class Tokenizer {
 
  private:
   friend Result<Tokenizer> build_tokenizer(TokenizerSpec spec);
+  friend class StreamingDetokenizer;
   struct Impl;
   std::unique_ptr<Impl> impl_;
 };
 
+class DecodeState;
+
 // Turns a token stream into text without ever emitting a broken UTF-8
-// sequence: bytes of an incomplete character are held until it completes.
+// sequence: bytes of an incomplete character (byte-level, or a run of
+// SentencePiece byte-fallback tokens) are held until it completes.
 class StreamingDetokenizer {
  public:
-  explicit StreamingDetokenizer(const Tokenizer& tok, bool skip_special = true);
+  // at_text_start: the stream is a whole text, so the concatenated output is
+  // decode() of it (SentencePiece: the leading space of the first token is
+  // stripped). False (the default) for tokens that continue a prompt, as
+  // generated ones do: "▁Paris" streams as " Paris", as vLLM has it.
+  explicit StreamingDetokenizer(const Tokenizer& tok, bool skip_special = true,
+                                bool at_text_start = false);
+  ~StreamingDetokenizer();
   // Text that became complete with this token (possibly empty).
   std::string push(int32_t id);
   // Whatever is still held (invalid trailing bytes become U+FFFD).
@@ -107,7 +125,8 @@ class StreamingDetokenizer {
  private:
   const Tokenizer& tok_;
   bool skip_special_;
-  std::string pending_;
+  std::string pending_;               // byte-level: an unfinished character's bytes
+  std::unique_ptr<DecodeState> spm_;  // SentencePiece-style: the decoder chain's state
 };
 
 }  // namespace cartserve

@@ -89,10 +89,17 @@ TEST(LoaderErrors, Merges) {
 
 TEST(LoaderErrors, PipelineParts) {
   Json j = tiny_tokenizer_json({}, {});
-  j["pre_tokenizer"] = {{"type", "Metaspace"}};
+  j["pre_tokenizer"] = {{"type", "Metaspace"}};  // no replacement
   Status s = json_error(j);
+  EXPECT_EQ(s.code(), ErrorCode::kCorrupt);
+  EXPECT_THAT(s.message(), HasSubstr("pre_tokenizer.replacement"));
+  // A SentencePiece-style pre-tokenizer with the byte-level decoder.
+  j["pre_tokenizer"] = {{"type", "Metaspace"}, {"replacement", "\u2581"}};
+  s = json_error(j);
   EXPECT_EQ(s.code(), ErrorCode::kUnsupported);
-  EXPECT_THAT(s.message(), HasSubstr("Metaspace"));
+  EXPECT_THAT(s.message(), HasSubstr("ByteLevel decoder does not fit"));
+  j["pre_tokenizer"]["prepend_scheme"] = "sometimes";
+  EXPECT_THAT(json_error(j).message(), HasSubstr("prepend_scheme 'sometimes'"));
 
   j["pre_tokenizer"] = nullptr;
   EXPECT_EQ(json_error(j).code(), ErrorCode::kUnsupported);
@@ -172,11 +179,21 @@ TEST(LoaderErrors, Gguf) {
   EXPECT_EQ(ok->stop_ids(), (std::vector<int32_t>{257}));
 
   GgufTokenizerData d = tiny_gguf();
-  d.model = "llama";
+  d.model = "bert";
   auto t = Tokenizer::from_gguf(d);
   ASSERT_FALSE(t.ok());
   EXPECT_EQ(t.status().code(), ErrorCode::kUnsupported);
-  EXPECT_THAT(t.status().message(), HasSubstr("'llama'"));
+  EXPECT_THAT(t.status().message(), HasSubstr("'bert'"));
+
+  // SentencePiece ("llama") without merges needs a score per token.
+  d = tiny_gguf();
+  d.model = "llama";
+  d.merges.clear();
+  d.scores = {0.0};
+  t = Tokenizer::from_gguf(d);
+  ASSERT_FALSE(t.ok());
+  EXPECT_EQ(t.status().code(), ErrorCode::kCorrupt);
+  EXPECT_THAT(t.status().message(), HasSubstr("tokenizer.ggml.scores"));
 
   d = tiny_gguf();
   d.pre = "deepseek-coder";
