@@ -11,6 +11,12 @@
 // cartridge rounds K/V to 8 bits of mantissa: we report its difference and
 // require the same top-1 token and |diff| < 0.05 on the top-20 logprobs
 // (observed: 6e-3).
+// On the CPU's default path (--dtype auto: the GGUF's quantized matrices
+// kept, kernels/quant_ops.h) with an fp32 cartridge, the question's tokens
+// may take the integer kernels (a short suffix) on one side and sgemm on
+// dequantized weights (inside a long prefill) on the other; both use the same
+// int16-rounded activations, so they differ by summation order only. The
+// issue's bound: |dlogprob| <= 1e-3 (observed: see the printed line).
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -30,15 +36,19 @@ namespace {
 
 using testing::TempDir;
 
-const Model& smollm2() {
-  static std::unique_ptr<Model> m = [] {
+// fp32 weights, or (quantized) the CPU's default: the GGUF's blocks kept.
+const Model& smollm2(bool quantized = false) {
+  static std::unique_ptr<Model> models[2];
+  std::unique_ptr<Model>& m = models[quantized ? 1 : 0];
+  if (!m) {
     LoadOptions o;
     o.progress = false;
     o.summary = false;
+    o.keep_quantized = quantized;
     auto r = load_model(testing::test_model_path(), o);
     EXPECT_TRUE(r.ok()) << r.status().to_string();
-    return r.ok() ? std::move(r).value() : nullptr;
-  }();
+    if (r.ok()) m = std::move(r).value();
+  }
   return *m;
 }
 
@@ -114,17 +124,25 @@ float max_diff(const TopLogprobs& a, const TopLogprobs& b, bool& same_top1) {
   return d;
 }
 
-class Canary : public ::testing::TestWithParam<DType> {};
+// The cartridge's dtype; quantized: the CPU's default weights (GGUF blocks kept).
+struct CanaryCase {
+  DType dtype;
+  bool quantized;
+};
+
+class Canary : public ::testing::TestWithParam<CanaryCase> {};
 
 TEST_P(Canary, CartridgeEqualsFullPrefillInBothModes) {
-  const Model& m = smollm2();
+  const bool quantized = GetParam().quantized;
+  if (quantized && testing::test_device() != "cpu") GTEST_SKIP() << "CPU weights only";
+  const Model& m = smollm2(quantized);
   auto doc = read_file(testing::fixture_path("text/long_prompt.txt"));
   ASSERT_TRUE(doc.ok());
   const std::string text = doc->substr(0, 1500);
   const std::string question = "Where did the most famous of the ancient lights stand?";
   TempDir dir;
   CartridgeBuildOptions bo;
-  bo.dtype = GetParam();
+  bo.dtype = GetParam().dtype;
   bo.device = testing::test_device();
   auto built = build_cartridge(m, text, bo);
   ASSERT_TRUE(built.ok()) << built.status().to_string();
@@ -156,11 +174,13 @@ TEST_P(Canary, CartridgeEqualsFullPrefillInBothModes) {
   const float dv = max_diff(ref, v, top1_v);
   const float df = max_diff(ref, f, top1_f);
   std::printf(
-      "[canary] %s %s cartridge (%d tokens): virtual max|dlogprob|=%.2e, prefix "
+      "[canary] %s %s%s cartridge (%d tokens): virtual max|dlogprob|=%.2e, prefix "
       "max|dlogprob|=%.2e\n",
-      testing::test_device().c_str(), dtype_name(GetParam()), p, dv, df);
+      testing::test_device().c_str(), quantized ? "quantized weights, " : "",
+      dtype_name(GetParam().dtype), p, dv, df);
   EXPECT_TRUE(top1_v && top1_f);
-  const float tol = GetParam() == DType::kF32 && testing::test_device() == "cpu" ? 1e-5f : 0.05f;
+  const bool fp32_cpu = GetParam().dtype == DType::kF32 && testing::test_device() == "cpu";
+  const float tol = fp32_cpu ? (quantized ? 1e-3f : 1e-5f) : 0.05f;
   EXPECT_LT(dv, tol);
   EXPECT_LT(df, tol);
   // The cartridge really was used (one load into KV blocks each).
@@ -225,8 +245,14 @@ TEST(CartridgeAcrossDevices, BuiltOnOneBackendServesOnTheOther) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Dtypes, Canary, ::testing::Values(DType::kF32, DType::kBF16),
-                         [](const auto& info) { return std::string(dtype_name(info.param)); });
+INSTANTIATE_TEST_SUITE_P(Dtypes, Canary,
+                         ::testing::Values(CanaryCase{DType::kF32, false},
+                                           CanaryCase{DType::kBF16, false},
+                                           CanaryCase{DType::kF32, true}),
+                         [](const auto& info) {
+                           return std::string(info.param.quantized ? "default_quantized_" : "") +
+                                  dtype_name(info.param.dtype);
+                         });
 
 }  // namespace
 }  // namespace cartserve

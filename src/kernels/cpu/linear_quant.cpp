@@ -4,7 +4,11 @@
 // rows (integer block products, kernels/cpu/quant_dot.h).
 // Many rows (prefill, with BLAS): panels of weight rows are dequantized to
 // fp32 and multiplied by sgemm, which is compute-bound there and faster than
-// the integer kernels; the dequantization is small next to the product.
+// the integer kernels; the dequantization is small next to the product. The
+// activations are rounded as the integer kernels round them (int16 per block
+// of 32, then back to fp32), so both paths compute the same products up to
+// float summation order: a token's logits do not depend on whether it was
+// prefilled in a big chunk or a small one (the cartridge canary relies on it).
 #ifdef CARTSERVE_HAVE_BLAS
 #include <cblas.h>
 #endif
@@ -51,9 +55,26 @@ void linear_small_batch(const float* x, const QuantMatrix& w, float* y, int n) {
 }
 
 #ifdef CARTSERVE_HAVE_BLAS
-void linear_panels(const float* x, const QuantMatrix& w, float* y, int n) {
+void linear_panels(const float* x_in, const QuantMatrix& w, float* y, int n) {
   constexpr int64_t kPanelRows = 256;
   const size_t k = static_cast<size_t>(w.cols);
+  thread_local QActRows tls_a;
+  thread_local std::vector<float> tls_x;
+  QActRows& a = tls_a;
+  std::vector<float>& xr = tls_x;  // [n, k]: x as the integer kernels see it
+  quantize_rows_act(x_in, n, static_cast<int>(k), a);
+  xr.resize(static_cast<size_t>(n) * k);
+  ThreadPool::global().parallel_for(
+      static_cast<size_t>(n) * k / 32,
+      [&](size_t b, size_t e) {
+        for (size_t blk = b; blk < e; ++blk) {
+          const float d = a.d[blk];
+          for (size_t i = 32 * blk; i < 32 * blk + 32; ++i)
+            xr[i] = static_cast<float>(a.q[i]) * d;
+        }
+      },
+      1024);
+  const float* x = xr.data();
   thread_local std::vector<float> tls_panel;
   std::vector<float>& panel = tls_panel;  // [kPanelRows, cols] (the caller's, as above)
   panel.resize(static_cast<size_t>(kPanelRows) * k);
