@@ -5,15 +5,21 @@
    Q4_1/Q8_0 tensors with gguf-py and runs its own fp32 Llama (eager attention).
 2. Two tiny random-weight HF checkpoints written by transformers itself (safetensors, bf16):
    - tiny-llama: Llama with llama3 RoPE scaling, untied LM head, GQA, sharded into 2 files;
-   - tiny-qwen2: Qwen2 (q/k/v biases), tied embeddings, one file.
-   Each gets a small byte-level BPE tokenizer trained here with `tokenizers`.
+   - tiny-qwen2: Qwen2 (q/k/v biases), tied embeddings, one file;
+   - tiny-qwen3: Qwen3 (per-head RMSNorm on q and k before RoPE, no biases),
+     head_dim 32 != hidden/heads, tied embeddings; tiny-qwen3-untied: the same
+     with an untied LM head;
+   - tiny-mistral: Mistral with a SentencePiece-style tokenizer (BPE with
+     byte fallback, Metaspace prepend_scheme "first", Llama 2's decoder chain),
+     trained here; golden.json also holds HF's ids for a few texts.
+   The others get a small byte-level BPE tokenizer trained here with `tokenizers`.
 
 Outputs (tests/fixtures/model/):
   smollm2_golden.json      prompts: token ids, top-64 logits at every position,
                            greedy continuations; *.f32 full last-position logits
   tiny-llama/, tiny-qwen2/ checkpoints + golden.json (full logits, all positions)
 
-Run: /work/venv-tools/bin/python tools/make_model_fixtures.py [--gguf PATH]
+Run: /work/venv-tools/bin/python tools/make_model_fixtures.py [--gguf PATH] [--only a,b]
 Deterministic (fixed seeds, CPU, fp32).
 """
 import argparse
@@ -25,8 +31,10 @@ import tempfile
 import numpy as np
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import processors
 from transformers import (AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM,
-                          PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM)
+                          MistralConfig, MistralForCausalLM, PreTrainedTokenizerFast, Qwen2Config,
+                          Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT = os.path.join(ROOT, "tests", "fixtures", "model")
@@ -87,7 +95,45 @@ def train_tokenizer(vocab_size):
                                    pad_token="<|pad|>")
 
 
-def tiny(name, config, cls, shard):
+def train_spm_tokenizer(vocab_size):
+    """SentencePiece-style BPE: <unk> <s> </s>, the 256 <0xNN> byte tokens, then
+    merges learned on the long prompt between Metaspace word boundaries."""
+    text = open(os.path.join(ROOT, "tests", "fixtures", "text", "long_prompt.txt")).read()
+    meta = "\u2581"
+    tk = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True, fuse_unk=True))
+    tk.pre_tokenizer = pre_tokenizers.Metaspace(replacement=meta, prepend_scheme="first",
+                                                split=True)
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size - 259, show_progress=False)
+    tk.train_from_iterator([text], trainer)
+    trained = json.loads(tk.to_str())["model"]
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2}
+    for b in range(256):
+        vocab[f"<0x{b:02X}>"] = len(vocab)
+    for t, _ in sorted(trained["vocab"].items(), key=lambda kv: kv[1]):
+        vocab.setdefault(t, len(vocab))
+    merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in trained["merges"]]
+    spm = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token="<unk>", byte_fallback=True,
+                               fuse_unk=True))
+    spm.pre_tokenizer = pre_tokenizers.Metaspace(replacement=meta, prepend_scheme="first",
+                                                 split=False)
+    spm.decoder = decoders.Sequence([decoders.Replace(meta, " "), decoders.ByteFallback(),
+                                     decoders.Fuse(), decoders.Strip(" ", 1, 0)])
+    spm.add_special_tokens(["<unk>", "<s>", "</s>"])
+    spm.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B",
+                                                       special_tokens=[("<s>", 1)])
+    return PreTrainedTokenizerFast(tokenizer_object=spm, bos_token="<s>", eos_token="</s>",
+                                   unk_token="<unk>")
+
+
+TOKENIZER_TEXTS = [
+    "The quick brown fox jumps over the lazy dog.",
+    " leading space and  two  spaces",
+    "caf\u00e9 na\u00efve \U0001F600 \u65e5\u672c\u8a9e \u0394",
+    "line one\nline two\ttab",
+]
+
+
+def tiny(name, config, cls, shard, tok=None, chat_template=None):
     torch.manual_seed(1234)
     model = cls(config).eval()
     # Larger weights than the default init so logits are far from uniform (stable top-1).
@@ -103,9 +149,11 @@ def tiny(name, config, cls, shard):
     d = os.path.join(OUT, name)
     shutil.rmtree(d, ignore_errors=True)
     model.save_pretrained(d, max_shard_size="100KB" if shard else "50MB", safe_serialization=True)
-    tok = train_tokenizer(config.vocab_size)
-    tok.chat_template = ("{% for m in messages %}<|bos|>{{ m['role'] }}\n{{ m['content'] }}<|eos|>\n"
-                         "{% endfor %}{% if add_generation_prompt %}<|bos|>assistant\n{% endif %}")
+    if tok is None:
+        tok = train_tokenizer(config.vocab_size)
+    tok.chat_template = chat_template or (
+        "{% for m in messages %}<|bos|>{{ m['role'] }}\n{{ m['content'] }}<|eos|>\n"
+        "{% endfor %}{% if add_generation_prompt %}<|bos|>assistant\n{% endif %}")
     tok.save_pretrained(d)
     # Reference computation in fp32 from the saved bf16 weights.
     ref = cls.from_pretrained(d, dtype=torch.float32, attn_implementation="eager").eval()
@@ -122,6 +170,10 @@ def tiny(name, config, cls, shard):
             "logits": [[round(float(x), 6) for x in row] for row in logits],
             "greedy": gen[0, len(ids):].tolist(),
         })
+    if name.startswith(("tiny-qwen3", "tiny-mistral")):  # newer fixtures: tokenizer ids too
+        golden["texts"] = [{"text": t, "ids": tok(t, add_special_tokens=False).input_ids,
+                            "decoded": tok.decode(tok(t, add_special_tokens=False).input_ids)}
+                           for t in TOKENIZER_TEXTS]
     with open(os.path.join(d, "golden.json"), "w") as f:
         json.dump(golden, f)
     print(f"{name}: {sum(p.numel() for p in model.parameters())} params, files {sorted(os.listdir(d))}")
@@ -131,27 +183,56 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--gguf", default=os.path.expanduser(
         "~/.cache/cartserve/models/SmolLM2-135M-Instruct.Q4_1.gguf"))
+    ap.add_argument("--only", default="", help="comma-separated fixture names (default: all)")
     args = ap.parse_args()
+    only = set(filter(None, args.only.split(",")))
+    want = lambda n: not only or n in only  # noqa: E731
     os.makedirs(OUT, exist_ok=True)
     torch.set_num_threads(2)
-    smollm2(args.gguf)
+    if want("smollm2"):
+        smollm2(args.gguf)
     vocab = 320
-    tiny("tiny-llama", LlamaConfig(
-        vocab_size=vocab, hidden_size=64, intermediate_size=160, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
-        rms_norm_eps=1e-5, tie_word_embeddings=False, bos_token_id=vocab - 3,
-        eos_token_id=vocab - 2, pad_token_id=vocab - 1,
-        rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0,
-                         "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-                         "original_max_position_embeddings": 16}),
-        LlamaForCausalLM, shard=True)
-    tiny("tiny-qwen2", Qwen2Config(
-        vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=1, max_position_embeddings=4096,
-        rms_norm_eps=1e-6, tie_word_embeddings=True, bos_token_id=vocab - 3,
-        eos_token_id=vocab - 2, pad_token_id=vocab - 1, rope_theta=1000000.0,
-        use_sliding_window=False),
-        Qwen2ForCausalLM, shard=False)
+    for qname, tied in (("tiny-qwen3", True), ("tiny-qwen3-untied", False)):
+        if want(qname):
+            tiny(qname, Qwen3Config(
+                vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                num_attention_heads=4, num_key_value_heads=2, head_dim=32,
+                max_position_embeddings=4096, rms_norm_eps=1e-6, tie_word_embeddings=tied,
+                bos_token_id=vocab - 3, eos_token_id=vocab - 2, pad_token_id=vocab - 1,
+                rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
+                attention_bias=False, use_sliding_window=False),
+                Qwen3ForCausalLM, shard=False)
+    if want("tiny-mistral"):
+        spm_tok = train_spm_tokenizer(384)
+        n = len(spm_tok)
+        tiny("tiny-mistral", MistralConfig(
+            vocab_size=n, hidden_size=64, intermediate_size=160, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+            rms_norm_eps=1e-5, tie_word_embeddings=False, bos_token_id=1, eos_token_id=2,
+            pad_token_id=None, sliding_window=None,
+            rope_parameters={"rope_type": "default", "rope_theta": 1000000.0}),
+            MistralForCausalLM, shard=False, tok=spm_tok,
+            chat_template=("{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}"
+                           "[INST] {{ m['content'] }} [/INST]{% else %}{{ m['content'] }}"
+                           "{{ eos_token }}{% endif %}{% endfor %}"))
+    if want("tiny-llama"):
+        tiny("tiny-llama", LlamaConfig(
+            vocab_size=vocab, hidden_size=64, intermediate_size=160, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+            rms_norm_eps=1e-5, tie_word_embeddings=False, bos_token_id=vocab - 3,
+            eos_token_id=vocab - 2, pad_token_id=vocab - 1,
+            rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0,
+                             "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                             "original_max_position_embeddings": 16}),
+            LlamaForCausalLM, shard=True)
+    if want("tiny-qwen2"):
+        tiny("tiny-qwen2", Qwen2Config(
+            vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=1, max_position_embeddings=4096,
+            rms_norm_eps=1e-6, tie_word_embeddings=True, bos_token_id=vocab - 3,
+            eos_token_id=vocab - 2, pad_token_id=vocab - 1, rope_theta=1000000.0,
+            use_sliding_window=False),
+            Qwen2ForCausalLM, shard=False)
 
 
 if __name__ == "__main__":

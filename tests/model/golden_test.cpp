@@ -314,6 +314,15 @@ void check_tiny(const std::string& name) {
     const auto want = p["greedy"].get<std::vector<int32_t>>();
     EXPECT_EQ(greedy(runner, ids, static_cast<int>(want.size()), vocab), want);
   }
+  // Newer fixtures: the HF tokenizer's ids (no BOS) and decode of a few texts.
+  if (golden.contains("texts")) {
+    for (const auto& t : golden["texts"]) {
+      const auto text = t["text"].get<std::string>();
+      const auto ids = t["ids"].get<std::vector<int32_t>>();
+      EXPECT_EQ(model.tokenizer.encode(text), ids) << text;
+      EXPECT_EQ(model.tokenizer.decode(ids), t["decoded"].get<std::string>());
+    }
+  }
 }
 
 TEST(TinyGolden, LlamaSafetensorsShardedLlama3Rope) {
@@ -321,6 +330,21 @@ TEST(TinyGolden, LlamaSafetensorsShardedLlama3Rope) {
 }
 TEST(TinyGolden, Qwen2SafetensorsWithBias) {
   check_tiny("tiny-qwen2");
+}
+// Qwen3: per-head q/k RMSNorm before RoPE, head_dim 32 != hidden / heads.
+TEST(TinyGolden, Qwen3QkNormTied) {
+  check_tiny("tiny-qwen3");
+}
+TEST(TinyGolden, Qwen3QkNormUntied) {
+  check_tiny("tiny-qwen3-untied");
+}
+// Mistral with a SentencePiece-style tokenizer (byte fallback, Metaspace).
+TEST(TinyGolden, MistralSentencePieceTokenizer) {
+  check_tiny("tiny-mistral");
+  auto m = load_model(fixture_path("model/tiny-mistral"), LoadOptions{.progress = false});
+  ASSERT_TRUE(m.ok()) << m.status().to_string();
+  EXPECT_EQ((*m)->tokenizer.bos_id(), 1);
+  EXPECT_TRUE((*m)->tokenizer.add_bos_by_default());
 }
 
 }  // namespace
