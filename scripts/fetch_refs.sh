@@ -2,7 +2,7 @@
 # Fetches reference data used by tests (never committed, never compiled):
 # real tokenizer vocabularies (Llama 3 "llama-bpe", Qwen2, GPT-2, Llama 2
 # SentencePiece "llama-spm") and model chat templates (Llama 3.x, Qwen2.5, Qwen3,
-# Mistral), taken from the llama-cpp-python
+# Mistral-Nemo, Mistral-Small-3.2), taken from the llama-cpp-python
 # source distribution on PyPI (pinned, checksum-verified) into
 # $CARTSERVE_CACHE/ref (default ~/.cache/cartserve/ref).
 set -euo pipefail
@@ -10,7 +10,7 @@ CACHE="${CARTSERVE_CACHE:-$HOME/.cache/cartserve}"
 DEST="$CACHE/ref"
 VERSION="0.3.36"
 SHA256="$(cat "$(dirname "$0")/llama_cpp_python.sha256")"
-STAMP="$DEST/.llama-cpp-python-$VERSION-2"  # -2: llama-spm, Qwen3 template
+STAMP="$DEST/.llama-cpp-python-$VERSION-3"  # -3: llama-spm, Qwen3 and Mistral-Small-3.2 templates
 [ -f "$STAMP" ] && exit 0
 
 echo "setup: fetching reference vocabularies and chat templates (llama-cpp-python==$VERSION sdist)"
@@ -31,5 +31,6 @@ tar -xzf "$SDIST" -C "$DEST/templates" --strip-components=5 \
   "$PREFIX/templates/meta-llama-Llama-3.3-70B-Instruct.jinja" \
   "$PREFIX/templates/Qwen-Qwen2.5-7B-Instruct.jinja" \
   "$PREFIX/templates/Qwen-Qwen3-0.6B.jinja" \
+  "$PREFIX/templates/Mistral-Small-3.2-24B-Instruct-2506.jinja" \
   "$PREFIX/templates/mistralai-Mistral-Nemo-Instruct-2407.jinja"
 touch "$STAMP"

@@ -4,8 +4,11 @@
 Writes tests/fixtures/chat_template/:
   model_templates.json  real model templates (SmolLM2 from the test GGUF's
                         metadata, stored inline; Llama 3.1/3.2/3.3, Qwen2.5,
-                        Mistral-Nemo from $CARTSERVE_REF_DIR/templates, stored
-                        by sha256 only) x many conversations, rendered with
+                        Qwen3 (thinking on/off via enable_thinking, reasoning
+                        in history), Mistral-Nemo, Mistral-Small-3.2 from
+                        $CARTSERVE_REF_DIR/templates, stored by sha256 only;
+                        the [INST] template of tests/fixtures/model/tiny-mistral
+                        inline) x many conversations, rendered with
                         tokenizer.apply_chat_template(..., tokenize=False).
   language.json         small templates exercising the Jinja subset one
                         feature at a time, rendered by the exact environment
@@ -155,7 +158,28 @@ BASIC_CASES = [
 def tool_cases(family):
     """Tool-calling conversations in the shape each template family expects."""
     cases = []
-    if family == "qwen":
+    if family == "qwen3":
+        cases += tool_cases("qwen")
+        think = {"role": "assistant", "content": "Paris.", "reasoning_content": "The user asks "
+                 "for a capital.\nFrance's capital is Paris."}
+        tagged = {"role": "assistant", "content": "<think>\nhidden steps\n</think>\n\nVisible answer."}
+        for on in (True, False):
+            k = {"enable_thinking": on}
+            sfx = "on" if on else "off"
+            cases += [
+                (f"thinking_{sfx}_single", conv(("user", "Capital of France?")), k),
+                (f"thinking_{sfx}_system", conv(("system", "Be terse."), ("user", "Hi")), k),
+                (f"thinking_{sfx}_reasoning_history",
+                 conv(("user", "Capital of France?")) + [think] + conv(("user", "And Italy?")), k),
+                (f"thinking_{sfx}_tagged_history",
+                 conv(("user", "Q1")) + [tagged] + conv(("user", "Q2")), k),
+                (f"thinking_{sfx}_last_assistant_kept",
+                 conv(("user", "Capital of France?")) + [think],
+                 dict(k, add_generation_prompt=False)),
+            ]
+        cases += [("thinking_default_reasoning_last",
+                   conv(("user", "Q")) + [tagged], {"add_generation_prompt": False})]
+    elif family == "qwen":
         call = {"type": "function", "function": {"name": "get_current_weather",
                                                  "arguments": {"location": "Paris, France", "unit": "celsius"}}}
         cases += [
@@ -255,6 +279,12 @@ MODEL_TEMPLATES = [
      {"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"}),
     ("mistral_nemo", "mistralai-Mistral-Nemo-Instruct-2407.jinja", "mistral",
      {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}),
+    ("qwen3", "Qwen-Qwen3-0.6B.jinja", "qwen3",
+     {"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"}),
+    ("mistral_small_32", "Mistral-Small-3.2-24B-Instruct-2506.jinja", "mistral_small",
+     {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}),
+    ("tiny_mistral_inst", "model/tiny-mistral", "inst",
+     {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}),
 ]
 
 
@@ -278,6 +308,11 @@ def model_templates():
             source, special = smollm2_template_and_tokens()
             entry["source"] = source
             entry["origin"] = f"GGUF metadata tokenizer.chat_template of {MODEL.name}"
+        elif ref_file.startswith("model/"):
+            source = (ROOT / "tests" / "fixtures" / ref_file / "chat_template.jinja").read_text(
+                encoding="utf-8")
+            entry["source"] = source
+            entry["origin"] = f"tests/fixtures/{ref_file}/chat_template.jinja"
         else:
             data = (REF / "templates" / ref_file).read_bytes()
             source = data.decode("utf-8")
