@@ -25,11 +25,13 @@ PromptBuilder::PromptBuilder(const Model& model) : model_(model) {
   }
 }
 
-ChatTemplateOptions PromptBuilder::options(bool add_generation_prompt) const {
+ChatTemplateOptions PromptBuilder::options(bool add_generation_prompt,
+                                           const TemplateVariables& kwargs) const {
   ChatTemplateOptions o;
   o.add_generation_prompt = add_generation_prompt;
   o.bos_token = model_.bos_text;
   o.eos_token = model_.eos_text;
+  o.variables = kwargs;
   return o;
 }
 
@@ -49,10 +51,10 @@ std::vector<int32_t> PromptBuilder::completion(std::string_view text, bool after
 }
 
 Result<std::string> PromptBuilder::chat_text(const std::vector<ChatMessage>& messages,
-                                             bool add_generation_prompt,
-                                             bool after_cartridge) const {
+                                             bool add_generation_prompt, bool after_cartridge,
+                                             const TemplateVariables& kwargs) const {
   CS_RETURN_IF_ERROR(template_status());
-  const ChatTemplateOptions opts = options(add_generation_prompt);
+  const ChatTemplateOptions opts = options(add_generation_prompt, kwargs);
   const auto wrap = [](Result<std::string> r) -> Result<std::string> {
     if (r.ok()) return r;
     return make_error(ErrorCode::kInvalidArgument, "chat template: {}", r.status().message());
@@ -61,8 +63,8 @@ Result<std::string> PromptBuilder::chat_text(const std::vector<ChatMessage>& mes
   std::vector<ChatMessage> with_system = {{"system", kSystemSentinel}};
   with_system.insert(with_system.end(), messages.begin(), messages.end());
   CS_ASSIGN_OR_RETURN(std::string full, wrap(template_->render(with_system, opts)));
-  CS_ASSIGN_OR_RETURN(std::string prefix,
-                      wrap(template_->render({{"system", kSystemSentinel}}, options(false))));
+  CS_ASSIGN_OR_RETURN(std::string prefix, wrap(template_->render({{"system", kSystemSentinel}},
+                                                                 options(false, kwargs))));
   if (full.compare(0, prefix.size(), prefix) != 0) {
     return make_error(ErrorCode::kInvalidArgument,
                       "the model's chat template cannot continue after a cartridge's system turn");
@@ -71,10 +73,10 @@ Result<std::string> PromptBuilder::chat_text(const std::vector<ChatMessage>& mes
 }
 
 Result<std::vector<int32_t>> PromptBuilder::chat(const std::vector<ChatMessage>& messages,
-                                                 bool add_generation_prompt,
-                                                 bool after_cartridge) const {
+                                                 bool add_generation_prompt, bool after_cartridge,
+                                                 const TemplateVariables& kwargs) const {
   CS_ASSIGN_OR_RETURN(std::string text,
-                      chat_text(messages, add_generation_prompt, after_cartridge));
+                      chat_text(messages, add_generation_prompt, after_cartridge, kwargs));
   return model_.tokenizer.encode(text);
 }
 

@@ -36,19 +36,22 @@ class PromptBuilder {
                                   bool parse_special = true) const;
   // Chat messages, rendered and tokenized. kInvalidArgument for a model
   // without a usable template or a template error (message prefixed "chat
-  // template: ").
+  // template: "). `kwargs`: further template variables (a request's
+  // chat_template_kwargs, e.g. enable_thinking for Qwen3).
   Result<std::vector<int32_t>> chat(const std::vector<ChatMessage>& messages,
-                                    bool add_generation_prompt, bool after_cartridge) const;
+                                    bool add_generation_prompt, bool after_cartridge,
+                                    const TemplateVariables& kwargs = {}) const;
   // The same, as text.
   Result<std::string> chat_text(const std::vector<ChatMessage>& messages,
-                                bool add_generation_prompt, bool after_cartridge) const;
+                                bool add_generation_prompt, bool after_cartridge,
+                                const TemplateVariables& kwargs = {}) const;
   // The token ids a cartridge built from `document` holds.
   Result<std::vector<int32_t>> cartridge(std::string_view document, bool raw) const;
 
   bool has_chat_template() const { return template_.has_value(); }
 
  private:
-  ChatTemplateOptions options(bool add_generation_prompt) const;
+  ChatTemplateOptions options(bool add_generation_prompt, const TemplateVariables& kwargs) const;
   Status template_status() const;
 
   const Model& model_;

@@ -305,6 +305,74 @@ std::variant<CompletionRequest, ApiError> parse_completion_request(const std::st
   return r;
 }
 
+namespace {
+
+// A chat_template_kwargs value as a template value; nullopt past kMaxKwargsDepth.
+constexpr int kMaxKwargsDepth = 32;
+std::optional<TemplateValue> template_value(const json& j, int depth) {
+  if (depth > kMaxKwargsDepth) return std::nullopt;
+  switch (j.type()) {
+    case json::value_t::null:
+      return TemplateValue::none();
+    case json::value_t::boolean:
+      return TemplateValue::boolean(j.get<bool>());
+    case json::value_t::number_integer:
+    case json::value_t::number_unsigned:
+      if (j.is_number_unsigned() && j.get<uint64_t>() > static_cast<uint64_t>(INT64_MAX))
+        return TemplateValue::number(j.get<double>());
+      return TemplateValue::integer(j.get<int64_t>());
+    case json::value_t::number_float:
+      return TemplateValue::number(j.get<double>());
+    case json::value_t::string:
+      return TemplateValue::string(j.get<std::string>());
+    case json::value_t::array: {
+      TemplateValue::Items items;
+      for (const json& e : j) {
+        auto v = template_value(e, depth + 1);
+        if (!v) return std::nullopt;
+        items.push_back(std::move(*v));
+      }
+      return TemplateValue::list(std::move(items));
+    }
+    case json::value_t::object: {
+      std::vector<std::pair<std::string, TemplateValue>> entries;
+      for (auto it = j.begin(); it != j.end(); ++it) {
+        auto v = template_value(*it, depth + 1);
+        if (!v) return std::nullopt;
+        entries.emplace_back(it.key(), std::move(*v));
+      }
+      return TemplateValue::dict(std::move(entries));
+    }
+    default:
+      return std::nullopt;
+  }
+}
+
+// chat_template_kwargs: an object of template variables. Names the request
+// sets in their own fields (messages, add_generation_prompt, tools) are refused.
+void parse_template_kwargs(Fields& f, TemplateVariables& out) {
+  const json* k = f.get("chat_template_kwargs");
+  if (k == nullptr) return;
+  if (!k->is_object())
+    return f.fail("'chat_template_kwargs' must be an object", "chat_template_kwargs");
+  for (auto it = k->begin(); it != k->end(); ++it) {
+    const std::string& name = it.key();
+    if (name == "messages" || name == "add_generation_prompt" || name == "tools") {
+      return f.fail(
+          fmt::format("chat_template_kwargs.{} is not allowed (use the request field)", name),
+          "chat_template_kwargs");
+    }
+    auto v = template_value(*it, 0);
+    if (!v) {
+      return f.fail(fmt::format("chat_template_kwargs.{} nests too deeply", name),
+                    "chat_template_kwargs");
+    }
+    out.emplace_back(name, std::move(*v));
+  }
+}
+
+}  // namespace
+
 std::variant<ChatCompletionRequest, ApiError> parse_chat_request(const std::string& body) {
   ApiError err;
   auto j = parse_object(body, err);
@@ -365,6 +433,7 @@ std::variant<ChatCompletionRequest, ApiError> parse_chat_request(const std::stri
     f.fail("'top_logprobs' requires 'logprobs': true", "top_logprobs");
   }
   f.boolean("add_generation_prompt", r.add_generation_prompt);
+  parse_template_kwargs(f, r.template_kwargs);
   if (const json* t = f.get("tools"); t && !(t->is_array() && t->empty())) {
     f.fail("'tools' are not supported", "tools");
   }

@@ -68,6 +68,9 @@ struct ChatCompletionRequest {
   bool logprobs = false;
   int64_t top_logprobs = 0;
   bool add_generation_prompt = true;
+  // chat_template_kwargs (as vLLM): further template variables, e.g.
+  // {"enable_thinking": false} for Qwen3.
+  TemplateVariables template_kwargs;
   CartridgeSelection cartridges;
 };
 

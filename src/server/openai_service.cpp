@@ -485,8 +485,8 @@ std::variant<std::unique_ptr<CompletionJob>, ApiError> OpenAiService::start_chat
   auto placed = placement(r.cartridges);
   if (auto* e = std::get_if<ApiError>(&placed)) return *e;
   const CartridgePlacement place = std::get<CartridgePlacement>(placed);
-  auto chat_text =
-      prompts_.chat_text(r.messages, r.add_generation_prompt, place.strip_system_prefix);
+  auto chat_text = prompts_.chat_text(r.messages, r.add_generation_prompt,
+                                      place.strip_system_prefix, r.template_kwargs);
   if (!chat_text.ok()) {
     return bad_request(chat_text.status().message(), "messages");
   }
