@@ -125,6 +125,8 @@ def train_spm_tokenizer(vocab_size):
                                    unk_token="<unk>")
 
 
+CACHE_TEXT = "The lighthouse keeper climbed the stairs."
+
 TOKENIZER_TEXTS = [
     "The quick brown fox jumps over the lazy dog.",
     " leading space and  two  spaces",
@@ -170,6 +172,16 @@ def tiny(name, config, cls, shard, tok=None, chat_template=None):
             "logits": [[round(float(x), 6) for x in row] for row in logits],
             "greedy": gen[0, len(ids):].tolist(),
         })
+    if name == "tiny-qwen3":
+        # HF's KV cache of a short text: keys after k_norm and RoPE, what a
+        # Qwen3 cartridge must hold. [layer][kv_head][token][dim]
+        ids = tok(CACHE_TEXT, add_special_tokens=False).input_ids
+        with torch.no_grad():
+            pkv = ref(torch.tensor([ids]), use_cache=True).past_key_values
+        rnd = lambda t: [[[round(float(x), 6) for x in row] for row in h] for h in t[0]]  # noqa: E731
+        golden["cache"] = {"text": CACHE_TEXT, "ids": ids,
+                           "keys": [rnd(layer.keys) for layer in pkv.layers],
+                           "values": [rnd(layer.values) for layer in pkv.layers]}
     if name.startswith(("tiny-qwen3", "tiny-mistral")):  # newer fixtures: tokenizer ids too
         golden["texts"] = [{"text": t, "ids": tok(t, add_special_tokens=False).input_ids,
                             "decoded": tok.decode(tok(t, add_special_tokens=False).input_ids)}

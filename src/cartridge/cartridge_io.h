@@ -16,6 +16,12 @@
 //     too), bf16 / fp16 / fp32, any strides; frozen tokens come first:
 //     K = cat(frozen, trainable, dim=2);
 //   - optional `token_ids`: an int tensor or list of ints [T].
+// What the tensors hold (every format): the attention cache of positions
+// 0..T-1 as the model writes it, i.e. keys after RoPE. For Qwen3 (per-head
+// q/k RMSNorm) keys are after k_norm and then RoPE, as in HF transformers'
+// past_key_values; a Qwen3 cartridge is therefore only valid for a model with
+// the same k_norm weights (tests/model/qwen3_cartridge_test.cpp checks the
+// keys against HF's cache).
 // save_cartridge_pt writes what the Cartridges code's TrainableCache.save
 // writes: {"trainable_keys", "trainable_values", "frozen_keys",
 // "frozen_values"} of nn.ParameterList (frozen parameters without grad), each
