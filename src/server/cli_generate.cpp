@@ -158,7 +158,7 @@ void register_generate(CLI::App& app) {
                 "Wrap the prompt as a user message with the model's chat template");
   sub->add_flag("--ignore-eos", args->ignore_eos, "Keep generating after end-of-sequence tokens");
   sub->add_option("--dtype", args->dtype,
-                  "Weights: auto or float32; bfloat16 (bf16 weight matrices, fp32 compute)")
+                  "Weights: auto (CPU: a GGUF's quantized matrices kept), float32 or bfloat16")
       ->default_val("auto");
   sub->add_option("--device", args->device, "cpu or cuda (CUDA builds)")
       ->default_val("cpu")

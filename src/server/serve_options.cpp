@@ -59,8 +59,9 @@ void ServeOptions::add_to(CLI::App& sub) {
       ->default_val("cpu")
       ->check(CLI::IsMember({"cpu", "cuda"}));
   sub.add_option("--dtype", dtype,
-                 "Weights: auto or float32; bfloat16 (bf16 weight matrices, fp32 compute: half "
-                 "the bytes a decode step reads)")
+                 "Weights: auto (CPU: a GGUF's quantized matrices kept as in the file; "
+                 "others fp32), float32 (dequantized at load) or bfloat16 (bf16 weight "
+                 "matrices, fp32 compute)")
       ->default_val("auto");
   sub.add_option("--kv-cache-memory", kv_cache_memory,
                  "Bytes for the KV cache, e.g. 1GiB, 512MiB (cpu: default 1GiB; cuda: instead of "
