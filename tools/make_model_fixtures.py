@@ -14,10 +14,17 @@
      trained here; golden.json also holds HF's ids for a few texts.
    The others get a small byte-level BPE tokenizer trained here with `tokenizers`.
 
+3. GGUF files of tiny-qwen3 (arch qwen3, byte-level tokenizer) and tiny-mistral
+   (arch llama with llama.cpp's Q/K row permutation, tokenizer.ggml.model
+   "llama" with byte tokens and merges), F32 tensors written with gguf-py from
+   the same checkpoints: the C++ GGUF loader must give the folders' golden
+   logits.
+
 Outputs (tests/fixtures/model/):
   smollm2_golden.json      prompts: token ids, top-64 logits at every position,
                            greedy continuations; *.f32 full last-position logits
   tiny-llama/, tiny-qwen2/ checkpoints + golden.json (full logits, all positions)
+  tiny-qwen3.gguf, tiny-mistral.gguf  the same weights as GGUF (see 3.)
 
 Run: /work/venv-tools/bin/python tools/make_model_fixtures.py [--gguf PATH] [--only a,b]
 Deterministic (fixed seeds, CPU, fp32).
@@ -25,6 +32,7 @@ Deterministic (fixed seeds, CPU, fp32).
 import argparse
 import json
 import os
+import re
 import shutil
 import tempfile
 
@@ -191,6 +199,99 @@ def tiny(name, config, cls, shard, tok=None, chat_template=None):
     print(f"{name}: {sum(p.numel() for p in model.parameters())} params, files {sorted(os.listdir(d))}")
 
 
+GGUF_NAMES = {  # HF name (after "model.layers.N.") -> GGUF name (after "blk.N.")
+    "input_layernorm.weight": "attn_norm.weight",
+    "self_attn.q_proj.weight": "attn_q.weight",
+    "self_attn.k_proj.weight": "attn_k.weight",
+    "self_attn.v_proj.weight": "attn_v.weight",
+    "self_attn.o_proj.weight": "attn_output.weight",
+    "self_attn.q_norm.weight": "attn_q_norm.weight",
+    "self_attn.k_norm.weight": "attn_k_norm.weight",
+    "post_attention_layernorm.weight": "ffn_norm.weight",
+    "mlp.gate_proj.weight": "ffn_gate.weight",
+    "mlp.up_proj.weight": "ffn_up.weight",
+    "mlp.down_proj.weight": "ffn_down.weight",
+}
+
+
+def llama_permute(w, n_head):
+    """llama.cpp's convert_hf_to_gguf permutation of Q/K rows (interleaved RoPE)."""
+    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(
+        w.shape)
+
+
+def write_gguf(name, arch):
+    import gguf
+    from safetensors.torch import load_file
+    d = os.path.join(OUT, name)
+    cfg = json.load(open(os.path.join(d, "config.json")))
+    tj = json.load(open(os.path.join(d, "tokenizer.json")))
+    weights = {k: v.float().numpy() for k, v in load_file(os.path.join(d, "model.safetensors")).items()}
+    path = os.path.join(OUT, f"{name}.gguf")
+    w = gguf.GGUFWriter(path, arch)
+    w.add_name(name)
+    w.add_block_count(cfg["num_hidden_layers"])
+    w.add_context_length(cfg["max_position_embeddings"])
+    w.add_embedding_length(cfg["hidden_size"])
+    w.add_feed_forward_length(cfg["intermediate_size"])
+    w.add_head_count(cfg["num_attention_heads"])
+    w.add_head_count_kv(cfg["num_key_value_heads"])
+    head_dim = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
+    w.add_key_length(head_dim)
+    w.add_value_length(head_dim)
+    w.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
+    w.add_rope_freq_base(cfg["rope_parameters"]["rope_theta"])
+    w.add_vocab_size(cfg["vocab_size"])
+    # Tokenizer: the vocabulary in id order, merges, token types.
+    added = {t["id"]: t for t in tj["added_tokens"]}
+    vocab = dict(tj["model"]["vocab"])
+    for i, t in added.items():
+        vocab[t["content"]] = i
+    tokens = [t for t, _ in sorted(vocab.items(), key=lambda kv: kv[1])]
+    assert len(tokens) == cfg["vocab_size"] and [vocab[t] for t in tokens] == list(range(len(tokens)))
+    merges = [" ".join(m) if isinstance(m, list) else m for m in tj["model"]["merges"]]
+    types = []
+    for i, t in enumerate(tokens):
+        if i in added and added[i]["special"]:
+            types.append(2 if t == "<unk>" else 3)
+        elif re.fullmatch(r"<0x[0-9A-F]{2}>", t) and arch == "llama":
+            types.append(6)
+        else:
+            types.append(1)
+    w.add_tokenizer_model("llama" if arch == "llama" else "gpt2")
+    if arch != "llama":
+        w.add_tokenizer_pre("gpt-2")  # the tiny tokenizers' ByteLevel(use_regex) split
+    w.add_token_list(tokens)
+    w.add_token_merges(merges)
+    w.add_token_types(types)
+    if arch == "llama":
+        w.add_token_scores([0.0] * len(tokens))
+        w.add_add_space_prefix(True)
+    w.add_bos_token_id(cfg["bos_token_id"])
+    w.add_eos_token_id(cfg["eos_token_id"])
+    w.add_add_bos_token(arch == "llama")
+    w.add_tensor("token_embd.weight", weights["model.embed_tokens.weight"])
+    w.add_tensor("output_norm.weight", weights["model.norm.weight"])
+    if "lm_head.weight" in weights:
+        w.add_tensor("output.weight", weights["lm_head.weight"])
+    for i in range(cfg["num_hidden_layers"]):
+        for hf, gg in GGUF_NAMES.items():
+            key = f"model.layers.{i}.{hf}"
+            if key not in weights:
+                continue
+            t = weights[key]
+            if arch == "llama" and hf == "self_attn.q_proj.weight":
+                t = llama_permute(t, cfg["num_attention_heads"])
+            elif arch == "llama" and hf == "self_attn.k_proj.weight":
+                t = llama_permute(t, cfg["num_key_value_heads"])
+            w.add_tensor(f"blk.{i}.{gg}", t)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    print(f"wrote {path} ({os.path.getsize(path)} bytes)")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--gguf", default=os.path.expanduser(
@@ -214,6 +315,8 @@ def main():
                 rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
                 attention_bias=False, use_sliding_window=False),
                 Qwen3ForCausalLM, shard=False)
+    if want("tiny-qwen3"):
+        write_gguf("tiny-qwen3", "qwen3")
     if want("tiny-mistral"):
         spm_tok = train_spm_tokenizer(384)
         n = len(spm_tok)
@@ -227,6 +330,7 @@ def main():
             chat_template=("{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}"
                            "[INST] {{ m['content'] }} [/INST]{% else %}{{ m['content'] }}"
                            "{{ eos_token }}{% endif %}{% endfor %}"))
+        write_gguf("tiny-mistral", "llama")
     if want("tiny-llama"):
         tiny("tiny-llama", LlamaConfig(
             vocab_size=vocab, hidden_size=64, intermediate_size=160, num_hidden_layers=2,

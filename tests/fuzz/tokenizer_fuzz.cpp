@@ -51,8 +51,9 @@ bool valid_utf8(std::string_view s) {
 
 extern "C" int LLVMFuzzerInitialize(int*, char***) {
   fuzz::quiet_logs();
-  // Always: the committed tiny byte-level BPE (tests/fixtures). When present
-  // (scripts/setup.sh fetches them): SmolLM2's and Llama 3's real vocabularies.
+  // Always: the committed tiny byte-level BPE and SentencePiece-style BPE
+  // (tests/fixtures). When present (scripts/setup.sh fetches them): SmolLM2's,
+  // Llama 3's and Llama 2's (SentencePiece) real vocabularies.
   const std::string dir = fuzz::source_dir() + "/tests/fixtures/model/tiny-llama/";
   auto json = read_file(dir + "tokenizer.json");
   if (!json.ok()) std::abort();
@@ -60,6 +61,10 @@ extern "C" int LLVMFuzzerInitialize(int*, char***) {
   cfg.bos_token = "<|bos|>";
   cfg.eos_token = "<|eos|>";
   add(Tokenizer::from_hf_json(*json, cfg), "tiny-llama");
+  // SentencePiece-style: byte fallback + Metaspace (tiny-mistral).
+  auto spm = read_file(fuzz::source_dir() + "/tests/fixtures/model/tiny-mistral/tokenizer.json");
+  if (!spm.ok()) std::abort();
+  add(Tokenizer::from_hf_json(*spm), "tiny-mistral");
   std::string cache;
   if (const char* c = std::getenv("CARTSERVE_CACHE")) {
     cache = c;
@@ -67,7 +72,8 @@ extern "C" int LLVMFuzzerInitialize(int*, char***) {
     cache = std::string(h) + "/.cache/cartserve";
   }
   for (const char* f :
-       {"/models/SmolLM2-135M-Instruct.Q4_1.gguf", "/ref/vocab/ggml-vocab-llama-bpe.gguf"}) {
+       {"/models/SmolLM2-135M-Instruct.Q4_1.gguf", "/ref/vocab/ggml-vocab-llama-bpe.gguf",
+        "/ref/vocab/ggml-vocab-llama-spm.gguf"}) {
     const std::string path = cache + f;
     if (!std::filesystem::exists(path)) continue;
     auto g = GgufFile::open(path);
@@ -91,7 +97,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (!valid_utf8(decoded)) __builtin_trap();
   // The streaming detokenizer emits exactly what decode() gives, in pieces
   // that are each valid UTF-8.
-  StreamingDetokenizer stream(tok, /*skip_special=*/false);
+  StreamingDetokenizer stream(tok, /*skip_special=*/false, /*at_text_start=*/true);
   std::string pieces;
   for (int32_t id : ids) {
     const std::string p = stream.push(id);

@@ -283,10 +283,11 @@ TEST_F(SmolLM2Golden, Greedy64EqualsTransformers) {
   }
 }
 
-void check_tiny(const std::string& name) {
+// `file`: another file of the same weights (a GGUF) to load instead of the folder.
+void check_tiny(const std::string& name, const std::string& file = "") {
   LoadOptions opts;
   opts.progress = false;
-  auto m = load_model(fixture_path("model/" + name), opts);
+  auto m = load_model(fixture_path("model/" + (file.empty() ? name : file)), opts);
   ASSERT_TRUE(m.ok()) << m.status().to_string();
   const Model& model = **m;
   const int vocab = model.config.vocab_size;
@@ -315,7 +316,7 @@ void check_tiny(const std::string& name) {
     EXPECT_EQ(greedy(runner, ids, static_cast<int>(want.size()), vocab), want);
   }
   // Newer fixtures: the HF tokenizer's ids (no BOS) and decode of a few texts.
-  if (golden.contains("texts")) {
+  if (golden.contains("texts") && file.empty()) {
     for (const auto& t : golden["texts"]) {
       const auto text = t["text"].get<std::string>();
       const auto ids = t["ids"].get<std::vector<int32_t>>();
@@ -337,6 +338,31 @@ TEST(TinyGolden, Qwen3QkNormTied) {
 }
 TEST(TinyGolden, Qwen3QkNormUntied) {
   check_tiny("tiny-qwen3-untied");
+}
+// The same Qwen3 weights as a GGUF (arch qwen3, F32; no Q/K permutation).
+TEST(TinyGolden, Qwen3Gguf) {
+  check_tiny("tiny-qwen3", "tiny-qwen3.gguf");
+}
+// Mistral as a GGUF (arch llama: Q/K rows permuted as llama.cpp writes them;
+// tokenizer.ggml.model "llama": SentencePiece BPE with byte tokens).
+TEST(TinyGolden, MistralGgufSentencePieceVocab) {
+  check_tiny("tiny-mistral", "tiny-mistral.gguf");
+  auto m = load_model(fixture_path("model/tiny-mistral.gguf"), LoadOptions{.progress = false});
+  ASSERT_TRUE(m.ok()) << m.status().to_string();
+  const Tokenizer& tok = (*m)->tokenizer;
+  EXPECT_TRUE(tok.add_bos_by_default());
+  // The GGUF's reading is Llama 2's (a "▁" before each text segment); on text
+  // that does not start with a space it equals the folder's Metaspace tokenizer.
+  const json golden = load_json(fixture_path("model/tiny-mistral/golden.json"));
+  int n = 0;
+  for (const auto& t : golden["texts"]) {
+    const auto text = t["text"].get<std::string>();
+    if (text.empty() || text[0] == ' ') continue;
+    EXPECT_EQ(tok.encode(text), t["ids"].get<std::vector<int32_t>>()) << text;
+    EXPECT_EQ(tok.decode(t["ids"].get<std::vector<int32_t>>()), t["decoded"].get<std::string>());
+    ++n;
+  }
+  EXPECT_GE(n, 3);
 }
 // Mistral with a SentencePiece-style tokenizer (byte fallback, Metaspace).
 TEST(TinyGolden, MistralSentencePieceTokenizer) {
