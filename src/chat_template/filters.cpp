@@ -294,15 +294,39 @@ Result<Value> f_trim(const Value& v, const Args& a) {
 Result<Value> f_join(const Value& v, const Args& a) {
   CS_ASSIGN_OR_RETURN(auto b, bind_args("join", a, {"d", "attribute"}, 0));
   const std::string sep = b[0] ? to_str(*b[0]) : "";
-  CS_ASSIGN_OR_RETURN(auto items, iterate(v));
+  // Joining a string's characters multiplies its size by the separator's:
+  // nested joins grow exponentially (a fuzzer's template). Refused before the
+  // characters are split when the result would pass kMaxBuiltSize.
+  const auto too_large = [] {
+    return Status(ErrorCode::kInvalidArgument, "join result is too large");
+  };
+  if (v.is_string() && !sep.empty()) {
+    const size_t n = v.as_string().size();  // characters <= bytes: an upper bound
+    if (n > kMaxBuiltSize || (n > 0 && n - 1 > (kMaxBuiltSize - n) / sep.size())) {
+      return too_large();
+    }
+  }
+  const bool by_attribute = b[1] && !b[1]->is_none();
   std::string out;
+  if (v.is_string() && !by_attribute) {
+    // The characters as iterate() gives them, without a value per character.
+    bool first = true;
+    for (char32_t cp : decode_utf8(v.as_string())) {
+      if (!first) out += sep;
+      first = false;
+      append_utf8(out, cp);
+    }
+    return Value::string(std::move(out));
+  }
+  CS_ASSIGN_OR_RETURN(auto items, iterate(v));
   for (size_t i = 0; i < items.size(); ++i) {
     Value item = items[i];
-    if (b[1] && !b[1]->is_none()) {
+    if (by_attribute) {
       CS_ASSIGN_OR_RETURN(item, lookup_attribute(item, *b[1]));
     }
     if (i) out += sep;
     out += to_str(item);
+    if (out.size() > kMaxBuiltSize) return too_large();
   }
   return Value::string(std::move(out));
 }

@@ -32,7 +32,7 @@ class TemplateIterator : public TemplateObject {
 TemplateValue make_iterator(std::string type_name, std::vector<TemplateValue> items);
 
 // Largest string or list an operator may build (guards 'x' * 10**12).
-inline constexpr size_t kMaxBuiltSize = size_t{64} << 20;
+inline constexpr size_t kMaxBuiltSize = size_t{16} << 20;
 
 // op: + - * / // % **
 Result<TemplateValue> binary_op(std::string_view op, const TemplateValue& a,
