@@ -23,9 +23,9 @@ DEVICE = os.environ.get("CARTSERVE_TEST_DEVICE", "cpu")
 class Server:
     """A cartserve process; its port is read from the start-up line."""
 
-    def __init__(self, *extra_args, env=None, kv_cache="256MiB"):
-        self.args = [BIN, "serve", MODEL, "--host", "127.0.0.1", "--port", "0",
-                     "--served-model-name", MODEL_NAME, "--max-model-len", "2048",
+    def __init__(self, *extra_args, env=None, kv_cache="256MiB", model=MODEL, model_name=MODEL_NAME):
+        self.args = [BIN, "serve", model, "--host", "127.0.0.1", "--port", "0",
+                     "--served-model-name", model_name, "--max-model-len", "2048",
                      "--kv-cache-memory", kv_cache, "--device", DEVICE, *extra_args]
         self.proc = subprocess.Popen(self.args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                      text=True, env={**os.environ, **(env or {})})
