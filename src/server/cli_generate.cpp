@@ -29,6 +29,7 @@ struct GenerateArgs {
   bool ignore_eos = false;
   std::string dtype = "auto";
   std::string device = "cpu";
+  int32_t tensor_parallel_size = 1;
   std::string log_level = "info";
 };
 
@@ -47,6 +48,11 @@ int run_generate(const GenerateArgs& a) {
   so.model = a.model;
   so.dtype = a.dtype;
   so.device = a.device;
+  so.tensor_parallel_size = a.tensor_parallel_size;
+  if (Status v = so.validate(); !v.ok()) {
+    std::fprintf(stderr, "error: %s\n", v.message().c_str());
+    return 1;
+  }
   so.max_num_seqs = 1;
   so.max_num_batched_tokens = 512;
   auto loaded = load_model_for(so);
@@ -163,6 +169,10 @@ void register_generate(CLI::App& app) {
   sub->add_option("--device", args->device, "cpu or cuda (CUDA builds)")
       ->default_val("cpu")
       ->check(CLI::IsMember({"cpu", "cuda"}));
+  sub->add_option("--tensor-parallel-size", args->tensor_parallel_size,
+                  "Ranks to shard the model over: 1, 2, 4 or 8 (cpu: threads of this process)")
+      ->default_val(1)
+      ->check(CLI::PositiveNumber);
   sub->add_option("--log-level", args->log_level, "trace|debug|info|warn|error")
       ->default_val("info");
   sub->callback([args] {

@@ -74,7 +74,9 @@ void ServeOptions::add_to(CLI::App& sub) {
                "Reuse KV blocks of identical prompt prefixes (default on)");
   sub.add_flag("--enforce-eager", enforce_eager,
                "cuda: launch every kernel of a decode step instead of replaying CUDA graphs");
-  sub.add_option("--tensor-parallel-size", tensor_parallel_size, "GPUs to shard the model over")
+  sub.add_option("--tensor-parallel-size", tensor_parallel_size,
+                 "Ranks to shard the model over by attention head and MLP slice: 1, 2, 4 or 8 "
+                 "(cpu: threads of this process with an in-process all-reduce; cuda: not yet)")
       ->default_val(1)
       ->check(CLI::PositiveNumber);
   sub.add_option("--kv-transfer-config", kv_transfer_config,
@@ -86,9 +88,17 @@ void ServeOptions::add_to(CLI::App& sub) {
 }
 
 Status ServeOptions::validate() const {
-  if (tensor_parallel_size != 1) {
-    return make_error(ErrorCode::kUnsupported, "--tensor-parallel-size {} is not supported yet",
+  if (tensor_parallel_size != 1 && tensor_parallel_size != 2 && tensor_parallel_size != 4 &&
+      tensor_parallel_size != 8) {
+    return make_error(ErrorCode::kInvalidArgument, "--tensor-parallel-size {} must be 1, 2, 4 or 8",
                       tensor_parallel_size);
+  }
+  if (tensor_parallel_size > 1 && device == "cuda") {
+    return make_error(ErrorCode::kUnsupported,
+                      "--tensor-parallel-size {} with --device cuda needs {} GPUs and an NCCL "
+                      "communicator: not supported yet (--device cpu runs it as {} ranks in one "
+                      "process)",
+                      tensor_parallel_size, tensor_parallel_size, tensor_parallel_size);
   }
   if (device == "cuda") {
     if (dtype != "auto" && dtype != "bfloat16" && dtype != "bf16") {

@@ -7,6 +7,7 @@
 #include "engine/cartridge_builder.h"
 #include "model/rope.h"
 #include "runtime/cpu/cpu_backend.h"
+#include "runtime/cpu/tp_backend.h"
 #ifdef CARTSERVE_WITH_CUDA
 #include "runtime/cuda/cuda_backend.h"
 #endif
@@ -89,6 +90,12 @@ Result<std::unique_ptr<Model>> load_model_for(const ServeOptions& options, bool 
 Result<std::unique_ptr<Backend>> make_backend(const Model& model, const ServeOptions& options) {
   CS_ASSIGN_OR_RETURN(ServeOptions::Plan plan, options.plan(model.config));
   if (options.device == "cuda") {
+    if (options.tensor_parallel_size > 1) {
+      return make_error(ErrorCode::kUnsupported,
+                        "--tensor-parallel-size {} with --device cuda needs {} GPUs and an NCCL "
+                        "communicator: not supported yet",
+                        options.tensor_parallel_size, options.tensor_parallel_size);
+    }
 #ifdef CARTSERVE_WITH_CUDA
     cuda::CudaOptions co;
     co.block_size = options.block_size;
@@ -108,6 +115,11 @@ Result<std::unique_ptr<Backend>> make_backend(const Model& model, const ServeOpt
 #endif
   }
   const KvBudget budget{plan.kv_bytes, options.kv_cache_tokens};
+  if (options.tensor_parallel_size > 1) {  // ranks as threads (runtime/cpu/tp_backend.h)
+    CS_ASSIGN_OR_RETURN(auto tp, TpCpuBackend::create(model, options.tensor_parallel_size,
+                                                      options.block_size, budget));
+    return std::unique_ptr<Backend>(std::move(tp));
+  }
   CS_ASSIGN_OR_RETURN(auto cpu, CpuBackend::create(model, options.block_size, budget));
   return std::unique_ptr<Backend>(std::move(cpu));
 }
@@ -168,6 +180,7 @@ Result<CartridgeData> build_cartridge(const Model& model, std::string_view docum
   so.max_model_len = static_cast<int32_t>(T + 1);
   so.kv_cache_tokens = T + 1;
   so.enable_prefix_caching = false;
+  so.tensor_parallel_size = options.tensor_parallel_size;
   CS_ASSIGN_OR_RETURN(auto stack, build_serving_stack(model, so));
   return export_cartridge(*stack->engine, ids, options.dtype);
 }

@@ -66,6 +66,7 @@ struct CartridgeBuildOptions {
   DType dtype = DType::kBF16;  // of the stored KV
   std::string device = "cpu";  // where the document is prefilled
   int32_t chunk = 512;         // prefill chunk (tokens per step)
+  int32_t tensor_parallel_size = 1;  // ranks of the prefill (the file is whole either way)
 };
 
 // A prefilled cartridge of `document` (PromptBuilder::cartridge's tokens),

@@ -54,7 +54,9 @@ def test_errors_are_clear_and_nonzero():
     assert r.returncode != 0 and "top-p" in r.stderr
     r = run("serve", MODEL, "--device", "cuda")  # CI has no GPU (or no CUDA build)
     assert r.returncode == 1 and ("no CUDA GPU" in r.stderr or "no CUDA backend" in r.stderr)
-    r = run("serve", MODEL, "--tensor-parallel-size", "2")
+    r = run("serve", MODEL, "--tensor-parallel-size", "3")
+    assert r.returncode == 1 and "must be 1, 2, 4 or 8" in r.stderr
+    r = run("serve", MODEL, "--device", "cuda", "--tensor-parallel-size", "2")
     assert r.returncode == 1 and "not supported yet" in r.stderr
     r = run("serve", MODEL, "--kv-transfer-config", "{bad json")
     assert r.returncode == 1 and "kv-transfer-config" in r.stderr

@@ -113,6 +113,7 @@ Status LlamaForward::forward(const StepInput& in, std::span<const int32_t> logit
                               c.num_kv_heads, c.head_dim, cache.block_size(), scale);
     dump("attn_out", li, attn_, n, qd);
     linear(attn_.data(), l.wo, nullptr, proj_.data(), n, qd, h);
+    if (all_reduce_) all_reduce_(proj_.data(), nn * h);  // tensor parallel: sum of partials
     dump("attn_proj", li, proj_, n, h);
     ops::cpu::add_inplace(x_.data(), proj_.data(), static_cast<int64_t>(nn) * h);
 
@@ -123,6 +124,7 @@ Status LlamaForward::forward(const StepInput& in, std::span<const int32_t> logit
     linear(xn_.data(), l.w_up, nullptr, up_.data(), n, h, ff);
     ops::cpu::silu_mul(gate_.data(), up_.data(), gate_.data(), static_cast<int64_t>(nn) * ff);
     linear(gate_.data(), l.w_down, nullptr, proj_.data(), n, ff, h);
+    if (all_reduce_) all_reduce_(proj_.data(), nn * h);
     dump("ffn_out", li, proj_, n, h);
     ops::cpu::add_inplace(x_.data(), proj_.data(), static_cast<int64_t>(nn) * h);
     dump("hidden", li, x_, n, h);

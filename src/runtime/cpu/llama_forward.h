@@ -37,6 +37,10 @@ class LlamaForward {
                  std::vector<float>& logits);
 
   void set_dump(TensorDumpFn fn) { dump_ = std::move(fn); }
+  // Tensor parallelism (runtime/cpu/tp_backend.h): called on the [n, hidden]
+  // o_proj and down outputs, a rank's partial sums, to sum them over the ranks.
+  using AllReduceFn = std::function<void(float* data, size_t n)>;
+  void set_all_reduce(AllReduceFn fn) { all_reduce_ = std::move(fn); }
   const Model& model() const { return model_; }
 
  private:
@@ -45,6 +49,7 @@ class LlamaForward {
   const Model& model_;
   std::vector<float> inv_freq_;  // [head_dim / 2]
   TensorDumpFn dump_;
+  AllReduceFn all_reduce_;
   // Scratch, reused across calls.
   std::vector<float> x_;            // [n, hidden] residual stream
   std::vector<float> xn_;           // [n, hidden] normed
