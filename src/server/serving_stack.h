@@ -66,7 +66,8 @@ struct CartridgeBuildOptions {
   DType dtype = DType::kBF16;  // of the stored KV
   std::string device = "cpu";  // where the document is prefilled
   int32_t chunk = 512;         // prefill chunk (tokens per step)
-  int32_t tensor_parallel_size = 1;  // ranks of the prefill (the file is whole either way)
+  // Ranks of the prefill (--tensor-parallel-size); the file is whole either way.
+  int32_t tensor_parallel_size = 1;
 };
 
 // A prefilled cartridge of `document` (PromptBuilder::cartridge's tokens),
