@@ -13,6 +13,17 @@ namespace {
 
 constexpr size_t kMaxCachedPiece = 256;  // bytes; HF caches words shorter than 256
 constexpr size_t kCacheCapacity = 1 << 15;
+constexpr std::string_view kMeta = "\xE2\x96\x81";  // U+2581 "▁"
+
+// Whether `token` holds "▁" right after another character.
+bool meta_after_other(std::string_view token) {
+  for (size_t hit = token.find(kMeta, 1); hit != std::string_view::npos;
+       hit = token.find(kMeta, hit + kMeta.size())) {
+    if (hit < kMeta.size() || token.compare(hit - kMeta.size(), kMeta.size(), kMeta) != 0)
+      return true;
+  }
+  return false;
+}
 
 uint64_t pair_key(int32_t left, int32_t right) {
   return (static_cast<uint64_t>(static_cast<uint32_t>(left)) << 32) | static_cast<uint32_t>(right);
@@ -106,6 +117,15 @@ Result<BpeModel> BpeModel::create(VocabMap vocab,
     m.merges_->put(pair_key(ia->second, ib->second), static_cast<int32_t>(rank), ij->second);
   }
   m.merge_count_ = merges.size();
+  if (!m.options_.byte_level) {
+    m.split_words_ = true;
+    for (const auto& [text, id] : vocab) {
+      if (meta_after_other(text)) {
+        m.split_words_ = false;
+        break;
+      }
+    }
+  }
   m.vocab_ = std::move(vocab);
   m.cache_ = std::make_unique<Cache>();
   return m;
@@ -217,6 +237,20 @@ void BpeModel::merge(std::string_view bytes, std::vector<int32_t>& out) const {
 }
 
 void BpeModel::encode_piece(std::string_view bytes, std::vector<int32_t>& out) const {
+  if (!split_words_) return encode_word(bytes, out);
+  size_t begin = 0;
+  for (size_t hit = bytes.find(kMeta, 1); hit != std::string_view::npos;
+       hit = bytes.find(kMeta, hit + kMeta.size())) {
+    const bool after_meta =
+        hit >= kMeta.size() && bytes.compare(hit - kMeta.size(), kMeta.size(), kMeta) == 0;
+    if (after_meta) continue;  // a run of "▁" stays with the word it starts
+    encode_word(bytes.substr(begin, hit - begin), out);
+    begin = hit;
+  }
+  encode_word(bytes.substr(begin), out);
+}
+
+void BpeModel::encode_word(std::string_view bytes, std::vector<int32_t>& out) const {
   if (bytes.empty()) return;
   if (options_.ignore_merges) {
     auto it = options_.byte_level ? vocab_.find(byte_level::encode(bytes)) : vocab_.find(bytes);

@@ -54,6 +54,10 @@ class BpeModel {
   BpeModel& operator=(BpeModel&&) noexcept;
 
   // Appends the ids of one pre-tokenized piece (raw bytes). Thread-safe.
+  // NOTE: SentencePiece-style pieces can be whole texts (Llama 2's pipeline
+  // has no pre-tokenizer); when no vocabulary token holds "▁" after another
+  // character, no merge can cross the start of a "▁" word, so the piece is
+  // cut there and each word merged (and cached) alone: same ids, faster.
   void encode_piece(std::string_view bytes, std::vector<int32_t>& out) const;
 
   const VocabMap& vocab() const { return vocab_; }
@@ -63,6 +67,7 @@ class BpeModel {
   struct MergeTable;
   struct Cache;
   void merge(std::string_view bytes, std::vector<int32_t>& out) const;
+  void encode_word(std::string_view bytes, std::vector<int32_t>& out) const;
 
   VocabMap vocab_;
   BpeOptions options_;
@@ -72,6 +77,7 @@ class BpeModel {
   std::unique_ptr<MergeTable> merges_;
   std::unique_ptr<Cache> cache_;
   size_t merge_count_ = 0;
+  bool split_words_ = false;  // see encode_piece
 };
 
 }  // namespace cartserve
