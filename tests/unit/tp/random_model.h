@@ -22,6 +22,7 @@ struct RandomModelSpec {
   int32_t head_dim = 16;
   int32_t intermediate = 128;
   bool q8_0 = false;     // matrices as GGML Q8_0 blocks (Tensor::block_type 8)
+  bool bf16 = false;     // matrices in bf16 (--dtype bfloat16)
   bool bias = false;     // q/k/v biases (Qwen2)
   bool qk_norm = false;  // per-head q/k RMSNorm (Qwen3)
   uint32_t seed = 1234;
@@ -67,7 +68,9 @@ inline void randomize_layers(Model& m, const RandomModelSpec& s) {
   const int64_t h = c.hidden_size, qd = c.q_dim(), kvd = c.kv_dim(), ff = s.intermediate;
   auto mat = [&](int64_t rows, int64_t cols) {
     const float scale = 1.f / std::sqrt(static_cast<float>(cols));
-    return s.q8_0 ? random_q8_0(rng, rows, cols, scale) : random_f32(rng, {rows, cols}, scale);
+    if (s.q8_0) return random_q8_0(rng, rows, cols, scale);
+    Tensor t = random_f32(rng, {rows, cols}, scale);
+    return s.bf16 ? t.to(DType::kBF16) : t;
   };
   m.weights.layers.clear();
   for (int32_t i = 0; i < s.layers; ++i) {

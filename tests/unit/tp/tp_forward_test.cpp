@@ -13,7 +13,8 @@
 // same, but the next layer quantizes its activations to int16 per block of 32
 // and a rounding-order difference of ~1e-7 can move one quantum (~3e-5 of the
 // block's max), so the bound there is the CPU quantized path's 1e-3
-// (observed ~1.3e-4).
+// (observed ~1.3e-4; ~2e-4 where o_proj slices cut blocks and run in fp32).
+// bf16 matrices: sliced by whole elements, fp32 compute, the fp32 bound.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -102,11 +103,29 @@ testing::RandomModelSpec spec(bool q8, bool bias, bool qk_norm) {
   return s;
 }
 
+testing::RandomModelSpec bf16_spec() {
+  testing::RandomModelSpec s;
+  s.bf16 = true;
+  return s;
+}
+
+// 6 q heads of 16 over 3 KV heads: at TP=4 KV head 0's two q heads go to
+// two ranks, o_proj column slices of 16 that cut Q8_0 blocks of 32, so those
+// slices are dequantized to fp32 (tp_shard.h): the quantized bound still holds.
+testing::RandomModelSpec cut_blocks_spec() {
+  testing::RandomModelSpec s;
+  s.q8_0 = true;
+  s.heads = 6;
+  return s;
+}
+
 INSTANTIATE_TEST_SUITE_P(Models, TpLogits,
                          ::testing::Values(Case{"llama_fp32", spec(false, false, false)},
                                            Case{"qwen2_bias_fp32", spec(false, true, false)},
                                            Case{"qwen3_qknorm_fp32", spec(false, false, true)},
-                                           Case{"llama_q8_0", spec(true, false, false)}),
+                                           Case{"llama_q8_0", spec(true, false, false)},
+                                           Case{"llama_bf16", bf16_spec()},
+                                           Case{"q8_0_cut_blocks", cut_blocks_spec()}),
                          [](const auto& info) { return std::string(info.param.name); });
 
 // Cartridge KV through the sharded transfers: positions exported at TP=N
