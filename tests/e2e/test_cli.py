@@ -45,6 +45,20 @@ def test_generate_sampling_reproducible_with_seed():
     assert a.stdout != c.stdout
 
 
+def test_generate_tensor_parallel_answers_as_single_rank():
+    # CPU ranks as threads (runtime/cpu/tp_backend.h): SmolLM2's 3 KV heads over
+    # 2 ranks ({0} and {1, 2}) and over 4 (replicated); same greedy text.
+    args = ("generate", MODEL, "--prompt", "The capital of France is", "--max-tokens", "12")
+    ref = run(*args)
+    assert ref.returncode == 0, ref.stderr
+    for tp in ("2", "4"):
+        r = run(*args, "--tensor-parallel-size", tp)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout == ref.stdout, tp
+        assert f"TP={tp} over 9 q / 3 KV heads" in r.stderr
+    assert "KV heads replicated" in r.stderr  # TP=4
+
+
 def test_errors_are_clear_and_nonzero():
     r = run("generate", "/no/such/model.gguf", "--prompt", "hi")
     assert r.returncode == 1 and "/no/such/model.gguf" in r.stderr
