@@ -33,12 +33,14 @@ Result<std::unique_ptr<TpCpuBackend>> TpCpuBackend::create(const Model& model, i
                       budget.bytes, blocks, spec.bytes_per_block());
   }
   spec.num_blocks = static_cast<int32_t>(std::min<int64_t>(blocks, 1 << 30));
+  const uint64_t rank_bytes = spec.total_bytes();
   spec.num_kv_heads = c.num_kv_heads;  // the engine's view: the whole model's KV
   if (plan.kv_replicated) {
     LOG_WARN("tensor parallel {}: {} KV heads for {} ranks, KV heads replicated", tp_size,
              c.num_kv_heads, tp_size);
   }
-  LOG_INFO("{}", plan.describe());
+  LOG_INFO("{}; KV per rank: {} blocks, up to {} bytes ({} KV heads)", plan.describe(),
+           spec.num_blocks, rank_bytes, plan.max_kv_heads_per_rank());
   auto b = std::unique_ptr<TpCpuBackend>(new TpCpuBackend(model, std::move(plan), spec));
   for (int32_t r = 0; r < tp_size; ++r) {
     CS_ASSIGN_OR_RETURN(b->ranks_[static_cast<size_t>(r)].shard, make_tp_shard(model, b->plan_, r));
