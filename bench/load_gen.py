@@ -394,8 +394,18 @@ def start_server(args, threads):
                 "--max-num-seqs", str(max(args.concurrency))]
         if threads:
             argv += ["--threads", str(threads)]
-        notes.append("cartserve CPU backend: weights dequantized to fp32 at load, fp32 compute "
-                     "(OpenBLAS sgemm/sgemv), fp32 paged KV cache")
+        dtype = next((a.split("=", 1)[1] for a in args.server_arg if a.startswith("--dtype=")),
+                     None)
+        if dtype is None and "--dtype" in args.server_arg:
+            i = args.server_arg.index("--dtype")
+            dtype = args.server_arg[i + 1] if i + 1 < len(args.server_arg) else None
+        if dtype in (None, "auto"):
+            notes.append("cartserve CPU backend, --dtype auto: the GGUF's quantized matrices kept "
+                         "(integer dot products, int16 activations; prefill: sgemm on dequantized "
+                         "panels), fp32 compute elsewhere, fp32 paged KV cache")
+        else:
+            notes.append(f"cartserve CPU backend, --dtype {dtype}: matrices dequantized at load, "
+                         "fp32 compute (OpenBLAS sgemm, own SIMD kernels), fp32 paged KV cache")
         notes.append(f"--max-num-seqs {max(args.concurrency)} (the highest concurrency level); "
                      "other scheduler flags at their defaults (--max-num-batched-tokens 2048, "
                      "prefix caching on)")

@@ -160,7 +160,8 @@ def print_tables(res):
         print(f"{'case':<44} {'tok/s median (min..max)':>24} {'floor tok/s':>12} {'of floor':>9}")
         for who, rows in (("ours", mb["ours"]), ("llama.cpp", mb["llama_cpp"])):
             for k, d in rows.items():
-                name = f"{who} {k}" if who != "ours" or k.startswith("bf16") else f"ours fp32 {k}"
+                named = k.startswith(("bf16", "fp32"))
+                name = f"{who} {k}" if who != "ours" or named else f"ours default {k}"
                 print(f"{name:<44} {fmt(d['tokens_per_s']):>24} "
                       f"{d['floor_tokens_per_s']['median']:>12.1f} "
                       f"{100 * d['fraction_of_floor']['median']:>8.1f}%")
@@ -240,8 +241,9 @@ def main():
         "repeats": max([len(model_runs)] + [len(v) for v in load_runs.values()]),
         "how_to_read": (
             "Every figure is min/median/max over repeats run on this machine in this session; "
-            "ratios pair runs of the same repeat (run back to back). ours = cartserve fp32 CPU "
-            "backend; llama.cpp/llama-server = baseline on the same GGUF with its quantized "
+            "ratios pair runs of the same repeat (run back to back). ours = cartserve CPU "
+            "backend, default --dtype auto (a GGUF's quantized matrices kept; cases named bf16/"
+            "fp32 weights: --dtype bfloat16/float32); llama.cpp/llama-server = baseline on the same GGUF with its quantized "
             "weights; floor = the best this machine allows for that engine's bytes/FLOPs, "
             "from bandwidth and sgemm rate measured in the same run (see bench/README.md)."),
     }
