@@ -74,6 +74,10 @@ struct Case {
   testing::RandomModelSpec spec;
 };
 
+void PrintTo(const Case& c, std::ostream* os) {
+  *os << c.name;
+}
+
 class TpLogits : public ::testing::TestWithParam<Case> {};
 
 TEST_P(TpLogits, EqualSingleRankAtTwoAndFour) {
