@@ -44,7 +44,8 @@ const Model& tp_model() {
   return *m;
 }
 
-std::unique_ptr<ServingStack> make_stack(const Model& m, const std::string& cartridge, int tp) {
+std::unique_ptr<ServingStack> make_stack(const Model& m, const std::string& cartridge, int tp,
+                                         const char* mode = "virtual") {
   ServeOptions o;
   o.model = m.path;
   o.max_num_seqs = 4;
@@ -55,7 +56,7 @@ std::unique_ptr<ServingStack> make_stack(const Model& m, const std::string& cart
   nlohmann::json cfg = {
       {"kv_connector", "CartridgeConnector"},
       {"kv_connector_extra_config",
-       {{"cartridges", {{{"cartridge_id", "doc"}, {"path", cartridge}}}}, {"mode", "virtual"}}}};
+       {{"cartridges", {{{"cartridge_id", "doc"}, {"path", cartridge}}}}, {"mode", mode}}}};
   o.kv_transfer_config = cfg.dump();
   auto s = build_serving_stack(m, o);
   EXPECT_TRUE(s.ok()) << s.status().to_string();
@@ -159,6 +160,29 @@ TEST(TpCartridge, ServedAtTwoAndFourRanksAnswersAsAtOne) {
     // The cartridge really was loaded into the ranks' KV (one promotion).
     EXPECT_EQ(s->device_tier->counters().promotions, 1u);
   }
+
+  // Prefix mode: the whole prompt (document turn + question), its first
+  // tokens served from the cartridge's blocks.
+  auto full = prompts.chat({{"system", text}, {"user", "Who kept the lighthouse?"}}, true, false);
+  ASSERT_TRUE(full.ok());
+  ASSERT_EQ(std::vector<int32_t>(full->begin(), full->begin() + p), built1->token_ids);
+  auto ref_prefix_stack = make_stack(m, path1, 1, "prefix");
+  ASSERT_TRUE(ref_prefix_stack);
+  const Answer ref_prefix = ask(*ref_prefix_stack->engine, *full, 0);
+  ASSERT_EQ(ref_prefix.tokens.size(), 12u);
+  auto s2 = make_stack(m, path2, 2, "prefix");
+  ASSERT_TRUE(s2);
+  const Answer a = ask(*s2->engine, *full, 0);
+  float d = 0.f;
+  for (size_t i = 0; i < std::min(a.logprobs.size(), ref_prefix.logprobs.size()); ++i)
+    d = std::max(d, std::fabs(a.logprobs[i] - ref_prefix.logprobs[i]));
+  std::printf(
+      "[tp] prefix mode, cartridge built at TP=2 served at TP=2: %s greedy tokens, "
+      "max|dlogprob| %.2e\n",
+      a.tokens == ref_prefix.tokens ? "same" : "DIFFERENT", d);
+  EXPECT_EQ(a.tokens, ref_prefix.tokens);
+  EXPECT_LT(d, kTol);
+  EXPECT_EQ(s2->connector->num_requests_served(), 1u);
 }
 
 }  // namespace
