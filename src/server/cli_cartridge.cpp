@@ -45,6 +45,7 @@ struct BuildArgs {
   bool no_manifest = false;
   int block_size = 16;
   std::string device = "cpu";
+  int32_t tensor_parallel_size = 1;
 };
 
 int fail(const Status& s) {
@@ -177,12 +178,15 @@ int run_build(const BuildArgs& a) {
   ServeOptions so;
   so.model = a.model;
   so.device = a.device;
+  so.tensor_parallel_size = a.tensor_parallel_size;
+  if (auto st = so.validate(); !st.ok()) return fail(st);
   auto model = load_model_for(so);
   if (!model.ok()) return fail(model.status());
   CartridgeBuildOptions o;
   o.raw = a.raw;
   o.dtype = *dtype;
   o.device = a.device;
+  o.tensor_parallel_size = a.tensor_parallel_size;
   auto data = build_cartridge(**model, *text, o);
   if (!data.ok()) return fail(data.status());
   if (auto st = save_cartridge(a.out, *data); !st.ok()) return fail(st);
@@ -273,6 +277,11 @@ void register_cartridge(CLI::App& app) {
   build->add_option("--device", build_args->device, "Where the document is prefilled: cpu or cuda")
       ->default_val("cpu")
       ->check(CLI::IsMember({"cpu", "cuda"}));
+  build
+      ->add_option("--tensor-parallel-size", build_args->tensor_parallel_size,
+                   "Ranks the prefill is sharded over: 1, 2, 4 or 8 (the file is whole)")
+      ->default_val(1)
+      ->check(CLI::PositiveNumber);
   build->callback([build_args] { set_exit_code(run_build(*build_args)); });
 }
 
