@@ -97,14 +97,12 @@ Result<TpPlan> make_tp_plan(int32_t num_heads, int32_t num_kv_heads, int32_t int
       k.q_head_begin = h * g + split_point(i, g, m);
       k.q_head_end = h * g + split_point(i + 1, g, m);
     }
-    // MLP slice: on ff_align boundaries when the alignment divides the size.
-    const int32_t a = (ff_align > 1 && intermediate % ff_align == 0) ? ff_align : 1;
+    // MLP slice: on ff_align boundaries when the alignment divides the size
+    // into at least N blocks; else element boundaries (a quantized down_proj
+    // slice is then dequantized, tp_shard.h).
+    int32_t a = (ff_align > 1 && intermediate % ff_align == 0) ? ff_align : 1;
+    if (intermediate / a < size) a = 1;
     const int32_t units = intermediate / a;
-    if (units < size) {
-      return make_error(ErrorCode::kInvalidArgument,
-                        "tensor parallel size {}: intermediate size {} has only {} blocks of {}",
-                        size, intermediate, units, a);
-    }
     k.ff_begin = split_point(r, units, size) * a;
     k.ff_end = split_point(r + 1, units, size) * a;
   }

@@ -16,7 +16,7 @@
 //  - MLP: gate/up rows and down columns [ff_begin, ff_end), contiguous
 //    slices of the intermediate, their boundaries on multiples of
 //    `ff_align` (a quantized down_proj's block size) when it divides the
-//    intermediate size.
+//    intermediate size into at least N blocks (else on any element).
 //  - Everything else (embedding, norms, LM head) is whole on every rank; the
 //    o_proj and down partial sums are all-reduced, so every rank keeps the
 //    full residual stream.
