@@ -36,12 +36,22 @@ namespace cpu {
 // out[n, dim] = x / rms(x) * w
 void rms_norm(const float* x, const float* w, float* out, int n, int dim, float eps);
 
+// Which kernel a dense layer runs. The per-row kernel reads each weight row
+// once for all rows of x (decode); sgemm (with BLAS) is faster for many rows
+// (prefill). They sum in different orders, so the same row gets slightly
+// different floats from each: kAuto picks by the row count, which makes a
+// row's result depend on its batch; a caller that needs batch-independent
+// results names the kernel by the kind of rows instead
+// (runtime/cpu/llama_forward.cpp: generated tokens per row, prompt tokens
+// sgemm). Either kernel alone gives a row the same result in any batch.
+enum class LinearKernel { kAuto, kPerRow, kGemm };
+
 // y[n, out_dim] = x[n, in_dim] @ w[out_dim, in_dim]^T (+ bias[out_dim] if non-null)
 void linear(const float* x, const float* w, const float* bias, float* y, int n, int in_dim,
-            int out_dim);
+            int out_dim, LinearKernel kernel = LinearKernel::kAuto);
 // The same with bf16 weights w[out_dim, in_dim] (fp32 accumulation).
 void linear_bf16(const float* x, const uint16_t* w, const float* bias, float* y, int n, int in_dim,
-                 int out_dim);
+                 int out_dim, LinearKernel kernel = LinearKernel::kAuto);
 
 // In place, HF "rotate_half" layout: pairs (i, i + head_dim/2).
 // x: [n, n_heads, head_dim]; positions: [n]

@@ -29,6 +29,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "kernels/ops.h"
+
 namespace cartserve::ops {
 
 // Values are the GGML type ids of the file.
@@ -85,10 +87,12 @@ void quant_dot_rows(const QuantMatrix& w, int64_t j0, int64_t j1, const QActRows
                     float* y, size_t ldy);
 
 // Dense layer over quantized weights: y[n, w.rows] = x[n, w.cols] @ w^T
-// (+ bias[w.rows] if non-null). Up to a few rows (decode) each row's result
-// is independent of the others (a sequence decodes alike alone or in a
-// batch); many rows (prefill) go through sgemm on dequantized panels.
-void linear_quant(const float* x, const QuantMatrix& w, const float* bias, float* y, int n);
+// (+ bias[w.rows] if non-null). kPerRow (kAuto: up to a few rows, decode):
+// the integer kernels; kGemm (kAuto: many rows, prefill): sgemm on
+// dequantized panels. Each gives a row the same result in any batch
+// (LinearKernel in kernels/ops.h).
+void linear_quant(const float* x, const QuantMatrix& w, const float* bias, float* y, int n,
+                  LinearKernel kernel = LinearKernel::kAuto);
 
 }  // namespace cpu
 }  // namespace cartserve::ops

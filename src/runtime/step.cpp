@@ -11,6 +11,7 @@ void StepInput::clear() {
   query_start.clear();
   context_lens.clear();
   block_table.clear();
+  prompt_rows.clear();
   max_blocks = 0;
   max_query_len = 0;
   max_context_len = 0;
@@ -45,6 +46,10 @@ int32_t StepInput::append_sequence(std::span<const int32_t> table, int32_t block
 
 Status validate_step(const StepInput& in, std::span<const int32_t> logit_rows, int32_t vocab,
                      int32_t num_blocks, int32_t block_size) {
+  if (!in.prompt_rows.empty() && in.prompt_rows.size() != in.context_lens.size()) {
+    return make_error(ErrorCode::kInvalidArgument, "forward: {} prompt_rows flags for {} sequences",
+                      in.prompt_rows.size(), in.context_lens.size());
+  }
   const int32_t n = in.num_tokens();
   const int32_t num_seqs = in.num_seqs();
   if (in.positions.size() != in.token_ids.size() || in.slot_mapping.size() != in.token_ids.size()) {

@@ -71,6 +71,12 @@ struct StepInput {
   std::vector<int32_t> query_start;   // [num_seqs + 1]
   std::vector<int32_t> context_lens;  // [num_seqs]
   std::vector<int32_t> block_table;   // [num_seqs, max_blocks], padded with 0
+  // [num_seqs] or empty: 1 when the sequence's rows are prompt tokens
+  // (prefill), 0 when they are generated ones (decode). The CPU backend runs
+  // each kind through one kernel whatever the batch (ops::cpu::LinearKernel), so a
+  // request's logits do not depend on what it is batched with. Empty: a
+  // sequence of one row counts as decode.
+  std::vector<uint8_t> prompt_rows;
   int32_t max_blocks = 0;
   int32_t max_query_len = 0;
   int32_t max_context_len = 0;

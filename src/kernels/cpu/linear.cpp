@@ -122,24 +122,27 @@ void add_bias(const float* bias, float* y, int n, int out_dim) {
 }  // namespace
 
 void linear(const float* x, const float* w, const float* bias, float* y, int n, int in_dim,
-            int out_dim) {
+            int out_dim, LinearKernel kernel) {
 #ifdef CARTSERVE_HAVE_BLAS
-  if (n <= kSmallBatchMaxRows) {
+  if (kernel == LinearKernel::kPerRow ||
+      (kernel == LinearKernel::kAuto && n <= kSmallBatchMaxRows)) {
     linear_small_batch(x, w, y, n, in_dim, out_dim);
   } else {
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, out_dim, in_dim, 1.0f, x, in_dim, w,
                 in_dim, 0.0f, y, out_dim);
   }
 #else
+  (void)kernel;  // without BLAS every row takes the per-row kernel
   linear_small_batch(x, w, y, n, in_dim, out_dim);
 #endif
   add_bias(bias, y, n, out_dim);
 }
 
 void linear_bf16(const float* x, const uint16_t* w, const float* bias, float* y, int n, int in_dim,
-                 int out_dim) {
+                 int out_dim, LinearKernel kernel) {
 #ifdef CARTSERVE_HAVE_BLAS
-  if (n <= kSmallBatchMaxRowsBf16) {
+  if (kernel == LinearKernel::kPerRow ||
+      (kernel == LinearKernel::kAuto && n <= kSmallBatchMaxRowsBf16)) {
     linear_small_batch(x, w, y, n, in_dim, out_dim);
   } else {
     // Many rows: widen a panel of weight rows to fp32, sgemm it into its
@@ -161,6 +164,7 @@ void linear_bf16(const float* x, const uint16_t* w, const float* bias, float* y,
     }
   }
 #else
+  (void)kernel;  // without BLAS every row takes the per-row kernel
   linear_small_batch(x, w, y, n, in_dim, out_dim);
 #endif
   add_bias(bias, y, n, out_dim);

@@ -111,15 +111,17 @@ void quant_dot_rows(const QuantMatrix& w, int64_t j0, int64_t j1, const QActRows
   detail::quant_dot_scalar(w, j0, j1, a, r0, r1, y, ldy);
 }
 
-void linear_quant(const float* x, const QuantMatrix& w, const float* bias, float* y, int n) {
+void linear_quant(const float* x, const QuantMatrix& w, const float* bias, float* y, int n,
+                  LinearKernel kernel) {
   if (n <= 0) return;
 #ifdef CARTSERVE_HAVE_BLAS
-  if (n > kSmallBatchMaxRows) {
+  if (kernel == LinearKernel::kGemm || (kernel == LinearKernel::kAuto && n > kSmallBatchMaxRows)) {
     linear_panels(x, w, y, n);
   } else {
     linear_small_batch(x, w, y, n);
   }
 #else
+  (void)kernel;  // without BLAS every row takes the integer kernels
   linear_small_batch(x, w, y, n);
 #endif
   add_bias(bias, y, n, w.rows);

@@ -12,7 +12,13 @@
 #include "kernels/cpu/quant_blocks.h"
 #include "kernels/cpu/quant_dot.h"
 
+#if defined(__clang__)
+#pragma clang attribute push(                                                          \
+    __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni"))), \
+    apply_to = function)
+#else
 #pragma GCC target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")
+#endif
 #define QDOT_VNNI 1
 #include "kernels/cpu/quant_dot_x86.h"
 
@@ -24,4 +30,8 @@ void quant_dot_avx512(const QuantMatrix& w, int64_t j0, int64_t j1, const QActRo
 }
 
 }  // namespace cartserve::ops::cpu::detail
+
+#if defined(__clang__)
+#pragma clang attribute pop
+#endif
 #endif

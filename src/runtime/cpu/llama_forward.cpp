@@ -17,18 +17,27 @@ ops::QuantMatrix quant_matrix(const Tensor& w, int64_t rows, int64_t cols) {
 }
 
 // y[n, out] = x[n, in] @ w^T (+ bias), w fp32, bf16 or block-quantized [out, in].
-void linear(const float* x, const Tensor& w, const float* bias, float* y, int n, int in_dim,
-            int out_dim) {
+void linear_rows(const float* x, const Tensor& w, const float* bias, float* y, int n, int in_dim,
+                 int out_dim, ops::cpu::LinearKernel kernel) {
   if (w.block_type() != 0) {
-    ops::cpu::linear_quant(x, quant_matrix(w, out_dim, in_dim), bias, y, n);
+    ops::cpu::linear_quant(x, quant_matrix(w, out_dim, in_dim), bias, y, n, kernel);
   } else if (w.dtype() == DType::kBF16) {
-    ops::cpu::linear_bf16(x, w.data<uint16_t>(), bias, y, n, in_dim, out_dim);
+    ops::cpu::linear_bf16(x, w.data<uint16_t>(), bias, y, n, in_dim, out_dim, kernel);
   } else {
-    ops::cpu::linear(x, w.data<float>(), bias, y, n, in_dim, out_dim);
+    ops::cpu::linear(x, w.data<float>(), bias, y, n, in_dim, out_dim, kernel);
   }
 }
 
 }  // namespace
+
+void LlamaForward::linear(const float* x, const Tensor& w, const float* bias, float* y, int in_dim,
+                          int out_dim) const {
+  for (const RowRun& r : rows_) {
+    linear_rows(x + static_cast<size_t>(r.begin) * in_dim, w, bias,
+                y + static_cast<size_t>(r.begin) * out_dim, r.end - r.begin, in_dim, out_dim,
+                r.kernel);
+  }
+}
 
 LlamaForward::LlamaForward(const Model& model)
     : model_(model), inv_freq_(rope_inv_freq(model.config, model.weights.rope_freq_factors)) {}
@@ -46,6 +55,7 @@ Status LlamaForward::forward(const StepInput& in, std::span<const int32_t> logit
   const ModelWeights& w = model_.weights;
   const int n = in.num_tokens();
   seqs_.resize(static_cast<size_t>(in.num_seqs()));
+  rows_.clear();
   for (int32_t s = 0; s < in.num_seqs(); ++s) {
     ops::AttnSeq& a = seqs_[static_cast<size_t>(s)];
     a.q_start = in.query_start[s];
@@ -53,6 +63,13 @@ Status LlamaForward::forward(const StepInput& in, std::span<const int32_t> logit
     a.kv_len = in.context_lens[s];
     a.block_table = in.block_table.data() + static_cast<size_t>(s) * in.max_blocks;
     a.n_blocks = (a.kv_len + cache.block_size() - 1) / cache.block_size();
+    const bool prompt = in.prompt_rows.empty() ? a.q_len > 1 : in.prompt_rows[s] != 0;
+    const auto kernel = prompt ? ops::cpu::LinearKernel::kGemm : ops::cpu::LinearKernel::kPerRow;
+    if (!rows_.empty() && rows_.back().kernel == kernel && rows_.back().end == a.q_start) {
+      rows_.back().end = a.q_start + a.q_len;
+    } else if (a.q_len > 0) {
+      rows_.push_back({a.q_start, a.q_start + a.q_len, kernel});
+    }
   }
   const int h = c.hidden_size;
   const int qd = c.q_dim();
@@ -90,9 +107,9 @@ Status LlamaForward::forward(const StepInput& in, std::span<const int32_t> logit
     const float* bq = l.bq.empty() ? nullptr : l.bq.data<float>();
     const float* bk = l.bk.empty() ? nullptr : l.bk.data<float>();
     const float* bv = l.bv.empty() ? nullptr : l.bv.data<float>();
-    linear(xn_.data(), l.wq, bq, q_.data(), n, h, qd);
-    linear(xn_.data(), l.wk, bk, k_.data(), n, h, kvd);
-    linear(xn_.data(), l.wv, bv, v_.data(), n, h, kvd);
+    linear(xn_.data(), l.wq, bq, q_.data(), h, qd);
+    linear(xn_.data(), l.wk, bk, k_.data(), h, kvd);
+    linear(xn_.data(), l.wv, bv, v_.data(), h, kvd);
     if (c.qk_norm) {
       // Qwen3: RMSNorm over each head ([n * heads, head_dim] rows) before RoPE,
       // so the cache (and any cartridge) holds normed, rotated keys.
@@ -112,7 +129,7 @@ Status LlamaForward::forward(const StepInput& in, std::span<const int32_t> logit
                               static_cast<int>(seqs_.size()), attn_.data(), c.num_heads,
                               c.num_kv_heads, c.head_dim, cache.block_size(), scale);
     dump("attn_out", li, attn_, n, qd);
-    linear(attn_.data(), l.wo, nullptr, proj_.data(), n, qd, h);
+    linear(attn_.data(), l.wo, nullptr, proj_.data(), qd, h);
     if (all_reduce_) all_reduce_(proj_.data(), nn * h);  // tensor parallel: sum of partials
     dump("attn_proj", li, proj_, n, h);
     ops::cpu::add_inplace(x_.data(), proj_.data(), static_cast<int64_t>(nn) * h);
@@ -120,10 +137,10 @@ Status LlamaForward::forward(const StepInput& in, std::span<const int32_t> logit
     // MLP block: x += down(silu(gate(xn)) * up(xn)).
     ops::cpu::rms_norm(x_.data(), l.ffn_norm.data<float>(), xn_.data(), n, h, c.rms_norm_eps);
     dump("ffn_norm", li, xn_, n, h);
-    linear(xn_.data(), l.w_gate, nullptr, gate_.data(), n, h, ff);
-    linear(xn_.data(), l.w_up, nullptr, up_.data(), n, h, ff);
+    linear(xn_.data(), l.w_gate, nullptr, gate_.data(), h, ff);
+    linear(xn_.data(), l.w_up, nullptr, up_.data(), h, ff);
     ops::cpu::silu_mul(gate_.data(), up_.data(), gate_.data(), static_cast<int64_t>(nn) * ff);
-    linear(gate_.data(), l.w_down, nullptr, proj_.data(), n, ff, h);
+    linear(gate_.data(), l.w_down, nullptr, proj_.data(), ff, h);
     if (all_reduce_) all_reduce_(proj_.data(), nn * h);
     dump("ffn_out", li, proj_, n, h);
     ops::cpu::add_inplace(x_.data(), proj_.data(), static_cast<int64_t>(nn) * h);
@@ -142,7 +159,10 @@ Status LlamaForward::forward(const StepInput& in, std::span<const int32_t> logit
     ops::cpu::rms_norm(last_.data(), w.final_norm.data<float>(), last_.data(), n_logits, h,
                        c.rms_norm_eps);
     dump("final_norm", -1, last_, n_logits, h);
-    linear(last_.data(), w.lm_head, nullptr, logits.data(), n_logits, h, c.vocab_size);
+    // The logit rows (one per sampled sequence, or a prompt's rows for prompt
+    // logprobs) all take the per-row kernel: the same result in any batch.
+    linear_rows(last_.data(), w.lm_head, nullptr, logits.data(), n_logits, h, c.vocab_size,
+                ops::cpu::LinearKernel::kPerRow);
   }
   return {};
 }

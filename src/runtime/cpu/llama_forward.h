@@ -45,6 +45,17 @@ class LlamaForward {
 
  private:
   void dump(const char* name, int layer, const std::vector<float>& buf, int rows, int cols);
+  // y[n, out] = x[n, in] @ w^T (+ bias) over the step's rows, each run of
+  // rows through the kernel of its kind (rows_).
+  void linear(const float* x, const Tensor& w, const float* bias, float* y, int in_dim,
+              int out_dim) const;
+
+  // Consecutive rows of one kind: prompt rows take sgemm, generated rows the
+  // per-row kernel, whatever else the step holds (StepInput::prompt_rows).
+  struct RowRun {
+    int begin = 0, end = 0;
+    ops::cpu::LinearKernel kernel = ops::cpu::LinearKernel::kAuto;
+  };
 
   const Model& model_;
   std::vector<float> inv_freq_;  // [head_dim / 2]
@@ -62,6 +73,7 @@ class LlamaForward {
   std::vector<float> up_;           // [n, intermediate]
   std::vector<float> last_;         // [n_logits, hidden]
   std::vector<ops::AttnSeq> seqs_;  // [num_seqs] views of the step's block table
+  std::vector<RowRun> rows_;        // the step's rows [0, n) in runs
 };
 
 }  // namespace cartserve
