@@ -7,9 +7,10 @@
 // ranks' residual streams never drift apart.
 #pragma once
 
-#include <barrier>
+#include <condition_variable>
 #include <cstddef>
 #include <cstdint>
+#include <mutex>
 #include <vector>
 
 namespace cartserve {
@@ -24,16 +25,18 @@ class InProcessComm {
   void all_reduce_sum(int32_t rank, float* data, size_t n);
 
  private:
-  // Runs once per phase, after every rank arrived and before any leaves:
-  // sizes sum_ for the call (no rank is reading it then).
-  struct SizeSum {
-    InProcessComm* self;
-    void operator()() noexcept { self->sum_.resize(self->n_); }
-  };
+  // Blocks until every rank arrived; the last one runs `complete` first.
+  // (A mutex and a condition variable: libstdc++ 12's std::barrier let
+  // ranks through early under load here, corrupting the buffers.)
+  template <typename F>
+  void arrive_and_wait(F complete);
 
   int32_t size_;
   size_t n_ = 0;  // elements of the current call, posted by rank 0
-  std::barrier<SizeSum> barrier_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  int32_t arrived_ = 0;       // guarded by mu_
+  uint64_t generation_ = 0;   // guarded by mu_; one per completed phase
   std::vector<float*> bufs_;  // [size] posted by each rank
   std::vector<float> sum_;    // the result, chunks written by their ranks
 };
