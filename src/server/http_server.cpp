@@ -5,6 +5,10 @@
 #include <atomic>
 #include <thread>
 
+#include <dirent.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+
 #include "core/logging.h"
 #include "core/sha256.h"
 #include "server/version.h"
@@ -57,6 +61,34 @@ api::ApiError unavailable(std::string message, std::string code) {
 }
 
 using Clock = std::chrono::steady_clock;
+
+// cpp-httplib (0.11, as Debian builds it) listens with a backlog of 5: at
+// 64 clients connecting at once the kernel's accept queue overflows and some
+// connections are reset (the soak saw it). listen() again on a listening
+// socket only resizes its queue; the library keeps its socket private, so
+// it is found among our descriptors by its port.
+void widen_listen_backlog(int port) {
+  DIR* dir = opendir("/proc/self/fd");
+  if (!dir) return;
+  while (const dirent* e = readdir(dir)) {
+    const int fd = std::atoi(e->d_name);
+    if (fd <= 2) continue;
+    int listening = 0;
+    socklen_t len = sizeof(listening);
+    if (getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &len) != 0 || !listening) continue;
+    sockaddr_storage addr{};
+    socklen_t alen = sizeof(addr);
+    if (getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &alen) != 0) continue;
+    int bound = -1;
+    if (addr.ss_family == AF_INET) bound = ntohs(reinterpret_cast<sockaddr_in*>(&addr)->sin_port);
+    if (addr.ss_family == AF_INET6)
+      bound = ntohs(reinterpret_cast<sockaddr_in6*>(&addr)->sin6_port);
+    if (bound == port && ::listen(fd, SOMAXCONN) != 0) {
+      LOG_WARN("cannot widen the listen backlog of port {}", port);
+    }
+  }
+  closedir(dir);
+}
 
 }  // namespace
 
@@ -374,6 +406,7 @@ Status HttpServer::start() {
                       im.config.host, port);
   }
   im.bound_port = port;
+  widen_listen_backlog(port);
   im.thread = std::thread([&im] { im.server.listen_after_bind(); });
   return {};
 }
