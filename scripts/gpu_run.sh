@@ -29,7 +29,7 @@ for p in .gpu/gguf.part-* .gpu/gguf.sha256; do
   if [ -f "$p" ]; then cp "$p" "$G/"; fi
 done
 GGUF="$G/smollm2.gguf"
-if [ ! -f "$GGUF" ] && [ -f "$G/gguf.sha256" ] && [ -f "$G/gguf.part-2" ]; then
+if [ ! -f "$GGUF" ] && [ -f "$G/gguf.sha256" ] && [ -f "$G/gguf.part-3" ]; then
   cat "$G"/gguf.part-? > "$GGUF"
   if [ "$(sha256sum "$GGUF" | awk '{print $1}')" != "$(cat "$G/gguf.sha256")" ]; then
     echo "GGUF checksum mismatch" >&2

@@ -290,9 +290,15 @@ def main():
         for t in threads:
             t.start()
 
+        finished = [0]
+
         def one(item):
             i, kind, cid, q = item
             results[i] = run_request(server, kind, cid, q, a.max_tokens)
+            finished[0] += 1
+            if finished[0] % 500 == 0:
+                print(f"soak: {finished[0]}/{n_req} requests, {time.time() - t_load:.0f} s", file=sys.stderr,
+                      flush=True)
         with ThreadPoolExecutor(a.concurrency) as ex:
             list(ex.map(one, plan))
         load_seconds = time.time() - t_load
