@@ -368,4 +368,22 @@ Status Sampler::distribution(std::span<const float> logits_row, const SamplerRow
   return Status::ok_status();
 }
 
+Status Sampler::step_outputs(std::span<const float> logits, int32_t vocab, const StepInput& in,
+                             StepOutput& out) const {
+  const auto v = static_cast<size_t>(vocab);
+  const size_t n_samples = in.samples.size();
+  CS_RETURN_IF_ERROR(sample(logits.first(n_samples * v), vocab, in.samples, out.samples));
+  out.prompt_logprobs.assign(in.prompt_logprobs.size(), {});
+  size_t r = n_samples;
+  for (size_t k = 0; k < in.prompt_logprobs.size(); ++k) {
+    const PromptLogprobRows& p = in.prompt_logprobs[k];
+    for (size_t i = 0; i < p.targets.size(); ++i, ++r) {
+      SampleResult res;
+      logprobs(logits.data() + r * v, vocab, p.targets[i], p.top_n, res);
+      out.prompt_logprobs[k].push_back({res.token, res.logprob, std::move(res.top_logprobs)});
+    }
+  }
+  return {};
+}
+
 }  // namespace cartserve

@@ -56,6 +56,12 @@ class Sampler {
   // Uniform double in [0, 1) for draw `index` of stream `seed`.
   static double uniform(uint64_t seed, uint64_t index);
 
+  // A CPU step's outputs from its logits ([samples + prompt-logprob rows,
+  // vocab], in the order the forward pass returns them): the sampled rows,
+  // then the prompt logprobs.
+  Status step_outputs(std::span<const float> logits, int32_t vocab, const StepInput& in,
+                      StepOutput& out) const;
+
  private:
   ThreadPool* pool_;
 };

@@ -164,22 +164,7 @@ Status TpCpuBackend::logits(const StepInput& in, std::vector<float>& out) {
 Status TpCpuBackend::execute(const StepInput& in, StepOutput& out) {
   // From here on as CpuBackend::execute: rank 0 samples.
   CS_RETURN_IF_ERROR(run(in, /*prompt_rows=*/true, logits_));
-  const auto vocab = static_cast<size_t>(model_.config.vocab_size);
-  const size_t n_samples = in.samples.size();
-  CS_RETURN_IF_ERROR(sampler_.sample(std::span<const float>(logits_.data(), n_samples * vocab),
-                                     static_cast<int32_t>(vocab), in.samples, out.samples));
-  out.prompt_logprobs.assign(in.prompt_logprobs.size(), {});
-  size_t r = n_samples;
-  for (size_t k = 0; k < in.prompt_logprobs.size(); ++k) {
-    const PromptLogprobRows& p = in.prompt_logprobs[k];
-    for (size_t i = 0; i < p.targets.size(); ++i, ++r) {
-      SampleResult res;
-      Sampler::logprobs(logits_.data() + r * vocab, static_cast<int32_t>(vocab), p.targets[i],
-                        p.top_n, res);
-      out.prompt_logprobs[k].push_back({res.token, res.logprob, std::move(res.top_logprobs)});
-    }
-  }
-  return {};
+  return sampler_.step_outputs(logits_, model_.config.vocab_size, in, out);
 }
 
 // ---------------------------------------------------------------- transfers
