@@ -347,9 +347,13 @@ def test_disconnect_frees_the_blocks():
         r = requests.post(s.url + "/v1/chat/completions", stream=True, timeout=600,
                           json={"model": MODEL_NAME, "messages": [{"role": "user", "content": "Count to a thousand."}],
                                 "max_tokens": 1500, "ignore_eos": True, "stream": True})
-        lines = r.iter_lines()
-        for _ in range(5):
-            next(lines)
+        chunks = r.iter_content(chunk_size=None)
+        got = b""
+        while got.count(b"data: ") < 3:  # a few tokens streamed: it is running
+            got += next(chunks)
+        deadline = time.time() + 30
+        while s.metrics()["cartserve:num_requests_running"] != 1 and time.time() < deadline:
+            time.sleep(0.1)  # the gauge is refreshed once per engine step
         assert s.metrics()["cartserve:num_requests_running"] == 1
         r.close()
         deadline = time.time() + 30
