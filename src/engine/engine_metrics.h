@@ -13,7 +13,7 @@ struct EngineStats {
   int32_t num_running = 0;
   int32_t num_waiting = 0;
   int32_t num_waiting_for_kv = 0;
-  double kv_usage = 0.0;  // fraction of KV blocks in use
+  double kv_usage = 0.0;       // fraction of KV blocks in use
   int32_t kv_free_blocks = 0;  // free or evictable (cached, unreferenced) blocks
   int64_t prefix_queries = 0;
   int64_t prefix_hits = 0;

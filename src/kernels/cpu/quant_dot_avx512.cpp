@@ -13,7 +13,7 @@
 #include "kernels/cpu/quant_dot.h"
 
 #if defined(__clang__)
-#pragma clang attribute push(                                                          \
+#pragma clang attribute push(                                                               \
     __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni"))), \
     apply_to = function)
 #else
