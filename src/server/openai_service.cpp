@@ -83,9 +83,10 @@ class Job final : public CompletionJob {
       if (!c.stream) continue;  // answered without the engine
       c.stream->wait_admitted(timeout);
       if (!c.stream->finished()) continue;
-      // Finished before producing anything: look for an error.
+      // Finished already (an error, or a short answer on an idle engine):
+      // its outputs are absorbed here, streaming ones kept for the next poll.
       for (auto& o : c.stream->next(std::chrono::milliseconds(0)))
-        absorb(c, std::move(o), nullptr);
+        absorb(c, std::move(o), stream_ ? &early_chunks_ : nullptr);
       if (c.error) return c.error;
     }
     return std::nullopt;
@@ -100,6 +101,9 @@ class Job final : public CompletionJob {
 
   bool poll(std::vector<json>& chunks, std::chrono::milliseconds timeout) override {
     const auto deadline = std::chrono::steady_clock::now() + timeout;
+    for (auto& ch : early_chunks_)
+      chunks.push_back(std::move(ch));
+    early_chunks_.clear();
     bool all_done = true;
     for (auto& c : choices) {
       if (!c.stream && stream_ && !c.sent_first) {  // answered without the engine
@@ -252,6 +256,7 @@ class Job final : public CompletionJob {
   std::vector<std::string> cartridges_;  // the ids the request named
   const Model& model_;
   bool chat_, stream_, include_usage_;
+  std::vector<json> early_chunks_;  // streamed by early_error(), sent by the next poll()
   std::string id_, model_name_;
   int64_t created_;
   bool logprobs_;
