@@ -10,7 +10,8 @@
 // backend through the runtime seam (sampling included); the cartridge
 // figures go through the whole engine. Writes JSON; prints a table.
 //
-// Usage: gpu_bench MODEL [--out gpu_bench.json] [--repeats N]
+// Usage: gpu_bench MODEL [--out gpu_bench.json] [--repeats N] [--only
+// linear|decode|decode1|prefill|ttft]
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -234,18 +235,100 @@ double ttft(ServingStack& stack, const std::vector<int32_t>& prompt, int32_t vir
   return first;
 }
 
+// The model's linear layers alone, at the row counts of decode: the gemv
+// kernel against cuBLASLt on the same shapes (weights only: they dominate the
+// bytes), as GB/s of weights read and a fraction of the copy bandwidth.
+json linear_layers(const ModelConfig& c, double copy_bw) {
+  struct Shape {
+    const char* name;
+    int in, out;
+  };
+  const int kvd = c.num_kv_heads * c.head_dim;
+  const Shape shapes[] = {{"qkv", c.hidden_size, c.q_dim() + 2 * kvd},
+                          {"o", c.q_dim(), c.hidden_size},
+                          {"gate_up", c.hidden_size, 2 * c.intermediate_size},
+                          {"down", c.intermediate_size, c.hidden_size},
+                          {"lm_head", c.hidden_size, c.vocab_size}};
+  size_t w_elems = 0, x_elems = 0, y_elems = 0;
+  for (const Shape& sh : shapes) {
+    w_elems = std::max(w_elems, static_cast<size_t>(sh.in) * sh.out);
+    x_elems = std::max(x_elems, static_cast<size_t>(64) * sh.in);
+    y_elems = std::max(y_elems, static_cast<size_t>(64) * sh.out);
+  }
+  __nv_bfloat16 *w = nullptr, *x = nullptr;
+  float* y = nullptr;
+  void* ws = nullptr;
+  cudaMalloc(&w, w_elems * 2);
+  cudaMalloc(&x, x_elems * 2);
+  cudaMalloc(&y, y_elems * 4);
+  cudaMalloc(&ws, 32 << 20);
+  cudaMemset(w, 0x3c, w_elems * 2);  // ~0.01: finite, not zero
+  cudaMemset(x, 0x3c, x_elems * 2);
+  auto with_gemv = cuda::Gemm::create(ws, 32 << 20, true);
+  auto cublas = cuda::Gemm::create(ws, 32 << 20, false);
+  json rows = json::array();
+  if (!with_gemv.ok() || !cublas.ok()) return rows;
+  cudaEvent_t e0, e1;
+  cudaEventCreate(&e0);
+  cudaEventCreate(&e1);
+  // Microseconds per call: 20 back-to-back calls between events, median of 5.
+  auto time_us = [&](cuda::Gemm& g, const Shape& sh, int n) {
+    std::vector<double> t;
+    for (int r = 0; r < 7; ++r) {
+      cudaEventRecord(e0);
+      for (int i = 0; i < 20; ++i)
+        (void)g.run(x, w, y, sh.name == std::string("lm_head"), n, sh.in, sh.out, nullptr);
+      cudaEventRecord(e1);
+      cudaEventSynchronize(e1);
+      float ms = 0;
+      cudaEventElapsedTime(&ms, e0, e1);
+      if (r >= 2) t.push_back(ms * 1e3 / 20);
+    }
+    return median(t);
+  };
+  std::printf("%-8s %3s %10s %10s %8s %8s\n", "linear", "n", "gemv us", "cublas us", "gemv %",
+              "cublas %");
+  for (const Shape& sh : shapes) {
+    const double bytes = 2.0 * sh.in * static_cast<double>(sh.out);
+    for (const int n : {1, 2, 4, 8, 64}) {
+      const double g = time_us(**with_gemv, sh, n), b = time_us(**cublas, sh, n);
+      const double floor_us = 1e6 * bytes / copy_bw;
+      rows.push_back({{"layer", sh.name},
+                      {"in", sh.in},
+                      {"out", sh.out},
+                      {"rows", n},
+                      {"weight_bytes", bytes},
+                      {"floor_us", floor_us},
+                      {"gemm_us", g},
+                      {"cublaslt_us", b},
+                      {"gemm_fraction_of_floor", floor_us / g},
+                      {"cublaslt_fraction_of_floor", floor_us / b}});
+      std::printf("%-8s %3d %10.2f %10.2f %7.0f%% %7.0f%%\n", sh.name, n, g, b,
+                  100.0 * floor_us / g, 100.0 * floor_us / b);
+    }
+  }
+  cudaFree(w);
+  cudaFree(x);
+  cudaFree(y);
+  cudaFree(ws);
+  return rows;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   if (argc < 2) {
-    std::fprintf(stderr, "usage: %s MODEL [--out FILE] [--repeats N]\n", argv[0]);
+    std::fprintf(stderr, "usage: %s MODEL [--out FILE] [--repeats N] [--only GROUP]\n", argv[0]);
     return 2;
   }
   std::string out_path = "gpu_bench.json";
   int repeats = 5;
+  std::string only;  // one group of figures (a profiler run), else all
+  auto want = [&](const char* group) { return only.empty() || only == group; };
   for (int i = 2; i + 1 < argc; i += 2) {
     if (std::string(argv[i]) == "--out") out_path = argv[i + 1];
     if (std::string(argv[i]) == "--repeats") repeats = std::max(1, std::atoi(argv[i + 1]));
+    if (std::string(argv[i]) == "--only") only = argv[i + 1];
   }
   ServeOptions o;
   o.model = argv[1];
@@ -276,7 +359,8 @@ int main(int argc, char** argv) {
   std::printf("ceilings: copy %.0f GB/s, bf16 GEMM %.0f TFLOP/s\n", copy_bw / 1e9, flops / 1e12);
 
   json figures = json::object();
-  {
+  if (want("linear")) j["linear_layers"] = linear_layers(c, copy_bw);
+  if (want("decode") || want("decode1") || want("prefill")) {
     auto backend = make_backend(m, o);
     if (!backend.ok()) {
       std::fprintf(stderr, "error: %s\n", backend.status().message().c_str());
@@ -285,6 +369,7 @@ int main(int argc, char** argv) {
     Backend& b = **backend;
     // Decode at batch 1 and 64, 512-token contexts.
     for (int batch : {1, 64}) {
+      if (!want("decode") && !(batch == 1 && want("decode1"))) break;
       Batch seqs(b, c.vocab_size);
       if (auto st = seqs.add(batch, 512, 8192); !st.ok()) {
         std::fprintf(stderr, "decode setup: %s\n", st.message().c_str());
@@ -311,6 +396,7 @@ int main(int argc, char** argv) {
     }
     // Prefill of one sequence.
     for (int n : {512, 2048, 8192}) {
+      if (!want("prefill")) break;
       std::vector<double> t;
       for (int r = 0; r < 2 + repeats; ++r) {
         Batch seqs(b, c.vocab_size);
@@ -332,7 +418,7 @@ int main(int argc, char** argv) {
     }
   }
   // Cartridges through the engine: resident, and promoted from the host tier.
-  {
+  if (want("ttft")) {
     const int kTokens = 2048, kQuestion = 64;
     const std::string path = "/tmp/cartserve_gpu_bench_cartridge.safetensors";
     if (auto st = write_random_cartridge(m, kTokens, path); !st.ok()) {

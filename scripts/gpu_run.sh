@@ -8,7 +8,10 @@
 #   sanitizer  compute-sanitizer memcheck over the op tests and a whole forward pass
 #   logits     (logits:NAME for one shape) random-weight Llama-3.2-3B and SmolLM2-135M shapes written by HF
 #              transformers: our logits and greedy continuations against HF's
-#   bench      bench/gpu_bench on the 3B shape (decode, prefill, cartridge TTFT, promotion)
+#   bench      bench/gpu_bench on the 3B shape (linear layers gemv vs cuBLASLt, decode,
+#              prefill, cartridge TTFT, promotion)
+#   profile    per-kernel GPU time of decode at batch 1 on the 3B shape (nsys, graph nodes
+#              traced): decode_kernels*.csv
 #   baseline   HF transformers eager and static cache + torch.compile on the same weights
 #   smollm2    the real SmolLM2 GGUF: greedy text vs the CPU build on the golden
 #              prompts, the cartridge canary, validation tiers 0-5, R, A with --device cuda
@@ -66,6 +69,16 @@ logits() {  # logits NAME
   python3 tools/gpu/hf_reference.py compare "/tmp/ckpt/$1" "/tmp/ours/$1" "$OUT/logits_$1.json"
 }
 
+profile() {
+  local nsys
+  nsys=$(command -v nsys || ls /usr/local/cuda/bin/nsys /opt/nvidia/nsight-systems/*/bin/nsys \
+    2>/dev/null | head -1)
+  [ -n "$nsys" ] || { echo "no nsys on this machine"; return 1; }
+  "$nsys" profile --force-overwrite true --cuda-graph-trace=node -t cuda -o /tmp/prof \
+    "$B/gpu_bench" /tmp/ckpt/llama3b --only decode1 --repeats 5 --out /tmp/prof.json || return 1
+  "$nsys" stats -q -r cuda_gpu_kern_sum -f csv -o "$OUT/decode_kernels" /tmp/prof.nsys-rep
+}
+
 smollm2() {
   [ -f "$GGUF" ] || { echo "no GGUF (carry .gpu/gguf.part-0..2 over three calls)"; return 1; }
   local rc=0
@@ -95,6 +108,7 @@ for s in "$@"; do
     logits) stage logits_smollm2 logits smollm2; stage logits_llama3b logits llama3b ;;
     logits:*) stage "logits_${s#logits:}" logits "${s#logits:}" ;;
     bench) ckpt llama3b && stage bench "$B/gpu_bench" /tmp/ckpt/llama3b --out "$OUT/gpu_bench.json" ;;
+    profile) ckpt llama3b && stage profile profile ;;
     baseline) ckpt llama3b && stage baseline python3 tools/gpu/hf_reference.py baseline \
                 /tmp/ckpt/llama3b "$OUT/hf_baseline.json" ;;
     smollm2) stage smollm2 smollm2 ;;

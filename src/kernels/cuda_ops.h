@@ -53,9 +53,9 @@ struct AttnBatch {
   const int32_t* context_lens = nullptr;  // [num_seqs]
   const int32_t* block_table = nullptr;   // [num_seqs, max_blocks]
   int32_t num_seqs = 0;
-  int32_t max_blocks = 0;     // row stride of block_table
-  int32_t num_tokens = 0;     // query_start[num_seqs]
-  int32_t max_query_len = 0;  // upper bound of q_len over the sequences
+  int32_t max_blocks = 0;       // row stride of block_table
+  int32_t num_tokens = 0;       // query_start[num_seqs]
+  int32_t max_query_len = 0;    // upper bound of q_len over the sequences
   int32_t max_context_len = 0;  // upper bound of context_lens (sizes split-KV work)
 };
 
@@ -86,6 +86,16 @@ void rope_qkv_write(bf16* qkv, const bf16* bias, const int32_t* positions, const
 // SwiGLU over the fused gate/up projection: out[i, j] = silu(g) * u with
 // g = gate_up[i, j], u = gate_up[i, ff + j]. gate_up: [n, 2 * ff]; out: [n, ff].
 void silu_mul(const bf16* gate_up, bf16* out, int n, int ff, cudaStream_t s);
+
+// A linear layer of a few rows (decode at small batch; twin: cpu linear_bf16):
+// y[n, out] = x[n, in] @ w[out, in]^T, fp32 accumulation, y fp32 when y_fp32
+// else bf16. A stream over w at close to memory bandwidth, for
+// 1 <= n <= kGemvMaxRows, in % 8 == 0 and 16-byte aligned x and w
+// (gemv_supports); a row's bits do not depend on n.
+constexpr int kGemvMaxRows = 8;
+bool gemv_supports(const void* x, const void* w, int n, int in);
+void gemv(const bf16* x, const bf16* w, void* y, bool y_fp32, int n, int in, int out,
+          cudaStream_t s);
 
 // Causal paged attention over any mix of prefill chunks and decode rows.
 // q: [num_tokens] rows of n_heads * head_dim, row i at q + i * q_row_stride

@@ -324,6 +324,59 @@ TEST(CudaOps, RopeQkvWrite) {
   }
 }
 
+// ---- gemv (small-row linear) ------------------------------------------------
+
+TEST(CudaOps, GemvMatchesCpuLinear) {
+  CS_REQUIRE_GPU();
+  Stream stream;
+  Seeds seeds(5500);
+  struct Dims {
+    int in, out;
+  };
+  // The projections of both model shapes, an LM-head-like wide one, odd outs.
+  const Dims dims[] = {{576, 960},    {1536, 576},  {3072, 5120}, {8192, 3072},
+                       {3072, 20011}, {3072, 1001}, {8, 3}};
+  for (const Dims d : dims) {
+    const uint64_t seed = seeds.next();
+    const auto w = randn_bf16(static_cast<size_t>(d.out) * d.in, seed, 0.05f);
+    const auto x = randn_bf16(static_cast<size_t>(cuda::kGemvMaxRows) * d.in, seed + 1);
+    const auto xf = from_bf16(x);
+    std::vector<float> ref(static_cast<size_t>(cuda::kGemvMaxRows) * d.out);
+    ops::cpu::linear_bf16(xf.data(), w.data(), nullptr, ref.data(), cuda::kGemvMaxRows, d.in, d.out,
+                          ops::cpu::LinearKernel::kPerRow);
+    DeviceBuffer<uint16_t> d_w(w), d_x(x);
+    std::vector<float> row0_f32;  // row 0 at n = 1: the bits every n must give
+    for (const int n : {1, 2, 3, 5, 8}) {
+      ASSERT_TRUE(cuda::gemv_supports(d_x.get(), d_w.get(), n, d.in));
+      const std::vector<float> want(ref.begin(), ref.begin() + static_cast<ptrdiff_t>(n) * d.out);
+      const std::string what = str("in", d.in) + " " + str("out", d.out) + " " + str("n", n);
+      SCOPED_TRACE(what);
+      DeviceBuffer<float> y32(want.size());
+      y32.poison();
+      cuda::gemv(bf(d_x), bf(d_w), y32.get(), true, n, d.in, d.out, stream.get());
+      DeviceBuffer<uint16_t> y16(want.size());
+      y16.poison();
+      cuda::gemv(bf(d_x), bf(d_w), y16.get(), false, n, d.in, d.out, stream.get());
+      stream.sync();
+      const auto got32 = y32.download();
+      const auto got16 = y16.download();
+      EXPECT_EQ(count_poison(got32), 0u);
+      EXPECT_EQ(count_poison(got16), 0u);
+      // fp32 out: only the summation order differs from the CPU twin.
+      const ErrStats e32 = compare(got32, want, 1e-4, 1e-3);
+      report("gemv fp32", what, e32);
+      EXPECT_EQ(e32.n_bad, 0u) << describe_bad(e32);
+      const ErrStats e16 = compare(from_bf16(got16), want, kBf16Rtol, 1e-3);
+      report("gemv bf16", what, e16);
+      EXPECT_EQ(e16.n_bad, 0u) << describe_bad(e16);
+      EXPECT_LT(e16.rel, rel_norm_bound(want.size()));
+      // A row's bits do not depend on how many rows run with it.
+      if (n == 1) row0_f32 = got32;
+      EXPECT_EQ(0, std::memcmp(row0_f32.data(), got32.data(), row0_f32.size() * sizeof(float)));
+    }
+  }
+}
+
 // ---- silu_mul --------------------------------------------------------------
 
 TEST(CudaOps, SiluMul) {

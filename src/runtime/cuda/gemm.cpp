@@ -1,14 +1,24 @@
 #include "runtime/cuda/gemm.h"
 
+#include <cstdlib>
+#include <cstring>
+
+#include "kernels/cuda_ops.h"
 #include "runtime/cuda/cuda_status.h"
 
 namespace cartserve::cuda {
 
-Result<std::unique_ptr<Gemm>> Gemm::create(void* workspace, size_t workspace_bytes) {
+bool Gemm::gemv_by_default() {
+  const char* env = std::getenv("CARTSERVE_GEMV");
+  return env == nullptr || std::strcmp(env, "0") != 0;
+}
+
+Result<std::unique_ptr<Gemm>> Gemm::create(void* workspace, size_t workspace_bytes, bool gemv) {
   std::unique_ptr<Gemm> g(new Gemm());
   CS_CUBLAS(cublasLtCreate(&g->handle_));
   g->workspace_ = workspace;
   g->workspace_bytes_ = workspace_bytes;
+  g->gemv_ = gemv;
   return g;
 }
 
@@ -56,6 +66,10 @@ Result<const Gemm::Plan*> Gemm::plan(int n, int in, int out, bool y_fp32) {
 Status Gemm::run(const __nv_bfloat16* x, const __nv_bfloat16* w, void* y, bool y_fp32, int n,
                  int in, int out, cudaStream_t s) {
   if (n == 0) return {};
+  if (gemv_ && ops::cuda::gemv_supports(x, w, n, in)) {
+    ops::cuda::gemv(x, w, y, y_fp32, n, in, out, s);
+    return {};
+  }
   CS_ASSIGN_OR_RETURN(const Plan* p, plan(n, in, out, y_fp32));
   const float alpha = 1.0f, beta = 0.0f;
   CS_CUBLAS(cublasLtMatmul(handle_, p->op, &alpha, w, p->a, x, p->b, &beta, y, p->c, y, p->c,

@@ -1,6 +1,9 @@
 // Linear layers on the GPU through cuBLASLt: y[n, out] = x[n, in] @ w[out, in]^T
 // with bf16 operands and fp32 accumulation, y in bf16 or fp32. The algorithm
-// for each shape is chosen once (cuBLASLt's heuristic) and kept.
+// for each shape is chosen once (cuBLASLt's heuristic) and kept. Up to
+// ops::cuda::kGemvMaxRows rows (decode at small batch) go to the gemv kernel
+// instead, a stream over the weights, unless `gemv` is false (benchmarks
+// compare the two); CARTSERVE_GEMV=0 in the environment turns it off by default.
 #pragma once
 
 #include <cublasLt.h>
@@ -18,7 +21,9 @@ namespace cartserve::cuda {
 class Gemm {
  public:
   // `workspace` (device, `workspace_bytes`) is the caller's, for every call.
-  static Result<std::unique_ptr<Gemm>> create(void* workspace, size_t workspace_bytes);
+  static Result<std::unique_ptr<Gemm>> create(void* workspace, size_t workspace_bytes,
+                                              bool gemv = gemv_by_default());
+  static bool gemv_by_default();
   ~Gemm();
   Gemm(const Gemm&) = delete;
   Gemm& operator=(const Gemm&) = delete;
@@ -37,6 +42,7 @@ class Gemm {
   Result<const Plan*> plan(int n, int in, int out, bool y_fp32);
 
   cublasLtHandle_t handle_ = nullptr;
+  bool gemv_ = true;  // small row counts through ops::cuda::gemv
   void* workspace_ = nullptr;
   size_t workspace_bytes_ = 0;
   std::map<std::tuple<int, int, int, bool>, Plan> plans_;
