@@ -16,8 +16,10 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <fstream>
+#include <functional>
 #include <random>
 #include <string>
 #include <vector>
@@ -26,6 +28,7 @@
 
 #include "bench_util.h"
 #include "cartridge/cartridge_io.h"
+#include "kernels/cuda_ops.h"
 #include "runtime/cuda/gemm.h"
 #include "server/serving_stack.h"
 
@@ -314,6 +317,147 @@ json linear_layers(const ModelConfig& c, double copy_bw) {
   return rows;
 }
 
+// Device memory for a bench table, freed with it.
+struct DeviceScratch {
+  std::vector<void*> ptrs;
+  template <typename T>
+  T* alloc(size_t n, int fill = 0) {
+    void* p = nullptr;
+    cudaMalloc(&p, std::max<size_t>(n, 1) * sizeof(T));
+    cudaMemset(p, fill, std::max<size_t>(n, 1) * sizeof(T));
+    ptrs.push_back(p);
+    return static_cast<T*>(p);
+  }
+  template <typename T>
+  T* upload(const std::vector<T>& v) {
+    T* p = alloc<T>(v.size());
+    cudaMemcpy(p, v.data(), v.size() * sizeof(T), cudaMemcpyHostToDevice);
+    return p;
+  }
+  ~DeviceScratch() {
+    for (void* p : ptrs)
+      cudaFree(p);
+  }
+};
+
+// Where a decode step's time goes besides the linear layers: every other op
+// of one layer at decode shapes (`batch` sequences of 512-token contexts),
+// each timed alone (20 back-to-back launches between events, median of 5:
+// about what a graph replay costs it), with the bytes it moves.
+json decode_ops(const ModelConfig& c, double copy_bw, int batch) {
+  namespace k = ops::cuda;
+  const int n = batch, H = c.hidden_size, Q = c.q_dim(), KVD = c.num_kv_heads * c.head_dim;
+  const int QKV = Q + 2 * KVD, FF = c.intermediate_size, kBlock = 16, kCtx = 513;
+  const int blocks_per_seq = (kCtx + kBlock - 1) / kBlock;
+  DeviceScratch d;
+  auto* table = d.alloc<k::bf16>(static_cast<size_t>(1000) * H, 0x3c);
+  std::vector<int32_t> ids(static_cast<size_t>(n)), pos(ids.size()), slots(ids.size());
+  std::vector<int32_t> qs(static_cast<size_t>(n) + 1), ctx(ids.size(), kCtx), bt;
+  for (int i = 0; i < n; ++i) {
+    ids[static_cast<size_t>(i)] = 100 + i;
+    pos[static_cast<size_t>(i)] = kCtx - 1;
+    qs[static_cast<size_t>(i) + 1] = i + 1;
+    for (int b = 0; b < blocks_per_seq; ++b)
+      bt.push_back(i * blocks_per_seq + b);
+    slots[static_cast<size_t>(i)] =
+        (i * blocks_per_seq + (kCtx - 1) / kBlock) * kBlock + (kCtx - 1) % kBlock;
+  }
+  const int32_t* d_ids = d.upload(ids);
+  const int32_t* d_pos = d.upload(pos);
+  const int32_t* d_slots = d.upload(slots);
+  std::vector<float> inv(static_cast<size_t>(c.head_dim / 2), 0.01f);
+  const float* d_inv = d.upload(inv);
+  float* x = d.alloc<float>(static_cast<size_t>(n) * H);
+  auto* delta = d.alloc<k::bf16>(static_cast<size_t>(n) * H, 0x3c);
+  auto* norm_w = d.alloc<k::bf16>(static_cast<size_t>(H), 0x3c);
+  auto* xn = d.alloc<k::bf16>(static_cast<size_t>(n) * H);
+  auto* qkv = d.alloc<k::bf16>(static_cast<size_t>(n) * QKV, 0x3c);
+  auto* attn = d.alloc<k::bf16>(static_cast<size_t>(n) * Q);
+  auto* gu = d.alloc<k::bf16>(static_cast<size_t>(n) * 2 * FF, 0x3c);
+  auto* act = d.alloc<k::bf16>(static_cast<size_t>(n) * FF);
+  const size_t pool_elems = static_cast<size_t>(n) * blocks_per_seq * 2 * kBlock * KVD;
+  auto* pool = d.alloc<k::bf16>(pool_elems, 0x3c);
+  k::KvLayer kv;
+  kv.k = pool;
+  kv.v = pool + static_cast<size_t>(kBlock) * KVD;
+  kv.block_stride = int64_t{2} * kBlock * KVD;
+  kv.block_size = kBlock;
+  kv.num_kv_heads = c.num_kv_heads;
+  kv.head_dim = c.head_dim;
+  k::AttnBatch ab;
+  ab.query_start = d.upload(qs);
+  ab.context_lens = d.upload(ctx);
+  ab.block_table = d.upload(bt);
+  ab.num_seqs = n;
+  ab.max_blocks = blocks_per_seq;
+  ab.num_tokens = n;
+  ab.max_query_len = 1;
+  ab.max_context_len = blocks_per_seq * kBlock;
+  int dev = 0, sms = 0;
+  cudaGetDevice(&dev);
+  cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
+  const int splits = k::decode_num_splits(n, c.num_kv_heads, ab.max_context_len, 32, sms);
+  void* ws = d.alloc<uint8_t>(k::decode_workspace_bytes(n, c.num_heads, c.head_dim, 32));
+  const float scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
+
+  cudaEvent_t e0, e1;
+  cudaEventCreate(&e0);
+  cudaEventCreate(&e1);
+  auto time_us = [&](const std::function<void()>& op) {
+    std::vector<double> t;
+    for (int r = 0; r < 7; ++r) {
+      cudaEventRecord(e0);
+      for (int i = 0; i < 20; ++i)
+        op();
+      cudaEventRecord(e1);
+      cudaEventSynchronize(e1);
+      float ms = 0;
+      cudaEventElapsedTime(&ms, e0, e1);
+      if (r >= 2) t.push_back(ms * 1e3 / 20);
+    }
+    return median(t);
+  };
+  struct Op {
+    const char* name;
+    int per_step;  // launches per decode step (per layer, or once)
+    double bytes;  // per launch
+    std::function<void()> run;
+  };
+  const double nd = n;
+  const Op ops[] = {
+      {"embedding", 1, nd * H * (2 + 4), [&] { k::embedding(table, d_ids, x, n, H, nullptr); }},
+      {"add_rms_norm", 2 * c.num_layers, nd * H * (4 + 4 + 2 + 2),
+       [&] { k::add_rms_norm(x, delta, norm_w, xn, n, H, c.rms_norm_eps, nullptr); }},
+      {"rope_qkv_write", c.num_layers, nd * (2.0 * QKV * 2 + 2.0 * KVD * 2),
+       [&] {
+         k::rope_qkv_write(qkv, nullptr, d_pos, d_inv, d_slots, kv, n, c.num_heads, nullptr);
+       }},
+      {"attention_decode", c.num_layers, nd * (kCtx * 2.0 * KVD * 2 + 2.0 * Q * 2),
+       [&] {
+         k::paged_attention_decode(qkv, QKV, kv, ab, attn, c.num_heads, scale, splits, ws, nullptr);
+       }},
+      {"silu_mul", c.num_layers, nd * FF * (4 + 2), [&] { k::silu_mul(gu, act, n, FF, nullptr); }},
+  };
+  json rows = json::array();
+  double total_us = 0;
+  std::printf("decode batch %d, other ops     us/launch  launches  us/step  bytes %%\n", batch);
+  for (const Op& op : ops) {
+    const double us = time_us(op.run);
+    const double floor_us = 1e6 * op.bytes / copy_bw;
+    total_us += us * op.per_step;
+    rows.push_back({{"op", op.name},
+                    {"us_per_launch", us},
+                    {"launches_per_step", op.per_step},
+                    {"us_per_step", us * op.per_step},
+                    {"bytes_per_launch", op.bytes},
+                    {"floor_us_per_launch", floor_us}});
+    std::printf("  %-26s %9.2f %9d %8.1f %6.0f%%\n", op.name, us, op.per_step, us * op.per_step,
+                100.0 * floor_us / us);
+  }
+  std::printf("  %-26s %29.1f\n", "sum", total_us);
+  return {{"batch", batch}, {"context", kCtx}, {"ops", rows}, {"sum_us_per_step", total_us}};
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -360,6 +504,7 @@ int main(int argc, char** argv) {
 
   json figures = json::object();
   if (want("linear")) j["linear_layers"] = linear_layers(c, copy_bw);
+  if (want("ops")) j["decode_other_ops"] = {decode_ops(c, copy_bw, 1), decode_ops(c, copy_bw, 64)};
   if (want("decode") || want("decode1") || want("prefill")) {
     auto backend = make_backend(m, o);
     if (!backend.ok()) {

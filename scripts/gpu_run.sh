@@ -13,6 +13,7 @@
 #   profile    per-kernel GPU time of decode at batch 1 on the 3B shape (nsys, graph nodes
 #              traced): decode_kernels*.csv
 #   baseline   HF transformers eager and static cache + torch.compile on the same weights
+#              (baseline:PARTS for some of eager,decode,prefill,ttft)
 #   smollm2    the real SmolLM2 GGUF: greedy text vs the CPU build on the golden
 #              prompts, the cartridge canary, validation tiers 0-5, R, A with --device cuda
 # Inputs (built here by scripts/gpu_pack.sh, carried as .gpu/*): bundle.tgz (binaries +
@@ -111,6 +112,8 @@ for s in "$@"; do
     profile) ckpt llama3b && stage profile profile ;;
     baseline) ckpt llama3b && stage baseline python3 tools/gpu/hf_reference.py baseline \
                 /tmp/ckpt/llama3b "$OUT/hf_baseline.json" ;;
+    baseline:*) ckpt llama3b && stage baseline python3 tools/gpu/hf_reference.py baseline \
+                  /tmp/ckpt/llama3b "$OUT/hf_baseline_${s#baseline:}.json" "${s#baseline:}" ;;
     smollm2) stage smollm2 smollm2 ;;
     *) echo "unknown stage $s" ;;
   esac

@@ -7,7 +7,8 @@
   compare DIR OURS OUT  HF logits (bf16, and fp32 from the same bf16 weights) at every
                         position of every prompt and HF's greedy 64-token continuations,
                         against ours (dump_logits' logits_<i>.f32 and greedy.json) -> JSON
-  baseline DIR OUT      HF eager and static cache + torch.compile timings on the same weights:
+  baseline DIR OUT [PARTS]  (PARTS: eager,decode,prefill,ttft by default)
+                        HF eager and static cache + torch.compile timings on the same weights:
                         decode batch 1 / 64 at 512-token contexts, prefill 512/2048/8192
                         (compiled: inductor, one graph per length), a 64-token question
                         after a 2048-token cache (with its copy; compiled: static cache)
@@ -156,8 +157,9 @@ def timed(fn, warm=2, reps=5):
     return sorted(t)[len(t) // 2]
 
 
-def baseline(d, out_path):
+def baseline(d, out_path, parts="eager,decode,prefill,ttft"):
     from transformers import StaticCache
+    parts = set(parts.split(","))
     res = {"checkpoint": d}
     model = load(d, torch.bfloat16)
     vocab = model.config.vocab_size
@@ -165,10 +167,10 @@ def baseline(d, out_path):
     rand = lambda b, n: torch.randint(3, vocab, (b, n), generator=g).cuda()
     eager = {}
     with torch.no_grad():
-        for n in (512, 2048, 8192):
+        for n in (512, 2048, 8192) if "eager" in parts else ():
             x = rand(1, n)
             eager[f"prefill_{n}_ms"] = timed(lambda: model(x), warm=1, reps=3)
-        for b in (1, 64):
+        for b in (1, 64) if "eager" in parts else ():
             ctx = rand(b, 512)
             out = model(ctx, use_cache=True)
             cache = out.past_key_values
@@ -182,20 +184,21 @@ def baseline(d, out_path):
             # Each run appends to the cache; the context grows slightly (512..572).
             eager[f"decode_batch_{b}_ms_per_step"] = timed(run, warm=1, reps=3) / steps
         # First token after a 2048-token cache, with the copy a shared cache needs.
-        doc = model(rand(1, 2048), use_cache=True).past_key_values
-        q = rand(1, 64)
+        if "eager" in parts:
+            doc = model(rand(1, 2048), use_cache=True).past_key_values
+            q = rand(1, 64)
 
-        def ttft():
-            model(q, past_key_values=copy.deepcopy(doc), use_cache=True)
-        try:
-            eager["ttft_cache_2048_question_64_ms"] = timed(ttft)
-        except Exception as e:  # noqa: BLE001
-            eager["ttft_error"] = repr(e)
+            def ttft():
+                model(q, past_key_values=copy.deepcopy(doc), use_cache=True)
+            try:
+                eager["ttft_cache_2048_question_64_ms"] = timed(ttft)
+            except Exception as e:  # noqa: BLE001
+                eager["ttft_error"] = repr(e)
     res["eager"] = eager
     # Static cache + torch.compile (decode).
     compiled = {}
     try:
-        for b in (1, 64):
+        for b in (1, 64) if "decode" in parts else ():
             cache = StaticCache(config=model.config, max_batch_size=b, max_cache_len=640,
                                 device="cuda", dtype=torch.bfloat16)
             ctx = rand(b, 512)
@@ -222,7 +225,7 @@ def baseline(d, out_path):
     # torch.compile (inductor, default mode) for prefill; one compile per length.
     try:
         cmodel = torch.compile(model, dynamic=False)
-        for n in (512, 2048, 8192):
+        for n in (512, 2048, 8192) if "prefill" in parts else ():
             x = rand(1, n)
             t0 = time.time()
             with torch.no_grad():
@@ -238,14 +241,17 @@ def baseline(d, out_path):
     # document's KV is copied into the request's cache, then the 64-token
     # question runs through the compiled (CUDA graph) forward.
     try:
+        if "ttft" not in parts:
+            raise StopIteration
         doc_len, q_len = 2048, 64
         mk = lambda: StaticCache(config=model.config, max_batch_size=1,  # noqa: E731
                                  max_cache_len=doc_len + q_len, device="cuda",
                                  dtype=torch.bfloat16)
         doc, work = mk(), mk()
-        with torch.no_grad():
-            model(rand(1, doc_len), past_key_values=doc,
-                  cache_position=torch.arange(doc_len, device="cuda"), use_cache=True)
+        with torch.no_grad():  # both caches allocate their tensors on first use
+            for c in (doc, work):
+                model(rand(1, doc_len), past_key_values=c,
+                      cache_position=torch.arange(doc_len, device="cuda"), use_cache=True)
         pairs = ([(a.keys, b.keys) for a, b in zip(work.layers, doc.layers)] +
                  [(a.values, b.values) for a, b in zip(work.layers, doc.layers)])
         step = torch.compile(model.forward, mode="reduce-overhead", fullgraph=True)
@@ -263,6 +269,8 @@ def baseline(d, out_path):
         torch.cuda.synchronize()
         compiled["compile_and_warmup_s_ttft"] = time.time() - t0
         compiled["ttft_cache_2048_question_64_ms"] = timed(ttft_compiled, warm=2, reps=10)
+    except StopIteration:
+        pass
     except Exception as e:  # noqa: BLE001
         compiled["ttft_error"] = repr(e)[:500]
     res["static_compile"] = compiled
@@ -278,6 +286,6 @@ if __name__ == "__main__":
     elif cmd == "compare":
         compare(sys.argv[2], sys.argv[3], sys.argv[4])
     elif cmd == "baseline":
-        baseline(sys.argv[2], sys.argv[3])
+        baseline(*sys.argv[2:5])
     else:
         sys.exit(__doc__)
