@@ -13,6 +13,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <filesystem>
 #include <fstream>
 
 #include <nlohmann/json.hpp>
@@ -214,6 +215,12 @@ TEST(SmolLM2GoldenQuantized, DefaultPathTop1AgreesWithFp32Reference) {
   ASSERT_TRUE(m.ok()) << m.status().to_string();
   ASSERT_NE((*m)->weights.layers[0].wq.block_type(), 0u);
   ASSERT_NE((*m)->weights.lm_head.block_type(), 0u);
+  // The weights held in memory: at most 1.1x the GGUF file (issue 14).
+  const auto file_bytes = std::filesystem::file_size(testing::test_model_path());
+  std::printf("[golden quantized] weights in memory %zu bytes, GGUF file %ju bytes: %.3fx\n",
+              (*m)->weights.nbytes(), static_cast<uintmax_t>(file_bytes),
+              static_cast<double>((*m)->weights.nbytes()) / static_cast<double>(file_bytes));
+  EXPECT_LE(static_cast<double>((*m)->weights.nbytes()), 1.1 * static_cast<double>(file_bytes));
   const json golden = load_json(fixture_path("model/smollm2_golden.json"));
   int agree = 0;
   size_t total = 0;
