@@ -238,85 +238,6 @@ double ttft(ServingStack& stack, const std::vector<int32_t>& prompt, int32_t vir
   return first;
 }
 
-// The model's linear layers alone, at the row counts of decode: the gemv
-// kernel against cuBLASLt on the same shapes (weights only: they dominate the
-// bytes), as GB/s of weights read and a fraction of the copy bandwidth.
-json linear_layers(const ModelConfig& c, double copy_bw) {
-  struct Shape {
-    const char* name;
-    int in, out;
-  };
-  const int kvd = c.num_kv_heads * c.head_dim;
-  const Shape shapes[] = {{"qkv", c.hidden_size, c.q_dim() + 2 * kvd},
-                          {"o", c.q_dim(), c.hidden_size},
-                          {"gate_up", c.hidden_size, 2 * c.intermediate_size},
-                          {"down", c.intermediate_size, c.hidden_size},
-                          {"lm_head", c.hidden_size, c.vocab_size}};
-  size_t w_elems = 0, x_elems = 0, y_elems = 0;
-  for (const Shape& sh : shapes) {
-    w_elems = std::max(w_elems, static_cast<size_t>(sh.in) * sh.out);
-    x_elems = std::max(x_elems, static_cast<size_t>(64) * sh.in);
-    y_elems = std::max(y_elems, static_cast<size_t>(64) * sh.out);
-  }
-  __nv_bfloat16 *w = nullptr, *x = nullptr;
-  float* y = nullptr;
-  void* ws = nullptr;
-  cudaMalloc(&w, w_elems * 2);
-  cudaMalloc(&x, x_elems * 2);
-  cudaMalloc(&y, y_elems * 4);
-  cudaMalloc(&ws, 32 << 20);
-  cudaMemset(w, 0x3c, w_elems * 2);  // ~0.01: finite, not zero
-  cudaMemset(x, 0x3c, x_elems * 2);
-  auto with_gemv = cuda::Gemm::create(ws, 32 << 20, true);
-  auto cublas = cuda::Gemm::create(ws, 32 << 20, false);
-  json rows = json::array();
-  if (!with_gemv.ok() || !cublas.ok()) return rows;
-  cudaEvent_t e0, e1;
-  cudaEventCreate(&e0);
-  cudaEventCreate(&e1);
-  // Microseconds per call: 20 back-to-back calls between events, median of 5.
-  auto time_us = [&](cuda::Gemm& g, const Shape& sh, int n) {
-    std::vector<double> t;
-    for (int r = 0; r < 7; ++r) {
-      cudaEventRecord(e0);
-      for (int i = 0; i < 20; ++i)
-        (void)g.run(x, w, y, sh.name == std::string("lm_head"), n, sh.in, sh.out, nullptr);
-      cudaEventRecord(e1);
-      cudaEventSynchronize(e1);
-      float ms = 0;
-      cudaEventElapsedTime(&ms, e0, e1);
-      if (r >= 2) t.push_back(ms * 1e3 / 20);
-    }
-    return median(t);
-  };
-  std::printf("%-8s %3s %10s %10s %8s %8s\n", "linear", "n", "gemv us", "cublas us", "gemv %",
-              "cublas %");
-  for (const Shape& sh : shapes) {
-    const double bytes = 2.0 * sh.in * static_cast<double>(sh.out);
-    for (const int n : {1, 2, 4, 8, 64}) {
-      const double g = time_us(**with_gemv, sh, n), b = time_us(**cublas, sh, n);
-      const double floor_us = 1e6 * bytes / copy_bw;
-      rows.push_back({{"layer", sh.name},
-                      {"in", sh.in},
-                      {"out", sh.out},
-                      {"rows", n},
-                      {"weight_bytes", bytes},
-                      {"floor_us", floor_us},
-                      {"gemm_us", g},
-                      {"cublaslt_us", b},
-                      {"gemm_fraction_of_floor", floor_us / g},
-                      {"cublaslt_fraction_of_floor", floor_us / b}});
-      std::printf("%-8s %3d %10.2f %10.2f %7.0f%% %7.0f%%\n", sh.name, n, g, b,
-                  100.0 * floor_us / g, 100.0 * floor_us / b);
-    }
-  }
-  cudaFree(w);
-  cudaFree(x);
-  cudaFree(y);
-  cudaFree(ws);
-  return rows;
-}
-
 // Device memory for a bench table, freed with it.
 struct DeviceScratch {
   std::vector<void*> ptrs;
@@ -340,10 +261,88 @@ struct DeviceScratch {
   }
 };
 
+// Microseconds per launch of `op`: 20 back-to-back launches between events,
+// median of 5 (after 2 warm-up rounds); about what a graph replay costs it.
+double launch_us(const std::function<void()>& op) {
+  cudaEvent_t e0, e1;
+  cudaEventCreate(&e0);
+  cudaEventCreate(&e1);
+  std::vector<double> t;
+  for (int r = 0; r < 7; ++r) {
+    cudaEventRecord(e0);
+    for (int i = 0; i < 20; ++i)
+      op();
+    cudaEventRecord(e1);
+    cudaEventSynchronize(e1);
+    float ms = 0;
+    cudaEventElapsedTime(&ms, e0, e1);
+    if (r >= 2) t.push_back(ms * 1e3 / 20);
+  }
+  cudaEventDestroy(e0);
+  cudaEventDestroy(e1);
+  return median(t);
+}
+
+// The model's linear layers alone, at the row counts of decode: the gemv
+// kernel against cuBLASLt on the same shapes (weights only: they dominate the
+// bytes), as GB/s of weights read and a fraction of the copy bandwidth.
+json linear_layers(const ModelConfig& c, double copy_bw) {
+  struct Shape {
+    const char* name;
+    int in, out;
+  };
+  const int kvd = c.num_kv_heads * c.head_dim;
+  const Shape shapes[] = {{"qkv", c.hidden_size, c.q_dim() + 2 * kvd},
+                          {"o", c.q_dim(), c.hidden_size},
+                          {"gate_up", c.hidden_size, 2 * c.intermediate_size},
+                          {"down", c.intermediate_size, c.hidden_size},
+                          {"lm_head", c.hidden_size, c.vocab_size}};
+  size_t w_elems = 0, x_elems = 0, y_elems = 0;
+  for (const Shape& sh : shapes) {
+    w_elems = std::max(w_elems, static_cast<size_t>(sh.in) * sh.out);
+    x_elems = std::max(x_elems, static_cast<size_t>(64) * sh.in);
+    y_elems = std::max(y_elems, static_cast<size_t>(64) * sh.out);
+  }
+  DeviceScratch d;
+  auto* w = d.alloc<__nv_bfloat16>(w_elems, 0x3c);  // ~0.01: finite, not zero
+  auto* x = d.alloc<__nv_bfloat16>(x_elems, 0x3c);
+  float* y = d.alloc<float>(y_elems);
+  void* ws = d.alloc<uint8_t>(32 << 20);
+  auto with_gemv = cuda::Gemm::create(ws, 32 << 20, true);
+  auto cublas = cuda::Gemm::create(ws, 32 << 20, false);
+  json rows = json::array();
+  if (!with_gemv.ok() || !cublas.ok()) return rows;
+  auto time_us = [&](cuda::Gemm& g, const Shape& sh, int n) {
+    const bool f32 = sh.name == std::string("lm_head");
+    return launch_us([&] { (void)g.run(x, w, y, f32, n, sh.in, sh.out, nullptr); });
+  };
+  std::printf("%-8s %3s %10s %10s %8s %8s\n", "linear", "n", "gemv us", "cublas us", "gemv %",
+              "cublas %");
+  for (const Shape& sh : shapes) {
+    const double bytes = 2.0 * sh.in * static_cast<double>(sh.out);
+    for (const int n : {1, 2, 4, 8, 64}) {
+      const double g = time_us(**with_gemv, sh, n), b = time_us(**cublas, sh, n);
+      const double floor_us = 1e6 * bytes / copy_bw;
+      rows.push_back({{"layer", sh.name},
+                      {"in", sh.in},
+                      {"out", sh.out},
+                      {"rows", n},
+                      {"weight_bytes", bytes},
+                      {"floor_us", floor_us},
+                      {"gemm_us", g},
+                      {"cublaslt_us", b},
+                      {"gemm_fraction_of_floor", floor_us / g},
+                      {"cublaslt_fraction_of_floor", floor_us / b}});
+      std::printf("%-8s %3d %10.2f %10.2f %7.0f%% %7.0f%%\n", sh.name, n, g, b,
+                  100.0 * floor_us / g, 100.0 * floor_us / b);
+    }
+  }
+  return rows;
+}
+
 // Where a decode step's time goes besides the linear layers: every other op
 // of one layer at decode shapes (`batch` sequences of 512-token contexts),
-// each timed alone (20 back-to-back launches between events, median of 5:
-// about what a graph replay costs it), with the bytes it moves.
+// each timed alone (launch_us), with the bytes it moves.
 json decode_ops(const ModelConfig& c, double copy_bw, int batch) {
   namespace k = ops::cuda;
   const int n = batch, H = c.hidden_size, Q = c.q_dim(), KVD = c.num_kv_heads * c.head_dim;
@@ -400,23 +399,6 @@ json decode_ops(const ModelConfig& c, double copy_bw, int batch) {
   void* ws = d.alloc<uint8_t>(k::decode_workspace_bytes(n, c.num_heads, c.head_dim, 32));
   const float scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
 
-  cudaEvent_t e0, e1;
-  cudaEventCreate(&e0);
-  cudaEventCreate(&e1);
-  auto time_us = [&](const std::function<void()>& op) {
-    std::vector<double> t;
-    for (int r = 0; r < 7; ++r) {
-      cudaEventRecord(e0);
-      for (int i = 0; i < 20; ++i)
-        op();
-      cudaEventRecord(e1);
-      cudaEventSynchronize(e1);
-      float ms = 0;
-      cudaEventElapsedTime(&ms, e0, e1);
-      if (r >= 2) t.push_back(ms * 1e3 / 20);
-    }
-    return median(t);
-  };
   struct Op {
     const char* name;
     int per_step;  // launches per decode step (per layer, or once)
@@ -442,7 +424,7 @@ json decode_ops(const ModelConfig& c, double copy_bw, int batch) {
   double total_us = 0;
   std::printf("decode batch %d, other ops     us/launch  launches  us/step  bytes %%\n", batch);
   for (const Op& op : ops) {
-    const double us = time_us(op.run);
+    const double us = launch_us(op.run);
     const double floor_us = 1e6 * op.bytes / copy_bw;
     total_us += us * op.per_step;
     rows.push_back({{"op", op.name},
