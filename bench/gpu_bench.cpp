@@ -10,8 +10,9 @@
 // backend through the runtime seam (sampling included); the cartridge
 // figures go through the whole engine. Writes JSON; prints a table.
 //
-// Usage: gpu_bench MODEL [--out gpu_bench.json] [--repeats N] [--only
-// linear|decode|decode1|prefill|ttft]
+// Usage: gpu_bench MODEL [--out gpu_bench.json] [--repeats N] [--only GROUP]
+// GROUP (one set of figures, e.g. for a profiler run): linear, ops, decode,
+// decode1 (batch 1 only), prefill or ttft.
 #include <cuda_runtime.h>
 
 #include <algorithm>

@@ -107,8 +107,7 @@ def test_sentencepiece_model_streams_what_it_returns(mistral_server):
     with requests.post(url + "/v1/chat/completions", json={**body, "stream": True}, stream=True,
                        timeout=600) as r:
         assert r.status_code == 200
-        # The whole body, split here: requests' iter_lines loses lines at some
-        # chunk boundaries (requests 2.34; seen with chunk_size=1 and in this test).
+        # The whole (short) body, split into SSE lines here.
         for line in b"".join(r.iter_content(chunk_size=None)).split(b"\n"):
             if not line.startswith(b"data: ") or line == b"data: [DONE]":
                 continue

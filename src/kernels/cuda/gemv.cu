@@ -85,34 +85,14 @@ __global__ void __launch_bounds__(kWarps * 32)
 
 template <bool F32_OUT>
 void launch(const bf16* x, const bf16* w, void* y, int n, int in, int out, cudaStream_t s) {
+  using Kernel = void (*)(const bf16*, const bf16*, void*, int, int);
+  // One instance per row count: the partial sums live in registers.
+  constexpr Kernel kernels[kGemvMaxRows] = {gemv_kernel<1, F32_OUT>, gemv_kernel<2, F32_OUT>,
+                                            gemv_kernel<3, F32_OUT>, gemv_kernel<4, F32_OUT>,
+                                            gemv_kernel<5, F32_OUT>, gemv_kernel<6, F32_OUT>,
+                                            gemv_kernel<7, F32_OUT>, gemv_kernel<8, F32_OUT>};
   const unsigned grid = static_cast<unsigned>((out + kWarps - 1) / kWarps);
-  const dim3 block(kWarps * 32);
-  switch (n) {
-    case 1:
-      gemv_kernel<1, F32_OUT><<<grid, block, 0, s>>>(x, w, y, in, out);
-      break;
-    case 2:
-      gemv_kernel<2, F32_OUT><<<grid, block, 0, s>>>(x, w, y, in, out);
-      break;
-    case 3:
-      gemv_kernel<3, F32_OUT><<<grid, block, 0, s>>>(x, w, y, in, out);
-      break;
-    case 4:
-      gemv_kernel<4, F32_OUT><<<grid, block, 0, s>>>(x, w, y, in, out);
-      break;
-    case 5:
-      gemv_kernel<5, F32_OUT><<<grid, block, 0, s>>>(x, w, y, in, out);
-      break;
-    case 6:
-      gemv_kernel<6, F32_OUT><<<grid, block, 0, s>>>(x, w, y, in, out);
-      break;
-    case 7:
-      gemv_kernel<7, F32_OUT><<<grid, block, 0, s>>>(x, w, y, in, out);
-      break;
-    default:
-      gemv_kernel<8, F32_OUT><<<grid, block, 0, s>>>(x, w, y, in, out);
-      break;
-  }
+  kernels[n - 1]<<<grid, kWarps * 32, 0, s>>>(x, w, y, in, out);
 }
 
 }  // namespace

@@ -46,7 +46,7 @@ class Gemm {
   Result<const Plan*> plan(int n, int in, int out, bool y_fp32);
 
   cublasLtHandle_t handle_ = nullptr;
-  bool gemv_ = true;  // small row counts through ops::cuda::gemv
+  bool gemv_ = false;  // small row counts through ops::cuda::gemv (set by create)
   void* workspace_ = nullptr;
   size_t workspace_bytes_ = 0;
   std::map<std::tuple<int, int, int, bool>, Plan> plans_;
