@@ -16,6 +16,8 @@
 #              (baseline:PARTS for some of eager,decode,prefill,ttft)
 #   smollm2    the real SmolLM2 GGUF: greedy text vs the CPU build on the golden
 #              prompts, the cartridge canary, validation tiers 0-5, R, A with --device cuda
+#   soak       bench/soak/soak.py with the real SmolLM2 GGUF on --device cuda: 10,000 chat
+#              requests at concurrency 64 over 100 cartridges, residency churning: soak.json
 # Inputs (built here by scripts/gpu_pack.sh, carried as .gpu/*): bundle.tgz (binaries +
 # 3 libraries) and gguf.part-N (the GGUF in parts, one per call). Results: $OUT (at most
 # 8 files come back): stages.jsonl, run.log, and one JSON per stage.
@@ -115,6 +117,8 @@ for s in "$@"; do
     baseline:*) ckpt llama3b && stage baseline python3 tools/gpu/hf_reference.py baseline \
                   /tmp/ckpt/llama3b "$OUT/hf_baseline_${s#baseline:}.json" "${s#baseline:}" ;;
     smollm2) stage smollm2 smollm2 ;;
+    soak) stage soak python3 bench/soak/soak.py --bin "$B/cartserve" --model "$GGUF" --device cuda \
+            --build-jobs 8 --kv-cache-memory 2GiB --out "$OUT/soak.json" ;;
     *) echo "unknown stage $s" ;;
   esac
 done

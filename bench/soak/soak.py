@@ -173,6 +173,9 @@ def main():
     ap.add_argument("--max-tokens", type=int, default=12)
     ap.add_argument("--budget-fraction", type=float, default=0.3, help="device budget / sum of cartridges")
     ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="the server's device")
+    ap.add_argument("--build-jobs", type=int, default=2, help="cartridge builds run at once")
+    ap.add_argument("--kv-cache-memory", default="768MiB")
     ap.add_argument("--out")
     ap.add_argument("--keep", action="store_true")
     a = ap.parse_args()
@@ -183,7 +186,8 @@ def main():
     work = tempfile.mkdtemp(prefix="cartserve-soak-")
     result = {"config": {"requests": n_req, "cartridges": n_cart, "concurrency": a.concurrency,
                          "sample": n_sample, "max_tokens": a.max_tokens, "budget_fraction": a.budget_fraction,
-                         "seed": a.seed}}
+                         "seed": a.seed, "model": os.path.basename(os.path.normpath(a.model)),
+                         "device": a.device}}
     checks = {}
     try:
         # 1. documents and cartridges (+4 extra for the admin thread)
@@ -195,16 +199,18 @@ def main():
             with open(txt, "w") as f:
                 f.write(document(name, random.Random(name)))
             r = subprocess.run([a.bin, "cartridge", "build", a.model, "--text", txt,
-                                "-o", os.path.join(work, name + ".pt"), "--id", name],
+                                "-o", os.path.join(work, name + ".pt"), "--id", name, "--device", a.device],
                                capture_output=True, text=True, timeout=900)
             if r.returncode != 0:
                 raise RuntimeError(r.stderr[-2000:])
-        with ThreadPoolExecutor(2) as ex:
+        with ThreadPoolExecutor(a.build_jobs) as ex:
             list(ex.map(build, names))
         result["build_seconds"] = round(time.time() - t0, 1)
         sizes = {n: os.path.getsize(os.path.join(work, n + ".pt")) for n in names}
-        total_fp32 = 2 * sum(sizes[n] for n in names[:n_cart])  # device KV is fp32 on the CPU (bf16 files)
-        budget = int(total_fp32 * a.budget_fraction)
+        # The files hold bf16; the device tier holds fp32 on the CPU, bf16 on cuda.
+        widen = 2 if a.device == "cpu" else 1
+        total_device = widen * sum(sizes[n] for n in names[:n_cart])
+        budget = int(total_device * a.budget_fraction)
         cfg = {"kv_connector": "CartridgeConnector", "kv_role": "kv_both",
                "kv_connector_extra_config": {
                    "cartridges": [{"cartridge_id": n, "path": os.path.join(work, n + ".pt")} for n in names[:n_cart]],
@@ -212,10 +218,10 @@ def main():
                    "host_capacity_bytes": int(sum(sizes.values()) * 0.5),
                    "registry_db": os.path.join(work, "registry.db"), "cartridge_dir": work}}
         result["device_budget_bytes"] = budget
-        result["cartridge_bytes_device_dtype"] = total_fp32
+        result["cartridge_bytes_device_dtype"] = total_device
         # 2. the server
         server = Server([a.bin, "serve", a.model, "--host", "127.0.0.1", "--port", "0",
-                         "--served-model-name", "soak", "--max-model-len", "2048", "--kv-cache-memory", "768MiB",
+                         "--served-model-name", "soak", "--max-model-len", "2048", "--kv-cache-memory", a.kv_cache_memory, "--device", a.device,
                          "--max-concurrent-requests", str(a.concurrency * 2), "--kv-transfer-config", json.dumps(cfg)],
                         os.path.join(work, "server.log"))
         # 3. load + 4. admin + memory sampling
