@@ -284,9 +284,10 @@ double launch_us(const std::function<void()>& op) {
   return median(t);
 }
 
-// The model's linear layers alone, at the row counts of decode: the gemv
-// kernel against cuBLASLt on the same shapes (weights only: they dominate the
-// bytes), as GB/s of weights read and a fraction of the copy bandwidth.
+// The model's linear layers alone, at the row counts of decode: the skinny
+// (batch-invariant, what decode rows use) and gemv kernels against cuBLASLt
+// on the same shapes (weights only: they dominate the bytes), as GB/s of
+// weights read and a fraction of the copy bandwidth.
 json linear_layers(const ModelConfig& c, double copy_bw) {
   struct Shape {
     const char* name;
@@ -298,31 +299,35 @@ json linear_layers(const ModelConfig& c, double copy_bw) {
                           {"gate_up", c.hidden_size, 2 * c.intermediate_size},
                           {"down", c.intermediate_size, c.hidden_size},
                           {"lm_head", c.hidden_size, c.vocab_size}};
+  constexpr int kRows[] = {1, 2, 4, 8, 16, 32, 64, 128};
   size_t w_elems = 0, x_elems = 0, y_elems = 0;
   for (const Shape& sh : shapes) {
     w_elems = std::max(w_elems, static_cast<size_t>(sh.in) * sh.out);
-    x_elems = std::max(x_elems, static_cast<size_t>(64) * sh.in);
-    y_elems = std::max(y_elems, static_cast<size_t>(64) * sh.out);
+    x_elems = std::max(x_elems, static_cast<size_t>(128) * sh.in);
+    y_elems = std::max(y_elems, static_cast<size_t>(128) * sh.out);
   }
   DeviceScratch d;
   auto* w = d.alloc<__nv_bfloat16>(w_elems, 0x3c);  // ~0.01: finite, not zero
   auto* x = d.alloc<__nv_bfloat16>(x_elems, 0x3c);
   float* y = d.alloc<float>(y_elems);
   void* ws = d.alloc<uint8_t>(32 << 20);
-  auto with_gemv = cuda::Gemm::create(ws, 32 << 20, true);
-  auto cublas = cuda::Gemm::create(ws, 32 << 20, false);
+  auto with_gemv = cuda::Gemm::create(ws, 32 << 20, true, false);
+  auto cublas = cuda::Gemm::create(ws, 32 << 20, false, false);
+  auto skinny = cuda::Gemm::create(ws, 32 << 20, false, true);
   json rows = json::array();
-  if (!with_gemv.ok() || !cublas.ok()) return rows;
-  auto time_us = [&](cuda::Gemm& g, const Shape& sh, int n) {
+  if (!with_gemv.ok() || !cublas.ok() || !skinny.ok()) return rows;
+  auto time_us = [&](cuda::Gemm& g, const Shape& sh, int n, bool decode) {
     const bool f32 = sh.name == std::string("lm_head");
-    return launch_us([&] { (void)g.run(x, w, y, f32, n, sh.in, sh.out, nullptr); });
+    return launch_us([&] { (void)g.run(x, w, y, f32, n, sh.in, sh.out, nullptr, decode); });
   };
-  std::printf("%-8s %3s %10s %10s %8s %8s\n", "linear", "n", "gemv us", "cublas us", "gemv %",
-              "cublas %");
+  std::printf("%-8s %3s %10s %10s %10s %8s %8s %8s\n", "linear", "n", "skinny us", "gemv us",
+              "cublas us", "skinny %", "gemv %", "cublas %");
   for (const Shape& sh : shapes) {
     const double bytes = 2.0 * sh.in * static_cast<double>(sh.out);
-    for (const int n : {1, 2, 4, 8, 64}) {
-      const double g = time_us(**with_gemv, sh, n), b = time_us(**cublas, sh, n);
+    for (const int n : kRows) {
+      const double k = time_us(**skinny, sh, n, true), b = time_us(**cublas, sh, n, false);
+      // gemv takes at most kGemvMaxRows rows (more go to cuBLASLt).
+      const double g = n <= ops::cuda::kGemvMaxRows ? time_us(**with_gemv, sh, n, false) : b;
       const double floor_us = 1e6 * bytes / copy_bw;
       rows.push_back({{"layer", sh.name},
                       {"in", sh.in},
@@ -330,12 +335,14 @@ json linear_layers(const ModelConfig& c, double copy_bw) {
                       {"rows", n},
                       {"weight_bytes", bytes},
                       {"floor_us", floor_us},
-                      {"gemm_us", g},
+                      {"skinny_us", k},
+                      {"gemv_us", g},
                       {"cublaslt_us", b},
-                      {"gemm_fraction_of_floor", floor_us / g},
+                      {"skinny_fraction_of_floor", floor_us / k},
+                      {"gemv_fraction_of_floor", floor_us / g},
                       {"cublaslt_fraction_of_floor", floor_us / b}});
-      std::printf("%-8s %3d %10.2f %10.2f %7.0f%% %7.0f%%\n", sh.name, n, g, b,
-                  100.0 * floor_us / g, 100.0 * floor_us / b);
+      std::printf("%-8s %3d %10.2f %10.2f %10.2f %7.0f%% %7.0f%% %7.0f%%\n", sh.name, n, k, g, b,
+                  100.0 * floor_us / k, 100.0 * floor_us / g, 100.0 * floor_us / b);
     }
   }
   return rows;

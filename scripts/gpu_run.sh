@@ -10,6 +10,9 @@
 #              transformers: our logits and greedy continuations against HF's
 #   bench      bench/gpu_bench on the 3B shape (linear layers gemv vs cuBLASLt, decode,
 #              prefill, cartridge TTFT, promotion)
+#   bench:noskinny  decode on the 3B shape with CARTSERVE_SKINNY=0 (decode rows through
+#              cuBLASLt, as before the skinny kernel): gpu_bench_noskinny.json
+#   bench:smollm2   decode at batch 1 and 64 on the SmolLM2-135M shape: gpu_bench_smollm2.json
 #   profile    per-kernel GPU time of decode at batch 1 on the 3B shape (nsys, graph nodes
 #              traced): decode_kernels*.csv
 #   baseline   HF transformers eager and static cache + torch.compile on the same weights
@@ -111,6 +114,10 @@ for s in "$@"; do
     logits) stage logits_smollm2 logits smollm2; stage logits_llama3b logits llama3b ;;
     logits:*) stage "logits_${s#logits:}" logits "${s#logits:}" ;;
     bench) ckpt llama3b && stage bench "$B/gpu_bench" /tmp/ckpt/llama3b --out "$OUT/gpu_bench.json" ;;
+    bench:noskinny) ckpt llama3b && CARTSERVE_SKINNY=0 stage bench_noskinny "$B/gpu_bench" \
+                      /tmp/ckpt/llama3b --only decode --out "$OUT/gpu_bench_noskinny.json" ;;
+    bench:smollm2) ckpt smollm2 && stage bench_smollm2 "$B/gpu_bench" /tmp/ckpt/smollm2 \
+                     --only decode --out "$OUT/gpu_bench_smollm2.json" ;;
     profile) ckpt llama3b && stage profile profile ;;
     baseline) ckpt llama3b && stage baseline python3 tools/gpu/hf_reference.py baseline \
                 /tmp/ckpt/llama3b "$OUT/hf_baseline.json" ;;

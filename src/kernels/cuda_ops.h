@@ -99,6 +99,18 @@ bool gemv_supports(const void* x, const void* w, int n, int in);
 void gemv(const bf16* x, const bf16* w, void* y, bool y_fp32, int n, int in, int out,
           cudaStream_t s);
 
+// The linear layer of decode rows at any batch (twin: cpu linear_bf16): y[n,
+// out] = x[n, in] @ w[out, in]^T on tensor cores (mma.sync, bf16 in, fp32
+// accumulation), y fp32 when y_fp32 else bf16, for n >= 1, in % 32 == 0 and
+// 16-byte aligned x and w (skinny_gemm_supports). Batch-invariant: a row's bits
+// depend only on its own x, w and `in` (skinny_gemm_split(in) warps add their
+// k ranges in a fixed order), never on n or the other rows. A stream over w
+// with x rows in groups of 64 per CTA; past a few groups cuBLASLt is faster.
+int skinny_gemm_split(int in);
+bool skinny_gemm_supports(const void* x, const void* w, int in);
+void skinny_gemm(const bf16* x, const bf16* w, void* y, bool y_fp32, int n, int in, int out,
+                 cudaStream_t s);
+
 // Causal paged attention over any mix of prefill chunks and decode rows.
 // q: [num_tokens] rows of n_heads * head_dim, row i at q + i * q_row_stride
 // (it may point into the fused qkv buffer); out: [num_tokens, n_heads *

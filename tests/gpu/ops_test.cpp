@@ -377,6 +377,70 @@ TEST(CudaOps, GemvMatchesCpuLinear) {
   }
 }
 
+TEST(CudaOps, SkinnyGemmMatchesCpuLinearAndIsBatchInvariant) {
+  CS_REQUIRE_GPU();
+  Stream stream;
+  Seeds seeds(5600);
+  struct Dims {
+    int in, out;
+  };
+  // The projections of both model shapes, an LM-head-like wide one, odd outs,
+  // an `in` of one k chunk (a single warp).
+  const Dims dims[] = {{576, 960},    {1536, 576},  {3072, 5120}, {8192, 3072},
+                       {3072, 20011}, {3072, 1001}, {32, 17}};
+  constexpr int kMaxRows = 130;  // three 64-row groups, the last partial
+  for (const Dims d : dims) {
+    const uint64_t seed = seeds.next();
+    const auto w = randn_bf16(static_cast<size_t>(d.out) * d.in, seed, 0.05f);
+    const auto x = randn_bf16(static_cast<size_t>(kMaxRows) * d.in, seed + 1);
+    std::vector<float> ref(static_cast<size_t>(kMaxRows) * d.out);
+    ops::cpu::linear_bf16(from_bf16(x).data(), w.data(), nullptr, ref.data(), kMaxRows, d.in, d.out,
+                          ops::cpu::LinearKernel::kPerRow);
+    DeviceBuffer<uint16_t> d_w(w), d_x(x);
+    ASSERT_TRUE(cuda::skinny_gemm_supports(d_x.get(), d_w.get(), d.in));
+    std::vector<float> all;  // every row at n = kMaxRows: the bits each row must keep
+    for (const int n : {kMaxRows, 1, 2, 3, 5, 8, 9, 16, 17, 33, 64, 65}) {
+      const std::vector<float> want(ref.begin(), ref.begin() + static_cast<ptrdiff_t>(n) * d.out);
+      const std::string what = str("in", d.in) + " " + str("out", d.out) + " " + str("n", n);
+      SCOPED_TRACE(what);
+      DeviceBuffer<float> y32(want.size());
+      y32.poison();
+      cuda::skinny_gemm(bf(d_x), bf(d_w), y32.get(), true, n, d.in, d.out, stream.get());
+      DeviceBuffer<uint16_t> y16(want.size());
+      y16.poison();
+      cuda::skinny_gemm(bf(d_x), bf(d_w), y16.get(), false, n, d.in, d.out, stream.get());
+      stream.sync();
+      const auto got32 = y32.download();
+      const auto got16 = y16.download();
+      EXPECT_EQ(count_poison(got32), 0u);
+      EXPECT_EQ(count_poison(got16), 0u);
+      // fp32 out: only the summation order differs from the CPU twin.
+      const ErrStats e32 = compare(got32, want, 1e-4, 1e-3);
+      report("skinny fp32", what, e32);
+      EXPECT_EQ(e32.n_bad, 0u) << describe_bad(e32);
+      const ErrStats e16 = compare(from_bf16(got16), want, kBf16Rtol, 1e-3);
+      report("skinny bf16", what, e16);
+      EXPECT_EQ(e16.n_bad, 0u) << describe_bad(e16);
+      EXPECT_LT(e16.rel, rel_norm_bound(want.size()));
+      // Rows [0, n) have the bits they have in the largest batch.
+      if (n == kMaxRows) all = got32;
+      EXPECT_EQ(0, std::memcmp(all.data(), got32.data(), got32.size() * sizeof(float)));
+    }
+    // A single row taken from anywhere in the batch (another group, another
+    // lane of its n-tile) alone gives its bits in the batch.
+    for (const int r : {1, 7, 63, 64, 129}) {
+      SCOPED_TRACE(str("row", r));
+      DeviceBuffer<float> y(static_cast<size_t>(d.out));
+      cuda::skinny_gemm(bf(d_x) + static_cast<size_t>(r) * d.in, bf(d_w), y.get(), true, 1, d.in,
+                        d.out, stream.get());
+      stream.sync();
+      const auto got = y.download();
+      EXPECT_EQ(0, std::memcmp(all.data() + static_cast<size_t>(r) * d.out, got.data(),
+                               got.size() * sizeof(float)));
+    }
+  }
+}
+
 // ---- silu_mul --------------------------------------------------------------
 
 TEST(CudaOps, SiluMul) {

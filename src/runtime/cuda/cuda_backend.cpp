@@ -298,7 +298,17 @@ Status CudaBackend::forward(const StepInput& in) {
                       "backend's buffers ({}, {}, {})",
                       n, seqs, in.max_blocks, b.max_tokens, b.max_seqs, b.max_blocks);
   }
-  if (opts_.cuda_graphs && in.max_query_len == 1 && n_copies == 0) return forward_decode(in);
+  // A sequence's rows are decode rows unless marked as prompt (as on the CPU).
+  auto is_decode = [&](int32_t seq) {
+    return in.prompt_rows.empty() ? in.query_start[static_cast<size_t>(seq) + 1] -
+                                            in.query_start[static_cast<size_t>(seq)] ==
+                                        1
+                                  : in.prompt_rows[static_cast<size_t>(seq)] == 0;
+  };
+  bool all_decode = in.max_query_len == 1;
+  for (int32_t q = 0; all_decode && q < seqs; ++q)
+    all_decode = is_decode(q);
+  if (opts_.cuda_graphs && all_decode && n_copies == 0) return forward_decode(in);
   // One upload of every int array.
   int32_t* h = b.h_in;
   size_t o = 0;
@@ -328,6 +338,16 @@ Status CudaBackend::forward(const StepInput& in) {
     ops::copy_block_prefixes(static_cast<bf16*>(b.kv), d_copies, d_copies + n_copies,
                              d_copies + 2 * n_copies, n_copies, spec_.num_layers, spec_.block_size,
                              spec_.kv_dim(), compute_);
+  }
+  for (int32_t q = 0; q < seqs; ++q) {
+    const int32_t first = in.query_start[static_cast<size_t>(q)];
+    const int32_t count = in.query_start[static_cast<size_t>(q) + 1] - first;
+    const bool dec = is_decode(q);
+    if (!sh.runs.empty() && sh.runs.back().decode == dec) {
+      sh.runs.back().count += count;
+    } else {
+      sh.runs.push_back({first, count, dec});
+    }
   }
   sh.batch.num_seqs = seqs;
   sh.batch.max_blocks = in.max_blocks;
@@ -399,6 +419,7 @@ Status CudaBackend::forward_decode(const StepInput& in) {
   sh.batch.max_query_len = 1;
   sh.batch.max_context_len = bb * spec_.block_size;
   sh.decode = true;
+  sh.runs = {{0, bs, true}};  // padding rows too: they are never read
   sh.splits = ops::decode_num_splits(bs, model_.config.num_kv_heads, sh.batch.max_context_len,
                                      kMaxSplits, num_sms_);
   const auto key = std::make_pair(bs, bb);
@@ -434,6 +455,15 @@ Status CudaBackend::layers(const Shape& sh) {
   const int H = c.hidden_size, Q = c.q_dim(), QKV = c.q_dim() + 2 * KVD, FF = c.intermediate_size;
   const float eps = c.rms_norm_eps;
   const float scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
+  // y[n, out] = x[n, in] @ w^T (bf16), run by run.
+  auto linear = [&](const bf16* x, const bf16* w, bf16* y, int in_dim, int out_dim) -> Status {
+    for (const Shape::Run& r : sh.runs) {
+      CS_RETURN_IF_ERROR(gemm_->run(x + static_cast<int64_t>(r.first) * in_dim, w,
+                                    y + static_cast<int64_t>(r.first) * out_dim, false, r.count,
+                                    in_dim, out_dim, compute_, r.decode));
+    }
+    return {};
+  };
   ops::embedding(weights_.embed, sh.ids, b.x, n, H, compute_);
   for (int32_t l = 0; l < L; ++l) {
     const DeviceLayer& w = weights_.layers[static_cast<size_t>(l)];
@@ -445,7 +475,7 @@ Status CudaBackend::layers(const Shape& sh) {
     kv.num_kv_heads = spec_.num_kv_heads;
     kv.head_dim = spec_.head_dim;
     ops::add_rms_norm(b.x, l == 0 ? nullptr : b.delta, w.attn_norm, b.xn, n, H, eps, compute_);
-    CS_RETURN_IF_ERROR(gemm_->run(b.xn, w.wqkv, b.qkv, false, n, H, QKV, compute_));
+    CS_RETURN_IF_ERROR(linear(b.xn, w.wqkv, b.qkv, H, QKV));
     ops::rope_qkv_write(b.qkv, w.bqkv, sh.pos, weights_.inv_freq, sh.slots, kv, n, c.num_heads,
                         compute_);
     if (sh.decode) {
@@ -454,11 +484,11 @@ Status CudaBackend::layers(const Shape& sh) {
     } else {
       ops::paged_attention_prefill(b.qkv, QKV, kv, sh.batch, b.attn, c.num_heads, scale, compute_);
     }
-    CS_RETURN_IF_ERROR(gemm_->run(b.attn, w.wo, b.delta, false, n, Q, H, compute_));
+    CS_RETURN_IF_ERROR(linear(b.attn, w.wo, b.delta, Q, H));
     ops::add_rms_norm(b.x, b.delta, w.ffn_norm, b.xn, n, H, eps, compute_);
-    CS_RETURN_IF_ERROR(gemm_->run(b.xn, w.wgu, b.gu, false, n, H, 2 * FF, compute_));
+    CS_RETURN_IF_ERROR(linear(b.xn, w.wgu, b.gu, H, 2 * FF));
     ops::silu_mul(b.gu, b.act, n, FF, compute_);
-    CS_RETURN_IF_ERROR(gemm_->run(b.act, w.wdown, b.delta, false, n, FF, H, compute_));
+    CS_RETURN_IF_ERROR(linear(b.act, w.wdown, b.delta, FF, H));
   }
   // The last residual add (its normed output is recomputed per logit row).
   ops::add_rms_norm(b.x, b.delta, weights_.final_norm, b.xn, n, H, eps, compute_);
@@ -472,8 +502,9 @@ Status CudaBackend::head(const int32_t* d_rows, int n) {
   ops::gather_rows(b.x, d_rows, b.x_rows, n, c.hidden_size, compute_);
   ops::add_rms_norm(b.x_rows, nullptr, weights_.final_norm, b.xn_rows, n, c.hidden_size,
                     c.rms_norm_eps, compute_);
+  // Sampled rows: their logits must not depend on the other rows of the step.
   return gemm_->run(b.xn_rows, weights_.lm_head, b.logits, true, n, c.hidden_size, c.vocab_size,
-                    compute_);
+                    compute_, true);
 }
 
 Status CudaBackend::head_rows(const int32_t* rows, int n, const int32_t* targets) {

@@ -75,6 +75,13 @@ class CudaBackend final : public Backend {
     ops::cuda::AttnBatch batch;
     bool decode = false;
     int splits = 1;
+    // The rows in runs of one kind, in order, covering [0, n): decode rows
+    // go through Gemm's batch-invariant path, prompt rows through cuBLASLt.
+    struct Run {
+      int first = 0, count = 0;
+      bool decode = false;
+    };
+    std::vector<Run> runs;
   };
   CudaBackend(const Model& model, const CudaOptions& opts, DeviceWeights weights);
   Status allocate(uint64_t kv_bytes);

@@ -13,12 +13,19 @@ bool Gemm::gemv_by_default() {
   return env != nullptr && std::strcmp(env, "1") == 0;
 }
 
-Result<std::unique_ptr<Gemm>> Gemm::create(void* workspace, size_t workspace_bytes, bool gemv) {
+bool Gemm::skinny_by_default() {
+  const char* env = std::getenv("CARTSERVE_SKINNY");
+  return env == nullptr || std::strcmp(env, "0") != 0;
+}
+
+Result<std::unique_ptr<Gemm>> Gemm::create(void* workspace, size_t workspace_bytes, bool gemv,
+                                           bool skinny) {
   std::unique_ptr<Gemm> g(new Gemm());
   CS_CUBLAS(cublasLtCreate(&g->handle_));
   g->workspace_ = workspace;
   g->workspace_bytes_ = workspace_bytes;
   g->gemv_ = gemv;
+  g->skinny_ = skinny;
   return g;
 }
 
@@ -64,8 +71,12 @@ Result<const Gemm::Plan*> Gemm::plan(int n, int in, int out, bool y_fp32) {
 }
 
 Status Gemm::run(const __nv_bfloat16* x, const __nv_bfloat16* w, void* y, bool y_fp32, int n,
-                 int in, int out, cudaStream_t s) {
+                 int in, int out, cudaStream_t s, bool decode) {
   if (n == 0) return {};
+  if (decode && skinny_ && ops::cuda::skinny_gemm_supports(x, w, in)) {
+    ops::cuda::skinny_gemm(x, w, y, y_fp32, n, in, out, s);
+    return {};
+  }
   if (gemv_ && ops::cuda::gemv_supports(x, w, n, in)) {
     ops::cuda::gemv(x, w, y, y_fp32, n, in, out, s);
     return {};

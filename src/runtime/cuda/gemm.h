@@ -2,12 +2,18 @@
 // with bf16 operands and fp32 accumulation, y in bf16 or fp32. The algorithm
 // for each shape is chosen once (cuBLASLt's heuristic) and kept.
 //
-// With `gemv` on, up to ops::cuda::kGemvMaxRows rows go to the gemv kernel
-// instead (decode at batch 1: 2.51 vs 2.84 ms/step on the 3B shape, H200).
-// Off by default (CARTSERVE_GEMV=1 turns it on): a sequence's logits would
-// then depend on how many rows share its step (gemv alone, cuBLASLt in a
-// larger batch), and greedy answers given alone and in a batch differ at
-// near ties (validation tier 2: 14/16 equal with it on, 16/16 off).
+// Rows that must not depend on their batch (decode rows, sampled rows) are
+// run with `decode` set: with `skinny` on (the default; CARTSERVE_SKINNY=0
+// turns it off) they go to ops::cuda::skinny_gemm, whose row bits depend on
+// nothing but the row, so a greedy answer is the same alone and in any batch.
+// cuBLASLt picks its kernel (tiles, split-K) by the row count.
+//
+// With `gemv` on, up to ops::cuda::kGemvMaxRows rows of the other calls go
+// to the gemv kernel instead (decode at batch 1: 2.51 vs 2.84 ms/step on the
+// 3B shape, H200). Off by default (CARTSERVE_GEMV=1 turns it on): a
+// sequence's logits would then depend on how many rows share its step (gemv
+// alone, cuBLASLt in a larger batch), and greedy answers given alone and in a
+// batch differ at near ties (validation tier 2: 14/16 equal with it on).
 #pragma once
 
 #include <cublasLt.h>
@@ -26,15 +32,18 @@ class Gemm {
  public:
   // `workspace` (device, `workspace_bytes`) is the caller's, for every call.
   static Result<std::unique_ptr<Gemm>> create(void* workspace, size_t workspace_bytes,
-                                              bool gemv = gemv_by_default());
+                                              bool gemv = gemv_by_default(),
+                                              bool skinny = skinny_by_default());
   static bool gemv_by_default();
+  static bool skinny_by_default();
   ~Gemm();
   Gemm(const Gemm&) = delete;
   Gemm& operator=(const Gemm&) = delete;
 
   // x: [n, in] bf16; w: [out, in] bf16; y: [n, out] (fp32 when y_fp32, else bf16).
+  // decode: rows whose bits must not depend on n (see the top of this file).
   Status run(const __nv_bfloat16* x, const __nv_bfloat16* w, void* y, bool y_fp32, int n, int in,
-             int out, cudaStream_t s);
+             int out, cudaStream_t s, bool decode = false);
 
  private:
   Gemm() = default;
@@ -46,7 +55,8 @@ class Gemm {
   Result<const Plan*> plan(int n, int in, int out, bool y_fp32);
 
   cublasLtHandle_t handle_ = nullptr;
-  bool gemv_ = false;  // small row counts through ops::cuda::gemv (set by create)
+  bool gemv_ = false;    // small row counts through ops::cuda::gemv (set by create)
+  bool skinny_ = false;  // decode rows through ops::cuda::skinny_gemm (set by create)
   void* workspace_ = nullptr;
   size_t workspace_bytes_ = 0;
   std::map<std::tuple<int, int, int, bool>, Plan> plans_;

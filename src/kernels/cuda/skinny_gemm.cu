@@ -1,0 +1,215 @@
+// Linear layers of decode rows on tensor cores: y[n, out] = x[n, in] @ w[out, in]^T,
+// bf16 operands, fp32 accumulation, for any n.
+//
+// Design: decode reads every weight once per step, so the kernel is a stream
+// over w that feeds mma.sync m16n8k16 (w is the A operand, 16 output features
+// per m-tile; the x rows are the B operand, 8 rows per n-tile).
+//  - Loads: lane (g, t) of a warp reads 16 contiguous bytes of weight rows g and
+//    g + 8 per 32-wide k chunk (a warp covers 16 rows x 64 bytes per chunk).
+//    The 8 values a lane holds are fed to two mmas under a fixed permutation
+//    of k inside the chunk; x is read under the same permutation, so the sum
+//    is the same dot product.
+//  - Work split: a CTA owns MT m-tiles (MT * 16 features) and one group of up to
+//    64 x rows; its `wk` warps split the k chunks into contiguous ranges, and
+//    their partial sums are added through shared memory in warp order.
+//  - Batch invariance: `wk` and the ranges depend only on `in`, and an mma's
+//    output element depends only on its own row of A, column of B and
+//    accumulator, so a row's bits are the same for every n, every MT and
+//    every neighbour in its step. MT and NT (n-tiles) only choose which warp
+//    computes what: MT grows with n so that a CTA's x reads (L1/L2) stay at
+//    most its weight bytes.
+#include <algorithm>
+#include <array>
+#include <utility>
+
+#include "kernels/cuda/common.cuh"
+#include "kernels/cuda_ops.h"
+
+namespace cartserve::ops::cuda {
+
+namespace {
+
+constexpr int kGroupRows = 64;  // x rows per CTA (8 n-tiles); larger n: more CTAs
+constexpr int kMaxSplit = 8;    // warps per CTA, each a range of k chunks
+
+// D += A (16x16, row-major) * B (16x8, col-major), bf16 in, fp32 accumulate.
+__device__ __forceinline__ void mma_bf16(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2,
+                                         uint32_t a3, uint32_t b0, uint32_t b1) {
+  asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+      "{%8,%9}, {%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+// One 32-wide k chunk: lo/hi hold physical k 8t..8t+7 of weight rows g and
+// g + 8, b the same k of x row g. mma 0 takes k 8t..8t+3 (as its logical k
+// 2t, 2t+1, 2t+8, 2t+9), mma 1 takes 8t+4..8t+7.
+__device__ __forceinline__ void mma_chunk(float (&d)[4], const uint4& lo, const uint4& hi,
+                                          const uint4& b) {
+  mma_bf16(d, lo.x, hi.x, lo.y, hi.y, b.x, b.y);
+  mma_bf16(d, lo.z, hi.z, lo.w, hi.w, b.z, b.w);
+}
+
+template <int MT, int NT, bool F32_OUT>
+__global__ void __launch_bounds__(kMaxSplit * 32)
+    skinny_kernel(const bf16* __restrict__ x /* [n, in] */,
+                  const bf16* __restrict__ w /* [out, in] */, void* __restrict__ y /* [n, out] */,
+                  int n, int in, int out, int wk) {
+  constexpr int U = MT == 1 ? 4 : MT == 2 ? 2 : 1;  // chunks in flight: 8 uint4 of w per lane
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int g = lane >> 2, t = lane & 3;
+  const int chunks = in / 32;
+  const int c_begin = warp * chunks / wk, c_end = (warp + 1) * chunks / wk;
+  const int m0 = blockIdx.y * MT * 16;
+  const int r0 = blockIdx.x * kGroupRows;
+
+  // Lane t's uint4 of chunk c sits at index 4c + t of its row.
+  const uint4* wr[MT][2];
+#pragma unroll
+  for (int i = 0; i < MT; ++i) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int m = min(m0 + 16 * i + g + 8 * h, out - 1);  // rows past `out`: not written
+      wr[i][h] = reinterpret_cast<const uint4*>(w + static_cast<int64_t>(m) * in) + t;
+    }
+  }
+  const uint4* xr[NT];
+  bool xlive[NT];
+#pragma unroll
+  for (int j = 0; j < NT; ++j) {
+    const int r = r0 + 8 * j + g;
+    xlive[j] = r < n;
+    xr[j] = reinterpret_cast<const uint4*>(x + static_cast<int64_t>(min(r, n - 1)) * in) + t;
+  }
+
+  float acc[MT][NT][4];
+#pragma unroll
+  for (int i = 0; i < MT; ++i)
+#pragma unroll
+    for (int j = 0; j < NT; ++j)
+#pragma unroll
+      for (int q = 0; q < 4; ++q)
+        acc[i][j][q] = 0.f;
+
+  auto step = [&](const uint4(&a)[MT][2], int c) {
+#pragma unroll
+    for (int j = 0; j < NT; ++j) {
+      const uint4 b = xlive[j] ? __ldg(xr[j] + 4 * c) : make_uint4(0, 0, 0, 0);
+#pragma unroll
+      for (int i = 0; i < MT; ++i)
+        mma_chunk(acc[i][j], a[i][0], a[i][1], b);
+    }
+  };
+  int c = c_begin;
+  for (; c + U <= c_end; c += U) {
+    uint4 a[U][MT][2];
+#pragma unroll
+    for (int u = 0; u < U; ++u)
+#pragma unroll
+      for (int i = 0; i < MT; ++i)
+#pragma unroll
+        for (int h = 0; h < 2; ++h)
+          a[u][i][h] = __ldcs(wr[i][h] + 4 * (c + u));  // streamed: read once per step
+#pragma unroll
+    for (int u = 0; u < U; ++u)
+      step(a[u], c + u);
+  }
+  for (; c < c_end; ++c) {
+    uint4 a[MT][2];
+#pragma unroll
+    for (int i = 0; i < MT; ++i)
+#pragma unroll
+      for (int h = 0; h < 2; ++h)
+        a[i][h] = __ldcs(wr[i][h] + 4 * c);
+    step(a, c);
+  }
+
+  // Partial sums of the k ranges, added in warp order: ((p0 + p1) + p2) + ...
+  __shared__ float part[MT * NT * 4 * 32];  // [MT][NT][4][lane]
+  for (int s = 1; s < wk; ++s) {
+    if (warp == s) {
+#pragma unroll
+      for (int i = 0; i < MT; ++i)
+#pragma unroll
+        for (int j = 0; j < NT; ++j)
+#pragma unroll
+          for (int q = 0; q < 4; ++q)
+            part[((i * NT + j) * 4 + q) * 32 + lane] = acc[i][j][q];
+    }
+    __syncthreads();
+    if (warp == 0) {
+#pragma unroll
+      for (int i = 0; i < MT; ++i)
+#pragma unroll
+        for (int j = 0; j < NT; ++j)
+#pragma unroll
+          for (int q = 0; q < 4; ++q)
+            acc[i][j][q] += part[((i * NT + j) * 4 + q) * 32 + lane];
+    }
+    __syncthreads();
+  }
+  if (warp != 0) return;
+    // Accumulator q of lane (g, t): feature g (+8 for q >= 2), x row 2t (+1 for odd q).
+#pragma unroll
+  for (int i = 0; i < MT; ++i) {
+#pragma unroll
+    for (int j = 0; j < NT; ++j) {
+#pragma unroll
+      for (int q = 0; q < 4; ++q) {
+        const int m = m0 + 16 * i + g + 8 * (q >> 1);
+        const int r = r0 + 8 * j + 2 * t + (q & 1);
+        if (m >= out || r >= n) continue;
+        const int64_t o = static_cast<int64_t>(r) * out + m;
+        if constexpr (F32_OUT) {
+          static_cast<float*>(y)[o] = acc[i][j][q];
+        } else {
+          static_cast<bf16*>(y)[o] = __float2bfloat16_rn(acc[i][j][q]);
+        }
+      }
+    }
+  }
+}
+
+using Kernel = void (*)(const bf16*, const bf16*, void*, int, int, int, int);
+
+// MT for NT n-tiles: a CTA's x reads (MT*16 features share them) stay at or
+// below its weight bytes.
+constexpr int m_tiles(int nt) {
+  return nt <= 2 ? 1 : nt <= 4 ? 2 : 4;
+}
+
+template <bool F32_OUT, int... NT>
+constexpr auto kernel_table(std::integer_sequence<int, NT...>) {
+  return std::array<Kernel, sizeof...(NT)>{skinny_kernel<m_tiles(NT + 1), NT + 1, F32_OUT>...};
+}
+
+}  // namespace
+
+int skinny_gemm_split(int in) {
+  const int chunks = in / 32;
+  return std::max(1, std::min(kMaxSplit, chunks / 4));
+}
+
+bool skinny_gemm_supports(const void* x, const void* w, int in) {
+  return in > 0 && in % 32 == 0 && aligned16(x) && aligned16(w);
+}
+
+void skinny_gemm(const bf16* x, const bf16* w, void* y, bool y_fp32, int n, int in, int out,
+                 cudaStream_t s) {
+  if (n <= 0 || out <= 0) return;
+  if (!skinny_gemm_supports(x, w, in)) {
+    op_fail("skinny_gemm", "needs in % 32 == 0 and 16-byte aligned x, w");
+  }
+  static constexpr auto kF32 = kernel_table<true>(std::make_integer_sequence<int, 8>{});
+  static constexpr auto kBf16 = kernel_table<false>(std::make_integer_sequence<int, 8>{});
+  const int nt = (std::min(n, kGroupRows) + 7) / 8;
+  const int mt = m_tiles(nt);
+  const int wk = skinny_gemm_split(in);
+  const dim3 grid(static_cast<unsigned>((n + kGroupRows - 1) / kGroupRows),
+                  static_cast<unsigned>((out + 16 * mt - 1) / (16 * mt)));
+  const Kernel k = (y_fp32 ? kF32 : kBf16)[static_cast<size_t>(nt - 1)];
+  k<<<grid, wk * 32, 0, s>>>(x, w, y, n, in, out, wk);
+  check_launch("skinny_gemm");
+}
+
+}  // namespace cartserve::ops::cuda
