@@ -13,6 +13,8 @@
 #   bench:noskinny  decode on the 3B shape with CARTSERVE_SKINNY=0 (decode rows through
 #              cuBLASLt, as before the skinny kernel): gpu_bench_noskinny.json
 #   bench:smollm2   decode at batch 1 and 64 on the SmolLM2-135M shape: gpu_bench_smollm2.json
+#   pdl        with CARTSERVE_PDL=1 (programmatic dependent launch): the op tests, then decode
+#              and the linear layers on the 3B shape: gpu_bench_pdl.json
 #   profile    per-kernel GPU time of decode at batch 1 on the 3B shape (nsys, graph nodes
 #              traced): decode_kernels*.csv
 #   baseline   HF transformers eager and static cache + torch.compile on the same weights
@@ -116,6 +118,9 @@ for s in "$@"; do
     bench) ckpt llama3b && stage bench "$B/gpu_bench" /tmp/ckpt/llama3b --out "$OUT/gpu_bench.json" ;;
     bench:noskinny) ckpt llama3b && CARTSERVE_SKINNY=0 stage bench_noskinny "$B/gpu_bench" \
                       /tmp/ckpt/llama3b --only decode --out "$OUT/gpu_bench_noskinny.json" ;;
+    pdl) CARTSERVE_PDL=1 stage unit_pdl "$B/gpu_tests" &&
+           ckpt llama3b && CARTSERVE_PDL=1 stage bench_pdl "$B/gpu_bench" /tmp/ckpt/llama3b \
+             --only decode --out "$OUT/gpu_bench_pdl.json" ;;
     bench:smollm2) ckpt smollm2 && stage bench_smollm2 "$B/gpu_bench" /tmp/ckpt/smollm2 \
                      --only decode --out "$OUT/gpu_bench_smollm2.json" ;;
     profile) ckpt llama3b && stage profile profile ;;

@@ -77,18 +77,30 @@ TEST_P(SmolLM2Tp, LogitsEqualSingleRank) {
     const std::vector<float> got = logits_at(m, tp);
     ASSERT_EQ(got.size(), ref.size());
     float d = 0.f;
-    int top1 = 0;
+    for (size_t i = 0; i < ref.size(); ++i)
+      d = std::max(d, std::fabs(ref[i] - got[i]));
+    // Top-1 must agree on every row the reference decides by more than 2 d
+    // (a margin two logits can cross by moving d each); closer rows are ties.
+    int top1 = 0, decided = 0, decided_equal = 0;
     for (size_t r = 0; r < 44; ++r) {
       const float* a = ref.data() + r * V;
       const float* b = got.data() + r * V;
+      const auto best = std::max_element(a, a + V) - a;
+      float second = -INFINITY;
       for (int i = 0; i < V; ++i)
-        d = std::max(d, std::fabs(a[i] - b[i]));
-      top1 += std::max_element(a, a + V) - a == std::max_element(b, b + V) - b;
+        if (i != best) second = std::max(second, a[i]);
+      const bool same = best == std::max_element(b, b + V) - b;
+      top1 += same;
+      if (a[best] - second > 2 * d) {
+        ++decided;
+        decided_equal += same;
+      }
     }
-    std::printf("[tp] SmolLM2 %s TP=%d: max|dlogit| %.2e, top-1 %d/44\n",
-                quantized ? "Q4_1 (default path)" : "fp32", tp, d, top1);
+    std::printf("[tp] SmolLM2 %s TP=%d: max|dlogit| %.2e, top-1 %d/44, decided rows %d/%d\n",
+                quantized ? "Q4_1 (default path)" : "fp32", tp, d, top1, decided_equal, decided);
     EXPECT_LT(d, quantized ? 2e-2f : 5e-4f) << "TP=" << tp;
-    EXPECT_EQ(top1, 44) << "TP=" << tp;
+    EXPECT_EQ(decided_equal, decided) << "TP=" << tp;
+    EXPECT_GE(decided, 40) << "TP=" << tp;
   }
 }
 

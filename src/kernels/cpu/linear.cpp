@@ -4,17 +4,14 @@
 // memory and dots it with every input row while it sits in L1 (BLAS sgemm
 // packs the weights first, which costs more than the product at this size;
 // at one row it matches sgemv, and keeps OpenBLAS's threads out of decode).
-// Many rows (prefill): sgemm.
-// Without BLAS (the GPU-only build) the small-batch kernel takes every size.
-#ifdef CARTSERVE_HAVE_BLAS
-#include <cblas.h>
-#endif
-
+// Many rows (prefill): gemm_nt, whose rows, like the small-batch kernel's, do
+// not depend on the other rows of the call (BLAS sgemm's do).
 #include <algorithm>
-#include <vector>
+#include <cstring>
 
 #include "core/dtype.h"
 #include "core/thread_pool.h"
+#include "kernels/cpu/gemm_nt.h"
 #include "kernels/cpu/simd.h"
 #include "kernels/ops.h"
 
@@ -123,50 +120,37 @@ void add_bias(const float* bias, float* y, int n, int out_dim) {
 
 void linear(const float* x, const float* w, const float* bias, float* y, int n, int in_dim,
             int out_dim, LinearKernel kernel) {
-#ifdef CARTSERVE_HAVE_BLAS
   if (kernel == LinearKernel::kPerRow ||
       (kernel == LinearKernel::kAuto && n <= kSmallBatchMaxRows)) {
     linear_small_batch(x, w, y, n, in_dim, out_dim);
   } else {
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, out_dim, in_dim, 1.0f, x, in_dim, w,
-                in_dim, 0.0f, y, out_dim);
+    const size_t k = static_cast<size_t>(in_dim);
+    gemm_nt(
+        x, n, in_dim, out_dim,
+        [&](int64_t j0, int count, float* dst) {
+          std::memcpy(dst, w + static_cast<size_t>(j0) * k, sizeof(float) * count * k);
+        },
+        y, static_cast<size_t>(out_dim));
   }
-#else
-  (void)kernel;  // without BLAS every row takes the per-row kernel
-  linear_small_batch(x, w, y, n, in_dim, out_dim);
-#endif
   add_bias(bias, y, n, out_dim);
 }
 
 void linear_bf16(const float* x, const uint16_t* w, const float* bias, float* y, int n, int in_dim,
                  int out_dim, LinearKernel kernel) {
-#ifdef CARTSERVE_HAVE_BLAS
   if (kernel == LinearKernel::kPerRow ||
       (kernel == LinearKernel::kAuto && n <= kSmallBatchMaxRowsBf16)) {
     linear_small_batch(x, w, y, n, in_dim, out_dim);
   } else {
-    // Many rows: widen a panel of weight rows to fp32, sgemm it into its
-    // columns of y; the widening is small next to the product at this n.
-    constexpr int kPanelRows = 256;
-    std::vector<float> panel(static_cast<size_t>(kPanelRows) * in_dim);  // [rows, in_dim]
-    for (int j0 = 0; j0 < out_dim; j0 += kPanelRows) {
-      const int rows = std::min(kPanelRows, out_dim - j0);
-      const uint16_t* src = w + static_cast<size_t>(j0) * in_dim;
-      ThreadPool::global().parallel_for(
-          static_cast<size_t>(rows) * in_dim,
-          [&](size_t b, size_t e) {
-            for (size_t i = b; i < e; ++i)
-              panel[i] = bf16_to_f32(src[i]);
-          },
-          4096);
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, rows, in_dim, 1.0f, x, in_dim,
-                  panel.data(), in_dim, 0.0f, y + j0, out_dim);
-    }
+    const size_t k = static_cast<size_t>(in_dim);
+    gemm_nt(
+        x, n, in_dim, out_dim,
+        [&](int64_t j0, int count, float* dst) {
+          const uint16_t* src = w + static_cast<size_t>(j0) * k;
+          for (size_t i = 0; i < static_cast<size_t>(count) * k; ++i)
+            dst[i] = bf16_to_f32(src[i]);
+        },
+        y, static_cast<size_t>(out_dim));
   }
-#else
-  (void)kernel;  // without BLAS every row takes the per-row kernel
-  linear_small_batch(x, w, y, n, in_dim, out_dim);
-#endif
   add_bias(bias, y, n, out_dim);
 }
 

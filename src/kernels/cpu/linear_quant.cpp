@@ -2,22 +2,20 @@
 // A few rows (decode): the activations are quantized to int16 per block once, then every
 // weight row is read from memory once, by one thread, and dotted with all the
 // rows (integer block products, kernels/cpu/quant_dot.h).
-// Many rows (prefill, with BLAS): panels of weight rows are dequantized to
-// fp32 and multiplied by sgemm, which is compute-bound there and faster than
-// the integer kernels; the dequantization is small next to the product. The
+// Many rows (prefill): panels of weight rows are dequantized to fp32 and
+// multiplied by gemm_nt (batch-invariant), which is compute-bound there and
+// faster than the integer kernels; the dequantization is small next to the
+// product. The
 // activations are rounded as the integer kernels round them (int16 per block
 // of 32, then back to fp32), so both paths compute the same products up to
 // float summation order: a token's logits do not depend on whether it was
 // prefilled in a big chunk or a small one (the cartridge canary relies on it).
-#ifdef CARTSERVE_HAVE_BLAS
-#include <cblas.h>
-#endif
-
 #include <algorithm>
 #include <vector>
 
 #include "core/thread_pool.h"
 #include "kernels/cpu/cpu_isa.h"
+#include "kernels/cpu/gemm_nt.h"
 #include "kernels/cpu/quant_dot.h"
 #include "kernels/quant_ops.h"
 
@@ -54,9 +52,7 @@ void linear_small_batch(const float* x, const QuantMatrix& w, float* y, int n) {
       kMinRowsPerTask);
 }
 
-#ifdef CARTSERVE_HAVE_BLAS
 void linear_panels(const float* x_in, const QuantMatrix& w, float* y, int n) {
-  constexpr int64_t kPanelRows = 256;
   const size_t k = static_cast<size_t>(w.cols);
   thread_local QActRows tls_a;
   thread_local std::vector<float> tls_x;
@@ -74,25 +70,11 @@ void linear_panels(const float* x_in, const QuantMatrix& w, float* y, int n) {
         }
       },
       1024);
-  const float* x = xr.data();
-  thread_local std::vector<float> tls_panel;
-  std::vector<float>& panel = tls_panel;  // [kPanelRows, cols] (the caller's, as above)
-  panel.resize(static_cast<size_t>(kPanelRows) * k);
-  for (int64_t j0 = 0; j0 < w.rows; j0 += kPanelRows) {
-    const int64_t rows = std::min(kPanelRows, w.rows - j0);
-    ThreadPool::global().parallel_for(
-        static_cast<size_t>(rows),
-        [&](size_t b, size_t e) {
-          dequantize_rows(w, j0 + static_cast<int64_t>(b), static_cast<int64_t>(e - b),
-                          panel.data() + b * k);
-        },
-        16);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, static_cast<int>(rows),
-                static_cast<int>(k), 1.0f, x, static_cast<int>(k), panel.data(),
-                static_cast<int>(k), 0.0f, y + j0, static_cast<int>(w.rows));
-  }
+  gemm_nt(
+      xr.data(), n, static_cast<int>(k), w.rows,
+      [&](int64_t j0, int count, float* dst) { dequantize_rows(w, j0, count, dst); }, y,
+      static_cast<size_t>(w.rows));
 }
-#endif
 
 }  // namespace
 
@@ -114,16 +96,11 @@ void quant_dot_rows(const QuantMatrix& w, int64_t j0, int64_t j1, const QActRows
 void linear_quant(const float* x, const QuantMatrix& w, const float* bias, float* y, int n,
                   LinearKernel kernel) {
   if (n <= 0) return;
-#ifdef CARTSERVE_HAVE_BLAS
   if (kernel == LinearKernel::kGemm || (kernel == LinearKernel::kAuto && n > kSmallBatchMaxRows)) {
     linear_panels(x, w, y, n);
   } else {
     linear_small_batch(x, w, y, n);
   }
-#else
-  (void)kernel;  // without BLAS every row takes the integer kernels
-  linear_small_batch(x, w, y, n);
-#endif
   add_bias(bias, y, n, w.rows);
 }
 

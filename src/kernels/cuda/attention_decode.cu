@@ -148,6 +148,8 @@ __global__ void __launch_bounds__(kThreads)
   __shared__ float s_alpha[2][HG];      // rescale factor of the stage
   __shared__ float s_m[HG];             // running max (log2 units)
   __shared__ float s_l[HG];             // running sum
+  pdl_trigger();
+  pdl_wait();
   const int s = blockIdx.x;
   const int group = n_heads / kv.num_kv_heads;
   const int n_sub = group / HG;
@@ -364,6 +366,8 @@ __global__ void __launch_bounds__(kMergeWarps * 32)
                         AttnBatch batch, bf16* __restrict__ out /* [num_tokens, n_heads * D] */,
                         int n_heads, int num_splits) {
   constexpr int VPL = D / 32;  // dims per lane: lane + 32 k
+  pdl_trigger();
+  pdl_wait();
   const int lane = threadIdx.x & 31;
   const int64_t item = static_cast<int64_t>(blockIdx.x) * kMergeWarps + (threadIdx.x >> 5);
   if (item >= static_cast<int64_t>(batch.num_seqs) * n_heads) return;  // warp-uniform
@@ -402,8 +406,8 @@ template <int D, int HG>
 void launch_split(const dim3& grid, cudaStream_t st, const bf16* q, int64_t q_row_stride,
                   const KvLayer& kv, const AttnBatch& batch, int n_heads, float scale_log2,
                   int num_splits, int bs_shift, float* o_part, float* ml_part) {
-  decode_split_kernel<D, HG><<<grid, kThreads, 0, st>>>(
-      q, q_row_stride, kv, batch, n_heads, scale_log2, num_splits, bs_shift, o_part, ml_part);
+  launch(decode_split_kernel<D, HG>, grid, kThreads, 0, st, q, q_row_stride, kv, batch, n_heads,
+         scale_log2, num_splits, bs_shift, o_part, ml_part);
 }
 
 template <int D>
@@ -515,14 +519,14 @@ void paged_attention_decode(const bf16* q, int64_t q_row_stride, const KvLayer& 
     launch_split_hg<64>(hg, grid, s, q, q_row_stride, kv, batch, n_heads, scale_log2, num_splits,
                         bs_shift, o_part, ml_part);
     check_launch("paged_attention_decode (split)");
-    decode_merge_kernel<64>
-        <<<merge_grid, kMergeWarps * 32, 0, s>>>(o_part, ml_part, batch, out, n_heads, num_splits);
+    launch(decode_merge_kernel<64>, merge_grid, kMergeWarps * 32, 0, s, o_part, ml_part, batch, out,
+           n_heads, num_splits);
   } else {
     launch_split_hg<128>(hg, grid, s, q, q_row_stride, kv, batch, n_heads, scale_log2, num_splits,
                          bs_shift, o_part, ml_part);
     check_launch("paged_attention_decode (split)");
-    decode_merge_kernel<128>
-        <<<merge_grid, kMergeWarps * 32, 0, s>>>(o_part, ml_part, batch, out, n_heads, num_splits);
+    launch(decode_merge_kernel<128>, merge_grid, kMergeWarps * 32, 0, s, o_part, ml_part, batch,
+           out, n_heads, num_splits);
   }
   check_launch("paged_attention_decode (merge)");
 }

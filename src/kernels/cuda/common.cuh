@@ -18,8 +18,60 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 
 namespace cartserve::ops::cuda {
+
+// ---- programmatic dependent launch (Hopper) -------------------------------
+// With CARTSERVE_PDL=1, the decode-path kernels are launched by launch() with
+// programmatic stream serialization: a kernel's CTAs may be scheduled while
+// the kernel before it in the stream still runs. Invariants that keep this
+// exact:
+//  - such a kernel calls pdl_wait() before it reads or writes any memory that
+//    an earlier kernel of the stream writes or reads (activations, the KV
+//    pool, step inputs); only immutable data (weights) may be touched before.
+//    pdl_wait() returns once the kernel before has completed and its writes
+//    are visible; that kernel waited for its own predecessor, so every earlier
+//    kernel has completed too;
+//  - pdl_trigger() lets the next kernel be scheduled once every CTA of this
+//    one has called it (or exited); all of this kernel's CTAs are then
+//    resident, so waiting dependents never starve it of SMs.
+// Without the launch attribute both are no-ops.
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_trigger() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+// CARTSERVE_PDL=1 (read once).
+inline bool pdl_enabled() {
+  static const bool on = [] {
+    const char* env = std::getenv("CARTSERVE_PDL");
+    return env != nullptr && std::strcmp(env, "1") == 0;
+  }();
+  return on;
+}
+
+// A kernel launch on stream s, programmatic (see above) when pdl_enabled().
+template <typename... P, typename... A>
+void launch(void (*kernel)(P...), dim3 grid, dim3 block, size_t smem, cudaStream_t s, A&&... args) {
+  cudaLaunchAttribute attr[1] = {};
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = grid;
+  cfg.blockDim = block;
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = s;
+  cfg.attrs = attr;
+  cfg.numAttrs = pdl_enabled() ? 1 : 0;
+  (void)cudaLaunchKernelEx(&cfg, kernel, static_cast<P>(args)...);  // errors: check_launch
+}
 
 // A failed CUDA call in an op is a programming error (shapes are validated
 // by the caller); report where and abort rather than compute garbage.

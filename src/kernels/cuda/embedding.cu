@@ -23,6 +23,8 @@ __global__ void __launch_bounds__(kThreads)
     embedding_kernel(const bf16* __restrict__ table /* [vocab, dim] */,
                      const int32_t* __restrict__ ids /* [n] */,
                      float* __restrict__ x /* [n, dim] */, int dim) {
+  pdl_trigger();
+  pdl_wait();
   const int64_t row = blockIdx.x;
   const bf16* src = table + static_cast<int64_t>(ids[row]) * dim;
   float* dst = x + row * dim;
@@ -44,6 +46,8 @@ __global__ void __launch_bounds__(kThreads)
     gather_rows_kernel(const float* __restrict__ x /* [*, dim] */,
                        const int32_t* __restrict__ rows /* [n] */,
                        float* __restrict__ out /* [n, dim] */, int dim) {
+  pdl_trigger();
+  pdl_wait();
   const int64_t row = blockIdx.x;
   const float* src = x + static_cast<int64_t>(rows[row]) * dim;
   float* dst = out + row * dim;
@@ -61,9 +65,9 @@ __global__ void __launch_bounds__(kThreads)
 void embedding(const bf16* table, const int32_t* ids, float* x, int n, int dim, cudaStream_t s) {
   if (n <= 0 || dim <= 0) return;
   if (dim % 8 == 0 && aligned16(table) && aligned16(x)) {
-    embedding_kernel<8><<<n, kThreads, 0, s>>>(table, ids, x, dim);
+    launch(embedding_kernel<8>, n, kThreads, 0, s, table, ids, x, dim);
   } else {
-    embedding_kernel<1><<<n, kThreads, 0, s>>>(table, ids, x, dim);
+    launch(embedding_kernel<1>, n, kThreads, 0, s, table, ids, x, dim);
   }
   check_launch("embedding");
 }
@@ -71,9 +75,9 @@ void embedding(const bf16* table, const int32_t* ids, float* x, int n, int dim, 
 void gather_rows(const float* x, const int32_t* rows, float* out, int n, int dim, cudaStream_t s) {
   if (n <= 0 || dim <= 0) return;
   if (dim % 4 == 0 && aligned16(x) && aligned16(out)) {
-    gather_rows_kernel<4><<<n, kThreads, 0, s>>>(x, rows, out, dim);
+    launch(gather_rows_kernel<4>, n, kThreads, 0, s, x, rows, out, dim);
   } else {
-    gather_rows_kernel<1><<<n, kThreads, 0, s>>>(x, rows, out, dim);
+    launch(gather_rows_kernel<1>, n, kThreads, 0, s, x, rows, out, dim);
   }
   check_launch("gather_rows");
 }

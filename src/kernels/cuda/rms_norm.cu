@@ -31,6 +31,8 @@ __global__ void __launch_bounds__(1024)
     add_rms_norm_kernel(float* __restrict__ x /* [n, dim] */, const bf16* delta /* [n, dim] */,
                         const bf16* __restrict__ w /* [dim] */, bf16* out /* [n, dim] */, int dim,
                         float eps) {
+  pdl_trigger();
+  pdl_wait();
   __shared__ float red[32];
   const int64_t row = blockIdx.x;
   float* xr = x + row * dim;
@@ -89,8 +91,8 @@ __global__ void __launch_bounds__(1024)
 }
 
 template <int VEC, int CHUNKS>
-void launch(float* x, const bf16* delta, const bf16* w, bf16* out, int n, int dim, float eps,
-            cudaStream_t s) {
+void run_norm(float* x, const bf16* delta, const bf16* w, bf16* out, int n, int dim, float eps,
+              cudaStream_t s) {
   const int n_chunks = dim / VEC;
   if (n_chunks > CHUNKS * 1024) op_fail("add_rms_norm", "dim too large for one CTA per row");
   // Up to 256 threads with one chunk each; more threads only when a thread
@@ -98,7 +100,7 @@ void launch(float* x, const bf16* delta, const bf16* w, bf16* out, int n, int di
   int threads = warp_round(n_chunks, 256);
   if ((n_chunks + threads - 1) / threads > CHUNKS)
     threads = warp_round((n_chunks + CHUNKS - 1) / CHUNKS, 1024);
-  add_rms_norm_kernel<VEC, CHUNKS><<<n, threads, 0, s>>>(x, delta, w, out, dim, eps);
+  launch(add_rms_norm_kernel<VEC, CHUNKS>, n, threads, 0, s, x, delta, w, out, dim, eps);
 }
 
 }  // namespace
@@ -110,9 +112,9 @@ void add_rms_norm(float* x, const bf16* delta, const bf16* w, bf16* out, int n, 
   const bool vec = dim % 8 == 0 && aligned16(x) && aligned16(w) && aligned16(out) &&
                    (delta == nullptr || aligned16(delta));
   if (vec) {
-    launch<8, kVecChunks>(x, delta, w, out, n, dim, eps, s);
+    run_norm<8, kVecChunks>(x, delta, w, out, n, dim, eps, s);
   } else {
-    launch<1, kScalarChunks>(x, delta, w, out, n, dim, eps, s);
+    run_norm<1, kScalarChunks>(x, delta, w, out, n, dim, eps, s);
   }
   check_launch("add_rms_norm");
 }

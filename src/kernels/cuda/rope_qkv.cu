@@ -52,6 +52,8 @@ __global__ void __launch_bounds__(256)
                     const int32_t* __restrict__ positions /* [n] */,
                     const float* __restrict__ inv_freq /* [head_dim / 2] */,
                     const int32_t* __restrict__ slot_mapping /* [n] */, KvLayer kv, int n_heads) {
+  pdl_trigger();
+  pdl_wait();
   extern __shared__ float cs[];
   const int hd = kv.head_dim;
   const int half = hd / 2;
@@ -156,11 +158,11 @@ void rope_qkv_write(bf16* qkv, const bf16* bias, const int32_t* positions, const
   const int threads = warp_round(units, 256);
   const size_t smem = sizeof(float) * static_cast<size_t>(hd);  // cos and sin, half each
   if (vec) {
-    rope_qkv_kernel<8>
-        <<<n, threads, smem, s>>>(qkv, bias, positions, inv_freq, slot_mapping, kv, n_heads);
+    launch(rope_qkv_kernel<8>, n, threads, smem, s, qkv, bias, positions, inv_freq, slot_mapping,
+           kv, n_heads);
   } else {
-    rope_qkv_kernel<1>
-        <<<n, threads, smem, s>>>(qkv, bias, positions, inv_freq, slot_mapping, kv, n_heads);
+    launch(rope_qkv_kernel<1>, n, threads, smem, s, qkv, bias, positions, inv_freq, slot_mapping,
+           kv, n_heads);
   }
   check_launch("rope_qkv_write");
 }

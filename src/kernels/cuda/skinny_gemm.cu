@@ -18,6 +18,10 @@
 //    every neighbour in its step. MT and NT (n-tiles) only choose which warp
 //    computes what: MT grows with n so that a CTA's x reads (L1/L2) stay at
 //    most its weight bytes.
+//  - Launched programmatically (CARTSERVE_PDL=1, common.cuh), each warp first
+//    asks L2 for its weight slice (one bulk prefetch per row), then waits for
+//    the kernel before: the weights stream while the small kernels between
+//    two GEMMs of a decode step run.
 #include <algorithm>
 #include <array>
 #include <utility>
@@ -50,11 +54,16 @@ __device__ __forceinline__ void mma_chunk(float (&d)[4], const uint4& lo, const 
   mma_bf16(d, lo.z, hi.z, lo.w, hi.w, b.z, b.w);
 }
 
+// [p, p + bytes) into L2 (p 16-byte aligned, bytes a multiple of 16).
+__device__ __forceinline__ void l2_prefetch(const void* p, int bytes) {
+  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(p), "r"(bytes) : "memory");
+}
+
 template <int MT, int NT, bool F32_OUT>
 __global__ void __launch_bounds__(kMaxSplit * 32)
     skinny_kernel(const bf16* __restrict__ x /* [n, in] */,
                   const bf16* __restrict__ w /* [out, in] */, void* __restrict__ y /* [n, out] */,
-                  int n, int in, int out, int wk) {
+                  int n, int in, int out, int wk, bool prefetch) {
   constexpr int U = MT == 1 ? 4 : MT == 2 ? 2 : 1;  // chunks in flight: 8 uint4 of w per lane
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int g = lane >> 2, t = lane & 3;
@@ -73,6 +82,17 @@ __global__ void __launch_bounds__(kMaxSplit * 32)
       wr[i][h] = reinterpret_cast<const uint4*>(w + static_cast<int64_t>(m) * in) + t;
     }
   }
+  pdl_trigger();
+  if (prefetch && t == 0 && c_end > c_begin) {
+    // Before the wait (weights are immutable): this warp's weight slice into
+    // L2, streaming while the kernel before still runs (PDL launches only).
+#pragma unroll
+    for (int i = 0; i < MT; ++i)
+#pragma unroll
+      for (int h = 0; h < 2; ++h)
+        l2_prefetch(wr[i][h] + 4 * c_begin, (c_end - c_begin) * 64);
+  }
+  pdl_wait();
   const uint4* xr[NT];
   bool xlive[NT];
 #pragma unroll
@@ -170,7 +190,7 @@ __global__ void __launch_bounds__(kMaxSplit * 32)
   }
 }
 
-using Kernel = void (*)(const bf16*, const bf16*, void*, int, int, int, int);
+using Kernel = void (*)(const bf16*, const bf16*, void*, int, int, int, int, bool);
 
 // MT for NT n-tiles: a CTA's x reads (MT*16 features share them) stay at or
 // below its weight bytes.
@@ -208,7 +228,7 @@ void skinny_gemm(const bf16* x, const bf16* w, void* y, bool y_fp32, int n, int 
   const dim3 grid(static_cast<unsigned>((n + kGroupRows - 1) / kGroupRows),
                   static_cast<unsigned>((out + 16 * mt - 1) / (16 * mt)));
   const Kernel k = (y_fp32 ? kF32 : kBf16)[static_cast<size_t>(nt - 1)];
-  k<<<grid, wk * 32, 0, s>>>(x, w, y, n, in, out, wk);
+  launch(k, grid, wk * 32, 0, s, x, w, y, n, in, out, wk, pdl_enabled());
   check_launch("skinny_gemm");
 }
 

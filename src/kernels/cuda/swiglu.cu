@@ -24,6 +24,8 @@ template <int VEC>
 __global__ void __launch_bounds__(kThreads)
     silu_mul_kernel(const bf16* __restrict__ gate_up /* [n, 2 * ff] */,
                     bf16* __restrict__ out /* [n, ff] */, int64_t n, int ff) {
+  pdl_trigger();
+  pdl_wait();
   const int per_row = ff / VEC;  // chunks per output row
   const int64_t total = n * per_row;
   for (int64_t c = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; c < total;
@@ -54,9 +56,9 @@ void silu_mul(const bf16* gate_up, bf16* out, int n, int ff, cudaStream_t s) {
   const long long work = static_cast<long long>(n) * (vec ? ff / 8 : ff);
   const unsigned grid = grid_for(work, kThreads);
   if (vec) {
-    silu_mul_kernel<8><<<grid, kThreads, 0, s>>>(gate_up, out, n, ff);
+    launch(silu_mul_kernel<8>, grid, kThreads, 0, s, gate_up, out, static_cast<int64_t>(n), ff);
   } else {
-    silu_mul_kernel<1><<<grid, kThreads, 0, s>>>(gate_up, out, n, ff);
+    launch(silu_mul_kernel<1>, grid, kThreads, 0, s, gate_up, out, static_cast<int64_t>(n), ff);
   }
   check_launch("silu_mul");
 }

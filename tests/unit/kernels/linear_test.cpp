@@ -1,14 +1,16 @@
 // cpu::linear and linear_bf16 against a double-precision reference, on every
 // path: up to 16 rows (the small-batch kernel, register blocks of 8 and their
-// remainders) and many (sgemm; panels of widened rows for bf16 past 32 rows);
+// remainders) and many (gemm_nt; weights widened per panel for bf16);
 // in_dim not a multiple of 8; with bias.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <random>
 #include <vector>
 
 #include "core/dtype.h"
+#include "kernels/cpu/gemm_nt.h"
 #include "kernels/ops.h"
 
 namespace cartserve {
@@ -109,6 +111,67 @@ TEST(Linear, RowsUpTo16AreBatchInvariant) {
       }
     }
   }
+}
+
+// Prompt rows (LinearKernel::kGemm): every output is exactly the fused
+// multiply-add chain over k in order, so a row's bits are the same whatever m
+// it is computed in and wherever it sits (BLAS sgemm does not promise that:
+// OpenBLAS's edge kernels move a row's sum with m).
+TEST(Linear, GemmRowsAreTheFmaChainAtAnyBatch) {
+  const int in_dim = 203, out_dim = 37;  // edge panel of 5 columns
+  constexpr int kRows = 71;
+  std::mt19937 rng(4);
+  std::uniform_real_distribution<float> u(-1.f, 1.f);
+  std::vector<float> x(static_cast<size_t>(kRows) * in_dim),
+      w(static_cast<size_t>(out_dim) * in_dim);
+  std::vector<uint16_t> wb(w.size());
+  for (float& f : x)
+    f = u(rng);
+  for (size_t i = 0; i < w.size(); ++i) {
+    w[i] = u(rng);
+    wb[i] = f32_to_bf16(w[i]);
+  }
+  auto chain = [&](int r, int j, bool bf) {
+    float acc = 0.f;
+    for (int k = 0; k < in_dim; ++k) {
+      const size_t wi = static_cast<size_t>(j) * in_dim + k;
+      acc = std::fma(x[static_cast<size_t>(r) * in_dim + k], bf ? bf16_to_f32(wb[wi]) : w[wi], acc);
+    }
+    return acc;
+  };
+  for (const int m : {1, 5, 6, 7, 21, 64, kRows}) {
+    for (const int first : {0, 3, kRows - m}) {
+      if (first + m > kRows) continue;
+      const float* xr = x.data() + static_cast<size_t>(first) * in_dim;
+      std::vector<float> y(static_cast<size_t>(m) * out_dim), yb(y.size());
+      ops::cpu::linear(xr, w.data(), nullptr, y.data(), m, in_dim, out_dim,
+                       ops::cpu::LinearKernel::kGemm);
+      ops::cpu::linear_bf16(xr, wb.data(), nullptr, yb.data(), m, in_dim, out_dim,
+                            ops::cpu::LinearKernel::kGemm);
+      for (int r = 0; r < m; ++r) {
+        for (int j = 0; j < out_dim; ++j) {
+          ASSERT_EQ(y[static_cast<size_t>(r) * out_dim + j], chain(first + r, j, false))
+              << "m=" << m << " first=" << first << " row " << r << " col " << j;
+          ASSERT_EQ(yb[static_cast<size_t>(r) * out_dim + j], chain(first + r, j, true))
+              << "bf16 m=" << m << " first=" << first << " row " << r << " col " << j;
+        }
+      }
+    }
+  }
+}
+
+// gemm_nt writes only the first n columns of each y row (row stride ldy).
+TEST(Linear, GemmNtKeepsColumnsPastN) {
+  const std::vector<float> x = {1, 2, 3, 4, 5, 6};           // [2, 3]
+  const std::vector<float> w = {1, 0, 0, 0, 1, 0, 1, 1, 1};  // [3, 3]
+  std::vector<float> y(2 * 5, -7.f);                         // [2, 5], ldy 5
+  ops::cpu::gemm_nt(
+      x.data(), 2, 3, 3,
+      [&](int64_t j0, int count, float* dst) {
+        std::copy(w.begin() + j0 * 3, w.begin() + (j0 + count) * 3, dst);
+      },
+      y.data(), 5);
+  EXPECT_EQ(y, (std::vector<float>{1, 2, 6, -7, -7, 4, 5, 15, -7, -7}));
 }
 
 TEST(Linear, NoBiasLeavesPlainProduct) {
