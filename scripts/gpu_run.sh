@@ -10,8 +10,8 @@
 #              transformers: our logits and greedy continuations against HF's
 #   bench      bench/gpu_bench on the 3B shape (linear layers gemv vs cuBLASLt, decode,
 #              prefill, cartridge TTFT, promotion)
-#   bench:noskinny  decode on the 3B shape with CARTSERVE_SKINNY=0 (decode rows through
-#              cuBLASLt, as before the skinny kernel): gpu_bench_noskinny.json
+#   bench:skinny  decode on the 3B shape with CARTSERVE_SKINNY=1 (decode rows through the
+#              batch-invariant skinny kernel): gpu_bench_skinny.json
 #   bench:smollm2   decode at batch 1 and 64 on the SmolLM2-135M shape: gpu_bench_smollm2.json
 #   pdl        with CARTSERVE_PDL=1 (programmatic dependent launch): the op tests, then decode
 #              and the linear layers on the 3B shape: gpu_bench_pdl.json
@@ -116,8 +116,8 @@ for s in "$@"; do
     logits) stage logits_smollm2 logits smollm2; stage logits_llama3b logits llama3b ;;
     logits:*) stage "logits_${s#logits:}" logits "${s#logits:}" ;;
     bench) ckpt llama3b && stage bench "$B/gpu_bench" /tmp/ckpt/llama3b --out "$OUT/gpu_bench.json" ;;
-    bench:noskinny) ckpt llama3b && CARTSERVE_SKINNY=0 stage bench_noskinny "$B/gpu_bench" \
-                      /tmp/ckpt/llama3b --only decode --out "$OUT/gpu_bench_noskinny.json" ;;
+    bench:skinny) ckpt llama3b && CARTSERVE_SKINNY=1 stage bench_skinny "$B/gpu_bench" \
+                    /tmp/ckpt/llama3b --only decode --out "$OUT/gpu_bench_skinny.json" ;;
     pdl) CARTSERVE_PDL=1 stage unit_pdl "$B/gpu_tests" &&
            ckpt llama3b && CARTSERVE_PDL=1 stage bench_pdl "$B/gpu_bench" /tmp/ckpt/llama3b \
              --only decode --out "$OUT/gpu_bench_pdl.json" ;;

@@ -244,8 +244,10 @@ def baseline(d, out_path, parts="eager,decode,prefill,ttft"):
         try:
             doc_len, q_len = 2048, 64
             mk = lambda: StaticCache(config=model.config, max_batch_size=1,  # noqa: E731
-                                     max_cache_len=doc_len + q_len, device="cuda",
+                                     max_cache_len=doc_len + 2 * q_len, device="cuda",
                                      dtype=torch.bfloat16)
+            # Room past the question: with exactly doc_len + q_len slots the compiled
+            # forward tripped an index assert (0 <= i < 2112; H100, 2026-12-06).
             doc, work = mk(), mk()
             with torch.no_grad():  # both caches allocate their tensors on first use
                 for c in (doc, work):

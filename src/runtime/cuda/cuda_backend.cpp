@@ -339,7 +339,9 @@ Status CudaBackend::forward(const StepInput& in) {
                              d_copies + 2 * n_copies, n_copies, spec_.num_layers, spec_.block_size,
                              spec_.kv_dim(), compute_);
   }
-  for (int32_t q = 0; q < seqs; ++q) {
+  // One run of every row unless decode rows take Gemm's batch-invariant path.
+  if (!gemm_->skinny()) sh.runs = {{0, n, false}};
+  for (int32_t q = 0; q < seqs && gemm_->skinny(); ++q) {
     const int32_t first = in.query_start[static_cast<size_t>(q)];
     const int32_t count = in.query_start[static_cast<size_t>(q) + 1] - first;
     const bool dec = is_decode(q);

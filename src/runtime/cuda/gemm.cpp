@@ -15,7 +15,7 @@ bool Gemm::gemv_by_default() {
 
 bool Gemm::skinny_by_default() {
   const char* env = std::getenv("CARTSERVE_SKINNY");
-  return env == nullptr || std::strcmp(env, "0") != 0;
+  return env != nullptr && std::strcmp(env, "1") == 0;
 }
 
 Result<std::unique_ptr<Gemm>> Gemm::create(void* workspace, size_t workspace_bytes, bool gemv,

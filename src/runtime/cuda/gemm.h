@@ -3,10 +3,13 @@
 // for each shape is chosen once (cuBLASLt's heuristic) and kept.
 //
 // Rows that must not depend on their batch (decode rows, sampled rows) are
-// run with `decode` set: with `skinny` on (the default; CARTSERVE_SKINNY=0
-// turns it off) they go to ops::cuda::skinny_gemm, whose row bits depend on
-// nothing but the row, so a greedy answer is the same alone and in any batch.
-// cuBLASLt picks its kernel (tiles, split-K) by the row count.
+// run with `decode` set. With `skinny` on (CARTSERVE_SKINNY=1) they go to
+// ops::cuda::skinny_gemm, whose row bits depend on nothing but the row, so a
+// greedy answer is the same alone and in any batch; cuBLASLt picks its kernel
+// (tiles, split-K) by the row count. Off by default: on an H100 (3B shape) it
+// reads the weights at 55-76% of the copy rate at 1 row against cuBLASLt's
+// 69-107%, and falls further behind from 32 rows on (decode at batch 1: 4.0
+// ms/step with it; bench/results/gpu-h100-2026-12-06-*.json).
 //
 // With `gemv` on, up to ops::cuda::kGemvMaxRows rows of the other calls go
 // to the gemv kernel instead (decode at batch 1: 2.51 vs 2.84 ms/step on the
@@ -36,6 +39,7 @@ class Gemm {
                                               bool skinny = skinny_by_default());
   static bool gemv_by_default();
   static bool skinny_by_default();
+  bool skinny() const { return skinny_; }
   ~Gemm();
   Gemm(const Gemm&) = delete;
   Gemm& operator=(const Gemm&) = delete;
