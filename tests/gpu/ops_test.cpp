@@ -326,6 +326,33 @@ TEST(CudaOps, RopeQkvWrite) {
 
 // ---- gemv (small-row linear) ------------------------------------------------
 
+// A linear-layer kernel's fp32 and bf16 outputs against the CPU twin's `want`
+// ([n, out] fp32): launch(y, y_fp32) runs it into y. Returns the fp32 output.
+template <typename Launch>
+std::vector<float> check_linear(const char* name, const std::string& what,
+                                const std::vector<float>& want, Stream& stream, Launch launch) {
+  DeviceBuffer<float> y32(want.size());
+  y32.poison();
+  launch(static_cast<void*>(y32.get()), true);
+  DeviceBuffer<uint16_t> y16(want.size());
+  y16.poison();
+  launch(static_cast<void*>(y16.get()), false);
+  stream.sync();
+  const auto got32 = y32.download();
+  const auto got16 = y16.download();
+  EXPECT_EQ(count_poison(got32), 0u);
+  EXPECT_EQ(count_poison(got16), 0u);
+  // fp32 out: only the summation order differs from the CPU twin.
+  const ErrStats e32 = compare(got32, want, 1e-4, 1e-3);
+  report((std::string(name) + " fp32").c_str(), what, e32);
+  EXPECT_EQ(e32.n_bad, 0u) << describe_bad(e32);
+  const ErrStats e16 = compare(from_bf16(got16), want, kBf16Rtol, 1e-3);
+  report((std::string(name) + " bf16").c_str(), what, e16);
+  EXPECT_EQ(e16.n_bad, 0u) << describe_bad(e16);
+  EXPECT_LT(e16.rel, rel_norm_bound(want.size()));
+  return got32;
+}
+
 TEST(CudaOps, GemvMatchesCpuLinear) {
   CS_REQUIRE_GPU();
   Stream stream;
@@ -351,25 +378,9 @@ TEST(CudaOps, GemvMatchesCpuLinear) {
       const std::vector<float> want(ref.begin(), ref.begin() + static_cast<ptrdiff_t>(n) * d.out);
       const std::string what = str("in", d.in) + " " + str("out", d.out) + " " + str("n", n);
       SCOPED_TRACE(what);
-      DeviceBuffer<float> y32(want.size());
-      y32.poison();
-      cuda::gemv(bf(d_x), bf(d_w), y32.get(), true, n, d.in, d.out, stream.get());
-      DeviceBuffer<uint16_t> y16(want.size());
-      y16.poison();
-      cuda::gemv(bf(d_x), bf(d_w), y16.get(), false, n, d.in, d.out, stream.get());
-      stream.sync();
-      const auto got32 = y32.download();
-      const auto got16 = y16.download();
-      EXPECT_EQ(count_poison(got32), 0u);
-      EXPECT_EQ(count_poison(got16), 0u);
-      // fp32 out: only the summation order differs from the CPU twin.
-      const ErrStats e32 = compare(got32, want, 1e-4, 1e-3);
-      report("gemv fp32", what, e32);
-      EXPECT_EQ(e32.n_bad, 0u) << describe_bad(e32);
-      const ErrStats e16 = compare(from_bf16(got16), want, kBf16Rtol, 1e-3);
-      report("gemv bf16", what, e16);
-      EXPECT_EQ(e16.n_bad, 0u) << describe_bad(e16);
-      EXPECT_LT(e16.rel, rel_norm_bound(want.size()));
+      const auto got32 = check_linear("gemv", what, want, stream, [&](void* y, bool f32) {
+        cuda::gemv(bf(d_x), bf(d_w), y, f32, n, d.in, d.out, stream.get());
+      });
       // A row's bits do not depend on how many rows run with it.
       if (n == 1) row0_f32 = got32;
       EXPECT_EQ(0, std::memcmp(row0_f32.data(), got32.data(), row0_f32.size() * sizeof(float)));
@@ -403,25 +414,9 @@ TEST(CudaOps, SkinnyGemmMatchesCpuLinearAndIsBatchInvariant) {
       const std::vector<float> want(ref.begin(), ref.begin() + static_cast<ptrdiff_t>(n) * d.out);
       const std::string what = str("in", d.in) + " " + str("out", d.out) + " " + str("n", n);
       SCOPED_TRACE(what);
-      DeviceBuffer<float> y32(want.size());
-      y32.poison();
-      cuda::skinny_gemm(bf(d_x), bf(d_w), y32.get(), true, n, d.in, d.out, stream.get());
-      DeviceBuffer<uint16_t> y16(want.size());
-      y16.poison();
-      cuda::skinny_gemm(bf(d_x), bf(d_w), y16.get(), false, n, d.in, d.out, stream.get());
-      stream.sync();
-      const auto got32 = y32.download();
-      const auto got16 = y16.download();
-      EXPECT_EQ(count_poison(got32), 0u);
-      EXPECT_EQ(count_poison(got16), 0u);
-      // fp32 out: only the summation order differs from the CPU twin.
-      const ErrStats e32 = compare(got32, want, 1e-4, 1e-3);
-      report("skinny fp32", what, e32);
-      EXPECT_EQ(e32.n_bad, 0u) << describe_bad(e32);
-      const ErrStats e16 = compare(from_bf16(got16), want, kBf16Rtol, 1e-3);
-      report("skinny bf16", what, e16);
-      EXPECT_EQ(e16.n_bad, 0u) << describe_bad(e16);
-      EXPECT_LT(e16.rel, rel_norm_bound(want.size()));
+      const auto got32 = check_linear("skinny", what, want, stream, [&](void* y, bool f32) {
+        cuda::skinny_gemm(bf(d_x), bf(d_w), y, f32, n, d.in, d.out, stream.get());
+      });
       // Rows [0, n) have the bits they have in the largest batch.
       if (n == kMaxRows) all = got32;
       EXPECT_EQ(0, std::memcmp(all.data(), got32.data(), got32.size() * sizeof(float)));
