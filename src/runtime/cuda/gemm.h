@@ -9,7 +9,7 @@
 // (tiles, split-K) by the row count. Off by default: on an H100 (3B shape) it
 // reads the weights at 55-76% of the copy rate at 1 row against cuBLASLt's
 // 69-107%, and falls further behind from 32 rows on (decode at batch 1: 4.0
-// ms/step with it; bench/results/gpu-h100-2026-12-06-*.json).
+// ms/step with it, 3.42 without; bench/results/gpu-h100-2026-12-06-0200.json).
 //
 // With `gemv` on, up to ops::cuda::kGemvMaxRows rows of the other calls go
 // to the gemv kernel instead (decode at batch 1: 2.51 vs 2.84 ms/step on the
