@@ -305,10 +305,12 @@ Status CudaBackend::forward(const StepInput& in) {
                                         1
                                   : in.prompt_rows[static_cast<size_t>(seq)] == 0;
   };
-  bool all_decode = in.max_query_len == 1;
-  for (int32_t q = 0; all_decode && q < seqs; ++q)
-    all_decode = is_decode(q);
-  if (opts_.cuda_graphs && all_decode && n_copies == 0) return forward_decode(in);
+  // Decode graphs run every row as a decode row: with skinny on, a 1-row prompt
+  // chunk must take the eager path (cuBLASLt) as it would in any other step.
+  bool graph = opts_.cuda_graphs && in.max_query_len == 1 && n_copies == 0;
+  for (int32_t q = 0; graph && gemm_->skinny() && q < seqs; ++q)
+    graph = is_decode(q);
+  if (graph) return forward_decode(in);
   // One upload of every int array.
   int32_t* h = b.h_in;
   size_t o = 0;
