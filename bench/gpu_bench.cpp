@@ -287,7 +287,8 @@ double launch_us(const std::function<void()>& op) {
 // The model's linear layers alone, at the row counts of decode: the skinny
 // (batch-invariant, what decode rows use) and gemv kernels against cuBLASLt
 // on the same shapes (weights only: they dominate the bytes), as GB/s of
-// weights read and a fraction of the copy bandwidth.
+// weights read and a fraction of the copy bandwidth; cuBLASLt both with the
+// per-shape timed choice (what the backend runs) and the heuristic's pick.
 json linear_layers(const ModelConfig& c, double copy_bw) {
   struct Shape {
     const char* name;
@@ -312,20 +313,22 @@ json linear_layers(const ModelConfig& c, double copy_bw) {
   float* y = d.alloc<float>(y_elems);
   void* ws = d.alloc<uint8_t>(32 << 20);
   auto with_gemv = cuda::Gemm::create(ws, 32 << 20, true, false);
-  auto cublas = cuda::Gemm::create(ws, 32 << 20, false, false);
+  auto cublas = cuda::Gemm::create(ws, 32 << 20, false, false, true);
+  auto heuristic = cuda::Gemm::create(ws, 32 << 20, false, false, false);
   auto skinny = cuda::Gemm::create(ws, 32 << 20, false, true);
   json rows = json::array();
-  if (!with_gemv.ok() || !cublas.ok() || !skinny.ok()) return rows;
+  if (!with_gemv.ok() || !cublas.ok() || !heuristic.ok() || !skinny.ok()) return rows;
   auto time_us = [&](cuda::Gemm& g, const Shape& sh, int n, bool decode) {
     const bool f32 = sh.name == std::string("lm_head");
     return launch_us([&] { (void)g.run(x, w, y, f32, n, sh.in, sh.out, nullptr, decode); });
   };
-  std::printf("%-8s %3s %10s %10s %10s %8s %8s %8s\n", "linear", "n", "skinny us", "gemv us",
-              "cublas us", "skinny %", "gemv %", "cublas %");
+  std::printf("%-8s %3s %10s %10s %10s %10s %8s %8s %8s\n", "linear", "n", "skinny us", "gemv us",
+              "heur. us", "cublas us", "skinny %", "gemv %", "cublas %");
   for (const Shape& sh : shapes) {
     const double bytes = 2.0 * sh.in * static_cast<double>(sh.out);
     for (const int n : kRows) {
       const double k = time_us(**skinny, sh, n, true), b = time_us(**cublas, sh, n, false);
+      const double hb = time_us(**heuristic, sh, n, false);
       // gemv takes at most kGemvMaxRows rows (more go to cuBLASLt).
       const double g = n <= ops::cuda::kGemvMaxRows ? time_us(**with_gemv, sh, n, false) : b;
       const double floor_us = 1e6 * bytes / copy_bw;
@@ -338,11 +341,109 @@ json linear_layers(const ModelConfig& c, double copy_bw) {
                       {"skinny_us", k},
                       {"gemv_us", g},
                       {"cublaslt_us", b},
+                      {"cublaslt_heuristic_us", hb},
                       {"skinny_fraction_of_floor", floor_us / k},
                       {"gemv_fraction_of_floor", floor_us / g},
                       {"cublaslt_fraction_of_floor", floor_us / b}});
-      std::printf("%-8s %3d %10.2f %10.2f %10.2f %7.0f%% %7.0f%% %7.0f%%\n", sh.name, n, k, g, b,
-                  100.0 * floor_us / k, 100.0 * floor_us / g, 100.0 * floor_us / b);
+      std::printf("%-8s %3d %10.2f %10.2f %10.2f %10.2f %7.0f%% %7.0f%% %7.0f%%\n", sh.name, n, k,
+                  g, hb, b, 100.0 * floor_us / k, 100.0 * floor_us / g, 100.0 * floor_us / b);
+    }
+  }
+  return rows;
+}
+
+// A paged KV layer of `seqs` sequences, each with `q_len` query rows at the
+// end of a `ctx`-position context (blocks of 16, no sharing), bf16 filled
+// with 0x3c3c, and the attention batch over it.
+struct PagedSetup {
+  static constexpr int kBlock = 16;
+  ops::cuda::KvLayer kv;
+  ops::cuda::AttnBatch ab;
+  PagedSetup(DeviceScratch& d, const ModelConfig& c, int seqs, int q_len, int ctx) {
+    const int KVD = c.num_kv_heads * c.head_dim;
+    const int blocks_per_seq = (ctx + kBlock - 1) / kBlock;
+    std::vector<int32_t> qs(static_cast<size_t>(seqs) + 1), ctxs(static_cast<size_t>(seqs), ctx),
+        bt;
+    for (int i = 0; i < seqs; ++i) {
+      qs[static_cast<size_t>(i) + 1] = (i + 1) * q_len;
+      for (int b = 0; b < blocks_per_seq; ++b)
+        bt.push_back(i * blocks_per_seq + b);
+    }
+    const size_t pool_elems = static_cast<size_t>(seqs) * blocks_per_seq * 2 * kBlock * KVD;
+    auto* pool = d.alloc<ops::cuda::bf16>(pool_elems, 0x3c);
+    kv.k = pool;
+    kv.v = pool + static_cast<size_t>(kBlock) * KVD;
+    kv.block_stride = int64_t{2} * kBlock * KVD;
+    kv.block_size = kBlock;
+    kv.num_kv_heads = c.num_kv_heads;
+    kv.head_dim = c.head_dim;
+    ab.query_start = d.upload(qs);
+    ab.context_lens = d.upload(ctxs);
+    ab.block_table = d.upload(bt);
+    ab.num_seqs = seqs;
+    ab.max_blocks = blocks_per_seq;
+    ab.num_tokens = seqs * q_len;
+    ab.max_query_len = q_len;
+    ab.max_context_len = blocks_per_seq * kBlock;
+  }
+  // Slot of sequence i's last position (its blocks are contiguous).
+  int32_t last_slot(int i, int ctx) const {
+    return (i * ab.max_blocks + (ctx - 1) / kBlock) * kBlock + (ctx - 1) % kBlock;
+  }
+};
+
+int device_sms() {
+  int dev = 0, sms = 0;
+  cudaGetDevice(&dev);
+  cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
+  return sms;
+}
+
+// Attention time against its split count: decode at batch 1 over a
+// 513-position context, and the TTFT shape (a 64-token question after a
+// 2048-position cartridge) through the prefill kernel; "auto" marks the
+// count the backend picks.
+json attention_splits(const ModelConfig& c, double copy_bw) {
+  namespace k = ops::cuda;
+  constexpr int kMaxSplits = 32;
+  const int Q = c.q_dim(), KVD = c.num_kv_heads * c.head_dim, QKV = Q + 2 * KVD;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
+  const int sms = device_sms();
+  json rows = json::array();
+  std::printf("attention                          splits   us/launch  KV read GB/s\n");
+  for (const auto& [q_len, ctx] : {std::pair{1, 513}, std::pair{64, 2112}}) {
+    DeviceScratch d;
+    PagedSetup ps(d, c, 1, q_len, ctx);
+    auto* qkv = d.alloc<k::bf16>(static_cast<size_t>(q_len) * QKV, 0x3c);
+    auto* out = d.alloc<k::bf16>(static_cast<size_t>(q_len) * Q);
+    void* ws =
+        d.alloc<uint8_t>(k::decode_workspace_bytes(q_len, c.num_heads, c.head_dim, kMaxSplits));
+    const bool decode = q_len == 1;
+    const int auto_splits =
+        decode ? k::decode_num_splits(1, c.num_kv_heads, ps.ab.max_context_len, kMaxSplits, sms)
+               : k::prefill_num_splits(q_len, 1, c.num_heads, c.num_kv_heads, ps.ab.max_context_len,
+                                       kMaxSplits, sms);
+    const double kv_bytes = 2.0 * 2.0 * ctx * KVD;
+    for (int splits : {1, 2, 4, 8, 16, 32, auto_splits}) {
+      const double us = launch_us([&] {
+        if (decode) {
+          k::paged_attention_decode(qkv, QKV, ps.kv, ps.ab, out, c.num_heads, scale, splits, ws,
+                                    nullptr);
+        } else {
+          k::paged_attention_prefill(qkv, QKV, ps.kv, ps.ab, out, c.num_heads, scale, splits, ws,
+                                     nullptr);
+        }
+      });
+      const bool is_auto = splits == auto_splits;
+      rows.push_back({{"kernel", decode ? "decode" : "prefill"},
+                      {"query_rows", q_len},
+                      {"context", ctx},
+                      {"splits", splits},
+                      {"auto", is_auto},
+                      {"us", us},
+                      {"kv_floor_us", 1e6 * kv_bytes / copy_bw}});
+      std::printf("  %-7s q=%-3d ctx=%-5d %7d%s %10.2f %12.0f\n", decode ? "decode" : "prefill",
+                  q_len, ctx, splits, is_auto ? "*" : " ", us, kv_bytes / us / 1e3);
     }
   }
   return rows;
@@ -354,20 +455,17 @@ json linear_layers(const ModelConfig& c, double copy_bw) {
 json decode_ops(const ModelConfig& c, double copy_bw, int batch) {
   namespace k = ops::cuda;
   const int n = batch, H = c.hidden_size, Q = c.q_dim(), KVD = c.num_kv_heads * c.head_dim;
-  const int QKV = Q + 2 * KVD, FF = c.intermediate_size, kBlock = 16, kCtx = 513;
-  const int blocks_per_seq = (kCtx + kBlock - 1) / kBlock;
+  const int QKV = Q + 2 * KVD, FF = c.intermediate_size, kCtx = 513;
   DeviceScratch d;
+  PagedSetup ps(d, c, n, 1, kCtx);
+  const k::KvLayer& kv = ps.kv;
+  const k::AttnBatch& ab = ps.ab;
   auto* table = d.alloc<k::bf16>(static_cast<size_t>(1000) * H, 0x3c);
   std::vector<int32_t> ids(static_cast<size_t>(n)), pos(ids.size()), slots(ids.size());
-  std::vector<int32_t> qs(static_cast<size_t>(n) + 1), ctx(ids.size(), kCtx), bt;
   for (int i = 0; i < n; ++i) {
     ids[static_cast<size_t>(i)] = 100 + i;
     pos[static_cast<size_t>(i)] = kCtx - 1;
-    qs[static_cast<size_t>(i) + 1] = i + 1;
-    for (int b = 0; b < blocks_per_seq; ++b)
-      bt.push_back(i * blocks_per_seq + b);
-    slots[static_cast<size_t>(i)] =
-        (i * blocks_per_seq + (kCtx - 1) / kBlock) * kBlock + (kCtx - 1) % kBlock;
+    slots[static_cast<size_t>(i)] = ps.last_slot(i, kCtx);
   }
   const int32_t* d_ids = d.upload(ids);
   const int32_t* d_pos = d.upload(pos);
@@ -382,28 +480,7 @@ json decode_ops(const ModelConfig& c, double copy_bw, int batch) {
   auto* attn = d.alloc<k::bf16>(static_cast<size_t>(n) * Q);
   auto* gu = d.alloc<k::bf16>(static_cast<size_t>(n) * 2 * FF, 0x3c);
   auto* act = d.alloc<k::bf16>(static_cast<size_t>(n) * FF);
-  const size_t pool_elems = static_cast<size_t>(n) * blocks_per_seq * 2 * kBlock * KVD;
-  auto* pool = d.alloc<k::bf16>(pool_elems, 0x3c);
-  k::KvLayer kv;
-  kv.k = pool;
-  kv.v = pool + static_cast<size_t>(kBlock) * KVD;
-  kv.block_stride = int64_t{2} * kBlock * KVD;
-  kv.block_size = kBlock;
-  kv.num_kv_heads = c.num_kv_heads;
-  kv.head_dim = c.head_dim;
-  k::AttnBatch ab;
-  ab.query_start = d.upload(qs);
-  ab.context_lens = d.upload(ctx);
-  ab.block_table = d.upload(bt);
-  ab.num_seqs = n;
-  ab.max_blocks = blocks_per_seq;
-  ab.num_tokens = n;
-  ab.max_query_len = 1;
-  ab.max_context_len = blocks_per_seq * kBlock;
-  int dev = 0, sms = 0;
-  cudaGetDevice(&dev);
-  cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
-  const int splits = k::decode_num_splits(n, c.num_kv_heads, ab.max_context_len, 32, sms);
+  const int splits = k::decode_num_splits(n, c.num_kv_heads, ab.max_context_len, 32, device_sms());
   void* ws = d.alloc<uint8_t>(k::decode_workspace_bytes(n, c.num_heads, c.head_dim, 32));
   const float scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
 
@@ -495,6 +572,7 @@ int main(int argc, char** argv) {
   json figures = json::object();
   if (want("linear")) j["linear_layers"] = linear_layers(c, copy_bw);
   if (want("ops")) j["decode_other_ops"] = {decode_ops(c, copy_bw, 1), decode_ops(c, copy_bw, 64)};
+  if (want("ops") || want("attention")) j["attention_splits"] = attention_splits(c, copy_bw);
   if (want("decode") || want("decode1") || want("prefill")) {
     auto backend = make_backend(m, o);
     if (!backend.ok()) {

@@ -261,6 +261,8 @@ def one_request(target, prompt, args):
             "temperature": 0.0, "stream": True, "stream_options": {"include_usage": True}}
     if not args.no_ignore_eos:
         body["ignore_eos"] = True
+    if args.cartridge_id:
+        body["kv_transfer_params"] = {"cartridge_id": args.cartridge_id}
     rec = {"index": prompt["index"], "words": prompt["words"], "ok": False}
     chunk_times = []
     usage = None
@@ -488,6 +490,8 @@ def parse_args(argv):
     p.add_argument("--requests", type=int, default=0,
                    help="requests per level (0: max(16, 4 x concurrency))")
     p.add_argument("--max-tokens", type=int, default=64)
+    p.add_argument("--cartridge-id", help="every request names this cartridge "
+                   "(kv_transfer_params.cartridge_id): its KV goes before the prompt")
     p.add_argument("--min-prompt-words", type=int, default=32)
     p.add_argument("--max-prompt-words", type=int, default=512)
     p.add_argument("--seed", type=int, default=0)
@@ -510,8 +514,8 @@ def parse_args(argv):
     if bool(args.base_url) == bool(args.server):
         p.error("give exactly one of --base-url or --server")
     if args.server:
-        if not args.model or not os.path.isfile(args.model):
-            p.error(f"--server needs --model FILE.gguf (got {args.model!r})")
+        if not args.model or not os.path.exists(args.model):
+            p.error(f"--server needs --model (a GGUF file or a checkpoint folder; got {args.model!r})")
         exe = args.cartserve_bin if args.server == "cartserve" else args.llama_server
         if not exe or not os.access(exe, os.X_OK):
             p.error(f"{args.server} binary not found or not executable: {exe!r}")
@@ -547,6 +551,7 @@ def main(argv=None):
                        "info": info, "notes": notes},
             "machine": machine_facts(),
             "params": {"endpoint": "/v1/completions", "stream": True, "temperature": 0.0,
+                       "cartridge_id": args.cartridge_id,
                        "max_tokens": args.max_tokens, "ignore_eos": not args.no_ignore_eos,
                        "prompt_words": [args.min_prompt_words, args.max_prompt_words],
                        "prompt_length_distribution": "log-uniform in words, random common "

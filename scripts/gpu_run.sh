@@ -21,6 +21,10 @@
 #              (baseline:PARTS for some of eager,decode,prefill,ttft)
 #   smollm2    the real SmolLM2 GGUF: greedy text vs the CPU build on the golden
 #              prompts, the cartridge canary, validation tiers 0-5, R, A with --device cuda
+#   serve      bench/load_gen.py against cartserve serve --device cuda on the 3B shape at
+#              concurrency 1, 16, 64, 256 (64 output tokens, prompts of 32-256 words), without
+#              and with every request naming a shared 2048-token cartridge (the one the bench
+#              stage writes): serve_plain.json, serve_cartridge.json
 #   soak       bench/soak/soak.py with the real SmolLM2 GGUF on --device cuda: 10,000 chat
 #              requests at concurrency 64 over 100 cartridges, residency churning: soak.json
 # Inputs (built here by scripts/gpu_pack.sh, carried as .gpu/*): bundle.tgz (binaries +
@@ -87,6 +91,24 @@ profile() {
   "$nsys" stats -q -r cuda_gpu_kern_sum -f csv -o "$OUT/decode_kernels" /tmp/prof.nsys-rep
 }
 
+serve() {  # serve LABEL [CARTRIDGE_ID]
+  local cart=/tmp/cartserve_gpu_bench_cartridge.safetensors
+  local args=(--server cartserve --cartserve-bin "$B/cartserve" --model /tmp/ckpt/llama3b
+    --label "$1" --max-model-len 4096 --concurrency 1,16,64,256 --max-tokens 64
+    --max-prompt-words 256 --server-log "/tmp/serve_$1.log" --out "$OUT/serve_$1.json"
+    --server-arg=--device --server-arg=cuda --server-arg=--max-num-seqs --server-arg=256)
+  if [ -n "${2:-}" ]; then
+    [ -f "$cart" ] || { echo "no $cart (the bench stage writes it)"; return 1; }
+    args+=(--cartridge-id "$2" --server-arg=--kv-transfer-config --server-arg="{\"kv_connector\": \
+\"CartridgeConnector\", \"kv_connector_extra_config\": {\"cartridges\": [{\"cartridge_id\": \
+\"$2\", \"path\": \"$cart\"}]}}")
+  fi
+  python3 bench/load_gen.py "${args[@]}"
+  local rc=$?
+  tail -n 5 "/tmp/serve_$1.log"
+  return $rc
+}
+
 smollm2() {
   [ -f "$GGUF" ] || { echo "no GGUF (carry .gpu/gguf.part-0..2 over three calls)"; return 1; }
   local rc=0
@@ -109,7 +131,7 @@ for s in "$@"; do
     unit) stage unit "$B/gpu_tests" ;;
     sanitizer)
       stage sanitizer compute-sanitizer --tool memcheck --error-exitcode 9 "$B/gpu_tests" \
-        --gtest_filter='CudaOps.*:PagedAttention*Decode*:CudaSampling.Greedy*' &&
+        --gtest_filter='CudaOps.*:PagedAttention*Decode*:*PrefillSharedCartridgePrefix:CudaSampling.Greedy*' &&
         ckpt smollm2 && stage sanitizer_forward compute-sanitizer --tool memcheck --error-exitcode 9 \
           "$B/dump_logits" /tmp/ckpt/smollm2 /tmp/ckpt/smollm2/prompts.json /tmp --device cuda \
           --greedy 4 ;;
@@ -129,6 +151,7 @@ for s in "$@"; do
     baseline:*) ckpt llama3b && stage baseline python3 tools/gpu/hf_reference.py baseline \
                   /tmp/ckpt/llama3b "$OUT/hf_baseline_${s#baseline:}.json" "${s#baseline:}" ;;
     smollm2) stage smollm2 smollm2 ;;
+    serve) ckpt llama3b && stage serve_plain serve plain && stage serve_cartridge serve cartridge doc ;;
     soak) stage soak python3 bench/soak/soak.py --bin "$B/cartserve" --model "$GGUF" --device cuda \
             --build-jobs 8 --kv-cache-memory 2GiB --out "$OUT/soak.json" ;;
     *) echo "unknown stage $s" ;;

@@ -116,9 +116,18 @@ void skinny_gemm(const bf16* x, const bf16* w, void* y, bool y_fp32, int n, int 
 // (it may point into the fused qkv buffer); out: [num_tokens, n_heads *
 // head_dim]. GQA: query head h reads KV head h / (n_heads / num_kv_heads).
 // head_dim 64 or 128. Tiled with an online softmax in fp32.
+// num_splits > 1 (split-KV, for few query rows over long contexts such as a
+// question after a cartridge): the keys of each tile are split over that many
+// CTAs as in decode, and a second kernel merges the partial softmaxes in a
+// fixed order; workspace: decode_workspace_bytes(num_tokens, n_heads,
+// head_dim, num_splits) bytes. num_splits == 1 needs no workspace.
 void paged_attention_prefill(const bf16* q, int64_t q_row_stride, const KvLayer& kv,
                              const AttnBatch& batch, bf16* out, int n_heads, float scale,
-                             cudaStream_t s);
+                             int num_splits, void* workspace, cudaStream_t s);
+// A split count that fills the GPU for this batch shape (1 when the unsplit
+// grid already does, or when the contexts are short).
+int prefill_num_splits(int num_tokens, int num_seqs, int n_heads, int num_kv_heads,
+                       int max_context_len, int max_splits, int num_sms);
 
 // The same for a batch where every sequence has one query row (decode):
 // the KV length is split over `num_splits` CTAs per (sequence, KV head), the

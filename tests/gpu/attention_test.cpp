@@ -359,12 +359,14 @@ const char* impl_name(Impl i) {
 
 constexpr int kMaxSplits = 64;
 
-// Enqueues one attention op on `st` writing `out`.
+// Enqueues one attention op on `st` writing `out` (num_splits <= 1: the
+// unsplit prefill kernel).
 void launch(const Problem& p, Impl impl, int num_splits, bf16* out, void* workspace,
             cudaStream_t st) {
   switch (impl) {
     case Impl::kPrefill:
-      paged_attention_prefill(p.q(), p.q_row_stride, p.kv, p.batch, out, p.c.n_heads, p.scale, st);
+      paged_attention_prefill(p.q(), p.q_row_stride, p.kv, p.batch, out, p.c.n_heads, p.scale,
+                              std::max(num_splits, 1), workspace, st);
       break;
     case Impl::kPrefillSimple:
       paged_attention_prefill_simple(p.q(), p.q_row_stride, p.kv, p.batch, out, p.c.n_heads,
@@ -384,7 +386,7 @@ std::vector<uint16_t> run(const Problem& p, Impl impl, int num_splits, cudaStrea
   DevBuf<uint16_t> out(n + kGuard);
   out.poison();
   DevBuf<uint8_t> ws(
-      decode_workspace_bytes(p.batch.num_seqs, p.c.n_heads, p.c.head_dim, kMaxSplits));
+      decode_workspace_bytes(p.batch.num_tokens, p.c.n_heads, p.c.head_dim, kMaxSplits));
   ws.poison();  // a merge reading a split that was not written gets NaN
   launch(p, impl, num_splits, reinterpret_cast<bf16*>(out.get()), ws.get(), st);
   ATTN_CUDA_OK(cudaGetLastError());
@@ -411,16 +413,22 @@ void check(const Problem& p, Impl impl, int num_splits, cudaStream_t st) {
   const std::vector<uint16_t> out = run(p, impl, num_splits, st);
   const Error e = compare(out, p.ref);
   std::printf("[ attn     ] %-34s %-15s splits=%-3d rel=%.3e max_abs=%.3e\n", p.c.name.c_str(),
-              impl_name(impl), impl == Impl::kDecode ? num_splits : 0, e.rel, e.max_abs);
+              impl_name(impl), impl == Impl::kPrefillSimple ? 0 : num_splits, e.rel, e.max_abs);
   std::fflush(stdout);
   EXPECT_EQ(e.unwritten, 0u) << "output elements never written";
   EXPECT_EQ(e.non_finite, 0u) << "non-finite outputs (a read outside the owned KV/q?)";
   EXPECT_LT(e.rel, 1e-2);  // bf16 output rounding dominates (see the top comment)
 }
 
+// The prefill kernel unsplit, split (a few counts and the automatic one, which
+// is what the backend uses) and the CUDA-core kernel.
 void check_prefill_paths(const Case& c, uint32_t seed, cudaStream_t st) {
   const auto p = make_problem(c, seed);
-  check(*p, Impl::kPrefill, 0, st);
+  const int auto_splits =
+      prefill_num_splits(p->batch.num_tokens, p->batch.num_seqs, c.n_heads, c.n_kv_heads,
+                         p->batch.max_context_len, kMaxSplits, device_sms());
+  for (int splits : {1, 2, 5, 16, auto_splits})
+    check(*p, Impl::kPrefill, splits, st);
   check(*p, Impl::kPrefillSimple, 0, st);
 }
 
@@ -458,6 +466,10 @@ TEST_F(PagedAttentionGpu, PrefillSharedCartridgePrefix) {
       {"prefix_g4_d128_bs16", 128, 16, 4, 16, {{40, 200}, {70, 230}, {1, 161}}, 10},
       {"prefix_g3_d64_bs32", 64, 12, 4, 32, {{1, 129}, {1, 300}, {64, 64}}, 4},
       {"prefix_g8_d128_bs8", 128, 8, 1, 8, {{30, 94}, {5, 69}}, 8},
+      // The TTFT shape of the 3B benchmark: a 64-token question after a
+      // 2048-position cartridge (split-KV prefill), and two such questions.
+      {"prefix_ttft_g3_d128_bs16", 128, 24, 8, 16, {{64, 2112}}, 128},
+      {"prefix_ttft2_g3_d128_bs16", 128, 24, 8, 16, {{64, 2112}, {17, 2065}}, 128},
   };
   uint32_t seed = 2000;
   for (const Case& c : cases)
@@ -503,10 +515,11 @@ TEST_F(PagedAttentionGpu, Deterministic) {
   {
     const auto p = make_problem(
         {"det_prefill_g4_d128_bs32", 128, 16, 4, 32, {{100, 100}, {1, 1}, {250, 1000}}}, 4001);
-    for (Impl impl : {Impl::kPrefill, Impl::kPrefillSimple}) {
-      const std::vector<uint16_t> a = run(*p, impl, 0, stream_);
-      const std::vector<uint16_t> b = run(*p, impl, 0, stream_);
-      EXPECT_TRUE(a == b) << impl_name(impl) << ": two runs differ";
+    for (auto [impl, splits] : {std::pair{Impl::kPrefill, 1}, std::pair{Impl::kPrefill, 3},
+                                std::pair{Impl::kPrefillSimple, 0}}) {
+      const std::vector<uint16_t> a = run(*p, impl, splits, stream_);
+      const std::vector<uint16_t> b = run(*p, impl, splits, stream_);
+      EXPECT_TRUE(a == b) << impl_name(impl) << " splits=" << splits << ": two runs differ";
     }
   }
 }
@@ -529,7 +542,7 @@ TEST_F(PagedAttentionGpu, GraphCapture) {
       DevBuf<uint16_t> out(p->out_elems());
       out.poison();
       DevBuf<uint8_t> ws(
-          decode_workspace_bytes(p->batch.num_seqs, p->c.n_heads, p->c.head_dim, kMaxSplits));
+          decode_workspace_bytes(p->batch.num_tokens, p->c.n_heads, p->c.head_dim, kMaxSplits));
       cudaGraph_t graph = nullptr;
       cudaGraphExec_t exec = nullptr;
       ATTN_CUDA_OK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeGlobal));
@@ -552,7 +565,7 @@ TEST_F(PagedAttentionGpu, GraphCapture) {
 float time_ms(const Problem& p, Impl impl, int num_splits, cudaStream_t st) {
   DevBuf<uint16_t> out(p.out_elems());
   DevBuf<uint8_t> ws(
-      decode_workspace_bytes(p.batch.num_seqs, p.c.n_heads, p.c.head_dim, kMaxSplits));
+      decode_workspace_bytes(p.batch.num_tokens, p.c.n_heads, p.c.head_dim, kMaxSplits));
   cudaEvent_t a, b;
   ATTN_CUDA_OK(cudaEventCreate(&a));
   ATTN_CUDA_OK(cudaEventCreate(&b));
@@ -626,14 +639,22 @@ TEST(PagedAttentionDecodeHost, NumSplitsAndWorkspace) {
   EXPECT_EQ(decode_num_splits(1, 8, 32768, 64, 132), 64);
   EXPECT_EQ(decode_num_splits(1, 8, 32768, 16, 132), 16);
   EXPECT_EQ(decode_num_splits(8, 8, 32768, 64, 132), 9);
-  // Short context: each split keeps at least 256 positions.
-  EXPECT_EQ(decode_num_splits(1, 8, 600, 64, 132), 3);
+  // Short context: each split keeps at least one 64-position chunk.
+  EXPECT_EQ(decode_num_splits(1, 8, 600, 64, 132), 10);
+  EXPECT_EQ(decode_num_splits(1, 8, 513, 32, 132), 9);
   EXPECT_EQ(decode_num_splits(1, 8, 1, 64, 132), 1);
   // A batch that already fills the GPU: one split.
   EXPECT_EQ(decode_num_splits(128, 8, 32768, 64, 132), 1);
   EXPECT_EQ(decode_num_splits(64, 8, 32768, 64, 132), 2);
   EXPECT_EQ(decode_num_splits(4, 8, 32768, 1, 132), 1);
   EXPECT_EQ(decode_workspace_bytes(4, 32, 128, 16), size_t{4} * 32 * 16 * 130 * sizeof(float));
+  // Prefill: split only while the unsplit grid is under a wave (2 CTAs per
+  // SM) and each split keeps at least 256 keys.
+  EXPECT_EQ(prefill_num_splits(64, 1, 24, 8, 2112, 32, 132), 9);  // 4 tiles x 8 KV heads
+  EXPECT_EQ(prefill_num_splits(64, 1, 24, 8, 2112, 4, 132), 4);   // workspace cap
+  EXPECT_EQ(prefill_num_splits(64, 1, 24, 8, 300, 32, 132), 2);   // short context
+  EXPECT_EQ(prefill_num_splits(8192, 1, 24, 8, 8192, 32, 132), 1);
+  EXPECT_EQ(prefill_num_splits(64, 1, 24, 8, 2112, 1, 132), 1);
   // Every split of a sequence is non-empty up to n_active, and they cover ctx.
   for (int ctx : {1, 63, 64, 65, 1000, 3000}) {
     for (int splits : {1, 2, 3, 7, 16, 64}) {

@@ -36,8 +36,61 @@ __host__ __device__ inline int decode_split_len(int ctx, int num_splits) {
   return (per + kDecodeChunk - 1) / kDecodeChunk * kDecodeChunk;
 }
 
+// Split-KV prefill (paged_attention_prefill with num_splits > 1): split i of
+// a sequence with `ctx` KV positions covers the same positions as decode
+// split i (decode_split_len), so a query row whose last visible key is `lim`
+// has its keys in the first lim / len + 1 splits, all of them non-empty.
+__host__ __device__ inline int split_active(int lim, int len, int num_splits) {
+  const int n = lim / len + 1;
+  return n < num_splits ? n : num_splits;
+}
+
 #ifdef __CUDACC__
 // ---- device helpers shared by the attention kernels ----
+
+// The sequence of flat query row `row`: the largest s with query_start[s] <= row.
+__device__ __forceinline__ int row_sequence(const int32_t* query_start, int num_seqs, int row) {
+  int lo = 0, hi = num_seqs - 1;
+  while (lo < hi) {
+    const int mid = (lo + hi + 1) >> 1;
+    if (query_start[mid] <= row) {
+      lo = mid;
+    } else {
+      hi = mid - 1;
+    }
+  }
+  return lo;
+}
+
+// One warp merges the first n_active partial softmaxes of one (row, head):
+// o_part rows [n_active][D] (unnormalised, at `op`), ml [n_active][2] (max in
+// log2 units, sum); out[d] = sum_i 2^(m_i - M) o_i[d] / sum_i 2^(m_i - M) l_i,
+// M = max m_i, added in split order (no atomics: fixed bits), rounded to bf16.
+template <int D>
+__device__ __forceinline__ void merge_partials(const float* __restrict__ op,
+                                               const float* __restrict__ ml, int n_active,
+                                               bf16* __restrict__ orow, int lane) {
+  constexpr int VPL = D / 32;  // dims per lane: lane + 32 k
+  float big_m = -INFINITY;
+  for (int i = 0; i < n_active; ++i)
+    big_m = fmaxf(big_m, ml[2 * i]);
+  float big_l = 0.f;
+  float acc[VPL];
+#pragma unroll
+  for (int k = 0; k < VPL; ++k)
+    acc[k] = 0.f;
+  for (int i = 0; i < n_active; ++i) {
+    const float w = exp2f(ml[2 * i] - big_m);
+    big_l = fmaf(w, ml[2 * i + 1], big_l);
+#pragma unroll
+    for (int k = 0; k < VPL; ++k)
+      acc[k] = fmaf(w, op[i * D + lane + 32 * k], acc[k]);
+  }
+  const float inv = big_l > 0.f ? 1.f / big_l : 0.f;
+#pragma unroll
+  for (int k = 0; k < VPL; ++k)
+    orow[lane + 32 * k] = __float2bfloat16_rn(acc[k] * inv);
+}
 
 // 16 bytes global -> shared, asynchronously (cp.async, L2 only); zero-filled
 // when !valid (the source is then not read). The data is visible to the

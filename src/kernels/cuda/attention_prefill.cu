@@ -38,6 +38,8 @@
 // Determinism: every sum has a fixed order (fixed thread -> data mapping,
 // fixed shuffle trees), no atomics; the same launch gives the same bits.
 // No allocation, no host synchronisation: graph-capturable.
+#include <algorithm>
+
 #include "kernels/cuda/attention_internal.cuh"
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda_ops.h"
@@ -53,6 +55,12 @@ constexpr float kLog2e = 1.4426950408889634f;
 constexpr int kThreads = 128;  // 4 warps
 constexpr int kBM = 64;        // rows of a CTA tile, 16 per warp
 constexpr int kPad = 8;        // bf16 of padding per shared row (conflict-free fragment loads)
+// Split-KV (prefill_num_splits): enough splits for about one wave of
+// kPrefillResidentCtas CTAs per SM (what the kernel's ~200 registers per
+// thread allow), each split at least kPrefillMinSplitLen keys so that the
+// Q tile load and the partial write stay small beside the K/V it reads.
+constexpr int kPrefillResidentCtas = 2;
+constexpr int kPrefillMinSplitLen = 256;
 
 template <int D>
 struct PrefillCfg {
@@ -114,12 +122,16 @@ __device__ __forceinline__ int tile_sequence(const int32_t* query_start, int num
   return lo;
 }
 
-template <int D>
+// SPLIT: blockIdx.z is a split of the keys (split_active in
+// attention_internal.cuh); the CTA writes unnormalised partials to o_part /
+// ml_part ([num_tokens, n_heads, num_splits, D] / [..., 2]) instead of out.
+template <int D, bool SPLIT>
 __global__ void __launch_bounds__(kThreads)
     prefill_mma_kernel(const bf16* __restrict__ q /* [num_tokens] rows of q_row_stride */,
                        int64_t q_row_stride, KvLayer kv, AttnBatch batch,
                        bf16* __restrict__ out /* [num_tokens, n_heads * D] */, int n_heads,
-                       int group, int P, float scale_log2) {
+                       int group, int P, float scale_log2, int num_splits,
+                       float* __restrict__ o_part, float* __restrict__ ml_part) {
   using Cfg = PrefillCfg<D>;
   constexpr int BN = Cfg::BN;
   constexpr int LD = Cfg::LD;
@@ -139,6 +151,14 @@ __global__ void __launch_bounds__(kThreads)
   const int n_rows = (q_hi - q0) * group;  // real rows: [0, n_rows), n_rows <= kBM
   const int first_lim = ctx - q_len + q0;  // causal limit of the tile's first query
   const int kv_hi = ctx - q_len + q_hi;    // keys the tile needs: [0, kv_hi)
+  // This CTA's keys: [k_begin, k_end), k_begin a multiple of 64 (so of BN).
+  int k_begin = 0, k_end = kv_hi;
+  if constexpr (SPLIT) {
+    const int len = decode_split_len(ctx, num_splits);
+    k_begin = static_cast<int>(blockIdx.z) * len;
+    if (k_begin >= kv_hi) return;  // no key of this split is visible to the tile (CTA-uniform)
+    k_end = min(kv_hi, k_begin + len);
+  }
   const int64_t kv_dim = static_cast<int64_t>(kv.num_kv_heads) * D;
   const int bs = kv.block_size;
   const int32_t* bt = batch.block_table + static_cast<int64_t>(s) * batch.max_blocks;
@@ -175,14 +195,18 @@ __global__ void __launch_bounds__(kThreads)
   }
   __syncthreads();  // the Q staging area becomes K/V stage 0
 
-  // Causal limits (last visible key, inclusive) of this thread's two rows.
+  // Causal limits (last visible key, inclusive) of this thread's two rows;
+  // a row with no key in [k_begin, k_end) (a split past it) computes over the
+  // whole split instead, and its partial is neither written nor merged.
   const int r0 = warp * 16 + g;
   const int r1 = r0 + 8;
-  const int lim0 = r0 < n_rows ? first_lim + r0 / group : kv_hi - 1;
-  const int lim1 = r1 < n_rows ? first_lim + r1 / group : kv_hi - 1;
+  const bool real0 = r0 < n_rows && first_lim + r0 / group >= k_begin;
+  const bool real1 = r1 < n_rows && first_lim + r1 / group >= k_begin;
+  const int lim0 = real0 ? first_lim + r0 / group : k_end - 1;
+  const int lim1 = real1 ? first_lim + r1 / group : k_end - 1;
 
   // Gathers K/V positions [tile * BN, tile * BN + BN) into `stage`; those
-  // >= kv_hi are zero-filled (never read from the pool).
+  // >= k_end are zero-filled (never read from the pool).
   auto load_tile = [&](int tile, int stage) {
     bf16* ks = smem + stage * 2 * Cfg::TILE;
     bf16* vs = ks + Cfg::TILE;
@@ -193,7 +217,7 @@ __global__ void __launch_bounds__(kThreads)
       const int r = i / CHUNKS;
       const int c = i % CHUNKS;
       const int p = n0 + r;
-      const bool valid = p < kv_hi;
+      const bool valid = p < k_end;
       int64_t off = 0;
       if (valid) {
         off = static_cast<int64_t>(bt[p / bs]) * kv.block_stride +
@@ -211,10 +235,11 @@ __global__ void __launch_bounds__(kThreads)
   float m0 = -INFINITY, m1 = -INFINITY;  // running max (log2 units) of rows r0, r1
   float l0 = 0.f, l1 = 0.f;              // this thread's part of the running sums
 
-  const int n_tiles = (kv_hi + BN - 1) / BN;  // >= 1
-  load_tile(0, 0);
+  const int tile0 = k_begin / BN;
+  const int n_tiles = (k_end + BN - 1) / BN;  // > tile0
+  load_tile(tile0, 0);
   cp_async_commit();
-  for (int it = 0; it < n_tiles; ++it) {
+  for (int it = tile0; it < n_tiles; ++it) {
     if (it + 1 < n_tiles) {
       load_tile(it + 1, (it + 1) & 1);
       cp_async_commit();
@@ -266,7 +291,7 @@ __global__ void __launch_bounds__(kThreads)
     mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
     mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
     mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
-    // Finite from the first tile on (key 0 is visible to every row).
+    // Finite from the first tile on (key k_begin is visible to every row).
     const float mn0 = fmaxf(m0, mx0);
     const float mn1 = fmaxf(m1, mx1);
     const float alpha0 = exp2f(m0 - mn0);  // 0 on the first tile (m = -inf)
@@ -322,19 +347,39 @@ __global__ void __launch_bounds__(kThreads)
   l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
   l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
   l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
-  const int64_t out_stride = static_cast<int64_t>(n_heads) * D;
+  if constexpr (SPLIT) {
 #pragma unroll
-  for (int half = 0; half < 2; ++half) {
-    const int r = half == 0 ? r0 : r1;
-    if (r >= n_rows) continue;
-    const float inv = 1.f / (half == 0 ? l0 : l1);  // l >= 1 (the max term contributes 1)
-    const int64_t row = q_begin + q0 + r / group;
-    const int head = kvh * group + r % group;
-    bf16* orow = out + row * out_stride + head * D;
+    for (int half = 0; half < 2; ++half) {
+      if (!(half == 0 ? real0 : real1)) continue;
+      const int r = half == 0 ? r0 : r1;
+      const int64_t row = q_begin + q0 + r / group;
+      const int head = kvh * group + r % group;
+      const int64_t slot = (row * n_heads + head) * num_splits + blockIdx.z;
+      float* op = o_part + slot * D;
 #pragma unroll
-    for (int dt = 0; dt < D / 8; ++dt) {
-      *reinterpret_cast<__nv_bfloat162*>(orow + dt * 8 + 2 * t) =
-          __floats2bfloat162_rn(o[dt][2 * half] * inv, o[dt][2 * half + 1] * inv);
+      for (int dt = 0; dt < D / 8; ++dt)
+        *reinterpret_cast<float2*>(op + dt * 8 + 2 * t) =
+            make_float2(o[dt][2 * half], o[dt][2 * half + 1]);
+      if (t == 0) {
+        ml_part[2 * slot] = half == 0 ? m0 : m1;
+        ml_part[2 * slot + 1] = half == 0 ? l0 : l1;
+      }
+    }
+  } else {
+    const int64_t out_stride = static_cast<int64_t>(n_heads) * D;
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int r = half == 0 ? r0 : r1;
+      if (r >= n_rows) continue;
+      const float inv = 1.f / (half == 0 ? l0 : l1);  // l >= 1 (the max term contributes 1)
+      const int64_t row = q_begin + q0 + r / group;
+      const int head = kvh * group + r % group;
+      bf16* orow = out + row * out_stride + head * D;
+#pragma unroll
+      for (int dt = 0; dt < D / 8; ++dt) {
+        *reinterpret_cast<__nv_bfloat162*>(orow + dt * 8 + 2 * t) =
+            __floats2bfloat162_rn(o[dt][2 * half] * inv, o[dt][2 * half + 1] * inv);
+      }
     }
   }
 }
@@ -356,17 +401,7 @@ __global__ void __launch_bounds__(kSimpleWarps * 32)
   const int row = static_cast<int>(item / n_heads);
   const int h = static_cast<int>(item % n_heads);
 
-  // The sequence of the row: the largest s with query_start[s] <= row.
-  int lo = 0, hi = batch.num_seqs - 1;
-  while (lo < hi) {
-    const int mid = (lo + hi + 1) >> 1;
-    if (batch.query_start[mid] <= row) {
-      lo = mid;
-    } else {
-      hi = mid - 1;
-    }
-  }
-  const int s = lo;
+  const int s = row_sequence(batch.query_start, batch.num_seqs, row);
   const int q_begin = batch.query_start[s];
   const int q_len = batch.query_start[s + 1] - q_begin;
   const int lim = batch.context_lens[s] - q_len + (row - q_begin);  // last visible key
@@ -410,6 +445,30 @@ __global__ void __launch_bounds__(kSimpleWarps * 32)
     orow[i] = __float2bfloat16_rn(acc[i] * inv);
 }
 
+// Merge of the split-KV prefill: one warp per (query row, head), over the
+// splits that hold the row's visible keys (all written by the split kernel).
+constexpr int kMergeWarps = 4;
+
+template <int D>
+__global__ void __launch_bounds__(kMergeWarps * 32)
+    prefill_merge_kernel(const float* __restrict__ o_part /* [num_tokens, n_heads, splits, D] */,
+                         const float* __restrict__ ml_part /* [num_tokens, n_heads, splits, 2] */,
+                         AttnBatch batch, bf16* __restrict__ out /* [num_tokens, n_heads * D] */,
+                         int n_heads, int num_splits) {
+  const int lane = threadIdx.x & 31;
+  const int64_t item = static_cast<int64_t>(blockIdx.x) * kMergeWarps + (threadIdx.x >> 5);
+  if (item >= static_cast<int64_t>(batch.num_tokens) * n_heads) return;  // warp-uniform
+  const int row = static_cast<int>(item / n_heads);
+  const int s = row_sequence(batch.query_start, batch.num_seqs, row);
+  const int q_begin = batch.query_start[s];
+  const int q_len = batch.query_start[s + 1] - q_begin;
+  const int ctx = batch.context_lens[s];
+  const int lim = ctx - q_len + (row - q_begin);  // last visible key, >= 0
+  const int n_active = split_active(lim, decode_split_len(ctx, num_splits), num_splits);
+  const int64_t slot0 = item * num_splits;
+  merge_partials<D>(o_part + slot0 * D, ml_part + 2 * slot0, n_active, out + item * D, lane);
+}
+
 // Shape checks shared by both paths; returns the GQA group size.
 int check_shapes(const char* op, const KvLayer& kv, int n_heads) {
   if (kv.head_dim != 64 && kv.head_dim != 128) op_fail(op, "head_dim must be 64 or 128");
@@ -438,9 +497,28 @@ void paged_attention_prefill_simple(const bf16* q, int64_t q_row_stride, const K
   check_launch("paged_attention_prefill_simple");
 }
 
+int prefill_num_splits(int num_tokens, int num_seqs, int n_heads, int num_kv_heads,
+                       int max_context_len, int max_splits, int num_sms) {
+  if (max_splits <= 1 || num_tokens <= 0 || num_seqs <= 0 || num_kv_heads <= 0 ||
+      n_heads % num_kv_heads != 0 || max_context_len <= 0)
+    return 1;
+  const int group = n_heads / num_kv_heads;
+  if (group > kBM) return 1;  // the CUDA-core path, which does not split
+  // Tensor-core CTAs of the unsplit launch (an upper bound: the grid).
+  const long long ctas =
+      (static_cast<long long>(num_tokens) / (kBM / group) + num_seqs) * num_kv_heads;
+  const long long target =
+      static_cast<long long>(kPrefillResidentCtas) * (num_sms > 0 ? num_sms : 1);
+  long long splits = (target + ctas - 1) / ctas;
+  const long long by_len =
+      (static_cast<long long>(max_context_len) + kPrefillMinSplitLen - 1) / kPrefillMinSplitLen;
+  splits = std::min({splits, by_len, static_cast<long long>(max_splits)});
+  return static_cast<int>(std::max(1LL, splits));
+}
+
 void paged_attention_prefill(const bf16* q, int64_t q_row_stride, const KvLayer& kv,
                              const AttnBatch& batch, bf16* out, int n_heads, float scale,
-                             cudaStream_t s) {
+                             int num_splits, void* workspace, cudaStream_t s) {
   const int group = check_shapes("paged_attention_prefill", kv, n_heads);
   if (batch.num_seqs <= 0 || batch.num_tokens <= 0) return;
   // The tensor-core path reads Q, K and V in 16-byte chunks and writes bf16
@@ -453,15 +531,38 @@ void paged_attention_prefill(const bf16* q, int64_t q_row_stride, const KvLayer&
     return;
   }
   const int P = kBM / group;  // queries per tile
+  const bool split = num_splits > 1;
+  if (split && (workspace == nullptr || !aligned16(workspace)))
+    op_fail("paged_attention_prefill", "a split launch needs a 16-byte aligned workspace");
+  if (num_splits < 1 || num_splits > 65535)
+    op_fail("paged_attention_prefill", "num_splits must be in [1, 65535]");
   const dim3 grid(static_cast<unsigned>(batch.num_tokens / P + batch.num_seqs),
-                  static_cast<unsigned>(kv.num_kv_heads));
+                  static_cast<unsigned>(kv.num_kv_heads), static_cast<unsigned>(num_splits));
   const float scale_log2 = scale * kLog2e;
+  float* o_part = static_cast<float*>(workspace);
+  float* ml_part =
+      split ? o_part + static_cast<size_t>(batch.num_tokens) * static_cast<size_t>(n_heads) *
+                           static_cast<size_t>(num_splits) * static_cast<size_t>(kv.head_dim)
+            : nullptr;
+  const long long items = static_cast<long long>(batch.num_tokens) * n_heads;
+  const unsigned merge_grid = static_cast<unsigned>((items + kMergeWarps - 1) / kMergeWarps);
+  auto run = [&](auto kernel, auto merge) {
+    kernel<<<grid, kThreads, 0, s>>>(q, q_row_stride, kv, batch, out, n_heads, group, P, scale_log2,
+                                     num_splits, o_part, ml_part);
+    if (!split) return;
+    check_launch("paged_attention_prefill (split)");
+    merge<<<merge_grid, kMergeWarps * 32, 0, s>>>(o_part, ml_part, batch, out, n_heads, num_splits);
+  };
   if (kv.head_dim == 64) {
-    prefill_mma_kernel<64>
-        <<<grid, kThreads, 0, s>>>(q, q_row_stride, kv, batch, out, n_heads, group, P, scale_log2);
+    if (split) {
+      run(prefill_mma_kernel<64, true>, prefill_merge_kernel<64>);
+    } else {
+      run(prefill_mma_kernel<64, false>, prefill_merge_kernel<64>);
+    }
+  } else if (split) {
+    run(prefill_mma_kernel<128, true>, prefill_merge_kernel<128>);
   } else {
-    prefill_mma_kernel<128>
-        <<<grid, kThreads, 0, s>>>(q, q_row_stride, kv, batch, out, n_heads, group, P, scale_log2);
+    run(prefill_mma_kernel<128, false>, prefill_merge_kernel<128>);
   }
   check_launch("paged_attention_prefill");
 }

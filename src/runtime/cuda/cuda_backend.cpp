@@ -359,9 +359,17 @@ Status CudaBackend::forward(const StepInput& in) {
   sh.batch.max_query_len = in.max_query_len;
   sh.batch.max_context_len = in.max_context_len;
   sh.decode = in.max_query_len == 1;
-  sh.splits = sh.decode ? ops::decode_num_splits(seqs, model_.config.num_kv_heads,
-                                                 in.max_context_len, kMaxSplits, num_sms_)
-                        : 1;
+  if (sh.decode) {
+    sh.splits = ops::decode_num_splits(seqs, model_.config.num_kv_heads, in.max_context_len,
+                                       kMaxSplits, num_sms_);
+  } else {
+    // The workspace holds max_seqs x kMaxSplits (row, head) partials.
+    const int cap = static_cast<int>(
+        std::min<int64_t>(kMaxSplits, int64_t{buf_->max_seqs} * kMaxSplits / std::max(n, 1)));
+    sh.splits =
+        ops::prefill_num_splits(n, seqs, model_.config.num_heads, model_.config.num_kv_heads,
+                                in.max_context_len, cap, num_sms_);
+  }
   CS_RETURN_IF_ERROR(layers(sh));
   return last_error("the forward pass");
 }
@@ -486,7 +494,8 @@ Status CudaBackend::layers(const Shape& sh) {
       ops::paged_attention_decode(b.qkv, QKV, kv, sh.batch, b.attn, c.num_heads, scale, sh.splits,
                                   b.attn_ws, compute_);
     } else {
-      ops::paged_attention_prefill(b.qkv, QKV, kv, sh.batch, b.attn, c.num_heads, scale, compute_);
+      ops::paged_attention_prefill(b.qkv, QKV, kv, sh.batch, b.attn, c.num_heads, scale, sh.splits,
+                                   b.attn_ws, compute_);
     }
     CS_RETURN_IF_ERROR(linear(b.attn, w.wo, b.delta, Q, H));
     ops::add_rms_norm(b.x, b.delta, w.ffn_norm, b.xn, n, H, eps, compute_);

@@ -74,7 +74,7 @@ class CudaBackend final : public Backend {
     const int32_t* slots = nullptr;  // [n]
     ops::cuda::AttnBatch batch;
     bool decode = false;
-    int splits = 1;
+    int splits = 1;  // attention's split-KV count (decode or prefill kernel)
     // The rows in runs of one kind, in order, covering [0, n): decode rows
     // go through Gemm's batch-invariant path, prompt rows through cuBLASLt.
     struct Run {

@@ -1,7 +1,9 @@
 #include "runtime/cuda/gemm.h"
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <vector>
 
 #include "kernels/cuda_ops.h"
 #include "runtime/cuda/cuda_status.h"
@@ -13,19 +15,25 @@ bool Gemm::gemv_by_default() {
   return env != nullptr && std::strcmp(env, "1") == 0;
 }
 
+bool Gemm::tune_by_default() {
+  const char* env = std::getenv("CARTSERVE_GEMM_TUNE");
+  return env == nullptr || std::strcmp(env, "0") != 0;
+}
+
 bool Gemm::skinny_by_default() {
   const char* env = std::getenv("CARTSERVE_SKINNY");
   return env != nullptr && std::strcmp(env, "1") == 0;
 }
 
 Result<std::unique_ptr<Gemm>> Gemm::create(void* workspace, size_t workspace_bytes, bool gemv,
-                                           bool skinny) {
+                                           bool skinny, bool tune) {
   std::unique_ptr<Gemm> g(new Gemm());
   CS_CUBLAS(cublasLtCreate(&g->handle_));
   g->workspace_ = workspace;
   g->workspace_bytes_ = workspace_bytes;
   g->gemv_ = gemv;
   g->skinny_ = skinny;
+  g->tune_ = tune;
   return g;
 }
 
@@ -41,7 +49,8 @@ Gemm::~Gemm() {
 
 // Column-major view: Y^T [out, n] = W [out, in] (stored as W^T [in, out], ld in,
 // transposed) x X^T [in, n] (ld in).
-Result<const Gemm::Plan*> Gemm::plan(int n, int in, int out, bool y_fp32) {
+Result<const Gemm::Plan*> Gemm::plan(int n, int in, int out, bool y_fp32, const void* x,
+                                     const void* w, void* y, cudaStream_t s) {
   const auto key = std::make_tuple(n, in, out, y_fp32);
   if (auto it = plans_.find(key); it != plans_.end()) return &it->second;
   Plan p;
@@ -56,18 +65,71 @@ Result<const Gemm::Plan*> Gemm::plan(int n, int in, int out, bool y_fp32) {
   CS_CUBLAS(cublasLtMatmulPreferenceCreate(&pref));
   CS_CUBLAS(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
                                                  &workspace_bytes_, sizeof workspace_bytes_));
-  cublasLtMatmulHeuristicResult_t result{};
+  cublasLtMatmulHeuristicResult_t results[kTuneCandidates]{};
   int found = 0;
-  const cublasStatus_t st =
-      cublasLtMatmulAlgoGetHeuristic(handle_, p.op, p.a, p.b, p.c, p.c, pref, 1, &result, &found);
+  const cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(handle_, p.op, p.a, p.b, p.c, p.c, pref,
+                                                           kTuneCandidates, results, &found);
   cublasLtMatmulPreferenceDestroy(pref);
   CS_CUBLAS(st);
   if (found == 0) {
     return make_error(ErrorCode::kInternal, "cuBLASLt has no algorithm for a {}x{}x{} GEMM", n, in,
                       out);
   }
-  p.algo = result.algo;
+  p.algo = results[0].algo;
+  cudaStreamCaptureStatus cap = cudaStreamCaptureStatusNone;
+  CS_CUDA(cudaStreamIsCapturing(s, &cap));
+  if (tune_ && n <= kTuneMaxRows && found > 1 && cap == cudaStreamCaptureStatusNone) {
+    CS_ASSIGN_OR_RETURN(p.algo, fastest(p, results, found, x, w, y, s));
+  }
   return &plans_.emplace(key, p).first->second;
+}
+
+// Times each candidate on the call's own operands (1 warm-up, median of 5)
+// and keeps the heuristic's first choice unless another is kTuneMargin
+// faster, so that noise rarely changes the pick (and hence the bits) between
+// runs. Synchronises the stream: only outside graph capture, once per shape.
+Result<cublasLtMatmulAlgo_t> Gemm::fastest(const Plan& p,
+                                           const cublasLtMatmulHeuristicResult_t* results,
+                                           int found, const void* x, const void* w, void* y,
+                                           cudaStream_t s) {
+  cudaEvent_t e0 = nullptr, e1 = nullptr;
+  CS_CUDA(cudaEventCreate(&e0));
+  CS_CUDA(cudaEventCreate(&e1));
+  const float alpha = 1.0f, beta = 0.0f;
+  float first_ms = 0.f, best_ms = 0.f;
+  int best = 0;
+  Status status;
+  for (int i = 0; i < found && status.ok(); ++i) {
+    if (results[i].state != CUBLAS_STATUS_SUCCESS) continue;
+    std::vector<float> t;
+    for (int r = 0; r < 6 && status.ok(); ++r) {
+      cudaEventRecord(e0, s);
+      const cublasStatus_t cs =
+          cublasLtMatmul(handle_, p.op, &alpha, w, p.a, x, p.b, &beta, y, p.c, y, p.c,
+                         &results[i].algo, workspace_, workspace_bytes_, s);
+      cudaEventRecord(e1, s);
+      if (cs != CUBLAS_STATUS_SUCCESS) break;  // this candidate is skipped
+      if (cudaEventSynchronize(e1) != cudaSuccess) {
+        status = make_error(ErrorCode::kInternal, "CUDA error while timing cuBLASLt algorithms");
+        break;
+      }
+      float ms = 0.f;
+      cudaEventElapsedTime(&ms, e0, e1);
+      if (r > 0) t.push_back(ms);
+    }
+    if (t.size() < 5) continue;
+    std::nth_element(t.begin(), t.begin() + 2, t.end());
+    const float med = t[2];
+    if (i == 0) first_ms = best_ms = med;
+    if (i > 0 && med < best_ms && med < first_ms * (1.0f - kTuneMargin)) {
+      best = i;
+      best_ms = med;
+    }
+  }
+  cudaEventDestroy(e0);
+  cudaEventDestroy(e1);
+  CS_RETURN_IF_ERROR(status);
+  return results[best].algo;
 }
 
 Status Gemm::run(const __nv_bfloat16* x, const __nv_bfloat16* w, void* y, bool y_fp32, int n,
@@ -81,7 +143,7 @@ Status Gemm::run(const __nv_bfloat16* x, const __nv_bfloat16* w, void* y, bool y
     ops::cuda::gemv(x, w, y, y_fp32, n, in, out, s);
     return {};
   }
-  CS_ASSIGN_OR_RETURN(const Plan* p, plan(n, in, out, y_fp32));
+  CS_ASSIGN_OR_RETURN(const Plan* p, plan(n, in, out, y_fp32, x, w, y, s));
   const float alpha = 1.0f, beta = 0.0f;
   CS_CUBLAS(cublasLtMatmul(handle_, p->op, &alpha, w, p->a, x, p->b, &beta, y, p->c, y, p->c,
                            &p->algo, workspace_, workspace_bytes_, s));

@@ -1,6 +1,9 @@
 // Linear layers on the GPU through cuBLASLt: y[n, out] = x[n, in] @ w[out, in]^T
 // with bf16 operands and fp32 accumulation, y in bf16 or fp32. The algorithm
-// for each shape is chosen once (cuBLASLt's heuristic) and kept.
+// for each shape is chosen once and kept: up to 256 rows, the fastest of
+// cuBLASLt's first 8 candidates timed on the first call (the heuristic's
+// first pick unless another is 8% faster: at 1 row its pick for the 3B
+// o-projection ran at 45% of the copy rate, H100); above, the first pick.
 //
 // Rows that must not depend on their batch (decode rows, sampled rows) are
 // run with `decode` set. With `skinny` on (CARTSERVE_SKINNY=1) they go to
@@ -36,9 +39,12 @@ class Gemm {
   // `workspace` (device, `workspace_bytes`) is the caller's, for every call.
   static Result<std::unique_ptr<Gemm>> create(void* workspace, size_t workspace_bytes,
                                               bool gemv = gemv_by_default(),
-                                              bool skinny = skinny_by_default());
+                                              bool skinny = skinny_by_default(),
+                                              bool tune = tune_by_default());
   static bool gemv_by_default();
   static bool skinny_by_default();
+  // CARTSERVE_GEMM_TUNE=0 turns the per-shape timing of cuBLASLt's candidates off.
+  static bool tune_by_default();
   bool skinny() const { return skinny_; }
   ~Gemm();
   Gemm(const Gemm&) = delete;
@@ -56,11 +62,21 @@ class Gemm {
     cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
     cublasLtMatmulAlgo_t algo{};
   };
-  Result<const Plan*> plan(int n, int in, int out, bool y_fp32);
+  // The shape's plan, made on first use; x, w, y and s are the call's (the
+  // candidates are timed on them).
+  Result<const Plan*> plan(int n, int in, int out, bool y_fp32, const void* x, const void* w,
+                           void* y, cudaStream_t s);
+  static constexpr int kTuneCandidates = 8;
+  static constexpr int kTuneMaxRows = 256;     // larger shapes keep the heuristic's pick
+  static constexpr float kTuneMargin = 0.08f;  // a candidate must beat the first by 8%
+  Result<cublasLtMatmulAlgo_t> fastest(const Plan& p,
+                                       const cublasLtMatmulHeuristicResult_t* results, int found,
+                                       const void* x, const void* w, void* y, cudaStream_t s);
 
   cublasLtHandle_t handle_ = nullptr;
   bool gemv_ = false;    // small row counts through ops::cuda::gemv (set by create)
   bool skinny_ = false;  // decode rows through ops::cuda::skinny_gemm (set by create)
+  bool tune_ = true;     // time cuBLASLt's candidates per shape (up to kTuneMaxRows rows)
   void* workspace_ = nullptr;
   size_t workspace_bytes_ = 0;
   std::map<std::tuple<int, int, int, bool>, Plan> plans_;
