@@ -663,6 +663,15 @@ TEST(PagedAttentionDecodeHost, NumSplitsAndWorkspace) {
       const int active = (ctx + len - 1) / len;
       EXPECT_LE(active, splits);
       EXPECT_GE(static_cast<long long>(active) * len, ctx);
+      // Split prefill: a row whose last visible key is lim merges exactly the
+      // splits that start at or before lim, and they hold all its keys.
+      for (int lim : {0, 1, ctx / 2, ctx - 1}) {
+        const int n = split_active(lim, len, splits);
+        EXPECT_GE(n, 1);
+        EXPECT_LE((n - 1) * len, lim);
+        EXPECT_TRUE(n == splits || n * len > lim);
+        EXPECT_GE(static_cast<long long>(n) * len, std::min(lim + 1, ctx));
+      }
     }
   }
 }
