@@ -96,7 +96,7 @@ serve() {  # serve LABEL [CARTRIDGE_ID]
   local args=(--server cartserve --cartserve-bin "$B/cartserve" --model /tmp/ckpt/llama3b
     --label "$1" --max-model-len 4096 --concurrency 1,16,64,256 --max-tokens 64
     --max-prompt-words 256 --server-log "/tmp/serve_$1.log" --out "$OUT/serve_$1.json"
-    --server-arg=--device --server-arg=cuda --server-arg=--max-num-seqs --server-arg=256)
+    --server-arg=--device --server-arg=cuda)  # load_gen sets --max-num-seqs to the top level
   if [ -n "${2:-}" ]; then
     [ -f "$cart" ] || { echo "no $cart (the bench stage writes it)"; return 1; }
     args+=(--cartridge-id "$2" --server-arg=--kv-transfer-config --server-arg="{\"kv_connector\": \

@@ -237,18 +237,18 @@ __global__ void __launch_bounds__(kThreads)
 
   const int tile0 = k_begin / BN;
   const int n_tiles = (k_end + BN - 1) / BN;  // > tile0
-  load_tile(tile0, 0);
+  load_tile(tile0, 0);  // tile it lives in stage (it - tile0) & 1
   cp_async_commit();
   for (int it = tile0; it < n_tiles; ++it) {
     if (it + 1 < n_tiles) {
-      load_tile(it + 1, (it + 1) & 1);
+      load_tile(it + 1, (it + 1 - tile0) & 1);
       cp_async_commit();
       cp_async_wait<1>();  // tile it has landed (this thread's copies)
     } else {
       cp_async_wait<0>();
     }
     __syncthreads();  // ... and every thread's
-    const bf16* ks = smem + (it & 1) * 2 * Cfg::TILE;
+    const bf16* ks = smem + ((it - tile0) & 1) * 2 * Cfg::TILE;
     const bf16* vs = ks + Cfg::TILE;
 
     // S = Q K^T: n-tile nt covers keys [8 nt, 8 nt + 8) of the tile.
@@ -339,7 +339,7 @@ __global__ void __launch_bounds__(kThreads)
         mma_16816(o[dt + 1], pa[j], b[2], b[3]);
       }
     }
-    __syncthreads();  // stage it & 1 is free for tile it + 2
+    __syncthreads();  // this stage is free for tile it + 2
   }
 
   // ---- epilogue: O / l over the quad's full row sum ----
