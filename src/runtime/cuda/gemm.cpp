@@ -17,7 +17,7 @@ bool Gemm::gemv_by_default() {
 
 bool Gemm::tune_by_default() {
   const char* env = std::getenv("CARTSERVE_GEMM_TUNE");
-  return env == nullptr || std::strcmp(env, "0") != 0;
+  return env != nullptr && std::strcmp(env, "1") == 0;
 }
 
 bool Gemm::skinny_by_default() {

@@ -1,9 +1,12 @@
 // Linear layers on the GPU through cuBLASLt: y[n, out] = x[n, in] @ w[out, in]^T
 // with bf16 operands and fp32 accumulation, y in bf16 or fp32. The algorithm
-// for each shape is chosen once and kept: up to 256 rows, the fastest of
-// cuBLASLt's first 8 candidates timed on the first call (the heuristic's
-// first pick unless another is 8% faster: at 1 row its pick for the 3B
-// o-projection ran at 45% of the copy rate, H100); above, the first pick.
+// for each shape is chosen once and kept: cuBLASLt's heuristic pick, or with
+// CARTSERVE_GEMM_TUNE=1 (up to 256 rows) the fastest of its first 8
+// candidates timed on the first call (the first pick unless another is 8%
+// faster). Off by default: on an H100 (3B shape, 1-64 rows) it changed no
+// layer by more than 1 us (the o-projection at 1 row: 14.6 vs 15.5 us, gemv
+// 5.7), and a per-row-count algorithm choice made by timing could change a
+// sequence's bits between batch sizes and between runs.
 //
 // Rows that must not depend on their batch (decode rows, sampled rows) are
 // run with `decode` set. With `skinny` on (CARTSERVE_SKINNY=1) they go to
@@ -43,7 +46,7 @@ class Gemm {
                                               bool tune = tune_by_default());
   static bool gemv_by_default();
   static bool skinny_by_default();
-  // CARTSERVE_GEMM_TUNE=0 turns the per-shape timing of cuBLASLt's candidates off.
+  // CARTSERVE_GEMM_TUNE=1 turns the per-shape timing of cuBLASLt's candidates on.
   static bool tune_by_default();
   bool skinny() const { return skinny_; }
   ~Gemm();
@@ -76,7 +79,7 @@ class Gemm {
   cublasLtHandle_t handle_ = nullptr;
   bool gemv_ = false;    // small row counts through ops::cuda::gemv (set by create)
   bool skinny_ = false;  // decode rows through ops::cuda::skinny_gemm (set by create)
-  bool tune_ = true;     // time cuBLASLt's candidates per shape (up to kTuneMaxRows rows)
+  bool tune_ = false;    // time cuBLASLt's candidates per shape (up to kTuneMaxRows rows)
   void* workspace_ = nullptr;
   size_t workspace_bytes_ = 0;
   std::map<std::tuple<int, int, int, bool>, Plan> plans_;
