@@ -149,7 +149,7 @@ for s in "$@"; do
     baseline) ckpt llama3b && stage baseline python3 tools/gpu/hf_reference.py baseline \
                 /tmp/ckpt/llama3b "$OUT/hf_baseline.json" ;;
     baseline:*) ckpt llama3b && stage baseline python3 tools/gpu/hf_reference.py baseline \
-                  /tmp/ckpt/llama3b "$OUT/hf_baseline_${s#baseline:}.json" "${s#baseline:}" ;;
+                  /tmp/ckpt/llama3b "$OUT/hf_baseline_$(echo "${s#baseline:}" | tr , _).json" "${s#baseline:}" ;;
     smollm2) stage smollm2 smollm2 ;;
     serve) ckpt llama3b && stage serve_plain serve plain && stage serve_cartridge serve cartridge doc ;;
     soak) stage soak python3 bench/soak/soak.py --bin "$B/cartserve" --model "$GGUF" --device cuda \
