@@ -25,6 +25,10 @@
 //    lanes sharing a row), P rounded to bf16 and fed straight from the S
 //    accumulators as A fragments, O += P V (V B fragments by ldmatrix.trans).
 //  - Epilogue: O / l, rounded to bf16, written only for real rows.
+//  - Split-KV (num_splits > 1, for few rows over long contexts): grid z
+//    splits each sequence's keys as decode does (decode_split_len); a CTA
+//    walks only its split's tiles and writes O, m and l unnormalised to the
+//    workspace; prefill_merge_kernel combines a row's splits in split order.
 // Every row sees key 0 (its causal limit is >= 0), so each row's running max
 // is finite after the first tile and masked scores give exp2(-inf) = 0;
 // padding rows use a zero query and the tile's last key as their limit, so
@@ -237,7 +241,7 @@ __global__ void __launch_bounds__(kThreads)
 
   const int tile0 = k_begin / BN;
   const int n_tiles = (k_end + BN - 1) / BN;  // > tile0
-  load_tile(tile0, 0);  // tile it lives in stage (it - tile0) & 1
+  load_tile(tile0, 0);                        // tile it lives in stage (it - tile0) & 1
   cp_async_commit();
   for (int it = tile0; it < n_tiles; ++it) {
     if (it + 1 < n_tiles) {
@@ -499,7 +503,7 @@ void paged_attention_prefill_simple(const bf16* q, int64_t q_row_stride, const K
 
 int prefill_num_splits(int num_tokens, int num_seqs, int n_heads, int num_kv_heads,
                        int max_context_len, int max_splits, int num_sms) {
-  if (max_splits <= 1 || num_tokens <= 0 || num_seqs <= 0 || num_kv_heads <= 0 ||
+  if (max_splits <= 1 || num_tokens <= 0 || num_seqs <= 0 || num_kv_heads <= 0 || n_heads <= 0 ||
       n_heads % num_kv_heads != 0 || max_context_len <= 0)
     return 1;
   const int group = n_heads / num_kv_heads;

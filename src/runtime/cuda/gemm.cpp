@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <vector>
 
 #include "kernels/cuda_ops.h"
@@ -96,7 +97,8 @@ Result<cublasLtMatmulAlgo_t> Gemm::fastest(const Plan& p,
   CS_CUDA(cudaEventCreate(&e0));
   CS_CUDA(cudaEventCreate(&e1));
   const float alpha = 1.0f, beta = 0.0f;
-  float first_ms = 0.f, best_ms = 0.f;
+  // A first candidate that cannot run counts as infinitely slow.
+  float first_ms = std::numeric_limits<float>::infinity(), best_ms = first_ms;
   int best = 0;
   Status status;
   for (int i = 0; i < found && status.ok(); ++i) {
