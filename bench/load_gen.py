@@ -263,6 +263,8 @@ def one_request(target, prompt, args):
         body["ignore_eos"] = True
     if args.cartridge_id:
         body["kv_transfer_params"] = {"cartridge_id": args.cartridge_id}
+    if args.logprobs:
+        body["logprobs"] = 1
     rec = {"index": prompt["index"], "words": prompt["words"], "ok": False}
     chunk_times = []
     usage = None
@@ -292,7 +294,9 @@ def one_request(target, prompt, args):
                 rec["error"] = json.dumps(obj["error"])[:300]
                 return rec
             choices = obj.get("choices") or []
-            if choices and choices[0].get("text"):
+            # A token's chunk: it carries text, or (--logprobs) the token's logprob.
+            if choices and (choices[0].get("text") or
+                            (args.logprobs and (choices[0].get("logprobs") or {}).get("tokens"))):
                 chunk_times.append(t)
                 n_text_chunks += 1
             if obj.get("usage"):
@@ -490,6 +494,10 @@ def parse_args(argv):
     p.add_argument("--requests", type=int, default=0,
                    help="requests per level (0: max(16, 4 x concurrency))")
     p.add_argument("--max-tokens", type=int, default=64)
+    p.add_argument("--logprobs", action="store_true",
+                   help="ask for each token's logprob and count a chunk that carries one as a "
+                   "token even without text (random-weight checkpoints whose tokenizer does not "
+                   "cover the vocabulary)")
     p.add_argument("--cartridge-id", help="every request names this cartridge "
                    "(kv_transfer_params.cartridge_id): its KV goes before the prompt")
     p.add_argument("--min-prompt-words", type=int, default=32)
@@ -551,7 +559,7 @@ def main(argv=None):
                        "info": info, "notes": notes},
             "machine": machine_facts(),
             "params": {"endpoint": "/v1/completions", "stream": True, "temperature": 0.0,
-                       "cartridge_id": args.cartridge_id,
+                       "cartridge_id": args.cartridge_id, "logprobs": args.logprobs,
                        "max_tokens": args.max_tokens, "ignore_eos": not args.no_ignore_eos,
                        "prompt_words": [args.min_prompt_words, args.max_prompt_words],
                        "prompt_length_distribution": "log-uniform in words, random common "

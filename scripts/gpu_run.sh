@@ -24,7 +24,9 @@
 #   serve      bench/load_gen.py against cartserve serve --device cuda on the 3B shape at
 #              concurrency 1, 16, 64, 256 (64 output tokens, prompts of 32-256 words), without
 #              and with every request naming a shared 2048-token cartridge (the one the bench
-#              stage writes): serve_plain.json, serve_cartridge.json
+#              stage writes): serve_plain.json, serve_cartridge.json. --logprobs: the random
+#              checkpoint's tokenizer (the tiny-llama fixture's, 317 tokens) gives most of
+#              its 128k ids no text, so a token's chunk is told by its logprob
 #   soak       bench/soak/soak.py with the real SmolLM2 GGUF on --device cuda: 10,000 chat
 #              requests at concurrency 64 over 100 cartridges, residency churning: soak.json
 # Inputs (built here by scripts/gpu_pack.sh, carried as .gpu/*): bundle.tgz (binaries +
@@ -94,7 +96,7 @@ profile() {
 serve() {  # serve LABEL [CARTRIDGE_ID]
   local cart=/tmp/cartserve_gpu_bench_cartridge.safetensors
   local args=(--server cartserve --cartserve-bin "$B/cartserve" --model /tmp/ckpt/llama3b
-    --label "$1" --max-model-len 4096 --concurrency 1,16,64,256 --max-tokens 64
+    --label "$1" --max-model-len 4096 --concurrency 1,16,64,256 --max-tokens 64 --logprobs
     --max-prompt-words 256 --server-log "/tmp/serve_$1.log" --out "$OUT/serve_$1.json"
     --server-arg=--device --server-arg=cuda)  # load_gen sets --max-num-seqs to the top level
   if [ -n "${2:-}" ]; then
