@@ -545,7 +545,7 @@ int main(int argc, char** argv) {
   o.model = argv[1];
   o.device = "cuda";
   o.max_num_batched_tokens = 8192;
-  o.max_num_seqs = 64;
+  o.max_num_seqs = 256;
   o.max_model_len = 8448;
   auto model = load_model_for(o, false);
   if (!model.ok()) {
@@ -580,11 +580,11 @@ int main(int argc, char** argv) {
       return 1;
     }
     Backend& b = **backend;
-    // Decode at batch 1 and 64, 512-token contexts.
-    for (int batch : {1, 64}) {
+    // Decode at batch 1 and 64 over 512-token contexts, and 256 over 1024.
+    for (const auto& [batch, ctx] : {std::pair{1, 512}, std::pair{64, 512}, std::pair{256, 1024}}) {
       if (!want("decode") && !(batch == 1 && want("decode1"))) break;
       Batch seqs(b, c.vocab_size);
-      if (auto st = seqs.add(batch, 512, 8192); !st.ok()) {
+      if (auto st = seqs.add(batch, ctx, 8192); !st.ok()) {
         std::fprintf(stderr, "decode setup: %s\n", st.message().c_str());
         return 1;
       }
@@ -598,8 +598,10 @@ int main(int argc, char** argv) {
         if (i >= 10) t.push_back(*s);
       }
       const double ms = 1e3 * median(t);
-      const double floor_ms = 1e3 * (weight_bytes + batch * 522.0 * kv_token_bytes) / copy_bw;
-      const std::string key = "decode_batch_" + std::to_string(batch);
+      const double floor_ms =
+          1e3 * (weight_bytes + batch * (ctx + 10.0) * kv_token_bytes) / copy_bw;
+      const std::string key = "decode_batch_" + std::to_string(batch) +
+                              (ctx == 512 ? std::string() : "_ctx_" + std::to_string(ctx));
       figures[key] = {{"ms_per_step", ms},
                       {"tokens_per_s", batch / (ms / 1e3)},
                       {"floor_ms_per_step", floor_ms},
