@@ -525,6 +525,38 @@ json decode_ops(const ModelConfig& c, double copy_bw, int batch) {
   return {{"batch", batch}, {"context", kCtx}, {"ops", rows}, {"sum_us_per_step", total_us}};
 }
 
+// Where a batch-1 decode step's time goes: every kernel of the step timed
+// alone (the linear layers at 1 row through the backend's default cuBLASLt
+// pick, the other ops from decode_ops) times its launches per step, beside
+// its floor (its bytes over the copy bandwidth), against the measured step.
+json decode_b1_budget(const ModelConfig& c, const json& linear, const json& ops, double step_ms) {
+  json rows = json::array();
+  double sum_us = 0, floor_us = 0;
+  auto add = [&](const std::string& name, int per_step, double us, double floor) {
+    rows.push_back({{"kernel", name},
+                    {"launches_per_step", per_step},
+                    {"us_per_launch", us},
+                    {"us_per_step", us * per_step},
+                    {"floor_us_per_step", floor * per_step}});
+    sum_us += us * per_step;
+    floor_us += floor * per_step;
+  };
+  for (const json& r : linear) {
+    if (r["rows"] != 1) continue;
+    const std::string layer = r["layer"];
+    add("linear_" + layer, layer == "lm_head" ? 1 : c.num_layers, r["cublaslt_heuristic_us"],
+        r["floor_us"]);
+  }
+  for (const json& o : ops["ops"])
+    add(o["op"], o["launches_per_step"], o["us_per_launch"], o["floor_us_per_launch"]);
+  std::printf("decode batch 1 budget: kernels timed alone %.0f us (floor %.0f), step %.0f us\n",
+              sum_us, floor_us, 1e3 * step_ms);
+  return {{"kernels", rows},
+          {"sum_us_timed_alone", sum_us},
+          {"floor_us", floor_us},
+          {"step_us_measured", 1e3 * step_ms}};
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -679,6 +711,10 @@ int main(int argc, char** argv) {
     std::printf("%-28s %9.3f ms   promotion %.1f GB/s\n", "ttft promoted from host", host_ms,
                 bytes / ((host_ms - res_ms) / 1e3) / 1e9);
   }
+  if (j.contains("linear_layers") && j.contains("decode_other_ops") &&
+      figures.contains("decode_batch_1"))
+    j["decode_b1_budget"] = decode_b1_budget(c, j["linear_layers"], j["decode_other_ops"][0],
+                                             figures["decode_batch_1"]["ms_per_step"]);
   j["figures"] = figures;
   std::ofstream(out_path) << j.dump(1);
   return 0;
