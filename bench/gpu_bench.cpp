@@ -352,6 +352,8 @@ json linear_layers(const ModelConfig& c, double copy_bw) {
   return rows;
 }
 
+constexpr int kMaxSplits = 32;  // split-KV cap, as the CUDA backend's
+
 // A paged KV layer of `seqs` sequences, each with `q_len` query rows at the
 // end of a `ctx`-position context (blocks of 16, no sharing), bf16 filled
 // with 0x3c3c, and the attention batch over it.
@@ -405,7 +407,6 @@ int device_sms() {
 // count the backend picks.
 json attention_splits(const ModelConfig& c, double copy_bw) {
   namespace k = ops::cuda;
-  constexpr int kMaxSplits = 32;
   const int Q = c.q_dim(), KVD = c.num_kv_heads * c.head_dim, QKV = Q + 2 * KVD;
   const float scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
   const int sms = device_sms();
@@ -480,8 +481,9 @@ json decode_ops(const ModelConfig& c, double copy_bw, int batch) {
   auto* attn = d.alloc<k::bf16>(static_cast<size_t>(n) * Q);
   auto* gu = d.alloc<k::bf16>(static_cast<size_t>(n) * 2 * FF, 0x3c);
   auto* act = d.alloc<k::bf16>(static_cast<size_t>(n) * FF);
-  const int splits = k::decode_num_splits(n, c.num_kv_heads, ab.max_context_len, 32, device_sms());
-  void* ws = d.alloc<uint8_t>(k::decode_workspace_bytes(n, c.num_heads, c.head_dim, 32));
+  const int splits =
+      k::decode_num_splits(n, c.num_kv_heads, ab.max_context_len, kMaxSplits, device_sms());
+  void* ws = d.alloc<uint8_t>(k::decode_workspace_bytes(n, c.num_heads, c.head_dim, kMaxSplits));
   const float scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
 
   struct Op {

@@ -365,7 +365,7 @@ Status CudaBackend::forward(const StepInput& in) {
   } else {
     // The workspace holds max_seqs x kMaxSplits (row, head) partials.
     const int cap = static_cast<int>(
-        std::min<int64_t>(kMaxSplits, int64_t{buf_->max_seqs} * kMaxSplits / std::max(n, 1)));
+        std::min<int64_t>(kMaxSplits, int64_t{b.max_seqs} * kMaxSplits / std::max(n, 1)));
     sh.splits =
         ops::prefill_num_splits(n, seqs, model_.config.num_heads, model_.config.num_kv_heads,
                                 in.max_context_len, cap, num_sms_);

@@ -66,10 +66,12 @@ Result<const Gemm::Plan*> Gemm::plan(int n, int in, int out, bool y_fp32, const 
   CS_CUBLAS(cublasLtMatmulPreferenceCreate(&pref));
   CS_CUBLAS(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
                                                  &workspace_bytes_, sizeof workspace_bytes_));
+  // Candidates to time when tuning this shape; otherwise the first pick only.
+  const bool tune = tune_ && n <= kTuneMaxRows;
   cublasLtMatmulHeuristicResult_t results[kTuneCandidates]{};
   int found = 0;
-  const cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(handle_, p.op, p.a, p.b, p.c, p.c, pref,
-                                                           kTuneCandidates, results, &found);
+  const cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(
+      handle_, p.op, p.a, p.b, p.c, p.c, pref, tune ? kTuneCandidates : 1, results, &found);
   cublasLtMatmulPreferenceDestroy(pref);
   CS_CUBLAS(st);
   if (found == 0) {
@@ -77,10 +79,12 @@ Result<const Gemm::Plan*> Gemm::plan(int n, int in, int out, bool y_fp32, const 
                       out);
   }
   p.algo = results[0].algo;
-  cudaStreamCaptureStatus cap = cudaStreamCaptureStatusNone;
-  CS_CUDA(cudaStreamIsCapturing(s, &cap));
-  if (tune_ && n <= kTuneMaxRows && found > 1 && cap == cudaStreamCaptureStatusNone) {
-    CS_ASSIGN_OR_RETURN(p.algo, fastest(p, results, found, x, w, y, s));
+  if (tune && found > 1) {
+    cudaStreamCaptureStatus cap = cudaStreamCaptureStatusNone;
+    CS_CUDA(cudaStreamIsCapturing(s, &cap));
+    if (cap == cudaStreamCaptureStatusNone) {
+      CS_ASSIGN_OR_RETURN(p.algo, fastest(p, results, found, x, w, y, s));
+    }
   }
   return &plans_.emplace(key, p).first->second;
 }
