@@ -6,13 +6,17 @@
 //     question, and with the cartridge promoted from the host tier at request
 //     time (promotion GB/s),
 // each beside its floor from the device-to-device copy bandwidth and the
-// bf16 GEMM rate measured in the same run. Decode and prefill drive the
+// bf16 GEMM rate measured in the same run, and where a batch-1 decode step's
+// and an 8192-token prefill's time goes (every kernel timed alone at its
+// shape, beside its floor). Decode and prefill drive the
 // backend through the runtime seam (sampling included); the cartridge
 // figures go through the whole engine. Writes JSON; prints a table.
 //
-// Usage: gpu_bench MODEL [--out gpu_bench.json] [--repeats N] [--only GROUP]
+// Usage: gpu_bench MODEL [--out gpu_bench.json] [--repeats N] [--only GROUP] [--tp N]
 // GROUP (one set of figures, e.g. for a profiler run): linear, ops, decode,
-// decode1 (batch 1 only), prefill or ttft.
+// decode1 (batch 1 only), prefill or ttft. --tp N: the backend and serving
+// figures through N tensor-parallel ranks on GPUs 0..N-1 (the floors stay
+// one GPU's; the kernel tables are one GPU's).
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -559,21 +563,127 @@ json decode_b1_budget(const ModelConfig& c, const json& linear, const json& ops,
           {"step_us_measured", 1e3 * step_ms}};
 }
 
+// Where a long prefill's time goes: every kernel of one `n`-token prompt
+// (one sequence, causal, no cartridge) timed alone at its prefill shape
+// times its launches, beside its floor (GEMMs and attention: FLOPs over the
+// measured GEMM rate; the rest: bytes over the copy bandwidth), against the
+// measured prefill. The lm_head runs on the last row only.
+json prefill_budget(const ModelConfig& c, double copy_bw, double gemm_flops, int n,
+                    double measured_ms) {
+  namespace k = ops::cuda;
+  const int H = c.hidden_size, Q = c.q_dim(), KVD = c.num_kv_heads * c.head_dim;
+  const int QKV = Q + 2 * KVD, FF = c.intermediate_size, L = c.num_layers;
+  DeviceScratch d;
+  PagedSetup ps(d, c, 1, n, n);
+  std::vector<int32_t> pos(static_cast<size_t>(n)), slots(pos.size());
+  for (int i = 0; i < n; ++i) {
+    pos[static_cast<size_t>(i)] = i;
+    slots[static_cast<size_t>(i)] = i;  // the sequence's blocks are 0, 1, 2, ...
+  }
+  const int32_t* d_pos = d.upload(pos);
+  const int32_t* d_slots = d.upload(slots);
+  std::vector<int32_t> ids(static_cast<size_t>(n), 100);
+  const int32_t* d_ids = d.upload(ids);
+  std::vector<float> inv(static_cast<size_t>(c.head_dim / 2), 0.01f);
+  const float* d_inv = d.upload(inv);
+  // Every weight matrix is at most [max(QKV, 2 FF, vocab), H] or [H, FF].
+  auto* w = d.alloc<k::bf16>(static_cast<size_t>(std::max({QKV, FF * 2, c.vocab_size})) * H, 0x3c);
+  auto* table = d.alloc<k::bf16>(static_cast<size_t>(1000) * H, 0x3c);
+  float* x = d.alloc<float>(static_cast<size_t>(n) * H);
+  auto* in = d.alloc<k::bf16>(static_cast<size_t>(n) * std::max(FF, Q), 0x3c);
+  auto* delta = d.alloc<k::bf16>(static_cast<size_t>(n) * H, 0x3c);
+  auto* norm_w = d.alloc<k::bf16>(static_cast<size_t>(H), 0x3c);
+  auto* qkv = d.alloc<k::bf16>(static_cast<size_t>(n) * QKV, 0x3c);
+  auto* attn = d.alloc<k::bf16>(static_cast<size_t>(n) * Q);
+  auto* gu = d.alloc<k::bf16>(static_cast<size_t>(n) * 2 * FF, 0x3c);
+  auto* act = d.alloc<k::bf16>(static_cast<size_t>(n) * FF);
+  float* logits = d.alloc<float>(static_cast<size_t>(c.vocab_size));
+  void* gws = d.alloc<uint8_t>(32 << 20);
+  auto gemm = cuda::Gemm::create(gws, 32 << 20, false, false, false);
+  if (!gemm.ok()) return json::object();
+  const float scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
+  const int splits = k::prefill_num_splits(n, 1, c.num_heads, c.num_kv_heads, ps.ab.max_context_len,
+                                           kMaxSplits, device_sms());
+  void* aws = d.alloc<uint8_t>(k::decode_workspace_bytes(n, c.num_heads, c.head_dim, kMaxSplits));
+  auto linear = [&](const k::bf16* xin, void* y, bool f32, int rows, int i, int o) {
+    (void)(*gemm)->run(xin, w, y, f32, rows, i, o, nullptr);
+  };
+  const double nd = n;
+  struct Op {
+    std::string name;
+    int launches;
+    double flops, bytes;  // per launch; the floor is the larger of the two times
+    std::function<void()> run;
+  };
+  const Op ops[] = {
+      {"embedding", 1, 0, nd * H * (2 + 4), [&] { k::embedding(table, d_ids, x, n, H, nullptr); }},
+      {"add_rms_norm", 2 * L, 0, nd * H * (4 + 4 + 2 + 2),
+       [&] { k::add_rms_norm(x, delta, norm_w, in, n, H, c.rms_norm_eps, nullptr); }},
+      {"linear_qkv", L, 2 * nd * H * QKV, 2.0 * H * QKV,
+       [&] { linear(in, qkv, false, n, H, QKV); }},
+      {"rope_qkv_write", L, 0, nd * (2.0 * QKV * 2 + 2.0 * KVD * 2),
+       [&] {
+         k::rope_qkv_write(qkv, nullptr, d_pos, d_inv, d_slots, ps.kv, n, c.num_heads, nullptr);
+       }},
+      {"attention_prefill", L, 4.0 * c.num_heads * c.head_dim * nd * (nd + 1) / 2,
+       nd * (2.0 * QKV + 2.0 * Q),
+       [&] {
+         k::paged_attention_prefill(qkv, QKV, ps.kv, ps.ab, attn, c.num_heads, scale, splits, aws,
+                                    nullptr);
+       }},
+      {"linear_o", L, 2 * nd * Q * H, 2.0 * Q * H, [&] { linear(attn, in, false, n, Q, H); }},
+      {"linear_gate_up", L, 2 * nd * H * 2 * FF, 2.0 * H * 2 * FF,
+       [&] { linear(in, gu, false, n, H, 2 * FF); }},
+      {"silu_mul", L, 0, nd * FF * (4 + 2), [&] { k::silu_mul(gu, act, n, FF, nullptr); }},
+      {"linear_down", L, 2 * nd * FF * H, 2.0 * FF * H, [&] { linear(act, in, false, n, FF, H); }},
+      {"linear_lm_head", 1, 2.0 * H * c.vocab_size, 2.0 * H * c.vocab_size,
+       [&] { linear(in, logits, true, 1, H, c.vocab_size); }},
+  };
+  json rows = json::array();
+  double sum_us = 0, floor_sum = 0;
+  std::printf("prefill %d budget         us/launch  launches    ms/prefill  floor ms   %%\n", n);
+  for (const Op& op : ops) {
+    const double us = launch_us(op.run);
+    const double floor_us = 1e6 * std::max(op.flops / gemm_flops, op.bytes / copy_bw);
+    sum_us += us * op.launches;
+    floor_sum += floor_us * op.launches;
+    rows.push_back({{"kernel", op.name},
+                    {"launches", op.launches},
+                    {"us_per_launch", us},
+                    {"ms_per_prefill", us * op.launches / 1e3},
+                    {"floor_ms_per_prefill", floor_us * op.launches / 1e3},
+                    {"tflop_per_s", op.flops > 0 ? op.flops / us / 1e6 : 0.0}});
+    std::printf("  %-22s %10.1f %9d %12.2f %9.2f %4.0f%%\n", op.name.c_str(), us, op.launches,
+                us * op.launches / 1e3, floor_us * op.launches / 1e3, 100.0 * floor_us / us);
+  }
+  std::printf("  sum timed alone %.1f ms (floor %.1f), measured prefill %.1f ms\n", sum_us / 1e3,
+              floor_sum / 1e3, measured_ms);
+  return {{"tokens", n},
+          {"attention_splits", splits},
+          {"kernels", rows},
+          {"sum_ms_timed_alone", sum_us / 1e3},
+          {"floor_ms", floor_sum / 1e3},
+          {"prefill_ms_measured", measured_ms}};
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   if (argc < 2) {
-    std::fprintf(stderr, "usage: %s MODEL [--out FILE] [--repeats N] [--only GROUP]\n", argv[0]);
+    std::fprintf(stderr, "usage: %s MODEL [--out FILE] [--repeats N] [--only GROUP] [--tp N]\n",
+                 argv[0]);
     return 2;
   }
   std::string out_path = "gpu_bench.json";
   int repeats = 5;
   std::string only;  // one group of figures (a profiler run), else all
+  int tp = 1;        // --tp N: decode and prefill through N ranks on GPUs 0..N-1 (NCCL)
   auto want = [&](const char* group) { return only.empty() || only == group; };
   for (int i = 2; i + 1 < argc; i += 2) {
     if (std::string(argv[i]) == "--out") out_path = argv[i + 1];
     if (std::string(argv[i]) == "--repeats") repeats = std::max(1, std::atoi(argv[i + 1]));
     if (std::string(argv[i]) == "--only") only = argv[i + 1];
+    if (std::string(argv[i]) == "--tp") tp = std::atoi(argv[i + 1]);
   }
   ServeOptions o;
   o.model = argv[1];
@@ -581,6 +691,7 @@ int main(int argc, char** argv) {
   o.max_num_batched_tokens = 8192;
   o.max_num_seqs = 256;
   o.max_model_len = 8448;
+  o.tensor_parallel_size = tp;
   auto model = load_model_for(o, false);
   if (!model.ok()) {
     std::fprintf(stderr, "error: %s\n", model.status().message().c_str());
@@ -598,6 +709,7 @@ int main(int argc, char** argv) {
   cudaGetDeviceProperties(&prop, dev);
   j["gpu"] = prop.name;
   j["ceilings"] = {{"copy_bytes_per_s", copy_bw}, {"bf16_gemm_flop_per_s", flops}};
+  j["tensor_parallel_size"] = tp;
   const double params = static_cast<double>(c.num_parameters());
   const double weight_bytes = 2.0 * params;
   const double kv_token_bytes = static_cast<double>(c.kv_bytes_per_token(2));
@@ -717,6 +829,9 @@ int main(int argc, char** argv) {
       figures.contains("decode_batch_1"))
     j["decode_b1_budget"] = decode_b1_budget(c, j["linear_layers"], j["decode_other_ops"][0],
                                              figures["decode_batch_1"]["ms_per_step"]);
+  if (figures.contains("prefill_8192"))
+    j["prefill_8192_budget"] =
+        prefill_budget(c, copy_bw, flops, 8192, figures["prefill_8192"]["ms"]);
   j["figures"] = figures;
   std::ofstream(out_path) << j.dump(1);
   return 0;

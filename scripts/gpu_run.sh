@@ -4,7 +4,8 @@
 # follow each other, and /tmp survives while it does):
 #   scripts/gpu_run.sh STAGE...
 # Stages:
-#   unit       the CUDA op tests (ctest label gpu: ops, attention, sampling vs the CPU)
+#   unit       the CUDA op tests (ctest label gpu: ops, attention, sampling vs the CPU; tensor
+#              parallel on one GPU vs TP=1, and over NCCL when 2+ GPUs are visible)
 #   sanitizer  compute-sanitizer memcheck over the op tests and a whole forward pass
 #   logits     (logits:NAME for one shape) random-weight Llama-3.2-3B and SmolLM2-135M shapes written by HF
 #              transformers: our logits and greedy continuations against HF's
@@ -12,6 +13,8 @@
 #              prefill, cartridge TTFT, promotion)
 #   bench:skinny  decode on the 3B shape with CARTSERVE_SKINNY=1 (decode rows through the
 #              batch-invariant skinny kernel): gpu_bench_skinny.json
+#   bench:tp2  (2+ GPUs) decode at batch 1, 64 and 256 on the 3B shape at TP=1 and TP=2
+#              (one rank per GPU, NCCL): gpu_bench_tp1.json, gpu_bench_tp2.json
 #   bench:smollm2   decode at batch 1 and 64 on the SmolLM2-135M shape: gpu_bench_smollm2.json
 #   pdl        with CARTSERVE_PDL=1 (programmatic dependent launch): the op tests, then decode
 #              and the linear layers on the 3B shape: gpu_bench_pdl.json
@@ -133,7 +136,7 @@ for s in "$@"; do
     unit) stage unit "$B/gpu_tests" ;;
     sanitizer)
       stage sanitizer compute-sanitizer --tool memcheck --error-exitcode 9 "$B/gpu_tests" \
-        --gtest_filter='CudaOps.*:PagedAttention*Decode*:*PrefillSharedCartridgePrefix:CudaSampling.Greedy*' &&
+        --gtest_filter='CudaOps.*:PagedAttention*Decode*:*PrefillSharedCartridgePrefix:CudaSampling.Greedy*:CudaTp.SumBf16*:CudaTp.OneDevice*' &&
         ckpt smollm2 && stage sanitizer_forward compute-sanitizer --tool memcheck --error-exitcode 9 \
           "$B/dump_logits" /tmp/ckpt/smollm2 /tmp/ckpt/smollm2/prompts.json /tmp --device cuda \
           --greedy 4 ;;
@@ -145,6 +148,10 @@ for s in "$@"; do
     pdl) CARTSERVE_PDL=1 stage unit_pdl "$B/gpu_tests" &&
            ckpt llama3b && CARTSERVE_PDL=1 stage bench_pdl "$B/gpu_bench" /tmp/ckpt/llama3b \
              --only decode --out "$OUT/gpu_bench_pdl.json" ;;
+    bench:tp2) ckpt llama3b && stage bench_tp1 "$B/gpu_bench" /tmp/ckpt/llama3b --only decode \
+                 --out "$OUT/gpu_bench_tp1.json" &&
+                 stage bench_tp2 "$B/gpu_bench" /tmp/ckpt/llama3b --only decode --tp 2 \
+                   --out "$OUT/gpu_bench_tp2.json" ;;
     bench:smollm2) ckpt smollm2 && stage bench_smollm2 "$B/gpu_bench" /tmp/ckpt/smollm2 \
                      --only decode --out "$OUT/gpu_bench_smollm2.json" ;;
     profile) ckpt llama3b && stage profile profile ;;

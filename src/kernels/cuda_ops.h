@@ -142,6 +142,15 @@ void paged_attention_decode(const bf16* q, int64_t q_row_stride, const KvLayer& 
                             const AttnBatch& batch, bf16* out, int n_heads, float scale,
                             int num_splits, void* workspace, cudaStream_t s);
 
+// ---- tensor parallelism ------------------------------------------------------
+
+// out[i] = bf16(inputs[0][i] + inputs[1][i] + ...) for i < count, added in
+// input order in fp32 (twin: InProcessComm's rank-ordered sum). inputs is a
+// host array of n_inputs (1..kMaxSumInputs) device pointers; out may be one
+// of them.
+constexpr int kMaxSumInputs = 8;
+void sum_bf16(const bf16* const* inputs, int n_inputs, bf16* out, int64_t count, cudaStream_t s);
+
 // ---- KV movement (cartridge promotion / demotion, export, partial blocks) --
 
 // Element type of host-side KV in file layout.

@@ -76,7 +76,8 @@ void ServeOptions::add_to(CLI::App& sub) {
                "cuda: launch every kernel of a decode step instead of replaying CUDA graphs");
   sub.add_option("--tensor-parallel-size", tensor_parallel_size,
                  "Ranks to shard the model over by attention head and MLP slice: 1, 2, 4 or 8 "
-                 "(cpu: threads of this process with an in-process all-reduce; cuda: not yet)")
+                 "(cpu: threads of this process with an in-process all-reduce; cuda: GPUs 0..N-1, "
+                 "NCCL all-reduce)")
       ->default_val(1)
       ->check(CLI::PositiveNumber);
   sub.add_option("--kv-transfer-config", kv_transfer_config,
@@ -92,13 +93,6 @@ Status ServeOptions::validate() const {
       tensor_parallel_size != 8) {
     return make_error(ErrorCode::kInvalidArgument, "--tensor-parallel-size {} must be 1, 2, 4 or 8",
                       tensor_parallel_size);
-  }
-  if (tensor_parallel_size > 1 && device == "cuda") {
-    return make_error(ErrorCode::kUnsupported,
-                      "--tensor-parallel-size {} with --device cuda needs {} GPUs and an NCCL "
-                      "communicator: not supported yet (--device cpu runs it as {} ranks in one "
-                      "process)",
-                      tensor_parallel_size, tensor_parallel_size, tensor_parallel_size);
   }
   if (device == "cuda") {
     if (dtype != "auto" && dtype != "bfloat16" && dtype != "bf16") {

@@ -10,6 +10,7 @@
 #include "runtime/cpu/tp_backend.h"
 #ifdef CARTSERVE_WITH_CUDA
 #include "runtime/cuda/cuda_backend.h"
+#include "runtime/cuda/tp_cuda_backend.h"
 #endif
 #include "server/kv_transfer_config.h"
 
@@ -90,12 +91,6 @@ Result<std::unique_ptr<Model>> load_model_for(const ServeOptions& options, bool 
 Result<std::unique_ptr<Backend>> make_backend(const Model& model, const ServeOptions& options) {
   CS_ASSIGN_OR_RETURN(ServeOptions::Plan plan, options.plan(model.config));
   if (options.device == "cuda") {
-    if (options.tensor_parallel_size > 1) {
-      return make_error(ErrorCode::kUnsupported,
-                        "--tensor-parallel-size {} with --device cuda needs {} GPUs and an NCCL "
-                        "communicator: not supported yet",
-                        options.tensor_parallel_size, options.tensor_parallel_size);
-    }
 #ifdef CARTSERVE_WITH_CUDA
     cuda::CudaOptions co;
     co.block_size = options.block_size;
@@ -106,6 +101,11 @@ Result<std::unique_ptr<Backend>> make_backend(const Model& model, const ServeOpt
     co.max_num_batched_tokens = plan.engine.scheduler.max_num_batched_tokens;
     co.max_num_seqs = plan.engine.scheduler.max_num_seqs;
     co.max_model_len = plan.engine.scheduler.max_model_len;
+    if (options.tensor_parallel_size > 1) {  // one rank per GPU over NCCL
+      CS_ASSIGN_OR_RETURN(auto tp,
+                          cuda::TpCudaBackend::create(model, options.tensor_parallel_size, co));
+      return std::unique_ptr<Backend>(std::move(tp));
+    }
     CS_ASSIGN_OR_RETURN(auto gpu, cuda::CudaBackend::create(model, co));
     return std::unique_ptr<Backend>(std::move(gpu));
 #else

@@ -498,10 +498,12 @@ Status CudaBackend::layers(const Shape& sh) {
                                    b.attn_ws, compute_);
     }
     CS_RETURN_IF_ERROR(linear(b.attn, w.wo, b.delta, Q, H));
+    if (all_reduce_) CS_RETURN_IF_ERROR(all_reduce_(b.delta, static_cast<size_t>(n) * H, compute_));
     ops::add_rms_norm(b.x, b.delta, w.ffn_norm, b.xn, n, H, eps, compute_);
     CS_RETURN_IF_ERROR(linear(b.xn, w.wgu, b.gu, H, 2 * FF));
     ops::silu_mul(b.gu, b.act, n, FF, compute_);
     CS_RETURN_IF_ERROR(linear(b.act, w.wdown, b.delta, FF, H));
+    if (all_reduce_) CS_RETURN_IF_ERROR(all_reduce_(b.delta, static_cast<size_t>(n) * H, compute_));
   }
   // The last residual add (its normed output is recomputed per logit row).
   ops::add_rms_norm(b.x, b.delta, weights_.final_norm, b.xn, n, H, eps, compute_);
@@ -644,7 +646,18 @@ Status CudaBackend::prompt_logprobs(const StepInput& in, StepOutput& out) {
   return last_error("prompt logprobs");
 }
 
+Status CudaBackend::forward_only(const StepInput& in) {
+  CS_CUDA(cudaSetDevice(opts_.device));
+  CS_RETURN_IF_ERROR(
+      validate_step(in, {}, model_.config.vocab_size, spec_.num_blocks, spec_.block_size));
+  CS_RETURN_IF_ERROR(forward(in));
+  // The pinned input area is rewritten by the next step.
+  CS_CUDA(cudaStreamSynchronize(compute_));
+  return last_error("the forward pass");
+}
+
 Status CudaBackend::execute(const StepInput& in, StepOutput& out) {
+  CS_CUDA(cudaSetDevice(opts_.device));
   std::vector<int32_t> rows;
   for (const SampleRow& s : in.samples)
     rows.push_back(s.row);
@@ -660,6 +673,7 @@ Status CudaBackend::execute(const StepInput& in, StepOutput& out) {
 }
 
 Status CudaBackend::logits(const StepInput& in, std::vector<float>& out) {
+  CS_CUDA(cudaSetDevice(opts_.device));
   std::vector<int32_t> rows;
   for (const SampleRow& s : in.samples)
     rows.push_back(s.row);
@@ -785,7 +799,8 @@ Status CudaBackend::transfer(const HostKv& kv, const KvBlockList& blocks, bool l
 
 std::shared_ptr<void> CudaBackend::host_buffer(size_t bytes) {
   void* p = nullptr;
-  if (cudaHostAlloc(&p, bytes, cudaHostAllocDefault) != cudaSuccess) {
+  // Portable: pinned for every device's context (tensor parallel ranks).
+  if (cudaHostAlloc(&p, bytes, cudaHostAllocPortable) != cudaSuccess) {
     cudaGetLastError();  // not sticky; plain memory will do
     return nullptr;
   }

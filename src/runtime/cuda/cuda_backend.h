@@ -19,6 +19,7 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
+#include <functional>
 #include <map>
 #include <memory>
 #include <set>
@@ -64,6 +65,16 @@ class CudaBackend final : public Backend {
   Status wait_transfer(TransferId id) override;
 
   uint64_t weight_bytes() const { return weights_.nbytes(); }
+
+  // Tensor parallelism (tp_cuda_backend.h): called after o_proj and after
+  // down with the layer's partial output [count] bf16, to turn it into the
+  // sum over the ranks in place on `s`. Set before the first step; a
+  // collective that cannot be captured needs CudaOptions::cuda_graphs off.
+  using AllReduce = std::function<Status(bf16* data, size_t count, cudaStream_t s)>;
+  void set_all_reduce(AllReduce f) { all_reduce_ = std::move(f); }
+  // A step's forward pass alone (a rank that neither samples nor returns
+  // logits); returns once the device has run it.
+  Status forward_only(const StepInput& in);
 
  private:
   struct Buffers;
@@ -114,6 +125,7 @@ class CudaBackend final : public Backend {
   std::map<std::pair<int32_t, int32_t>, cudaGraphExec_t> graphs_;  // by (seqs, blocks) bucket
   std::set<std::pair<int32_t, int32_t>> graph_seen_;               // buckets run once eagerly
   std::unique_ptr<TransferQueue> transfers_;  // its jobs use the copy stream and staging
+  AllReduce all_reduce_;                      // tensor parallelism only
 };
 
 }  // namespace cartserve::cuda

@@ -30,7 +30,7 @@ void keep_multicast_off() {
 }  // namespace
 
 NcclComm::~NcclComm() {
-  if (comm_) ncclCommDestroy(static_cast<ncclComm_t>(comm_));
+  if (void* c = comm_.load()) ncclCommDestroy(static_cast<ncclComm_t>(c));
 }
 
 Result<std::vector<std::unique_ptr<NcclComm>>> NcclComm::create_all(
@@ -60,6 +60,8 @@ Result<std::vector<std::unique_ptr<NcclComm>>> NcclComm::create_all(
 }
 
 Status NcclComm::all_reduce_sum(void* data, size_t count, DType dtype, void* stream) {
+  void* comm = comm_.load();
+  if (!comm) return make_error(ErrorCode::kUnavailable, "NCCL: the communicator was aborted");
   ncclDataType_t t;
   if (dtype == DType::kF32) {
     t = ncclFloat32;
@@ -69,14 +71,21 @@ Status NcclComm::all_reduce_sum(void* data, size_t count, DType dtype, void* str
     return make_error(ErrorCode::kInvalidArgument, "NCCL all-reduce of {} is not supported",
                       dtype_name(dtype));
   }
-  CS_NCCL(ncclAllReduce(data, data, count, t, ncclSum, static_cast<ncclComm_t>(comm_),
+  CS_NCCL(ncclAllReduce(data, data, count, t, ncclSum, static_cast<ncclComm_t>(comm),
                         static_cast<cudaStream_t>(stream)));
   return {};
 }
 
 Status NcclComm::broadcast(void* data, size_t bytes, int root, void* stream) {
-  CS_NCCL(ncclBroadcast(data, data, bytes, ncclUint8, root, static_cast<ncclComm_t>(comm_),
+  void* comm = comm_.load();
+  if (!comm) return make_error(ErrorCode::kUnavailable, "NCCL: the communicator was aborted");
+  CS_NCCL(ncclBroadcast(data, data, bytes, ncclUint8, root, static_cast<ncclComm_t>(comm),
                         static_cast<cudaStream_t>(stream)));
+  return {};
+}
+
+Status NcclComm::abort() {
+  if (void* c = comm_.exchange(nullptr)) CS_NCCL(ncclCommAbort(static_cast<ncclComm_t>(c)));
   return {};
 }
 
@@ -111,6 +120,10 @@ Status NcclComm::all_reduce_sum(void*, size_t, DType, void*) {
 
 Status NcclComm::broadcast(void*, size_t, int, void*) {
   return make_error(ErrorCode::kUnsupported, "this build has no NCCL");
+}
+
+Status NcclComm::abort() {
+  return {};
 }
 
 Status NcclComm::group_start() {

@@ -1,8 +1,7 @@
 // An NCCL communicator for tensor parallelism on GPUs (issue 12): one rank
-// per GPU, the sum all-reduce after o_proj and down, and the broadcast of
-// rank 0's step arrays. Not used by the serving stack yet: the CUDA backend
-// has no sharded forward, and --tensor-parallel-size > 1 with --device cuda
-// is refused. Compiled only where NCCL was found (CARTSERVE_WITH_NCCL, see
+// per GPU, the sum all-reduce after o_proj and down (device_comm.h wraps it
+// for the sharded CUDA backend, tp_cuda_backend.h), and a broadcast.
+// Compiled only where NCCL was found (CARTSERVE_WITH_NCCL, see
 // src/CMakeLists.txt); elsewhere create() says NCCL is missing.
 //
 // NOTE: NVLink multicast stays off. Before the first communicator is made,
@@ -10,6 +9,7 @@
 // GPU machines keep it 0); nothing here calls cuMulticastCreate.
 #pragma once
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -42,6 +42,10 @@ class NcclComm {
   // `bytes` at `data` from rank `root` to every rank, on `stream`.
   Status broadcast(void* data, size_t bytes, int root, void* stream);
 
+  // Ends every operation of this rank in flight (another rank failed); the
+  // communicator is unusable afterwards. Any thread.
+  Status abort();
+
   static Status group_start();
   static Status group_end();
   // "2.28.9" (works without a GPU).
@@ -51,7 +55,7 @@ class NcclComm {
   NcclComm(void* comm, int rank, int size, int device)
       : comm_(comm), rank_(rank), size_(size), device_(device) {}
 
-  void* comm_;  // ncclComm_t
+  std::atomic<void*> comm_;  // ncclComm_t; null once aborted
   int rank_, size_, device_;
 };
 
