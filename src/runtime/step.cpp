@@ -44,6 +44,17 @@ int32_t StepInput::append_sequence(std::span<const int32_t> table, int32_t block
   return first_row;
 }
 
+void logit_rows(const StepInput& in, bool prompt_rows, std::vector<int32_t>& rows) {
+  rows.clear();
+  for (const SampleRow& s : in.samples)
+    rows.push_back(s.row);
+  if (!prompt_rows) return;
+  for (const PromptLogprobRows& p : in.prompt_logprobs) {
+    for (size_t i = 0; i < p.targets.size(); ++i)
+      rows.push_back(p.first_row + static_cast<int32_t>(i));
+  }
+}
+
 Status validate_step(const StepInput& in, std::span<const int32_t> logit_rows, int32_t vocab,
                      int32_t num_blocks, int32_t block_size) {
   if (!in.prompt_rows.empty() && in.prompt_rows.size() != in.context_lens.size()) {

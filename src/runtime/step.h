@@ -94,6 +94,10 @@ struct StepInput {
                           std::span<const int32_t> tokens);
 };
 
+// The rows whose logits a step needs, into `rows` (cleared): the sampled
+// rows, then (with `prompt_rows`) every prompt-logprob row.
+void logit_rows(const StepInput& in, bool prompt_rows, std::vector<int32_t>& rows);
+
 // Checks a step against a cache of `num_blocks` blocks of `block_size` and a
 // vocabulary: array sizes agree, token ids, slots and block ids are in range,
 // each sequence's rows are contiguous with context_len >= rows, its table

@@ -59,15 +59,7 @@ Status CpuBackend::run(const StepInput& in, bool prompt_rows, std::vector<float>
     }
   }
   // Logits of the sampled rows, then (when asked) of every prompt-logprob row.
-  logit_rows_.clear();
-  for (const SampleRow& s : in.samples)
-    logit_rows_.push_back(s.row);
-  if (prompt_rows) {
-    for (const PromptLogprobRows& p : in.prompt_logprobs) {
-      for (size_t i = 0; i < p.targets.size(); ++i)
-        logit_rows_.push_back(p.first_row + static_cast<int32_t>(i));
-    }
-  }
+  logit_rows(in, prompt_rows, logit_rows_);
   copy_blocks(in.block_copies);
   return forward_.forward(in, logit_rows_, cache_, logits);
 }

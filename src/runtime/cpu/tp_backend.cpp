@@ -53,8 +53,6 @@ Result<std::unique_ptr<TpCpuBackend>> TpCpuBackend::create(const Model& model, i
     k.cache = std::make_unique<KvCache>(spec.num_layers, spec.num_blocks, spec.block_size,
                                         k.shard->config.kv_dim());
   }
-  for (int32_t r = 1; r < tp_size; ++r)
-    b->workers_.emplace_back([p = b.get(), r] { p->worker_loop(r); });
   return b;
 }
 
@@ -64,40 +62,13 @@ TpCpuBackend::TpCpuBackend(const Model& model, TpPlan plan, const KvSpec& spec)
       spec_(spec),
       comm_(plan_.size),
       ranks_(static_cast<size_t>(plan_.size)),
-      sampler_(&ThreadPool::global()) {}
+      sampler_(&ThreadPool::global()),
+      threads_(plan_.size) {}
 
-TpCpuBackend::~TpCpuBackend() {
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    stop_ = true;
-  }
-  cv_step_.notify_all();
-  for (std::thread& t : workers_)
-    t.join();
-}
+TpCpuBackend::~TpCpuBackend() = default;
 
 std::string TpCpuBackend::name() const {
   return "cpu (tensor parallel " + std::to_string(plan_.size) + ")";
-}
-
-void TpCpuBackend::worker_loop(int32_t rank) {
-  uint64_t seen = 0;
-  for (;;) {
-    const StepInput* in = nullptr;
-    {
-      std::unique_lock<std::mutex> lock(mu_);
-      cv_step_.wait(lock, [&] { return stop_ || generation_ != seen; });
-      if (stop_) return;
-      seen = generation_;
-      in = step_;
-    }
-    Status s = run_rank(rank, *in, {});
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      ranks_[static_cast<size_t>(rank)].status = std::move(s);
-      if (--pending_ == 0) cv_done_.notify_one();
-    }
-  }
 }
 
 Status TpCpuBackend::run_rank(int32_t rank, const StepInput& in,
@@ -127,32 +98,9 @@ Status TpCpuBackend::run(const StepInput& in, bool prompt_rows, std::vector<floa
                         c.src_block, c.dst_block, c.num_slots);
     }
   }
-  logit_rows_.clear();
-  for (const SampleRow& s : in.samples)
-    logit_rows_.push_back(s.row);
-  if (prompt_rows) {
-    for (const PromptLogprobRows& p : in.prompt_logprobs) {
-      for (size_t i = 0; i < p.targets.size(); ++i)
-        logit_rows_.push_back(p.first_row + static_cast<int32_t>(i));
-    }
-  }
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    step_ = &in;
-    pending_ = plan_.size - 1;
-    ++generation_;
-  }
-  cv_step_.notify_all();
-  Status s0 = run_rank(0, in, logit_rows_);
-  {
-    // `in` must outlive every rank's use of it.
-    std::unique_lock<std::mutex> lock(mu_);
-    cv_done_.wait(lock, [&] { return pending_ == 0; });
-    step_ = nullptr;
-  }
-  CS_RETURN_IF_ERROR(s0);
-  for (int32_t r = 1; r < plan_.size; ++r)
-    CS_RETURN_IF_ERROR(ranks_[static_cast<size_t>(r)].status);
+  logit_rows(in, prompt_rows, logit_rows_);
+  CS_RETURN_IF_ERROR(threads_.run([&](int32_t r) { return run_rank(r, in, {}); },
+                                  [&] { return run_rank(0, in, logit_rows_); }));
   logits.swap(ranks_[0].logits);
   return {};
 }

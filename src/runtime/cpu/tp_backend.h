@@ -17,10 +17,7 @@
 // see.
 #pragma once
 
-#include <condition_variable>
 #include <memory>
-#include <mutex>
-#include <thread>
 #include <vector>
 
 #include "runtime/backend.h"
@@ -29,6 +26,7 @@
 #include "runtime/cpu/sampler.h"
 #include "runtime/cpu/tp_comm.h"
 #include "runtime/cpu/tp_plan.h"
+#include "runtime/rank_threads.h"
 #include "runtime/transfer_queue.h"
 
 namespace cartserve {
@@ -58,11 +56,9 @@ class TpCpuBackend final : public Backend {
     std::unique_ptr<LlamaForward> forward;
     std::unique_ptr<KvCache> cache;
     std::vector<float> logits;  // ranks > 0: stays empty
-    Status status;              // of the rank's last step
   };
 
   TpCpuBackend(const Model& model, TpPlan plan, const KvSpec& spec);
-  void worker_loop(int32_t rank);
   // Block copies and the forward pass of one rank over the current step.
   Status run_rank(int32_t rank, const StepInput& in, std::span<const int32_t> logit_rows);
   // Every rank runs `in`; rank 0's logits of `prompt_rows`' rows into `logits`.
@@ -77,15 +73,7 @@ class TpCpuBackend final : public Backend {
   Sampler sampler_;
   std::vector<int32_t> logit_rows_;
   std::vector<float> logits_;
-
-  // Step hand-off to ranks 1..N-1.
-  std::mutex mu_;
-  std::condition_variable cv_step_, cv_done_;
-  const StepInput* step_ = nullptr;
-  uint64_t generation_ = 0;  // bumped per step
-  int32_t pending_ = 0;      // ranks > 0 still running the step
-  bool stop_ = false;
-  std::vector<std::thread> workers_;
+  RankThreads threads_;  // ranks 1..N-1 (after ranks_: joined before they go)
 
   TransferQueue transfers_;  // declared last: its jobs use the caches
 };

@@ -659,15 +659,14 @@ Status CudaBackend::forward_only(const StepInput& in) {
 Status CudaBackend::execute(const StepInput& in, StepOutput& out) {
   CS_CUDA(cudaSetDevice(opts_.device));
   std::vector<int32_t> rows;
-  for (const SampleRow& s : in.samples)
-    rows.push_back(s.row);
-  for (const PromptLogprobRows& p : in.prompt_logprobs) {
-    for (size_t i = 0; i < p.targets.size(); ++i)
-      rows.push_back(p.first_row + static_cast<int32_t>(i));
-  }
+  logit_rows(in, /*prompt_rows=*/true, rows);
   CS_RETURN_IF_ERROR(
       validate_step(in, rows, model_.config.vocab_size, spec_.num_blocks, spec_.block_size));
   CS_RETURN_IF_ERROR(forward(in));
+  return sample_after_forward(in, out);
+}
+
+Status CudaBackend::sample_after_forward(const StepInput& in, StepOutput& out) {
   CS_RETURN_IF_ERROR(sample(in, out));
   return prompt_logprobs(in, out);
 }
@@ -675,11 +674,16 @@ Status CudaBackend::execute(const StepInput& in, StepOutput& out) {
 Status CudaBackend::logits(const StepInput& in, std::vector<float>& out) {
   CS_CUDA(cudaSetDevice(opts_.device));
   std::vector<int32_t> rows;
-  for (const SampleRow& s : in.samples)
-    rows.push_back(s.row);
+  logit_rows(in, /*prompt_rows=*/false, rows);
   CS_RETURN_IF_ERROR(
       validate_step(in, rows, model_.config.vocab_size, spec_.num_blocks, spec_.block_size));
   CS_RETURN_IF_ERROR(forward(in));
+  return logits_after_forward(in, out);
+}
+
+Status CudaBackend::logits_after_forward(const StepInput& in, std::vector<float>& out) {
+  std::vector<int32_t> rows;
+  logit_rows(in, /*prompt_rows=*/false, rows);
   const size_t vocab = static_cast<size_t>(model_.config.vocab_size);
   out.resize(rows.size() * vocab);
   for (size_t done = 0; done < rows.size();) {  // in chunks the logits buffer holds

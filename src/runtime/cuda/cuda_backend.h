@@ -72,9 +72,11 @@ class CudaBackend final : public Backend {
   // collective that cannot be captured needs CudaOptions::cuda_graphs off.
   using AllReduce = std::function<Status(bf16* data, size_t count, cudaStream_t s)>;
   void set_all_reduce(AllReduce f) { all_reduce_ = std::move(f); }
-  // A step's forward pass alone (a rank that neither samples nor returns
-  // logits); returns once the device has run it.
+  // A step's forward pass alone, returning once the device has run it; then
+  // (tensor parallel rank 0) the rest of execute() or logits() over it.
   Status forward_only(const StepInput& in);
+  Status sample_after_forward(const StepInput& in, StepOutput& out);
+  Status logits_after_forward(const StepInput& in, std::vector<float>& out);
 
  private:
   struct Buffers;

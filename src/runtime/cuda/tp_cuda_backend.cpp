@@ -68,8 +68,8 @@ Result<std::unique_ptr<TpCudaBackend>> TpCudaBackend::create(const Model& model,
   LOG_INFO("tensor parallel KV cache: {} blocks x {} = {} tokens on every rank",
            b->spec_.num_blocks - 1, b->spec_.block_size, b->spec_.num_tokens());
   CS_CUDA(cudaSetDevice(devices[0]));
-  for (int32_t r = 1; r < tp_size; ++r)
-    b->workers_.emplace_back([p = b.get(), r] { p->worker_loop(r); });
+  b->threads_ = std::make_unique<RankThreads>(
+      tp_size, [comm = b->comm_.get()](int32_t r) { (void)cudaSetDevice(comm->device(r)); });
   return b;
 }
 
@@ -77,81 +77,46 @@ TpCudaBackend::TpCudaBackend(const Model& model, TpPlan plan)
     : model_(model), plan_(std::move(plan)), ranks_(static_cast<size_t>(plan_.size)) {}
 
 TpCudaBackend::~TpCudaBackend() {
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    stop_ = true;
-  }
-  cv_step_.notify_all();
-  for (std::thread& t : workers_)
-    t.join();
+  threads_.reset();  // joined before the ranks go
 }
 
-void TpCudaBackend::worker_loop(int32_t rank) {
-  (void)cudaSetDevice(comm_->device(rank));
-  uint64_t seen = 0;
-  for (;;) {
-    const StepInput* in = nullptr;
-    {
-      std::unique_lock<std::mutex> lock(mu_);
-      cv_step_.wait(lock, [&] { return stop_ || generation_ != seen; });
-      if (stop_) return;
-      seen = generation_;
-      in = step_;
-    }
-    Status s = ranks_[static_cast<size_t>(rank)].backend->forward_only(*in);
-    if (!s.ok()) comm_->abort();  // rank 0 and the others must not wait for us
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      ranks_[static_cast<size_t>(rank)].status = std::move(s);
-      if (--pending_ == 0) cv_done_.notify_one();
-    }
-  }
-}
-
-Status TpCudaBackend::run(const StepInput& in, const std::function<Status(CudaBackend&)>& lead) {
+Status TpCudaBackend::run(const StepInput& in, bool prompt_rows,
+                          const std::function<Status(CudaBackend&)>& rank0) {
   if (failed_) {
     return make_error(ErrorCode::kUnavailable,
                       "tensor parallel: a rank failed in an earlier step; restart the server");
   }
   std::vector<int32_t> rows;
-  for (const SampleRow& s : in.samples)
-    rows.push_back(s.row);
-  for (const PromptLogprobRows& p : in.prompt_logprobs) {
-    for (size_t i = 0; i < p.targets.size(); ++i)
-      rows.push_back(p.first_row + static_cast<int32_t>(i));
-  }
+  logit_rows(in, prompt_rows, rows);
   // Against the engine's view (every rank holds at least its blocks), so
   // that no rank refuses a step the others run.
   CS_RETURN_IF_ERROR(
       validate_step(in, rows, model_.config.vocab_size, spec_.num_blocks, spec_.block_size));
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    step_ = &in;
-    pending_ = plan_.size - 1;
-    ++generation_;
+  // A failed rank aborts the communicator: the others' collectives return
+  // instead of waiting for it.
+  auto abort_on_error = [this](Status s) {
+    if (!s.ok()) comm_->abort();
+    return s;
+  };
+  auto forward = [&](int32_t r) {
+    return abort_on_error(ranks_[static_cast<size_t>(r)].backend->forward_only(in));
+  };
+  if (Status s = threads_->run(forward, [&] { return forward(0); }); !s.ok()) {
+    failed_ = true;
+    return s;
   }
-  cv_step_.notify_all();
-  Status s0 = lead(*ranks_[0].backend);
-  if (!s0.ok()) comm_->abort();
-  {
-    // `in` must outlive every rank's use of it.
-    std::unique_lock<std::mutex> lock(mu_);
-    cv_done_.wait(lock, [&] { return pending_ == 0; });
-    step_ = nullptr;
-  }
-  Status first = s0;
-  for (int32_t r = 1; r < plan_.size && first.ok(); ++r)
-    first = ranks_[static_cast<size_t>(r)].status;
-  if (!first.ok()) failed_ = true;
-  return first;
+  // Rank 0 alone from here: an error (say NaN logits) fails this step only.
+  return rank0(*ranks_[0].backend);
 }
 
 Status TpCudaBackend::execute(const StepInput& in, StepOutput& out) {
-  return run(in, [&](CudaBackend& b) { return b.execute(in, out); });
+  return run(in, /*prompt_rows=*/true,
+             [&](CudaBackend& b) { return b.sample_after_forward(in, out); });
 }
 
 Status TpCudaBackend::logits(const StepInput& in, std::vector<float>& out) {
-  return run(in, [&](CudaBackend& b) { return b.logits(in, out); });
+  return run(in, /*prompt_rows=*/false,
+             [&](CudaBackend& b) { return b.logits_after_forward(in, out); });
 }
 
 std::shared_ptr<void> TpCudaBackend::host_buffer(size_t bytes) {

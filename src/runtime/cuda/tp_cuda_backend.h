@@ -5,11 +5,12 @@
 //
 // NOTE: roles. As on the CPU: rank 0 is the calling (engine) thread, which
 // also samples; ranks 1..N-1 are threads of this process, one per rank, each
-// bound to its GPU, that run the same StepInput (shared by reference) and
-// nothing else. Every step is validated once here against the engine's view
-// before any rank starts, so either every rank reaches the all-reduces or
-// none does; a rank that still fails aborts the communicator (device_comm.h)
-// and the backend fails every later step.
+// bound to its GPU, that run the same StepInput's forward pass (shared by
+// reference) and nothing else; rank 0 then samples alone. Every step is
+// validated once here against the engine's view before any rank starts, so
+// either every rank reaches the all-reduces or none does; a rank whose
+// forward pass still fails aborts the communicator (device_comm.h) and the
+// backend fails every later step (sampling errors fail only their step).
 // KV transfers are decided once by the engine and applied to every rank:
 // rank r moves KV heads [kv_head_begin, kv_head_end) of the host KV (a
 // contiguous run of the [heads, tokens, head_dim] layout), and each KV head
@@ -19,16 +20,15 @@
 // smallest rank's block count.
 #pragma once
 
-#include <condition_variable>
+#include <functional>
 #include <memory>
-#include <mutex>
-#include <thread>
 #include <vector>
 
 #include "runtime/backend.h"
 #include "runtime/cpu/tp_plan.h"
 #include "runtime/cuda/cuda_backend.h"
 #include "runtime/cuda/device_comm.h"
+#include "runtime/rank_threads.h"
 #include "runtime/transfer_queue.h"
 
 namespace cartserve::cuda {
@@ -59,13 +59,13 @@ class TpCudaBackend final : public Backend {
   struct Rank {
     std::unique_ptr<Model> shard;
     std::unique_ptr<CudaBackend> backend;
-    Status status;  // of the rank's last step
   };
 
   TpCudaBackend(const Model& model, TpPlan plan);
-  void worker_loop(int32_t rank);
-  // Every rank runs `in`; rank 0 runs `lead` (sampling or logits).
-  Status run(const StepInput& in, const std::function<Status(CudaBackend&)>& lead);
+  // Every rank runs `in`'s forward pass; then rank 0 runs `rank0` (sampling
+  // or logits; the logit rows include prompt-logprob rows with `prompt_rows`).
+  Status run(const StepInput& in, bool prompt_rows,
+             const std::function<Status(CudaBackend&)>& rank0);
   // Rank r's slice of the whole model's host KV: its KV heads.
   HostKv rank_view(const HostKv& kv, int32_t rank) const;
   Status move_kv(const HostKv& kv, const KvBlockList& blocks, bool load);
@@ -75,17 +75,9 @@ class TpCudaBackend final : public Backend {
   KvSpec spec_;
   std::string name_;
   std::unique_ptr<DeviceComm> comm_;
-  std::vector<Rank> ranks_;  // [N]
-  bool failed_ = false;      // a rank failed inside a step: the comm is aborted
-
-  // Step hand-off to ranks 1..N-1.
-  std::mutex mu_;
-  std::condition_variable cv_step_, cv_done_;
-  const StepInput* step_ = nullptr;
-  uint64_t generation_ = 0;  // bumped per step
-  int32_t pending_ = 0;      // ranks > 0 still running the step
-  bool stop_ = false;
-  std::vector<std::thread> workers_;
+  std::vector<Rank> ranks_;               // [N]
+  bool failed_ = false;                   // a rank failed inside a step: the comm is aborted
+  std::unique_ptr<RankThreads> threads_;  // ranks 1..N-1, each bound to its GPU
 
   TransferQueue transfers_;  // declared last: its jobs use the ranks
 };
