@@ -28,6 +28,7 @@
 #include "runtime/cuda/device_comm.h"
 #include "runtime/cuda/tp_cuda_backend.h"
 #include "unit/tp/random_model.h"
+#include "unit/tp/tp_check.h"
 
 namespace cartserve {
 namespace {
@@ -145,30 +146,10 @@ cuda::CudaOptions gpu_options() {
   return o;
 }
 
-// Every prefill row (chunks of 7) then 5 decode steps.
-std::vector<float> run_logits(Backend& b, int vocab) {
-  testing::BackendDriver d(b);
-  std::vector<int32_t> prompt;
-  for (int i = 0; i < 37; ++i)
-    prompt.push_back((i * 31 + 5) % vocab);
-  auto out = d.append(prompt, /*all_logits=*/true, /*chunk=*/7);
-  EXPECT_TRUE(out.ok()) << out.status().to_string();
-  std::vector<float> all = out.ok() ? *out : std::vector<float>{};
-  for (int i = 0; i < 5; ++i) {
-    const int32_t t = (i * 17 + 3) % vocab;
-    auto step = d.append(std::span<const int32_t>(&t, 1));
-    EXPECT_TRUE(step.ok()) << step.status().to_string();
-    if (step.ok()) all.insert(all.end(), step->begin(), step->end());
-  }
-  return all;
-}
+using testing::max_abs_diff;
 
-float max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
-  EXPECT_EQ(a.size(), b.size());
-  float d = 0.f;
-  for (size_t i = 0; i < std::min(a.size(), b.size()); ++i)
-    d = std::max(d, std::fabs(a[i] - b[i]));
-  return d;
+std::vector<float> run_logits(Backend& b, int vocab) {
+  return testing::tp_run_logits(b, vocab);
 }
 
 std::unique_ptr<Backend> make_gpu(const Model& m, int tp, bool one_device) {
@@ -265,26 +246,8 @@ TEST(CudaTp, OneDeviceKvExportAndLoadByHead) {
     ASSERT_TRUE(id.ok()) << id.status().to_string();
     ASSERT_TRUE(b.wait_transfer(*id).ok());
   };
-  // A step of 3 tokens at positions T.. over blocks {4, 5, 6} holding the loaded prompt.
   auto continue_from = [&](Backend& b, Kv& k, Kv& v) {
-    auto id = b.start_kv_load(host_of(k, v), KvBlockList::whole({4, 5, 6}));
-    EXPECT_TRUE(id.ok());
-    if (id.ok()) {
-      EXPECT_TRUE(b.wait_transfer(*id).ok());
-    }
-    StepInput in;
-    const std::vector<int32_t> table = {4, 5, 6, 7};
-    const std::vector<int32_t> next = {11, 12, 13};
-    in.max_blocks = 4;
-    in.append_sequence(table, 16, T, next);
-    for (int i = 0; i < 3; ++i) {
-      SampleRow r;
-      r.row = i;
-      in.samples.push_back(r);
-    }
-    std::vector<float> logits;
-    EXPECT_TRUE(b.logits(in, logits).ok());
-    return logits;
+    return testing::tp_continue_from(b, host_of(k, v));
   };
   auto kv_diff = [&](const Kv& a, const Kv& b) {
     float d = 0.f;

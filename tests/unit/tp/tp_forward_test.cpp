@@ -24,6 +24,7 @@
 #include "random_model.h"
 #include "runtime/cpu/cpu_backend.h"
 #include "runtime/cpu/tp_backend.h"
+#include "tp_check.h"
 
 namespace cartserve {
 namespace {
@@ -43,30 +44,10 @@ std::unique_ptr<Backend> make(const Model& m, int tp) {
   return b.ok() ? std::unique_ptr<Backend>(std::move(b).value()) : nullptr;
 }
 
-// Every prefill row (chunks of 7) then 5 decode steps.
-std::vector<float> run_logits(Backend& b, const Model& m) {
-  testing::BackendDriver d(b);
-  std::vector<int32_t> prompt;
-  for (int i = 0; i < 37; ++i)
-    prompt.push_back((i * 31 + 5) % m.config.vocab_size);
-  auto out = d.append(prompt, /*all_logits=*/true, /*chunk=*/7);
-  EXPECT_TRUE(out.ok()) << out.status().to_string();
-  std::vector<float> all = out.ok() ? *out : std::vector<float>{};
-  for (int i = 0; i < 5; ++i) {
-    const int32_t t = (i * 17 + 3) % m.config.vocab_size;
-    auto step = d.append(std::span<const int32_t>(&t, 1));
-    EXPECT_TRUE(step.ok());
-    if (step.ok()) all.insert(all.end(), step->begin(), step->end());
-  }
-  return all;
-}
+using testing::max_abs_diff;
 
-float max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
-  EXPECT_EQ(a.size(), b.size());
-  float d = 0.f;
-  for (size_t i = 0; i < std::min(a.size(), b.size()); ++i)
-    d = std::max(d, std::fabs(a[i] - b[i]));
-  return d;
+std::vector<float> run_logits(Backend& b, const Model& m) {
+  return testing::tp_run_logits(b, m.config.vocab_size);
 }
 
 struct Case {
@@ -178,22 +159,7 @@ TEST(TpKvTransfer, ExportAndLoadByHead) {
       host.keys.push_back(k[static_cast<size_t>(l)].data());
       host.values.push_back(v[static_cast<size_t>(l)].data());
     }
-    auto id = b.start_kv_load(host, KvBlockList::whole({4, 5, 6}));
-    EXPECT_TRUE(id.ok());
-    EXPECT_TRUE(b.wait_transfer(*id).ok());
-    StepInput in;
-    const std::vector<int32_t> table = {4, 5, 6, 7};
-    const std::vector<int32_t> next = {11, 12, 13};
-    in.max_blocks = 4;
-    in.append_sequence(table, 16, T, next);
-    for (int i = 0; i < 3; ++i) {
-      SampleRow r;
-      r.row = i;
-      in.samples.push_back(r);
-    }
-    std::vector<float> logits;
-    EXPECT_TRUE(b.logits(in, logits).ok());
-    return logits;
+    return testing::tp_continue_from(b, host);
   };
   const std::vector<float> ref = continue_from(*ref_b, k1, v1);
 
