@@ -648,8 +648,6 @@ Status CudaBackend::prompt_logprobs(const StepInput& in, StepOutput& out) {
 
 Status CudaBackend::forward_only(const StepInput& in) {
   CS_CUDA(cudaSetDevice(opts_.device));
-  CS_RETURN_IF_ERROR(
-      validate_step(in, {}, model_.config.vocab_size, spec_.num_blocks, spec_.block_size));
   CS_RETURN_IF_ERROR(forward(in));
   // The pinned input area is rewritten by the next step.
   CS_CUDA(cudaStreamSynchronize(compute_));

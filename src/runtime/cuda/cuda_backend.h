@@ -73,7 +73,8 @@ class CudaBackend final : public Backend {
   using AllReduce = std::function<Status(bf16* data, size_t count, cudaStream_t s)>;
   void set_all_reduce(AllReduce f) { all_reduce_ = std::move(f); }
   // A step's forward pass alone, returning once the device has run it; then
-  // (tensor parallel rank 0) the rest of execute() or logits() over it.
+  // (tensor parallel rank 0) the rest of execute() or logits() over it. The
+  // caller has validated the step (TpCudaBackend: once for every rank).
   Status forward_only(const StepInput& in);
   Status sample_after_forward(const StepInput& in, StepOutput& out);
   Status logits_after_forward(const StepInput& in, std::vector<float>& out);
