@@ -13,7 +13,7 @@
 // figures go through the whole engine. Writes JSON; prints a table.
 //
 // Usage: gpu_bench MODEL [--out gpu_bench.json] [--repeats N] [--only GROUP] [--tp N]
-// GROUP (one set of figures, e.g. for a profiler run): linear, ops, decode,
+// GROUP (one set of figures, e.g. for a profiler run): linear, skinny, ops, decode,
 // decode1 (batch 1 only), prefill or ttft. --tp N: the backend and serving
 // figures through N tensor-parallel ranks on GPUs 0..N-1 (the floors stay
 // one GPU's; the kernel tables are one GPU's).
@@ -311,6 +311,10 @@ json linear_layers(const ModelConfig& c, double copy_bw) {
     x_elems = std::max(x_elems, static_cast<size_t>(128) * sh.in);
     y_elems = std::max(y_elems, static_cast<size_t>(128) * sh.out);
   }
+  // Weights rotate over copies filling at least kRotateBytes (several times
+  // the L2), so every launch reads them from memory as a decode step does.
+  constexpr size_t kRotateBytes = size_t{256} << 20;
+  w_elems = std::max(w_elems, kRotateBytes / 2);
   DeviceScratch d;
   auto* w = d.alloc<__nv_bfloat16>(w_elems, 0x3c);  // ~0.01: finite, not zero
   auto* x = d.alloc<__nv_bfloat16>(x_elems, 0x3c);
@@ -322,9 +326,15 @@ json linear_layers(const ModelConfig& c, double copy_bw) {
   auto skinny = cuda::Gemm::create(ws, 32 << 20, false, true);
   json rows = json::array();
   if (!with_gemv.ok() || !cublas.ok() || !heuristic.ok() || !skinny.ok()) return rows;
+  // The next weight copy of a shape, round robin.
+  auto rotate = [&, k = size_t{0}](const Shape& sh) mutable {
+    const size_t elems = static_cast<size_t>(sh.in) * sh.out;
+    return w + (k++ % std::max<size_t>(1, w_elems / elems)) * elems;
+  };
   auto time_us = [&](cuda::Gemm& g, const Shape& sh, int n, bool decode) {
     const bool f32 = sh.name == std::string("lm_head");
-    return launch_us([&] { (void)g.run(x, w, y, f32, n, sh.in, sh.out, nullptr, decode); });
+    return launch_us(
+        [&] { (void)g.run(x, rotate(sh), y, f32, n, sh.in, sh.out, nullptr, decode); });
   };
   std::printf("%-8s %3s %10s %10s %10s %10s %8s %8s %8s\n", "linear", "n", "skinny us", "gemv us",
               "heur. us", "cublas us", "skinny %", "gemv %", "cublas %");
@@ -351,6 +361,73 @@ json linear_layers(const ModelConfig& c, double copy_bw) {
                       {"cublaslt_fraction_of_floor", floor_us / b}});
       std::printf("%-8s %3d %10.2f %10.2f %10.2f %10.2f %7.0f%% %7.0f%% %7.0f%%\n", sh.name, n, k,
                   g, hb, b, 100.0 * floor_us / k, 100.0 * floor_us / g, 100.0 * floor_us / b);
+    }
+  }
+  return rows;
+}
+
+// The skinny kernel's launch shapes on the same layers: wk warps splitting k
+// (it changes the bits, so the backend's choice depends only on `in`) by mt
+// m-tiles per CTA (it does not), against cuBLASLt's heuristic pick.
+json skinny_shapes(const ModelConfig& c, double copy_bw) {
+  const int kvd = c.num_kv_heads * c.head_dim;
+  struct Shape {
+    const char* name;
+    int in, out;
+  };
+  const Shape shapes[] = {{"qkv", c.hidden_size, c.q_dim() + 2 * kvd},
+                          {"o", c.q_dim(), c.hidden_size},
+                          {"gate_up", c.hidden_size, 2 * c.intermediate_size},
+                          {"down", c.intermediate_size, c.hidden_size}};
+  constexpr int kRows[] = {1, 4, 16, 64, 128};
+  constexpr size_t kRotateBytes = size_t{256} << 20;
+  size_t w_elems = kRotateBytes / 2, x_elems = 0, y_elems = 0;
+  for (const Shape& sh : shapes) {
+    x_elems = std::max(x_elems, static_cast<size_t>(128) * sh.in);
+    y_elems = std::max(y_elems, static_cast<size_t>(128) * sh.out);
+  }
+  DeviceScratch d;
+  auto* w = d.alloc<__nv_bfloat16>(w_elems, 0x3c);
+  auto* x = d.alloc<__nv_bfloat16>(x_elems, 0x3c);
+  auto* y = d.alloc<__nv_bfloat16>(y_elems);
+  void* ws = d.alloc<uint8_t>(32 << 20);
+  auto heuristic = cuda::Gemm::create(ws, 32 << 20, false, false, false);
+  json rows = json::array();
+  if (!heuristic.ok()) return rows;
+  size_t k = 0;
+  auto weights = [&](const Shape& sh) {
+    const size_t elems = static_cast<size_t>(sh.in) * sh.out;
+    return w + (k++ % std::max<size_t>(1, w_elems / elems)) * elems;
+  };
+  std::printf("%-8s %3s %8s %s\n", "skinny", "n", "cublas", "us by wk x mt (2x1 2x2 2x4 4x1 ...)");
+  for (const Shape& sh : shapes) {
+    const double floor_us = 1e6 * 2.0 * sh.in * sh.out / copy_bw;
+    for (const int n : kRows) {
+      const double cub = launch_us([&] {
+        (void)(*heuristic)->run(x, weights(sh), y, false, n, sh.in, sh.out, nullptr, false);
+      });
+      json row = {{"layer", sh.name},
+                  {"in", sh.in},
+                  {"out", sh.out},
+                  {"rows", n},
+                  {"floor_us", floor_us},
+                  {"cublaslt_heuristic_us", cub},
+                  {"default_wk", ops::cuda::skinny_gemm_split(sh.in)}};
+      json shapes_us = json::object();
+      std::printf("%-8s %3d %8.2f", sh.name, n, cub);
+      for (const int wk : {2, 4, 8}) {
+        for (const int mt : {1, 2, 4}) {
+          const double us = launch_us([&] {
+            ops::cuda::skinny_gemm_shaped(x, weights(sh), y, false, n, sh.in, sh.out, nullptr, wk,
+                                          mt);
+          });
+          shapes_us[std::to_string(wk) + "x" + std::to_string(mt)] = us;
+          std::printf(" %6.2f", us);
+        }
+      }
+      std::printf("\n");
+      row["skinny_us_by_wk_x_mt"] = shapes_us;
+      rows.push_back(row);
     }
   }
   return rows;
@@ -717,6 +794,7 @@ int main(int argc, char** argv) {
 
   json figures = json::object();
   if (want("linear")) j["linear_layers"] = linear_layers(c, copy_bw);
+  if (want("linear") || want("skinny")) j["skinny_shapes"] = skinny_shapes(c, copy_bw);
   if (want("ops")) j["decode_other_ops"] = {decode_ops(c, copy_bw, 1), decode_ops(c, copy_bw, 64)};
   if (want("ops") || want("attention")) j["attention_splits"] = attention_splits(c, copy_bw);
   if (want("decode") || want("decode1") || want("prefill")) {

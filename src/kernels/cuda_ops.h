@@ -110,6 +110,11 @@ int skinny_gemm_split(int in);
 bool skinny_gemm_supports(const void* x, const void* w, int in);
 void skinny_gemm(const bf16* x, const bf16* w, void* y, bool y_fp32, int n, int in, int out,
                  cudaStream_t s);
+// skinny_gemm with its launch shape given (benchmarks, tests): wk warps split
+// k (1..8; the bits depend on it: skinny_gemm uses skinny_gemm_split(in)) and
+// mt m-tiles of 16 features per CTA (1, 2, 4; 0: by n; never the bits).
+void skinny_gemm_shaped(const bf16* x, const bf16* w, void* y, bool y_fp32, int n, int in, int out,
+                        cudaStream_t s, int wk, int mt);
 
 // Causal paged attention over any mix of prefill chunks and decode rows.
 // q: [num_tokens] rows of n_heads * head_dim, row i at q + i * q_row_stride

@@ -420,6 +420,16 @@ TEST(CudaOps, SkinnyGemmMatchesCpuLinearAndIsBatchInvariant) {
       // Rows [0, n) have the bits they have in the largest batch.
       if (n == kMaxRows) all = got32;
       EXPECT_EQ(0, std::memcmp(all.data(), got32.data(), got32.size() * sizeof(float)));
+      // Every CTA shape (m-tiles per CTA) gives the same bits.
+      for (const int mt : {1, 2, 4}) {
+        DeviceBuffer<float> y(static_cast<size_t>(n) * d.out);
+        cuda::skinny_gemm_shaped(bf(d_x), bf(d_w), y.get(), true, n, d.in, d.out, stream.get(),
+                                 cuda::skinny_gemm_split(d.in), mt);
+        stream.sync();
+        const auto got = y.download();
+        EXPECT_EQ(0, std::memcmp(all.data(), got.data(), got.size() * sizeof(float)))
+            << "mt " << mt;
+      }
     }
     // A single row taken from anywhere in the batch (another group, another
     // lane of its n-tile) alone gives its bits in the batch.

@@ -64,7 +64,7 @@ __global__ void __launch_bounds__(kMaxSplit * 32)
     skinny_kernel(const bf16* __restrict__ x /* [n, in] */,
                   const bf16* __restrict__ w /* [out, in] */, void* __restrict__ y /* [n, out] */,
                   int n, int in, int out, int wk, bool prefetch) {
-  constexpr int U = MT == 1 ? 4 : MT == 2 ? 2 : 1;  // chunks in flight: 8 uint4 of w per lane
+  constexpr int U = MT == 1 ? 4 : MT == 2 ? 2 : 1;  // chunks per group: 8 uint4 of w per lane
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int g = lane >> 2, t = lane & 3;
   const int chunks = in / 32;
@@ -120,9 +120,8 @@ __global__ void __launch_bounds__(kMaxSplit * 32)
         mma_chunk(acc[i][j], a[i][0], a[i][1], b);
     }
   };
-  int c = c_begin;
-  for (; c + U <= c_end; c += U) {
-    uint4 a[U][MT][2];
+  using Group = uint4[U][MT][2];
+  auto load = [&](Group& a, int c) {
 #pragma unroll
     for (int u = 0; u < U; ++u)
 #pragma unroll
@@ -130,9 +129,30 @@ __global__ void __launch_bounds__(kMaxSplit * 32)
 #pragma unroll
         for (int h = 0; h < 2; ++h)
           a[u][i][h] = __ldcs(wr[i][h] + 4 * (c + u));  // streamed: read once per step
+  };
+  // Groups of U chunks, software-pipelined: group k + 1's weights are in
+  // flight while group k's mmas run (two groups of registers).
+  int c = c_begin;
+  if (c + U <= c_end) {
+    Group cur;
+    load(cur, c);
+    for (; c + U <= c_end; c += U) {
+      Group nxt;
+      const bool more = c + 2 * U <= c_end;
+      if (more) load(nxt, c + U);
 #pragma unroll
-    for (int u = 0; u < U; ++u)
-      step(a[u], c + u);
+      for (int u = 0; u < U; ++u)
+        step(cur[u], c + u);
+      if (more) {
+#pragma unroll
+        for (int u = 0; u < U; ++u)
+#pragma unroll
+          for (int i = 0; i < MT; ++i)
+#pragma unroll
+            for (int h = 0; h < 2; ++h)
+              cur[u][i][h] = nxt[u][i][h];
+      }
+    }
   }
   for (; c < c_end; ++c) {
     uint4 a[MT][2];
@@ -145,28 +165,28 @@ __global__ void __launch_bounds__(kMaxSplit * 32)
   }
 
   // Partial sums of the k ranges, added in warp order: ((p0 + p1) + p2) + ...
-  __shared__ float part[MT * NT * 4 * 32];  // [MT][NT][4][lane]
-  for (int s = 1; s < wk; ++s) {
-    if (warp == s) {
+  // One m-tile at a time: warps 1..wk-1 park theirs, warp 0 adds them.
+  __shared__ float part[kMaxSplit - 1][NT * 4 * 32];  // [warp - 1][NT][4][lane]
 #pragma unroll
-      for (int i = 0; i < MT; ++i)
+  for (int i = 0; i < MT; ++i) {
+    if (wk == 1) break;
+    if (warp > 0) {
 #pragma unroll
-        for (int j = 0; j < NT; ++j)
+      for (int j = 0; j < NT; ++j)
 #pragma unroll
-          for (int q = 0; q < 4; ++q)
-            part[((i * NT + j) * 4 + q) * 32 + lane] = acc[i][j][q];
+        for (int q = 0; q < 4; ++q)
+          part[warp - 1][(j * 4 + q) * 32 + lane] = acc[i][j][q];
     }
     __syncthreads();
     if (warp == 0) {
-#pragma unroll
-      for (int i = 0; i < MT; ++i)
+      for (int s = 1; s < wk; ++s)
 #pragma unroll
         for (int j = 0; j < NT; ++j)
 #pragma unroll
           for (int q = 0; q < 4; ++q)
-            acc[i][j][q] += part[((i * NT + j) * 4 + q) * 32 + lane];
+            acc[i][j][q] += part[s - 1][(j * 4 + q) * 32 + lane];
     }
-    __syncthreads();
+    if (i + 1 < MT) __syncthreads();
   }
   if (warp != 0) return;
     // Accumulator q of lane (g, t): feature g (+8 for q >= 2), x row 2t (+1 for odd q).
@@ -192,15 +212,19 @@ __global__ void __launch_bounds__(kMaxSplit * 32)
 
 using Kernel = void (*)(const bf16*, const bf16*, void*, int, int, int, int, bool);
 
-// MT for NT n-tiles: a CTA's x reads (MT*16 features share them) stay at or
-// below its weight bytes.
+// MT for NT n-tiles by default: a CTA's x reads (MT*16 features share them)
+// stay at or below its weight bytes.
 constexpr int m_tiles(int nt) {
   return nt <= 2 ? 1 : nt <= 4 ? 2 : 4;
 }
 
+// [log2 MT][NT - 1]: every m-tile count for every n-tile count.
 template <bool F32_OUT, int... NT>
-constexpr auto kernel_table(std::integer_sequence<int, NT...>) {
-  return std::array<Kernel, sizeof...(NT)>{skinny_kernel<m_tiles(NT + 1), NT + 1, F32_OUT>...};
+constexpr auto kernel_row(std::integer_sequence<int, NT...>) {
+  using Row = std::array<Kernel, sizeof...(NT)>;
+  return std::array<Row, 3>{Row{skinny_kernel<1, NT + 1, F32_OUT>...},
+                            Row{skinny_kernel<2, NT + 1, F32_OUT>...},
+                            Row{skinny_kernel<4, NT + 1, F32_OUT>...}};
 }
 
 }  // namespace
@@ -214,22 +238,30 @@ bool skinny_gemm_supports(const void* x, const void* w, int in) {
   return in > 0 && in % 32 == 0 && aligned16(x) && aligned16(w);
 }
 
-void skinny_gemm(const bf16* x, const bf16* w, void* y, bool y_fp32, int n, int in, int out,
-                 cudaStream_t s) {
+void skinny_gemm_shaped(const bf16* x, const bf16* w, void* y, bool y_fp32, int n, int in, int out,
+                        cudaStream_t s, int wk, int mt) {
   if (n <= 0 || out <= 0) return;
   if (!skinny_gemm_supports(x, w, in)) {
     op_fail("skinny_gemm", "needs in % 32 == 0 and 16-byte aligned x, w");
   }
-  static constexpr auto kF32 = kernel_table<true>(std::make_integer_sequence<int, 8>{});
-  static constexpr auto kBf16 = kernel_table<false>(std::make_integer_sequence<int, 8>{});
+  if (wk < 1 || wk > kMaxSplit) op_fail("skinny_gemm", "needs 1 <= wk <= 8");
+  static constexpr auto kF32 = kernel_row<true>(std::make_integer_sequence<int, 8>{});
+  static constexpr auto kBf16 = kernel_row<false>(std::make_integer_sequence<int, 8>{});
   const int nt = (std::min(n, kGroupRows) + 7) / 8;
-  const int mt = m_tiles(nt);
-  const int wk = skinny_gemm_split(in);
+  if (mt == 0) mt = m_tiles(nt);
+  const int mt_index = mt == 1 ? 0 : mt == 2 ? 1 : mt == 4 ? 2 : -1;
+  if (mt_index < 0) op_fail("skinny_gemm", "needs mt in {1, 2, 4}");
   const dim3 grid(static_cast<unsigned>((n + kGroupRows - 1) / kGroupRows),
                   static_cast<unsigned>((out + 16 * mt - 1) / (16 * mt)));
-  const Kernel k = (y_fp32 ? kF32 : kBf16)[static_cast<size_t>(nt - 1)];
+  const Kernel k =
+      (y_fp32 ? kF32 : kBf16)[static_cast<size_t>(mt_index)][static_cast<size_t>(nt - 1)];
   launch(k, grid, wk * 32, 0, s, x, w, y, n, in, out, wk, pdl_enabled());
   check_launch("skinny_gemm");
+}
+
+void skinny_gemm(const bf16* x, const bf16* w, void* y, bool y_fp32, int n, int in, int out,
+                 cudaStream_t s) {
+  skinny_gemm_shaped(x, w, y, y_fp32, n, in, out, s, skinny_gemm_split(in), 0);
 }
 
 }  // namespace cartserve::ops::cuda
