@@ -83,9 +83,21 @@ void rope_qkv_write(bf16* qkv, const bf16* bias, const int32_t* positions, const
                     const int32_t* slot_mapping, const KvLayer& kv, int n, int n_heads,
                     cudaStream_t s);
 
-// SwiGLU over the fused gate/up projection: out[i, j] = silu(g) * u with
-// g = gate_up[i, j], u = gate_up[i, ff + j]. gate_up: [n, 2 * ff]; out: [n, ff].
-void silu_mul(const bf16* gate_up, bf16* out, int n, int ff, cudaStream_t s);
+// SwiGLU over the fused gate/up projection: out[i, j] = silu(g) * u, where a
+// row of gate_up [n, 2 * ff] holds gate and up features in alternating blocks
+// of `block` (which divides ff; 0 means ff, the plain [gate | up] layout):
+// g = gate_up[i, gate_up_offset(j, block)], u = the element `block` after it.
+// out: [n, ff].
+void silu_mul(const bf16* gate_up, bf16* out, int n, int ff, cudaStream_t s, int block = 0);
+// Where gate feature j sits in a gate/up row interleaved in blocks of `block`.
+constexpr int64_t gate_up_offset(int64_t j, int64_t block) {
+  return 2 * (j / block) * block + j % block;
+}
+// The block the CUDA backend interleaves gate and up rows in: 8 (one m-tile of
+// skinny_gemm holds 8 gate and the matching 8 up features) when it divides ff.
+constexpr int gate_up_block(int ff) {
+  return ff % 8 == 0 ? 8 : ff;
+}
 
 // A linear layer of a few rows (decode at small batch; twin: cpu linear_bf16):
 // y[n, out] = x[n, in] @ w[out, in]^T, fp32 accumulation, y fp32 when y_fp32
@@ -115,6 +127,12 @@ void skinny_gemm(const bf16* x, const bf16* w, void* y, bool y_fp32, int n, int 
 // mt m-tiles of 16 features per CTA (1, 2, 4; 0: by n; never the bits).
 void skinny_gemm_shaped(const bf16* x, const bf16* w, void* y, bool y_fp32, int n, int in, int out,
                         cudaStream_t s, int wk, int mt);
+// The gate/up projection of decode rows with SwiGLU in its epilogue:
+// act[n, ff] = silu_mul of x @ w_gate_up^T, w_gate_up [2 * ff, in] interleaved
+// in blocks of 8 (gate_up_block(ff) == 8, i.e. ff % 8 == 0). The same bits as
+// skinny_gemm into a bf16 projection followed by silu_mul(..., 8), batch-invariant.
+void skinny_gemm_swiglu(const bf16* x, const bf16* w_gate_up, bf16* act, int n, int in, int ff,
+                        cudaStream_t s);
 
 // Causal paged attention over any mix of prefill chunks and decode rows.
 // q: [num_tokens] rows of n_heads * head_dim, row i at q + i * q_row_stride

@@ -446,6 +446,38 @@ TEST(CudaOps, SkinnyGemmMatchesCpuLinearAndIsBatchInvariant) {
   }
 }
 
+// The gate/up projection with SwiGLU in skinny_gemm's epilogue: the bits of
+// skinny_gemm into a bf16 projection followed by silu_mul over it, at every
+// batch size and CTA shape.
+TEST(CudaOps, SkinnyGemmSwigluIsProjectionThenSiluMul) {
+  CS_REQUIRE_GPU();
+  Stream stream;
+  Seeds seeds(4600);
+  struct Dims {
+    int in, ff;
+  };
+  const Dims dims[] = {{576, 1536}, {3072, 8192}, {64, 24}};
+  for (const Dims d : dims) {
+    const uint64_t seed = seeds.next();
+    const auto w = randn_bf16(static_cast<size_t>(2 * d.ff) * d.in, seed, 0.05f);
+    const auto x = randn_bf16(static_cast<size_t>(130) * d.in, seed + 1);
+    DeviceBuffer<uint16_t> d_w(w), d_x(x);
+    for (const int n : {1, 3, 8, 17, 64, 130}) {
+      SCOPED_TRACE(str("in", d.in) + " " + str("ff", d.ff) + " " + str("n", n));
+      DeviceBuffer<uint16_t> gu(static_cast<size_t>(n) * 2 * d.ff),
+          want(static_cast<size_t>(n) * d.ff), got(want.size());
+      got.poison();
+      cuda::skinny_gemm(bf(d_x), bf(d_w), gu.get(), false, n, d.in, 2 * d.ff, stream.get());
+      cuda::silu_mul(bf(gu), bf(want), n, d.ff, stream.get(), 8);
+      cuda::skinny_gemm_swiglu(bf(d_x), bf(d_w), bf(got), n, d.in, d.ff, stream.get());
+      stream.sync();
+      const auto g = got.download();
+      EXPECT_EQ(count_poison(g), 0u);
+      EXPECT_EQ(g, want.download());
+    }
+  }
+}
+
 // ---- silu_mul --------------------------------------------------------------
 
 TEST(CudaOps, SiluMul) {
@@ -475,6 +507,22 @@ TEST(CudaOps, SiluMul) {
       report("silu_mul", what, e);
       EXPECT_EQ(e.n_bad, 0u) << describe_bad(e);
       EXPECT_LT(e.rel, rel_norm_bound(ref.size()));
+      // The backend's layout (gate and up rows alternating in blocks): the
+      // same outputs, bit for bit.
+      const int block = cuda::gate_up_block(ff);
+      std::vector<uint16_t> inter(gate_up.size());
+      for (int i = 0; i < n; ++i) {
+        for (int j = 0; j < ff; ++j) {
+          const size_t row = static_cast<size_t>(i) * 2 * ff;
+          const auto o = static_cast<size_t>(cuda::gate_up_offset(j, block));
+          inter[row + o] = gate_up[row + static_cast<size_t>(j)];
+          inter[row + o + static_cast<size_t>(block)] = gate_up[row + static_cast<size_t>(ff + j)];
+        }
+      }
+      DeviceBuffer<uint16_t> d_inter(inter), d_out2(ref.size());
+      cuda::silu_mul(bf(d_inter), bf(d_out2), n, ff, stream.get(), block);
+      stream.sync();
+      EXPECT_EQ(d_out2.download(), got) << "block " << block;
     }
   }
 }

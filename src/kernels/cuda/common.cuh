@@ -176,6 +176,13 @@ __device__ inline float block_max(float v, float* shared /* [32] */) {
 // ---- 16-byte vector access (pointers 16-byte aligned) ----------------------
 
 // 8 bf16 -> 8 floats (exact).
+// SwiGLU of one feature in fp32: silu(g) * u = g / (1 + exp(-g)) * u (expf,
+// not __expf; for g -> -inf the quotient goes to -0, never NaN). Every kernel
+// that applies it (silu_mul, skinny_gemm's gate/up epilogue) gets the same bits.
+__device__ __forceinline__ float silu_times(float g, float u) {
+  return g / (1.f + expf(-g)) * u;
+}
+
 __device__ __forceinline__ void load_bf16x8(const __nv_bfloat16* p, float (&f)[8]) {
   const uint4 u = *reinterpret_cast<const uint4*>(p);
   const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&u);

@@ -59,11 +59,19 @@ __device__ __forceinline__ void l2_prefetch(const void* p, int bytes) {
   asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(p), "r"(bytes) : "memory");
 }
 
-template <int MT, int NT, bool F32_OUT>
+// What a CTA writes: y in fp32 or bf16, or SwiGLU of an interleaved gate/up
+// projection: m-tile T holds gate features 8T..8T+7 (its rows 0-7) and the
+// matching up features (rows 8-15), so y is [n, out / 2] bf16 with
+// y[r, 8T + g] = silu(gate) * up, each rounded to bf16 first as silu_mul
+// reads them from a stored projection (the same bits as the two-step path).
+enum Epilogue { kF32, kBf16, kSwiglu };
+
+template <int MT, int NT, int EPI>
 __global__ void __launch_bounds__(kMaxSplit * 32)
     skinny_kernel(const bf16* __restrict__ x /* [n, in] */,
-                  const bf16* __restrict__ w /* [out, in] */, void* __restrict__ y /* [n, out] */,
-                  int n, int in, int out, int wk, bool prefetch) {
+                  const bf16* __restrict__ w /* [out, in] */,
+                  void* __restrict__ y /* [n, out], or [n, out / 2] for kSwiglu */, int n, int in,
+                  int out, int wk, bool prefetch) {
   constexpr int U = MT == 1 ? 4 : MT == 2 ? 2 : 1;  // chunks per group: 8 uint4 of w per lane
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int g = lane >> 2, t = lane & 3;
@@ -194,16 +202,30 @@ __global__ void __launch_bounds__(kMaxSplit * 32)
   for (int i = 0; i < MT; ++i) {
 #pragma unroll
     for (int j = 0; j < NT; ++j) {
+      if constexpr (EPI == kSwiglu) {
+        const int tile = m0 / 16 + i;
+        if (16 * tile >= out) continue;  // out % 16 == 0: whole tiles
 #pragma unroll
-      for (int q = 0; q < 4; ++q) {
-        const int m = m0 + 16 * i + g + 8 * (q >> 1);
-        const int r = r0 + 8 * j + 2 * t + (q & 1);
-        if (m >= out || r >= n) continue;
-        const int64_t o = static_cast<int64_t>(r) * out + m;
-        if constexpr (F32_OUT) {
-          static_cast<float*>(y)[o] = acc[i][j][q];
-        } else {
-          static_cast<bf16*>(y)[o] = __float2bfloat16_rn(acc[i][j][q]);
+        for (int p = 0; p < 2; ++p) {
+          const int r = r0 + 8 * j + 2 * t + p;
+          if (r >= n) continue;
+          const float gate = __bfloat162float(__float2bfloat16_rn(acc[i][j][p]));
+          const float up = __bfloat162float(__float2bfloat16_rn(acc[i][j][2 + p]));
+          static_cast<bf16*>(y)[static_cast<int64_t>(r) * (out / 2) + 8 * tile + g] =
+              __float2bfloat16_rn(silu_times(gate, up));
+        }
+      } else {
+#pragma unroll
+        for (int q = 0; q < 4; ++q) {
+          const int m = m0 + 16 * i + g + 8 * (q >> 1);
+          const int r = r0 + 8 * j + 2 * t + (q & 1);
+          if (m >= out || r >= n) continue;
+          const int64_t o = static_cast<int64_t>(r) * out + m;
+          if constexpr (EPI == kF32) {
+            static_cast<float*>(y)[o] = acc[i][j][q];
+          } else {
+            static_cast<bf16*>(y)[o] = __float2bfloat16_rn(acc[i][j][q]);
+          }
         }
       }
     }
@@ -219,12 +241,34 @@ constexpr int m_tiles(int nt) {
 }
 
 // [log2 MT][NT - 1]: every m-tile count for every n-tile count.
-template <bool F32_OUT, int... NT>
+template <int EPI, int... NT>
 constexpr auto kernel_row(std::integer_sequence<int, NT...>) {
   using Row = std::array<Kernel, sizeof...(NT)>;
-  return std::array<Row, 3>{Row{skinny_kernel<1, NT + 1, F32_OUT>...},
-                            Row{skinny_kernel<2, NT + 1, F32_OUT>...},
-                            Row{skinny_kernel<4, NT + 1, F32_OUT>...}};
+  return std::array<Row, 3>{Row{skinny_kernel<1, NT + 1, EPI>...},
+                            Row{skinny_kernel<2, NT + 1, EPI>...},
+                            Row{skinny_kernel<4, NT + 1, EPI>...}};
+}
+
+void launch_skinny(int epi, const bf16* x, const bf16* w, void* y, int n, int in, int out,
+                   cudaStream_t s, int wk, int mt) {
+  if (n <= 0 || out <= 0) return;
+  if (!skinny_gemm_supports(x, w, in)) {
+    op_fail("skinny_gemm", "needs in % 32 == 0 and 16-byte aligned x, w");
+  }
+  if (wk < 1 || wk > kMaxSplit) op_fail("skinny_gemm", "needs 1 <= wk <= 8");
+  using Table = std::array<std::array<Kernel, 8>, 3>;
+  static constexpr Table kTables[3] = {kernel_row<kF32>(std::make_integer_sequence<int, 8>{}),
+                                       kernel_row<kBf16>(std::make_integer_sequence<int, 8>{}),
+                                       kernel_row<kSwiglu>(std::make_integer_sequence<int, 8>{})};
+  const int nt = (std::min(n, kGroupRows) + 7) / 8;
+  if (mt == 0) mt = m_tiles(nt);
+  const int mt_index = mt == 1 ? 0 : mt == 2 ? 1 : mt == 4 ? 2 : -1;
+  if (mt_index < 0) op_fail("skinny_gemm", "needs mt in {1, 2, 4}");
+  const dim3 grid(static_cast<unsigned>((n + kGroupRows - 1) / kGroupRows),
+                  static_cast<unsigned>((out + 16 * mt - 1) / (16 * mt)));
+  const Kernel k = kTables[epi][static_cast<size_t>(mt_index)][static_cast<size_t>(nt - 1)];
+  launch(k, grid, wk * 32, 0, s, x, w, y, n, in, out, wk, pdl_enabled());
+  check_launch("skinny_gemm");
 }
 
 }  // namespace
@@ -240,28 +284,18 @@ bool skinny_gemm_supports(const void* x, const void* w, int in) {
 
 void skinny_gemm_shaped(const bf16* x, const bf16* w, void* y, bool y_fp32, int n, int in, int out,
                         cudaStream_t s, int wk, int mt) {
-  if (n <= 0 || out <= 0) return;
-  if (!skinny_gemm_supports(x, w, in)) {
-    op_fail("skinny_gemm", "needs in % 32 == 0 and 16-byte aligned x, w");
-  }
-  if (wk < 1 || wk > kMaxSplit) op_fail("skinny_gemm", "needs 1 <= wk <= 8");
-  static constexpr auto kF32 = kernel_row<true>(std::make_integer_sequence<int, 8>{});
-  static constexpr auto kBf16 = kernel_row<false>(std::make_integer_sequence<int, 8>{});
-  const int nt = (std::min(n, kGroupRows) + 7) / 8;
-  if (mt == 0) mt = m_tiles(nt);
-  const int mt_index = mt == 1 ? 0 : mt == 2 ? 1 : mt == 4 ? 2 : -1;
-  if (mt_index < 0) op_fail("skinny_gemm", "needs mt in {1, 2, 4}");
-  const dim3 grid(static_cast<unsigned>((n + kGroupRows - 1) / kGroupRows),
-                  static_cast<unsigned>((out + 16 * mt - 1) / (16 * mt)));
-  const Kernel k =
-      (y_fp32 ? kF32 : kBf16)[static_cast<size_t>(mt_index)][static_cast<size_t>(nt - 1)];
-  launch(k, grid, wk * 32, 0, s, x, w, y, n, in, out, wk, pdl_enabled());
-  check_launch("skinny_gemm");
+  launch_skinny(y_fp32 ? kF32 : kBf16, x, w, y, n, in, out, s, wk, mt);
 }
 
 void skinny_gemm(const bf16* x, const bf16* w, void* y, bool y_fp32, int n, int in, int out,
                  cudaStream_t s) {
-  skinny_gemm_shaped(x, w, y, y_fp32, n, in, out, s, skinny_gemm_split(in), 0);
+  launch_skinny(y_fp32 ? kF32 : kBf16, x, w, y, n, in, out, s, skinny_gemm_split(in), 0);
+}
+
+void skinny_gemm_swiglu(const bf16* x, const bf16* w_gate_up, bf16* act, int n, int in, int ff,
+                        cudaStream_t s) {
+  if (ff % 8 != 0) op_fail("skinny_gemm_swiglu", "needs ff % 8 == 0 (gate/up blocks of 8)");
+  launch_skinny(kSwiglu, x, w_gate_up, act, n, in, 2 * ff, s, skinny_gemm_split(in), 0);
 }
 
 }  // namespace cartserve::ops::cuda

@@ -1,5 +1,6 @@
-// SwiGLU over the fused gate/up projection: out[i, j] = silu(g) * u,
-// g = gate_up[i, j], u = gate_up[i, ff + j].
+// SwiGLU over the fused gate/up projection: out[i, j] = silu(g) * u, where a
+// row of gate_up holds gate and up in alternating blocks of `block` features
+// (gate_up_offset(): block == ff is the plain [gate | up] layout).
 //
 // Design: purely element-wise and bandwidth-bound. A flat grid-stride loop
 // over the n * ff outputs in chunks of 8 (16-byte loads of g and u, one
@@ -16,14 +17,10 @@ namespace {
 
 constexpr int kThreads = 256;
 
-__device__ __forceinline__ float silu_mul_f(float g, float u) {
-  return g / (1.f + expf(-g)) * u;
-}
-
 template <int VEC>
 __global__ void __launch_bounds__(kThreads)
     silu_mul_kernel(const bf16* __restrict__ gate_up /* [n, 2 * ff] */,
-                    bf16* __restrict__ out /* [n, ff] */, int64_t n, int ff) {
+                    bf16* __restrict__ out /* [n, ff] */, int64_t n, int ff, int block) {
   pdl_trigger();
   pdl_wait();
   const int per_row = ff / VEC;  // chunks per output row
@@ -32,33 +29,38 @@ __global__ void __launch_bounds__(kThreads)
        c += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t row = c / per_row;
     const int j = static_cast<int>(c - row * per_row) * VEC;
-    const bf16* g = gate_up + row * 2 * ff + j;
+    // A chunk of VEC never straddles two blocks (block % VEC == 0).
+    const bf16* g = gate_up + row * 2 * ff + 2 * (j / block) * block + j % block;
     bf16* o = out + row * ff + j;
     if constexpr (VEC == 8) {
       float gv[8], uv[8], ov[8];
       load_bf16x8(g, gv);
-      load_bf16x8(g + ff, uv);
+      load_bf16x8(g + block, uv);
 #pragma unroll
       for (int k = 0; k < 8; ++k)
-        ov[k] = silu_mul_f(gv[k], uv[k]);
+        ov[k] = silu_times(gv[k], uv[k]);
       store_bf16x8(o, ov);
     } else {
-      *o = __float2bfloat16_rn(silu_mul_f(__bfloat162float(g[0]), __bfloat162float(g[ff])));
+      *o = __float2bfloat16_rn(silu_times(__bfloat162float(g[0]), __bfloat162float(g[block])));
     }
   }
 }
 
 }  // namespace
 
-void silu_mul(const bf16* gate_up, bf16* out, int n, int ff, cudaStream_t s) {
+void silu_mul(const bf16* gate_up, bf16* out, int n, int ff, cudaStream_t s, int block) {
   if (n <= 0 || ff <= 0) return;
-  const bool vec = ff % 8 == 0 && aligned16(gate_up) && aligned16(out);
+  if (block == 0) block = ff;
+  if (block < 0 || ff % block != 0) op_fail("silu_mul", "block must divide ff");
+  const bool vec = block % 8 == 0 && aligned16(gate_up) && aligned16(out);
   const long long work = static_cast<long long>(n) * (vec ? ff / 8 : ff);
   const unsigned grid = grid_for(work, kThreads);
   if (vec) {
-    launch(silu_mul_kernel<8>, grid, kThreads, 0, s, gate_up, out, static_cast<int64_t>(n), ff);
+    launch(silu_mul_kernel<8>, grid, kThreads, 0, s, gate_up, out, static_cast<int64_t>(n), ff,
+           block);
   } else {
-    launch(silu_mul_kernel<1>, grid, kThreads, 0, s, gate_up, out, static_cast<int64_t>(n), ff);
+    launch(silu_mul_kernel<1>, grid, kThreads, 0, s, gate_up, out, static_cast<int64_t>(n), ff,
+           block);
   }
   check_launch("silu_mul");
 }

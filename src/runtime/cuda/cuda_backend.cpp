@@ -500,8 +500,11 @@ Status CudaBackend::layers(const Shape& sh) {
     CS_RETURN_IF_ERROR(linear(b.attn, w.wo, b.delta, Q, H));
     if (all_reduce_) CS_RETURN_IF_ERROR(all_reduce_(b.delta, static_cast<size_t>(n) * H, compute_));
     ops::add_rms_norm(b.x, b.delta, w.ffn_norm, b.xn, n, H, eps, compute_);
-    CS_RETURN_IF_ERROR(linear(b.xn, w.wgu, b.gu, H, 2 * FF));
-    ops::silu_mul(b.gu, b.act, n, FF, compute_);
+    for (const Shape::Run& r : sh.runs) {
+      const int64_t row = r.first;
+      CS_RETURN_IF_ERROR(gemm_->run_swiglu(b.xn + row * H, w.wgu, b.gu + row * 2 * FF,
+                                           b.act + row * FF, r.count, H, FF, compute_, r.decode));
+    }
     CS_RETURN_IF_ERROR(linear(b.act, w.wdown, b.delta, FF, H));
     if (all_reduce_) CS_RETURN_IF_ERROR(all_reduce_(b.delta, static_cast<size_t>(n) * H, compute_));
   }

@@ -4,6 +4,7 @@
 #include <utility>
 
 #include "core/thread_pool.h"
+#include "kernels/cuda_ops.h"
 #include "model/rope.h"
 #include "runtime/cuda/cuda_status.h"
 
@@ -35,6 +36,24 @@ class Packer {
     for (const Tensor* t : parts) {
       to_bf16(*t, dst);
       dst += t->numel();
+    }
+    return off;
+  }
+  // Gate [ff, cols] and up [ff, cols] as one [2 * ff, cols] matrix whose rows
+  // alternate in blocks of `block` (which divides ff): gate rows [k*block,
+  // (k+1)*block), then the same up rows, for k = 0, 1, ...
+  uint64_t gate_up(const Tensor& gate, const Tensor& up, int64_t block) {
+    const int64_t ff = gate.dim(0), cols = gate.numel() / ff;
+    const uint64_t off = reserve(static_cast<uint64_t>(2 * ff * cols) * sizeof(uint16_t));
+    if (measure_) return off;
+    auto* dst = reinterpret_cast<uint16_t*>(image_.data() + off);
+    std::vector<uint16_t> g(static_cast<size_t>(ff * cols)), u(g.size());
+    to_bf16(gate, g.data());
+    to_bf16(up, u.data());
+    const size_t block_elems = static_cast<size_t>(block * cols);
+    for (int64_t k = 0; k < ff / block; ++k) {
+      std::memcpy(dst + 2 * k * block_elems, g.data() + k * block_elems, block_elems * 2);
+      std::memcpy(dst + (2 * k + 1) * block_elems, u.data() + k * block_elems, block_elems * 2);
     }
     return off;
   }
@@ -103,7 +122,8 @@ Offsets pack(const Model& model, Packer& p) {
     if (ol.bias) ol.bqkv = p.matrix({&l.bq, &l.bk, &l.bv});
     ol.wo = p.matrix({&l.wo});
     ol.ffn_norm = p.matrix({&l.ffn_norm});
-    ol.wgu = p.matrix({&l.w_gate, &l.w_up});
+    ol.wgu =
+        p.gate_up(l.w_gate, l.w_up, ops::cuda::gate_up_block(static_cast<int>(l.w_gate.dim(0))));
     ol.wdown = p.matrix({&l.w_down});
     o.layers.push_back(ol);
   }

@@ -1,7 +1,9 @@
 // A model's weights on the GPU, in bf16, in one allocation: QKV fused into
 // one matrix [q_dim + 2 * kv_dim, hidden] (rows q | k | v), gate and up into
-// one [2 * ff, hidden] (rows gate | up). From any host weights (fp32 or bf16;
-// GGUF files are dequantized at load).
+// one [2 * ff, hidden] with their rows alternating in blocks of
+// ops::cuda::gate_up_block(ff) (8: a skinny_gemm m-tile holds matching gate and
+// up features, so SwiGLU fits its epilogue). From any host weights (fp32 or
+// bf16; GGUF files are dequantized at load).
 #pragma once
 
 #include <cuda_bf16.h>
@@ -23,7 +25,7 @@ struct DeviceLayer {
   const bf16* bqkv = nullptr;       // [q_dim + 2 * kv_dim] or null
   const bf16* wo = nullptr;         // [hidden, q_dim]
   const bf16* ffn_norm = nullptr;   // [hidden]
-  const bf16* wgu = nullptr;        // [2 * ff, hidden]
+  const bf16* wgu = nullptr;        // [2 * ff, hidden], gate/up in blocks (above)
   const bf16* wdown = nullptr;      // [hidden, ff]
 };
 

@@ -156,4 +156,17 @@ Status Gemm::run(const __nv_bfloat16* x, const __nv_bfloat16* w, void* y, bool y
   return {};
 }
 
+Status Gemm::run_swiglu(const __nv_bfloat16* x, const __nv_bfloat16* w_gate_up, __nv_bfloat16* gu,
+                        __nv_bfloat16* act, int n, int in, int ff, cudaStream_t s, bool decode) {
+  if (n == 0) return {};
+  const int block = ops::cuda::gate_up_block(ff);
+  if (decode && skinny_ && block == 8 && ops::cuda::skinny_gemm_supports(x, w_gate_up, in)) {
+    ops::cuda::skinny_gemm_swiglu(x, w_gate_up, act, n, in, ff, s);
+    return {};
+  }
+  CS_RETURN_IF_ERROR(run(x, w_gate_up, gu, false, n, in, 2 * ff, s, decode));
+  ops::cuda::silu_mul(gu, act, n, ff, s, block);
+  return {};
+}
+
 }  // namespace cartserve::cuda

@@ -57,6 +57,12 @@ class Gemm {
   // decode: rows whose bits must not depend on n (see the top of this file).
   Status run(const __nv_bfloat16* x, const __nv_bfloat16* w, void* y, bool y_fp32, int n, int in,
              int out, cudaStream_t s, bool decode = false);
+  // The gate/up projection and SwiGLU: act[n, ff] from x [n, in] and w_gate_up
+  // [2 * ff, in] (gate/up rows in blocks of ops::cuda::gate_up_block(ff)).
+  // Decode rows with skinny on: one kernel (SwiGLU in its epilogue); else the
+  // projection into gu [n, 2 * ff] (bf16 scratch), then silu_mul.
+  Status run_swiglu(const __nv_bfloat16* x, const __nv_bfloat16* w_gate_up, __nv_bfloat16* gu,
+                    __nv_bfloat16* act, int n, int in, int ff, cudaStream_t s, bool decode = false);
 
  private:
   Gemm() = default;
