@@ -103,10 +103,9 @@ constexpr int gate_up_block(int ff) {
 // y[n, out] = x[n, in] @ w[out, in]^T, fp32 accumulation, y fp32 when y_fp32
 // else bf16, for 1 <= n <= kGemvMaxRows, in % 8 == 0 and 16-byte aligned x
 // and w (gemv_supports); a row's bits do not depend on n. A stream over w:
-// at n = 1 it reads the 3B shape's layers at 74-108% of the device copy rate
-// (H200; cuBLASLt 40-103%), from n = 2 on it falls behind cuBLASLt (the x
-// rows are re-read per weight chunk). Gemm uses it only when asked to.
-constexpr int kGemvMaxRows = 8;
+// at n = 1 it reads the 3B shape's layers at 68-105% of the device copy rate
+// (H100, weights not in L2; cuBLASLt 44-98%). Gemm runs decode rows through it.
+constexpr int kGemvMaxRows = 16;
 bool gemv_supports(const void* x, const void* w, int n, int in);
 void gemv(const bf16* x, const bf16* w, void* y, bool y_fp32, int n, int in, int out,
           cudaStream_t s);

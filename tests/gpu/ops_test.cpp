@@ -372,8 +372,9 @@ TEST(CudaOps, GemvMatchesCpuLinear) {
     ops::cpu::linear_bf16(xf.data(), w.data(), nullptr, ref.data(), cuda::kGemvMaxRows, d.in, d.out,
                           ops::cpu::LinearKernel::kPerRow);
     DeviceBuffer<uint16_t> d_w(w), d_x(x);
-    std::vector<float> row0_f32;  // row 0 at n = 1: the bits every n must give
-    for (const int n : {1, 2, 3, 5, 8}) {
+    std::vector<float> all;  // every row at n = kGemvMaxRows: the bits each n must give
+    // 1-2 rows: one weight row per warp; 3-8: two; 9-16: four.
+    for (const int n : {cuda::kGemvMaxRows, 1, 2, 3, 5, 8, 9, 13}) {
       ASSERT_TRUE(cuda::gemv_supports(d_x.get(), d_w.get(), n, d.in));
       const std::vector<float> want(ref.begin(), ref.begin() + static_cast<ptrdiff_t>(n) * d.out);
       const std::string what = str("in", d.in) + " " + str("out", d.out) + " " + str("n", n);
@@ -382,8 +383,8 @@ TEST(CudaOps, GemvMatchesCpuLinear) {
         cuda::gemv(bf(d_x), bf(d_w), y, f32, n, d.in, d.out, stream.get());
       });
       // A row's bits do not depend on how many rows run with it.
-      if (n == 1) row0_f32 = got32;
-      EXPECT_EQ(0, std::memcmp(row0_f32.data(), got32.data(), row0_f32.size() * sizeof(float)));
+      if (n == cuda::kGemvMaxRows) all = got32;
+      EXPECT_EQ(0, std::memcmp(all.data(), got32.data(), got32.size() * sizeof(float)));
     }
   }
 }

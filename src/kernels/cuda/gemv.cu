@@ -2,13 +2,17 @@
 // bf16 operands, fp32 accumulation, n <= kGemvMaxRows.
 //
 // Design: the weights are read once and dominate the bytes, so the kernel is
-// a stream over w. One warp owns one output row: its 32 lanes walk the row in
-// 16-byte chunks (lane j takes chunks j, j + 32, ...), four chunks in flight
-// per lane, and multiply each against the same chunk of every x row (x is
-// small and stays in L1/L2). Each lane keeps n fp32 partial sums; a butterfly
-// over the warp adds them and lane 0 writes the n outputs of its row.
-// The summation order depends only on `in` (not on n, the grid or timing), so
-// a row's result is the same bits in any batch of at most kGemvMaxRows rows.
+// a stream over w. One warp owns R output rows (1, 2 or 4 by n): its 32 lanes
+// walk them in 16-byte chunks (lane j takes chunks j, j + 32, ...), four
+// chunks in flight per lane, and multiply each against the same chunk of every
+// x row (x is small and stays in L1/L2; one x load serves the R rows). Each
+// lane keeps R x n fp32 partial sums; a butterfly over the warp adds them and
+// lane 0 writes the outputs of its rows.
+// The summation order depends only on `in` (not on n, R, the grid or timing),
+// so a row's result is the same bits in any batch of at most kGemvMaxRows rows.
+#include <array>
+#include <utility>
+
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda_ops.h"
 
@@ -33,66 +37,104 @@ __device__ __forceinline__ float dot8(const uint4& w, const uint4& x, float acc)
   return acc;
 }
 
-template <int N, bool F32_OUT>
+template <int N, int R, bool F32_OUT>
 __global__ void __launch_bounds__(kWarps * 32)
     gemv_kernel(const bf16* __restrict__ x /* [N, in] */,
                 const bf16* __restrict__ w /* [out, in] */, void* __restrict__ y /* [N, out] */,
                 int in, int out) {
+  constexpr int U = kUnroll / R;  // chunks of each row in flight per lane
   const int lane = threadIdx.x & 31;
-  const int row = blockIdx.x * kWarps + (threadIdx.x >> 5);
-  if (row >= out) return;  // the whole warp: no CTA-wide synchronisation below
+  const int row0 = (blockIdx.x * kWarps + (threadIdx.x >> 5)) * R;
+  if (row0 >= out) return;  // the whole warp: no CTA-wide synchronisation below
   const int chunks = in / 8;
-  const uint4* wr = reinterpret_cast<const uint4*>(w + static_cast<int64_t>(row) * in);
+  const uint4* wr[R];
+#pragma unroll
+  for (int r = 0; r < R; ++r)  // rows past `out` read the last row and are not written
+    wr[r] = reinterpret_cast<const uint4*>(w + static_cast<int64_t>(min(row0 + r, out - 1)) * in);
   const uint4* xr = reinterpret_cast<const uint4*>(x);
-  float acc[N];
+  float acc[R][N];
 #pragma unroll
-  for (int t = 0; t < N; ++t)
-    acc[t] = 0.f;
+  for (int r = 0; r < R; ++r)
+#pragma unroll
+    for (int t = 0; t < N; ++t)
+      acc[r][t] = 0.f;
+  // Each x chunk is loaded once for the warp's R rows. Every accumulator takes
+  // its lane's chunks in increasing order whatever U and R are.
   int c = lane;
-  for (; c + (kUnroll - 1) * 32 < chunks; c += kUnroll * 32) {
-    uint4 wv[kUnroll];
+  for (; c + (U - 1) * 32 < chunks; c += U * 32) {
+    uint4 wv[U][R];
 #pragma unroll
-    for (int u = 0; u < kUnroll; ++u)
-      wv[u] = __ldcs(wr + c + u * 32);  // streamed once: do not keep in cache
+    for (int u = 0; u < U; ++u)
 #pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
+      for (int r = 0; r < R; ++r)
+        wv[u][r] = __ldcs(wr[r] + c + u * 32);  // streamed once: do not keep in cache
 #pragma unroll
-      for (int t = 0; t < N; ++t)
-        acc[t] = dot8(wv[u], __ldg(xr + static_cast<int64_t>(t) * chunks + c + u * 32), acc[t]);
+    for (int u = 0; u < U; ++u) {
+#pragma unroll
+      for (int t = 0; t < N; ++t) {
+        const uint4 xv = __ldg(xr + static_cast<int64_t>(t) * chunks + c + u * 32);
+#pragma unroll
+        for (int r = 0; r < R; ++r)
+          acc[r][t] = dot8(wv[u][r], xv, acc[r][t]);
+      }
     }
   }
   for (; c < chunks; c += 32) {
-    const uint4 wv = __ldcs(wr + c);
+    uint4 wv[R];
 #pragma unroll
-    for (int t = 0; t < N; ++t)
-      acc[t] = dot8(wv, __ldg(xr + static_cast<int64_t>(t) * chunks + c), acc[t]);
-  }
-#pragma unroll
-  for (int t = 0; t < N; ++t)
-    acc[t] = warp_sum(acc[t]);
-  if (lane == 0) {
+    for (int r = 0; r < R; ++r)
+      wv[r] = __ldcs(wr[r] + c);
 #pragma unroll
     for (int t = 0; t < N; ++t) {
-      const int64_t i = static_cast<int64_t>(t) * out + row;
-      if constexpr (F32_OUT) {
-        static_cast<float*>(y)[i] = acc[t];
-      } else {
-        static_cast<bf16*>(y)[i] = __float2bfloat16_rn(acc[t]);
+      const uint4 xv = __ldg(xr + static_cast<int64_t>(t) * chunks + c);
+#pragma unroll
+      for (int r = 0; r < R; ++r)
+        acc[r][t] = dot8(wv[r], xv, acc[r][t]);
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < R; ++r)
+#pragma unroll
+    for (int t = 0; t < N; ++t)
+      acc[r][t] = warp_sum(acc[r][t]);
+  if (lane == 0) {
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      if (row0 + r >= out) break;
+#pragma unroll
+      for (int t = 0; t < N; ++t) {
+        const int64_t i = static_cast<int64_t>(t) * out + row0 + r;
+        if constexpr (F32_OUT) {
+          static_cast<float*>(y)[i] = acc[r][t];
+        } else {
+          static_cast<bf16*>(y)[i] = __float2bfloat16_rn(acc[r][t]);
+        }
       }
     }
   }
 }
 
+// Weight rows per warp for n x rows: one at n <= 2 (the most rows in flight),
+// more as n grows so that each x chunk load serves several rows.
+constexpr int rows_per_warp(int n) {
+  return n <= 2 ? 1 : n <= 8 ? 2 : 4;
+}
+
+using Kernel = void (*)(const bf16*, const bf16*, void*, int, int);
+
+template <bool F32_OUT, int... I>
+constexpr auto kernel_table(std::integer_sequence<int, I...>) {
+  return std::array<Kernel, sizeof...(I)>{gemv_kernel<I + 1, rows_per_warp(I + 1), F32_OUT>...};
+}
+
 template <bool F32_OUT>
 void launch(const bf16* x, const bf16* w, void* y, int n, int in, int out, cudaStream_t s) {
-  using Kernel = void (*)(const bf16*, const bf16*, void*, int, int);
   // One instance per row count: the partial sums live in registers.
-  constexpr Kernel kernels[kGemvMaxRows] = {gemv_kernel<1, F32_OUT>, gemv_kernel<2, F32_OUT>,
-                                            gemv_kernel<3, F32_OUT>, gemv_kernel<4, F32_OUT>,
-                                            gemv_kernel<5, F32_OUT>, gemv_kernel<6, F32_OUT>,
-                                            gemv_kernel<7, F32_OUT>, gemv_kernel<8, F32_OUT>};
-  const unsigned grid = static_cast<unsigned>((out + kWarps - 1) / kWarps);
-  kernels[n - 1]<<<grid, kWarps * 32, 0, s>>>(x, w, y, in, out);
+  static constexpr auto kKernels =
+      kernel_table<F32_OUT>(std::make_integer_sequence<int, kGemvMaxRows>{});
+  const int rows_per_cta = kWarps * rows_per_warp(n);
+  const unsigned grid = static_cast<unsigned>((out + rows_per_cta - 1) / rows_per_cta);
+  kKernels[static_cast<size_t>(n - 1)]<<<grid, kWarps * 32, 0, s>>>(x, w, y, in, out);
 }
 
 }  // namespace
@@ -104,7 +146,8 @@ bool gemv_supports(const void* x, const void* w, int n, int in) {
 void gemv(const bf16* x, const bf16* w, void* y, bool y_fp32, int n, int in, int out,
           cudaStream_t s) {
   if (n <= 0 || out <= 0) return;
-  if (!gemv_supports(x, w, n, in)) op_fail("gemv", "needs 1 <= n <= 8, in % 8 == 0, aligned x, w");
+  if (!gemv_supports(x, w, n, in))
+    op_fail("gemv", "needs 1 <= n <= kGemvMaxRows, in % 8 == 0, aligned x, w");
   if (y_fp32) {
     launch<true>(x, w, y, n, in, out, s);
   } else {

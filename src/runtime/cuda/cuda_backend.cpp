@@ -305,11 +305,15 @@ Status CudaBackend::forward(const StepInput& in) {
                                         1
                                   : in.prompt_rows[static_cast<size_t>(seq)] == 0;
   };
-  // Decode graphs run every row as a decode row: with skinny on, a 1-row prompt
-  // chunk must take the eager path (cuBLASLt) as it would in any other step.
+  int32_t decode_rows = 0;
+  for (int32_t q = 0; q < seqs; ++q)
+    decode_rows += is_decode(q) ? 1 : 0;
+  // Decode rows of a batch-invariant kernel run apart from the prompt rows.
+  const bool split = gemm_->invariant_decode(decode_rows);
+  // Decode graphs run every row as a decode row: a 1-row prompt chunk must
+  // then take the eager path (cuBLASLt) as it would in any other step.
   bool graph = opts_.cuda_graphs && in.max_query_len == 1 && n_copies == 0;
-  for (int32_t q = 0; graph && gemm_->skinny() && q < seqs; ++q)
-    graph = is_decode(q);
+  if (split && decode_rows < seqs) graph = false;
   if (graph) return forward_decode(in);
   // One upload of every int array.
   int32_t* h = b.h_in;
@@ -342,8 +346,8 @@ Status CudaBackend::forward(const StepInput& in) {
                              spec_.kv_dim(), compute_);
   }
   // One run of every row unless decode rows take Gemm's batch-invariant path.
-  if (!gemm_->skinny()) sh.runs = {{0, n, false}};
-  for (int32_t q = 0; q < seqs && gemm_->skinny(); ++q) {
+  if (!split) sh.runs = {{0, n, false}};
+  for (int32_t q = 0; q < seqs && split; ++q) {
     const int32_t first = in.query_start[static_cast<size_t>(q)];
     const int32_t count = in.query_start[static_cast<size_t>(q) + 1] - first;
     const bool dec = is_decode(q);

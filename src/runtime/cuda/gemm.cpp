@@ -21,13 +21,18 @@ bool Gemm::tune_by_default() {
   return env != nullptr && std::strcmp(env, "1") == 0;
 }
 
+bool Gemm::decode_gemv_by_default() {
+  const char* env = std::getenv("CARTSERVE_DECODE_GEMV");
+  return env == nullptr || std::strcmp(env, "0") != 0;
+}
+
 bool Gemm::skinny_by_default() {
   const char* env = std::getenv("CARTSERVE_SKINNY");
   return env != nullptr && std::strcmp(env, "1") == 0;
 }
 
 Result<std::unique_ptr<Gemm>> Gemm::create(void* workspace, size_t workspace_bytes, bool gemv,
-                                           bool skinny, bool tune) {
+                                           bool skinny, bool tune, bool decode_gemv) {
   std::unique_ptr<Gemm> g(new Gemm());
   CS_CUBLAS(cublasLtCreate(&g->handle_));
   g->workspace_ = workspace;
@@ -35,6 +40,7 @@ Result<std::unique_ptr<Gemm>> Gemm::create(void* workspace, size_t workspace_byt
   g->gemv_ = gemv;
   g->skinny_ = skinny;
   g->tune_ = tune;
+  g->decode_gemv_ = decode_gemv;
   return g;
 }
 
@@ -141,6 +147,10 @@ Result<cublasLtMatmulAlgo_t> Gemm::fastest(const Plan& p,
 Status Gemm::run(const __nv_bfloat16* x, const __nv_bfloat16* w, void* y, bool y_fp32, int n,
                  int in, int out, cudaStream_t s, bool decode) {
   if (n == 0) return {};
+  if (decode && decode_gemv_ && ops::cuda::gemv_supports(x, w, n, in)) {
+    ops::cuda::gemv(x, w, y, y_fp32, n, in, out, s);
+    return {};
+  }
   if (decode && skinny_ && ops::cuda::skinny_gemm_supports(x, w, in)) {
     ops::cuda::skinny_gemm(x, w, y, y_fp32, n, in, out, s);
     return {};
@@ -160,7 +170,9 @@ Status Gemm::run_swiglu(const __nv_bfloat16* x, const __nv_bfloat16* w_gate_up, 
                         __nv_bfloat16* act, int n, int in, int ff, cudaStream_t s, bool decode) {
   if (n == 0) return {};
   const int block = ops::cuda::gate_up_block(ff);
-  if (decode && skinny_ && block == 8 && ops::cuda::skinny_gemm_supports(x, w_gate_up, in)) {
+  const bool gemv = decode && decode_gemv_ && ops::cuda::gemv_supports(x, w_gate_up, n, in);
+  if (!gemv && decode && skinny_ && block == 8 &&
+      ops::cuda::skinny_gemm_supports(x, w_gate_up, in)) {
     ops::cuda::skinny_gemm_swiglu(x, w_gate_up, act, n, in, ff, s);
     return {};
   }

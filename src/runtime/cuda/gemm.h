@@ -9,20 +9,21 @@
 // sequence's bits between batch sizes and between runs.
 //
 // Rows that must not depend on their batch (decode rows, sampled rows) are
-// run with `decode` set. With `skinny` on (CARTSERVE_SKINNY=1) they go to
-// ops::cuda::skinny_gemm, whose row bits depend on nothing but the row, so a
-// greedy answer is the same alone and in any batch; cuBLASLt picks its kernel
-// (tiles, split-K) by the row count. Off by default: on an H100 (3B shape) it
-// reads the weights at 55-76% of the copy rate at 1 row against cuBLASLt's
-// 69-107%, and falls further behind from 32 rows on (decode at batch 1: 4.0
-// ms/step with it, 3.42 without; bench/results/gpu-h100-2026-12-06-0200.json).
+// run with `decode` set:
+//  - up to ops::cuda::kGemvMaxRows of them go to ops::cuda::gemv (on by
+//    default; CARTSERVE_DECODE_GEMV=0 turns it off), whose row bits depend on
+//    nothing but the row at any row count up to that, so a greedy answer is
+//    the same alone and beside up to 15 other decode rows. At one row it is
+//    also the fastest kernel here: on an H100 (3B shape, weights not in L2) it
+//    reads the layers at 68-105% of the copy rate against cuBLASLt's 44-98%.
+//  - more of them go to cuBLASLt, which picks its kernel (tiles, split-K) by
+//    the row count, or with `skinny` on (CARTSERVE_SKINNY=1) to
+//    ops::cuda::skinny_gemm, batch-invariant at any row count but slower
+//    (57-86% of the copy rate at 1 row, 26-54% at 64 rows on an H100:
+//    decode at batch 64 7.65 ms/step against 5.12 through cuBLASLt).
 //
-// With `gemv` on, up to ops::cuda::kGemvMaxRows rows of the other calls go
-// to the gemv kernel instead (decode at batch 1: 2.51 vs 2.84 ms/step on the
-// 3B shape, H200). Off by default (CARTSERVE_GEMV=1 turns it on): a
-// sequence's logits would then depend on how many rows share its step (gemv
-// alone, cuBLASLt in a larger batch), and greedy answers given alone and in a
-// batch differ at near ties (validation tier 2: 14/16 equal with it on).
+// With `gemv` on (CARTSERVE_GEMV=1), up to kGemvMaxRows rows of the other
+// calls (prompt rows) go to gemv too.
 #pragma once
 
 #include <cublasLt.h>
@@ -34,6 +35,7 @@
 #include <tuple>
 
 #include "core/status.h"
+#include "kernels/cuda_ops.h"
 
 namespace cartserve::cuda {
 
@@ -43,12 +45,20 @@ class Gemm {
   static Result<std::unique_ptr<Gemm>> create(void* workspace, size_t workspace_bytes,
                                               bool gemv = gemv_by_default(),
                                               bool skinny = skinny_by_default(),
-                                              bool tune = tune_by_default());
+                                              bool tune = tune_by_default(),
+                                              bool decode_gemv = decode_gemv_by_default());
   static bool gemv_by_default();
+  // CARTSERVE_DECODE_GEMV=0 turns the gemv path of decode rows off.
+  static bool decode_gemv_by_default();
   static bool skinny_by_default();
   // CARTSERVE_GEMM_TUNE=1 turns the per-shape timing of cuBLASLt's candidates on.
   static bool tune_by_default();
   bool skinny() const { return skinny_; }
+  // Whether `decode` rows of a run of `n` take a batch-invariant kernel (so a
+  // step's decode rows must run apart from its prompt rows).
+  bool invariant_decode(int n) const {
+    return skinny_ || (decode_gemv_ && n <= ops::cuda::kGemvMaxRows);
+  }
   ~Gemm();
   Gemm(const Gemm&) = delete;
   Gemm& operator=(const Gemm&) = delete;
@@ -83,9 +93,10 @@ class Gemm {
                                        const void* x, const void* w, void* y, cudaStream_t s);
 
   cublasLtHandle_t handle_ = nullptr;
-  bool gemv_ = false;    // small row counts through ops::cuda::gemv (set by create)
-  bool skinny_ = false;  // decode rows through ops::cuda::skinny_gemm (set by create)
-  bool tune_ = false;    // time cuBLASLt's candidates per shape (up to kTuneMaxRows rows)
+  bool gemv_ = false;        // small row counts through ops::cuda::gemv (set by create)
+  bool skinny_ = false;      // decode rows through ops::cuda::skinny_gemm (set by create)
+  bool decode_gemv_ = true;  // up to kGemvMaxRows decode rows through ops::cuda::gemv
+  bool tune_ = false;        // time cuBLASLt's candidates per shape (up to kTuneMaxRows rows)
   void* workspace_ = nullptr;
   size_t workspace_bytes_ = 0;
   std::map<std::tuple<int, int, int, bool>, Plan> plans_;
