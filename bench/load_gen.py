@@ -405,7 +405,11 @@ def start_server(args, threads):
         if dtype is None and "--dtype" in args.server_arg:
             i = args.server_arg.index("--dtype")
             dtype = args.server_arg[i + 1] if i + 1 < len(args.server_arg) else None
-        if dtype in (None, "auto"):
+        cuda = "cuda" in args.server_arg or "--device=cuda" in args.server_arg
+        if cuda:
+            notes.append("cartserve CUDA backend: bf16 weights and paged KV cache, fp32 "
+                         "accumulation, decode steps as CUDA graphs")
+        elif dtype in (None, "auto"):
             notes.append("cartserve CPU backend, --dtype auto: the GGUF's quantized matrices kept "
                          "(integer dot products, int16 activations; prefill: sgemm on dequantized "
                          "panels), fp32 compute elsewhere, fp32 paged KV cache")
