@@ -128,15 +128,17 @@ __global__ void __launch_bounds__(kMaxSplit * 32)
         mma_chunk(acc[i][j], a[i][0], a[i][1], b);
     }
   };
-  using Group = uint4[U][MT][2];
-  auto load = [&](Group& a, int c) {
+  struct Group {
+    uint4 a[U][MT][2];  // U chunks of MT m-tiles, rows g and g + 8
+  };
+  auto load = [&](Group& grp, int c) {
 #pragma unroll
     for (int u = 0; u < U; ++u)
 #pragma unroll
       for (int i = 0; i < MT; ++i)
 #pragma unroll
         for (int h = 0; h < 2; ++h)
-          a[u][i][h] = __ldcs(wr[i][h] + 4 * (c + u));  // streamed: read once per step
+          grp.a[u][i][h] = __ldcs(wr[i][h] + 4 * (c + u));  // streamed: read once per step
   };
   // Groups of U chunks, software-pipelined: group k + 1's weights are in
   // flight while group k's mmas run (two groups of registers).
@@ -150,16 +152,8 @@ __global__ void __launch_bounds__(kMaxSplit * 32)
       if (more) load(nxt, c + U);
 #pragma unroll
       for (int u = 0; u < U; ++u)
-        step(cur[u], c + u);
-      if (more) {
-#pragma unroll
-        for (int u = 0; u < U; ++u)
-#pragma unroll
-          for (int i = 0; i < MT; ++i)
-#pragma unroll
-            for (int h = 0; h < 2; ++h)
-              cur[u][i][h] = nxt[u][i][h];
-      }
+        step(cur.a[u], c + u);
+      if (more) cur = nxt;
     }
   }
   for (; c < c_end; ++c) {
