@@ -323,7 +323,7 @@ json linear_layers(const ModelConfig& c, double copy_bw) {
   auto with_gemv = cuda::Gemm::create(ws, 32 << 20, true, false);
   auto cublas = cuda::Gemm::create(ws, 32 << 20, false, false, true);
   auto heuristic = cuda::Gemm::create(ws, 32 << 20, false, false, false);
-  auto skinny = cuda::Gemm::create(ws, 32 << 20, false, true, false, false);
+  auto skinny = cuda::Gemm::create(ws, 32 << 20, false, true, false, 0);
   json rows = json::array();
   if (!with_gemv.ok() || !cublas.ok() || !heuristic.ok() || !skinny.ok()) return rows;
   // The next weight copy of a shape, round robin.
@@ -609,8 +609,8 @@ json decode_ops(const ModelConfig& c, double copy_bw, int batch) {
 }
 
 // Where a batch-1 decode step's time goes: every kernel of the step timed
-// alone (the linear layers at 1 row through gemv, the backend's default for
-// decode rows, the other ops from decode_ops) times its launches per step, beside
+// alone (the linear layers at 1 row through the backend's default cuBLASLt
+// pick, the other ops from decode_ops) times its launches per step, beside
 // its floor (its bytes over the copy bandwidth), against the measured step.
 json decode_b1_budget(const ModelConfig& c, const json& linear, const json& ops, double step_ms) {
   json rows = json::array();
@@ -627,7 +627,8 @@ json decode_b1_budget(const ModelConfig& c, const json& linear, const json& ops,
   for (const json& r : linear) {
     if (r["rows"] != 1) continue;
     const std::string layer = r["layer"];
-    add("linear_" + layer, layer == "lm_head" ? 1 : c.num_layers, r["gemv_us"], r["floor_us"]);
+    add("linear_" + layer, layer == "lm_head" ? 1 : c.num_layers, r["cublaslt_heuristic_us"],
+        r["floor_us"]);
   }
   for (const json& o : ops["ops"])
     add(o["op"], o["launches_per_step"], o["us_per_launch"], o["floor_us_per_launch"]);

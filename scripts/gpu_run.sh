@@ -13,6 +13,8 @@
 #              prefill, cartridge TTFT, promotion)
 #   bench:skinny  decode on the 3B shape with CARTSERVE_SKINNY=1 (decode rows through the
 #              batch-invariant skinny kernel): gpu_bench_skinny.json
+#   bench:gemv  decode on the 3B shape with CARTSERVE_DECODE_GEMV=1 (1-row decode runs through
+#              gemv): gpu_bench_gemv.json
 #   bench:tp2  (2+ GPUs) decode at batch 1, 64 and 256 on the 3B shape at TP=1 and TP=2
 #              (one rank per GPU, NCCL): gpu_bench_tp1.json, gpu_bench_tp2.json
 #   bench:smollm2   decode at batch 1 and 64 on the SmolLM2-135M shape: gpu_bench_smollm2.json
@@ -145,6 +147,8 @@ for s in "$@"; do
     bench) ckpt llama3b && stage bench "$B/gpu_bench" /tmp/ckpt/llama3b --out "$OUT/gpu_bench.json" ;;
     bench:skinny) ckpt llama3b && CARTSERVE_SKINNY=1 stage bench_skinny "$B/gpu_bench" \
                     /tmp/ckpt/llama3b --only decode --out "$OUT/gpu_bench_skinny.json" ;;
+    bench:gemv) ckpt llama3b && CARTSERVE_DECODE_GEMV=1 stage bench_gemv "$B/gpu_bench" \
+                  /tmp/ckpt/llama3b --only decode --out "$OUT/gpu_bench_gemv.json" ;;
     pdl) CARTSERVE_PDL=1 stage unit_pdl "$B/gpu_tests" &&
            ckpt llama3b && CARTSERVE_PDL=1 stage bench_pdl "$B/gpu_bench" /tmp/ckpt/llama3b \
              --only decode --out "$OUT/gpu_bench_pdl.json" ;;

@@ -104,7 +104,8 @@ constexpr int gate_up_block(int ff) {
 // else bf16, for 1 <= n <= kGemvMaxRows, in % 8 == 0 and 16-byte aligned x
 // and w (gemv_supports); a row's bits do not depend on n. A stream over w:
 // at n = 1 it reads the 3B shape's layers at 68-105% of the device copy rate
-// (H100, weights not in L2; cuBLASLt 44-98%). Gemm runs decode rows through it.
+// (H100, weights not in L2; cuBLASLt 52-98%); on CUDA cores it falls behind
+// cuBLASLt from 3-4 rows. Gemm uses it when asked to (CARTSERVE_DECODE_GEMV).
 constexpr int kGemvMaxRows = 16;
 bool gemv_supports(const void* x, const void* w, int n, int in);
 void gemv(const bf16* x, const bf16* w, void* y, bool y_fp32, int n, int in, int out,

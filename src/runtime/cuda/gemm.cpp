@@ -21,9 +21,10 @@ bool Gemm::tune_by_default() {
   return env != nullptr && std::strcmp(env, "1") == 0;
 }
 
-bool Gemm::decode_gemv_by_default() {
+int Gemm::decode_gemv_rows_by_default() {
   const char* env = std::getenv("CARTSERVE_DECODE_GEMV");
-  return env == nullptr || std::strcmp(env, "0") != 0;
+  if (env == nullptr) return 0;
+  return std::clamp(std::atoi(env), 0, ops::cuda::kGemvMaxRows);
 }
 
 bool Gemm::skinny_by_default() {
@@ -32,7 +33,7 @@ bool Gemm::skinny_by_default() {
 }
 
 Result<std::unique_ptr<Gemm>> Gemm::create(void* workspace, size_t workspace_bytes, bool gemv,
-                                           bool skinny, bool tune, bool decode_gemv) {
+                                           bool skinny, bool tune, int decode_gemv_rows) {
   std::unique_ptr<Gemm> g(new Gemm());
   CS_CUBLAS(cublasLtCreate(&g->handle_));
   g->workspace_ = workspace;
@@ -40,7 +41,7 @@ Result<std::unique_ptr<Gemm>> Gemm::create(void* workspace, size_t workspace_byt
   g->gemv_ = gemv;
   g->skinny_ = skinny;
   g->tune_ = tune;
-  g->decode_gemv_ = decode_gemv;
+  g->decode_gemv_rows_ = std::clamp(decode_gemv_rows, 0, ops::cuda::kGemvMaxRows);
   return g;
 }
 
@@ -147,7 +148,7 @@ Result<cublasLtMatmulAlgo_t> Gemm::fastest(const Plan& p,
 Status Gemm::run(const __nv_bfloat16* x, const __nv_bfloat16* w, void* y, bool y_fp32, int n,
                  int in, int out, cudaStream_t s, bool decode) {
   if (n == 0) return {};
-  if (decode && decode_gemv_ && ops::cuda::gemv_supports(x, w, n, in)) {
+  if (decode && n <= decode_gemv_rows_ && ops::cuda::gemv_supports(x, w, n, in)) {
     ops::cuda::gemv(x, w, y, y_fp32, n, in, out, s);
     return {};
   }
@@ -170,7 +171,8 @@ Status Gemm::run_swiglu(const __nv_bfloat16* x, const __nv_bfloat16* w_gate_up, 
                         __nv_bfloat16* act, int n, int in, int ff, cudaStream_t s, bool decode) {
   if (n == 0) return {};
   const int block = ops::cuda::gate_up_block(ff);
-  const bool gemv = decode && decode_gemv_ && ops::cuda::gemv_supports(x, w_gate_up, n, in);
+  const bool gemv =
+      decode && n <= decode_gemv_rows_ && ops::cuda::gemv_supports(x, w_gate_up, n, in);
   if (!gemv && decode && skinny_ && block == 8 &&
       ops::cuda::skinny_gemm_supports(x, w_gate_up, in)) {
     ops::cuda::skinny_gemm_swiglu(x, w_gate_up, act, n, in, ff, s);

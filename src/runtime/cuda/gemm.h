@@ -9,18 +9,26 @@
 // sequence's bits between batch sizes and between runs.
 //
 // Rows that must not depend on their batch (decode rows, sampled rows) are
-// run with `decode` set:
-//  - up to ops::cuda::kGemvMaxRows of them go to ops::cuda::gemv (on by
-//    default; CARTSERVE_DECODE_GEMV=0 turns it off), whose row bits depend on
-//    nothing but the row at any row count up to that, so a greedy answer is
-//    the same alone and beside up to 15 other decode rows. At one row it is
-//    also the fastest kernel here: on an H100 (3B shape, weights not in L2) it
-//    reads the layers at 68-105% of the copy rate against cuBLASLt's 44-98%.
-//  - more of them go to cuBLASLt, which picks its kernel (tiles, split-K) by
-//    the row count, or with `skinny` on (CARTSERVE_SKINNY=1) to
-//    ops::cuda::skinny_gemm, batch-invariant at any row count but slower
-//    (57-86% of the copy rate at 1 row, 26-54% at 64 rows on an H100:
-//    decode at batch 64 7.65 ms/step against 5.12 through cuBLASLt).
+// run with `decode` set. By default they go to cuBLASLt like the others: it
+// picks its kernel (tiles, split-K) by the row count, yet the validation tiers
+// on the GPU found greedy answers alone and among 16 concurrent requests equal.
+// Two opt-in kernels, each batch-invariant within its range, change that:
+//  - CARTSERVE_DECODE_GEMV=N (1..16): decode runs of up to N rows go to
+//    ops::cuda::gemv, whose row bits depend on nothing but the row for any
+//    row count up to 16. The fastest kernel here at one row: on an H100 (3B
+//    shape, weights past the L2) it reads the layers at 63-104% of the copy
+//    rate against cuBLASLt's 52-98% (decode at batch 1: 3.04 vs 3.28
+//    ms/step), but on CUDA cores it falls behind from 3-4 rows (at 16 rows
+//    26-59% against 51-94%: serving 16 concurrent requests, 1.9k vs 2.9k
+//    output tok/s). Off by default: a row alone (gemv) and in a larger batch
+//    (cuBLASLt) would differ in its last bits, and greedy answers at near
+//    ties with it (validation tier 2 measured 14/16 equal with gemv on).
+//  - CARTSERVE_SKINNY=1: decode rows at any count go to ops::cuda::skinny_gemm
+//    (tensor cores), batch-invariant at every row count but slower (57-87%
+//    of the copy rate at 1 row, 26-54% at 64 rows: decode at batch 64 7.65
+//    ms/step against 5.12; bench/results/gpu-h100-2026-12-06-1718.json).
+// Such decode runs go apart from a step's prompt rows (an extra read of the
+// weights in a mixed step).
 //
 // With `gemv` on (CARTSERVE_GEMV=1), up to kGemvMaxRows rows of the other
 // calls (prompt rows) go to gemv too.
@@ -46,19 +54,18 @@ class Gemm {
                                               bool gemv = gemv_by_default(),
                                               bool skinny = skinny_by_default(),
                                               bool tune = tune_by_default(),
-                                              bool decode_gemv = decode_gemv_by_default());
+                                              int decode_gemv_rows = decode_gemv_rows_by_default());
   static bool gemv_by_default();
-  // CARTSERVE_DECODE_GEMV=0 turns the gemv path of decode rows off.
-  static bool decode_gemv_by_default();
+  // CARTSERVE_DECODE_GEMV=N: decode runs of up to N rows (0..kGemvMaxRows;
+  // default 0) through gemv.
+  static int decode_gemv_rows_by_default();
   static bool skinny_by_default();
   // CARTSERVE_GEMM_TUNE=1 turns the per-shape timing of cuBLASLt's candidates on.
   static bool tune_by_default();
   bool skinny() const { return skinny_; }
   // Whether `decode` rows of a run of `n` take a batch-invariant kernel (so a
   // step's decode rows must run apart from its prompt rows).
-  bool invariant_decode(int n) const {
-    return skinny_ || (decode_gemv_ && n <= ops::cuda::kGemvMaxRows);
-  }
+  bool invariant_decode(int n) const { return skinny_ || n <= decode_gemv_rows_; }
   ~Gemm();
   Gemm(const Gemm&) = delete;
   Gemm& operator=(const Gemm&) = delete;
@@ -93,10 +100,10 @@ class Gemm {
                                        const void* x, const void* w, void* y, cudaStream_t s);
 
   cublasLtHandle_t handle_ = nullptr;
-  bool gemv_ = false;        // small row counts through ops::cuda::gemv (set by create)
-  bool skinny_ = false;      // decode rows through ops::cuda::skinny_gemm (set by create)
-  bool decode_gemv_ = true;  // up to kGemvMaxRows decode rows through ops::cuda::gemv
-  bool tune_ = false;        // time cuBLASLt's candidates per shape (up to kTuneMaxRows rows)
+  bool gemv_ = false;         // small row counts through ops::cuda::gemv (set by create)
+  bool skinny_ = false;       // decode rows through ops::cuda::skinny_gemm (set by create)
+  int decode_gemv_rows_ = 0;  // decode runs of up to this many rows through ops::cuda::gemv
+  bool tune_ = false;         // time cuBLASLt's candidates per shape (up to kTuneMaxRows rows)
   void* workspace_ = nullptr;
   size_t workspace_bytes_ = 0;
   std::map<std::tuple<int, int, int, bool>, Plan> plans_;
