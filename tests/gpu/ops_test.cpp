@@ -449,7 +449,7 @@ TEST(CudaOps, SkinnyGemmMatchesCpuLinearAndIsBatchInvariant) {
 
 // The gate/up projection with SwiGLU in skinny_gemm's epilogue: the bits of
 // skinny_gemm into a bf16 projection followed by silu_mul over it, at every
-// batch size and CTA shape.
+// batch size (whole and partial 64-row groups).
 TEST(CudaOps, SkinnyGemmSwigluIsProjectionThenSiluMul) {
   CS_REQUIRE_GPU();
   Stream stream;

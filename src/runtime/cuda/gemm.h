@@ -65,7 +65,7 @@ class Gemm {
   bool skinny() const { return skinny_; }
   // Whether `decode` rows of a run of `n` take a batch-invariant kernel (so a
   // step's decode rows must run apart from its prompt rows).
-  bool invariant_decode(int n) const { return skinny_ || n <= decode_gemv_rows_; }
+  bool invariant_decode(int n) const { return skinny_ || (n > 0 && n <= decode_gemv_rows_); }
   ~Gemm();
   Gemm(const Gemm&) = delete;
   Gemm& operator=(const Gemm&) = delete;
