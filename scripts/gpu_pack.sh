@@ -23,7 +23,8 @@ rm -rf .gpu/stage
 GGUF="${CARTSERVE_CACHE:-$HOME/.cache/cartserve}/models/SmolLM2-135M-Instruct.Q4_1.gguf"
 if [ -f "$GGUF" ] && [ ! -f .gpu/gguf.sha256 ]; then
   rm -f .gpu/gguf.part-*
-  # Four parts: each fits beside the tree (~12 MiB) and the bundle (~16 MiB) in one call.
+  # Four parts of 24 MiB: two fit beside the tree (~13 MiB) in one call; the bundle
+  # (~35 MiB: the CUDA kernels are linked into five binaries) goes in a call of its own.
   split -b 24M -d -a 1 "$GGUF" .gpu/gguf.part-
   sha256sum "$GGUF" | awk '{print $1}' > .gpu/gguf.sha256
 fi

@@ -35,7 +35,8 @@
 #   soak       bench/soak/soak.py with the real SmolLM2 GGUF on --device cuda: 10,000 chat
 #              requests at concurrency 64 over 100 cartridges, residency churning: soak.json
 # Inputs (built here by scripts/gpu_pack.sh, carried as .gpu/*): bundle.tgz (binaries +
-# 3 libraries) and gguf.part-N (the GGUF in parts, one per call). Results: $OUT (at most
+# 3 libraries) and gguf.part-N (the GGUF in 4 parts; the device tool carries at most 64 MiB
+# a call: the ~35 MiB bundle goes alone, then two parts a call). Results: $OUT (at most
 # 8 files come back): stages.jsonl, run.log, and one JSON per stage.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -117,7 +118,7 @@ serve() {  # serve LABEL [CARTRIDGE_ID]
 }
 
 smollm2() {
-  [ -f "$GGUF" ] || { echo "no GGUF (carry .gpu/gguf.part-0..2 over three calls)"; return 1; }
+  [ -f "$GGUF" ] || { echo "no GGUF (carry .gpu/gguf.part-0..3 and gguf.sha256, two parts a call)"; return 1; }
   local rc=0
   rm -rf /tmp/ours/golden && mkdir -p /tmp/ours/golden
   "$B/dump_logits" "$GGUF" tests/fixtures/model/smollm2_golden.json /tmp/ours/golden \
