@@ -18,6 +18,10 @@
 #   bench:tp2  (2+ GPUs) decode at batch 1, 64 and 256 on the 3B shape at TP=1 and TP=2
 #              (one rank per GPU, NCCL): gpu_bench_tp1.json, gpu_bench_tp2.json
 #   bench:smollm2   decode at batch 1 and 64 on the SmolLM2-135M shape: gpu_bench_smollm2.json
+#   logits:tp2 (2+ GPUs) the 3B checkpoint through TP=2 (NCCL) against HF (logits_tp2_llama3b.json)
+#              and against TP=1 (logits_tp2_vs_tp1.json: bf16 tolerance, greedy agreement)
+#   smollm2:tp2 (2+ GPUs) the smollm2 stage's validation tiers with the servers at
+#              --tensor-parallel-size 2 (tiers_tp2.jsonl)
 #   pdl        with CARTSERVE_PDL=1 (programmatic dependent launch): the op tests, then decode
 #              and the linear layers on the 3B shape: gpu_bench_pdl.json
 #   profile    per-kernel GPU time of decode at batch 1 on the 3B shape (nsys, graph nodes
@@ -81,12 +85,24 @@ ckpt() {  # ckpt NAME: the random checkpoint of that shape (written once per mac
   [ -f "/tmp/ckpt/$1/prompts.json" ] || python3 tools/gpu/hf_reference.py make "$1" "/tmp/ckpt/$1"
 }
 
-logits() {  # logits NAME
+logits() {  # logits NAME [TP]: our logits and greedy continuations against HF's
+  local tp=${2:-1} dir="/tmp/ours/$1_tp${2:-1}"
   ckpt "$1" || return 1
-  rm -rf "/tmp/ours/$1" && mkdir -p "/tmp/ours/$1"
-  "$B/dump_logits" "/tmp/ckpt/$1" "/tmp/ckpt/$1/prompts.json" "/tmp/ours/$1" --device cuda \
-    --greedy 64 || return 1
-  python3 tools/gpu/hf_reference.py compare "/tmp/ckpt/$1" "/tmp/ours/$1" "$OUT/logits_$1.json"
+  rm -rf "$dir" && mkdir -p "$dir"
+  "$B/dump_logits" "/tmp/ckpt/$1" "/tmp/ckpt/$1/prompts.json" "$dir" --device cuda \
+    --greedy 64 --tp "$tp" || return 1
+  local name="logits_$1.json"
+  [ "$tp" = 1 ] || name="logits_tp${tp}_$1.json"
+  python3 tools/gpu/hf_reference.py compare "/tmp/ckpt/$1" "$dir" "$OUT/$name"
+}
+
+logits_tp2() {  # the 3B checkpoint at TP=2 against HF and against TP=1
+  local rc=0
+  logits llama3b 2 || rc=1
+  [ -f /tmp/ours/llama3b_tp1/greedy.json ] || logits llama3b 1 || rc=1
+  python3 tools/gpu/compare_dumps.py /tmp/ckpt/llama3b/prompts.json /tmp/ours/llama3b_tp2 \
+    /tmp/ours/llama3b_tp1 "$OUT/logits_tp2_vs_tp1.json" || rc=1
+  return $rc
 }
 
 profile() {
@@ -117,7 +133,8 @@ serve() {  # serve LABEL [CARTRIDGE_ID]
   return $rc
 }
 
-smollm2() {
+smollm2() {  # smollm2 [TIER_REPORT]: greedy text, canary and tiers on the real GGUF
+  local report="${1:-$OUT/tiers.jsonl}"
   [ -f "$GGUF" ] || { echo "no GGUF (carry .gpu/gguf.part-0..3 and gguf.sha256, two parts a call)"; return 1; }
   local rc=0
   rm -rf /tmp/ours/golden && mkdir -p /tmp/ours/golden
@@ -128,9 +145,9 @@ smollm2() {
   CARTSERVE_TEST_DEVICE=cuda CARTSERVE_TEST_MODEL="$GGUF" "$B/model_tests" \
     --gtest_filter='*Canary*:*AcrossDevices*' || rc=1
   CARTSERVE_TEST_DEVICE=cuda CARTSERVE_TEST_MODEL="$GGUF" CARTSERVE_BIN="$B/cartserve" \
-    CARTSERVE_TIER_REPORT="$OUT/tiers.jsonl" python3 -m pytest -x -q tests/e2e/test_cartridge_tiers.py ||
+    CARTSERVE_TIER_REPORT="$report" python3 -m pytest -x -q tests/e2e/test_cartridge_tiers.py ||
     rc=1
-  CARTSERVE_TIER_REPORT="$OUT/tiers.jsonl" python3 tests/e2e/tier_report.py
+  CARTSERVE_TIER_REPORT="$report" python3 tests/e2e/tier_report.py
   return $rc
 }
 
@@ -144,6 +161,7 @@ for s in "$@"; do
           "$B/dump_logits" /tmp/ckpt/smollm2 /tmp/ckpt/smollm2/prompts.json /tmp --device cuda \
           --greedy 4 ;;
     logits) stage logits_smollm2 logits smollm2; stage logits_llama3b logits llama3b ;;
+    logits:tp2) stage logits_tp2 logits_tp2 ;;
     logits:*) stage "logits_${s#logits:}" logits "${s#logits:}" ;;
     bench) ckpt llama3b && stage bench "$B/gpu_bench" /tmp/ckpt/llama3b --out "$OUT/gpu_bench.json" ;;
     bench:skinny) ckpt llama3b && CARTSERVE_SKINNY=1 stage bench_skinny "$B/gpu_bench" \
@@ -165,6 +183,7 @@ for s in "$@"; do
     baseline:*) ckpt llama3b && stage baseline python3 tools/gpu/hf_reference.py baseline \
                   /tmp/ckpt/llama3b "$OUT/hf_baseline_$(echo "${s#baseline:}" | tr , _).json" "${s#baseline:}" ;;
     smollm2) stage smollm2 smollm2 ;;
+    smollm2:tp2) CARTSERVE_TEST_TP=2 stage smollm2_tp2 smollm2 "$OUT/tiers_tp2.jsonl" ;;
     serve) ckpt llama3b && stage serve_plain serve plain && stage serve_cartridge serve cartridge doc ;;
     soak) stage soak python3 bench/soak/soak.py --bin "$B/cartserve" --model "$GGUF" --device cuda \
             --build-jobs 8 --kv-cache-memory 2GiB --out "$OUT/soak.json" ;;

@@ -16,8 +16,10 @@ BIN = os.environ.get("CARTSERVE_BIN", os.path.join(os.path.dirname(__file__), ".
 MODEL = os.environ.get("CARTSERVE_TEST_MODEL",
                        os.path.expanduser("~/.cache/cartserve/models/SmolLM2-135M-Instruct.Q4_1.gguf"))
 MODEL_NAME = "smollm2"
-# The backend the servers run on (the GPU machine's script sets cuda).
+# The backend the servers run on (the GPU machine's script sets cuda), and
+# their tensor-parallel size (scripts/gpu_run.sh smollm2:tp2 sets 2).
 DEVICE = os.environ.get("CARTSERVE_TEST_DEVICE", "cpu")
+TP = int(os.environ.get("CARTSERVE_TEST_TP", "1"))
 
 
 class Server:
@@ -27,6 +29,8 @@ class Server:
         self.args = [BIN, "serve", model, "--host", "127.0.0.1", "--port", "0",
                      "--served-model-name", model_name, "--max-model-len", "2048",
                      "--kv-cache-memory", kv_cache, "--device", DEVICE, *extra_args]
+        if TP > 1:
+            self.args += ["--tensor-parallel-size", str(TP)]
         self.proc = subprocess.Popen(self.args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                      text=True, env={**os.environ, **(env or {})})
         self.log = []

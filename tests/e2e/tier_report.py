@@ -11,7 +11,10 @@ REPORT = os.environ.get("CARTSERVE_TIER_REPORT",
 def record(tier, what, ok, figure):
     os.makedirs(os.path.dirname(os.path.abspath(REPORT)), exist_ok=True)
     with open(REPORT, "a", encoding="utf-8") as f:
-        f.write(json.dumps({"tier": tier, "what": what, "ok": bool(ok), "figure": figure}) + "\n")
+        f.write(json.dumps({"tier": tier, "what": what, "ok": bool(ok), "figure": figure,
+                            "device": os.environ.get("CARTSERVE_TEST_DEVICE", "cpu"),
+                            "tensor_parallel_size": int(os.environ.get("CARTSERVE_TEST_TP", "1"))})
+                + "\n")
 
 
 def render(path=REPORT):
@@ -25,7 +28,9 @@ def render(path=REPORT):
             latest[r["tier"]] = r
     order = ["0", "0.5", "1", "2", "3", "4", "5", "R", "A"]
     rows = [latest[t] for t in order if t in latest] + [r for t, r in latest.items() if t not in order]
-    out = ["", "== cartridge validation tiers =="]
+    runs = sorted({f"{r.get('device', 'cpu')}, tensor parallel {r.get('tensor_parallel_size', 1)}"
+                   for r in rows})
+    out = ["", f"== cartridge validation tiers ({'; '.join(runs)}) =="]
     for r in rows:
         out.append(f"tier {r['tier']:<4} {'PASS' if r['ok'] else 'FAIL'}  {r['what']}: {r['figure']}")
     missing = [t for t in order if t not in latest]

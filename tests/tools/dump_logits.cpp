@@ -4,7 +4,8 @@
 // each generated step, the gap between the best and second-best logit (so a
 // comparison can tell a real disagreement from a near tie).
 //
-// Usage: dump_logits MODEL PROMPTS.json OUT_DIR [--device cuda] [--greedy N]
+// Usage: dump_logits MODEL PROMPTS.json OUT_DIR [--device cuda] [--greedy N] [--tp N]
+//   --tp N: through N tensor-parallel ranks (cuda: GPUs 0..N-1 over NCCL; cpu: threads)
 //   PROMPTS.json: {"prompts": [[ids...], ...]} or {"prompts": [{"ids": [...]}, ...]}
 //   OUT_DIR/logits_<i>.f32, OUT_DIR/greedy.json
 #include <algorithm>
@@ -44,7 +45,8 @@ std::pair<int32_t, float> top2(const float* row, int vocab) {
 
 int main(int argc, char** argv) {
   if (argc < 4) {
-    std::fprintf(stderr, "usage: %s MODEL PROMPTS.json OUT_DIR [--device D] [--greedy N]\n",
+    std::fprintf(stderr,
+                 "usage: %s MODEL PROMPTS.json OUT_DIR [--device D] [--greedy N] [--tp N]\n",
                  argv[0]);
     return 2;
   }
@@ -55,6 +57,7 @@ int main(int argc, char** argv) {
     const std::string k = argv[i];
     if (k == "--device") o.device = argv[i + 1];
     if (k == "--greedy") greedy = std::atoi(argv[i + 1]);
+    if (k == "--tp") o.tensor_parallel_size = std::atoi(argv[i + 1]);
   }
   std::ifstream pin(argv[2]);
   if (!pin) return fail(std::string("cannot read ") + argv[2]);
