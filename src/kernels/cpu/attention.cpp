@@ -1,8 +1,8 @@
 // Paged causal attention in fp32. The sequence's KV positions are resolved to
 // physical slots once (see AttnSeq). Two paths, same result:
 //  - a few query rows (decode, short chunks): one task per (sequence, KV
-//    head, chunk of rows); SIMD dots (four keys per pass at head_dim 64 and
-//    128, the output kept in registers), exp and sums;
+//    head, chunk of rows); SIMD dots (at head_dim 64 and 128 each K and V
+//    row read once for up to three query heads of its group), exp and sums;
 //  - many query rows (prefill with BLAS): per (sequence, KV head) K and V
 //    are gathered into contiguous rows, then per query head and tile of rows
 //    S = Q K^T and O = softmax(S) V are sgemms, the softmax in between.
@@ -105,44 +105,74 @@ struct Geometry {
   size_t kv_stride;  // floats between consecutive slots
 };
 
-// One query row of one head against its n_ctx keys, head_dim = 8 * HD8 (64
-// or 128): four keys per pass over q, the output accumulated in registers.
-// s: scratch [n_ctx].
-template <int HD8>
-void attend_head(const float* qv, const float* k_base, const float* v_base, const int32_t* slots,
-                 size_t kv_stride, int n_ctx, float scale, float* s, float* o) {
+// One query row of G heads of a KV group against its n_ctx keys, head_dim =
+// 8 * HD8 (64 or 128): each K and V row is read once for the G heads (from
+// cache: a long context, such as a cartridge, does not fit in L1). Every
+// head's arithmetic is what it would be alone: a score of keys [0, n_ctx & ~3)
+// is one fp32 accumulator over 8-lane chunks in order, of the last n_ctx % 4
+// keys dot()'s; the output accumulates p * V over keys in order.
+// qv: [G, hd]; s: scratch [G, n_ctx]; o: [G, hd].
+template <int HD8, int G>
+void attend_heads(const float* qv, const float* k_base, const float* v_base, const int32_t* slots,
+                  size_t kv_stride, int n_ctx, float scale, float* s, float* o) {
   constexpr int hd = 8 * HD8;
+  const int n4 = n_ctx & ~3;
   int c = 0;
-  for (; c + 4 <= n_ctx; c += 4) {
+  for (; c + 2 <= n4; c += 2) {  // two keys x G heads per pass: 2G accumulators
     const float* k0 = k_base + static_cast<size_t>(slots[c]) * kv_stride;
     const float* k1 = k_base + static_cast<size_t>(slots[c + 1]) * kv_stride;
-    const float* k2 = k_base + static_cast<size_t>(slots[c + 2]) * kv_stride;
-    const float* k3 = k_base + static_cast<size_t>(slots[c + 3]) * kv_stride;
-    v8f a0 = {}, a1 = {}, a2 = {}, a3 = {};
+    v8f a[G][2] = {};
     for (int i = 0; i < hd; i += 8) {
-      const v8f x = simd::load8(qv + i);
-      a0 += x * simd::load8(k0 + i);
-      a1 += x * simd::load8(k1 + i);
-      a2 += x * simd::load8(k2 + i);
-      a3 += x * simd::load8(k3 + i);
+      const v8f x0 = simd::load8(k0 + i), x1 = simd::load8(k1 + i);
+      for (int h = 0; h < G; ++h) {
+        const v8f q = simd::load8(qv + h * hd + i);
+        a[h][0] += q * x0;
+        a[h][1] += q * x1;
+      }
     }
-    s[c] = simd::hsum(a0) * scale;
-    s[c + 1] = simd::hsum(a1) * scale;
-    s[c + 2] = simd::hsum(a2) * scale;
-    s[c + 3] = simd::hsum(a3) * scale;
+    for (int h = 0; h < G; ++h) {
+      s[h * n_ctx + c] = simd::hsum(a[h][0]) * scale;
+      s[h * n_ctx + c + 1] = simd::hsum(a[h][1]) * scale;
+    }
   }
-  for (; c < n_ctx; ++c)
-    s[c] = dot(qv, k_base + static_cast<size_t>(slots[c]) * kv_stride, hd) * scale;
-  softmax_row(s, n_ctx, n_ctx);
-  v8f acc[HD8] = {};
-  for (c = 0; c < n_ctx; ++c) {
-    const float* vr = v_base + static_cast<size_t>(slots[c]) * kv_stride;
-    const v8f p = simd::splat(s[c]);
-    for (int i = 0; i < HD8; ++i)
-      acc[i] += p * simd::load8(vr + 8 * i);
+  for (; c < n_ctx; ++c) {
+    const float* kr = k_base + static_cast<size_t>(slots[c]) * kv_stride;
+    for (int h = 0; h < G; ++h)
+      s[h * n_ctx + c] = dot(qv + h * hd, kr, hd) * scale;
   }
-  for (int i = 0; i < HD8; ++i)
-    simd::store8(o + 8 * i, acc[i]);
+  for (int h = 0; h < G; ++h)
+    softmax_row(s + h * n_ctx, n_ctx, n_ctx);
+  // Output 32 floats (4 lanes) of every head at a time, keys in order.
+  for (int i0 = 0; i0 < HD8; i0 += 4) {
+    v8f acc[G][4] = {};
+    for (c = 0; c < n_ctx; ++c) {
+      const float* vr = v_base + static_cast<size_t>(slots[c]) * kv_stride + 8 * i0;
+      const v8f v[4] = {simd::load8(vr), simd::load8(vr + 8), simd::load8(vr + 16),
+                        simd::load8(vr + 24)};
+      for (int h = 0; h < G; ++h) {
+        const v8f p = simd::splat(s[h * n_ctx + c]);
+        for (int i = 0; i < 4; ++i)
+          acc[h][i] += p * v[i];
+      }
+    }
+    for (int h = 0; h < G; ++h)
+      for (int i = 0; i < 4; ++i)
+        simd::store8(o + h * hd + 8 * (i0 + i), acc[h][i]);
+  }
+}
+
+// The `group` query heads of one row, in chunks of at most 3 heads (what
+// AVX2's 16 vector registers hold without spilling).
+template <int HD8>
+void attend_group(const float* qv, const float* k_base, const float* v_base, const int32_t* slots,
+                  size_t kv_stride, int n_ctx, float scale, int group, float* s, float* o) {
+  constexpr int hd = 8 * HD8;
+  for (int h = 0; h < group;) {
+    const int g = std::min(3, group - h);
+    auto* f = g == 3 ? attend_heads<HD8, 3> : g == 2 ? attend_heads<HD8, 2> : attend_heads<HD8, 1>;
+    f(qv + h * hd, k_base, v_base, slots, kv_stride, n_ctx, scale, s, o + h * hd);
+    h += g;
+  }
 }
 
 // Rows [q0, q1) of sequence s, query heads of KV head kvh. scores: scratch.
@@ -157,12 +187,10 @@ void attend_rows(const float* q, const float* k_cache, const float* v_cache, con
     const float* q_row = q + (static_cast<size_t>(row) * g.n_heads + kvh * g.group) * hd;
     float* o_row = out + (static_cast<size_t>(row) * g.n_heads + kvh * g.group) * hd;
     if (hd == 64 || hd == 128) {
-      scores.resize(static_cast<size_t>(n_ctx));
-      for (int h = 0; h < g.group; ++h) {
-        (hd == 64 ? attend_head<8> : attend_head<16>)(q_row + h * hd, k_cache + head_off,
-                                                      v_cache + head_off, slots.data(), g.kv_stride,
-                                                      n_ctx, scale, scores.data(), o_row + h * hd);
-      }
+      scores.resize(static_cast<size_t>(std::min(3, g.group)) * n_ctx);
+      (hd == 64 ? attend_group<8> : attend_group<16>)(q_row, k_cache + head_off, v_cache + head_off,
+                                                      slots.data(), g.kv_stride, n_ctx, scale,
+                                                      g.group, scores.data(), o_row);
       continue;
     }
     // Any other head_dim: each K and V row read once for all `group` heads.
