@@ -175,10 +175,11 @@ void attend_group(const float* qv, const float* k_base, const float* v_base, con
   }
 }
 
-// Rows [q0, q1) of sequence s, query heads of KV head kvh. scores: scratch.
+// Rows [q0, q1) of sequence s, query heads [h0, h1) of KV head kvh's group
+// (the whole group unless head_dim is 64 or 128). scores: scratch.
 void attend_rows(const float* q, const float* k_cache, const float* v_cache, const AttnSeq& s,
-                 const std::vector<int32_t>& slots, int kvh, int q0, int q1, float scale,
-                 const Geometry& g, float* out, std::vector<float>& scores) {
+                 const std::vector<int32_t>& slots, int kvh, int q0, int q1, int h0, int h1,
+                 float scale, const Geometry& g, float* out, std::vector<float>& scores) {
   const int hd = g.head_dim;
   const size_t head_off = static_cast<size_t>(kvh) * hd;
   for (int j = q0; j < q1; ++j) {
@@ -187,10 +188,11 @@ void attend_rows(const float* q, const float* k_cache, const float* v_cache, con
     const float* q_row = q + (static_cast<size_t>(row) * g.n_heads + kvh * g.group) * hd;
     float* o_row = out + (static_cast<size_t>(row) * g.n_heads + kvh * g.group) * hd;
     if (hd == 64 || hd == 128) {
-      scores.resize(static_cast<size_t>(std::min(3, g.group)) * n_ctx);
-      (hd == 64 ? attend_group<8> : attend_group<16>)(q_row, k_cache + head_off, v_cache + head_off,
-                                                      slots.data(), g.kv_stride, n_ctx, scale,
-                                                      g.group, scores.data(), o_row);
+      scores.resize(static_cast<size_t>(std::min(3, h1 - h0)) * n_ctx);
+      (hd == 64 ? attend_group<8> : attend_group<16>)(q_row + h0 * hd, k_cache + head_off,
+                                                      v_cache + head_off, slots.data(), g.kv_stride,
+                                                      n_ctx, scale, h1 - h0, scores.data(),
+                                                      o_row + h0 * hd);
       continue;
     }
     // Any other head_dim: each K and V row read once for all `group` heads.
@@ -271,9 +273,10 @@ void paged_attention(const float* q, const float* k_cache, const float* v_cache,
   for (int s = 0; s < n_seqs; ++s)
     seq_slots[s] = position_slots(seqs[s], block_size);
 
-  // Tasks of the SIMD path: (seq, kv head, chunk of kQChunk query rows).
+  // Tasks of the SIMD path: (seq, kv head, chunk of kQChunk query rows, its
+  // query heads).
   struct Task {
-    int seq, kvh, q0, q1;
+    int seq, kvh, q0, q1, h0, h1;
   };
   std::vector<Task> tasks;
   for (int s = 0; s < n_seqs; ++s) {
@@ -285,15 +288,27 @@ void paged_attention(const float* q, const float* k_cache, const float* v_cache,
 #endif
     for (int kvh = 0; kvh < n_kv_heads; ++kvh) {
       for (int q0 = 0; q0 < seqs[s].q_len; q0 += kQChunk)
-        tasks.push_back({s, kvh, q0, std::min(seqs[s].q_len, q0 + kQChunk)});
+        tasks.push_back({s, kvh, q0, std::min(seqs[s].q_len, q0 + kQChunk), 0, g.group});
     }
+  }
+  // Too few tasks for the pool (a lone decode row has one per KV head): one
+  // per query head instead. Each head computes the same either way; its
+  // group's K and V rows are then read once per head (from cache).
+  if ((head_dim == 64 || head_dim == 128) && g.group > 1 &&
+      tasks.size() < 2 * ThreadPool::global().size()) {
+    std::vector<Task> split;
+    for (const Task& t : tasks) {
+      for (int h = 0; h < g.group; ++h)
+        split.push_back({t.seq, t.kvh, t.q0, t.q1, h, h + 1});
+    }
+    tasks = std::move(split);
   }
   ThreadPool::global().parallel_for(tasks.size(), [&](size_t tb, size_t te) {
     std::vector<float> scores;
     for (size_t ti = tb; ti < te; ++ti) {
       const Task& t = tasks[ti];
-      attend_rows(q, k_cache, v_cache, seqs[t.seq], seq_slots[t.seq], t.kvh, t.q0, t.q1, scale, g,
-                  out, scores);
+      attend_rows(q, k_cache, v_cache, seqs[t.seq], seq_slots[t.seq], t.kvh, t.q0, t.q1, t.h0, t.h1,
+                  scale, g, out, scores);
     }
   });
 }
