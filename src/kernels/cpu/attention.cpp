@@ -100,6 +100,30 @@ void softmax_row(float* s, int n, int n_zero) {
   std::fill(s + n, s + n_zero, 0.f);
 }
 
+// r[k][l] -> r[l][k] (8 x 8 lanes).
+inline void transpose8(v8f (&r)[8]) {
+  using simd::v8i;
+  const v8i lo = {0, 8, 1, 9, 4, 12, 5, 13}, hi = {2, 10, 3, 11, 6, 14, 7, 15};
+  const v8f t0 = __builtin_shuffle(r[0], r[1], lo), t1 = __builtin_shuffle(r[0], r[1], hi);
+  const v8f t2 = __builtin_shuffle(r[2], r[3], lo), t3 = __builtin_shuffle(r[2], r[3], hi);
+  const v8f t4 = __builtin_shuffle(r[4], r[5], lo), t5 = __builtin_shuffle(r[4], r[5], hi);
+  const v8f t6 = __builtin_shuffle(r[6], r[7], lo), t7 = __builtin_shuffle(r[6], r[7], hi);
+  const v8i plo = {0, 1, 8, 9, 4, 5, 12, 13}, phi = {2, 3, 10, 11, 6, 7, 14, 15};
+  const v8f u0 = __builtin_shuffle(t0, t2, plo), u1 = __builtin_shuffle(t0, t2, phi);
+  const v8f u2 = __builtin_shuffle(t1, t3, plo), u3 = __builtin_shuffle(t1, t3, phi);
+  const v8f u4 = __builtin_shuffle(t4, t6, plo), u5 = __builtin_shuffle(t4, t6, phi);
+  const v8f u6 = __builtin_shuffle(t5, t7, plo), u7 = __builtin_shuffle(t5, t7, phi);
+  const v8i qlo = {0, 1, 2, 3, 8, 9, 10, 11}, qhi = {4, 5, 6, 7, 12, 13, 14, 15};
+  r[0] = __builtin_shuffle(u0, u4, qlo);
+  r[4] = __builtin_shuffle(u0, u4, qhi);
+  r[1] = __builtin_shuffle(u1, u5, qlo);
+  r[5] = __builtin_shuffle(u1, u5, qhi);
+  r[2] = __builtin_shuffle(u2, u6, qlo);
+  r[6] = __builtin_shuffle(u2, u6, qhi);
+  r[3] = __builtin_shuffle(u3, u7, qlo);
+  r[7] = __builtin_shuffle(u3, u7, qhi);
+}
+
 struct Geometry {
   int n_heads, n_kv_heads, head_dim, group;
   size_t kv_stride;  // floats between consecutive slots
@@ -118,6 +142,27 @@ void attend_heads(const float* qv, const float* k_base, const float* v_base, con
   constexpr int hd = 8 * HD8;
   const int n4 = n_ctx & ~3;
   int c = 0;
+  // Eight keys per pass, one head at a time (the eight K rows stay in L1):
+  // eight accumulators, transposed so that one vector sum over lanes 0..7 in
+  // order gives the eight scores with simd::hsum's exact sequence of adds.
+  for (; c + 8 <= n4; c += 8) {
+    const float* k[8];
+    for (int j = 0; j < 8; ++j)
+      k[j] = k_base + static_cast<size_t>(slots[c + j]) * kv_stride;
+    for (int h = 0; h < G; ++h) {
+      v8f a[8] = {};
+      for (int i = 0; i < hd; i += 8) {
+        const v8f q = simd::load8(qv + h * hd + i);
+        for (int j = 0; j < 8; ++j)
+          a[j] += q * simd::load8(k[j] + i);
+      }
+      transpose8(a);
+      v8f sum = {};  // hsum starts from 0.f
+      for (int l = 0; l < 8; ++l)
+        sum += a[l];
+      simd::store8(s + h * n_ctx + c, sum * scale);
+    }
+  }
   for (; c + 2 <= n4; c += 2) {  // two keys x G heads per pass: 2G accumulators
     const float* k0 = k_base + static_cast<size_t>(slots[c]) * kv_stride;
     const float* k1 = k_base + static_cast<size_t>(slots[c + 1]) * kv_stride;
