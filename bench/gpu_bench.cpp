@@ -288,35 +288,57 @@ double launch_us(const std::function<void()>& op) {
   return median(t);
 }
 
-// The model's linear layers alone, at the row counts of decode: the skinny
-// (batch-invariant, what decode rows use) and gemv kernels against cuBLASLt
-// on the same shapes (weights only: they dominate the bytes), as GB/s of
-// weights read and a fraction of the copy bandwidth; cuBLASLt both with the
-// per-shape timed choice (what the backend runs) and the heuristic's pick.
-json linear_layers(const ModelConfig& c, double copy_bw) {
-  struct Shape {
-    const char* name;
-    int in, out;
-  };
+struct LinearShape {
+  const char* name;
+  int in, out;  // y[n, out] = x[n, in] @ w[out, in]^T
+};
+
+// The model's linear layers as the CUDA backend runs them (fused QKV and
+// gate/up), the LM head last.
+std::vector<LinearShape> linear_shapes(const ModelConfig& c) {
   const int kvd = c.num_kv_heads * c.head_dim;
-  const Shape shapes[] = {{"qkv", c.hidden_size, c.q_dim() + 2 * kvd},
-                          {"o", c.q_dim(), c.hidden_size},
-                          {"gate_up", c.hidden_size, 2 * c.intermediate_size},
-                          {"down", c.intermediate_size, c.hidden_size},
-                          {"lm_head", c.hidden_size, c.vocab_size}};
+  return {{"qkv", c.hidden_size, c.q_dim() + 2 * kvd},
+          {"o", c.q_dim(), c.hidden_size},
+          {"gate_up", c.hidden_size, 2 * c.intermediate_size},
+          {"down", c.intermediate_size, c.hidden_size},
+          {"lm_head", c.hidden_size, c.vocab_size}};
+}
+
+// Weight copies that timed launches take in turn, filling at least
+// kRotateBytes (several times the L2), so every launch reads its weights from
+// memory as a decode step does. bf16 0x3c3c (~0.01: finite, not zero).
+class RotatingWeights {
+ public:
+  RotatingWeights(DeviceScratch& d, size_t min_elems)
+      : elems_(std::max(min_elems, kRotateBytes / 2)), w_(d.alloc<__nv_bfloat16>(elems_, 0x3c)) {}
+  const __nv_bfloat16* next(const LinearShape& sh) {
+    const size_t elems = static_cast<size_t>(sh.in) * sh.out;
+    return w_ + (k_++ % std::max<size_t>(1, elems_ / elems)) * elems;
+  }
+
+ private:
+  static constexpr size_t kRotateBytes = size_t{256} << 20;
+  size_t elems_;
+  __nv_bfloat16* w_;
+  size_t k_ = 0;
+};
+
+// The model's linear layers alone, at the row counts of decode: the skinny
+// (CARTSERVE_SKINNY) and gemv (CARTSERVE_DECODE_GEMV) kernels against
+// cuBLASLt on the same shapes (weights only: they dominate the bytes), as a
+// fraction of the copy bandwidth; cuBLASLt both with its heuristic's pick
+// (the backend's default) and with candidates timed (CARTSERVE_GEMM_TUNE).
+json linear_layers(const ModelConfig& c, double copy_bw) {
+  const std::vector<LinearShape> shapes = linear_shapes(c);
   constexpr int kRows[] = {1, 2, 4, 8, 16, 32, 64, 128};
   size_t w_elems = 0, x_elems = 0, y_elems = 0;
-  for (const Shape& sh : shapes) {
+  for (const LinearShape& sh : shapes) {
     w_elems = std::max(w_elems, static_cast<size_t>(sh.in) * sh.out);
     x_elems = std::max(x_elems, static_cast<size_t>(128) * sh.in);
     y_elems = std::max(y_elems, static_cast<size_t>(128) * sh.out);
   }
-  // Weights rotate over copies filling at least kRotateBytes (several times
-  // the L2), so every launch reads them from memory as a decode step does.
-  constexpr size_t kRotateBytes = size_t{256} << 20;
-  w_elems = std::max(w_elems, kRotateBytes / 2);
   DeviceScratch d;
-  auto* w = d.alloc<__nv_bfloat16>(w_elems, 0x3c);  // ~0.01: finite, not zero
+  RotatingWeights weights(d, w_elems);
   auto* x = d.alloc<__nv_bfloat16>(x_elems, 0x3c);
   float* y = d.alloc<float>(y_elems);
   void* ws = d.alloc<uint8_t>(32 << 20);
@@ -326,19 +348,14 @@ json linear_layers(const ModelConfig& c, double copy_bw) {
   auto skinny = cuda::Gemm::create(ws, 32 << 20, false, true, false, 0);
   json rows = json::array();
   if (!with_gemv.ok() || !cublas.ok() || !heuristic.ok() || !skinny.ok()) return rows;
-  // The next weight copy of a shape, round robin.
-  auto rotate = [&, k = size_t{0}](const Shape& sh) mutable {
-    const size_t elems = static_cast<size_t>(sh.in) * sh.out;
-    return w + (k++ % std::max<size_t>(1, w_elems / elems)) * elems;
-  };
-  auto time_us = [&](cuda::Gemm& g, const Shape& sh, int n, bool decode) {
+  auto time_us = [&](cuda::Gemm& g, const LinearShape& sh, int n, bool decode) {
     const bool f32 = sh.name == std::string("lm_head");
     return launch_us(
-        [&] { (void)g.run(x, rotate(sh), y, f32, n, sh.in, sh.out, nullptr, decode); });
+        [&] { (void)g.run(x, weights.next(sh), y, f32, n, sh.in, sh.out, nullptr, decode); });
   };
   std::printf("%-8s %3s %10s %10s %10s %10s %8s %8s %8s\n", "linear", "n", "skinny us", "gemv us",
               "heur. us", "cublas us", "skinny %", "gemv %", "cublas %");
-  for (const Shape& sh : shapes) {
+  for (const LinearShape& sh : shapes) {
     const double bytes = 2.0 * sh.in * static_cast<double>(sh.out);
     for (const int n : kRows) {
       const double k = time_us(**skinny, sh, n, true), b = time_us(**cublas, sh, n, false);
@@ -370,41 +387,28 @@ json linear_layers(const ModelConfig& c, double copy_bw) {
 // (it changes the bits, so the backend's choice depends only on `in`) by mt
 // m-tiles per CTA (it does not), against cuBLASLt's heuristic pick.
 json skinny_shapes(const ModelConfig& c, double copy_bw) {
-  const int kvd = c.num_kv_heads * c.head_dim;
-  struct Shape {
-    const char* name;
-    int in, out;
-  };
-  const Shape shapes[] = {{"qkv", c.hidden_size, c.q_dim() + 2 * kvd},
-                          {"o", c.q_dim(), c.hidden_size},
-                          {"gate_up", c.hidden_size, 2 * c.intermediate_size},
-                          {"down", c.intermediate_size, c.hidden_size}};
+  std::vector<LinearShape> shapes = linear_shapes(c);
+  shapes.pop_back();  // not the LM head (the slowest to sweep, and never skinny's job alone)
   constexpr int kRows[] = {1, 4, 16, 64, 128};
-  constexpr size_t kRotateBytes = size_t{256} << 20;
-  size_t w_elems = kRotateBytes / 2, x_elems = 0, y_elems = 0;
-  for (const Shape& sh : shapes) {
+  size_t x_elems = 0, y_elems = 0;
+  for (const LinearShape& sh : shapes) {
     x_elems = std::max(x_elems, static_cast<size_t>(128) * sh.in);
     y_elems = std::max(y_elems, static_cast<size_t>(128) * sh.out);
   }
   DeviceScratch d;
-  auto* w = d.alloc<__nv_bfloat16>(w_elems, 0x3c);
+  RotatingWeights weights(d, 0);
   auto* x = d.alloc<__nv_bfloat16>(x_elems, 0x3c);
   auto* y = d.alloc<__nv_bfloat16>(y_elems);
   void* ws = d.alloc<uint8_t>(32 << 20);
   auto heuristic = cuda::Gemm::create(ws, 32 << 20, false, false, false);
   json rows = json::array();
   if (!heuristic.ok()) return rows;
-  size_t k = 0;
-  auto weights = [&](const Shape& sh) {
-    const size_t elems = static_cast<size_t>(sh.in) * sh.out;
-    return w + (k++ % std::max<size_t>(1, w_elems / elems)) * elems;
-  };
   std::printf("%-8s %3s %8s %s\n", "skinny", "n", "cublas", "us by wk x mt (2x1 2x2 2x4 4x1 ...)");
-  for (const Shape& sh : shapes) {
+  for (const LinearShape& sh : shapes) {
     const double floor_us = 1e6 * 2.0 * sh.in * sh.out / copy_bw;
     for (const int n : kRows) {
       const double cub = launch_us([&] {
-        (void)(*heuristic)->run(x, weights(sh), y, false, n, sh.in, sh.out, nullptr, false);
+        (void)(*heuristic)->run(x, weights.next(sh), y, false, n, sh.in, sh.out, nullptr, false);
       });
       json row = {{"layer", sh.name},
                   {"in", sh.in},
@@ -418,8 +422,8 @@ json skinny_shapes(const ModelConfig& c, double copy_bw) {
       for (const int wk : {2, 4, 8}) {
         for (const int mt : {1, 2, 4}) {
           const double us = launch_us([&] {
-            ops::cuda::skinny_gemm_shaped(x, weights(sh), y, false, n, sh.in, sh.out, nullptr, wk,
-                                          mt);
+            ops::cuda::skinny_gemm_shaped(x, weights.next(sh), y, false, n, sh.in, sh.out, nullptr,
+                                          wk, mt);
           });
           shapes_us[std::to_string(wk) + "x" + std::to_string(mt)] = us;
           std::printf(" %6.2f", us);

@@ -130,8 +130,9 @@ struct Geometry {
 };
 
 // One query row of G heads of a KV group against its n_ctx keys, head_dim =
-// 8 * HD8 (64 or 128): each K and V row is read once for the G heads (from
-// cache: a long context, such as a cartridge, does not fit in L1). Every
+// 8 * HD8 (64 or 128): each K and V row is fetched once for the G heads (a
+// long context, such as a cartridge, does not fit in L1; K rows are reused
+// from L1 across heads, V rows in registers). Every
 // head's arithmetic is what it would be alone: a score of keys [0, n_ctx & ~3)
 // is one fp32 accumulator over 8-lane chunks in order, of the last n_ctx % 4
 // keys dot()'s; the output accumulates p * V over keys in order.
@@ -163,21 +164,13 @@ void attend_heads(const float* qv, const float* k_base, const float* v_base, con
       simd::store8(s + h * n_ctx + c, sum * scale);
     }
   }
-  for (; c + 2 <= n4; c += 2) {  // two keys x G heads per pass: 2G accumulators
-    const float* k0 = k_base + static_cast<size_t>(slots[c]) * kv_stride;
-    const float* k1 = k_base + static_cast<size_t>(slots[c + 1]) * kv_stride;
-    v8f a[G][2] = {};
-    for (int i = 0; i < hd; i += 8) {
-      const v8f x0 = simd::load8(k0 + i), x1 = simd::load8(k1 + i);
-      for (int h = 0; h < G; ++h) {
-        const v8f q = simd::load8(qv + h * hd + i);
-        a[h][0] += q * x0;
-        a[h][1] += q * x1;
-      }
-    }
+  for (; c < n4; ++c) {  // at most 4 keys left before the tail: one accumulator each
+    const float* kr = k_base + static_cast<size_t>(slots[c]) * kv_stride;
     for (int h = 0; h < G; ++h) {
-      s[h * n_ctx + c] = simd::hsum(a[h][0]) * scale;
-      s[h * n_ctx + c + 1] = simd::hsum(a[h][1]) * scale;
+      v8f a = {};
+      for (int i = 0; i < hd; i += 8)
+        a += simd::load8(qv + h * hd + i) * simd::load8(kr + i);
+      s[h * n_ctx + c] = simd::hsum(a) * scale;
     }
   }
   for (; c < n_ctx; ++c) {
