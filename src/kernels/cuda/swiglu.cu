@@ -30,7 +30,7 @@ __global__ void __launch_bounds__(kThreads)
     const int64_t row = c / per_row;
     const int j = static_cast<int>(c - row * per_row) * VEC;
     // A chunk of VEC never straddles two blocks (block % VEC == 0).
-    const bf16* g = gate_up + row * 2 * ff + 2 * (j / block) * block + j % block;
+    const bf16* g = gate_up + row * 2 * ff + gate_up_offset(j, block);
     bf16* o = out + row * ff + j;
     if constexpr (VEC == 8) {
       float gv[8], uv[8], ov[8];
