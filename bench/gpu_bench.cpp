@@ -14,7 +14,8 @@
 //
 // Usage: gpu_bench MODEL [--out gpu_bench.json] [--repeats N] [--only GROUP] [--tp N]
 // GROUP (one set of figures, e.g. for a profiler run): linear, skinny, ops, decode,
-// decode1 (batch 1 only), prefill or ttft. --tp N: the backend and serving
+// decode1 (batch 1 only), cartdecode (decode over a shared cartridge prefix,
+// shared-prefix attention on and off), prefill or ttft. --tp N: the backend and serving
 // figures through N tensor-parallel ranks on GPUs 0..N-1 (the floors stay
 // one GPU's; the kernel tables are one GPU's).
 #include <cuda_runtime.h>
@@ -126,11 +127,32 @@ class Batch {
 
   // Adds `count` sequences of `len` random tokens (prefilled, not timed).
   Status add(int count, int len, int chunk_tokens) {
+    return add_after({}, count, len, chunk_tokens);
+  }
+  // Prefills `prefix` random tokens (a multiple of the block size) into
+  // blocks of their own and returns them: a prefix to share, as a resident
+  // cartridge's blocks are.
+  Result<std::vector<int32_t>> shared_prefix(int prefix, int chunk_tokens) {
+    Batch p(b_, vocab_);
+    p.next_block_ = next_block_;
+    CS_RETURN_IF_ERROR(p.add(1, prefix, chunk_tokens));
+    next_block_ = p.next_block_;
+    std::vector<int32_t> blocks = p.seqs_[0].table;
+    blocks.resize(static_cast<size_t>(prefix / b_.kv_spec().block_size));
+    return blocks;
+  }
+  // Adds `count` sequences of `len` random tokens after the positions of the
+  // `shared` blocks (prefilled, not timed); their decode steps hint the
+  // shared prefix (StepInput::shared_prefix).
+  Status add_after(const std::vector<int32_t>& shared, int count, int len, int chunk_tokens) {
     const int B = b_.kv_spec().block_size;
+    const int start = static_cast<int>(shared.size()) * B;
     StepInput in;
     for (int i = 0; i < count; ++i) {
       Seq s;
-      s.len = len;
+      s.len = start + len;
+      s.shared = start;
+      s.table = shared;
       for (int k = 0; k < (len + 256 + B - 1) / B; ++k)
         s.table.push_back(next_block_++);
       seqs_.push_back(s);
@@ -144,7 +166,7 @@ class Batch {
       int tokens = 0;
       while (e < seqs_.size() && tokens + len <= std::max(chunk_tokens, len)) {
         const auto ids = random_ids(len, vocab_, static_cast<unsigned>(e));
-        const int32_t row = in.append_sequence(seqs_[e].table, B, 0, ids);
+        const int32_t row = in.append_sequence(seqs_[e].table, B, start, ids);
         in.samples.push_back(sample_row(row + len - 1));
         tokens += len;
         ++e;
@@ -163,6 +185,7 @@ class Batch {
       const int32_t tok = 1000 + static_cast<int32_t>(i);
       in.append_sequence(seqs_[i].table, B, seqs_[i].len, std::span<const int32_t>(&tok, 1));
       in.samples.push_back(sample_row(static_cast<int32_t>(i)));
+      in.shared_prefix.push_back(seqs_[i].shared);
     }
     const auto t0 = Clock::now();
     CS_RETURN_IF_ERROR(b_.execute(in, out_));
@@ -175,6 +198,7 @@ class Batch {
  private:
   struct Seq {
     int len = 0;
+    int shared = 0;  // leading positions in shared blocks
     std::vector<int32_t> table;
   };
   SampleRow sample_row(int32_t row) {
@@ -858,6 +882,54 @@ int main(int argc, char** argv) {
           {"ms", ms}, {"flops", fl}, {"floor_ms", floor_ms}, {"fraction_of_floor", floor_ms / ms}};
       std::printf("%-28s %9.3f ms   floor %.3f ms (%.0f%%)\n", key.c_str(), ms, floor_ms,
                   100.0 * floor_ms / ms);
+    }
+  }
+  // Decode over a shared 2048-position prefix (a resident cartridge) with a
+  // 64-token question of each sequence's own after it, shared-prefix
+  // attention on and off (--cascade-min-prefix 256 / 0).
+  for (const int min_prefix : {256, 0}) {
+    if (!want("cartdecode")) break;
+    ServeOptions oc = o;
+    oc.cascade_min_prefix = min_prefix;
+    auto backend = make_backend(m, oc);
+    if (!backend.ok()) {
+      std::fprintf(stderr, "error: %s\n", backend.status().message().c_str());
+      return 1;
+    }
+    constexpr int kPrefix = 2048, kOwn = 64;
+    for (const int batch : {1, 16, 64, 256}) {
+      Batch seqs(**backend, c.vocab_size);
+      auto shared = seqs.shared_prefix(kPrefix, 8192);
+      Status st = shared.ok() ? seqs.add_after(*shared, batch, kOwn, 8192) : shared.status();
+      if (!st.ok()) {
+        std::fprintf(stderr, "cartridge decode setup: %s\n", st.message().c_str());
+        return 1;
+      }
+      std::vector<double> t;
+      for (int i = 0; i < 10 + 20 * repeats; ++i) {
+        auto s = seqs.step();
+        if (!s.ok()) {
+          std::fprintf(stderr, "cartridge decode: %s\n", s.status().message().c_str());
+          return 1;
+        }
+        if (i >= 10) t.push_back(*s);
+      }
+      const double ms = 1e3 * median(t);
+      // The prefix's KV read once, each sequence's own positions once.
+      const double floor_ms =
+          1e3 * (weight_bytes + (kPrefix + batch * (kOwn + 10.0)) * kv_token_bytes) / copy_bw;
+      const std::string key = "decode_cartridge_2048_batch_" + std::to_string(batch) +
+                              (min_prefix > 0 ? "" : "_no_cascade");
+      figures[key] = {{"ms_per_step", ms},
+                      {"tokens_per_s", batch / (ms / 1e3)},
+                      {"floor_ms_per_step", floor_ms},
+                      {"fraction_of_floor", floor_ms / ms}};
+      const std::string on_key = "decode_cartridge_2048_batch_" + std::to_string(batch);
+      if (min_prefix == 0 && figures.contains(on_key))
+        figures[on_key]["speedup_vs_no_cascade"] =
+            ms / figures[on_key]["ms_per_step"].get<double>();
+      std::printf("%-40s %9.3f ms/step %9.0f tok/s   floor %.3f ms (%.0f%%)\n", key.c_str(), ms,
+                  batch / (ms / 1e3), floor_ms, 100.0 * floor_ms / ms);
     }
   }
   // Cartridges through the engine: resident, and promoted from the host tier.

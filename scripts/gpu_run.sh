@@ -10,7 +10,8 @@
 #   logits     (logits:NAME for one shape) random-weight Llama-3.2-3B and SmolLM2-135M shapes written by HF
 #              transformers: our logits and greedy continuations against HF's
 #   bench      bench/gpu_bench on the 3B shape (linear layers gemv vs cuBLASLt, decode,
-#              prefill, cartridge TTFT, promotion)
+#              decode over a shared 2048-token cartridge with and without shared-prefix
+#              attention, prefill, cartridge TTFT, promotion)
 #   bench:skinny  decode on the 3B shape with CARTSERVE_SKINNY=1 (decode rows through the
 #              batch-invariant skinny kernel): gpu_bench_skinny.json
 #   bench:gemv  decode on the 3B shape with CARTSERVE_DECODE_GEMV=1 (1-row decode runs through
@@ -156,7 +157,7 @@ for s in "$@"; do
     unit) stage unit "$B/gpu_tests" ;;
     sanitizer)
       stage sanitizer compute-sanitizer --tool memcheck --error-exitcode 9 "$B/gpu_tests" \
-        --gtest_filter='CudaOps.*:PagedAttention*Decode*:*PrefillSharedCartridgePrefix:CudaSampling.Greedy*:CudaTp.SumBf16*:CudaTp.OneDevice*' &&
+        --gtest_filter='CudaOps.*:PagedAttention*Decode*:*PrefillSharedCartridgePrefix:CudaSampling.Greedy*:CudaTp.SumBf16*:CudaTp.OneDevice*:CudaCascade.*' &&
         ckpt smollm2 && stage sanitizer_forward compute-sanitizer --tool memcheck --error-exitcode 9 \
           "$B/dump_logits" /tmp/ckpt/smollm2 /tmp/ckpt/smollm2/prompts.json /tmp --device cuda \
           --greedy 4 ;;

@@ -50,6 +50,8 @@ Status InputBatch::build(const SchedulerOutput& out, const RequestLookup& find, 
     // Prompt tokens (and a preempted request's recomputed ones) vs generated ones.
     in.prompt_rows.push_back(s.num_tokens > 1 ||
                              s.start_position < req->num_virtual_tokens + req->num_prompt_tokens());
+    // Shared full blocks, up to the first row of this chunk.
+    in.shared_prefix.push_back(std::min(s.shared_blocks * B, s.start_position / B * B));
     // Prompt logprobs: positions p in [v, v + P - 1) of this chunk predict prompt token p + 1.
     if (req->sampling.prompt_logprobs >= 0) {
       const int32_t v = req->num_virtual_tokens;

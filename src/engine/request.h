@@ -73,6 +73,9 @@ struct Request {
   // Blocks [0, num_registered_blocks) are cached already or not ours to cache.
   int32_t num_registered_blocks = 0;
   int32_t num_cached_tokens = 0;  // prefix-cache hits at first admission (usage)
+  // Leading blocks of block_table that were shared when admitted (external
+  // and cached ones): full, immutable, possibly in other requests' tables.
+  int32_t num_shared_blocks = 0;
   int32_t num_preemptions = 0;
 
   int32_t num_prompt_tokens() const { return static_cast<int32_t>(prompt_token_ids.size()); }

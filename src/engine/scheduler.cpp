@@ -183,6 +183,7 @@ ScheduledRequest Scheduler::make_entry(Request& req, int32_t num_tokens) const {
   }
   e.needs_logits = e.start_position + num_tokens == req.num_positions();
   e.new_row = req.num_reported_blocks == 0;
+  e.shared_blocks = req.num_shared_blocks;
   e.new_block_ids.assign(req.block_table.begin() + req.num_reported_blocks, req.block_table.end());
   req.num_reported_blocks = static_cast<int32_t>(req.block_table.size());
   return e;
@@ -281,6 +282,7 @@ Scheduler::Admission Scheduler::try_admit(Request& req, int32_t& budget, Schedul
                                          req.block_table[static_cast<size_t>(full_ext)], e % B});
   }
   req.num_registered_blocks = have;
+  req.num_shared_blocks = have;
   req.num_computed_tokens = computed;
   if (req.num_preemptions == 0) req.num_cached_tokens = computed - e;
   pool_.record_prefix_query(positions - e, computed - e);

@@ -71,6 +71,7 @@ struct ScheduledRequest {
   bool needs_logits = false;       // the chunk ends the known tokens: sample one
   bool new_row = false;
   std::vector<int32_t> new_block_ids;
+  int32_t shared_blocks = 0;  // Request::num_shared_blocks
 };
 
 struct RejectedRequest {

@@ -144,9 +144,13 @@ void skinny_gemm_swiglu(const bf16* x, const bf16* w_gate_up, bf16* act, int n, 
 // CTAs as in decode, and a second kernel merges the partial softmaxes in a
 // fixed order; workspace: decode_workspace_bytes(num_tokens, n_heads,
 // head_dim, num_splits) bytes. num_splits == 1 needs no workspace.
+// skip ([num_seqs] device, or null): sequences with skip[s] > 0 are left out
+// (their rows not written: a mixed step's shared-prefix decode rows, which
+// paged_attention_decode with prefixed_only attends).
 void paged_attention_prefill(const bf16* q, int64_t q_row_stride, const KvLayer& kv,
                              const AttnBatch& batch, bf16* out, int n_heads, float scale,
-                             int num_splits, void* workspace, cudaStream_t s);
+                             int num_splits, void* workspace, cudaStream_t s,
+                             const int32_t* skip = nullptr);
 // A split count that fills the GPU for this batch shape (1 when the unsplit
 // grid already does, or when the contexts are short).
 int prefill_num_splits(int num_tokens, int num_seqs, int n_heads, int num_kv_heads,
@@ -161,9 +165,54 @@ size_t decode_workspace_bytes(int max_seqs, int n_heads, int head_dim, int max_s
 // A split count that fills the GPU for this batch shape (1 for long batches).
 int decode_num_splits(int num_seqs, int num_kv_heads, int max_context_len, int max_splits,
                       int num_sms);
+// Shared-prefix ("cascade") decode attention splits a sequence's keys in
+// two: [0, prefix_len[s]) is attended by cascade_prefix_attention below,
+// [prefix_len[s], context_lens[s]) by paged_attention_decode, whose merge
+// then combines the prefix partials (first) with its own splits.
+struct PrefixPartials {
+  const int32_t* prefix_len = nullptr;  // [num_seqs] device; 0: no prefix part
+  // cascade_workspace_bytes(max_seqs >= num_seqs, ...): o [num_seqs, n_heads,
+  // kMaxCascadeSplits, head_dim] then ml [..., 2] (max, sum) floats.
+  void* workspace = nullptr;
+  // Only the sequences with a prefix (one row each); the others are left
+  // alone: a mixed step, whose other rows paged_attention_prefill attends.
+  bool prefixed_only = false;
+};
 void paged_attention_decode(const bf16* q, int64_t q_row_stride, const KvLayer& kv,
                             const AttnBatch& batch, bf16* out, int n_heads, float scale,
-                            int num_splits, void* workspace, cudaStream_t s);
+                            int num_splits, void* workspace, cudaStream_t s,
+                            const PrefixPartials* prefix = nullptr);
+
+// ---- shared-prefix (cascade) attention ----------------------------------------
+// Decode sequences whose first keys lie in the same physical KV blocks (a
+// cartridge, a cached prompt prefix) attend over those keys together: one
+// tensor-core tile holds the query heads of up to kCascadeTileRows / group
+// sequences against each K/V tile, which is read once per tile instead of
+// once per sequence. The work is a device list of items, each one tile of
+// one group and one key split (cascade_split.h):
+struct CascadeWork {
+  const int32_t* num_items = nullptr;  // [1] device: items of this launch
+  // [num_items, 4] device: first member, member count (<= kCascadeTileRows /
+  // group), key split, prefix length P (a multiple of block_size). The
+  // members' block tables agree on blocks [0, P / block_size).
+  const int32_t* items = nullptr;
+  const int32_t* members = nullptr;  // sequence indices (one decode row each)
+};
+size_t cascade_workspace_bytes(int max_seqs, int n_heads, int head_dim);
+// Whether cascade_prefix_attention runs on these buffers (16-byte aligned q
+// rows and KV, GQA group <= kCascadeTileRows); the caller plans no prefix
+// otherwise.
+bool cascade_supported(const bf16* q, int64_t q_row_stride, const KvLayer& kv, int n_heads);
+// Writes the unnormalised partial of every (member, head, split) of the
+// items to parts.workspace; decode rows only (query row query_start[s]).
+// grid_ctas: CTAs per KV head, each walking items blockIdx.x, + grid_ctas,
+// ... (any value >= 1 gives the same bits; a captured graph fixes it).
+// Batch-invariant: a sequence's partials depend only on its own query, its
+// keys [0, P) and P, never on the other members of its tile.
+void cascade_prefix_attention(const bf16* q, int64_t q_row_stride, const KvLayer& kv,
+                              const AttnBatch& batch, const CascadeWork& work, int grid_ctas,
+                              int n_heads, float scale, const PrefixPartials& parts,
+                              cudaStream_t s);
 
 // ---- tensor parallelism ------------------------------------------------------
 

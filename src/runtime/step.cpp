@@ -12,6 +12,7 @@ void StepInput::clear() {
   context_lens.clear();
   block_table.clear();
   prompt_rows.clear();
+  shared_prefix.clear();
   max_blocks = 0;
   max_query_len = 0;
   max_context_len = 0;
@@ -61,6 +62,11 @@ Status validate_step(const StepInput& in, std::span<const int32_t> logit_rows, i
     return make_error(ErrorCode::kInvalidArgument, "forward: {} prompt_rows flags for {} sequences",
                       in.prompt_rows.size(), in.context_lens.size());
   }
+  if (!in.shared_prefix.empty() && in.shared_prefix.size() != in.context_lens.size()) {
+    return make_error(ErrorCode::kInvalidArgument,
+                      "forward: {} shared_prefix lengths for {} sequences", in.shared_prefix.size(),
+                      in.context_lens.size());
+  }
   const int32_t n = in.num_tokens();
   const int32_t num_seqs = in.num_seqs();
   if (in.positions.size() != in.token_ids.size() || in.slot_mapping.size() != in.token_ids.size()) {
@@ -103,6 +109,15 @@ Status validate_step(const StepInput& in, std::span<const int32_t> logit_rows, i
       return make_error(ErrorCode::kInvalidArgument,
                         "forward: block table holds {} blocks but kv_len is {}", in.max_blocks,
                         kv_len);
+    }
+    if (!in.shared_prefix.empty()) {
+      const int32_t p = in.shared_prefix[static_cast<size_t>(s)];
+      if (p < 0 || p % block_size != 0 || p > kv_len - q_len) {
+        return make_error(ErrorCode::kInvalidArgument,
+                          "forward: sequence {} has a shared prefix of {} positions (whole blocks "
+                          "of {} before its {} rows of {} positions)",
+                          s, p, block_size, q_len, kv_len);
+      }
     }
     const int32_t* table = in.block_table.data() + static_cast<size_t>(s) * in.max_blocks;
     for (int64_t b = 0; b < need; ++b) {

@@ -77,6 +77,12 @@ struct StepInput {
   // request's logits do not depend on what it is batched with. Empty: a
   // sequence of one row counts as decode.
   std::vector<uint8_t> prompt_rows;
+  // [num_seqs] or empty: leading KV positions of the sequence that lie in
+  // shared, immutable full blocks (a cartridge's, cached prompt blocks),
+  // a multiple of the block size and before its rows. A hint: a backend may
+  // attend over them once for every sequence with the same blocks (shared-
+  // prefix attention); the result is the same function either way.
+  std::vector<int32_t> shared_prefix;
   int32_t max_blocks = 0;
   int32_t max_query_len = 0;
   int32_t max_context_len = 0;

@@ -74,6 +74,11 @@ void ServeOptions::add_to(CLI::App& sub) {
                "Reuse KV blocks of identical prompt prefixes (default on)");
   sub.add_flag("--enforce-eager", enforce_eager,
                "cuda: launch every kernel of a decode step instead of replaying CUDA graphs");
+  sub.add_option("--cascade-min-prefix", cascade_min_prefix,
+                 "cuda: decode sequences whose first N+ positions are shared blocks (a cartridge, "
+                 "a cached prompt prefix) attend over them together, each block read once per "
+                 "step (default 256; 0: off)")
+      ->check(CLI::NonNegativeNumber);
   sub.add_option("--tensor-parallel-size", tensor_parallel_size,
                  "Ranks to shard the model over by attention head and MLP slice: 1, 2, 4 or 8 "
                  "(cpu: threads of this process with an in-process all-reduce; cuda: GPUs 0..N-1, "

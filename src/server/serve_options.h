@@ -42,6 +42,9 @@ struct ServeOptions {
   std::optional<double> gpu_memory_utilization;
   bool enable_prefix_caching = true;
   bool enforce_eager = false;  // cuda: no CUDA graphs for decode steps
+  // cuda: shared-prefix decode attention for shared prefixes (cartridges,
+  // cached prompt blocks) of at least this many positions; 0: off.
+  int32_t cascade_min_prefix = 256;
   int32_t tensor_parallel_size = 1;
   std::string kv_transfer_config;
   int32_t threads = 0;

@@ -98,6 +98,7 @@ Result<std::unique_ptr<Backend>> make_backend(const Model& model, const ServeOpt
     co.kv_cache_tokens = options.kv_cache_tokens;
     co.kv_cache_bytes = plan.kv_bytes;
     co.cuda_graphs = !options.enforce_eager;
+    co.cascade_min_prefix = options.cascade_min_prefix;
     co.max_num_batched_tokens = plan.engine.scheduler.max_num_batched_tokens;
     co.max_num_seqs = plan.engine.scheduler.max_num_seqs;
     co.max_model_len = plan.engine.scheduler.max_model_len;

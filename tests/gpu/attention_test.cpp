@@ -1,5 +1,6 @@
 // The CUDA paged attention kernels (kernels/cuda/attention_prefill.cu,
-// attention_decode.cu) against their fp32 CPU twin, ops::cpu::paged_attention.
+// attention_decode.cu, attention_cascade.cu) against their fp32 CPU twin,
+// ops::cpu::paged_attention.
 //
 // Each case builds fresh random data: q, K and V ~ N(0, 1) rounded to bf16;
 // the GPU gets the bf16 bits, the CPU twin the same bf16 values as fp32.
@@ -8,7 +9,7 @@
 // tables' padding entries, spare blocks, the tails of partial last blocks)
 // holds NaN bits, as do the k/v parts of the fused q rows, so a read of
 // anything outside the contract turns the output into NaN. Block ids are
-// shuffled; a "cartridge prefix" case has two sequences whose tables start
+// shuffled; a "cartridge prefix" case has sequences whose tables start
 // with the same blocks. The output buffer is poisoned (0xFFFF, a bf16 NaN)
 // before each launch, with a guard region after it that must stay poisoned.
 //
@@ -35,9 +36,11 @@
 #include <vector>
 
 #include "core/dtype.h"
+#include "kernels/cascade_split.h"
 #include "kernels/cuda/attention_internal.cuh"
 #include "kernels/cuda_ops.h"
 #include "kernels/ops.h"
+#include "runtime/cascade_plan.h"
 
 namespace cartserve::ops::cuda {
 namespace {
@@ -158,8 +161,9 @@ struct Case {
   int n_kv_heads;
   int block_size;
   std::vector<SeqSpec> seqs;
-  int shared_prefix_blocks = 0;  // seqs[1]'s table starts with seqs[0]'s first blocks
+  int shared_prefix_blocks = 0;  // seqs[1..shared_seqs)' tables start with seqs[0]'s first blocks
   int q_offset = 0;              // elements q is shifted by (1: unaligned, the fallback path)
+  int shared_seqs = 2;
 };
 
 constexpr int kNumLayers = 2;
@@ -217,11 +221,14 @@ std::unique_ptr<Problem> make_problem(const Case& c, uint32_t seed, bool compute
   }
   const int shared = c.shared_prefix_blocks;
   if (shared > 0) {
-    // A cartridge prefix: full blocks before both sequences' queries.
-    if (n_seqs < 2 || shared * bs > c.seqs[0].ctx - c.seqs[0].q_len ||
-        shared * bs > c.seqs[1].ctx - c.seqs[1].q_len)
+    // A cartridge prefix: full blocks before the sharing sequences' queries.
+    if (c.shared_seqs < 2 || c.shared_seqs > n_seqs)
       throw std::runtime_error("bad case: shared prefix");
-    distinct -= shared;
+    for (int s = 0; s < c.shared_seqs; ++s) {
+      if (shared * bs > c.seqs[s].ctx - c.seqs[s].q_len)
+        throw std::runtime_error("bad case: shared prefix");
+    }
+    distinct -= shared * (c.shared_seqs - 1);
   }
   p->num_blocks = 1 + distinct + kSpareBlocks;
   p->max_blocks = max_nb + 2;  // at least two padding entries per row
@@ -233,7 +240,7 @@ std::unique_ptr<Problem> make_problem(const Case& c, uint32_t seed, bool compute
   for (int s = 0; s < n_seqs; ++s) {
     for (int b = 0; b < n_blocks[s]; ++b) {
       int32_t id;
-      if (s == 1 && b < shared) {
+      if (s >= 1 && s < c.shared_seqs && b < shared) {
         id = p->block_table[b];  // seqs[0]'s block b
       } else {
         id = ids[next_id++];
@@ -439,6 +446,46 @@ std::vector<SeqSpec> decode_seqs(const std::vector<int>& ctxs) {
   return v;
 }
 
+// Shared-prefix decode: cascade_prefix_attention over `plan`'s items (on
+// grid_ctas CTAs per KV head), then paged_attention_decode over the rest of
+// each sequence's keys, merging. Poisoned output and workspaces, as run().
+std::vector<uint16_t> run_cascade(const Problem& p, const CascadePlan& plan, int num_splits,
+                                  int grid_ctas, cudaStream_t st) {
+  const size_t n = p.out_elems();
+  DevBuf<uint16_t> out(n + kGuard);
+  out.poison();
+  DevBuf<uint8_t> ws(
+      decode_workspace_bytes(p.batch.num_tokens, p.c.n_heads, p.c.head_dim, kMaxSplits));
+  ws.poison();
+  DevBuf<uint8_t> cws(cascade_workspace_bytes(p.batch.num_seqs, p.c.n_heads, p.c.head_dim));
+  cws.poison();  // a merge reading a prefix partial that was not written gets NaN
+  std::vector<int32_t> count = {plan.num_items(), 0, 0, 0};
+  DevBuf<int32_t> d_count(4), d_items(std::max<size_t>(plan.items.size(), 4)),
+      d_members(std::max<size_t>(plan.members.size(), 1)), d_prefix(plan.prefix_len.size());
+  d_count.upload(count);
+  std::vector<int32_t> items = plan.items, members = plan.members;
+  items.resize(d_items.size(), 0);
+  members.resize(d_members.size(), 0);
+  d_items.upload(items);
+  d_members.upload(members);
+  d_prefix.upload(plan.prefix_len);
+  const CascadeWork work{d_count.get(), d_items.get(), d_members.get()};
+  const PrefixPartials parts{d_prefix.get(), cws.get()};
+  cascade_prefix_attention(p.q(), p.q_row_stride, p.kv, p.batch, work, grid_ctas, p.c.n_heads,
+                           p.scale, parts, st);
+  paged_attention_decode(p.q(), p.q_row_stride, p.kv, p.batch, reinterpret_cast<bf16*>(out.get()),
+                         p.c.n_heads, p.scale, num_splits, ws.get(), st, &parts);
+  ATTN_CUDA_OK(cudaGetLastError());
+  ATTN_CUDA_OK(cudaStreamSynchronize(st));
+  std::vector<uint16_t> h = out.download();
+  size_t guard_hit = 0;
+  for (size_t i = n; i < n + kGuard; ++i)
+    guard_hit += h[i] != kNaN16 ? 1 : 0;
+  EXPECT_EQ(guard_hit, 0u) << "written past the output";
+  h.resize(n);
+  return h;
+}
+
 // ---- tests -----------------------------------------------------------------
 
 TEST_F(PagedAttentionGpu, PrefillRaggedBatches) {
@@ -499,6 +546,68 @@ TEST_F(PagedAttentionGpu, DecodeSplits) {
     // A decode batch is also a valid prefill batch.
     check(*p, Impl::kPrefill, 0, stream_);
     check(*p, Impl::kPrefillSimple, 0, stream_);
+  }
+}
+
+// Shared-prefix (cascade) decode against the CPU twin, and batch invariance:
+// each sequence's output bits are the same when its tile holds only itself
+// and whatever the grid.
+TEST_F(PagedAttentionGpu, DecodeSharedPrefixCascade) {
+  struct Shape {
+    const char* name;
+    int d, heads, kv_heads, bs, prefix_blocks;
+  };
+  const Shape shapes[] = {
+      {"cascade_g3_d128_bs16", 128, 24, 8, 16, 128},  // the 3B shape, a 2048-position cartridge
+      {"cascade_g3_d64_bs16", 64, 9, 3, 16, 40},      // SmolLM2, 640 positions (3 splits)
+      {"cascade_g4_d128_bs32", 128, 16, 4, 32, 9},    // 288 positions (2 splits: 256 + 32)
+      {"cascade_g1_d64_bs16", 64, 4, 4, 16, 300},     // 4800 positions (15 splits of 320)
+      {"cascade_g8_d128_bs8", 128, 64, 8, 8, 70},     // 560 positions
+  };
+  const int sms = device_sms();
+  uint32_t seed = 3500;
+  for (const Shape& sh : shapes) {
+    // 30 decode rows: 0..25 share the prefix (two tiles at group 3), 26 has a
+    // prefix of its own blocks (a group of one), 27..29 none.
+    const int prefix = sh.prefix_blocks * sh.bs;
+    std::vector<int> ctxs;
+    for (int s = 0; s < 30; ++s)
+      ctxs.push_back(s < 27 ? prefix + 1 + (s * 37) % 150 : 1 + s * 41);
+    Case c{sh.name, sh.d, sh.heads, sh.kv_heads, sh.bs, decode_seqs(ctxs), sh.prefix_blocks};
+    c.shared_seqs = 26;
+    SCOPED_TRACE(c.name);
+    const auto p = make_problem(c, seed++);
+    std::vector<int32_t> shared(30, 0);
+    for (int s = 0; s < 27; ++s)
+      shared[static_cast<size_t>(s)] = prefix;
+    const int group = sh.heads / sh.kv_heads;
+    CascadePlan plan;
+    plan_cascade(shared, p->query_start, p->context_lens, p->block_table, p->max_blocks, sh.bs,
+                 group, 256, plan);
+    ASSERT_EQ(plan.members.size(), 27u);
+    const int splits = decode_num_splits(p->batch.num_seqs, sh.kv_heads, p->batch.max_context_len,
+                                         kMaxSplits, sms);
+    const std::vector<uint16_t> out = run_cascade(*p, plan, splits, 7, stream_);
+    const Error e = compare(out, p->ref);
+    std::printf("[ attn     ] %-34s %-15s splits=%-3d rel=%.3e max_abs=%.3e (%d items)\n",
+                c.name.c_str(), "cascade", splits, e.rel, e.max_abs, plan.num_items());
+    EXPECT_EQ(e.unwritten, 0u);
+    EXPECT_EQ(e.non_finite, 0u);
+    EXPECT_LT(e.rel, 1e-2);
+    // Each member alone in its tile, one CTA per KV head; then a wide grid.
+    CascadePlan solo = plan;
+    solo.items.clear();
+    for (size_t i = 0; i < plan.members.size(); ++i) {
+      const int32_t P = plan.prefix_len[static_cast<size_t>(plan.members[i])];
+      for (int32_t z = 0; z < cascade_num_splits(P); ++z)
+        solo.items.insert(solo.items.end(), {static_cast<int32_t>(i), 1, z, P});
+    }
+    EXPECT_TRUE(run_cascade(*p, solo, splits, 1, stream_) == out) << "a tile's mates changed bits";
+    EXPECT_TRUE(run_cascade(*p, plan, splits, 1000, stream_) == out) << "the grid changed bits";
+    // The sequences without a prefix get exactly the plain decode's bits.
+    const std::vector<uint16_t> plain = run(*p, Impl::kDecode, splits, stream_);
+    const size_t row = static_cast<size_t>(sh.heads) * sh.d;
+    EXPECT_TRUE(std::equal(out.begin() + 27 * row, out.end(), plain.begin() + 27 * row));
   }
 }
 

@@ -5,9 +5,11 @@
 // group / HG, num_splits), 128 threads:
 //  - A CTA owns HG query heads of one KV head (HG = the GQA group, or the
 //    largest divisor <= 8 of a wider group) and one split: a contiguous run
-//    of the sequence's KV positions (decode_split_len: the context divided
+//    of the sequence's KV positions (decode_split_len: the keys divided
 //    evenly, rounded to 64 positions). Each K/V row is read from
-//    global memory once for all HG heads.
+//    global memory once for all HG heads. With prefix partials the keys are
+//    [prefix_len[s], ctx): the shared prefix before them was attended by
+//    cascade_prefix_attention.
 //  - Thread layout: a K/V row of head_dim bf16 is TPR = head_dim / 8 lanes,
 //    each owning one 16-byte chunk (dims [8c, 8c + 8)); RPP = 128 / TPR rows
 //    per pass. The split is walked in stages of BN positions (64 at
@@ -31,7 +33,8 @@
 //    shared memory; the CTA writes its unnormalised output [HG][head_dim],
 //    its running max and sum to the workspace.
 // Merge kernel (decode_merge_kernel): one warp per (sequence, query head)
-// combines the non-empty splits in split order: M = max m_i, O = sum_i
+// combines the prefix partials (if any) and then the non-empty splits, in
+// order: M = max m_i, O = sum_i
 // exp2(m_i - M) o_i / sum_i exp2(m_i - M) l_i, rounded to bf16.
 //
 // Workspace (floats), for the launch's num_seqs S, n_heads H, num_splits N:
@@ -42,6 +45,7 @@
 // Determinism: fixed thread -> data mapping, fixed reduction trees, the
 // merge in split order, no atomics: the same batch and num_splits give the
 // same bits. No allocation, no host synchronisation: graph-capturable.
+#include "kernels/cascade_split.h"
 #include "kernels/cuda/attention_internal.cuh"
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda_ops.h"
@@ -128,8 +132,10 @@ struct DecodeCfg {
 template <int D, int HG>
 __global__ void __launch_bounds__(kThreads)
     decode_split_kernel(const bf16* __restrict__ q /* [num_seqs] rows of q_row_stride */,
-                        int64_t q_row_stride, KvLayer kv, AttnBatch batch, int n_heads,
-                        float scale_log2, int num_splits, int bs_shift,
+                        int64_t q_row_stride, KvLayer kv, AttnBatch batch,
+                        const int32_t* __restrict__ kv_begin /* [num_seqs] or null */,
+                        bool prefixed_only, int n_heads, float scale_log2, int num_splits,
+                        int bs_shift,
                         float* __restrict__ o_part /* [num_seqs, n_heads, num_splits, D] */,
                         float* __restrict__ ml_part /* [num_seqs, n_heads, num_splits, 2] */) {
   using Cfg = DecodeCfg<D, HG>;
@@ -160,8 +166,10 @@ __global__ void __launch_bounds__(kThreads)
   const int head0 = kvh * group + (static_cast<int>(blockIdx.y) % n_sub) * HG;
   const int split = blockIdx.z;
   const int ctx = batch.context_lens[s];
-  const int split_len = decode_split_len(ctx, num_splits);
-  const int begin = split * split_len;
+  const int first = kv_begin != nullptr ? kv_begin[s] : 0;  // keys [first, ctx), first < ctx
+  if (prefixed_only && first == 0) return;  // the prefill op's sequence (CTA-uniform)
+  const int split_len = decode_split_len(ctx - first, num_splits);
+  const int begin = first + split * split_len;
   if (begin >= ctx) return;  // empty split (CTA-uniform): the merge skips it
   const int end = min(ctx, begin + split_len);
   const int n_stages = (end - begin + BN - 1) / BN;  // >= 1
@@ -367,7 +375,10 @@ __global__ void __launch_bounds__(kMergeWarps * 32)
     decode_merge_kernel(const float* __restrict__ o_part /* [num_seqs, n_heads, num_splits, D] */,
                         const float* __restrict__ ml_part /* [num_seqs, n_heads, num_splits, 2] */,
                         AttnBatch batch, bf16* __restrict__ out /* [num_tokens, n_heads * D] */,
-                        int n_heads, int num_splits) {
+                        int n_heads, int num_splits, const int32_t* __restrict__ prefix_len,
+                        bool prefixed_only,
+                        const float* __restrict__ c_o /* [num_seqs, n_heads, NC, D] */,
+                        const float* __restrict__ c_ml /* [num_seqs, n_heads, NC, 2] */) {
   pdl_trigger();
   pdl_wait();
   const int lane = threadIdx.x & 31;
@@ -375,61 +386,65 @@ __global__ void __launch_bounds__(kMergeWarps * 32)
   if (item >= static_cast<int64_t>(batch.num_seqs) * n_heads) return;  // warp-uniform
   const int s = static_cast<int>(item / n_heads);
   const int h = static_cast<int>(item % n_heads);
-  const int ctx = batch.context_lens[s];
-  const int split_len = decode_split_len(ctx, num_splits);
-  const int n_active = ctx > 0 ? (ctx + split_len - 1) / split_len : 0;  // <= num_splits
+  const int prefix = prefix_len != nullptr ? prefix_len[s] : 0;
+  if (prefixed_only && prefix == 0) return;  // warp-uniform
+  const int keys = batch.context_lens[s] - prefix;
+  const int split_len = decode_split_len(keys, num_splits);
+  const int n_active = keys > 0 ? (keys + split_len - 1) / split_len : 0;  // <= num_splits
   const int64_t slot0 = item * num_splits;
-  merge_partials<D>(
-      o_part + slot0 * D, ml_part + 2 * slot0, n_active,
-      out + static_cast<int64_t>(batch.query_start[s]) * n_heads * D + static_cast<int64_t>(h) * D,
-      lane);
+  bf16* orow =
+      out + static_cast<int64_t>(batch.query_start[s]) * n_heads * D + static_cast<int64_t>(h) * D;
+  if (prefix > 0) {  // the prefix partials first (their keys come first), then the splits
+    const int64_t c0 = item * kMaxCascadeSplits;
+    merge_partials<D>(c_o + c0 * D, c_ml + 2 * c0, cascade_num_splits(prefix), orow, lane,
+                      o_part + slot0 * D, ml_part + 2 * slot0, n_active);
+  } else {
+    merge_partials<D>(o_part + slot0 * D, ml_part + 2 * slot0, n_active, orow, lane);
+  }
 }
 
+// The split kernel's arguments past its template parameters.
+struct SplitArgs {
+  const bf16* q;
+  int64_t q_row_stride;
+  KvLayer kv;
+  AttnBatch batch;
+  const int32_t* kv_begin;
+  bool prefixed_only;
+  int n_heads;
+  float scale_log2;
+  int num_splits;
+  int bs_shift;
+  float* o_part;
+  float* ml_part;
+};
+
 template <int D, int HG>
-void launch_split(const dim3& grid, cudaStream_t st, const bf16* q, int64_t q_row_stride,
-                  const KvLayer& kv, const AttnBatch& batch, int n_heads, float scale_log2,
-                  int num_splits, int bs_shift, float* o_part, float* ml_part) {
-  launch(decode_split_kernel<D, HG>, grid, kThreads, 0, st, q, q_row_stride, kv, batch, n_heads,
-         scale_log2, num_splits, bs_shift, o_part, ml_part);
+void launch_split(const dim3& grid, cudaStream_t st, const SplitArgs& a) {
+  launch(decode_split_kernel<D, HG>, grid, kThreads, 0, st, a.q, a.q_row_stride, a.kv, a.batch,
+         a.kv_begin, a.prefixed_only, a.n_heads, a.scale_log2, a.num_splits, a.bs_shift, a.o_part,
+         a.ml_part);
 }
 
 template <int D>
-void launch_split_hg(int hg, const dim3& grid, cudaStream_t st, const bf16* q, int64_t q_row_stride,
-                     const KvLayer& kv, const AttnBatch& batch, int n_heads, float scale_log2,
-                     int num_splits, int bs_shift, float* o_part, float* ml_part) {
+void launch_split_hg(int hg, const dim3& grid, cudaStream_t st, const SplitArgs& a) {
   switch (hg) {
     case 1:
-      launch_split<D, 1>(grid, st, q, q_row_stride, kv, batch, n_heads, scale_log2, num_splits,
-                         bs_shift, o_part, ml_part);
-      break;
+      return launch_split<D, 1>(grid, st, a);
     case 2:
-      launch_split<D, 2>(grid, st, q, q_row_stride, kv, batch, n_heads, scale_log2, num_splits,
-                         bs_shift, o_part, ml_part);
-      break;
+      return launch_split<D, 2>(grid, st, a);
     case 3:
-      launch_split<D, 3>(grid, st, q, q_row_stride, kv, batch, n_heads, scale_log2, num_splits,
-                         bs_shift, o_part, ml_part);
-      break;
+      return launch_split<D, 3>(grid, st, a);
     case 4:
-      launch_split<D, 4>(grid, st, q, q_row_stride, kv, batch, n_heads, scale_log2, num_splits,
-                         bs_shift, o_part, ml_part);
-      break;
+      return launch_split<D, 4>(grid, st, a);
     case 5:
-      launch_split<D, 5>(grid, st, q, q_row_stride, kv, batch, n_heads, scale_log2, num_splits,
-                         bs_shift, o_part, ml_part);
-      break;
+      return launch_split<D, 5>(grid, st, a);
     case 6:
-      launch_split<D, 6>(grid, st, q, q_row_stride, kv, batch, n_heads, scale_log2, num_splits,
-                         bs_shift, o_part, ml_part);
-      break;
+      return launch_split<D, 6>(grid, st, a);
     case 7:
-      launch_split<D, 7>(grid, st, q, q_row_stride, kv, batch, n_heads, scale_log2, num_splits,
-                         bs_shift, o_part, ml_part);
-      break;
+      return launch_split<D, 7>(grid, st, a);
     default:
-      launch_split<D, 8>(grid, st, q, q_row_stride, kv, batch, n_heads, scale_log2, num_splits,
-                         bs_shift, o_part, ml_part);
-      break;
+      return launch_split<D, 8>(grid, st, a);
   }
 }
 
@@ -459,7 +474,8 @@ int decode_num_splits(int num_seqs, int num_kv_heads, int max_context_len, int m
 
 void paged_attention_decode(const bf16* q, int64_t q_row_stride, const KvLayer& kv,
                             const AttnBatch& batch, bf16* out, int n_heads, float scale,
-                            int num_splits, void* workspace, cudaStream_t s) {
+                            int num_splits, void* workspace, cudaStream_t s,
+                            const PrefixPartials* prefix) {
   constexpr const char* kOp = "paged_attention_decode";
   const int D = kv.head_dim;
   if (D != 64 && D != 128) op_fail(kOp, "head_dim must be 64 or 128");
@@ -472,8 +488,11 @@ void paged_attention_decode(const bf16* q, int64_t q_row_stride, const KvLayer& 
     op_fail(kOp, "workspace must be non-null and 16-byte aligned");
   // The split kernel reads q, K and V in 16-byte chunks; otherwise the
   // CUDA-core prefill kernel computes the same function.
+  if (prefix != nullptr && (prefix->prefix_len == nullptr || prefix->workspace == nullptr))
+    op_fail(kOp, "prefix partials need prefix_len and a workspace");
   if (!(aligned16(q) && q_row_stride % 8 == 0 && aligned16(kv.k) && aligned16(kv.v) &&
         kv.block_stride % 8 == 0)) {
+    if (prefix != nullptr) op_fail(kOp, "prefix partials need 16-byte aligned q and KV");
     paged_attention_prefill_simple(q, q_row_stride, kv, batch, out, n_heads, scale, s);
     return;
   }
@@ -498,18 +517,22 @@ void paged_attention_decode(const bf16* q, int64_t q_row_stride, const KvLayer& 
                   static_cast<unsigned>(num_splits));
   const long long items = static_cast<long long>(batch.num_seqs) * n_heads;
   const unsigned merge_grid = static_cast<unsigned>((items + kMergeWarps - 1) / kMergeWarps);
+  const int32_t* prefix_len = prefix != nullptr ? prefix->prefix_len : nullptr;
+  const float* c_o = prefix != nullptr ? static_cast<const float*>(prefix->workspace) : nullptr;
+  const float* c_ml = c_o != nullptr ? c_o + items * kMaxCascadeSplits * D : nullptr;
+  const bool prefixed_only = prefix != nullptr && prefix->prefixed_only;
+  const SplitArgs args{q,       q_row_stride, kv,         batch,    prefix_len, prefixed_only,
+                       n_heads, scale_log2,   num_splits, bs_shift, o_part,     ml_part};
+  auto run = [&](auto split_hg, auto merge) {
+    split_hg(hg, grid, s, args);
+    check_launch("paged_attention_decode (split)");
+    launch(merge, merge_grid, kMergeWarps * 32, 0, s, o_part, ml_part, batch, out, n_heads,
+           num_splits, prefix_len, prefixed_only, c_o, c_ml);
+  };
   if (D == 64) {
-    launch_split_hg<64>(hg, grid, s, q, q_row_stride, kv, batch, n_heads, scale_log2, num_splits,
-                        bs_shift, o_part, ml_part);
-    check_launch("paged_attention_decode (split)");
-    launch(decode_merge_kernel<64>, merge_grid, kMergeWarps * 32, 0, s, o_part, ml_part, batch, out,
-           n_heads, num_splits);
+    run(launch_split_hg<64>, decode_merge_kernel<64>);
   } else {
-    launch_split_hg<128>(hg, grid, s, q, q_row_stride, kv, batch, n_heads, scale_log2, num_splits,
-                         bs_shift, o_part, ml_part);
-    check_launch("paged_attention_decode (split)");
-    launch(decode_merge_kernel<128>, merge_grid, kMergeWarps * 32, 0, s, o_part, ml_part, batch,
-           out, n_heads, num_splits);
+    run(launch_split_hg<128>, decode_merge_kernel<128>);
   }
   check_launch("paged_attention_decode (merge)");
 }

@@ -62,29 +62,38 @@ __device__ __forceinline__ int row_sequence(const int32_t* query_start, int num_
   return lo;
 }
 
-// One warp merges the first n_active partial softmaxes of one (row, head):
-// o_part rows [n_active][D] (unnormalised, at `op`), ml [n_active][2] (max in
-// log2 units, sum); out[d] = sum_i 2^(m_i - M) o_i[d] / sum_i 2^(m_i - M) l_i,
-// M = max m_i, added in split order (no atomics: fixed bits), rounded to bf16.
+// One warp merges the partial softmaxes of one (row, head): n_a of them at
+// op_a / ml_a, then n_b at op_b / ml_b (o rows [n][D] unnormalised, ml [n][2]:
+// max in log2 units, sum); out[d] = sum_i 2^(m_i - M) o_i[d] / sum_i 2^(m_i -
+// M) l_i, M = max m_i, added in that order (no atomics: fixed bits), rounded
+// to bf16.
 template <int D>
-__device__ __forceinline__ void merge_partials(const float* __restrict__ op,
-                                               const float* __restrict__ ml, int n_active,
-                                               bf16* __restrict__ orow, int lane) {
+__device__ __forceinline__ void merge_partials(const float* __restrict__ op_a,
+                                               const float* __restrict__ ml_a, int n_a,
+                                               bf16* __restrict__ orow, int lane,
+                                               const float* __restrict__ op_b = nullptr,
+                                               const float* __restrict__ ml_b = nullptr,
+                                               int n_b = 0) {
   constexpr int VPL = D / 32;  // dims per lane: lane + 32 k
+  const int n = n_a + n_b;
+  auto ml = [&](int i) { return i < n_a ? ml_a + 2 * i : ml_b + 2 * (i - n_a); };
+  auto op = [&](int i) { return i < n_a ? op_a + i * D : op_b + (i - n_a) * D; };
   float big_m = -INFINITY;
-  for (int i = 0; i < n_active; ++i)
-    big_m = fmaxf(big_m, ml[2 * i]);
+  for (int i = 0; i < n; ++i)
+    big_m = fmaxf(big_m, ml(i)[0]);
   float big_l = 0.f;
   float acc[VPL];
 #pragma unroll
   for (int k = 0; k < VPL; ++k)
     acc[k] = 0.f;
-  for (int i = 0; i < n_active; ++i) {
-    const float w = exp2f(ml[2 * i] - big_m);
-    big_l = fmaf(w, ml[2 * i + 1], big_l);
+  for (int i = 0; i < n; ++i) {
+    const float* m = ml(i);
+    const float* o = op(i);
+    const float w = exp2f(m[0] - big_m);
+    big_l = fmaf(w, m[1], big_l);
 #pragma unroll
     for (int k = 0; k < VPL; ++k)
-      acc[k] = fmaf(w, op[i * D + lane + 32 * k], acc[k]);
+      acc[k] = fmaf(w, o[lane + 32 * k], acc[k]);
   }
   const float inv = big_l > 0.f ? 1.f / big_l : 0.f;
 #pragma unroll

@@ -45,6 +45,7 @@
 #include <algorithm>
 
 #include "kernels/cuda/attention_internal.cuh"
+#include "kernels/cuda/attention_mma.cuh"
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda_ops.h"
 
@@ -56,59 +57,14 @@ constexpr float kLog2e = 1.4426950408889634f;
 
 // ---- tensor-core kernel ----------------------------------------------------
 
-constexpr int kThreads = 128;  // 4 warps
-constexpr int kBM = 64;        // rows of a CTA tile, 16 per warp
-constexpr int kPad = 8;        // bf16 of padding per shared row (conflict-free fragment loads)
+constexpr int kThreads = kMmaThreads;
+constexpr int kBM = kMmaRows;
 // Split-KV (prefill_num_splits): enough splits for about one wave of
 // kPrefillResidentCtas CTAs per SM (what the kernel's ~200 registers per
 // thread allow), each split at least kPrefillMinSplitLen keys so that the
 // Q tile load and the partial write stay small beside the K/V it reads.
 constexpr int kPrefillResidentCtas = 2;
 constexpr int kPrefillMinSplitLen = 256;
-
-template <int D>
-struct PrefillCfg {
-  static constexpr int BN = D == 64 ? 64 : 32;  // KV positions per tile
-  static constexpr int LD = D + kPad;           // shared row stride, elements
-  static constexpr int TILE = BN * LD;          // elements of one K (or V) tile
-  static constexpr int SMEM = 4 * TILE;         // 2 stages x (K, V)
-  static constexpr int CHUNKS = D / 8;          // 16-byte chunks per row
-  static_assert(kBM * LD <= SMEM, "the Q tile is staged in the K/V buffers");
-  static_assert((BN * CHUNKS) % kThreads == 0, "whole chunks per thread");
-  static_assert(BN % 16 == 0 && D % 16 == 0, "mma shapes");
-};
-
-__device__ __forceinline__ uint32_t ld_shared_u32(const bf16* p) {
-  return *reinterpret_cast<const uint32_t*>(p);
-}
-
-__device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
-  const __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);  // lo in the low 16 bits
-  return *reinterpret_cast<const uint32_t*>(&h);
-}
-
-// D[16x8] += A[16x16] (row) * B[16x8] (col); bf16 inputs, fp32 accumulators.
-// Fragments (g = lane / 4, t = lane % 4):
-//   a[0] = A[g][2t..2t+1], a[1] = A[g+8][2t..], a[2] = A[g][2t+8..], a[3] = A[g+8][2t+8..]
-//   b0 = B[2t..2t+1][g], b1 = B[2t+8..2t+9][g]
-//   d[0..1] = D[g][2t..2t+1], d[2..3] = D[g+8][2t..2t+1]
-__device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
-                                          uint32_t b1) {
-  asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, "
-      "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-// Four 8x8 b16 matrices, transposed: lanes 8i..8i+7 give the row addresses
-// of matrix i; lane l receives r[i] = {M_i[2t][g], M_i[2t+1][g]}.
-__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const bf16* p) {
-  const unsigned addr = static_cast<unsigned>(__cvta_generic_to_shared(p));
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(addr)
-               : "memory");
-}
 
 // The sequence owning flat tile b: the largest s with query_start[s] / P + s
 // <= b (that quantity strictly increases with s, and is 0 at s = 0).
@@ -135,11 +91,10 @@ __global__ void __launch_bounds__(kThreads)
                        int64_t q_row_stride, KvLayer kv, AttnBatch batch,
                        bf16* __restrict__ out /* [num_tokens, n_heads * D] */, int n_heads,
                        int group, int P, float scale_log2, int num_splits,
-                       float* __restrict__ o_part, float* __restrict__ ml_part) {
-  using Cfg = PrefillCfg<D>;
+                       float* __restrict__ o_part, float* __restrict__ ml_part,
+                       const int32_t* __restrict__ skip /* [num_seqs] or null */) {
+  using Cfg = MmaCfg<D>;
   constexpr int BN = Cfg::BN;
-  constexpr int LD = Cfg::LD;
-  constexpr int CHUNKS = Cfg::CHUNKS;
   // Before the KV loop: the Q tile [kBM][LD]. Then stage i (0, 1) holds
   // K [BN][LD] at i * 2 * TILE and V [BN][LD] right after it.
   __shared__ __align__(16) bf16 smem[Cfg::SMEM];
@@ -149,6 +104,7 @@ __global__ void __launch_bounds__(kThreads)
   const int q_len = batch.query_start[s + 1] - q_begin;
   const int q0 = (static_cast<int>(blockIdx.x) - (q_begin / P + s)) * P;  // first query of the tile
   if (q0 >= q_len) return;  // a spare tile of this sequence (CTA-uniform, before any barrier)
+  if (skip != nullptr && skip[s] > 0) return;  // another op attends for this sequence
   const int ctx = batch.context_lens[s];
   const int kvh = blockIdx.y;
   const int q_hi = min(q0 + P, q_len);     // the tile's queries: [q0, q_hi)
@@ -163,41 +119,23 @@ __global__ void __launch_bounds__(kThreads)
     if (k_begin >= kv_hi) return;  // no key of this split is visible to the tile (CTA-uniform)
     k_end = min(kv_hi, k_begin + len);
   }
-  const int64_t kv_dim = static_cast<int64_t>(kv.num_kv_heads) * D;
-  const int bs = kv.block_size;
   const int32_t* bt = batch.block_table + static_cast<int64_t>(s) * batch.max_blocks;
 
   const int tid = threadIdx.x;
   const int warp = tid >> 5;
   const int lane = tid & 31;
   const int g = lane >> 2;  // fragment row (and row + 8)
-  const int t = lane & 3;   // fragment column pair
 
-  // ---- Q tile -> shared -> A fragments (zero rows for padding) ----
-  for (int i = tid; i < kBM * CHUNKS; i += kThreads) {
-    const int r = i / CHUNKS;
-    const int c = i % CHUNKS;
-    uint4 v = make_uint4(0u, 0u, 0u, 0u);
-    if (r < n_rows) {
-      const int64_t row = q_begin + q0 + r / group;
-      const int head = kvh * group + r % group;
-      v = *reinterpret_cast<const uint4*>(q + row * q_row_stride + head * D + c * 8);
-    }
-    *reinterpret_cast<uint4*>(smem + r * LD + c * 8) = v;
-  }
-  __syncthreads();
+  // Q tile -> shared -> A fragments (zero rows for padding).
   uint32_t qa[D / 16][4];
-  {
-    const bf16* qw = smem + (warp * 16) * LD;
-#pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) {
-      qa[kk][0] = ld_shared_u32(qw + g * LD + kk * 16 + 2 * t);
-      qa[kk][1] = ld_shared_u32(qw + (g + 8) * LD + kk * 16 + 2 * t);
-      qa[kk][2] = ld_shared_u32(qw + g * LD + kk * 16 + 8 + 2 * t);
-      qa[kk][3] = ld_shared_u32(qw + (g + 8) * LD + kk * 16 + 8 + 2 * t);
-    }
-  }
-  __syncthreads();  // the Q staging area becomes K/V stage 0
+  load_q_fragments<D>(
+      smem,
+      [&](int r) -> const bf16* {
+        if (r >= n_rows) return nullptr;
+        const int64_t row = q_begin + q0 + r / group;
+        return q + row * q_row_stride + (kvh * group + r % group) * D;
+      },
+      qa);
 
   // Causal limits (last visible key, inclusive) of this thread's two rows;
   // a row with no key in [k_begin, k_end) (a split past it) computes over the
@@ -209,148 +147,20 @@ __global__ void __launch_bounds__(kThreads)
   const int lim0 = real0 ? first_lim + r0 / group : k_end - 1;
   const int lim1 = real1 ? first_lim + r1 / group : k_end - 1;
 
-  // Gathers K/V positions [tile * BN, tile * BN + BN) into `stage`; those
-  // >= k_end are zero-filled (never read from the pool).
-  auto load_tile = [&](int tile, int stage) {
-    bf16* ks = smem + stage * 2 * Cfg::TILE;
-    bf16* vs = ks + Cfg::TILE;
-    const int n0 = tile * BN;
-#pragma unroll
-    for (int j = 0; j < BN * CHUNKS / kThreads; ++j) {
-      const int i = tid + j * kThreads;
-      const int r = i / CHUNKS;
-      const int c = i % CHUNKS;
-      const int p = n0 + r;
-      const bool valid = p < k_end;
-      int64_t off = 0;
-      if (valid) {
-        off = static_cast<int64_t>(bt[p / bs]) * kv.block_stride +
-              static_cast<int64_t>(p % bs) * kv_dim + kvh * D + c * 8;
-      }
-      cp_async_16(ks + r * LD + c * 8, kv.k + off, valid);
-      cp_async_16(vs + r * LD + c * 8, kv.v + off, valid);
-    }
-  };
+  // Every row sees key k_begin, so its running max is finite after the first tile.
+  MmaRows<D> acc;
+  acc.init();
+  for_each_kv_tile<D>(
+      smem, k_begin / BN, (k_end + BN - 1) / BN,
+      [&](int tile, int stage) { gather_kv_tile<D>(smem, tile, stage, k_end, bt, kv, kvh); },
+      [&](const bf16* ks, const bf16* vs, int it) {
+        const int n0 = it * BN;
+        // Masking only on tiles that reach past some row's limit.
+        acc.tile(qa, ks, vs, n0, scale_log2, n0 + BN - 1 > first_lim, lim0, lim1);
+      });
 
-  float o[D / 8][4];  // O accumulators: n-tile dt covers dims [8 dt, 8 dt + 8)
-#pragma unroll
-  for (int dt = 0; dt < D / 8; ++dt)
-    o[dt][0] = o[dt][1] = o[dt][2] = o[dt][3] = 0.f;
-  float m0 = -INFINITY, m1 = -INFINITY;  // running max (log2 units) of rows r0, r1
-  float l0 = 0.f, l1 = 0.f;              // this thread's part of the running sums
-
-  const int tile0 = k_begin / BN;
-  const int n_tiles = (k_end + BN - 1) / BN;  // > tile0
-  load_tile(tile0, 0);                        // tile it lives in stage (it - tile0) & 1
-  cp_async_commit();
-  for (int it = tile0; it < n_tiles; ++it) {
-    if (it + 1 < n_tiles) {
-      load_tile(it + 1, (it + 1 - tile0) & 1);
-      cp_async_commit();
-      cp_async_wait<1>();  // tile it has landed (this thread's copies)
-    } else {
-      cp_async_wait<0>();
-    }
-    __syncthreads();  // ... and every thread's
-    const bf16* ks = smem + ((it - tile0) & 1) * 2 * Cfg::TILE;
-    const bf16* vs = ks + Cfg::TILE;
-
-    // S = Q K^T: n-tile nt covers keys [8 nt, 8 nt + 8) of the tile.
-    float sc[BN / 8][4];
-#pragma unroll
-    for (int nt = 0; nt < BN / 8; ++nt)
-      sc[nt][0] = sc[nt][1] = sc[nt][2] = sc[nt][3] = 0.f;
-#pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) {
-#pragma unroll
-      for (int nt = 0; nt < BN / 8; ++nt) {
-        const bf16* kp = ks + (nt * 8 + g) * LD + kk * 16 + 2 * t;
-        mma_16816(sc[nt], qa[kk], ld_shared_u32(kp), ld_shared_u32(kp + 8));
-      }
-    }
-
-    // Scale, mask, row max.
-    const int n0 = it * BN;
-    const bool need_mask = n0 + BN - 1 > first_lim;  // some key past some row's limit
-    float mx0 = -INFINITY, mx1 = -INFINITY;
-#pragma unroll
-    for (int nt = 0; nt < BN / 8; ++nt) {
-#pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        const int p = n0 + nt * 8 + 2 * t + e;
-        float x0 = sc[nt][e] * scale_log2;
-        float x1 = sc[nt][2 + e] * scale_log2;
-        if (need_mask) {
-          if (p > lim0) x0 = -INFINITY;
-          if (p > lim1) x1 = -INFINITY;
-        }
-        sc[nt][e] = x0;
-        sc[nt][2 + e] = x1;
-        mx0 = fmaxf(mx0, x0);
-        mx1 = fmaxf(mx1, x1);
-      }
-    }
-    // The 4 lanes of a quad hold one row's keys.
-    mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
-    mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
-    mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
-    mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
-    // Finite from the first tile on (key k_begin is visible to every row).
-    const float mn0 = fmaxf(m0, mx0);
-    const float mn1 = fmaxf(m1, mx1);
-    const float alpha0 = exp2f(m0 - mn0);  // 0 on the first tile (m = -inf)
-    const float alpha1 = exp2f(m1 - mn1);
-    m0 = mn0;
-    m1 = mn1;
-
-    // P = exp2(S - m), as bf16 A fragments: k-step j covers keys [16 j, 16 j + 16)
-    // = n-tiles 2j (a[0], a[1]) and 2j + 1 (a[2], a[3]).
-    uint32_t pa[BN / 16][4];
-    float rs0 = 0.f, rs1 = 0.f;
-#pragma unroll
-    for (int nt = 0; nt < BN / 8; ++nt) {
-      const float p00 = exp2f(sc[nt][0] - mn0);
-      const float p01 = exp2f(sc[nt][1] - mn0);
-      const float p10 = exp2f(sc[nt][2] - mn1);
-      const float p11 = exp2f(sc[nt][3] - mn1);
-      rs0 += p00 + p01;
-      rs1 += p10 + p11;
-      pa[nt / 2][(nt & 1) * 2 + 0] = pack_bf16x2(p00, p01);
-      pa[nt / 2][(nt & 1) * 2 + 1] = pack_bf16x2(p10, p11);
-    }
-    l0 = l0 * alpha0 + rs0;
-    l1 = l1 * alpha1 + rs1;
-#pragma unroll
-    for (int dt = 0; dt < D / 8; ++dt) {
-      o[dt][0] *= alpha0;
-      o[dt][1] *= alpha0;
-      o[dt][2] *= alpha1;
-      o[dt][3] *= alpha1;
-    }
-
-    // O += P V. One ldmatrix.x4.trans gives the B fragments of two n-tiles
-    // (dims [8 dt, 8 dt + 16)) for keys [16 j, 16 j + 16): matrix i has keys
-    // 16 j + 8 (i & 1) .. + 8 and dims 8 dt + 8 (i >> 1) .. + 8.
-#pragma unroll
-    for (int j = 0; j < BN / 16; ++j) {
-#pragma unroll
-      for (int dt = 0; dt < D / 8; dt += 2) {
-        uint32_t b[4];
-        const int key = j * 16 + (lane & 7) + ((lane >> 3) & 1) * 8;
-        const int dim = dt * 8 + (lane >> 4) * 8;
-        ldmatrix_x4_trans(b, vs + key * LD + dim);
-        mma_16816(o[dt], pa[j], b[0], b[1]);
-        mma_16816(o[dt + 1], pa[j], b[2], b[3]);
-      }
-    }
-    __syncthreads();  // this stage is free for tile it + 2
-  }
-
-  // ---- epilogue: O / l over the quad's full row sum ----
-  l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
-  l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
-  l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
-  l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
+  // ---- epilogue ----
+  acc.finish();
   if constexpr (SPLIT) {
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
@@ -359,30 +169,23 @@ __global__ void __launch_bounds__(kThreads)
       const int64_t row = q_begin + q0 + r / group;
       const int head = kvh * group + r % group;
       const int64_t slot = (row * n_heads + head) * num_splits + blockIdx.z;
-      float* op = o_part + slot * D;
-#pragma unroll
-      for (int dt = 0; dt < D / 8; ++dt)
-        *reinterpret_cast<float2*>(op + dt * 8 + 2 * t) =
-            make_float2(o[dt][2 * half], o[dt][2 * half + 1]);
-      if (t == 0) {
-        ml_part[2 * slot] = half == 0 ? m0 : m1;
-        ml_part[2 * slot + 1] = half == 0 ? l0 : l1;
-      }
+      acc.store_partial(half, o_part + slot * D, ml_part + 2 * slot);
     }
   } else {
+    const int t = lane & 3;
     const int64_t out_stride = static_cast<int64_t>(n_heads) * D;
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
       const int r = half == 0 ? r0 : r1;
       if (r >= n_rows) continue;
-      const float inv = 1.f / (half == 0 ? l0 : l1);  // l >= 1 (the max term contributes 1)
+      const float inv = 1.f / (half == 0 ? acc.l0 : acc.l1);  // l >= 1 (the max term contributes 1)
       const int64_t row = q_begin + q0 + r / group;
       const int head = kvh * group + r % group;
       bf16* orow = out + row * out_stride + head * D;
 #pragma unroll
       for (int dt = 0; dt < D / 8; ++dt) {
         *reinterpret_cast<__nv_bfloat162*>(orow + dt * 8 + 2 * t) =
-            __floats2bfloat162_rn(o[dt][2 * half] * inv, o[dt][2 * half + 1] * inv);
+            __floats2bfloat162_rn(acc.o[dt][2 * half] * inv, acc.o[dt][2 * half + 1] * inv);
       }
     }
   }
@@ -458,12 +261,13 @@ __global__ void __launch_bounds__(kMergeWarps * 32)
     prefill_merge_kernel(const float* __restrict__ o_part /* [num_tokens, n_heads, splits, D] */,
                          const float* __restrict__ ml_part /* [num_tokens, n_heads, splits, 2] */,
                          AttnBatch batch, bf16* __restrict__ out /* [num_tokens, n_heads * D] */,
-                         int n_heads, int num_splits) {
+                         int n_heads, int num_splits, const int32_t* __restrict__ skip) {
   const int lane = threadIdx.x & 31;
   const int64_t item = static_cast<int64_t>(blockIdx.x) * kMergeWarps + (threadIdx.x >> 5);
   if (item >= static_cast<int64_t>(batch.num_tokens) * n_heads) return;  // warp-uniform
   const int row = static_cast<int>(item / n_heads);
   const int s = row_sequence(batch.query_start, batch.num_seqs, row);
+  if (skip != nullptr && skip[s] > 0) return;  // warp-uniform
   const int q_begin = batch.query_start[s];
   const int q_len = batch.query_start[s + 1] - q_begin;
   const int ctx = batch.context_lens[s];
@@ -522,7 +326,7 @@ int prefill_num_splits(int num_tokens, int num_seqs, int n_heads, int num_kv_hea
 
 void paged_attention_prefill(const bf16* q, int64_t q_row_stride, const KvLayer& kv,
                              const AttnBatch& batch, bf16* out, int n_heads, float scale,
-                             int num_splits, void* workspace, cudaStream_t s) {
+                             int num_splits, void* workspace, cudaStream_t s, const int32_t* skip) {
   const int group = check_shapes("paged_attention_prefill", kv, n_heads);
   if (batch.num_seqs <= 0 || batch.num_tokens <= 0) return;
   // The tensor-core path reads Q, K and V in 16-byte chunks and writes bf16
@@ -531,6 +335,7 @@ void paged_attention_prefill(const bf16* q, int64_t q_row_stride, const KvLayer&
   const bool aligned = aligned16(q) && q_row_stride % 8 == 0 && aligned16(kv.k) &&
                        aligned16(kv.v) && kv.block_stride % 8 == 0 && aligned16(out);
   if (!aligned || group > kBM) {
+    if (skip != nullptr) op_fail("paged_attention_prefill", "skip needs the tensor-core path");
     paged_attention_prefill_simple(q, q_row_stride, kv, batch, out, n_heads, scale, s);
     return;
   }
@@ -552,10 +357,11 @@ void paged_attention_prefill(const bf16* q, int64_t q_row_stride, const KvLayer&
   const unsigned merge_grid = static_cast<unsigned>((items + kMergeWarps - 1) / kMergeWarps);
   auto run = [&](auto kernel, auto merge) {
     kernel<<<grid, kThreads, 0, s>>>(q, q_row_stride, kv, batch, out, n_heads, group, P, scale_log2,
-                                     num_splits, o_part, ml_part);
+                                     num_splits, o_part, ml_part, skip);
     if (!split) return;
     check_launch("paged_attention_prefill (split)");
-    merge<<<merge_grid, kMergeWarps * 32, 0, s>>>(o_part, ml_part, batch, out, n_heads, num_splits);
+    merge<<<merge_grid, kMergeWarps * 32, 0, s>>>(o_part, ml_part, batch, out, n_heads, num_splits,
+                                                  skip);
   };
   if (kv.head_dim == 64) {
     if (split) {

@@ -6,6 +6,7 @@
 
 #include "core/logging.h"
 #include "core/progress.h"
+#include "kernels/cascade_split.h"
 #include "kernels/cuda_ops.h"
 #include "kernels/sampling_ops.h"
 #include "runtime/cuda/cuda_status.h"
@@ -61,18 +62,19 @@ struct CudaBackend::Buffers {
   void* host = nullptr;    // pinned
   void* kv = nullptr;      // the pool, [num_blocks][layers][2][B][kv_dim] bf16
 
-  float* x = nullptr;       // [T, hidden] residual stream
-  bf16* xn = nullptr;       // [T, hidden] normed
-  bf16* qkv = nullptr;      // [T, q_dim + 2 kv_dim]
-  bf16* attn = nullptr;     // [T, q_dim]
-  bf16* delta = nullptr;    // [T, hidden] sublayer output
-  bf16* gu = nullptr;       // [T, 2 ff]
-  bf16* act = nullptr;      // [T, ff]
-  float* x_rows = nullptr;  // [R, hidden] rows that get logits
-  bf16* xn_rows = nullptr;  // [R, hidden]
-  float* logits = nullptr;  // [R, vocab]
-  void* attn_ws = nullptr;  // split-KV decode partials
-  void* gemm_ws = nullptr;  // [kGemmWorkspace]
+  float* x = nullptr;          // [T, hidden] residual stream
+  bf16* xn = nullptr;          // [T, hidden] normed
+  bf16* qkv = nullptr;         // [T, q_dim + 2 kv_dim]
+  bf16* attn = nullptr;        // [T, q_dim]
+  bf16* delta = nullptr;       // [T, hidden] sublayer output
+  bf16* gu = nullptr;          // [T, 2 ff]
+  bf16* act = nullptr;         // [T, ff]
+  float* x_rows = nullptr;     // [R, hidden] rows that get logits
+  bf16* xn_rows = nullptr;     // [R, hidden]
+  float* logits = nullptr;     // [R, vocab]
+  void* attn_ws = nullptr;     // split-KV decode partials
+  void* cascade_ws = nullptr;  // shared-prefix attention partials
+  void* gemm_ws = nullptr;     // [kGemmWorkspace]
   void* sample_ws = nullptr;
   int32_t* d_in = nullptr;                   // [in_ints] the step's int arrays
   ops::SampleRowParams* d_params = nullptr;  // [R]
@@ -167,6 +169,18 @@ Result<std::unique_ptr<CudaBackend>> CudaBackend::create(const Model& model,
     kv_bytes = static_cast<uint64_t>(left);
   }
   CS_RETURN_IF_ERROR(b->allocate(kv_bytes));
+  {
+    ops::KvLayer kv;  // layer 0's view: every layer has the same alignment
+    kv.k = static_cast<bf16*>(b->buf_->kv);
+    kv.v = kv.k + static_cast<size_t>(spec.block_size) * spec.kv_dim();
+    kv.block_stride = static_cast<int64_t>(spec.num_layers) * 2 * spec.block_size * spec.kv_dim();
+    kv.block_size = spec.block_size;
+    kv.num_kv_heads = spec.num_kv_heads;
+    kv.head_dim = spec.head_dim;
+    b->cascade_ok_ =
+        opts.cascade_min_prefix > 0 &&
+        ops::cascade_supported(b->buf_->qkv, c.q_dim() + 2 * c.kv_dim(), kv, c.num_heads);
+  }
   CS_ASSIGN_OR_RETURN(b->gemm_, Gemm::create(b->buf_->gemm_ws, kGemmWorkspace));
   b->transfers_ = std::make_unique<TransferQueue>();
   LOG_INFO("CUDA backend on {}: weights {}, KV cache {} blocks x {} = {} tokens ({} bf16)",
@@ -200,7 +214,9 @@ Status CudaBackend::allocate(uint64_t kv_bytes) {
     b.max_blocks = (opts_.max_model_len + opts_.block_size - 1) / opts_.block_size + 1;
     const uint64_t T = static_cast<uint64_t>(b.max_tokens), S = static_cast<uint64_t>(b.max_seqs),
                    R = static_cast<uint64_t>(b.max_rows), MB = static_cast<uint64_t>(b.max_blocks);
-    b.in_ints = 3 * T + (S + 1) + S + S * MB + R + 3 * S + 2 * R;
+    // + the shared-prefix work list: alignment, count, items, prefix lengths, members.
+    const uint64_t cascade_ints = 3 + 4 + 4 * S * ::cartserve::ops::kMaxCascadeSplits + 2 * S;
+    b.in_ints = 3 * T + (S + 1) + S + S * MB + R + 3 * S + 2 * R + cascade_ints;
     const uint64_t H = static_cast<uint64_t>(c.hidden_size), Q = static_cast<uint64_t>(c.q_dim()),
                    KVD = static_cast<uint64_t>(c.kv_dim()),
                    FF = static_cast<uint64_t>(c.intermediate_size),
@@ -221,6 +237,8 @@ Status CudaBackend::allocate(uint64_t kv_bytes) {
       b.xn_rows = a.take<bf16>(R * H);
       b.logits = a.take<float>(R * V);
       b.attn_ws = a.take<uint8_t>(attn_ws);
+      b.cascade_ws = a.take<uint8_t>(ops::cascade_workspace_bytes(
+          opts_.cascade_min_prefix > 0 ? b.max_seqs : 0, c.num_heads, c.head_dim));
       b.gemm_ws = a.take<uint8_t>(kGemmWorkspace);
       b.sample_ws = a.take<uint8_t>(sample_ws);
       b.d_in = a.take<int32_t>(b.in_ints);
@@ -339,6 +357,10 @@ Status CudaBackend::forward(const StepInput& in) {
         in.block_copies[static_cast<size_t>(i)].num_slots;
   }
   const int32_t* d_copies = put(copies.data(), copies.size());
+  if (plan_step_cascade(in)) {
+    o = (o + 3) / 4 * 4;  // the items are read as int4
+    o += put_cascade(h + o, b.d_in + o, seqs, cascade_plan_.num_items(), sh);
+  }
   CS_CUDA(cudaMemcpyAsync(b.d_in, h, o * sizeof(int32_t), cudaMemcpyHostToDevice, compute_));
   if (n_copies > 0) {
     ops::copy_block_prefixes(static_cast<bf16*>(b.kv), d_copies, d_copies + n_copies,
@@ -373,6 +395,8 @@ Status CudaBackend::forward(const StepInput& in) {
     sh.splits =
         ops::prefill_num_splits(n, seqs, model_.config.num_heads, model_.config.num_kv_heads,
                                 in.max_context_len, cap, num_sms_);
+    sh.decode_splits = ops::decode_num_splits(seqs, model_.config.num_kv_heads, in.max_context_len,
+                                              kMaxSplits, num_sms_);
   }
   CS_RETURN_IF_ERROR(layers(sh));
   return last_error("the forward pass");
@@ -420,9 +444,15 @@ Status CudaBackend::forward_decode(const StepInput& in) {
     }
   }
   qs[bs] = bs;
-  const size_t count = static_cast<size_t>(table - h) + S * static_cast<size_t>(bb);
-  CS_CUDA(cudaMemcpyAsync(b.d_in, h, count * sizeof(int32_t), cudaMemcpyHostToDevice, compute_));
+  size_t count = static_cast<size_t>(table - h) + S * static_cast<size_t>(bb);
   Shape sh;
+  const bool cascade = plan_step_cascade(in);
+  if (cascade) {  // room for the bucket's most items: a fixed layout
+    count = (count + 3) / 4 * 4;
+    count +=
+        put_cascade(h + count, b.d_in + count, bs, bs * ::cartserve::ops::kMaxCascadeSplits, sh);
+  }
+  CS_CUDA(cudaMemcpyAsync(b.d_in, h, count * sizeof(int32_t), cudaMemcpyHostToDevice, compute_));
   sh.ids = b.d_in;
   sh.pos = b.d_in + (pos - h);
   sh.slots = b.d_in + (slots - h);
@@ -438,7 +468,7 @@ Status CudaBackend::forward_decode(const StepInput& in) {
   sh.runs = {{0, bs, true}};  // padding rows too: they are never read
   sh.splits = ops::decode_num_splits(bs, model_.config.num_kv_heads, sh.batch.max_context_len,
                                      kMaxSplits, num_sms_);
-  const auto key = std::make_pair(bs, bb);
+  const GraphKey key{bs, bb, cascade};
   if (auto it = graphs_.find(key); it != graphs_.end()) {
     CS_CUDA(cudaGraphLaunch(it->second, compute_));
     return last_error("a decode graph");
@@ -460,6 +490,40 @@ Status CudaBackend::forward_decode(const StepInput& in) {
   graphs_.emplace(key, exec);
   CS_CUDA(cudaGraphLaunch(exec, compute_));
   return last_error("a decode graph");
+}
+
+bool CudaBackend::plan_step_cascade(const StepInput& in) {
+  if (!cascade_ok_ || in.shared_prefix.empty()) return false;
+  const ModelConfig& c = model_.config;
+  plan_cascade(in.shared_prefix, in.query_start, in.context_lens, in.block_table, in.max_blocks,
+               spec_.block_size, c.num_heads / c.num_kv_heads, opts_.cascade_min_prefix,
+               cascade_plan_);
+  return !cascade_plan_.empty();
+}
+
+size_t CudaBackend::put_cascade(int32_t* h, const int32_t* d, int32_t num_seqs, int32_t cap_items,
+                                Shape& sh) const {
+  const CascadePlan& p = cascade_plan_;
+  const auto S = static_cast<size_t>(num_seqs);
+  const auto cap = static_cast<size_t>(cap_items);
+  // count [4] | items [cap, 4] | prefix_len [S] | members [<= S]
+  h[0] = p.num_items();
+  h[1] = h[2] = h[3] = 0;
+  std::copy(p.items.begin(), p.items.end(), h + 4);
+  int32_t* prefix = h + 4 + 4 * cap;
+  std::fill(prefix, prefix + S, 0);  // padding sequences: no prefix
+  std::copy(p.prefix_len.begin(), p.prefix_len.end(), prefix);
+  int32_t* members = prefix + S;
+  std::copy(p.members.begin(), p.members.end(), members);
+  sh.cascade.num_items = d;
+  sh.cascade.items = d + 4;
+  sh.cascade.members = d + (members - h);
+  sh.prefix_len = d + (prefix - h);
+  // CTAs per KV head: about 4 per SM in all (two waves of the ~160-register
+  // kernel); any count gives the same bits.
+  const int cap_ctas = std::max(1, 4 * num_sms_ / std::max(1, spec_.num_kv_heads));
+  sh.cascade_ctas = std::max(1, std::min(cap_items, cap_ctas));
+  return 4 + 4 * cap + 2 * S;
 }
 
 Status CudaBackend::layers(const Shape& sh) {
@@ -494,12 +558,23 @@ Status CudaBackend::layers(const Shape& sh) {
     CS_RETURN_IF_ERROR(linear(b.xn, w.wqkv, b.qkv, H, QKV));
     ops::rope_qkv_write(b.qkv, w.bqkv, sh.pos, weights_.inv_freq, sh.slots, kv, n, c.num_heads,
                         compute_);
-    if (sh.decode) {
-      ops::paged_attention_decode(b.qkv, QKV, kv, sh.batch, b.attn, c.num_heads, scale, sh.splits,
-                                  b.attn_ws, compute_);
-    } else {
+    // Sequences with a shared prefix (one row each): the prefix by the
+    // cascade kernel, the rest by the decode kernel, which merges both; in a
+    // mixed step the prefill kernel takes every other sequence.
+    const bool prefixed = sh.cascade.items != nullptr;
+    const ops::PrefixPartials parts{sh.prefix_len, b.cascade_ws, !sh.decode};
+    if (prefixed) {
+      ops::cascade_prefix_attention(b.qkv, QKV, kv, sh.batch, sh.cascade, sh.cascade_ctas,
+                                    c.num_heads, scale, parts, compute_);
+    }
+    if (!sh.decode) {
       ops::paged_attention_prefill(b.qkv, QKV, kv, sh.batch, b.attn, c.num_heads, scale, sh.splits,
-                                   b.attn_ws, compute_);
+                                   b.attn_ws, compute_, prefixed ? sh.prefix_len : nullptr);
+    }
+    if (sh.decode || prefixed) {
+      ops::paged_attention_decode(b.qkv, QKV, kv, sh.batch, b.attn, c.num_heads, scale,
+                                  sh.decode ? sh.splits : sh.decode_splits, b.attn_ws, compute_,
+                                  prefixed ? &parts : nullptr);
     }
     CS_RETURN_IF_ERROR(linear(b.attn, w.wo, b.delta, Q, H));
     if (all_reduce_) CS_RETURN_IF_ERROR(all_reduce_(b.delta, static_cast<size_t>(n) * H, compute_));

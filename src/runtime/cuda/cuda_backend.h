@@ -24,12 +24,14 @@
 #include <memory>
 #include <set>
 #include <string>
+#include <tuple>
 #include <utility>
 #include <vector>
 
 #include "kernels/cuda_ops.h"
 #include "model/model.h"
 #include "runtime/backend.h"
+#include "runtime/cascade_plan.h"
 #include "runtime/cuda/device_weights.h"
 #include "runtime/cuda/gemm.h"
 #include "runtime/transfer_queue.h"
@@ -47,6 +49,10 @@ struct CudaOptions {
   int32_t max_num_seqs = 256;
   int32_t max_model_len = 4096;
   bool cuda_graphs = true;  // decode steps replay captured graphs (--enforce-eager: off)
+  // Shared-prefix decode attention (runtime/cascade_plan.h) for sequences
+  // whose shared prefix (StepInput::shared_prefix) is at least this many
+  // positions; 0: off.
+  int32_t cascade_min_prefix = 256;
 };
 
 class CudaBackend final : public Backend {
@@ -88,7 +94,13 @@ class CudaBackend final : public Backend {
     const int32_t* slots = nullptr;  // [n]
     ops::cuda::AttnBatch batch;
     bool decode = false;
-    int splits = 1;  // attention's split-KV count (decode or prefill kernel)
+    int splits = 1;         // attention's split-KV count (decode or prefill kernel)
+    int decode_splits = 1;  // a mixed step's: for its shared-prefix decode rows
+    // Shared-prefix decode rows (runtime/cascade_plan.h): the work list and
+    // each sequence's prefix length (device); cascade.items == nullptr: none.
+    ops::cuda::CascadeWork cascade;
+    const int32_t* prefix_len = nullptr;
+    int cascade_ctas = 0;
     // The rows in runs of one kind, in order, covering [0, n): decode rows
     // go through Gemm's batch-invariant path, prompt rows through cuBLASLt.
     struct Run {
@@ -104,6 +116,13 @@ class CudaBackend final : public Backend {
   Status forward(const StepInput& in);
   // Decode steps through the graph of their bucket (see the NOTE in the .cpp).
   Status forward_decode(const StepInput& in);
+  // Plans a decode step's shared-prefix attention into cascade_plan_ (false:
+  // none), and writes it for the device at h / d (4-int aligned; room for
+  // cap_items items and num_seqs >= the step's sequences, the rest padding);
+  // returns the ints written.
+  bool plan_step_cascade(const StepInput& in);
+  size_t put_cascade(int32_t* h, const int32_t* d, int32_t num_seqs, int32_t cap_items,
+                     Shape& sh) const;
   // Embedding, every layer and the last residual add, on the compute stream.
   Status layers(const Shape& sh);
   // Logits [n, vocab] fp32 in the logits buffer of the rows at d_rows (device) of x.
@@ -125,8 +144,12 @@ class CudaBackend final : public Backend {
   std::unique_ptr<Gemm> gemm_;
   cudaStream_t compute_ = nullptr;
   cudaStream_t copy_ = nullptr;
-  std::map<std::pair<int32_t, int32_t>, cudaGraphExec_t> graphs_;  // by (seqs, blocks) bucket
-  std::set<std::pair<int32_t, int32_t>> graph_seen_;               // buckets run once eagerly
+  // Decode graphs by bucket: (seqs, blocks per sequence, shared-prefix attention or not).
+  using GraphKey = std::tuple<int32_t, int32_t, bool>;
+  std::map<GraphKey, cudaGraphExec_t> graphs_;
+  std::set<GraphKey> graph_seen_;  // buckets run once eagerly
+  CascadePlan cascade_plan_;       // the decode step's (reused)
+  bool cascade_ok_ = false;        // the model's shapes and buffers suit cascade_prefix_attention
   std::unique_ptr<TransferQueue> transfers_;  // its jobs use the copy stream and staging
   AllReduce all_reduce_;                      // tensor parallelism only
 };

@@ -11,6 +11,7 @@
 
 #include <cstdint>
 #include <map>
+#include <set>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -105,6 +106,24 @@ class FakeModel {
             .build(
                 out, [&](const std::string& id) { return s_.get_request(id).get(); }, in, plan)
             .ok());
+    if (!out.scheduled.empty()) {
+      const Status v = validate_step(in, {}, vocab_, s_.pool().num_blocks(), block_size_);
+      EXPECT_TRUE(v.ok()) << v.to_string();
+    }
+    // Shared prefixes (the shared-prefix attention hint) lie in blocks no row
+    // of the step writes, and each is held by the pool.
+    EXPECT_EQ(in.shared_prefix.size(), out.scheduled.size());
+    std::set<int32_t> shared;
+    for (size_t q = 0; q < in.shared_prefix.size(); ++q) {
+      for (int32_t b = 0; b < in.shared_prefix[q] / block_size_; ++b) {
+        const int32_t id =
+            in.block_table[q * static_cast<size_t>(in.max_blocks) + static_cast<size_t>(b)];
+        EXPECT_GT(s_.pool().ref_count(id), 0);
+        shared.insert(id);
+      }
+    }
+    for (int32_t slot_id : in.slot_mapping)
+      EXPECT_EQ(shared.count(slot_id / block_size_), 0u) << "a row writes into a shared block";
     std::vector<int32_t> sampled;
     for (const auto& e : out.scheduled) {
       auto r = s_.get_request(e.request_id);

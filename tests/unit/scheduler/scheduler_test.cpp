@@ -329,6 +329,7 @@ TEST(Scheduler, PrefixCacheHitSkipsComputationButComputesLastToken) {
   auto o = h.step();
   ASSERT_NE(h.find(o, "b"), nullptr);
   EXPECT_EQ(h.find(o, "b")->start_position, 8);
+  EXPECT_EQ(h.find(o, "b")->shared_blocks, 2);  // + the cached block
   EXPECT_EQ(h.find(o, "b")->num_tokens, 2);
   EXPECT_EQ(b->num_cached_tokens, 8);
   EXPECT_EQ(b->block_table[0], a_blocks[0]);
@@ -447,6 +448,7 @@ TEST(Scheduler, ConnectorVirtualPrefixSharedBlocksAndPartialCopy) {
   ASSERT_NE(h.find(o, "a"), nullptr);
   EXPECT_EQ(h.find(o, "a")->start_position, 6);  // prompt starts after the cartridge
   EXPECT_EQ(h.find(o, "a")->num_tokens, 5);
+  EXPECT_EQ(h.find(o, "a")->shared_blocks, 1);  // the cartridge's full block
   EXPECT_EQ(h.connector->allocated["a"], 1);
   // A second request with the same cartridge and prompt: shares block 0 from
   // the connector and block 1 (cartridge tail + 2 tokens) from the prefix cache.
@@ -457,6 +459,7 @@ TEST(Scheduler, ConnectorVirtualPrefixSharedBlocksAndPartialCopy) {
   EXPECT_EQ(b->block_table[0], shared);
   EXPECT_EQ(b->block_table[1], a->block_table[1]);
   EXPECT_EQ(h.find(o, "b")->start_position, 8);
+  EXPECT_EQ(h.find(o, "b")->shared_blocks, 2);  // + the cached block
   EXPECT_EQ(h.pool.ref_count(shared), 3);
   while (h.sched->has_unfinished_requests())
     h.step();

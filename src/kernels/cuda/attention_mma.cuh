@@ -1,0 +1,306 @@
+// Tensor-core building blocks shared by the attention kernels that run on
+// mma.sync: the causal kernel of attention_prefill.cu and the shared-prefix
+// kernel of attention_cascade.cu.
+//
+// A CTA (kMmaThreads = 4 warps) owns kMmaRows = 64 rows, each a (query row,
+// query head) pair of one KV head; warp w owns rows [16w, 16w + 16), and a
+// thread the two rows r0 = 16w + g, r1 = r0 + 8 (g = lane / 4) of the mma
+// fragments. Q is staged through shared memory once and kept as A fragments;
+// K/V tiles of BN positions (64 at head_dim 64, 32 at 128) are gathered
+// through a block table by cp.async into two shared stages (tile i + 1 loads
+// while tile i is computed). Per tile: S = Q K^T (bf16 mma, fp32
+// accumulators), scaled to log2 units, optionally masked, online softmax per
+// row (the 4 lanes of a quad hold one row), P rounded to bf16 and fed from
+// the S accumulators as A fragments, O += P V (V by ldmatrix.trans).
+//
+// Determinism: each row's results depend only on its own query and the keys
+// (mma rows are independent, the quad reductions have a fixed order), never
+// on the other rows of the tile.
+#pragma once
+
+#ifdef CARTSERVE_WITH_CUDA
+
+#include "kernels/cuda/attention_internal.cuh"
+#include "kernels/cuda/common.cuh"
+#include "kernels/cuda_ops.h"
+
+namespace cartserve::ops::cuda {
+
+constexpr int kMmaThreads = 128;  // 4 warps
+constexpr int kMmaRows = 64;      // rows of a CTA tile, 16 per warp
+constexpr int kMmaPad = 8;        // bf16 of padding per shared row (conflict-free fragment loads)
+
+template <int D>
+struct MmaCfg {
+  static constexpr int BN = D == 64 ? 64 : 32;  // KV positions per tile
+  static constexpr int LD = D + kMmaPad;        // shared row stride, elements
+  static constexpr int TILE = BN * LD;          // elements of one K (or V) tile
+  static constexpr int SMEM = 4 * TILE;         // 2 stages x (K, V)
+  static constexpr int CHUNKS = D / 8;          // 16-byte chunks per row
+  static_assert(kMmaRows * LD <= SMEM, "the Q tile is staged in the K/V buffers");
+  static_assert((BN * CHUNKS) % kMmaThreads == 0, "whole chunks per thread");
+  static_assert(BN % 16 == 0 && D % 16 == 0, "mma shapes");
+  static_assert(64 % BN == 0, "splits of 64-position multiples start on tile boundaries");
+};
+
+__device__ __forceinline__ uint32_t ld_shared_u32(const bf16* p) {
+  return *reinterpret_cast<const uint32_t*>(p);
+}
+
+__device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
+  const __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);  // lo in the low 16 bits
+  return *reinterpret_cast<const uint32_t*>(&h);
+}
+
+// D[16x8] += A[16x16] (row) * B[16x8] (col); bf16 inputs, fp32 accumulators.
+// Fragments (g = lane / 4, t = lane % 4):
+//   a[0] = A[g][2t..2t+1], a[1] = A[g+8][2t..], a[2] = A[g][2t+8..], a[3] = A[g+8][2t+8..]
+//   b0 = B[2t..2t+1][g], b1 = B[2t+8..2t+9][g]
+//   d[0..1] = D[g][2t..2t+1], d[2..3] = D[g+8][2t..2t+1]
+__device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
+                                          uint32_t b1) {
+  asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, "
+      "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// Four 8x8 b16 matrices, transposed: lanes 8i..8i+7 give the row addresses
+// of matrix i; lane l receives r[i] = {M_i[2t][g], M_i[2t+1][g]}.
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const bf16* p) {
+  const unsigned addr = static_cast<unsigned>(__cvta_generic_to_shared(p));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr)
+               : "memory");
+}
+
+// Stages the Q tile and returns this warp's A fragments. row_ptr(r) gives
+// the D contiguous bf16 of tile row r (16-byte aligned), or nullptr for a
+// padding row (zeros). Every thread calls it; smem is free again on return.
+template <int D, typename RowPtr>
+__device__ __forceinline__ void load_q_fragments(bf16* smem, RowPtr row_ptr,
+                                                 uint32_t (&qa)[D / 16][4]) {
+  using Cfg = MmaCfg<D>;
+  constexpr int LD = Cfg::LD;
+  constexpr int CHUNKS = Cfg::CHUNKS;
+  const int tid = threadIdx.x;
+  for (int i = tid; i < kMmaRows * CHUNKS; i += kMmaThreads) {
+    const int r = i / CHUNKS;
+    const int c = i % CHUNKS;
+    uint4 v = make_uint4(0u, 0u, 0u, 0u);
+    if (const bf16* src = row_ptr(r)) v = *reinterpret_cast<const uint4*>(src + c * 8);
+    *reinterpret_cast<uint4*>(smem + r * LD + c * 8) = v;
+  }
+  __syncthreads();
+  const int warp = tid >> 5;
+  const int g = (tid & 31) >> 2;
+  const int t = tid & 3;
+  const bf16* qw = smem + (warp * 16) * LD;
+#pragma unroll
+  for (int kk = 0; kk < D / 16; ++kk) {
+    qa[kk][0] = ld_shared_u32(qw + g * LD + kk * 16 + 2 * t);
+    qa[kk][1] = ld_shared_u32(qw + (g + 8) * LD + kk * 16 + 2 * t);
+    qa[kk][2] = ld_shared_u32(qw + g * LD + kk * 16 + 8 + 2 * t);
+    qa[kk][3] = ld_shared_u32(qw + (g + 8) * LD + kk * 16 + 8 + 2 * t);
+  }
+  __syncthreads();  // the Q staging area becomes K/V stage 0
+}
+
+// Gathers K/V positions [tile * BN, tile * BN + BN) of KV head kvh into
+// `stage` through block table row bt; positions >= k_end are zero-filled
+// (never read from the pool). Issues cp.async only (the caller commits).
+template <int D>
+__device__ __forceinline__ void gather_kv_tile(bf16* smem, int tile, int stage, int k_end,
+                                               const int32_t* bt, const KvLayer& kv, int kvh) {
+  using Cfg = MmaCfg<D>;
+  constexpr int LD = Cfg::LD;
+  constexpr int CHUNKS = Cfg::CHUNKS;
+  bf16* ks = smem + stage * 2 * Cfg::TILE;
+  bf16* vs = ks + Cfg::TILE;
+  const int n0 = tile * Cfg::BN;
+  const int bs = kv.block_size;
+  const int64_t kv_dim = static_cast<int64_t>(kv.num_kv_heads) * D;
+#pragma unroll
+  for (int j = 0; j < Cfg::BN * CHUNKS / kMmaThreads; ++j) {
+    const int i = threadIdx.x + j * kMmaThreads;
+    const int r = i / CHUNKS;
+    const int c = i % CHUNKS;
+    const int p = n0 + r;
+    const bool valid = p < k_end;
+    int64_t off = 0;
+    if (valid) {
+      off = static_cast<int64_t>(bt[p / bs]) * kv.block_stride +
+            static_cast<int64_t>(p % bs) * kv_dim + kvh * D + c * 8;
+    }
+    cp_async_16(ks + r * LD + c * 8, kv.k + off, valid);
+    cp_async_16(vs + r * LD + c * 8, kv.v + off, valid);
+  }
+}
+
+// Online-softmax state of one thread's two rows (r0, r1 = r0 + 8).
+template <int D>
+struct MmaRows {
+  float o[D / 8][4];  // O accumulators: n-tile dt covers dims [8 dt, 8 dt + 8)
+  float m0, m1;       // running max (log2 units)
+  float l0, l1;       // this thread's part of the running sums (quad sums after finish())
+
+  __device__ __forceinline__ void init() {
+#pragma unroll
+    for (int dt = 0; dt < D / 8; ++dt)
+      o[dt][0] = o[dt][1] = o[dt][2] = o[dt][3] = 0.f;
+    m0 = m1 = -INFINITY;
+    l0 = l1 = 0.f;
+  }
+
+  // One K/V tile in shared memory (ks, vs: [BN][LD]) holding keys n0 + [0, BN).
+  // With need_mask, keys past lim0 (row r0) / lim1 (row r1) are masked. Each
+  // row must see a finite score in its first tile.
+  __device__ __forceinline__ void tile(const uint32_t (&qa)[D / 16][4], const bf16* ks,
+                                       const bf16* vs, int n0, float scale_log2, bool need_mask,
+                                       int lim0, int lim1) {
+    using Cfg = MmaCfg<D>;
+    constexpr int BN = Cfg::BN;
+    constexpr int LD = Cfg::LD;
+    const int lane = threadIdx.x & 31;
+    const int g = lane >> 2;
+    const int t = lane & 3;
+    // S = Q K^T: n-tile nt covers keys [8 nt, 8 nt + 8) of the tile.
+    float sc[BN / 8][4];
+#pragma unroll
+    for (int nt = 0; nt < BN / 8; ++nt)
+      sc[nt][0] = sc[nt][1] = sc[nt][2] = sc[nt][3] = 0.f;
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+#pragma unroll
+      for (int nt = 0; nt < BN / 8; ++nt) {
+        const bf16* kp = ks + (nt * 8 + g) * LD + kk * 16 + 2 * t;
+        mma_16816(sc[nt], qa[kk], ld_shared_u32(kp), ld_shared_u32(kp + 8));
+      }
+    }
+
+    // Scale, mask, row max.
+    float mx0 = -INFINITY, mx1 = -INFINITY;
+#pragma unroll
+    for (int nt = 0; nt < BN / 8; ++nt) {
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const int p = n0 + nt * 8 + 2 * t + e;
+        float x0 = sc[nt][e] * scale_log2;
+        float x1 = sc[nt][2 + e] * scale_log2;
+        if (need_mask) {
+          if (p > lim0) x0 = -INFINITY;
+          if (p > lim1) x1 = -INFINITY;
+        }
+        sc[nt][e] = x0;
+        sc[nt][2 + e] = x1;
+        mx0 = fmaxf(mx0, x0);
+        mx1 = fmaxf(mx1, x1);
+      }
+    }
+    // The 4 lanes of a quad hold one row's keys.
+    mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
+    mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
+    mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
+    mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+    const float mn0 = fmaxf(m0, mx0);
+    const float mn1 = fmaxf(m1, mx1);
+    const float alpha0 = exp2f(m0 - mn0);  // 0 on the first tile (m = -inf)
+    const float alpha1 = exp2f(m1 - mn1);
+    m0 = mn0;
+    m1 = mn1;
+
+    // P = exp2(S - m), as bf16 A fragments: k-step j covers keys [16 j, 16 j + 16)
+    // = n-tiles 2j (a[0], a[1]) and 2j + 1 (a[2], a[3]).
+    uint32_t pa[BN / 16][4];
+    float rs0 = 0.f, rs1 = 0.f;
+#pragma unroll
+    for (int nt = 0; nt < BN / 8; ++nt) {
+      const float p00 = exp2f(sc[nt][0] - mn0);
+      const float p01 = exp2f(sc[nt][1] - mn0);
+      const float p10 = exp2f(sc[nt][2] - mn1);
+      const float p11 = exp2f(sc[nt][3] - mn1);
+      rs0 += p00 + p01;
+      rs1 += p10 + p11;
+      pa[nt / 2][(nt & 1) * 2 + 0] = pack_bf16x2(p00, p01);
+      pa[nt / 2][(nt & 1) * 2 + 1] = pack_bf16x2(p10, p11);
+    }
+    l0 = l0 * alpha0 + rs0;
+    l1 = l1 * alpha1 + rs1;
+#pragma unroll
+    for (int dt = 0; dt < D / 8; ++dt) {
+      o[dt][0] *= alpha0;
+      o[dt][1] *= alpha0;
+      o[dt][2] *= alpha1;
+      o[dt][3] *= alpha1;
+    }
+
+    // O += P V. One ldmatrix.x4.trans gives the B fragments of two n-tiles
+    // (dims [8 dt, 8 dt + 16)) for keys [16 j, 16 j + 16): matrix i has keys
+    // 16 j + 8 (i & 1) .. + 8 and dims 8 dt + 8 (i >> 1) .. + 8.
+#pragma unroll
+    for (int j = 0; j < BN / 16; ++j) {
+#pragma unroll
+      for (int dt = 0; dt < D / 8; dt += 2) {
+        uint32_t b[4];
+        const int key = j * 16 + (lane & 7) + ((lane >> 3) & 1) * 8;
+        const int dim = dt * 8 + (lane >> 4) * 8;
+        ldmatrix_x4_trans(b, vs + key * LD + dim);
+        mma_16816(o[dt], pa[j], b[0], b[1]);
+        mma_16816(o[dt + 1], pa[j], b[2], b[3]);
+      }
+    }
+  }
+
+  // The full row sums: l0 / l1 summed over the quad (every lane gets them).
+  __device__ __forceinline__ void finish() {
+    l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
+    l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
+  }
+
+  // Row `half` (0: r0, 1: r1) unnormalised into op [D] and ml [2] (max, sum);
+  // after finish().
+  __device__ __forceinline__ void store_partial(int half, float* __restrict__ op,
+                                                float* __restrict__ ml) const {
+    const int t = threadIdx.x & 3;
+#pragma unroll
+    for (int dt = 0; dt < D / 8; ++dt)
+      *reinterpret_cast<float2*>(op + dt * 8 + 2 * t) =
+          make_float2(o[dt][2 * half], o[dt][2 * half + 1]);
+    if (t == 0) {
+      ml[0] = half == 0 ? m0 : m1;
+      ml[1] = half == 0 ? l0 : l1;
+    }
+  }
+};
+
+// Walks K/V tiles [tile0, n_tiles) of keys below k_end through the two
+// shared stages: gather(tile, stage) issues a tile's copies, body(ks, vs,
+// tile) computes it. Called by every thread of the CTA; smem is free again
+// on return.
+template <int D, typename Gather, typename Body>
+__device__ __forceinline__ void for_each_kv_tile(bf16* smem, int tile0, int n_tiles, Gather gather,
+                                                 Body body) {
+  using Cfg = MmaCfg<D>;
+  gather(tile0, 0);  // tile it lives in stage (it - tile0) & 1
+  cp_async_commit();
+  for (int it = tile0; it < n_tiles; ++it) {
+    if (it + 1 < n_tiles) {
+      gather(it + 1, (it + 1 - tile0) & 1);
+      cp_async_commit();
+      cp_async_wait<1>();  // tile it has landed (this thread's copies)
+    } else {
+      cp_async_wait<0>();
+    }
+    __syncthreads();  // ... and every thread's
+    const bf16* ks = smem + ((it - tile0) & 1) * 2 * Cfg::TILE;
+    body(ks, ks + Cfg::TILE, it);
+    __syncthreads();  // this stage is free for tile it + 2
+  }
+}
+
+}  // namespace cartserve::ops::cuda
+
+#endif  // CARTSERVE_WITH_CUDA
