@@ -176,6 +176,15 @@ class Batch {
     }
     return {};
   }
+  // The median seconds of `timed` decode steps after `warmup` untimed ones.
+  Result<double> median_step(int warmup, int timed) {
+    std::vector<double> t;
+    for (int i = 0; i < warmup + timed; ++i) {
+      CS_ASSIGN_OR_RETURN(const double s, step());
+      if (i >= warmup) t.push_back(s);
+    }
+    return median(t);
+  }
   // One decode step over every sequence; seconds.
   Result<double> step() {
     const int B = b_.kv_spec().block_size;
@@ -840,16 +849,12 @@ int main(int argc, char** argv) {
         std::fprintf(stderr, "decode setup: %s\n", st.message().c_str());
         return 1;
       }
-      std::vector<double> t;
-      for (int i = 0; i < 10 + 20 * repeats; ++i) {
-        auto s = seqs.step();
-        if (!s.ok()) {
-          std::fprintf(stderr, "decode: %s\n", s.status().message().c_str());
-          return 1;
-        }
-        if (i >= 10) t.push_back(*s);
+      auto step_s = seqs.median_step(10, 20 * repeats);
+      if (!step_s.ok()) {
+        std::fprintf(stderr, "decode: %s\n", step_s.status().message().c_str());
+        return 1;
       }
-      const double ms = 1e3 * median(t);
+      const double ms = 1e3 * *step_s;
       const double floor_ms =
           1e3 * (weight_bytes + batch * (ctx + 10.0) * kv_token_bytes) / copy_bw;
       const std::string key = "decode_batch_" + std::to_string(batch) +
@@ -905,16 +910,12 @@ int main(int argc, char** argv) {
         std::fprintf(stderr, "cartridge decode setup: %s\n", st.message().c_str());
         return 1;
       }
-      std::vector<double> t;
-      for (int i = 0; i < 10 + 20 * repeats; ++i) {
-        auto s = seqs.step();
-        if (!s.ok()) {
-          std::fprintf(stderr, "cartridge decode: %s\n", s.status().message().c_str());
-          return 1;
-        }
-        if (i >= 10) t.push_back(*s);
+      auto step_s = seqs.median_step(10, 20 * repeats);
+      if (!step_s.ok()) {
+        std::fprintf(stderr, "cartridge decode: %s\n", step_s.status().message().c_str());
+        return 1;
       }
-      const double ms = 1e3 * median(t);
+      const double ms = 1e3 * *step_s;
       // The prefix's KV read once, each sequence's own positions once.
       const double floor_ms =
           1e3 * (weight_bytes + (kPrefix + batch * (kOwn + 10.0)) * kv_token_bytes) / copy_bw;

@@ -386,6 +386,18 @@ void launch(const Problem& p, Impl impl, int num_splits, bf16* out, void* worksp
   }
 }
 
+// The first n bf16 of `out` (n + kGuard elements), after checking that the
+// guard after them is still poison.
+std::vector<uint16_t> output_bits(const DevBuf<uint16_t>& out, size_t n) {
+  std::vector<uint16_t> h = out.download();
+  size_t guard_hit = 0;
+  for (size_t i = n; i < n + kGuard; ++i)
+    guard_hit += h[i] != kNaN16 ? 1 : 0;
+  EXPECT_EQ(guard_hit, 0u) << "written past the output";
+  h.resize(n);
+  return h;
+}
+
 // Runs one op on a poisoned output (and workspace); returns the output's
 // bf16 bits, after checking the guard after it is untouched.
 std::vector<uint16_t> run(const Problem& p, Impl impl, int num_splits, cudaStream_t st) {
@@ -398,13 +410,7 @@ std::vector<uint16_t> run(const Problem& p, Impl impl, int num_splits, cudaStrea
   launch(p, impl, num_splits, reinterpret_cast<bf16*>(out.get()), ws.get(), st);
   ATTN_CUDA_OK(cudaGetLastError());
   ATTN_CUDA_OK(cudaStreamSynchronize(st));
-  std::vector<uint16_t> h = out.download();
-  size_t guard_hit = 0;
-  for (size_t i = n; i < n + kGuard; ++i)
-    guard_hit += h[i] != kNaN16 ? 1 : 0;
-  EXPECT_EQ(guard_hit, 0u) << "written past the output";
-  h.resize(n);
-  return h;
+  return output_bits(out, n);
 }
 
 int device_sms() {
@@ -477,13 +483,7 @@ std::vector<uint16_t> run_cascade(const Problem& p, const CascadePlan& plan, int
                          p.c.n_heads, p.scale, num_splits, ws.get(), st, &parts);
   ATTN_CUDA_OK(cudaGetLastError());
   ATTN_CUDA_OK(cudaStreamSynchronize(st));
-  std::vector<uint16_t> h = out.download();
-  size_t guard_hit = 0;
-  for (size_t i = n; i < n + kGuard; ++i)
-    guard_hit += h[i] != kNaN16 ? 1 : 0;
-  EXPECT_EQ(guard_hit, 0u) << "written past the output";
-  h.resize(n);
-  return h;
+  return output_bits(out, n);
 }
 
 // ---- tests -----------------------------------------------------------------

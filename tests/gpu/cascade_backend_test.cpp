@@ -25,19 +25,6 @@ namespace {
 
 constexpr int32_t kB = 16;
 
-testing::RandomModelSpec spec() {
-  testing::RandomModelSpec s;
-  s.bf16 = true;
-  s.hidden = 256;
-  s.heads = 12;
-  s.kv_heads = 3;
-  s.head_dim = 64;
-  s.intermediate = 512;
-  s.vocab = 160;
-  s.layers = 3;
-  return s;
-}
-
 // A prompt of 40 tokens for sequence 0 in blocks {1, 2, 3}; sequences 1..3
 // share its blocks 1 and 2 and prefill 5 tokens of their own in blocks
 // {4, 5, 6}; then 6 decode steps of all four with the 32-position prefix
@@ -107,7 +94,7 @@ std::vector<float> run_gpu(const Model& m, int32_t cascade_min_prefix) {
 
 TEST(CudaCascade, SharedPrefixDecodeMatchesTheCpu) {
   CS_REQUIRE_GPU();
-  auto m = testing::random_model(spec());
+  auto m = testing::random_model(testing::gpu_test_spec());
   auto cpu = CpuBackend::create(*m, kB, KvBudget{0, 256});
   ASSERT_TRUE(cpu.ok());
   const std::vector<float> ref = run(**cpu, m->config.vocab_size);

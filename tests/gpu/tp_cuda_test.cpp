@@ -124,19 +124,6 @@ TEST(CudaTp, OneDeviceAllReduceIsTheRankOrderedSum) {
   }
 }
 
-testing::RandomModelSpec gpu_spec() {
-  testing::RandomModelSpec s;
-  s.bf16 = true;
-  s.hidden = 256;
-  s.heads = 12;
-  s.kv_heads = 3;
-  s.head_dim = 64;
-  s.intermediate = 512;
-  s.vocab = 160;
-  s.layers = 3;
-  return s;
-}
-
 cuda::CudaOptions gpu_options() {
   cuda::CudaOptions o;
   o.kv_cache_tokens = 256;
@@ -199,7 +186,7 @@ void expect_logits_like_single_rank(const Model& m, const std::vector<int>& size
 
 TEST(CudaTp, OneDeviceLogitsEqualSingleRank) {
   CS_REQUIRE_GPU();
-  auto m = testing::random_model(gpu_spec());
+  auto m = testing::random_model(testing::gpu_test_spec());
   expect_logits_like_single_rank(*m, {2, 4}, /*one_device=*/true, "one GPU");
 }
 
@@ -208,7 +195,7 @@ TEST(CudaTp, NcclLogitsEqualSingleRank) {
   int count = 0;
   CS_CUDA_OK(cudaGetDeviceCount(&count));
   if (count < 2) GTEST_SKIP() << "one GPU visible (NCCL needs one per rank)";
-  auto m = testing::random_model(gpu_spec());
+  auto m = testing::random_model(testing::gpu_test_spec());
   expect_logits_like_single_rank(*m, count >= 4 ? std::vector<int>{2, 4} : std::vector<int>{2},
                                  /*one_device=*/false, "NCCL");
 }
@@ -219,7 +206,7 @@ TEST(CudaTp, NcclLogitsEqualSingleRank) {
 // continues the sequence as at TP = 1.
 TEST(CudaTp, OneDeviceKvExportAndLoadByHead) {
   CS_REQUIRE_GPU();
-  auto m = testing::random_model(gpu_spec());
+  auto m = testing::random_model(testing::gpu_test_spec());
   const ModelConfig& c = m->config;
   std::vector<int32_t> prompt;
   for (int i = 0; i < 40; ++i)
@@ -284,7 +271,7 @@ TEST(CudaTp, OneDeviceKvExportAndLoadByHead) {
 
 TEST(CudaTp, RefusesWhatItCannotRun) {
   CS_REQUIRE_GPU();
-  auto m = testing::random_model(gpu_spec());
+  auto m = testing::random_model(testing::gpu_test_spec());
   EXPECT_FALSE(cuda::TpCudaBackend::create(*m, 3, gpu_options(), true).ok());  // not 1/2/4/8
   cuda::CudaOptions no_size = gpu_options();
   no_size.kv_cache_tokens = 0;

@@ -97,6 +97,20 @@ inline void randomize_layers(Model& m, const RandomModelSpec& s) {
   }
 }
 
+// The bf16 model of the CUDA backend tests: 12 q heads of 64 over 3 KV heads.
+inline RandomModelSpec gpu_test_spec() {
+  RandomModelSpec s;
+  s.bf16 = true;
+  s.hidden = 256;
+  s.heads = 12;
+  s.kv_heads = 3;
+  s.head_dim = 64;
+  s.intermediate = 512;
+  s.vocab = 160;
+  s.layers = 3;
+  return s;
+}
+
 inline std::unique_ptr<Model> random_model(const RandomModelSpec& s) {
   auto m = std::make_unique<Model>();
   ModelConfig& c = m->config;
