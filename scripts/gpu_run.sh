@@ -37,6 +37,8 @@
 #              stage writes): serve_plain.json, serve_cartridge.json. --logprobs: the random
 #              checkpoint's tokenizer (the tiny-llama fixture's, 317 tokens) gives most of
 #              its 128k ids no text, so a token's chunk is told by its logprob
+#   serve:cascade  the serve stage's cartridge half with shared-prefix attention on and off
+#              (--cascade-min-prefix 0): serve_cartridge.json, serve_cartridge_no_cascade.json
 #   soak       bench/soak/soak.py with the real SmolLM2 GGUF on --device cuda: 10,000 chat
 #              requests at concurrency 64 over 100 cartridges, residency churning: soak.json
 # Inputs (built here by scripts/gpu_pack.sh, carried as .gpu/*): bundle.tgz (binaries +
@@ -116,7 +118,7 @@ profile() {
   "$nsys" stats -q -r cuda_gpu_kern_sum -f csv -o "$OUT/decode_kernels" /tmp/prof.nsys-rep
 }
 
-serve() {  # serve LABEL [CARTRIDGE_ID]
+serve() {  # serve LABEL [CARTRIDGE_ID [SERVER_ARG...]]
   local cart=/tmp/cartserve_gpu_bench_cartridge.safetensors
   local args=(--server cartserve --cartserve-bin "$B/cartserve" --model /tmp/ckpt/llama3b
     --label "$1" --max-model-len 4096 --concurrency 1,16,64,256 --max-tokens 64 --logprobs
@@ -127,6 +129,7 @@ serve() {  # serve LABEL [CARTRIDGE_ID]
     args+=(--cartridge-id "$2" --server-arg=--kv-transfer-config --server-arg="{\"kv_connector\": \
 \"CartridgeConnector\", \"kv_connector_extra_config\": {\"cartridges\": [{\"cartridge_id\": \
 \"$2\", \"path\": \"$cart\"}]}}")
+    for a in "${@:3}"; do args+=(--server-arg="$a"); done
   fi
   python3 bench/load_gen.py "${args[@]}"
   local rc=$?
@@ -186,6 +189,9 @@ for s in "$@"; do
     smollm2) stage smollm2 smollm2 ;;
     smollm2:tp2) CARTSERVE_TEST_TP=2 stage smollm2_tp2 smollm2 "$OUT/tiers_tp2.jsonl" ;;
     serve) ckpt llama3b && stage serve_plain serve plain && stage serve_cartridge serve cartridge doc ;;
+    serve:cascade) ckpt llama3b && stage serve_cartridge serve cartridge doc &&
+                     stage serve_cartridge_no_cascade serve cartridge_no_cascade doc \
+                       --cascade-min-prefix 0 ;;
     soak) stage soak python3 bench/soak/soak.py --bin "$B/cartserve" --model "$GGUF" --device cuda \
             --build-jobs 8 --kv-cache-memory 2GiB --out "$OUT/soak.json" ;;
     *) echo "unknown stage $s" ;;

@@ -559,8 +559,8 @@ TEST_F(PagedAttentionGpu, DecodeSharedPrefixCascade) {
   };
   const Shape shapes[] = {
       {"cascade_g3_d128_bs16", 128, 24, 8, 16, 128},  // the 3B shape, a 2048-position cartridge
-      {"cascade_g3_d64_bs16", 64, 9, 3, 16, 40},      // SmolLM2, 640 positions (3 splits)
-      {"cascade_g4_d128_bs32", 128, 16, 4, 32, 9},    // 288 positions (2 splits: 256 + 32)
+      {"cascade_g3_d64_bs16", 64, 9, 3, 16, 40},      // SmolLM2, 640 positions (5 splits)
+      {"cascade_g4_d128_bs32", 128, 16, 4, 32, 9},    // 288 positions (128 + 128 + 32)
       {"cascade_g1_d64_bs16", 64, 4, 4, 16, 300},     // 4800 positions (15 splits of 320)
       {"cascade_g8_d128_bs8", 128, 64, 8, 8, 70},     // 560 positions
   };

@@ -33,10 +33,13 @@ std::vector<int32_t> tables(const std::vector<std::vector<int32_t>>& rows, int32
 }
 
 TEST(CascadePlan, SplitRuleDependsOnThePrefixAlone) {
-  EXPECT_EQ(ops::cascade_split_len(256), 256);
-  EXPECT_EQ(ops::cascade_num_splits(256), 1);
-  EXPECT_EQ(ops::cascade_num_splits(2048), 8);  // 256 each
-  EXPECT_EQ(ops::cascade_num_splits(2064), 9);  // the last one holds 16
+  EXPECT_EQ(ops::cascade_split_len(256), 128);
+  EXPECT_EQ(ops::cascade_num_splits(256), 2);
+  EXPECT_EQ(ops::cascade_num_splits(100), 1);
+  EXPECT_EQ(ops::cascade_split_len(2048), 128);
+  EXPECT_EQ(ops::cascade_num_splits(2048), 16);
+  EXPECT_EQ(ops::cascade_split_len(2064), 192);  // 2064 / 16 rounded up to 64
+  EXPECT_EQ(ops::cascade_num_splits(2064), 11);  // the last one holds 144
   // Long prefixes: at most kMaxCascadeSplits splits of a multiple of 64.
   for (int p : {4096, 4112, 10000, 100000}) {
     EXPECT_LE(ops::cascade_num_splits(p), ops::kMaxCascadeSplits) << p;
@@ -77,9 +80,13 @@ TEST(CascadePlan, GroupsBySharedBlocksAndTilesByGqaGroup) {
   EXPECT_EQ(plan.members[23], 27);
   EXPECT_EQ(plan.members[24], 3);
   EXPECT_EQ(plan.members[25], 9);
-  // 21 members per tile (64 rows / 3 heads): tiles of 21 + 3, then 2; 2 splits each.
-  const std::vector<int32_t> want = {0,  21, 0, 512, 0,  21, 1, 512, 21, 3, 0, 512,
-                                     21, 3,  1, 512, 24, 2,  0, 512, 24, 2, 1, 512};
+  // 21 members per tile (64 rows / 3 heads): tiles of 21 + 3, then 2; 4
+  // splits of 128 each.
+  std::vector<int32_t> want;
+  for (const auto& [first, count] : {std::pair{0, 21}, std::pair{21, 3}, std::pair{24, 2}}) {
+    for (int32_t z = 0; z < 4; ++z)
+      want.insert(want.end(), {first, count, z, 512});
+  }
   EXPECT_EQ(plan.items, want);
   // A mixed step: sequence 5 prefills 3 rows; it leaves the group.
   std::vector<int32_t> qs = rows1(28);
@@ -89,7 +96,7 @@ TEST(CascadePlan, GroupsBySharedBlocksAndTilesByGqaGroup) {
   EXPECT_EQ(plan.prefix_len[5], 0);
   EXPECT_EQ(plan.members.size(), 25u);
   EXPECT_EQ(plan.items[1], 21);
-  EXPECT_EQ(plan.items[9], 2);  // 21 + 2 members on the first prefix
+  EXPECT_EQ(plan.items[4 * 4 + 1], 2);  // 21 + 2 members on the first prefix
 }
 
 TEST(CascadePlan, AloneASequenceStillTakesItsPrefixPath) {
@@ -102,7 +109,7 @@ TEST(CascadePlan, AloneASequenceStillTakesItsPrefixPath) {
                kB, 8, 256, plan);
   EXPECT_EQ(plan.prefix_len, std::vector<int32_t>{304});
   EXPECT_EQ(plan.members, std::vector<int32_t>{0});
-  EXPECT_EQ(plan.items, (std::vector<int32_t>{0, 1, 0, 304, 0, 1, 1, 304}));
+  EXPECT_EQ(plan.items, (std::vector<int32_t>{0, 1, 0, 304, 0, 1, 1, 304, 0, 1, 2, 304}));
 }
 
 TEST(CascadePlan, PrefixStopsBeforeTheQueryAndWholeBlocks) {
