@@ -1,7 +1,7 @@
 #include "runtime/cascade_plan.h"
 
 #include <algorithm>
-#include <numeric>
+#include <unordered_map>
 
 #include "kernels/cascade_split.h"
 
@@ -32,33 +32,45 @@ void plan_cascade(std::span<const int32_t> shared_prefix, std::span<const int32_
     plan.prefix_len[static_cast<size_t>(s)] = p;
     cand.push_back(s);
   }
-  // Groups: equal prefix length and block ids over it, members in sequence order.
+  // Groups: equal prefix length and block ids over it, in the order of their
+  // first members, members in sequence order. Found by a hash of the ids,
+  // confirmed against the group's first member.
   auto ids = [&](int32_t s) {
     const auto row = block_table.subspan(static_cast<size_t>(s) * static_cast<size_t>(max_blocks),
                                          static_cast<size_t>(max_blocks));
     return row.first(static_cast<size_t>(plan.prefix_len[static_cast<size_t>(s)] / block_size));
   };
-  auto less = [&](int32_t a, int32_t b) {
-    const auto ia = ids(a), ib = ids(b);
-    if (ia.size() != ib.size()) return ia.size() < ib.size();
-    return std::lexicographical_compare(ia.begin(), ia.end(), ib.begin(), ib.end());
-  };
-  std::stable_sort(cand.begin(), cand.end(), less);
-  plan.members = cand;
-  const int32_t per_tile = ops::kCascadeTileRows / gqa_group;
-  for (size_t g = 0; g < cand.size();) {
-    size_t end = g + 1;
-    while (end < cand.size() && !less(cand[g], cand[end]))
-      ++end;  // sorted: not less means equal
-    const int32_t prefix = plan.prefix_len[static_cast<size_t>(cand[g])];
-    const int32_t splits = ops::cascade_num_splits(prefix);
-    for (size_t t = g; t < end; t += static_cast<size_t>(per_tile)) {
-      const auto count = static_cast<int32_t>(std::min(end - t, static_cast<size_t>(per_tile)));
-      for (int32_t z = 0; z < splits; ++z) {
-        plan.items.insert(plan.items.end(), {static_cast<int32_t>(t), count, z, prefix});
-      }
+  std::vector<std::vector<int32_t>> groups;
+  std::unordered_map<uint64_t, std::vector<size_t>> by_hash;  // -> indices into groups
+  for (int32_t s : cand) {
+    const auto mine = ids(s);
+    uint64_t h = 1469598103934665603ull ^ mine.size();  // FNV-1a over the ids
+    for (int32_t id : mine)
+      h = (h ^ static_cast<uint32_t>(id)) * 1099511628211ull;
+    std::vector<size_t>& same = by_hash[h];
+    auto it = std::find_if(same.begin(), same.end(), [&](size_t g) {
+      const auto head = ids(groups[g].front());
+      return std::equal(head.begin(), head.end(), mine.begin(), mine.end());
+    });
+    if (it == same.end()) {
+      same.push_back(groups.size());
+      groups.push_back({s});
+    } else {
+      groups[*it].push_back(s);
     }
-    g = end;
+  }
+  const int32_t per_tile = ops::kCascadeTileRows / gqa_group;
+  for (const std::vector<int32_t>& g : groups) {
+    const auto first = static_cast<int32_t>(plan.members.size());
+    plan.members.insert(plan.members.end(), g.begin(), g.end());
+    const int32_t prefix = plan.prefix_len[static_cast<size_t>(g.front())];
+    const int32_t splits = ops::cascade_num_splits(prefix);
+    const auto n = static_cast<int32_t>(g.size());
+    for (int32_t t = 0; t < n; t += per_tile) {
+      const int32_t count = std::min(n - t, per_tile);
+      for (int32_t z = 0; z < splits; ++z)
+        plan.items.insert(plan.items.end(), {first + t, count, z, prefix});
+    }
   }
 }
 
