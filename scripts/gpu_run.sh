@@ -18,6 +18,8 @@
 #              gemv): gpu_bench_gemv.json
 #   bench:tp2  (2+ GPUs) decode at batch 1, 64 and 256 on the 3B shape at TP=1 and TP=2
 #              (one rank per GPU, NCCL): gpu_bench_tp1.json, gpu_bench_tp2.json
+#   bench:cart decode over a shared 2048-token cartridge with and without shared-prefix
+#              attention on the 3B shape: gpu_bench_cart.json
 #   bench:smollm2   decode at batch 1 and 64 on the SmolLM2-135M shape: gpu_bench_smollm2.json
 #   logits:tp2 (2+ GPUs) the 3B checkpoint through TP=2 (NCCL) against HF (logits_tp2_llama3b.json)
 #              and against TP=1 (logits_tp2_vs_tp1.json: bf16 tolerance, greedy agreement)
@@ -179,6 +181,8 @@ for s in "$@"; do
                  --out "$OUT/gpu_bench_tp1.json" &&
                  stage bench_tp2 "$B/gpu_bench" /tmp/ckpt/llama3b --only decode --tp 2 \
                    --out "$OUT/gpu_bench_tp2.json" ;;
+    bench:cart) ckpt llama3b && stage bench_cart "$B/gpu_bench" /tmp/ckpt/llama3b \
+                  --only cartdecode --out "$OUT/gpu_bench_cart.json" ;;
     bench:smollm2) ckpt smollm2 && stage bench_smollm2 "$B/gpu_bench" /tmp/ckpt/smollm2 \
                      --only decode --out "$OUT/gpu_bench_smollm2.json" ;;
     profile) ckpt llama3b && stage profile profile ;;
