@@ -780,6 +780,16 @@ json prefill_budget(const ModelConfig& c, double copy_bw, double gemm_flops, int
           {"prefill_ms_measured", measured_ms}};
 }
 
+// A decode figure (ms per step of `batch` sequences beside its floor), printed.
+json decode_figure(const std::string& key, int batch, double ms, double floor_ms) {
+  std::printf("%-40s %9.3f ms/step %9.0f tok/s   floor %.3f ms (%.0f%%)\n", key.c_str(), ms,
+              batch / (ms / 1e3), floor_ms, 100.0 * floor_ms / ms);
+  return {{"ms_per_step", ms},
+          {"tokens_per_s", batch / (ms / 1e3)},
+          {"floor_ms_per_step", floor_ms},
+          {"fraction_of_floor", floor_ms / ms}};
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -859,12 +869,7 @@ int main(int argc, char** argv) {
           1e3 * (weight_bytes + batch * (ctx + 10.0) * kv_token_bytes) / copy_bw;
       const std::string key = "decode_batch_" + std::to_string(batch) +
                               (ctx == 512 ? std::string() : "_ctx_" + std::to_string(ctx));
-      figures[key] = {{"ms_per_step", ms},
-                      {"tokens_per_s", batch / (ms / 1e3)},
-                      {"floor_ms_per_step", floor_ms},
-                      {"fraction_of_floor", floor_ms / ms}};
-      std::printf("%-28s %9.3f ms/step %9.0f tok/s   floor %.3f ms (%.0f%%)\n", key.c_str(), ms,
-                  batch / (ms / 1e3), floor_ms, 100.0 * floor_ms / ms);
+      figures[key] = decode_figure(key, batch, ms, floor_ms);
     }
     // Prefill of one sequence.
     for (int n : {512, 2048, 8192}) {
@@ -921,16 +926,11 @@ int main(int argc, char** argv) {
           1e3 * (weight_bytes + (kPrefix + batch * (kOwn + 10.0)) * kv_token_bytes) / copy_bw;
       const std::string key = "decode_cartridge_2048_batch_" + std::to_string(batch) +
                               (min_prefix > 0 ? "" : "_no_cascade");
-      figures[key] = {{"ms_per_step", ms},
-                      {"tokens_per_s", batch / (ms / 1e3)},
-                      {"floor_ms_per_step", floor_ms},
-                      {"fraction_of_floor", floor_ms / ms}};
+      figures[key] = decode_figure(key, batch, ms, floor_ms);
       const std::string on_key = "decode_cartridge_2048_batch_" + std::to_string(batch);
       if (min_prefix == 0 && figures.contains(on_key))
         figures[on_key]["speedup_vs_no_cascade"] =
             ms / figures[on_key]["ms_per_step"].get<double>();
-      std::printf("%-40s %9.3f ms/step %9.0f tok/s   floor %.3f ms (%.0f%%)\n", key.c_str(), ms,
-                  batch / (ms / 1e3), floor_ms, 100.0 * floor_ms / ms);
     }
   }
   // Cartridges through the engine: resident, and promoted from the host tier.

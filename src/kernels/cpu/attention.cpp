@@ -124,6 +124,11 @@ inline void transpose8(v8f (&r)[8]) {
   r[7] = __builtin_shuffle(u3, u7, qhi);
 }
 
+// The head_dims attend_heads handles (8 * HD8 floats in registers).
+constexpr bool blocked_head_dim(int hd) {
+  return hd == 64 || hd == 128;
+}
+
 struct Geometry {
   int n_heads, n_kv_heads, head_dim, group;
   size_t kv_stride;  // floats between consecutive slots
@@ -225,7 +230,7 @@ void attend_rows(const float* q, const float* k_cache, const float* v_cache, con
     const int n_ctx = std::min<int>(s.kv_len - s.q_len + j + 1, static_cast<int>(slots.size()));
     const float* q_row = q + (static_cast<size_t>(row) * g.n_heads + kvh * g.group) * hd;
     float* o_row = out + (static_cast<size_t>(row) * g.n_heads + kvh * g.group) * hd;
-    if (hd == 64 || hd == 128) {
+    if (blocked_head_dim(hd)) {
       scores.resize(static_cast<size_t>(std::min(3, h1 - h0)) * n_ctx);
       (hd == 64 ? attend_group<8> : attend_group<16>)(q_row + h0 * hd, k_cache + head_off,
                                                       v_cache + head_off, slots.data(), g.kv_stride,
@@ -332,8 +337,7 @@ void paged_attention(const float* q, const float* k_cache, const float* v_cache,
   // Too few tasks for the pool (a lone decode row has one per KV head): one
   // per query head instead. Each head computes the same either way; its
   // group's K and V rows are then read once per head (from cache).
-  if ((head_dim == 64 || head_dim == 128) && g.group > 1 &&
-      tasks.size() < 2 * ThreadPool::global().size()) {
+  if (blocked_head_dim(head_dim) && g.group > 1 && tasks.size() < 2 * ThreadPool::global().size()) {
     std::vector<Task> split;
     for (const Task& t : tasks) {
       for (int h = 0; h < g.group; ++h)

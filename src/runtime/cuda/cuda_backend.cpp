@@ -169,18 +169,10 @@ Result<std::unique_ptr<CudaBackend>> CudaBackend::create(const Model& model,
     kv_bytes = static_cast<uint64_t>(left);
   }
   CS_RETURN_IF_ERROR(b->allocate(kv_bytes));
-  {
-    ops::KvLayer kv;  // layer 0's view: every layer has the same alignment
-    kv.k = static_cast<bf16*>(b->buf_->kv);
-    kv.v = kv.k + static_cast<size_t>(spec.block_size) * spec.kv_dim();
-    kv.block_stride = static_cast<int64_t>(spec.num_layers) * 2 * spec.block_size * spec.kv_dim();
-    kv.block_size = spec.block_size;
-    kv.num_kv_heads = spec.num_kv_heads;
-    kv.head_dim = spec.head_dim;
-    b->cascade_ok_ =
-        opts.cascade_min_prefix > 0 &&
-        ops::cascade_supported(b->buf_->qkv, c.q_dim() + 2 * c.kv_dim(), kv, c.num_heads);
-  }
+  // (layer 0's view: every layer has the same alignment)
+  b->cascade_ok_ =
+      opts.cascade_min_prefix > 0 &&
+      ops::cascade_supported(b->buf_->qkv, c.q_dim() + 2 * c.kv_dim(), b->kv_layer(0), c.num_heads);
   CS_ASSIGN_OR_RETURN(b->gemm_, Gemm::create(b->buf_->gemm_ws, kGemmWorkspace));
   b->transfers_ = std::make_unique<TransferQueue>();
   LOG_INFO("CUDA backend on {}: weights {}, KV cache {} blocks x {} = {} tokens ({} bf16)",
@@ -492,6 +484,18 @@ Status CudaBackend::forward_decode(const StepInput& in) {
   return last_error("a decode graph");
 }
 
+ops::KvLayer CudaBackend::kv_layer(int32_t l) const {
+  const int32_t B = spec_.block_size, KVD = spec_.kv_dim();
+  ops::KvLayer kv;
+  kv.k = static_cast<bf16*>(buf_->kv) + static_cast<size_t>(l) * 2 * B * KVD;
+  kv.v = kv.k + static_cast<size_t>(B) * KVD;
+  kv.block_stride = static_cast<int64_t>(spec_.num_layers) * 2 * B * KVD;
+  kv.block_size = B;
+  kv.num_kv_heads = spec_.num_kv_heads;
+  kv.head_dim = spec_.head_dim;
+  return kv;
+}
+
 bool CudaBackend::plan_step_cascade(const StepInput& in) {
   if (!cascade_ok_ || in.shared_prefix.empty()) return false;
   const ModelConfig& c = model_.config;
@@ -529,8 +533,7 @@ size_t CudaBackend::put_cascade(int32_t* h, const int32_t* d, int32_t num_seqs, 
 Status CudaBackend::layers(const Shape& sh) {
   Buffers& b = *buf_;
   const ModelConfig& c = model_.config;
-  auto* pool = static_cast<bf16*>(b.kv);
-  const int32_t B = spec_.block_size, L = spec_.num_layers, KVD = spec_.kv_dim();
+  const int32_t L = spec_.num_layers, KVD = spec_.kv_dim();
   const int n = sh.batch.num_tokens;
   const int H = c.hidden_size, Q = c.q_dim(), QKV = c.q_dim() + 2 * KVD, FF = c.intermediate_size;
   const float eps = c.rms_norm_eps;
@@ -547,13 +550,7 @@ Status CudaBackend::layers(const Shape& sh) {
   ops::embedding(weights_.embed, sh.ids, b.x, n, H, compute_);
   for (int32_t l = 0; l < L; ++l) {
     const DeviceLayer& w = weights_.layers[static_cast<size_t>(l)];
-    ops::KvLayer kv;
-    kv.k = pool + static_cast<size_t>(l) * 2 * B * KVD;
-    kv.v = kv.k + static_cast<size_t>(B) * KVD;
-    kv.block_stride = static_cast<int64_t>(L) * 2 * B * KVD;
-    kv.block_size = B;
-    kv.num_kv_heads = spec_.num_kv_heads;
-    kv.head_dim = spec_.head_dim;
+    const ops::KvLayer kv = kv_layer(l);
     ops::add_rms_norm(b.x, l == 0 ? nullptr : b.delta, w.attn_norm, b.xn, n, H, eps, compute_);
     CS_RETURN_IF_ERROR(linear(b.xn, w.wqkv, b.qkv, H, QKV));
     ops::rope_qkv_write(b.qkv, w.bqkv, sh.pos, weights_.inv_freq, sh.slots, kv, n, c.num_heads,
@@ -783,7 +780,7 @@ Status CudaBackend::logits_after_forward(const StepInput& in, std::vector<float>
 Status CudaBackend::transfer(const HostKv& kv, const KvBlockList& blocks, bool load) {
   CS_CUDA(cudaSetDevice(opts_.device));  // the transfer thread's first call may be this one
   Buffers& b = *buf_;
-  const int32_t B = spec_.block_size, L = spec_.num_layers, KVD = spec_.kv_dim();
+  const int32_t B = spec_.block_size, L = spec_.num_layers;
   const int32_t heads = spec_.num_kv_heads, dim = spec_.head_dim;
   const int32_t T = kv.num_tokens;
   const size_t esz = dtype_size(kv.dtype);
@@ -802,7 +799,6 @@ Status CudaBackend::transfer(const HostKv& kv, const KvBlockList& blocks, bool l
   const uint64_t token_bytes = static_cast<uint64_t>(heads) * dim * esz;
   const int32_t chunk = static_cast<int32_t>(kStageBytes / token_bytes) / B * B;
   if (chunk < B) return make_error(ErrorCode::kInternal, "a KV block exceeds the staging buffer");
-  auto* pool = static_cast<bf16*>(b.kv);
   int slot = 0;
   // Host tensors in page-locked memory (the host tier's, see host_buffer) are
   // copied by DMA without the CPU staging copy.
@@ -826,13 +822,7 @@ Status CudaBackend::transfer(const HostKv& kv, const KvBlockList& blocks, bool l
     for (int32_t l = 0; l < L; ++l) {
       for (int v = 0; v < 2; ++v) {
         auto* host = static_cast<uint8_t*>(v ? kv.values[l] : kv.keys[l]);  // [heads, T, dim]
-        ops::KvLayer layout;
-        layout.k = pool + static_cast<size_t>(l) * 2 * B * KVD;
-        layout.v = layout.k + static_cast<size_t>(B) * KVD;
-        layout.block_stride = static_cast<int64_t>(L) * 2 * B * KVD;
-        layout.block_size = B;
-        layout.num_kv_heads = heads;
-        layout.head_dim = dim;
+        const ops::KvLayer layout = kv_layer(l);
         bf16* base = v ? layout.v : layout.k;
         for (int32_t t0 = p0; t0 < p1; t0 += chunk) {
           const int32_t c = std::min(chunk, p1 - t0);

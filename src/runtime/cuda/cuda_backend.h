@@ -121,6 +121,8 @@ class CudaBackend final : public Backend {
   // cap_items items and num_seqs >= the step's sequences, the rest padding);
   // returns the ints written.
   bool plan_step_cascade(const StepInput& in);
+  // Layer l's K and V in the pool (block-major, see the pool's layout).
+  ops::cuda::KvLayer kv_layer(int32_t l) const;
   size_t put_cascade(int32_t* h, const int32_t* d, int32_t num_seqs, int32_t cap_items,
                      Shape& sh) const;
   // Embedding, every layer and the last residual add, on the compute stream.
