@@ -177,6 +177,9 @@ struct PrefixPartials {
   // Only the sequences with a prefix (one row each); the others are left
   // alone: a mixed step, whose other rows paged_attention_prefill attends.
   bool prefixed_only = false;
+  // Recorded after the prefix partials' writes when they come from another
+  // stream: the merge waits for it (null: they were written earlier on s).
+  cudaEvent_t ready = nullptr;
 };
 void paged_attention_decode(const bf16* q, int64_t q_row_stride, const KvLayer& kv,
                             const AttnBatch& batch, bf16* out, int n_heads, float scale,

@@ -526,6 +526,9 @@ void paged_attention_decode(const bf16* q, int64_t q_row_stride, const KvLayer& 
   auto run = [&](auto split_hg, auto merge) {
     split_hg(hg, grid, s, args);
     check_launch("paged_attention_decode (split)");
+    if (prefix != nullptr && prefix->ready != nullptr &&
+        cudaStreamWaitEvent(s, prefix->ready, 0) != cudaSuccess)
+      op_fail(kOp, "cannot wait for the prefix partials' event");
     launch(merge, merge_grid, kMergeWarps * 32, 0, s, o_part, ml_part, batch, out, n_heads,
            num_splits, prefix_len, prefixed_only, c_o, c_ml);
   };

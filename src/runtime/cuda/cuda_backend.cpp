@@ -138,6 +138,9 @@ Result<std::unique_ptr<CudaBackend>> CudaBackend::create(const Model& model,
   b->num_sms_ = prop.multiProcessorCount;
   CS_CUDA(cudaStreamCreateWithFlags(&b->compute_, cudaStreamNonBlocking));
   CS_CUDA(cudaStreamCreateWithFlags(&b->copy_, cudaStreamNonBlocking));
+  CS_CUDA(cudaStreamCreateWithFlags(&b->side_, cudaStreamNonBlocking));
+  CS_CUDA(cudaEventCreateWithFlags(&b->fork_, cudaEventDisableTiming));
+  CS_CUDA(cudaEventCreateWithFlags(&b->join_, cudaEventDisableTiming));
 
   KvSpec& spec = b->spec_;
   spec.dtype = DType::kBF16;
@@ -193,6 +196,9 @@ CudaBackend::~CudaBackend() {
   gemm_.reset();
   if (compute_) cudaStreamDestroy(compute_);
   if (copy_) cudaStreamDestroy(copy_);
+  if (side_) cudaStreamDestroy(side_);
+  if (fork_) cudaEventDestroy(fork_);
+  if (join_) cudaEventDestroy(join_);
 }
 
 Status CudaBackend::allocate(uint64_t kv_bytes) {
@@ -559,10 +565,13 @@ Status CudaBackend::layers(const Shape& sh) {
     // cascade kernel, the rest by the decode kernel, which merges both; in a
     // mixed step the prefill kernel takes every other sequence.
     const bool prefixed = sh.cascade.items != nullptr;
-    const ops::PrefixPartials parts{sh.prefix_len, b.cascade_ws, !sh.decode};
-    if (prefixed) {
+    const ops::PrefixPartials parts{sh.prefix_len, b.cascade_ws, !sh.decode, join_};
+    if (prefixed) {  // on the side stream, beside the kernels below
+      CS_CUDA(cudaEventRecord(fork_, compute_));
+      CS_CUDA(cudaStreamWaitEvent(side_, fork_, 0));
       ops::cascade_prefix_attention(b.qkv, QKV, kv, sh.batch, sh.cascade, sh.cascade_ctas,
-                                    c.num_heads, scale, parts, compute_);
+                                    c.num_heads, scale, parts, side_);
+      CS_CUDA(cudaEventRecord(join_, side_));
     }
     if (!sh.decode) {
       ops::paged_attention_prefill(b.qkv, QKV, kv, sh.batch, b.attn, c.num_heads, scale, sh.splits,

@@ -146,6 +146,11 @@ class CudaBackend final : public Backend {
   std::unique_ptr<Gemm> gemm_;
   cudaStream_t compute_ = nullptr;
   cudaStream_t copy_ = nullptr;
+  // The shared-prefix attention kernel runs on side_ beside the decode
+  // kernel's splits on compute_: forked at fork_, joined at join_ before the
+  // merge (decode graphs capture both branches).
+  cudaStream_t side_ = nullptr;
+  cudaEvent_t fork_ = nullptr, join_ = nullptr;
   // Decode graphs by bucket: (seqs, blocks per sequence, shared-prefix attention or not).
   using GraphKey = std::tuple<int32_t, int32_t, bool>;
   std::map<GraphKey, cudaGraphExec_t> graphs_;
