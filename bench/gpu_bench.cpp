@@ -24,6 +24,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <fstream>
 #include <functional>
 #include <random>
@@ -379,24 +380,42 @@ json linear_layers(const ModelConfig& c, double copy_bw) {
   auto cublas = cuda::Gemm::create(ws, 32 << 20, false, false, true);
   auto heuristic = cuda::Gemm::create(ws, 32 << 20, false, false, false);
   auto skinny = cuda::Gemm::create(ws, 32 << 20, false, true, false, 0);
+  auto fixed = cuda::Gemm::create(ws, 32 << 20, false, false, false, 0, true);
   json rows = json::array();
-  if (!with_gemv.ok() || !cublas.ok() || !heuristic.ok() || !skinny.ok()) return rows;
+  if (!with_gemv.ok() || !cublas.ok() || !heuristic.ok() || !skinny.ok() || !fixed.ok())
+    return rows;
   auto time_us = [&](cuda::Gemm& g, const LinearShape& sh, int n, bool decode) {
     const bool f32 = sh.name == std::string("lm_head");
     return launch_us(
         [&] { (void)g.run(x, weights.next(sh), y, f32, n, sh.in, sh.out, nullptr, decode); });
   };
-  std::printf("%-8s %3s %10s %10s %10s %10s %8s %8s %8s\n", "linear", "n", "skinny us", "gemv us",
-              "heur. us", "cublas us", "skinny %", "gemv %", "cublas %");
+  std::printf("%-8s %3s %10s %10s %10s %10s %10s %8s %8s %8s %8s %6s %6s\n", "linear", "n",
+              "skinny us", "gemv us", "heur. us", "tuned us", "fixed us", "skinny %", "gemv %",
+              "tuned %", "fixed %", "splitk", "fix.sk");
   for (const LinearShape& sh : shapes) {
     const double bytes = 2.0 * sh.in * static_cast<double>(sh.out);
     for (const int n : kRows) {
       const double k = time_us(**skinny, sh, n, true), b = time_us(**cublas, sh, n, false);
       const double hb = time_us(**heuristic, sh, n, false);
+      // One configuration for every decode run of up to 64 rows (CARTSERVE_GEMM_FIXED).
+      const double fx = n <= cuda::Gemm::kFixedMaxRows ? time_us(**fixed, sh, n, true) : hb;
+      const cuda::Gemm::Choice fc =
+          (**fixed).choice(n, sh.in, sh.out, sh.name == std::string("lm_head"));
       // gemv takes at most kGemvMaxRows rows (more go to cuBLASLt).
       const double g = n <= ops::cuda::kGemvMaxRows ? time_us(**with_gemv, sh, n, false) : b;
       const double floor_us = 1e6 * bytes / copy_bw;
+      const cuda::Gemm::Choice tuned =
+          (**cublas).choice(n, sh.in, sh.out, sh.name == std::string("lm_head"));
       rows.push_back({{"layer", sh.name},
+                      {"tuned_algo", tuned.algo_id},
+                      {"tuned_tile", tuned.tile},
+                      {"tuned_split_k", tuned.split_k},
+                      {"tuned_reduction", tuned.scheme},
+                      {"fixed_us", fx},
+                      {"fixed_fraction_of_floor", floor_us / fx},
+                      {"fixed_algo", fc.algo_id},
+                      {"fixed_tile", fc.tile},
+                      {"fixed_split_k", fc.split_k},
                       {"in", sh.in},
                       {"out", sh.out},
                       {"rows", n},
@@ -409,8 +428,10 @@ json linear_layers(const ModelConfig& c, double copy_bw) {
                       {"skinny_fraction_of_floor", floor_us / k},
                       {"gemv_fraction_of_floor", floor_us / g},
                       {"cublaslt_fraction_of_floor", floor_us / b}});
-      std::printf("%-8s %3d %10.2f %10.2f %10.2f %10.2f %7.0f%% %7.0f%% %7.0f%%\n", sh.name, n, k,
-                  g, hb, b, 100.0 * floor_us / k, 100.0 * floor_us / g, 100.0 * floor_us / b);
+      std::printf(
+          "%-8s %3d %10.2f %10.2f %10.2f %10.2f %10.2f %7.0f%% %7.0f%% %7.0f%% %7.0f%% %6d %6d\n",
+          sh.name, n, k, g, hb, b, fx, 100.0 * floor_us / k, 100.0 * floor_us / g,
+          100.0 * floor_us / b, 100.0 * floor_us / fx, tuned.split_k, fc.split_k);
     }
   }
   return rows;
@@ -519,31 +540,36 @@ int device_sms() {
   return sms;
 }
 
-// Attention time against its split count: decode at batch 1 over a
-// 513-position context, and the TTFT shape (a 64-token question after a
-// 2048-position cartridge) through the prefill kernel; "auto" marks the
-// count the backend picks.
+// Attention time against its split count: decode at batch 1 and 64 over
+// 513-position contexts and at 256 over 1025, and the TTFT shape (a 64-token
+// question after a 2048-position cartridge) through the prefill kernel;
+// "auto" marks the count the backend picks.
 json attention_splits(const ModelConfig& c, double copy_bw) {
   namespace k = ops::cuda;
   const int Q = c.q_dim(), KVD = c.num_kv_heads * c.head_dim, QKV = Q + 2 * KVD;
   const float scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
   const int sms = device_sms();
   json rows = json::array();
-  std::printf("attention                          splits   us/launch  KV read GB/s\n");
-  for (const auto& [q_len, ctx] : {std::pair{1, 513}, std::pair{64, 2112}}) {
+  std::printf("attention                                splits   us/launch  KV read GB/s\n");
+  struct Shape {
+    int seqs, q_len, ctx;
+  };
+  for (const Shape sh :
+       {Shape{1, 1, 513}, Shape{64, 1, 513}, Shape{256, 1, 1025}, Shape{1, 64, 2112}}) {
     DeviceScratch d;
-    PagedSetup ps(d, c, 1, q_len, ctx);
-    auto* qkv = d.alloc<k::bf16>(static_cast<size_t>(q_len) * QKV, 0x3c);
-    auto* out = d.alloc<k::bf16>(static_cast<size_t>(q_len) * Q);
+    PagedSetup ps(d, c, sh.seqs, sh.q_len, sh.ctx);
+    const int rows_q = sh.seqs * sh.q_len;
+    auto* qkv = d.alloc<k::bf16>(static_cast<size_t>(rows_q) * QKV, 0x3c);
+    auto* out = d.alloc<k::bf16>(static_cast<size_t>(rows_q) * Q);
     void* ws =
-        d.alloc<uint8_t>(k::decode_workspace_bytes(q_len, c.num_heads, c.head_dim, kMaxSplits));
-    const bool decode = q_len == 1;
-    const int auto_splits =
-        decode ? k::decode_num_splits(1, c.num_kv_heads, ps.ab.max_context_len, kMaxSplits, sms)
-               : k::prefill_num_splits(q_len, 1, c.num_heads, c.num_kv_heads, ps.ab.max_context_len,
-                                       kMaxSplits, sms);
-    const double kv_bytes = 2.0 * 2.0 * ctx * KVD;
-    for (int splits : {1, 2, 4, 8, 16, 32, auto_splits}) {
+        d.alloc<uint8_t>(k::decode_workspace_bytes(rows_q, c.num_heads, c.head_dim, kMaxSplits));
+    const bool decode = sh.q_len == 1;
+    const int auto_splits = decode ? k::decode_num_splits(sh.seqs, c.num_kv_heads,
+                                                          ps.ab.max_context_len, kMaxSplits, sms)
+                                   : k::prefill_num_splits(sh.q_len, 1, c.num_heads, c.num_kv_heads,
+                                                           ps.ab.max_context_len, kMaxSplits, sms);
+    const double kv_bytes = 2.0 * 2.0 * sh.seqs * sh.ctx * KVD;
+    for (int splits : {1, 2, 3, 4, 6, 8, 16, 32, auto_splits}) {
       const double us = launch_us([&] {
         if (decode) {
           k::paged_attention_decode(qkv, QKV, ps.kv, ps.ab, out, c.num_heads, scale, splits, ws,
@@ -555,14 +581,64 @@ json attention_splits(const ModelConfig& c, double copy_bw) {
       });
       const bool is_auto = splits == auto_splits;
       rows.push_back({{"kernel", decode ? "decode" : "prefill"},
-                      {"query_rows", q_len},
-                      {"context", ctx},
+                      {"seqs", sh.seqs},
+                      {"query_rows", sh.q_len},
+                      {"context", sh.ctx},
                       {"splits", splits},
                       {"auto", is_auto},
                       {"us", us},
                       {"kv_floor_us", 1e6 * kv_bytes / copy_bw}});
-      std::printf("  %-7s q=%-3d ctx=%-5d %7d%s %10.2f %12.0f\n", decode ? "decode" : "prefill",
-                  q_len, ctx, splits, is_auto ? "*" : " ", us, kv_bytes / us / 1e3);
+      std::printf("  %-7s seqs=%-3d q=%-3d ctx=%-5d %7d%s %10.2f %12.0f\n",
+                  decode ? "decode" : "prefill", sh.seqs, sh.q_len, sh.ctx, splits,
+                  is_auto ? "*" : " ", us, kv_bytes / us / 1e3);
+    }
+  }
+  return rows;
+}
+
+// The causal prefill attention kernel's CTA shapes (rows per CTA x keys per
+// K/V tile) on one layer: a whole 8192- and 2048-token prompt, and the TTFT
+// shape (a 64-token question after 2048 cartridge positions, split as the
+// backend splits it); "default" marks prefill_tile's pick.
+json prefill_tiles(const ModelConfig& c, double gemm_flops) {
+  namespace k = ops::cuda;
+  const int Q = c.q_dim(), KVD = c.num_kv_heads * c.head_dim, QKV = Q + 2 * KVD;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
+  const int sms = device_sms();
+  json rows = json::array();
+  std::printf("prefill attention            tile   splits   us/launch   TFLOP/s\n");
+  std::vector<k::PrefillTile> tiles = {{64, 64}, {128, 64}};
+  if (c.head_dim == 128) tiles.insert(tiles.begin(), {k::PrefillTile{64, 32}, {128, 32}});
+  for (const auto& [q_len, ctx] :
+       {std::pair{8192, 8192}, std::pair{2048, 2048}, std::pair{64, 2112}}) {
+    DeviceScratch d;
+    PagedSetup ps(d, c, 1, q_len, ctx);
+    auto* qkv = d.alloc<k::bf16>(static_cast<size_t>(q_len) * QKV, 0x3c);
+    auto* out = d.alloc<k::bf16>(static_cast<size_t>(q_len) * Q);
+    const int splits = k::prefill_num_splits(q_len, 1, c.num_heads, c.num_kv_heads,
+                                             ps.ab.max_context_len, kMaxSplits, sms);
+    void* ws = d.alloc<uint8_t>(k::decode_workspace_bytes(q_len, c.num_heads, c.head_dim, splits));
+    // Causal: query i sees ctx - q_len + i + 1 keys; QK^T and PV, 2 FLOP per MAC.
+    const double pairs = static_cast<double>(q_len) * (ctx - q_len) + q_len * (q_len + 1) / 2.0;
+    const double flops = 4.0 * pairs * c.head_dim * c.num_heads;
+    const k::PrefillTile def = k::prefill_tile(q_len, 1, c.head_dim);
+    for (const k::PrefillTile t : tiles) {
+      const double us = launch_us([&] {
+        k::paged_attention_prefill(qkv, QKV, ps.kv, ps.ab, out, c.num_heads, scale, splits, ws,
+                                   nullptr, nullptr, t);
+      });
+      const bool is_def = t.rows == def.rows && t.bn == def.bn;
+      rows.push_back({{"query_rows", q_len},
+                      {"context", ctx},
+                      {"rows_per_cta", t.rows},
+                      {"keys_per_tile", t.bn},
+                      {"splits", splits},
+                      {"default", is_def},
+                      {"us", us},
+                      {"tflop_per_s", flops / us / 1e6},
+                      {"fraction_of_gemm_rate", flops / (us * 1e-6) / gemm_flops}});
+      std::printf("  q=%-5d ctx=%-5d %7dx%-3d%s %6d %11.1f %9.0f\n", q_len, ctx, t.rows, t.bn,
+                  is_def ? "*" : " ", splits, us, flops / us / 1e6);
     }
   }
   return rows;
@@ -844,6 +920,7 @@ int main(int argc, char** argv) {
   if (want("linear") || want("skinny")) j["skinny_shapes"] = skinny_shapes(c, copy_bw);
   if (want("ops")) j["decode_other_ops"] = {decode_ops(c, copy_bw, 1), decode_ops(c, copy_bw, 64)};
   if (want("ops") || want("attention")) j["attention_splits"] = attention_splits(c, copy_bw);
+  if (want("ops") || want("attention")) j["prefill_tiles"] = prefill_tiles(c, flops);
   if (want("decode") || want("decode1") || want("prefill")) {
     auto backend = make_backend(m, o);
     if (!backend.ok()) {
@@ -932,6 +1009,66 @@ int main(int argc, char** argv) {
         figures[on_key]["speedup_vs_no_cascade"] =
             ms / figures[on_key]["ms_per_step"].get<double>();
     }
+  }
+  // A 2048-token cartridge's KV loaded into blocks by the backend from
+  // page-locked host memory (what the host tier holds), against plain DMA of
+  // the same bytes (one copy per tensor): the promotion's bus rate without
+  // the engine around it.
+  if (want("ttft") || want("transfer")) {
+    auto backend = make_backend(m, o);
+    if (!backend.ok()) {
+      std::fprintf(stderr, "error: %s\n", backend.status().message().c_str());
+      return 1;
+    }
+    Backend& b = **backend;
+    constexpr int kTokens = 2048;
+    const size_t tensor_bytes = static_cast<size_t>(c.num_kv_heads) * kTokens * c.head_dim * 2;
+    HostKv kv;
+    kv.dtype = DType::kBF16;
+    kv.num_tokens = kTokens;
+    std::vector<std::shared_ptr<void>> keep;  // [layers * 2] pinned [heads, tokens, dim]
+    for (int l = 0; l < 2 * c.num_layers; ++l) {
+      std::shared_ptr<void> p = b.host_buffer(tensor_bytes);
+      if (!p) {
+        std::fprintf(stderr, "transfer: no page-locked host memory\n");
+        return 1;
+      }
+      std::memset(p.get(), 0x3c, tensor_bytes);  // finite bf16 (1.15)
+      (l % 2 ? kv.values : kv.keys).push_back(p.get());
+      keep.push_back(std::move(p));
+    }
+    std::vector<int32_t> ids;
+    for (int i = 0; i < kTokens / b.kv_spec().block_size; ++i)
+      ids.push_back(1 + i);
+    const KvBlockList blocks = KvBlockList::whole(std::move(ids));
+    std::vector<double> load_s, dma_s;
+    void* dst = nullptr;
+    if (cudaMalloc(&dst, tensor_bytes) != cudaSuccess) return 1;
+    for (int r = 0; r < repeats + 1; ++r) {
+      auto t0 = Clock::now();
+      auto id = b.start_kv_load(kv, blocks);
+      const Status st = id.ok() ? b.wait_transfer(*id) : id.status();
+      if (!st.ok()) {
+        std::fprintf(stderr, "transfer: %s\n", st.message().c_str());
+        return 1;
+      }
+      if (r > 0) load_s.push_back(seconds_since(t0));
+      t0 = Clock::now();
+      for (const auto& p : keep)
+        cudaMemcpyAsync(dst, p.get(), tensor_bytes, cudaMemcpyHostToDevice, nullptr);
+      cudaDeviceSynchronize();
+      if (r > 0) dma_s.push_back(seconds_since(t0));
+    }
+    cudaFree(dst);
+    const double bytes = static_cast<double>(keep.size() * tensor_bytes);
+    const double load_gbs = bytes / median(load_s) / 1e9, dma_gbs = bytes / median(dma_s) / 1e9;
+    figures["kv_load_2048_tokens_from_pinned_host"] = {{"bytes", bytes},
+                                                       {"ms", 1e3 * median(load_s)},
+                                                       {"gb_per_s", load_gbs},
+                                                       {"plain_dma_gb_per_s", dma_gbs},
+                                                       {"fraction_of_dma", load_gbs / dma_gbs}};
+    std::printf("%-28s %9.3f ms   %.1f GB/s (plain DMA %.1f GB/s)\n", "kv load 2048 tokens",
+                1e3 * median(load_s), load_gbs, dma_gbs);
   }
   // Cartridges through the engine: resident, and promoted from the host tier.
   if (want("ttft")) {

@@ -21,6 +21,12 @@
 #   bench:cart decode over a shared 2048-token cartridge with and without shared-prefix
 #              attention on the 3B shape: gpu_bench_cart.json
 #   bench:smollm2   decode at batch 1 and 64 on the SmolLM2-135M shape: gpu_bench_smollm2.json
+#   bench:tune decode and cartridge TTFT on the 3B shape with CARTSERVE_GEMM_TUNE=1 (cuBLASLt
+#              candidates and their split-K forms timed per shape): gpu_bench_tune*.json
+#   bench:fixed decode on the 3B shape with CARTSERVE_GEMM_FIXED=1 (one cuBLASLt configuration
+#              per weight shape for decode runs of 1-64 rows): gpu_bench_fixed.json
+#   bench:GROUP one gpu_bench group on the 3B shape (decode, decode1, prefill, ttft, transfer,
+#              linear, ops, attention): gpu_bench_GROUP.json
 #   logits:tp2 (2+ GPUs) the 3B checkpoint through TP=2 (NCCL) against HF (logits_tp2_llama3b.json)
 #              and against TP=1 (logits_tp2_vs_tp1.json: bf16 tolerance, greedy agreement)
 #   smollm2:tp2 (2+ GPUs) the smollm2 stage's validation tiers with the servers at
@@ -185,6 +191,14 @@ for s in "$@"; do
                   --only cartdecode --out "$OUT/gpu_bench_cart.json" ;;
     bench:smollm2) ckpt smollm2 && stage bench_smollm2 "$B/gpu_bench" /tmp/ckpt/smollm2 \
                      --only decode --out "$OUT/gpu_bench_smollm2.json" ;;
+    bench:tune) ckpt llama3b && CARTSERVE_GEMM_TUNE=1 stage bench_tune "$B/gpu_bench" \
+                  /tmp/ckpt/llama3b --only decode --out "$OUT/gpu_bench_tune.json" &&
+                  CARTSERVE_GEMM_TUNE=1 stage bench_tune_ttft "$B/gpu_bench" /tmp/ckpt/llama3b \
+                    --only ttft --out "$OUT/gpu_bench_tune_ttft.json" ;;
+    bench:fixed) ckpt llama3b && CARTSERVE_GEMM_FIXED=1 stage bench_fixed "$B/gpu_bench" \
+                   /tmp/ckpt/llama3b --only decode --out "$OUT/gpu_bench_fixed.json" ;;
+    bench:*) ckpt llama3b && stage "bench_${s#bench:}" "$B/gpu_bench" /tmp/ckpt/llama3b \
+               --only "${s#bench:}" --out "$OUT/gpu_bench_${s#bench:}.json" ;;
     profile) ckpt llama3b && stage profile profile ;;
     baseline) ckpt llama3b && stage baseline python3 tools/gpu/hf_reference.py baseline \
                 /tmp/ckpt/llama3b "$OUT/hf_baseline.json" ;;

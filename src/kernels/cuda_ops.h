@@ -147,10 +147,20 @@ void skinny_gemm_swiglu(const bf16* x, const bf16* w_gate_up, bf16* act, int n, 
 // skip ([num_seqs] device, or null): sequences with skip[s] > 0 are left out
 // (their rows not written: a mixed step's shared-prefix decode rows, which
 // paged_attention_decode with prefixed_only attends).
+// tile: the tensor-core kernel's CTA shape, {rows per CTA (64 or 128), keys
+// per K/V tile (32 or 64 at head_dim 128, 64 at head_dim 64)}; {0, 0}: the
+// default (prefill_tile). A row's bits depend on the keys per tile, not on
+// the rows per CTA.
+struct PrefillTile {
+  int rows = 0;
+  int bn = 0;
+};
 void paged_attention_prefill(const bf16* q, int64_t q_row_stride, const KvLayer& kv,
                              const AttnBatch& batch, bf16* out, int n_heads, float scale,
                              int num_splits, void* workspace, cudaStream_t s,
-                             const int32_t* skip = nullptr);
+                             const int32_t* skip = nullptr, PrefillTile tile = {});
+// The CTA shape paged_attention_prefill takes by default for this batch.
+PrefillTile prefill_tile(int num_tokens, int num_seqs, int head_dim);
 // A split count that fills the GPU for this batch shape (1 when the unsplit
 // grid already does, or when the contexts are short).
 int prefill_num_splits(int num_tokens, int num_seqs, int n_heads, int num_kv_heads,

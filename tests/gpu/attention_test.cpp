@@ -369,11 +369,11 @@ constexpr int kMaxSplits = 64;
 // Enqueues one attention op on `st` writing `out` (num_splits <= 1: the
 // unsplit prefill kernel).
 void launch(const Problem& p, Impl impl, int num_splits, bf16* out, void* workspace,
-            cudaStream_t st) {
+            cudaStream_t st, PrefillTile tile = {}) {
   switch (impl) {
     case Impl::kPrefill:
       paged_attention_prefill(p.q(), p.q_row_stride, p.kv, p.batch, out, p.c.n_heads, p.scale,
-                              std::max(num_splits, 1), workspace, st);
+                              std::max(num_splits, 1), workspace, st, nullptr, tile);
       break;
     case Impl::kPrefillSimple:
       paged_attention_prefill_simple(p.q(), p.q_row_stride, p.kv, p.batch, out, p.c.n_heads,
@@ -400,14 +400,15 @@ std::vector<uint16_t> output_bits(const DevBuf<uint16_t>& out, size_t n) {
 
 // Runs one op on a poisoned output (and workspace); returns the output's
 // bf16 bits, after checking the guard after it is untouched.
-std::vector<uint16_t> run(const Problem& p, Impl impl, int num_splits, cudaStream_t st) {
+std::vector<uint16_t> run(const Problem& p, Impl impl, int num_splits, cudaStream_t st,
+                          PrefillTile tile = {}) {
   const size_t n = p.out_elems();
   DevBuf<uint16_t> out(n + kGuard);
   out.poison();
   DevBuf<uint8_t> ws(
       decode_workspace_bytes(p.batch.num_tokens, p.c.n_heads, p.c.head_dim, kMaxSplits));
   ws.poison();  // a merge reading a split that was not written gets NaN
-  launch(p, impl, num_splits, reinterpret_cast<bf16*>(out.get()), ws.get(), st);
+  launch(p, impl, num_splits, reinterpret_cast<bf16*>(out.get()), ws.get(), st, tile);
   ATTN_CUDA_OK(cudaGetLastError());
   ATTN_CUDA_OK(cudaStreamSynchronize(st));
   return output_bits(out, n);
@@ -420,17 +421,23 @@ int device_sms() {
   return sms;
 }
 
-// Runs and checks one (problem, implementation, split count).
-void check(const Problem& p, Impl impl, int num_splits, cudaStream_t st) {
-  SCOPED_TRACE(p.c.name + " " + impl_name(impl) + " splits=" + std::to_string(num_splits));
-  const std::vector<uint16_t> out = run(p, impl, num_splits, st);
+// Runs and checks one (problem, implementation, split count); returns the bits.
+std::vector<uint16_t> check(const Problem& p, Impl impl, int num_splits, cudaStream_t st,
+                            PrefillTile tile = {}) {
+  const std::string tile_name =
+      tile.rows == 0 ? "" : " tile=" + std::to_string(tile.rows) + "x" + std::to_string(tile.bn);
+  SCOPED_TRACE(p.c.name + " " + impl_name(impl) + " splits=" + std::to_string(num_splits) +
+               tile_name);
+  const std::vector<uint16_t> out = run(p, impl, num_splits, st, tile);
   const Error e = compare(out, p.ref);
-  std::printf("[ attn     ] %-34s %-15s splits=%-3d rel=%.3e max_abs=%.3e\n", p.c.name.c_str(),
-              impl_name(impl), impl == Impl::kPrefillSimple ? 0 : num_splits, e.rel, e.max_abs);
+  std::printf("[ attn     ] %-34s %-15s splits=%-3d rel=%.3e max_abs=%.3e%s\n", p.c.name.c_str(),
+              impl_name(impl), impl == Impl::kPrefillSimple ? 0 : num_splits, e.rel, e.max_abs,
+              tile_name.c_str());
   std::fflush(stdout);
   EXPECT_EQ(e.unwritten, 0u) << "output elements never written";
   EXPECT_EQ(e.non_finite, 0u) << "non-finite outputs (a read outside the owned KV/q?)";
   EXPECT_LT(e.rel, 1e-2);  // bf16 output rounding dominates (see the top comment)
+  return out;
 }
 
 // The prefill kernel unsplit, split (a few counts and the automatic one, which
@@ -443,6 +450,20 @@ void check_prefill_paths(const Case& c, uint32_t seed, cudaStream_t st) {
   for (int splits : {1, 2, 5, 16, auto_splits})
     check(*p, Impl::kPrefill, splits, st);
   check(*p, Impl::kPrefillSimple, 0, st);
+  // Every CTA shape; 64 and 128 rows per CTA give the same bits at the same
+  // keys per tile.
+  std::vector<PrefillTile> tiles = {{64, 64}, {128, 64}};
+  if (c.head_dim == 128) tiles.insert(tiles.begin(), {PrefillTile{64, 32}, PrefillTile{128, 32}});
+  for (int splits : {1, auto_splits}) {
+    std::vector<uint16_t> at64;
+    for (const PrefillTile t : tiles) {
+      const std::vector<uint16_t> bits = check(*p, Impl::kPrefill, splits, st, t);
+      if (t.rows == 64) at64 = bits;
+      if (t.rows == 128) {
+        EXPECT_EQ(bits, at64) << "rows per CTA changed the bits";
+      }
+    }
+  }
 }
 
 std::vector<SeqSpec> decode_seqs(const std::vector<int>& ctxs) {

@@ -32,6 +32,7 @@
 #include "gpu/gpu_test_util.h"
 #include "kernels/cuda_ops.h"
 #include "kernels/ops.h"
+#include "runtime/cuda/gemm.h"
 
 namespace cartserve {
 namespace {
@@ -386,6 +387,50 @@ TEST(CudaOps, GemvMatchesCpuLinear) {
       if (n == cuda::kGemvMaxRows) all = got32;
       EXPECT_EQ(0, std::memcmp(all.data(), got32.data(), got32.size() * sizeof(float)));
     }
+  }
+}
+
+// CARTSERVE_GEMM_FIXED: every decode run of 1..64 rows of a weight shape
+// takes the one cuBLASLt configuration chosen for it (split-K forms
+// included), so a row's bits do not depend on how many rows run with it.
+TEST(CudaOps, GemmFixedDecodeConfigIsBatchInvariant) {
+  CS_REQUIRE_GPU();
+  Stream stream;
+  Seeds seeds(5700);
+  struct Dims {
+    int in, out;
+  };
+  // The 3B shape's projections, SmolLM2's, an odd out.
+  const Dims dims[] = {{3072, 5120}, {3072, 3072}, {3072, 16384}, {8192, 3072},
+                       {576, 960},   {576, 576},   {1536, 576},   {3072, 1001}};
+  constexpr int kMaxRows = ::cartserve::cuda::Gemm::kFixedMaxRows;
+  DeviceBuffer<uint8_t> ws(32 << 20);
+  auto gemm = ::cartserve::cuda::Gemm::create(ws.get(), 32 << 20, false, false, false, 0, true);
+  ASSERT_TRUE(gemm.ok()) << gemm.status().message();
+  for (const Dims d : dims) {
+    const uint64_t seed = seeds.next();
+    const auto w = randn_bf16(static_cast<size_t>(d.out) * d.in, seed, 0.05f);
+    const auto x = randn_bf16(static_cast<size_t>(kMaxRows) * d.in, seed + 1);
+    std::vector<float> ref(static_cast<size_t>(kMaxRows) * d.out);
+    ops::cpu::linear_bf16(from_bf16(x).data(), w.data(), nullptr, ref.data(), kMaxRows, d.in, d.out,
+                          ops::cpu::LinearKernel::kPerRow);
+    DeviceBuffer<uint16_t> d_w(w), d_x(x);
+    std::vector<float> all;  // every row at n = kMaxRows: the bits each row must keep
+    for (const int n : {kMaxRows, 1, 2, 3, 5, 8, 16, 17, 33, 63}) {
+      const std::vector<float> want(ref.begin(), ref.begin() + static_cast<ptrdiff_t>(n) * d.out);
+      const std::string what = str("in", d.in) + " " + str("out", d.out) + " " + str("n", n);
+      SCOPED_TRACE(what);
+      const auto got32 = check_linear("gemm fixed", what, want, stream, [&](void* y, bool f32) {
+        const Status st =
+            (*gemm)->run(bf(d_x), bf(d_w), y, f32, n, d.in, d.out, stream.get(), true);
+        EXPECT_TRUE(st.ok()) << st.message();
+      });
+      if (n == kMaxRows) all = got32;
+      EXPECT_EQ(0, std::memcmp(all.data(), got32.data(), got32.size() * sizeof(float)));
+    }
+    const ::cartserve::cuda::Gemm::Choice c = (*gemm)->choice(1, d.in, d.out, true);
+    std::printf("  gemm fixed in %d out %d: algo %d tile %u split-k %d\n", d.in, d.out, c.algo_id,
+                c.tile, c.split_k);
   }
 }
 

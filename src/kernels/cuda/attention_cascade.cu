@@ -39,6 +39,7 @@ __global__ void __launch_bounds__(kMmaThreads)
                           float* __restrict__ o_part /* [num_seqs, n_heads, NC, D] */,
                           float* __restrict__ ml_part /* [num_seqs, n_heads, NC, 2] */) {
   using Cfg = MmaCfg<D>;
+  static_assert(Cfg::ROWS == kCascadeTileRows, "a cascade item is one tensor-core tile");
   constexpr int BN = Cfg::BN;
   constexpr int NC = kMaxCascadeSplits;
   __shared__ __align__(16) bf16 smem[Cfg::SMEM];
@@ -61,7 +62,7 @@ __global__ void __launch_bounds__(kMmaThreads)
     const int32_t* bt = batch.block_table + static_cast<int64_t>(members[0]) * batch.max_blocks;
 
     uint32_t qa[D / 16][4];
-    load_q_fragments<D>(
+    load_q_fragments<Cfg>(
         smem,
         [&](int r) -> const bf16* {
           if (r >= n_rows) return nullptr;
@@ -69,11 +70,11 @@ __global__ void __launch_bounds__(kMmaThreads)
           return q + row * q_row_stride + (kvh * group + r % group) * D;
         },
         qa);
-    MmaRows<D> acc;
+    MmaRows<Cfg> acc;
     acc.init();
-    for_each_kv_tile<D>(
+    for_each_kv_tile<Cfg>(
         smem, k_begin / BN, (k_end + BN - 1) / BN,
-        [&](int tile, int stage) { gather_kv_tile<D>(smem, tile, stage, k_end, bt, kv, kvh); },
+        [&](int tile, int stage) { gather_kv_tile<Cfg>(smem, tile, stage, k_end, bt, kv, kvh); },
         [&](const bf16* ks, const bf16* vs, int t) {
           // Only the split's last tile can reach past k_end (zero-filled keys).
           const int n0 = t * BN;
@@ -113,7 +114,6 @@ void cascade_prefix_attention(const bf16* q, int64_t q_row_stride, const KvLayer
                               int n_heads, float scale, const PrefixPartials& parts,
                               cudaStream_t s) {
   constexpr const char* kOp = "cascade_prefix_attention";
-  static_assert(kCascadeTileRows == kMmaRows, "a cascade item is one tensor-core tile");
   if (!cascade_supported(q, q_row_stride, kv, n_heads))
     op_fail(kOp, "unsupported shape or unaligned buffers (check cascade_supported first)");
   if (batch.num_seqs <= 0) return;

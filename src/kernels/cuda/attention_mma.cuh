@@ -2,20 +2,20 @@
 // mma.sync: the causal kernel of attention_prefill.cu and the shared-prefix
 // kernel of attention_cascade.cu.
 //
-// A CTA (kMmaThreads = 4 warps) owns kMmaRows = 64 rows, each a (query row,
-// query head) pair of one KV head; warp w owns rows [16w, 16w + 16), and a
-// thread the two rows r0 = 16w + g, r1 = r0 + 8 (g = lane / 4) of the mma
-// fragments. Q is staged through shared memory once and kept as A fragments;
-// K/V tiles of BN positions (64 at head_dim 64, 32 at 128) are gathered
+// A CTA of MmaCfg::WARPS warps (4 by default) owns 16 rows per warp, each a
+// (query row, query head) pair of one KV head; warp w owns rows [16w, 16w +
+// 16), and a thread the two rows r0 = 16w + g, r1 = r0 + 8 (g = lane / 4) of
+// the mma fragments. Q is staged through shared memory once and kept as A
+// fragments; K/V tiles of BN positions (MmaCfg) are gathered
 // through a block table by cp.async into two shared stages (tile i + 1 loads
 // while tile i is computed). Per tile: S = Q K^T (bf16 mma, fp32
 // accumulators), scaled to log2 units, optionally masked, online softmax per
 // row (the 4 lanes of a quad hold one row), P rounded to bf16 and fed from
 // the S accumulators as A fragments, O += P V (V by ldmatrix.trans).
 //
-// Determinism: each row's results depend only on its own query and the keys
-// (mma rows are independent, the quad reductions have a fixed order), never
-// on the other rows of the tile.
+// Determinism: each row's results depend only on its own query, the keys and
+// BN (mma rows are independent, the quad reductions have a fixed order),
+// never on the other rows of the tile or on the warp count.
 #pragma once
 
 #ifdef CARTSERVE_WITH_CUDA
@@ -26,19 +26,27 @@
 
 namespace cartserve::ops::cuda {
 
-constexpr int kMmaThreads = 128;  // 4 warps
-constexpr int kMmaRows = 64;      // rows of a CTA tile, 16 per warp
+constexpr int kMmaThreads = 128;  // 4 warps: the default CTA (the cascade kernel's)
+constexpr int kMmaRows = 64;      // rows of a default CTA tile, 16 per warp
 constexpr int kMmaPad = 8;        // bf16 of padding per shared row (conflict-free fragment loads)
 
-template <int D>
+// A CTA shape: head_dim D, BN KV positions per tile (64 at head_dim 64, 32 at
+// 128 by default), WARPS warps of 16 rows each. A row's results depend on D
+// and BN only (the tile walk and its online softmax), never on WARPS.
+template <int D_, int BN_ = (D_ == 64 ? 64 : 32), int WARPS_ = 4>
 struct MmaCfg {
-  static constexpr int BN = D == 64 ? 64 : 32;  // KV positions per tile
-  static constexpr int LD = D + kMmaPad;        // shared row stride, elements
-  static constexpr int TILE = BN * LD;          // elements of one K (or V) tile
-  static constexpr int SMEM = 4 * TILE;         // 2 stages x (K, V)
-  static constexpr int CHUNKS = D / 8;          // 16-byte chunks per row
-  static_assert(kMmaRows * LD <= SMEM, "the Q tile is staged in the K/V buffers");
-  static_assert((BN * CHUNKS) % kMmaThreads == 0, "whole chunks per thread");
+  static constexpr int D = D_;
+  static constexpr int BN = BN_;
+  static constexpr int WARPS = WARPS_;
+  static constexpr int THREADS = 32 * WARPS;
+  static constexpr int ROWS = 16 * WARPS;  // rows of the CTA tile
+  static constexpr int LD = D + kMmaPad;   // shared row stride, elements
+  static constexpr int TILE = BN * LD;     // elements of one K (or V) tile
+  static constexpr int SMEM = 4 * TILE;    // 2 stages x (K, V)
+  static constexpr int CHUNKS = D / 8;     // 16-byte chunks per row
+  static constexpr int SMEM_BYTES = SMEM * 2;
+  static_assert(ROWS * LD <= SMEM, "the Q tile is staged in the K/V buffers");
+  static_assert((BN * CHUNKS) % THREADS == 0, "whole chunks per thread");
   static_assert(BN % 16 == 0 && D % 16 == 0, "mma shapes");
   static_assert(64 % BN == 0, "splits of 64-position multiples start on tile boundaries");
 };
@@ -78,14 +86,14 @@ __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const bf16* 
 // Stages the Q tile and returns this warp's A fragments. row_ptr(r) gives
 // the D contiguous bf16 of tile row r (16-byte aligned), or nullptr for a
 // padding row (zeros). Every thread calls it; smem is free again on return.
-template <int D, typename RowPtr>
+template <class Cfg, typename RowPtr>
 __device__ __forceinline__ void load_q_fragments(bf16* smem, RowPtr row_ptr,
-                                                 uint32_t (&qa)[D / 16][4]) {
-  using Cfg = MmaCfg<D>;
+                                                 uint32_t (&qa)[Cfg::D / 16][4]) {
+  constexpr int D = Cfg::D;
   constexpr int LD = Cfg::LD;
   constexpr int CHUNKS = Cfg::CHUNKS;
   const int tid = threadIdx.x;
-  for (int i = tid; i < kMmaRows * CHUNKS; i += kMmaThreads) {
+  for (int i = tid; i < Cfg::ROWS * CHUNKS; i += Cfg::THREADS) {
     const int r = i / CHUNKS;
     const int c = i % CHUNKS;
     uint4 v = make_uint4(0u, 0u, 0u, 0u);
@@ -110,10 +118,10 @@ __device__ __forceinline__ void load_q_fragments(bf16* smem, RowPtr row_ptr,
 // Gathers K/V positions [tile * BN, tile * BN + BN) of KV head kvh into
 // `stage` through block table row bt; positions >= k_end are zero-filled
 // (never read from the pool). Issues cp.async only (the caller commits).
-template <int D>
+template <class Cfg>
 __device__ __forceinline__ void gather_kv_tile(bf16* smem, int tile, int stage, int k_end,
                                                const int32_t* bt, const KvLayer& kv, int kvh) {
-  using Cfg = MmaCfg<D>;
+  constexpr int D = Cfg::D;
   constexpr int LD = Cfg::LD;
   constexpr int CHUNKS = Cfg::CHUNKS;
   bf16* ks = smem + stage * 2 * Cfg::TILE;
@@ -122,8 +130,8 @@ __device__ __forceinline__ void gather_kv_tile(bf16* smem, int tile, int stage, 
   const int bs = kv.block_size;
   const int64_t kv_dim = static_cast<int64_t>(kv.num_kv_heads) * D;
 #pragma unroll
-  for (int j = 0; j < Cfg::BN * CHUNKS / kMmaThreads; ++j) {
-    const int i = threadIdx.x + j * kMmaThreads;
+  for (int j = 0; j < Cfg::BN * CHUNKS / Cfg::THREADS; ++j) {
+    const int i = threadIdx.x + j * Cfg::THREADS;
     const int r = i / CHUNKS;
     const int c = i % CHUNKS;
     const int p = n0 + r;
@@ -139,8 +147,9 @@ __device__ __forceinline__ void gather_kv_tile(bf16* smem, int tile, int stage, 
 }
 
 // Online-softmax state of one thread's two rows (r0, r1 = r0 + 8).
-template <int D>
+template <class Cfg>
 struct MmaRows {
+  static constexpr int D = Cfg::D;
   float o[D / 8][4];  // O accumulators: n-tile dt covers dims [8 dt, 8 dt + 8)
   float m0, m1;       // running max (log2 units)
   float l0, l1;       // this thread's part of the running sums (quad sums after finish())
@@ -159,7 +168,6 @@ struct MmaRows {
   __device__ __forceinline__ void tile(const uint32_t (&qa)[D / 16][4], const bf16* ks,
                                        const bf16* vs, int n0, float scale_log2, bool need_mask,
                                        int lim0, int lim1) {
-    using Cfg = MmaCfg<D>;
     constexpr int BN = Cfg::BN;
     constexpr int LD = Cfg::LD;
     const int lane = threadIdx.x & 31;
@@ -280,10 +288,9 @@ struct MmaRows {
 // shared stages: gather(tile, stage) issues a tile's copies, body(ks, vs,
 // tile) computes it. Called by every thread of the CTA; smem is free again
 // on return.
-template <int D, typename Gather, typename Body>
+template <class Cfg, typename Gather, typename Body>
 __device__ __forceinline__ void for_each_kv_tile(bf16* smem, int tile0, int n_tiles, Gather gather,
                                                  Body body) {
-  using Cfg = MmaCfg<D>;
   gather(tile0, 0);  // tile it lives in stage (it - tile0) & 1
   cp_async_commit();
   for (int it = tile0; it < n_tiles; ++it) {

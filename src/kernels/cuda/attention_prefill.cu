@@ -57,8 +57,7 @@ constexpr float kLog2e = 1.4426950408889634f;
 
 // ---- tensor-core kernel ----------------------------------------------------
 
-constexpr int kThreads = kMmaThreads;
-constexpr int kBM = kMmaRows;
+constexpr int kBM = kMmaRows;  // rows of the default CTA (and the widest GQA group it takes)
 // Split-KV (prefill_num_splits): enough splits for about one wave of
 // kPrefillResidentCtas CTAs per SM (what the kernel's ~200 registers per
 // thread allow), each split at least kPrefillMinSplitLen keys so that the
@@ -85,19 +84,21 @@ __device__ __forceinline__ int tile_sequence(const int32_t* query_start, int num
 // SPLIT: blockIdx.z is a split of the keys (split_active in
 // attention_internal.cuh); the CTA writes unnormalised partials to o_part /
 // ml_part ([num_tokens, n_heads, num_splits, D] / [..., 2]) instead of out.
-template <int D, bool SPLIT>
-__global__ void __launch_bounds__(kThreads)
+template <class Cfg, bool SPLIT>
+__global__ void __launch_bounds__(Cfg::THREADS)
     prefill_mma_kernel(const bf16* __restrict__ q /* [num_tokens] rows of q_row_stride */,
                        int64_t q_row_stride, KvLayer kv, AttnBatch batch,
                        bf16* __restrict__ out /* [num_tokens, n_heads * D] */, int n_heads,
                        int group, int P, float scale_log2, int num_splits,
                        float* __restrict__ o_part, float* __restrict__ ml_part,
                        const int32_t* __restrict__ skip /* [num_seqs] or null */) {
-  using Cfg = MmaCfg<D>;
+  constexpr int D = Cfg::D;
   constexpr int BN = Cfg::BN;
-  // Before the KV loop: the Q tile [kBM][LD]. Then stage i (0, 1) holds
-  // K [BN][LD] at i * 2 * TILE and V [BN][LD] right after it.
-  __shared__ __align__(16) bf16 smem[Cfg::SMEM];
+  // Before the KV loop: the Q tile [ROWS][LD]. Then stage i (0, 1) holds
+  // K [BN][LD] at i * 2 * TILE and V [BN][LD] right after it. Dynamic
+  // (Cfg::SMEM_BYTES): past the 48 KB of static shared memory at BN 64.
+  extern __shared__ __align__(16) unsigned char dyn_smem[];
+  bf16* smem = reinterpret_cast<bf16*>(dyn_smem);
 
   const int s = tile_sequence(batch.query_start, batch.num_seqs, P, static_cast<int>(blockIdx.x));
   const int q_begin = batch.query_start[s];
@@ -108,7 +109,7 @@ __global__ void __launch_bounds__(kThreads)
   const int ctx = batch.context_lens[s];
   const int kvh = blockIdx.y;
   const int q_hi = min(q0 + P, q_len);     // the tile's queries: [q0, q_hi)
-  const int n_rows = (q_hi - q0) * group;  // real rows: [0, n_rows), n_rows <= kBM
+  const int n_rows = (q_hi - q0) * group;  // real rows: [0, n_rows), n_rows <= ROWS
   const int first_lim = ctx - q_len + q0;  // causal limit of the tile's first query
   const int kv_hi = ctx - q_len + q_hi;    // keys the tile needs: [0, kv_hi)
   // This CTA's keys: [k_begin, k_end), k_begin a multiple of 64 (so of BN).
@@ -128,7 +129,7 @@ __global__ void __launch_bounds__(kThreads)
 
   // Q tile -> shared -> A fragments (zero rows for padding).
   uint32_t qa[D / 16][4];
-  load_q_fragments<D>(
+  load_q_fragments<Cfg>(
       smem,
       [&](int r) -> const bf16* {
         if (r >= n_rows) return nullptr;
@@ -148,11 +149,11 @@ __global__ void __launch_bounds__(kThreads)
   const int lim1 = real1 ? first_lim + r1 / group : k_end - 1;
 
   // Every row sees key k_begin, so its running max is finite after the first tile.
-  MmaRows<D> acc;
+  MmaRows<Cfg> acc;
   acc.init();
-  for_each_kv_tile<D>(
+  for_each_kv_tile<Cfg>(
       smem, k_begin / BN, (k_end + BN - 1) / BN,
-      [&](int tile, int stage) { gather_kv_tile<D>(smem, tile, stage, k_end, bt, kv, kvh); },
+      [&](int tile, int stage) { gather_kv_tile<Cfg>(smem, tile, stage, k_end, bt, kv, kvh); },
       [&](const bf16* ks, const bf16* vs, int it) {
         const int n0 = it * BN;
         // Masking only on tiles that reach past some row's limit.
@@ -324,57 +325,96 @@ int prefill_num_splits(int num_tokens, int num_seqs, int n_heads, int num_kv_hea
   return static_cast<int>(std::max(1LL, splits));
 }
 
+PrefillTile prefill_tile(int /*num_tokens*/, int /*num_seqs*/, int head_dim) {
+  return {kBM, head_dim == 64 ? 64 : 32};
+}
+
+namespace {
+
+// The tensor-core launch and its merge for one CTA shape.
+struct PrefillLaunch {
+  const bf16* q;
+  int64_t q_row_stride;
+  KvLayer kv;
+  AttnBatch batch;
+  bf16* out;
+  int n_heads, group;
+  float scale_log2;
+  int num_splits;
+  void* workspace;
+  const int32_t* skip;
+};
+
+template <class Cfg>
+void launch_prefill(const PrefillLaunch& a, cudaStream_t s) {
+  constexpr int D = Cfg::D;
+  const int P = Cfg::ROWS / a.group;  // queries per tile
+  const bool split = a.num_splits > 1;
+  const dim3 grid(static_cast<unsigned>(a.batch.num_tokens / P + a.batch.num_seqs),
+                  static_cast<unsigned>(a.kv.num_kv_heads), static_cast<unsigned>(a.num_splits));
+  float* o_part = static_cast<float*>(a.workspace);
+  float* ml_part = split ? o_part + static_cast<size_t>(a.batch.num_tokens) *
+                                        static_cast<size_t>(a.n_heads) *
+                                        static_cast<size_t>(a.num_splits) * static_cast<size_t>(D)
+                         : nullptr;
+  auto kernel = split ? prefill_mma_kernel<Cfg, true> : prefill_mma_kernel<Cfg, false>;
+  if (Cfg::SMEM_BYTES > 48 * 1024 &&
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg::SMEM_BYTES) !=
+          cudaSuccess)
+    op_fail("paged_attention_prefill", "cannot raise the kernel's shared memory limit");
+  kernel<<<grid, Cfg::THREADS, Cfg::SMEM_BYTES, s>>>(a.q, a.q_row_stride, a.kv, a.batch, a.out,
+                                                     a.n_heads, a.group, P, a.scale_log2,
+                                                     a.num_splits, o_part, ml_part, a.skip);
+  if (!split) return;
+  check_launch("paged_attention_prefill (split)");
+  const long long items = static_cast<long long>(a.batch.num_tokens) * a.n_heads;
+  const unsigned merge_grid = static_cast<unsigned>((items + kMergeWarps - 1) / kMergeWarps);
+  prefill_merge_kernel<D><<<merge_grid, kMergeWarps * 32, 0, s>>>(o_part, ml_part, a.batch, a.out,
+                                                                  a.n_heads, a.num_splits, a.skip);
+}
+
+}  // namespace
+
 void paged_attention_prefill(const bf16* q, int64_t q_row_stride, const KvLayer& kv,
                              const AttnBatch& batch, bf16* out, int n_heads, float scale,
-                             int num_splits, void* workspace, cudaStream_t s, const int32_t* skip) {
-  const int group = check_shapes("paged_attention_prefill", kv, n_heads);
+                             int num_splits, void* workspace, cudaStream_t s, const int32_t* skip,
+                             PrefillTile tile) {
+  constexpr const char* kOp = "paged_attention_prefill";
+  const int group = check_shapes(kOp, kv, n_heads);
   if (batch.num_seqs <= 0 || batch.num_tokens <= 0) return;
+  if (tile.rows == 0) tile = prefill_tile(batch.num_tokens, batch.num_seqs, kv.head_dim);
   // The tensor-core path reads Q, K and V in 16-byte chunks and writes bf16
   // pairs; anything else (or a GQA group wider than a tile) takes the
   // CUDA-core path, which computes the same function.
   const bool aligned = aligned16(q) && q_row_stride % 8 == 0 && aligned16(kv.k) &&
                        aligned16(kv.v) && kv.block_stride % 8 == 0 && aligned16(out);
   if (!aligned || group > kBM) {
-    if (skip != nullptr) op_fail("paged_attention_prefill", "skip needs the tensor-core path");
+    if (skip != nullptr) op_fail(kOp, "skip needs the tensor-core path");
     paged_attention_prefill_simple(q, q_row_stride, kv, batch, out, n_heads, scale, s);
     return;
   }
-  const int P = kBM / group;  // queries per tile
-  const bool split = num_splits > 1;
-  if (split && (workspace == nullptr || !aligned16(workspace)))
-    op_fail("paged_attention_prefill", "a split launch needs a 16-byte aligned workspace");
-  if (num_splits < 1 || num_splits > 65535)
-    op_fail("paged_attention_prefill", "num_splits must be in [1, 65535]");
-  const dim3 grid(static_cast<unsigned>(batch.num_tokens / P + batch.num_seqs),
-                  static_cast<unsigned>(kv.num_kv_heads), static_cast<unsigned>(num_splits));
-  const float scale_log2 = scale * kLog2e;
-  float* o_part = static_cast<float*>(workspace);
-  float* ml_part =
-      split ? o_part + static_cast<size_t>(batch.num_tokens) * static_cast<size_t>(n_heads) *
-                           static_cast<size_t>(num_splits) * static_cast<size_t>(kv.head_dim)
-            : nullptr;
-  const long long items = static_cast<long long>(batch.num_tokens) * n_heads;
-  const unsigned merge_grid = static_cast<unsigned>((items + kMergeWarps - 1) / kMergeWarps);
-  auto run = [&](auto kernel, auto merge) {
-    kernel<<<grid, kThreads, 0, s>>>(q, q_row_stride, kv, batch, out, n_heads, group, P, scale_log2,
-                                     num_splits, o_part, ml_part, skip);
-    if (!split) return;
-    check_launch("paged_attention_prefill (split)");
-    merge<<<merge_grid, kMergeWarps * 32, 0, s>>>(o_part, ml_part, batch, out, n_heads, num_splits,
-                                                  skip);
-  };
-  if (kv.head_dim == 64) {
-    if (split) {
-      run(prefill_mma_kernel<64, true>, prefill_merge_kernel<64>);
-    } else {
-      run(prefill_mma_kernel<64, false>, prefill_merge_kernel<64>);
-    }
-  } else if (split) {
-    run(prefill_mma_kernel<128, true>, prefill_merge_kernel<128>);
+  if (num_splits > 1 && (workspace == nullptr || !aligned16(workspace)))
+    op_fail(kOp, "a split launch needs a 16-byte aligned workspace");
+  if (num_splits < 1 || num_splits > 65535) op_fail(kOp, "num_splits must be in [1, 65535]");
+  const PrefillLaunch a{q,     q_row_stride,   kv,         batch,     out, n_heads,
+                        group, scale * kLog2e, num_splits, workspace, skip};
+  const int D = kv.head_dim;
+  if (D == 64 && tile.bn == 64 && tile.rows == 64) {
+    launch_prefill<MmaCfg<64, 64, 4>>(a, s);
+  } else if (D == 64 && tile.bn == 64 && tile.rows == 128) {
+    launch_prefill<MmaCfg<64, 64, 8>>(a, s);
+  } else if (D == 128 && tile.bn == 32 && tile.rows == 64) {
+    launch_prefill<MmaCfg<128, 32, 4>>(a, s);
+  } else if (D == 128 && tile.bn == 32 && tile.rows == 128) {
+    launch_prefill<MmaCfg<128, 32, 8>>(a, s);
+  } else if (D == 128 && tile.bn == 64 && tile.rows == 64) {
+    launch_prefill<MmaCfg<128, 64, 4>>(a, s);
+  } else if (D == 128 && tile.bn == 64 && tile.rows == 128) {
+    launch_prefill<MmaCfg<128, 64, 8>>(a, s);
   } else {
-    run(prefill_mma_kernel<128, false>, prefill_merge_kernel<128>);
+    op_fail(kOp, "unsupported tile (rows 64 or 128; keys 32 or 64 at head_dim 128, 64 at 64)");
   }
-  check_launch("paged_attention_prefill");
+  check_launch(kOp);
 }
 
 }  // namespace cartserve::ops::cuda

@@ -150,6 +150,8 @@ class CudaBackend final : public Backend {
   // kernel's splits on compute_: forked at fork_, joined at join_ before the
   // merge (decode graphs capture both branches).
   cudaStream_t side_ = nullptr;
+  // KV loads from page-locked memory: DMA on copy_, the import kernels here.
+  cudaStream_t import_ = nullptr;
   cudaEvent_t fork_ = nullptr, join_ = nullptr;
   // Decode graphs by bucket: (seqs, blocks per sequence, shared-prefix attention or not).
   using GraphKey = std::tuple<int32_t, int32_t, bool>;

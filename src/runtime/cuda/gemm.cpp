@@ -27,13 +27,19 @@ int Gemm::decode_gemv_rows_by_default() {
   return std::clamp(std::atoi(env), 0, ops::cuda::kGemvMaxRows);
 }
 
+bool Gemm::fixed_by_default() {
+  const char* env = std::getenv("CARTSERVE_GEMM_FIXED");
+  return env != nullptr && std::strcmp(env, "1") == 0;
+}
+
 bool Gemm::skinny_by_default() {
   const char* env = std::getenv("CARTSERVE_SKINNY");
   return env != nullptr && std::strcmp(env, "1") == 0;
 }
 
 Result<std::unique_ptr<Gemm>> Gemm::create(void* workspace, size_t workspace_bytes, bool gemv,
-                                           bool skinny, bool tune, int decode_gemv_rows) {
+                                           bool skinny, bool tune, int decode_gemv_rows,
+                                           bool fixed) {
   std::unique_ptr<Gemm> g(new Gemm());
   CS_CUBLAS(cublasLtCreate(&g->handle_));
   g->workspace_ = workspace;
@@ -42,6 +48,7 @@ Result<std::unique_ptr<Gemm>> Gemm::create(void* workspace, size_t workspace_byt
   g->skinny_ = skinny;
   g->tune_ = tune;
   g->decode_gemv_rows_ = std::clamp(decode_gemv_rows, 0, ops::cuda::kGemvMaxRows);
+  g->fixed_ = fixed;
   return g;
 }
 
@@ -53,6 +60,7 @@ Gemm::~Gemm() {
     cublasLtMatmulDescDestroy(p.op);
   }
   if (handle_) cublasLtDestroy(handle_);
+  if (probe_) cudaFree(probe_);
 }
 
 // Column-major view: Y^T [out, n] = W [out, in] (stored as W^T [in, out], ld in,
@@ -60,40 +68,220 @@ Gemm::~Gemm() {
 Result<const Gemm::Plan*> Gemm::plan(int n, int in, int out, bool y_fp32, const void* x,
                                      const void* w, void* y, cudaStream_t s) {
   const auto key = std::make_tuple(n, in, out, y_fp32);
-  if (auto it = plans_.find(key); it != plans_.end()) return &it->second;
-  Plan p;
-  CS_CUBLAS(cublasLtMatmulDescCreate(&p.op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
-  const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
-  CS_CUBLAS(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta));
-  CS_CUBLAS(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb));
-  CS_CUBLAS(cublasLtMatrixLayoutCreate(&p.a, CUDA_R_16BF, in, out, in));
-  CS_CUBLAS(cublasLtMatrixLayoutCreate(&p.b, CUDA_R_16BF, in, n, in));
-  CS_CUBLAS(cublasLtMatrixLayoutCreate(&p.c, y_fp32 ? CUDA_R_32F : CUDA_R_16BF, out, n, out));
+  auto it = plans_.find(key);
+  if (it == plans_.end()) {
+    Plan p;
+    CS_CUBLAS(cublasLtMatmulDescCreate(&p.op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+    const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
+    CS_CUBLAS(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta));
+    CS_CUBLAS(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb));
+    CS_CUBLAS(cublasLtMatrixLayoutCreate(&p.a, CUDA_R_16BF, in, out, in));
+    CS_CUBLAS(cublasLtMatrixLayoutCreate(&p.b, CUDA_R_16BF, in, n, in));
+    CS_CUBLAS(cublasLtMatrixLayoutCreate(&p.c, y_fp32 ? CUDA_R_32F : CUDA_R_16BF, out, n, out));
+    CS_ASSIGN_OR_RETURN(const std::vector<cublasLtMatmulAlgo_t> first, heuristic(p, 1));
+    if (first.empty()) {
+      return make_error(ErrorCode::kInternal, "cuBLASLt has no algorithm for a {}x{}x{} GEMM", n,
+                        in, out);
+    }
+    p.algo = first[0];
+    p.settled = !(tune_ && n <= kTuneMaxRows);
+    it = plans_.emplace(key, p).first;
+  }
+  Plan& p = it->second;
+  // Tuning: cuBLASLt's candidates and their split-K forms timed on the
+  // call's own operands, on the shape's first call with operands (x null:
+  // descriptors only, as fixed_algo asks); a first call inside a graph
+  // capture keeps the heuristic's pick for good (captured graphs hold it).
+  if (!p.settled && x != nullptr) {
+    p.settled = true;
+    cudaStreamCaptureStatus cap = cudaStreamCaptureStatusNone;
+    CS_CUDA(cudaStreamIsCapturing(s, &cap));
+    if (cap == cudaStreamCaptureStatusNone) {
+      CS_ASSIGN_OR_RETURN(std::vector<cublasLtMatmulAlgo_t> cands, heuristic(p, kTuneCandidates));
+      split_k_variants(p, cands);
+      if (cands.size() > 1) {
+        CS_ASSIGN_OR_RETURN(p.algo, fastest(p, cands, x, w, y, s));
+      }
+    }
+  }
+  return &p;
+}
+
+Result<std::vector<cublasLtMatmulAlgo_t>> Gemm::heuristic(const Plan& p, int max) const {
   cublasLtMatmulPreference_t pref = nullptr;
   CS_CUBLAS(cublasLtMatmulPreferenceCreate(&pref));
   CS_CUBLAS(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
                                                  &workspace_bytes_, sizeof workspace_bytes_));
-  // Candidates to time when tuning this shape; otherwise the first pick only.
-  const bool tune = tune_ && n <= kTuneMaxRows;
-  cublasLtMatmulHeuristicResult_t results[kTuneCandidates]{};
+  std::vector<cublasLtMatmulHeuristicResult_t> results(static_cast<size_t>(max));
   int found = 0;
-  const cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(
-      handle_, p.op, p.a, p.b, p.c, p.c, pref, tune ? kTuneCandidates : 1, results, &found);
+  const cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(handle_, p.op, p.a, p.b, p.c, p.c, pref,
+                                                           max, results.data(), &found);
   cublasLtMatmulPreferenceDestroy(pref);
   CS_CUBLAS(st);
-  if (found == 0) {
-    return make_error(ErrorCode::kInternal, "cuBLASLt has no algorithm for a {}x{}x{} GEMM", n, in,
-                      out);
+  std::vector<cublasLtMatmulAlgo_t> algos;
+  for (int i = 0; i < found; ++i) {
+    if (results[static_cast<size_t>(i)].state == CUBLAS_STATUS_SUCCESS)
+      algos.push_back(results[static_cast<size_t>(i)].algo);
   }
-  p.algo = results[0].algo;
-  if (tune && found > 1) {
-    cudaStreamCaptureStatus cap = cudaStreamCaptureStatusNone;
-    CS_CUDA(cudaStreamIsCapturing(s, &cap));
-    if (cap == cudaStreamCaptureStatusNone) {
-      CS_ASSIGN_OR_RETURN(p.algo, fastest(p, results, found, x, w, y, s));
+  return algos;
+}
+
+float Gemm::time_ms(const Plan& p, const cublasLtMatmulAlgo_t& a, const void* x, const void* w,
+                    void* y, cudaStream_t s, cudaEvent_t e0, cudaEvent_t e1) const {
+  const float alpha = 1.0f, beta = 0.0f;
+  std::vector<float> t;
+  for (int r = 0; r < 6; ++r) {
+    cudaEventRecord(e0, s);
+    const cublasStatus_t cs = cublasLtMatmul(handle_, p.op, &alpha, w, p.a, x, p.b, &beta, y, p.c,
+                                             y, p.c, &a, workspace_, workspace_bytes_, s);
+    cudaEventRecord(e1, s);
+    if (cs != CUBLAS_STATUS_SUCCESS || cudaEventSynchronize(e1) != cudaSuccess) {
+      cudaGetLastError();
+      return std::numeric_limits<float>::infinity();  // cannot run: never chosen
+    }
+    float ms = 0.f;
+    cudaEventElapsedTime(&ms, e0, e1);
+    if (r > 0) t.push_back(ms);
+  }
+  std::nth_element(t.begin(), t.begin() + 2, t.end());
+  return t[2];
+}
+
+Result<cublasLtMatmulAlgo_t> Gemm::fixed_algo(int in, int out, bool y_fp32, const void* w,
+                                              cudaStream_t s) {
+  const auto key = std::make_tuple(in, out, y_fp32);
+  if (auto it = fixed_algos_.find(key); it != fixed_algos_.end()) return it->second;
+  constexpr int kRows[2] = {1, kFixedMaxRows};
+  const Plan* plans[2] = {};
+  for (int i = 0; i < 2; ++i) {
+    // Descriptors only: the probe pointers are never read without tuning.
+    CS_ASSIGN_OR_RETURN(plans[i], plan(kRows[i], in, out, y_fp32, nullptr, w, nullptr, s));
+  }
+  cublasLtMatmulAlgo_t chosen = plans[1]->algo;
+  cudaStreamCaptureStatus cap = cudaStreamCaptureStatusNone;
+  CS_CUDA(cudaStreamIsCapturing(s, &cap));
+  if (cap == cudaStreamCaptureStatusNone) {
+    // Candidates: each count's picks and their split-K forms, kept if
+    // cuBLASLt accepts them at both counts.
+    std::vector<cublasLtMatmulAlgo_t> cands;
+    for (const Plan* p : {plans[1], plans[0]}) {
+      CS_ASSIGN_OR_RETURN(std::vector<cublasLtMatmulAlgo_t> picks, heuristic(*p, kTuneCandidates));
+      split_k_variants(*p, picks);
+      for (const cublasLtMatmulAlgo_t& a : picks) {
+        bool ok = true;
+        for (const Plan* q : plans) {
+          cublasLtMatmulHeuristicResult_t check{};
+          ok = ok &&
+               cublasLtMatmulAlgoCheck(handle_, q->op, q->a, q->b, q->c, q->c, &a, &check) ==
+                   CUBLAS_STATUS_SUCCESS &&
+               check.workspaceSize <= workspace_bytes_;
+        }
+        if (ok) cands.push_back(a);
+      }
+    }
+    const size_t x_bytes = static_cast<size_t>(kFixedMaxRows) * in * 2;
+    const size_t need = x_bytes + static_cast<size_t>(kFixedMaxRows) * out * 4;
+    if (need > probe_bytes_) {
+      if (probe_) cudaFree(probe_);
+      probe_ = nullptr;
+      probe_bytes_ = 0;
+      CS_CUDA(cudaMalloc(&probe_, need));
+      probe_bytes_ = need;
+      CS_CUDA(cudaMemsetAsync(probe_, 0x3c, need, s));  // finite bf16/fp32 operands
+    }
+    void* px = probe_;
+    void* py = static_cast<uint8_t*>(probe_) + x_bytes;
+    cudaEvent_t e0 = nullptr, e1 = nullptr;
+    CS_CUDA(cudaEventCreate(&e0));
+    CS_CUDA(cudaEventCreate(&e1));
+    std::vector<float> t[2];
+    float best[2] = {std::numeric_limits<float>::infinity(),
+                     std::numeric_limits<float>::infinity()};
+    for (const cublasLtMatmulAlgo_t& a : cands) {
+      for (int i = 0; i < 2; ++i) {
+        t[i].push_back(time_ms(*plans[i], a, px, w, py, s, e0, e1));
+        best[i] = std::min(best[i], t[i].back());
+      }
+    }
+    cudaEventDestroy(e0);
+    cudaEventDestroy(e1);
+    double best_score = std::numeric_limits<double>::infinity();
+    for (size_t c = 0; c < cands.size(); ++c) {
+      const double score = t[0][c] / best[0] + t[1][c] / best[1];
+      if (score < best_score) {
+        best_score = score;
+        chosen = cands[c];
+      }
     }
   }
-  return &plans_.emplace(key, p).first->second;
+  fixed_algos_.emplace(key, chosen);
+  return chosen;
+}
+
+// Split-K forms of the heuristic's first kSplitKBases picks: the k range cut
+// into kSplitKCounts[j] parts reduced in a fixed order (in place with
+// counters, or through the workspace in fp32), whichever the algorithm
+// supports and cuBLASLt accepts for the shape. A few output tiles per SM
+// leave most of the GPU idle at decode's row counts (the o-projection's
+// 3072 outputs at one row) unless k is split.
+void Gemm::split_k_variants(const Plan& p, std::vector<cublasLtMatmulAlgo_t>& cands) const {
+  constexpr int kSplitKBases = 3;
+  constexpr int32_t kSplitKCounts[] = {2, 3, 4, 6, 8, 12, 16};
+  const size_t bases = std::min<size_t>(cands.size(), kSplitKBases);
+  for (size_t i = 0; i < bases; ++i) {
+    const cublasLtMatmulAlgo_t base = cands[i];
+    int32_t supported = 0;
+    uint32_t schemes = 0;
+    size_t written = 0;
+    if (cublasLtMatmulAlgoCapGetAttribute(&base, CUBLASLT_ALGO_CAP_SPLITK_SUPPORT, &supported,
+                                          sizeof supported, &written) != CUBLAS_STATUS_SUCCESS ||
+        supported == 0)
+      continue;
+    if (cublasLtMatmulAlgoCapGetAttribute(&base, CUBLASLT_ALGO_CAP_REDUCTION_SCHEME_MASK, &schemes,
+                                          sizeof schemes, &written) != CUBLAS_STATUS_SUCCESS)
+      continue;
+    for (const uint32_t scheme : {uint32_t{CUBLASLT_REDUCTION_SCHEME_INPLACE},
+                                  uint32_t{CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE}}) {
+      if ((schemes & scheme) == 0) continue;
+      for (const int32_t k : kSplitKCounts) {
+        cublasLtMatmulAlgo_t a = base;
+        if (cublasLtMatmulAlgoConfigSetAttribute(&a, CUBLASLT_ALGO_CONFIG_SPLITK_NUM, &k,
+                                                 sizeof k) != CUBLAS_STATUS_SUCCESS ||
+            cublasLtMatmulAlgoConfigSetAttribute(&a, CUBLASLT_ALGO_CONFIG_REDUCTION_SCHEME, &scheme,
+                                                 sizeof scheme) != CUBLAS_STATUS_SUCCESS)
+          continue;
+        cublasLtMatmulHeuristicResult_t check{};
+        if (cublasLtMatmulAlgoCheck(handle_, p.op, p.a, p.b, p.c, p.c, &a, &check) !=
+                CUBLAS_STATUS_SUCCESS ||
+            check.workspaceSize > workspace_bytes_)
+          continue;
+        cands.push_back(a);
+      }
+    }
+  }
+}
+
+Gemm::Choice Gemm::choice(int n, int in, int out, bool y_fp32) const {
+  Choice c;
+  const cublasLtMatmulAlgo_t* found = nullptr;
+  if (const auto f = fixed_algos_.find(std::make_tuple(in, out, y_fp32));
+      fixed_ && n <= kFixedMaxRows && f != fixed_algos_.end()) {
+    found = &f->second;
+  } else if (const auto it = plans_.find(std::make_tuple(n, in, out, y_fp32)); it != plans_.end()) {
+    found = &it->second.algo;
+  }
+  if (found == nullptr) return c;
+  const cublasLtMatmulAlgo_t& a = *found;
+  size_t written = 0;
+  cublasLtMatmulAlgoConfigGetAttribute(&a, CUBLASLT_ALGO_CONFIG_ID, &c.algo_id, sizeof c.algo_id,
+                                       &written);
+  cublasLtMatmulAlgoConfigGetAttribute(&a, CUBLASLT_ALGO_CONFIG_TILE_ID, &c.tile, sizeof c.tile,
+                                       &written);
+  cublasLtMatmulAlgoConfigGetAttribute(&a, CUBLASLT_ALGO_CONFIG_SPLITK_NUM, &c.split_k,
+                                       sizeof c.split_k, &written);
+  cublasLtMatmulAlgoConfigGetAttribute(&a, CUBLASLT_ALGO_CONFIG_REDUCTION_SCHEME, &c.scheme,
+                                       sizeof c.scheme, &written);
+  return c;
 }
 
 // Times each candidate on the call's own operands (1 warm-up, median of 5)
@@ -101,38 +289,16 @@ Result<const Gemm::Plan*> Gemm::plan(int n, int in, int out, bool y_fp32, const 
 // faster, so that noise rarely changes the pick (and hence the bits) between
 // runs. Synchronises the stream: only outside graph capture, once per shape.
 Result<cublasLtMatmulAlgo_t> Gemm::fastest(const Plan& p,
-                                           const cublasLtMatmulHeuristicResult_t* results,
-                                           int found, const void* x, const void* w, void* y,
-                                           cudaStream_t s) {
+                                           const std::vector<cublasLtMatmulAlgo_t>& cands,
+                                           const void* x, const void* w, void* y, cudaStream_t s) {
   cudaEvent_t e0 = nullptr, e1 = nullptr;
   CS_CUDA(cudaEventCreate(&e0));
   CS_CUDA(cudaEventCreate(&e1));
-  const float alpha = 1.0f, beta = 0.0f;
   // A first candidate that cannot run counts as infinitely slow.
   float first_ms = std::numeric_limits<float>::infinity(), best_ms = first_ms;
-  int best = 0;
-  Status status;
-  for (int i = 0; i < found && status.ok(); ++i) {
-    if (results[i].state != CUBLAS_STATUS_SUCCESS) continue;
-    std::vector<float> t;
-    for (int r = 0; r < 6 && status.ok(); ++r) {
-      cudaEventRecord(e0, s);
-      const cublasStatus_t cs =
-          cublasLtMatmul(handle_, p.op, &alpha, w, p.a, x, p.b, &beta, y, p.c, y, p.c,
-                         &results[i].algo, workspace_, workspace_bytes_, s);
-      cudaEventRecord(e1, s);
-      if (cs != CUBLAS_STATUS_SUCCESS) break;  // this candidate is skipped
-      if (cudaEventSynchronize(e1) != cudaSuccess) {
-        status = make_error(ErrorCode::kInternal, "CUDA error while timing cuBLASLt algorithms");
-        break;
-      }
-      float ms = 0.f;
-      cudaEventElapsedTime(&ms, e0, e1);
-      if (r > 0) t.push_back(ms);
-    }
-    if (t.size() < 5) continue;
-    std::nth_element(t.begin(), t.begin() + 2, t.end());
-    const float med = t[2];
+  size_t best = 0;
+  for (size_t i = 0; i < cands.size(); ++i) {
+    const float med = time_ms(p, cands[i], x, w, y, s, e0, e1);
     if (i == 0) first_ms = best_ms = med;
     if (i > 0 && med < best_ms && med < first_ms * (1.0f - kTuneMargin)) {
       best = i;
@@ -141,8 +307,8 @@ Result<cublasLtMatmulAlgo_t> Gemm::fastest(const Plan& p,
   }
   cudaEventDestroy(e0);
   cudaEventDestroy(e1);
-  CS_RETURN_IF_ERROR(status);
-  return results[best].algo;
+  CS_CUDA(cudaGetLastError());
+  return cands[best];
 }
 
 Status Gemm::run(const __nv_bfloat16* x, const __nv_bfloat16* w, void* y, bool y_fp32, int n,
@@ -160,10 +326,15 @@ Status Gemm::run(const __nv_bfloat16* x, const __nv_bfloat16* w, void* y, bool y
     ops::cuda::gemv(x, w, y, y_fp32, n, in, out, s);
     return {};
   }
+  const bool fixed = decode && fixed_ && n <= kFixedMaxRows;
+  cublasLtMatmulAlgo_t algo{};
+  if (fixed) {
+    CS_ASSIGN_OR_RETURN(algo, fixed_algo(in, out, y_fp32, w, s));
+  }
   CS_ASSIGN_OR_RETURN(const Plan* p, plan(n, in, out, y_fp32, x, w, y, s));
   const float alpha = 1.0f, beta = 0.0f;
   CS_CUBLAS(cublasLtMatmul(handle_, p->op, &alpha, w, p->a, x, p->b, &beta, y, p->c, y, p->c,
-                           &p->algo, workspace_, workspace_bytes_, s));
+                           fixed ? &algo : &p->algo, workspace_, workspace_bytes_, s));
   return {};
 }
 

@@ -41,6 +41,7 @@
 #include <map>
 #include <memory>
 #include <tuple>
+#include <vector>
 
 #include "core/status.h"
 #include "kernels/cuda_ops.h"
@@ -54,18 +55,35 @@ class Gemm {
                                               bool gemv = gemv_by_default(),
                                               bool skinny = skinny_by_default(),
                                               bool tune = tune_by_default(),
-                                              int decode_gemv_rows = decode_gemv_rows_by_default());
+                                              int decode_gemv_rows = decode_gemv_rows_by_default(),
+                                              bool fixed = fixed_by_default());
   static bool gemv_by_default();
   // CARTSERVE_DECODE_GEMV=N: decode runs of up to N rows (0..kGemvMaxRows;
   // default 0) through gemv.
   static int decode_gemv_rows_by_default();
   static bool skinny_by_default();
+  // CARTSERVE_GEMM_FIXED=1: one cuBLASLt configuration per weight shape for
+  // every decode run of up to kFixedMaxRows rows (see fixed_algo).
+  static bool fixed_by_default();
+  static constexpr int kFixedMaxRows = 64;
   // CARTSERVE_GEMM_TUNE=1 turns the per-shape timing of cuBLASLt's candidates on.
   static bool tune_by_default();
   bool skinny() const { return skinny_; }
   // Whether `decode` rows of a run of `n` take a batch-invariant kernel (so a
   // step's decode rows must run apart from its prompt rows).
-  bool invariant_decode(int n) const { return skinny_ || (n > 0 && n <= decode_gemv_rows_); }
+  bool invariant_decode(int n) const {
+    return skinny_ || (n > 0 && (n <= decode_gemv_rows_ || (fixed_ && n <= kFixedMaxRows)));
+  }
+  // The cuBLASLt configuration a shape runs with (its decode runs' fixed one
+  // when fixed; zeros before its first call or when a custom kernel takes
+  // it): for the benchmark's tables and the tests.
+  struct Choice {
+    int32_t algo_id = 0;
+    uint32_t tile = 0;
+    int32_t split_k = 0;
+    uint32_t scheme = 0;
+  };
+  Choice choice(int n, int in, int out, bool y_fp32) const;
   ~Gemm();
   Gemm(const Gemm&) = delete;
   Gemm& operator=(const Gemm&) = delete;
@@ -87,6 +105,7 @@ class Gemm {
     cublasLtMatmulDesc_t op = nullptr;
     cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
     cublasLtMatmulAlgo_t algo{};
+    bool settled = false;  // algo is final (chosen by timing, or no tuning wanted)
   };
   // The shape's plan, made on first use; x, w, y and s are the call's (the
   // candidates are timed on them).
@@ -96,14 +115,33 @@ class Gemm {
   static constexpr int kTuneMaxRows = 256;     // larger shapes keep the heuristic's pick
   static constexpr float kTuneMargin = 0.08f;  // a candidate must beat the first by 8%
   Result<cublasLtMatmulAlgo_t> fastest(const Plan& p,
-                                       const cublasLtMatmulHeuristicResult_t* results, int found,
+                                       const std::vector<cublasLtMatmulAlgo_t>& cands,
                                        const void* x, const void* w, void* y, cudaStream_t s);
+  // Appends split-K forms of the first candidates (tuning only).
+  void split_k_variants(const Plan& p, std::vector<cublasLtMatmulAlgo_t>& cands) const;
+  // The configuration every decode run of 1..kFixedMaxRows rows of this
+  // weight shape takes, chosen on its first call (outside graph capture):
+  // among cuBLASLt's picks for 1 and kFixedMaxRows rows and their split-K
+  // forms, those valid at both counts, the one with the least sum of its
+  // times at both relative to the fastest at each; during a capture (no
+  // timing), the heuristic's pick for kFixedMaxRows rows.
+  Result<cublasLtMatmulAlgo_t> fixed_algo(int in, int out, bool y_fp32, const void* w,
+                                          cudaStream_t s);
+  // Up to `max` heuristic picks for the plan's shape.
+  Result<std::vector<cublasLtMatmulAlgo_t>> heuristic(const Plan& p, int max) const;
+  // Median milliseconds of the algorithm on the plan's shape (1 warm-up, 5 timed).
+  float time_ms(const Plan& p, const cublasLtMatmulAlgo_t& a, const void* x, const void* w, void* y,
+                cudaStream_t s, cudaEvent_t e0, cudaEvent_t e1) const;
 
   cublasLtHandle_t handle_ = nullptr;
   bool gemv_ = false;         // small row counts through ops::cuda::gemv (set by create)
   bool skinny_ = false;       // decode rows through ops::cuda::skinny_gemm (set by create)
   int decode_gemv_rows_ = 0;  // decode runs of up to this many rows through ops::cuda::gemv
   bool tune_ = false;         // time cuBLASLt's candidates per shape (up to kTuneMaxRows rows)
+  bool fixed_ = false;        // one configuration per weight shape for decode runs (fixed_algo)
+  std::map<std::tuple<int, int, bool>, cublasLtMatmulAlgo_t> fixed_algos_;  // (in, out, y_fp32)
+  void* probe_ = nullptr;  // [probe_bytes_] operands for choosing fixed configurations
+  size_t probe_bytes_ = 0;
   void* workspace_ = nullptr;
   size_t workspace_bytes_ = 0;
   std::map<std::tuple<int, int, int, bool>, Plan> plans_;
