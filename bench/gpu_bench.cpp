@@ -24,6 +24,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <functional>
@@ -1011,64 +1012,79 @@ int main(int argc, char** argv) {
     }
   }
   // A 2048-token cartridge's KV loaded into blocks by the backend from
-  // page-locked host memory (what the host tier holds), against plain DMA of
-  // the same bytes (one copy per tensor): the promotion's bus rate without
-  // the engine around it.
+  // page-locked host memory (what the host tier holds), staged (DMA, then an
+  // import kernel) and direct (the kernel reads the mapped host memory;
+  // CARTSERVE_KV_LOAD_DIRECT), against plain DMA of the same bytes (one copy
+  // per tensor): the promotion's bus rate without the engine around it.
   if (want("ttft") || want("transfer")) {
-    auto backend = make_backend(m, o);
-    if (!backend.ok()) {
-      std::fprintf(stderr, "error: %s\n", backend.status().message().c_str());
-      return 1;
-    }
-    Backend& b = **backend;
-    constexpr int kTokens = 2048;
-    const size_t tensor_bytes = static_cast<size_t>(c.num_kv_heads) * kTokens * c.head_dim * 2;
-    HostKv kv;
-    kv.dtype = DType::kBF16;
-    kv.num_tokens = kTokens;
-    std::vector<std::shared_ptr<void>> keep;  // [layers * 2] pinned [heads, tokens, dim]
-    for (int l = 0; l < 2 * c.num_layers; ++l) {
-      std::shared_ptr<void> p = b.host_buffer(tensor_bytes);
-      if (!p) {
-        std::fprintf(stderr, "transfer: no page-locked host memory\n");
+    const char* env = std::getenv("CARTSERVE_KV_LOAD_DIRECT");
+    const std::string saved = env != nullptr ? env : "";
+    json loads = json::object();
+    for (const bool direct : {false, true}) {
+      setenv("CARTSERVE_KV_LOAD_DIRECT", direct ? "1" : "0", 1);
+      auto backend = make_backend(m, o);
+      if (!backend.ok()) {
+        std::fprintf(stderr, "error: %s\n", backend.status().message().c_str());
         return 1;
       }
-      std::memset(p.get(), 0x3c, tensor_bytes);  // finite bf16 (1.15)
-      (l % 2 ? kv.values : kv.keys).push_back(p.get());
-      keep.push_back(std::move(p));
-    }
-    std::vector<int32_t> ids;
-    for (int i = 0; i < kTokens / b.kv_spec().block_size; ++i)
-      ids.push_back(1 + i);
-    const KvBlockList blocks = KvBlockList::whole(std::move(ids));
-    std::vector<double> load_s, dma_s;
-    void* dst = nullptr;
-    if (cudaMalloc(&dst, tensor_bytes) != cudaSuccess) return 1;
-    for (int r = 0; r < repeats + 1; ++r) {
-      auto t0 = Clock::now();
-      auto id = b.start_kv_load(kv, blocks);
-      const Status st = id.ok() ? b.wait_transfer(*id) : id.status();
-      if (!st.ok()) {
-        std::fprintf(stderr, "transfer: %s\n", st.message().c_str());
-        return 1;
+      Backend& b = **backend;
+      constexpr int kTokens = 2048;
+      const size_t tensor_bytes = static_cast<size_t>(c.num_kv_heads) * kTokens * c.head_dim * 2;
+      HostKv kv;
+      kv.dtype = DType::kBF16;
+      kv.num_tokens = kTokens;
+      std::vector<std::shared_ptr<void>> keep;  // [layers * 2] pinned [heads, tokens, dim]
+      for (int l = 0; l < 2 * c.num_layers; ++l) {
+        std::shared_ptr<void> p = b.host_buffer(tensor_bytes);
+        if (!p) {
+          std::fprintf(stderr, "transfer: no page-locked host memory\n");
+          return 1;
+        }
+        std::memset(p.get(), 0x3c, tensor_bytes);  // finite bf16 (0.0115)
+        (l % 2 ? kv.values : kv.keys).push_back(p.get());
+        keep.push_back(std::move(p));
       }
-      if (r > 0) load_s.push_back(seconds_since(t0));
-      t0 = Clock::now();
-      for (const auto& p : keep)
-        cudaMemcpyAsync(dst, p.get(), tensor_bytes, cudaMemcpyHostToDevice, nullptr);
-      cudaDeviceSynchronize();
-      if (r > 0) dma_s.push_back(seconds_since(t0));
+      std::vector<int32_t> ids;
+      for (int i = 0; i < kTokens / b.kv_spec().block_size; ++i)
+        ids.push_back(1 + i);
+      const KvBlockList blocks = KvBlockList::whole(std::move(ids));
+      std::vector<double> load_s, dma_s;
+      void* dst = nullptr;
+      if (cudaMalloc(&dst, tensor_bytes) != cudaSuccess) return 1;
+      for (int r = 0; r < repeats + 1; ++r) {
+        auto t0 = Clock::now();
+        auto id = b.start_kv_load(kv, blocks);
+        const Status st = id.ok() ? b.wait_transfer(*id) : id.status();
+        if (!st.ok()) {
+          std::fprintf(stderr, "transfer: %s\n", st.message().c_str());
+          return 1;
+        }
+        if (r > 0) load_s.push_back(seconds_since(t0));
+        t0 = Clock::now();
+        for (const auto& p : keep)
+          cudaMemcpyAsync(dst, p.get(), tensor_bytes, cudaMemcpyHostToDevice, nullptr);
+        cudaDeviceSynchronize();
+        if (r > 0) dma_s.push_back(seconds_since(t0));
+      }
+      cudaFree(dst);
+      const double bytes = static_cast<double>(keep.size() * tensor_bytes);
+      const double load_gbs = bytes / median(load_s) / 1e9;
+      const double dma_gbs = bytes / median(dma_s) / 1e9;
+      const char* mode = direct ? "direct" : "staged";
+      loads[mode] = {{"bytes", bytes},
+                     {"ms", 1e3 * median(load_s)},
+                     {"gb_per_s", load_gbs},
+                     {"plain_dma_gb_per_s", dma_gbs},
+                     {"fraction_of_dma", load_gbs / dma_gbs}};
+      std::printf("kv load 2048 tokens (%s) %9.3f ms   %.1f GB/s (plain DMA %.1f GB/s)\n", mode,
+                  1e3 * median(load_s), load_gbs, dma_gbs);
     }
-    cudaFree(dst);
-    const double bytes = static_cast<double>(keep.size() * tensor_bytes);
-    const double load_gbs = bytes / median(load_s) / 1e9, dma_gbs = bytes / median(dma_s) / 1e9;
-    figures["kv_load_2048_tokens_from_pinned_host"] = {{"bytes", bytes},
-                                                       {"ms", 1e3 * median(load_s)},
-                                                       {"gb_per_s", load_gbs},
-                                                       {"plain_dma_gb_per_s", dma_gbs},
-                                                       {"fraction_of_dma", load_gbs / dma_gbs}};
-    std::printf("%-28s %9.3f ms   %.1f GB/s (plain DMA %.1f GB/s)\n", "kv load 2048 tokens",
-                1e3 * median(load_s), load_gbs, dma_gbs);
+    if (env != nullptr) {
+      setenv("CARTSERVE_KV_LOAD_DIRECT", saved.c_str(), 1);
+    } else {
+      unsetenv("CARTSERVE_KV_LOAD_DIRECT");
+    }
+    figures["kv_load_2048_tokens_from_pinned_host"] = loads;
   }
   // Cartridges through the engine: resident, and promoted from the host tier.
   if (want("ttft")) {

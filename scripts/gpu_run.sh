@@ -25,6 +25,8 @@
 #              candidates and their split-K forms timed per shape): gpu_bench_tune*.json
 #   bench:fixed decode on the 3B shape with CARTSERVE_GEMM_FIXED=1 (one cuBLASLt configuration
 #              per weight shape for decode runs of 1-64 rows): gpu_bench_fixed.json
+#   bench:direct cartridge TTFT on the 3B shape with CARTSERVE_KV_LOAD_DIRECT=1 (promotions
+#              read page-locked host memory in place): gpu_bench_direct.json
 #   bench:GROUP one gpu_bench group on the 3B shape (decode, decode1, prefill, ttft, transfer,
 #              linear, ops, attention): gpu_bench_GROUP.json
 #   logits:tp2 (2+ GPUs) the 3B checkpoint through TP=2 (NCCL) against HF (logits_tp2_llama3b.json)
@@ -168,7 +170,7 @@ for s in "$@"; do
     unit) stage unit "$B/gpu_tests" ;;
     sanitizer)
       stage sanitizer compute-sanitizer --tool memcheck --error-exitcode 9 "$B/gpu_tests" \
-        --gtest_filter='CudaOps.*:PagedAttention*Decode*:*PrefillSharedCartridgePrefix:CudaSampling.Greedy*:CudaTp.SumBf16*:CudaTp.OneDevice*:CudaCascade.*' &&
+        --gtest_filter='CudaOps.*:PagedAttention*Decode*:*PrefillSharedCartridgePrefix:CudaSampling.Greedy*:CudaTp.SumBf16*:CudaTp.OneDevice*:CudaCascade.*:CudaKvLoad.*' &&
         ckpt smollm2 && stage sanitizer_forward compute-sanitizer --tool memcheck --error-exitcode 9 \
           "$B/dump_logits" /tmp/ckpt/smollm2 /tmp/ckpt/smollm2/prompts.json /tmp --device cuda \
           --greedy 4 ;;
@@ -197,6 +199,8 @@ for s in "$@"; do
                     --only ttft --out "$OUT/gpu_bench_tune_ttft.json" ;;
     bench:fixed) ckpt llama3b && CARTSERVE_GEMM_FIXED=1 stage bench_fixed "$B/gpu_bench" \
                    /tmp/ckpt/llama3b --only decode --out "$OUT/gpu_bench_fixed.json" ;;
+    bench:direct) ckpt llama3b && CARTSERVE_KV_LOAD_DIRECT=1 stage bench_direct "$B/gpu_bench" \
+                    /tmp/ckpt/llama3b --only ttft --out "$OUT/gpu_bench_direct.json" ;;
     bench:*) ckpt llama3b && stage "bench_${s#bench:}" "$B/gpu_bench" /tmp/ckpt/llama3b \
                --only "${s#bench:}" --out "$OUT/gpu_bench_${s#bench:}.json" ;;
     profile) ckpt llama3b && stage profile profile ;;

@@ -180,7 +180,13 @@ TEST_P(Canary, CartridgeEqualsFullPrefillInBothModes) {
       dtype_name(GetParam().dtype), p, dv, df);
   EXPECT_TRUE(top1_v && top1_f);
   const bool fp32_cpu = GetParam().dtype == DType::kF32 && testing::test_device() == "cpu";
-  const float tol = fp32_cpu ? (quantized ? 1e-3f : 1e-5f) : 0.05f;
+  // fp32 on the CPU: the cartridge's KV and the full prompt's come from
+  // prefills of different shapes, so their sums run in different orders;
+  // the SIMD path chosen at run time (AVX-512 or AVX2 blocking) moves the
+  // difference too: observed 1.14e-5 on an AMD EPYC with AVX-512
+  // (2026-12-06), below 1e-5 on other machines. A wrong position or a stale
+  // block gives differences above 1e-2.
+  const float tol = fp32_cpu ? (quantized ? 1e-3f : 5e-5f) : 0.05f;
   EXPECT_LT(dv, tol);
   EXPECT_LT(df, tol);
   // The cartridge really was used (one load into KV blocks each).

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 
 #include "core/logging.h"
@@ -796,6 +797,11 @@ Status CudaBackend::logits_after_forward(const StepInput& in, std::vector<float>
 
 // ---------------------------------------------------------------- transfers
 
+bool CudaOptions::kv_load_direct_by_default() {
+  const char* env = std::getenv("CARTSERVE_KV_LOAD_DIRECT");
+  return env != nullptr && std::strcmp(env, "1") == 0;
+}
+
 Status CudaBackend::transfer(const HostKv& kv, const KvBlockList& blocks, bool load) {
   CS_CUDA(cudaSetDevice(opts_.device));  // the transfer thread's first call may be this one
   Buffers& b = *buf_;
@@ -830,6 +836,9 @@ Status CudaBackend::transfer(const HostKv& kv, const KvBlockList& blocks, bool l
     }
   }
   cudaGetLastError();  // a pageable pointer's query may leave an error behind
+  // Direct: page-locked host memory is mapped into the device's address
+  // space (unified addressing), so the import kernel reads it in place.
+  const bool direct = pinned && opts_.kv_load_direct;
   for (size_t r = 0; r < blocks.block_index.size();) {
     // A run of consecutive block indices: positions [p0, p1).
     size_t e = r + 1;
@@ -843,6 +852,10 @@ Status CudaBackend::transfer(const HostKv& kv, const KvBlockList& blocks, bool l
         auto* host = static_cast<uint8_t*>(v ? kv.values[l] : kv.keys[l]);  // [heads, T, dim]
         const ops::KvLayer layout = kv_layer(l);
         bf16* base = v ? layout.v : layout.k;
+        if (direct) {  // positions [p0, p1) straight from the host tensor
+          ops::kv_import(host, kv_elem(kv.dtype), T, p0, p1 - p0, b.d_table, base, layout, copy_);
+          continue;
+        }
         for (int32_t t0 = p0; t0 < p1; t0 += chunk) {
           const int32_t c = std::min(chunk, p1 - t0);
           const size_t row = static_cast<size_t>(c) * dim * esz;  // one head's rows

@@ -53,6 +53,12 @@ struct CudaOptions {
   // whose shared prefix (StepInput::shared_prefix) is at least this many
   // positions; 0: off.
   int32_t cascade_min_prefix = 256;
+  // KV loads from page-locked host memory: the import kernel reads the host
+  // tensors over the bus itself (mapped memory, no DMA, no staging) instead
+  // of a DMA into a staging buffer and an import from it. Default from
+  // CARTSERVE_KV_LOAD_DIRECT=1.
+  bool kv_load_direct = kv_load_direct_by_default();
+  static bool kv_load_direct_by_default();
 };
 
 class CudaBackend final : public Backend {
