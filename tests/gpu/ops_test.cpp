@@ -354,6 +354,24 @@ std::vector<float> check_linear(const char* name, const std::string& what,
   return got32;
 }
 
+// A linear layer's test problem: w [out, in] (scale 0.05) and x [rows, in]
+// in bf16, and the CPU twin's fp32 y [rows, out].
+struct LinearProblem {
+  std::vector<uint16_t> w, x;
+  std::vector<float> ref;
+  LinearProblem(int in, int out, int rows, uint64_t seed)
+      : w(randn_bf16(static_cast<size_t>(out) * in, seed, 0.05f)),
+        x(randn_bf16(static_cast<size_t>(rows) * in, seed + 1)),
+        ref(static_cast<size_t>(rows) * out) {
+    ops::cpu::linear_bf16(from_bf16(x).data(), w.data(), nullptr, ref.data(), rows, in, out,
+                          ops::cpu::LinearKernel::kPerRow);
+  }
+  // The first n rows of the reference.
+  std::vector<float> want(int n, int out) const {
+    return {ref.begin(), ref.begin() + static_cast<ptrdiff_t>(n) * out};
+  }
+};
+
 TEST(CudaOps, GemvMatchesCpuLinear) {
   CS_REQUIRE_GPU();
   Stream stream;
@@ -365,19 +383,13 @@ TEST(CudaOps, GemvMatchesCpuLinear) {
   const Dims dims[] = {{576, 960},    {1536, 576},  {3072, 5120}, {8192, 3072},
                        {3072, 20011}, {3072, 1001}, {8, 3}};
   for (const Dims d : dims) {
-    const uint64_t seed = seeds.next();
-    const auto w = randn_bf16(static_cast<size_t>(d.out) * d.in, seed, 0.05f);
-    const auto x = randn_bf16(static_cast<size_t>(cuda::kGemvMaxRows) * d.in, seed + 1);
-    const auto xf = from_bf16(x);
-    std::vector<float> ref(static_cast<size_t>(cuda::kGemvMaxRows) * d.out);
-    ops::cpu::linear_bf16(xf.data(), w.data(), nullptr, ref.data(), cuda::kGemvMaxRows, d.in, d.out,
-                          ops::cpu::LinearKernel::kPerRow);
-    DeviceBuffer<uint16_t> d_w(w), d_x(x);
+    const LinearProblem lp(d.in, d.out, cuda::kGemvMaxRows, seeds.next());
+    DeviceBuffer<uint16_t> d_w(lp.w), d_x(lp.x);
     std::vector<float> all;  // every row at n = kGemvMaxRows: the bits each n must give
     // 1-2 rows: one weight row per warp; 3-8: two; 9-16: four.
     for (const int n : {cuda::kGemvMaxRows, 1, 2, 3, 5, 8, 9, 13}) {
       ASSERT_TRUE(cuda::gemv_supports(d_x.get(), d_w.get(), n, d.in));
-      const std::vector<float> want(ref.begin(), ref.begin() + static_cast<ptrdiff_t>(n) * d.out);
+      const std::vector<float> want = lp.want(n, d.out);
       const std::string what = str("in", d.in) + " " + str("out", d.out) + " " + str("n", n);
       SCOPED_TRACE(what);
       const auto got32 = check_linear("gemv", what, want, stream, [&](void* y, bool f32) {
@@ -408,16 +420,11 @@ TEST(CudaOps, GemmFixedDecodeConfigIsBatchInvariant) {
   auto gemm = ::cartserve::cuda::Gemm::create(ws.get(), 32 << 20, false, false, false, 0, true);
   ASSERT_TRUE(gemm.ok()) << gemm.status().message();
   for (const Dims d : dims) {
-    const uint64_t seed = seeds.next();
-    const auto w = randn_bf16(static_cast<size_t>(d.out) * d.in, seed, 0.05f);
-    const auto x = randn_bf16(static_cast<size_t>(kMaxRows) * d.in, seed + 1);
-    std::vector<float> ref(static_cast<size_t>(kMaxRows) * d.out);
-    ops::cpu::linear_bf16(from_bf16(x).data(), w.data(), nullptr, ref.data(), kMaxRows, d.in, d.out,
-                          ops::cpu::LinearKernel::kPerRow);
-    DeviceBuffer<uint16_t> d_w(w), d_x(x);
+    const LinearProblem lp(d.in, d.out, kMaxRows, seeds.next());
+    DeviceBuffer<uint16_t> d_w(lp.w), d_x(lp.x);
     std::vector<float> all;  // every row at n = kMaxRows: the bits each row must keep
     for (const int n : {kMaxRows, 1, 2, 3, 5, 8, 16, 17, 33, 63}) {
-      const std::vector<float> want(ref.begin(), ref.begin() + static_cast<ptrdiff_t>(n) * d.out);
+      const std::vector<float> want = lp.want(n, d.out);
       const std::string what = str("in", d.in) + " " + str("out", d.out) + " " + str("n", n);
       SCOPED_TRACE(what);
       const auto got32 = check_linear("gemm fixed", what, want, stream, [&](void* y, bool f32) {
@@ -447,17 +454,12 @@ TEST(CudaOps, SkinnyGemmMatchesCpuLinearAndIsBatchInvariant) {
                        {3072, 20011}, {3072, 1001}, {32, 17}};
   constexpr int kMaxRows = 130;  // three 64-row groups, the last partial
   for (const Dims d : dims) {
-    const uint64_t seed = seeds.next();
-    const auto w = randn_bf16(static_cast<size_t>(d.out) * d.in, seed, 0.05f);
-    const auto x = randn_bf16(static_cast<size_t>(kMaxRows) * d.in, seed + 1);
-    std::vector<float> ref(static_cast<size_t>(kMaxRows) * d.out);
-    ops::cpu::linear_bf16(from_bf16(x).data(), w.data(), nullptr, ref.data(), kMaxRows, d.in, d.out,
-                          ops::cpu::LinearKernel::kPerRow);
-    DeviceBuffer<uint16_t> d_w(w), d_x(x);
+    const LinearProblem lp(d.in, d.out, kMaxRows, seeds.next());
+    DeviceBuffer<uint16_t> d_w(lp.w), d_x(lp.x);
     ASSERT_TRUE(cuda::skinny_gemm_supports(d_x.get(), d_w.get(), d.in));
     std::vector<float> all;  // every row at n = kMaxRows: the bits each row must keep
     for (const int n : {kMaxRows, 1, 2, 3, 5, 8, 9, 16, 17, 33, 64, 65}) {
-      const std::vector<float> want(ref.begin(), ref.begin() + static_cast<ptrdiff_t>(n) * d.out);
+      const std::vector<float> want = lp.want(n, d.out);
       const std::string what = str("in", d.in) + " " + str("out", d.out) + " " + str("n", n);
       SCOPED_TRACE(what);
       const auto got32 = check_linear("skinny", what, want, stream, [&](void* y, bool f32) {
