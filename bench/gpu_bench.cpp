@@ -123,6 +123,32 @@ double gemm_rate() {
 
 // Sequences driven straight through a backend: prefill, then decode steps
 // (greedy sampling, as a server step does).
+// An environment variable set for a scope (the backend reads its opt-in
+// switches when created), then restored.
+class ScopedEnv {
+ public:
+  ScopedEnv(const char* name, const char* value) : name_(name) {
+    const char* old = std::getenv(name);
+    had_ = old != nullptr;
+    if (had_) old_ = old;
+    setenv(name, value, 1);
+  }
+  ~ScopedEnv() {
+    if (had_) {
+      setenv(name_, old_.c_str(), 1);
+    } else {
+      unsetenv(name_);
+    }
+  }
+  ScopedEnv(const ScopedEnv&) = delete;
+  ScopedEnv& operator=(const ScopedEnv&) = delete;
+
+ private:
+  const char* name_;
+  bool had_ = false;
+  std::string old_;
+};
+
 class Batch {
  public:
   Batch(Backend& b, int vocab) : b_(b), vocab_(vocab) {}
@@ -975,8 +1001,18 @@ int main(int argc, char** argv) {
   // Decode over a shared 2048-position prefix (a resident cartridge) with a
   // 64-token question of each sequence's own after it, shared-prefix
   // attention on and off (--cascade-min-prefix 256 / 0).
-  for (const int min_prefix : {256, 0}) {
+  // Shared-prefix attention before the decode splits (the default), beside
+  // them on a side stream (CARTSERVE_CASCADE_SIDE_STREAM), and off.
+  struct CartVariant {
+    int min_prefix;
+    const char* side_stream;
+    const char* suffix;
+  };
+  for (const CartVariant v : {CartVariant{256, "0", ""}, CartVariant{256, "1", "_side_stream"},
+                              CartVariant{0, "0", "_no_cascade"}}) {
     if (!want("cartdecode")) break;
+    const ScopedEnv side("CARTSERVE_CASCADE_SIDE_STREAM", v.side_stream);
+    const int min_prefix = v.min_prefix;
     ServeOptions oc = o;
     oc.cascade_min_prefix = min_prefix;
     auto backend = make_backend(m, oc);
@@ -1002,13 +1038,15 @@ int main(int argc, char** argv) {
       // The prefix's KV read once, each sequence's own positions once.
       const double floor_ms =
           1e3 * (weight_bytes + (kPrefix + batch * (kOwn + 10.0)) * kv_token_bytes) / copy_bw;
-      const std::string key = "decode_cartridge_2048_batch_" + std::to_string(batch) +
-                              (min_prefix > 0 ? "" : "_no_cascade");
-      figures[key] = decode_figure(key, batch, ms, floor_ms);
       const std::string on_key = "decode_cartridge_2048_batch_" + std::to_string(batch);
-      if (min_prefix == 0 && figures.contains(on_key))
-        figures[on_key]["speedup_vs_no_cascade"] =
-            ms / figures[on_key]["ms_per_step"].get<double>();
+      const std::string key = on_key + v.suffix;
+      figures[key] = decode_figure(key, batch, ms, floor_ms);
+      if (min_prefix == 0) {
+        for (const std::string& k : {on_key, on_key + "_side_stream"}) {
+          if (figures.contains(k))
+            figures[k]["speedup_vs_no_cascade"] = ms / figures[k]["ms_per_step"].get<double>();
+        }
+      }
     }
   }
   // A 2048-token cartridge's KV loaded into blocks by the backend from
@@ -1017,11 +1055,9 @@ int main(int argc, char** argv) {
   // CARTSERVE_KV_LOAD_DIRECT), against plain DMA of the same bytes (one copy
   // per tensor): the promotion's bus rate without the engine around it.
   if (want("ttft") || want("transfer")) {
-    const char* env = std::getenv("CARTSERVE_KV_LOAD_DIRECT");
-    const std::string saved = env != nullptr ? env : "";
     json loads = json::object();
     for (const bool direct : {false, true}) {
-      setenv("CARTSERVE_KV_LOAD_DIRECT", direct ? "1" : "0", 1);
+      const ScopedEnv load_env("CARTSERVE_KV_LOAD_DIRECT", direct ? "1" : "0");
       auto backend = make_backend(m, o);
       if (!backend.ok()) {
         std::fprintf(stderr, "error: %s\n", backend.status().message().c_str());
@@ -1078,11 +1114,6 @@ int main(int argc, char** argv) {
                      {"fraction_of_dma", load_gbs / dma_gbs}};
       std::printf("kv load 2048 tokens (%s) %9.3f ms   %.1f GB/s (plain DMA %.1f GB/s)\n", mode,
                   1e3 * median(load_s), load_gbs, dma_gbs);
-    }
-    if (env != nullptr) {
-      setenv("CARTSERVE_KV_LOAD_DIRECT", saved.c_str(), 1);
-    } else {
-      unsetenv("CARTSERVE_KV_LOAD_DIRECT");
     }
     figures["kv_load_2048_tokens_from_pinned_host"] = loads;
   }

@@ -98,16 +98,10 @@ struct CudaBackend::Buffers {
   float* h_top_lp = nullptr;
   void* h_stage[2] = {nullptr, nullptr};
   cudaEvent_t staged[2] = {nullptr, nullptr};  // a staging buffer's last use is done
-  // Pinned loads: a slot's copy has landed (copy stream) / its import is done
-  // (import stream).
-  cudaEvent_t landed[2] = {nullptr, nullptr};
-  cudaEvent_t imported[2] = {nullptr, nullptr};
 
   ~Buffers() {
-    for (cudaEvent_t* set : {staged, landed, imported}) {
-      for (int i = 0; i < 2; ++i) {
-        if (set[i]) cudaEventDestroy(set[i]);
-      }
+    for (cudaEvent_t e : staged) {
+      if (e) cudaEventDestroy(e);
     }
     if (kv) cudaFree(kv);
     if (device) cudaFree(device);
@@ -146,7 +140,6 @@ Result<std::unique_ptr<CudaBackend>> CudaBackend::create(const Model& model,
   CS_CUDA(cudaStreamCreateWithFlags(&b->compute_, cudaStreamNonBlocking));
   CS_CUDA(cudaStreamCreateWithFlags(&b->copy_, cudaStreamNonBlocking));
   CS_CUDA(cudaStreamCreateWithFlags(&b->side_, cudaStreamNonBlocking));
-  CS_CUDA(cudaStreamCreateWithFlags(&b->import_, cudaStreamNonBlocking));
   CS_CUDA(cudaEventCreateWithFlags(&b->fork_, cudaEventDisableTiming));
   CS_CUDA(cudaEventCreateWithFlags(&b->join_, cudaEventDisableTiming));
 
@@ -205,7 +198,6 @@ CudaBackend::~CudaBackend() {
   if (compute_) cudaStreamDestroy(compute_);
   if (copy_) cudaStreamDestroy(copy_);
   if (side_) cudaStreamDestroy(side_);
-  if (import_) cudaStreamDestroy(import_);
   if (fork_) cudaEventDestroy(fork_);
   if (join_) cudaEventDestroy(join_);
 }
@@ -286,10 +278,8 @@ Status CudaBackend::allocate(uint64_t kv_bytes) {
     Arena ad(static_cast<uint8_t*>(b.device)), ah(static_cast<uint8_t*>(b.host));
     carve_device(ad);
     carve_host(ah);
-    for (cudaEvent_t* set : {b.staged, b.landed, b.imported}) {
-      for (int i = 0; i < 2; ++i)
-        CS_CUDA(cudaEventCreateWithFlags(&set[i], cudaEventDisableTiming));
-    }
+    for (cudaEvent_t& e : b.staged)
+      CS_CUDA(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
     return {};
   }
   const uint64_t blocks = kv_bytes / spec_.bytes_per_block();
@@ -576,13 +566,18 @@ Status CudaBackend::layers(const Shape& sh) {
     // cascade kernel, the rest by the decode kernel, which merges both; in a
     // mixed step the prefill kernel takes every other sequence.
     const bool prefixed = sh.cascade.items != nullptr;
-    const ops::PrefixPartials parts{sh.prefix_len, b.cascade_ws, !sh.decode, join_};
-    if (prefixed) {  // on the side stream, beside the kernels below
+    const bool side = opts_.cascade_side_stream;
+    const ops::PrefixPartials parts{sh.prefix_len, b.cascade_ws, !sh.decode,
+                                    side ? join_ : nullptr};
+    if (prefixed && side) {  // on the side stream, beside the kernels below
       CS_CUDA(cudaEventRecord(fork_, compute_));
       CS_CUDA(cudaStreamWaitEvent(side_, fork_, 0));
       ops::cascade_prefix_attention(b.qkv, QKV, kv, sh.batch, sh.cascade, sh.cascade_ctas,
                                     c.num_heads, scale, parts, side_);
       CS_CUDA(cudaEventRecord(join_, side_));
+    } else if (prefixed) {
+      ops::cascade_prefix_attention(b.qkv, QKV, kv, sh.batch, sh.cascade, sh.cascade_ctas,
+                                    c.num_heads, scale, parts, compute_);
     }
     if (!sh.decode) {
       ops::paged_attention_prefill(b.qkv, QKV, kv, sh.batch, b.attn, c.num_heads, scale, sh.splits,
@@ -797,6 +792,11 @@ Status CudaBackend::logits_after_forward(const StepInput& in, std::vector<float>
 
 // ---------------------------------------------------------------- transfers
 
+bool CudaOptions::cascade_side_stream_by_default() {
+  const char* env = std::getenv("CARTSERVE_CASCADE_SIDE_STREAM");
+  return env != nullptr && std::strcmp(env, "1") == 0;
+}
+
 bool CudaOptions::kv_load_direct_by_default() {
   const char* env = std::getenv("CARTSERVE_KV_LOAD_DIRECT");
   return env != nullptr && std::strcmp(env, "1") == 0;
@@ -861,19 +861,13 @@ Status CudaBackend::transfer(const HostKv& kv, const KvBlockList& blocks, bool l
           const size_t row = static_cast<size_t>(c) * dim * esz;  // one head's rows
           auto* staged = static_cast<uint8_t*>(b.h_stage[slot]);
           if (load && pinned) {
-            // Page-locked source: one strided DMA (a row per head) on the
-            // copy stream, the import kernel on import_, so the next slot's
-            // DMA runs beside this slot's import. A slot's DMA waits for the
-            // import that last read it (an event never recorded: no wait).
-            CS_CUDA(cudaStreamWaitEvent(copy_, b.imported[slot], 0));
+            // Page-locked source: one strided DMA (a row per head); the copy
+            // stream orders it after the kernel that last read this slot.
             CS_CUDA(cudaMemcpy2DAsync(
                 b.d_stage[slot], row, host + static_cast<size_t>(t0) * dim * esz,
                 static_cast<size_t>(T) * dim * esz, row, heads, cudaMemcpyHostToDevice, copy_));
-            CS_CUDA(cudaEventRecord(b.landed[slot], copy_));
-            CS_CUDA(cudaStreamWaitEvent(import_, b.landed[slot], 0));
             ops::kv_import(b.d_stage[slot], kv_elem(kv.dtype), c, 0, c, b.d_table + t0 / B, base,
-                           layout, import_);
-            CS_CUDA(cudaEventRecord(b.imported[slot], import_));
+                           layout, copy_);
             slot ^= 1;
             continue;
           }
@@ -906,7 +900,6 @@ Status CudaBackend::transfer(const HostKv& kv, const KvBlockList& blocks, bool l
     }
   }
   CS_CUDA(cudaStreamSynchronize(copy_));
-  CS_CUDA(cudaStreamSynchronize(import_));
   return last_error(load ? "loading KV into blocks" : "saving KV from blocks");
 }
 

@@ -53,6 +53,12 @@ struct CudaOptions {
   // whose shared prefix (StepInput::shared_prefix) is at least this many
   // positions; 0: off.
   int32_t cascade_min_prefix = 256;
+  // The shared-prefix kernel on a side stream beside the decode kernel's
+  // splits (fork/join events, captured by decode graphs), the merge waiting
+  // for it; else before them on the compute stream. Default from
+  // CARTSERVE_CASCADE_SIDE_STREAM=1 (off until measured on a GPU).
+  bool cascade_side_stream = cascade_side_stream_by_default();
+  static bool cascade_side_stream_by_default();
   // KV loads from page-locked host memory: the import kernel reads the host
   // tensors over the bus itself (mapped memory, no DMA, no staging) instead
   // of a DMA into a staging buffer and an import from it. Default from
@@ -152,12 +158,11 @@ class CudaBackend final : public Backend {
   std::unique_ptr<Gemm> gemm_;
   cudaStream_t compute_ = nullptr;
   cudaStream_t copy_ = nullptr;
-  // The shared-prefix attention kernel runs on side_ beside the decode
-  // kernel's splits on compute_: forked at fork_, joined at join_ before the
-  // merge (decode graphs capture both branches).
+  // With CudaOptions::cascade_side_stream, the shared-prefix attention kernel
+  // runs on side_ beside the decode kernel's splits on compute_: forked at
+  // fork_, joined at join_ before the merge (decode graphs capture both
+  // branches).
   cudaStream_t side_ = nullptr;
-  // KV loads from page-locked memory: DMA on copy_, the import kernels here.
-  cudaStream_t import_ = nullptr;
   cudaEvent_t fork_ = nullptr, join_ = nullptr;
   // Decode graphs by bucket: (seqs, blocks per sequence, shared-prefix attention or not).
   using GraphKey = std::tuple<int32_t, int32_t, bool>;
