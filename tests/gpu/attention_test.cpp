@@ -775,7 +775,8 @@ TEST(PagedAttentionDecodeHost, NumSplitsAndWorkspace) {
   EXPECT_EQ(decode_num_splits(1, 8, 1, 64, 132), 1);
   // A batch that already fills the GPU: one split.
   EXPECT_EQ(decode_num_splits(128, 8, 32768, 64, 132), 1);
-  EXPECT_EQ(decode_num_splits(64, 8, 32768, 64, 132), 2);
+  EXPECT_EQ(decode_num_splits(64, 8, 32768, 64, 132), 1);  // 512 CTAs: a wave of 264 already
+  EXPECT_EQ(decode_num_splits(32, 8, 32768, 64, 132), 3);  // 256 CTAs: toward two waves
   EXPECT_EQ(decode_num_splits(4, 8, 32768, 1, 132), 1);
   EXPECT_EQ(decode_workspace_bytes(4, 32, 128, 16), size_t{4} * 32 * 16 * 130 * sizeof(float));
   // Prefill: split only while the unsplit grid is under a wave (2 CTAs per

@@ -460,9 +460,15 @@ int decode_num_splits(int num_seqs, int num_kv_heads, int max_context_len, int m
                       int num_sms) {
   if (max_splits <= 1 || num_seqs <= 0 || num_kv_heads <= 0 || max_context_len <= 0) return 1;
   const long long ctas = static_cast<long long>(num_seqs) * num_kv_heads;
-  // ~2 waves, a wave being kResidentCtas CTAs on each SM (what the split
-  // kernel's registers allow at GQA group 8; more fit at smaller groups).
-  const long long target = 2LL * kResidentCtas * (num_sms > 0 ? num_sms : 1);
+  // A wave is kResidentCtas CTAs on each SM (what the split kernel's
+  // registers allow at GQA group 8; more fit at smaller groups). An unsplit
+  // grid of a wave or more stays unsplit: on an H100, 64 sequences over
+  // 513-position contexts (512 CTAs) took 56.4 us per layer unsplit against
+  // 64.3 split in two (bench/results/gpu-h100-2026-12-07-0044.json). Smaller
+  // grids are split toward ~2 waves.
+  const long long wave = static_cast<long long>(kResidentCtas) * (num_sms > 0 ? num_sms : 1);
+  if (ctas >= wave) return 1;
+  const long long target = 2LL * wave;
   long long splits = (target + ctas - 1) / ctas;
   const long long by_len =
       (static_cast<long long>(max_context_len) + kMinSplitLen - 1) / kMinSplitLen;  // >= 1
