@@ -20,6 +20,8 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "core/env.h"
+
 namespace cartserve::ops::cuda {
 
 // ---- programmatic dependent launch (Hopper) -------------------------------
@@ -50,10 +52,7 @@ __device__ __forceinline__ void pdl_trigger() {
 
 // CARTSERVE_PDL=1 (read once).
 inline bool pdl_enabled() {
-  static const bool on = [] {
-    const char* env = std::getenv("CARTSERVE_PDL");
-    return env != nullptr && std::strcmp(env, "1") == 0;
-  }();
+  static const bool on = env_flag("CARTSERVE_PDL");
   return on;
 }
 

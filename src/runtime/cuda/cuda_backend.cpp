@@ -2,9 +2,9 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstdlib>
 #include <cstring>
 
+#include "core/env.h"
 #include "core/logging.h"
 #include "core/progress.h"
 #include "kernels/cascade_split.h"
@@ -793,13 +793,11 @@ Status CudaBackend::logits_after_forward(const StepInput& in, std::vector<float>
 // ---------------------------------------------------------------- transfers
 
 bool CudaOptions::cascade_side_stream_by_default() {
-  const char* env = std::getenv("CARTSERVE_CASCADE_SIDE_STREAM");
-  return env != nullptr && std::strcmp(env, "1") == 0;
+  return env_flag("CARTSERVE_CASCADE_SIDE_STREAM");
 }
 
 bool CudaOptions::kv_load_direct_by_default() {
-  const char* env = std::getenv("CARTSERVE_KV_LOAD_DIRECT");
-  return env != nullptr && std::strcmp(env, "1") == 0;
+  return env_flag("CARTSERVE_KV_LOAD_DIRECT");
 }
 
 Status CudaBackend::transfer(const HostKv& kv, const KvBlockList& blocks, bool load) {

@@ -62,7 +62,9 @@ struct CudaOptions {
   // KV loads from page-locked host memory: the import kernel reads the host
   // tensors over the bus itself (mapped memory, no DMA, no staging) instead
   // of a DMA into a staging buffer and an import from it. Default from
-  // CARTSERVE_KV_LOAD_DIRECT=1.
+  // CARTSERVE_KV_LOAD_DIRECT=1. Off by default: on an H100 it loaded only
+  // 5% faster (46.3 vs 44.1 GB/s) and holds SMs for the whole copy, where
+  // the DMA leaves them to the decode steps running beside a promotion.
   bool kv_load_direct = kv_load_direct_by_default();
   static bool kv_load_direct_by_default();
 };

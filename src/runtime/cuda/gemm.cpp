@@ -2,23 +2,21 @@
 
 #include <algorithm>
 #include <cstdlib>
-#include <cstring>
 #include <limits>
 #include <vector>
 
+#include "core/env.h"
 #include "kernels/cuda_ops.h"
 #include "runtime/cuda/cuda_status.h"
 
 namespace cartserve::cuda {
 
 bool Gemm::gemv_by_default() {
-  const char* env = std::getenv("CARTSERVE_GEMV");
-  return env != nullptr && std::strcmp(env, "1") == 0;
+  return env_flag("CARTSERVE_GEMV");
 }
 
 bool Gemm::tune_by_default() {
-  const char* env = std::getenv("CARTSERVE_GEMM_TUNE");
-  return env != nullptr && std::strcmp(env, "1") == 0;
+  return env_flag("CARTSERVE_GEMM_TUNE");
 }
 
 int Gemm::decode_gemv_rows_by_default() {
@@ -28,13 +26,11 @@ int Gemm::decode_gemv_rows_by_default() {
 }
 
 bool Gemm::fixed_by_default() {
-  const char* env = std::getenv("CARTSERVE_GEMM_FIXED");
-  return env != nullptr && std::strcmp(env, "1") == 0;
+  return env_flag("CARTSERVE_GEMM_FIXED");
 }
 
 bool Gemm::skinny_by_default() {
-  const char* env = std::getenv("CARTSERVE_SKINNY");
-  return env != nullptr && std::strcmp(env, "1") == 0;
+  return env_flag("CARTSERVE_SKINNY");
 }
 
 Result<std::unique_ptr<Gemm>> Gemm::create(void* workspace, size_t workspace_bytes, bool gemv,

@@ -2,17 +2,18 @@
 // with bf16 operands and fp32 accumulation, y in bf16 or fp32. The algorithm
 // for each shape is chosen once and kept: cuBLASLt's heuristic pick, or with
 // CARTSERVE_GEMM_TUNE=1 (up to 256 rows) the fastest of its first 8
-// candidates timed on the first call (the first pick unless another is 8%
-// faster). Off by default: on an H100 (3B shape, 1-64 rows) it changed no
-// layer by more than 1 us (the o-projection at 1 row: 14.6 vs 15.5 us, gemv
-// 5.7), and a per-row-count algorithm choice made by timing could change a
-// sequence's bits between batch sizes and between runs.
+// candidates and the split-K forms of its first 3, timed on the first call
+// (the first pick unless another is 8% faster). Off by default: on an H100
+// (3B shape, 1-128 rows) split-K and the other candidates changed no layer
+// by more than ~1 us (bench/results/gpu-h100-2026-12-07-0044.json), and a
+// per-row-count choice made by timing could change a sequence's bits
+// between batch sizes and between runs.
 //
 // Rows that must not depend on their batch (decode rows, sampled rows) are
 // run with `decode` set. By default they go to cuBLASLt like the others: it
 // picks its kernel (tiles, split-K) by the row count, yet the validation tiers
 // on the GPU found greedy answers alone and among 16 concurrent requests equal.
-// Two opt-in kernels, each batch-invariant within its range, change that:
+// Three opt-in paths, each batch-invariant within its range, change that:
 //  - CARTSERVE_DECODE_GEMV=N (1..16): decode runs of up to N rows go to
 //    ops::cuda::gemv, whose row bits depend on nothing but the row for any
 //    row count up to 16. The fastest kernel here at one row: on an H100 (3B
@@ -27,6 +28,12 @@
 //    (tensor cores), batch-invariant at every row count but slower (57-87%
 //    of the copy rate at 1 row, 26-54% at 64 rows: decode at batch 64 7.65
 //    ms/step against 5.12; bench/results/gpu-h100-2026-12-06-1718.json).
+//  - CARTSERVE_GEMM_FIXED=1: decode runs of 1..kFixedMaxRows rows take one
+//    cuBLASLt configuration per weight shape (fixed_algo). Rows came out
+//    bit-equal at every count tested (1-64) on the tested shapes, at the
+//    default's speed (H100 decode: 3.24 vs 3.29 ms/step at batch 1, 5.17 vs
+//    5.16 at 64); the choice is made by timing, so it can differ between
+//    processes.
 // Such decode runs go apart from a step's prompt rows (an extra read of the
 // weights in a mixed step).
 //
