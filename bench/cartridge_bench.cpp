@@ -48,8 +48,7 @@ std::unique_ptr<ServingStack> make_stack(const Model& m, const std::string& cart
     json cfg = {{"kv_connector", "CartridgeConnector"},
                 {"kv_connector_extra_config",
                  {{"cartridges", {{{"cartridge_id", "doc"}, {"path", cartridge}}}},
-                  {"gpu_capacity_bytes", 1ull << 28},
-                  {"host_capacity_bytes", 4ull << 30}}}};
+                  {"host_capacity_bytes", 4ull << 30}}}};  // device budget: half the KV cache
     o.kv_transfer_config = cfg.dump();
   }
   auto s = build_serving_stack(m, o);
