@@ -193,8 +193,9 @@ void Engine::loop() {
     poll_exports();
     const bool worked = scheduler_->has_unfinished_requests() && step();
     update_gauges();
-    // KV loads the step asked for (a cartridge promotion) start now rather
-    // than after the idle wait below (up to 5 ms on a GPU's ~5 ms promotion).
+    // KV loads the step asked for (a cartridge promotion) reach the worker
+    // now, not after the idle wait below (a promotion's extra time to first
+    // token on the CPU: 5.84 ms with that wait, 0.62 without).
     if (!worked && connector_) worker_busy_ = connector_->run_worker(backend_);
     if (!worked) {
       // Nothing could run (KV loading, blocks held by nobody running, copies
