@@ -121,8 +121,6 @@ double gemm_rate() {
   return t.empty() ? 0.0 : 2.0 * n * static_cast<double>(n) * n / median(t);
 }
 
-// Sequences driven straight through a backend: prefill, then decode steps
-// (greedy sampling, as a server step does).
 // An environment variable set for a scope (the backend reads its opt-in
 // switches when created), then restored.
 class ScopedEnv {
@@ -149,6 +147,8 @@ class ScopedEnv {
   std::string old_;
 };
 
+// Sequences driven straight through a backend: prefill, then decode steps
+// (greedy sampling, as a server step does).
 class Batch {
  public:
   Batch(Backend& b, int vocab) : b_(b), vocab_(vocab) {}
@@ -411,10 +411,12 @@ json linear_layers(const ModelConfig& c, double copy_bw) {
   json rows = json::array();
   if (!with_gemv.ok() || !cublas.ok() || !heuristic.ok() || !skinny.ok() || !fixed.ok())
     return rows;
+  // The LM head writes fp32 logits, the others bf16.
+  auto fp32_out = [](const LinearShape& sh) { return sh.name == std::string("lm_head"); };
   auto time_us = [&](cuda::Gemm& g, const LinearShape& sh, int n, bool decode) {
-    const bool f32 = sh.name == std::string("lm_head");
-    return launch_us(
-        [&] { (void)g.run(x, weights.next(sh), y, f32, n, sh.in, sh.out, nullptr, decode); });
+    return launch_us([&] {
+      (void)g.run(x, weights.next(sh), y, fp32_out(sh), n, sh.in, sh.out, nullptr, decode);
+    });
   };
   std::printf("%-8s %3s %10s %10s %10s %10s %10s %8s %8s %8s %8s %6s %6s\n", "linear", "n",
               "skinny us", "gemv us", "heur. us", "tuned us", "fixed us", "skinny %", "gemv %",
@@ -426,13 +428,11 @@ json linear_layers(const ModelConfig& c, double copy_bw) {
       const double hb = time_us(**heuristic, sh, n, false);
       // One configuration for every decode run of up to 64 rows (CARTSERVE_GEMM_FIXED).
       const double fx = n <= cuda::Gemm::kFixedMaxRows ? time_us(**fixed, sh, n, true) : hb;
-      const cuda::Gemm::Choice fc =
-          (**fixed).choice(n, sh.in, sh.out, sh.name == std::string("lm_head"));
+      const cuda::Gemm::Choice fc = (**fixed).choice(n, sh.in, sh.out, fp32_out(sh));
       // gemv takes at most kGemvMaxRows rows (more go to cuBLASLt).
       const double g = n <= ops::cuda::kGemvMaxRows ? time_us(**with_gemv, sh, n, false) : b;
       const double floor_us = 1e6 * bytes / copy_bw;
-      const cuda::Gemm::Choice tuned =
-          (**cublas).choice(n, sh.in, sh.out, sh.name == std::string("lm_head"));
+      const cuda::Gemm::Choice tuned = (**cublas).choice(n, sh.in, sh.out, fp32_out(sh));
       rows.push_back({{"layer", sh.name},
                       {"tuned_algo", tuned.algo_id},
                       {"tuned_tile", tuned.tile},
@@ -999,10 +999,9 @@ int main(int argc, char** argv) {
     }
   }
   // Decode over a shared 2048-position prefix (a resident cartridge) with a
-  // 64-token question of each sequence's own after it, shared-prefix
-  // attention on and off (--cascade-min-prefix 256 / 0).
-  // Shared-prefix attention before the decode splits (the default), beside
-  // them on a side stream (CARTSERVE_CASCADE_SIDE_STREAM), and off.
+  // 64-token question of each sequence's own after it: shared-prefix
+  // attention before the decode splits (the default), beside them on a side
+  // stream (CARTSERVE_CASCADE_SIDE_STREAM), and off (--cascade-min-prefix 0).
   struct CartVariant {
     int min_prefix;
     const char* side_stream;
@@ -1012,9 +1011,8 @@ int main(int argc, char** argv) {
                               CartVariant{0, "0", "_no_cascade"}}) {
     if (!want("cartdecode")) break;
     const ScopedEnv side("CARTSERVE_CASCADE_SIDE_STREAM", v.side_stream);
-    const int min_prefix = v.min_prefix;
     ServeOptions oc = o;
-    oc.cascade_min_prefix = min_prefix;
+    oc.cascade_min_prefix = v.min_prefix;
     auto backend = make_backend(m, oc);
     if (!backend.ok()) {
       std::fprintf(stderr, "error: %s\n", backend.status().message().c_str());
@@ -1041,7 +1039,7 @@ int main(int argc, char** argv) {
       const std::string on_key = "decode_cartridge_2048_batch_" + std::to_string(batch);
       const std::string key = on_key + v.suffix;
       figures[key] = decode_figure(key, batch, ms, floor_ms);
-      if (min_prefix == 0) {
+      if (v.min_prefix == 0) {
         for (const std::string& k : {on_key, on_key + "_side_stream"}) {
           if (figures.contains(k))
             figures[k]["speedup_vs_no_cascade"] = ms / figures[k]["ms_per_step"].get<double>();

@@ -566,18 +566,18 @@ Status CudaBackend::layers(const Shape& sh) {
     // cascade kernel, the rest by the decode kernel, which merges both; in a
     // mixed step the prefill kernel takes every other sequence.
     const bool prefixed = sh.cascade.items != nullptr;
+    // With the side stream, the prefix kernel runs beside the kernels below.
     const bool side = opts_.cascade_side_stream;
     const ops::PrefixPartials parts{sh.prefix_len, b.cascade_ws, !sh.decode,
                                     side ? join_ : nullptr};
-    if (prefixed && side) {  // on the side stream, beside the kernels below
-      CS_CUDA(cudaEventRecord(fork_, compute_));
-      CS_CUDA(cudaStreamWaitEvent(side_, fork_, 0));
+    if (prefixed) {
+      if (side) {
+        CS_CUDA(cudaEventRecord(fork_, compute_));
+        CS_CUDA(cudaStreamWaitEvent(side_, fork_, 0));
+      }
       ops::cascade_prefix_attention(b.qkv, QKV, kv, sh.batch, sh.cascade, sh.cascade_ctas,
-                                    c.num_heads, scale, parts, side_);
-      CS_CUDA(cudaEventRecord(join_, side_));
-    } else if (prefixed) {
-      ops::cascade_prefix_attention(b.qkv, QKV, kv, sh.batch, sh.cascade, sh.cascade_ctas,
-                                    c.num_heads, scale, parts, compute_);
+                                    c.num_heads, scale, parts, side ? side_ : compute_);
+      if (side) CS_CUDA(cudaEventRecord(join_, side_));
     }
     if (!sh.decode) {
       ops::paged_attention_prefill(b.qkv, QKV, kv, sh.batch, b.attn, c.num_heads, scale, sh.splits,

@@ -131,14 +131,15 @@ class CudaBackend final : public Backend {
   // Decode steps through the graph of their bucket (see the NOTE in the .cpp).
   Status forward_decode(const StepInput& in);
   // Plans a decode step's shared-prefix attention into cascade_plan_ (false:
-  // none), and writes it for the device at h / d (4-int aligned; room for
+  // none).
+  bool plan_step_cascade(const StepInput& in);
+  // Writes that plan for the device at h / d (4-int aligned; room for
   // cap_items items and num_seqs >= the step's sequences, the rest padding);
   // returns the ints written.
-  bool plan_step_cascade(const StepInput& in);
-  // Layer l's K and V in the pool (block-major, see the pool's layout).
-  ops::cuda::KvLayer kv_layer(int32_t l) const;
   size_t put_cascade(int32_t* h, const int32_t* d, int32_t num_seqs, int32_t cap_items,
                      Shape& sh) const;
+  // Layer l's K and V in the pool (block-major, see the pool's layout).
+  ops::cuda::KvLayer kv_layer(int32_t l) const;
   // Embedding, every layer and the last residual add, on the compute stream.
   Status layers(const Shape& sh);
   // Logits [n, vocab] fp32 in the logits buffer of the rows at d_rows (device) of x.
