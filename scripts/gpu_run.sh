@@ -6,6 +6,7 @@
 # Stages:
 #   unit       the CUDA op tests (ctest label gpu: ops, attention, sampling vs the CPU; tensor
 #              parallel on one GPU vs TP=1, and over NCCL when 2+ GPUs are visible)
+#   unit:side  the shared-prefix tests with CARTSERVE_CASCADE_SIDE_STREAM=1
 #   sanitizer  compute-sanitizer memcheck over the op tests and a whole forward pass
 #   logits     (logits:NAME for one shape) random-weight Llama-3.2-3B and SmolLM2-135M shapes written by HF
 #              transformers: our logits and greedy continuations against HF's
@@ -168,6 +169,8 @@ smollm2() {  # smollm2 [TIER_REPORT]: greedy text, canary and tiers on the real 
 for s in "$@"; do
   case "$s" in
     unit) stage unit "$B/gpu_tests" ;;
+    unit:side) CARTSERVE_CASCADE_SIDE_STREAM=1 stage unit_side "$B/gpu_tests" \
+                 --gtest_filter='*Cascade*' ;;
     sanitizer)
       stage sanitizer compute-sanitizer --tool memcheck --error-exitcode 9 "$B/gpu_tests" \
         --gtest_filter='CudaOps.*:PagedAttention*Decode*:*PrefillSharedCartridgePrefix:CudaSampling.Greedy*:CudaTp.SumBf16*:CudaTp.OneDevice*:CudaCascade.*:CudaKvLoad.*' &&
