@@ -705,6 +705,8 @@ json decode_ops(const ModelConfig& c, double copy_bw, int batch) {
   const int splits =
       k::decode_num_splits(n, c.num_kv_heads, ab.max_context_len, kMaxSplits, device_sms());
   void* ws = d.alloc<uint8_t>(k::decode_workspace_bytes(n, c.num_heads, c.head_dim, kMaxSplits));
+  // Zeroed counters: the merge in the split kernel, as the backend runs it.
+  auto* counters = d.alloc<unsigned>(k::decode_merge_counters(n, c.num_heads));
   const float scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
 
   struct Op {
@@ -723,6 +725,11 @@ json decode_ops(const ModelConfig& c, double copy_bw, int batch) {
          k::rope_qkv_write(qkv, nullptr, d_pos, d_inv, d_slots, kv, n, c.num_heads, nullptr);
        }},
       {"attention_decode", c.num_layers, nd * (kCtx * 2.0 * KVD * 2 + 2.0 * Q * 2),
+       [&] {
+         k::paged_attention_decode(qkv, QKV, kv, ab, attn, c.num_heads, scale, splits, ws, nullptr,
+                                   nullptr, counters);
+       }},
+      {"attention_decode_two_kernels", 0, nd * (kCtx * 2.0 * KVD * 2 + 2.0 * Q * 2),
        [&] {
          k::paged_attention_decode(qkv, QKV, kv, ab, attn, c.num_heads, scale, splits, ws, nullptr);
        }},

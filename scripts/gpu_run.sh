@@ -30,6 +30,8 @@
 #              read page-locked host memory in place): gpu_bench_direct.json
 #   bench:GROUP one gpu_bench group on the 3B shape (decode, decode1, prefill, ttft, transfer,
 #              linear, ops, attention): gpu_bench_GROUP.json
+#   bench@VAR=VAL,VAR=VAL:GROUP  one gpu_bench group with those variables set:
+#              gpu_bench_GROUP_vars.json
 #   logits:tp2 (2+ GPUs) the 3B checkpoint through TP=2 (NCCL) against HF (logits_tp2_llama3b.json)
 #              and against TP=1 (logits_tp2_vs_tp1.json: bf16 tolerance, greedy agreement)
 #   smollm2:tp2 (2+ GPUs) the smollm2 stage's validation tiers with the servers at
@@ -204,6 +206,11 @@ for s in "$@"; do
                    /tmp/ckpt/llama3b --only decode --out "$OUT/gpu_bench_fixed.json" ;;
     bench:direct) ckpt llama3b && CARTSERVE_KV_LOAD_DIRECT=1 stage bench_direct "$B/gpu_bench" \
                     /tmp/ckpt/llama3b --only ttft --out "$OUT/gpu_bench_direct.json" ;;
+    bench@*) # bench@VAR=VAL,VAR=VAL:GROUP
+      spec=${s#bench@}; vars=${spec%%:*}; group=${spec##*:}
+      name="bench_${group}_$(echo "$vars" | tr -c 'A-Za-z0-9\n' _ | tr A-Z a-z | sed 's/cartserve_//g')"
+      ckpt llama3b && (IFS=, && export $vars && stage "$name" "$B/gpu_bench" /tmp/ckpt/llama3b \
+                         --only "$group" --out "$OUT/gpu_$name.json") ;;
     bench:*) ckpt llama3b && stage "bench_${s#bench:}" "$B/gpu_bench" /tmp/ckpt/llama3b \
                --only "${s#bench:}" --out "$OUT/gpu_bench_${s#bench:}.json" ;;
     profile) ckpt llama3b && stage profile profile ;;

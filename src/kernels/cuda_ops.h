@@ -191,10 +191,20 @@ struct PrefixPartials {
   // stream: the merge waits for it (null: they were written earlier on s).
   cudaEvent_t ready = nullptr;
 };
+// merge_counters (decode_merge_counters(...) zeroed uint32 the caller keeps,
+// or null): without prefix partials, the last split of each (sequence, KV
+// head) to finish merges in the split kernel (one launch instead of two, the
+// same bits) and sets its counter back to zero. One launch at a time may use
+// a counter array.
 void paged_attention_decode(const bf16* q, int64_t q_row_stride, const KvLayer& kv,
                             const AttnBatch& batch, bf16* out, int n_heads, float scale,
                             int num_splits, void* workspace, cudaStream_t s,
-                            const PrefixPartials* prefix = nullptr);
+                            const PrefixPartials* prefix = nullptr,
+                            unsigned* merge_counters = nullptr);
+// Counters paged_attention_decode's fused merge needs for up to max_seqs sequences.
+inline size_t decode_merge_counters(int max_seqs, int n_heads) {
+  return max_seqs > 0 && n_heads > 0 ? static_cast<size_t>(max_seqs) * n_heads : 0;
+}
 
 // ---- shared-prefix (cascade) attention ----------------------------------------
 // Decode sequences whose first keys lie in the same physical KV blocks (a

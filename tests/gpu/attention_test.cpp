@@ -350,7 +350,9 @@ std::unique_ptr<Problem> make_problem(const Case& c, uint32_t seed, bool compute
 
 // ---- running ---------------------------------------------------------------
 
-enum class Impl { kPrefill, kPrefillSimple, kDecode };
+// kDecodeFused: the decode op with merge counters (the merge in the split
+// kernel's last CTA).
+enum class Impl { kPrefill, kPrefillSimple, kDecode, kDecodeFused };
 
 const char* impl_name(Impl i) {
   switch (i) {
@@ -360,11 +362,25 @@ const char* impl_name(Impl i) {
       return "prefill_simple";
     case Impl::kDecode:
       return "decode";
+    case Impl::kDecodeFused:
+      return "decode_fused";
   }
   return "?";
 }
 
 constexpr int kMaxSplits = 64;
+
+// The fused merge's counters, shared by every run of the test binary (zeroed
+// once): a run that left one non-zero would make a later run skip its merge,
+// whose output then stays poison (NaN), which check() reports.
+unsigned* merge_counters() {
+  static DevBuf<unsigned>* c = [] {
+    auto* b = new DevBuf<unsigned>(decode_merge_counters(4096, 128));
+    ATTN_CUDA_OK(cudaMemset(b->get(), 0, b->size() * sizeof(unsigned)));
+    return b;
+  }();
+  return c->get();
+}
 
 // Enqueues one attention op on `st` writing `out` (num_splits <= 1: the
 // unsplit prefill kernel).
@@ -380,8 +396,10 @@ void launch(const Problem& p, Impl impl, int num_splits, bf16* out, void* worksp
                                      p.scale, st);
       break;
     case Impl::kDecode:
+    case Impl::kDecodeFused:
       paged_attention_decode(p.q(), p.q_row_stride, p.kv, p.batch, out, p.c.n_heads, p.scale,
-                             num_splits, workspace, st);
+                             num_splits, workspace, st, nullptr,
+                             impl == Impl::kDecodeFused ? merge_counters() : nullptr);
       break;
   }
 }
@@ -562,8 +580,13 @@ TEST_F(PagedAttentionGpu, DecodeSplits) {
     const auto p = make_problem(c, seed++);
     const int auto_splits = decode_num_splits(p->batch.num_seqs, c.n_kv_heads,
                                               p->batch.max_context_len, kMaxSplits, sms);
-    for (int splits : {1, 2, 3, 7, 16, auto_splits})
-      check(*p, Impl::kDecode, splits, stream_);
+    for (int splits : {1, 2, 3, 7, 16, auto_splits}) {
+      const std::vector<uint16_t> two_kernels = check(*p, Impl::kDecode, splits, stream_);
+      // The merge in the last split's CTA: the same bits, run after run.
+      for (int rep = 0; rep < 2; ++rep)
+        EXPECT_TRUE(check(*p, Impl::kDecodeFused, splits, stream_) == two_kernels)
+            << "fused merge, splits=" << splits;
+    }
     // A decode batch is also a valid prefill batch.
     check(*p, Impl::kPrefill, 0, stream_);
     check(*p, Impl::kPrefillSimple, 0, stream_);
@@ -665,7 +688,7 @@ TEST_F(PagedAttentionGpu, GraphCapture) {
   uint32_t seed = 5000;
   for (const Case& c : cases) {
     const auto p = make_problem(c, seed++);
-    for (Impl impl : {Impl::kDecode, Impl::kPrefill}) {
+    for (Impl impl : {Impl::kDecode, Impl::kDecodeFused, Impl::kPrefill}) {
       SCOPED_TRACE(c.name + " " + impl_name(impl));
       const int splits = 5;
       const std::vector<uint16_t> eager = run(*p, impl, splits, stream_);
@@ -679,11 +702,14 @@ TEST_F(PagedAttentionGpu, GraphCapture) {
       launch(*p, impl, splits, reinterpret_cast<bf16*>(out.get()), ws.get(), stream_);
       ATTN_CUDA_OK(cudaStreamEndCapture(stream_, &graph));
       ATTN_CUDA_OK(cudaGraphInstantiate(&exec, graph, 0));
-      ATTN_CUDA_OK(cudaGraphLaunch(exec, stream_));
-      ATTN_CUDA_OK(cudaStreamSynchronize(stream_));
+      for (int replay = 0; replay < 2; ++replay) {  // (the fused merge's counters reset)
+        out.poison();
+        ATTN_CUDA_OK(cudaGraphLaunch(exec, stream_));
+        ATTN_CUDA_OK(cudaStreamSynchronize(stream_));
+        EXPECT_TRUE(out.download() == eager) << "graph replay " << replay << " differs";
+      }
       ATTN_CUDA_OK(cudaGraphExecDestroy(exec));
       ATTN_CUDA_OK(cudaGraphDestroy(graph));
-      EXPECT_TRUE(out.download() == eager) << "graph replay differs from the eager run";
       check(*p, impl, splits, stream_);  // and the result is right
     }
   }

@@ -43,8 +43,8 @@ __global__ void __launch_bounds__(kMmaThreads)
   constexpr int BN = Cfg::BN;
   constexpr int NC = kMaxCascadeSplits;
   __shared__ __align__(16) bf16 smem[Cfg::SMEM];
-  pdl_trigger();
   pdl_wait();
+  pdl_trigger();
   const int n_items = *work.num_items;
   const int kvh = blockIdx.y;
   const int warp = threadIdx.x >> 5;

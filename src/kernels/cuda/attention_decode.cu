@@ -36,6 +36,11 @@
 // combines the prefix partials (if any) and then the non-empty splits, in
 // order: M = max m_i, O = sum_i
 // exp2(m_i - M) o_i / sum_i exp2(m_i - M) l_i, rounded to bf16.
+// Fused merge (merge counters given, no prefix partials): each CTA counts
+// itself on its (sequence, CTA row) counter after its partials are visible;
+// the last active split merges the HG heads as the merge kernel would and
+// zeroes the counter. One launch less per layer (a decode step at batch 1
+// runs ~10 kernels per layer, each paying a launch gap).
 //
 // Workspace (floats), for the launch's num_seqs S, n_heads H, num_splits N:
 //   o_part [S, H, N, head_dim], then ml_part [S, H, N, 2] (max, sum);
@@ -137,7 +142,9 @@ __global__ void __launch_bounds__(kThreads)
                         bool prefixed_only, int n_heads, float scale_log2, int num_splits,
                         int bs_shift,
                         float* __restrict__ o_part /* [num_seqs, n_heads, num_splits, D] */,
-                        float* __restrict__ ml_part /* [num_seqs, n_heads, num_splits, 2] */) {
+                        float* __restrict__ ml_part /* [num_seqs, n_heads, num_splits, 2] */,
+                        unsigned* __restrict__ merge_count /* [num_seqs, gridDim.y] or null */,
+                        bf16* __restrict__ out /* [num_tokens, n_heads * D] (merge_count) */) {
   using Cfg = DecodeCfg<D, HG>;
   constexpr int TPR = Cfg::TPR;
   constexpr int RPP = Cfg::RPP;
@@ -157,8 +164,8 @@ __global__ void __launch_bounds__(kThreads)
   __shared__ float s_alpha[2][HG];      // rescale factor of the stage
   __shared__ float s_m[HG];             // running max (log2 units)
   __shared__ float s_l[HG];             // running sum
-  pdl_trigger();
   pdl_wait();
+  pdl_trigger();
   const int s = blockIdx.x;
   const int group = n_heads / kv.num_kv_heads;
   const int n_sub = group / HG;
@@ -170,7 +177,15 @@ __global__ void __launch_bounds__(kThreads)
   if (prefixed_only && first == 0) return;  // the prefill op's sequence (CTA-uniform)
   const int split_len = decode_split_len(ctx - first, num_splits);
   const int begin = first + split * split_len;
-  if (begin >= ctx) return;  // empty split (CTA-uniform): the merge skips it
+  if (begin >= ctx) {                            // empty split (CTA-uniform): the merge skips it
+    if (merge_count != nullptr && split == 0) {  // no keys at all: zeros, as the merge writes
+      bf16* orow = out + static_cast<int64_t>(batch.query_start[s]) * n_heads * D +
+                   static_cast<int64_t>(head0) * D;
+      for (int i = threadIdx.x; i < HG * D; i += kThreads)
+        orow[i] = __float2bfloat16_rn(0.f);
+    }
+    return;
+  }
   const int end = min(ctx, begin + split_len);
   const int n_stages = (end - begin + BN - 1) / BN;  // >= 1
 
@@ -368,6 +383,29 @@ __global__ void __launch_bounds__(kThreads)
     ml_part[2 * slot] = s_m[tid];
     ml_part[2 * slot + 1] = s_l[tid];
   }
+  if (merge_count == nullptr) return;  // decode_merge_kernel merges
+  // The last of the sequence's active splits to finish merges its HG heads
+  // (the merge kernel's function, in split order). Release: every thread's
+  // partial writes are made visible before the CTA is counted.
+  __shared__ int s_last;
+  __threadfence();
+  __syncthreads();
+  if (tid == 0) {
+    const int n_active = (ctx - first + split_len - 1) / split_len;
+    unsigned* count = merge_count + static_cast<int64_t>(s) * gridDim.y + blockIdx.y;
+    s_last = atomicAdd(count, 1u) + 1 == static_cast<unsigned>(n_active);
+    if (s_last) *count = 0;  // every active split has counted: the next launch starts at 0
+  }
+  __syncthreads();
+  if (!s_last) return;
+  __threadfence();  // acquire: the other splits' partials (read through L2)
+  const int n_active = (ctx - first + split_len - 1) / split_len;
+  for (int h = warp; h < HG; h += kWarps) {
+    const int64_t slot = (static_cast<int64_t>(s) * n_heads + head0 + h) * num_splits;
+    bf16* orow = out + static_cast<int64_t>(batch.query_start[s]) * n_heads * D +
+                 static_cast<int64_t>(head0 + h) * D;
+    merge_partials<D, true>(o_part + slot * D, ml_part + 2 * slot, n_active, orow, lane);
+  }
 }
 
 template <int D>
@@ -379,8 +417,8 @@ __global__ void __launch_bounds__(kMergeWarps * 32)
                         bool prefixed_only,
                         const float* __restrict__ c_o /* [num_seqs, n_heads, NC, D] */,
                         const float* __restrict__ c_ml /* [num_seqs, n_heads, NC, 2] */) {
-  pdl_trigger();
   pdl_wait();
+  pdl_trigger();
   const int lane = threadIdx.x & 31;
   const int64_t item = static_cast<int64_t>(blockIdx.x) * kMergeWarps + (threadIdx.x >> 5);
   if (item >= static_cast<int64_t>(batch.num_seqs) * n_heads) return;  // warp-uniform
@@ -417,13 +455,15 @@ struct SplitArgs {
   int bs_shift;
   float* o_part;
   float* ml_part;
+  unsigned* merge_count;
+  bf16* out;
 };
 
 template <int D, int HG>
 void launch_split(const dim3& grid, cudaStream_t st, const SplitArgs& a) {
   launch(decode_split_kernel<D, HG>, grid, kThreads, 0, st, a.q, a.q_row_stride, a.kv, a.batch,
          a.kv_begin, a.prefixed_only, a.n_heads, a.scale_log2, a.num_splits, a.bs_shift, a.o_part,
-         a.ml_part);
+         a.ml_part, a.merge_count, a.out);
 }
 
 template <int D>
@@ -481,7 +521,7 @@ int decode_num_splits(int num_seqs, int num_kv_heads, int max_context_len, int m
 void paged_attention_decode(const bf16* q, int64_t q_row_stride, const KvLayer& kv,
                             const AttnBatch& batch, bf16* out, int n_heads, float scale,
                             int num_splits, void* workspace, cudaStream_t s,
-                            const PrefixPartials* prefix) {
+                            const PrefixPartials* prefix, unsigned* merge_counters) {
   constexpr const char* kOp = "paged_attention_decode";
   const int D = kv.head_dim;
   if (D != 64 && D != 128) op_fail(kOp, "head_dim must be 64 or 128");
@@ -527,11 +567,16 @@ void paged_attention_decode(const bf16* q, int64_t q_row_stride, const KvLayer& 
   const float* c_o = prefix != nullptr ? static_cast<const float*>(prefix->workspace) : nullptr;
   const float* c_ml = c_o != nullptr ? c_o + items * kMaxCascadeSplits * D : nullptr;
   const bool prefixed_only = prefix != nullptr && prefix->prefixed_only;
+  // The merge in the split kernel's last CTA (no prefix partials: those may
+  // come from another stream, after the split kernel starts).
+  unsigned* fused = prefix == nullptr ? merge_counters : nullptr;
   const SplitArgs args{q,       q_row_stride, kv,         batch,    prefix_len, prefixed_only,
-                       n_heads, scale_log2,   num_splits, bs_shift, o_part,     ml_part};
+                       n_heads, scale_log2,   num_splits, bs_shift, o_part,     ml_part,
+                       fused,   out};
   auto run = [&](auto split_hg, auto merge) {
     split_hg(hg, grid, s, args);
     check_launch("paged_attention_decode (split)");
+    if (fused != nullptr) return;
     if (prefix != nullptr && prefix->ready != nullptr &&
         cudaStreamWaitEvent(s, prefix->ready, 0) != cudaSuccess)
       op_fail(kOp, "cannot wait for the prefix partials' event");

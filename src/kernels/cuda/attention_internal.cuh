@@ -66,8 +66,9 @@ __device__ __forceinline__ int row_sequence(const int32_t* query_start, int num_
 // op_a / ml_a, then n_b at op_b / ml_b (o rows [n][D] unnormalised, ml [n][2]:
 // max in log2 units, sum); out[d] = sum_i 2^(m_i - M) o_i[d] / sum_i 2^(m_i -
 // M) l_i, M = max m_i, added in that order (no atomics: fixed bits), rounded
-// to bf16.
-template <int D>
+// to bf16. COHERENT: the partials were written by other CTAs of the running
+// kernel, so they are read through L2 (ld.global.cg), not the incoherent L1.
+template <int D, bool COHERENT = false>
 __device__ __forceinline__ void merge_partials(const float* __restrict__ op_a,
                                                const float* __restrict__ ml_a, int n_a,
                                                bf16* __restrict__ orow, int lane,
@@ -78,9 +79,13 @@ __device__ __forceinline__ void merge_partials(const float* __restrict__ op_a,
   const int n = n_a + n_b;
   auto ml = [&](int i) { return i < n_a ? ml_a + 2 * i : ml_b + 2 * (i - n_a); };
   auto op = [&](int i) { return i < n_a ? op_a + i * D : op_b + (i - n_a) * D; };
+  auto ld = [](const float* p) {
+    if constexpr (COHERENT) return __ldcg(p);
+    return *p;
+  };
   float big_m = -INFINITY;
   for (int i = 0; i < n; ++i)
-    big_m = fmaxf(big_m, ml(i)[0]);
+    big_m = fmaxf(big_m, ld(ml(i)));
   float big_l = 0.f;
   float acc[VPL];
 #pragma unroll
@@ -89,11 +94,11 @@ __device__ __forceinline__ void merge_partials(const float* __restrict__ op_a,
   for (int i = 0; i < n; ++i) {
     const float* m = ml(i);
     const float* o = op(i);
-    const float w = exp2f(m[0] - big_m);
-    big_l = fmaf(w, m[1], big_l);
+    const float w = exp2f(ld(m) - big_m);
+    big_l = fmaf(w, ld(m + 1), big_l);
 #pragma unroll
     for (int k = 0; k < VPL; ++k)
-      acc[k] = fmaf(w, o[lane + 32 * k], acc[k]);
+      acc[k] = fmaf(w, ld(o + lane + 32 * k), acc[k]);
   }
   const float inv = big_l > 0.f ? 1.f / big_l : 0.f;
 #pragma unroll

@@ -37,7 +37,13 @@ namespace cartserve::ops::cuda {
 //    kernel has completed too;
 //  - pdl_trigger() lets the next kernel be scheduled once every CTA of this
 //    one has called it (or exited); all of this kernel's CTAs are then
-//    resident, so waiting dependents never starve it of SMs.
+//    resident, so waiting dependents never starve it of SMs. Kernels call it
+//    right after pdl_wait(), so at most one kernel waits ahead of the one
+//    running (called before the wait, every kernel of a step could be
+//    scheduled at once, each holding SM slots and prefetching its weights
+//    into L2 over the running kernel's: on an H100, decode with the skinny
+//    kernel ran at 5.10 ms/step with PDL against 4.00 without,
+//    bench/results/gpu-h100-2026-12-06-0040.json).
 // Without the launch attribute both are no-ops.
 __device__ __forceinline__ void pdl_wait() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
@@ -47,6 +53,14 @@ __device__ __forceinline__ void pdl_wait() {
 __device__ __forceinline__ void pdl_trigger() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+// [p, p + bytes) into L2 (p 16-byte aligned, bytes a multiple of 16): what a
+// programmatically launched kernel may ask for before pdl_wait() (weights).
+__device__ __forceinline__ void l2_prefetch(const void* p, int bytes) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(p), "r"(bytes) : "memory");
 #endif
 }
 

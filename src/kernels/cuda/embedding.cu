@@ -23,8 +23,8 @@ __global__ void __launch_bounds__(kThreads)
     embedding_kernel(const bf16* __restrict__ table /* [vocab, dim] */,
                      const int32_t* __restrict__ ids /* [n] */,
                      float* __restrict__ x /* [n, dim] */, int dim) {
-  pdl_trigger();
   pdl_wait();
+  pdl_trigger();
   const int64_t row = blockIdx.x;
   const bf16* src = table + static_cast<int64_t>(ids[row]) * dim;
   float* dst = x + row * dim;
@@ -46,8 +46,8 @@ __global__ void __launch_bounds__(kThreads)
     gather_rows_kernel(const float* __restrict__ x /* [*, dim] */,
                        const int32_t* __restrict__ rows /* [n] */,
                        float* __restrict__ out /* [n, dim] */, int dim) {
-  pdl_trigger();
   pdl_wait();
+  pdl_trigger();
   const int64_t row = blockIdx.x;
   const float* src = x + static_cast<int64_t>(rows[row]) * dim;
   float* dst = out + row * dim;

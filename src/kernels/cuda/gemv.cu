@@ -10,6 +10,8 @@
 // lane 0 writes the outputs of its rows.
 // The summation order depends only on `in` (not on n, R, the grid or timing),
 // so a row's result is the same bits in any batch of at most kGemvMaxRows rows.
+// Launched programmatically (CARTSERVE_PDL=1), each warp first asks L2 for
+// its weight rows, then waits for the kernel before.
 #include <array>
 #include <utility>
 
@@ -41,16 +43,25 @@ template <int N, int R, bool F32_OUT>
 __global__ void __launch_bounds__(kWarps * 32)
     gemv_kernel(const bf16* __restrict__ x /* [N, in] */,
                 const bf16* __restrict__ w /* [out, in] */, void* __restrict__ y /* [N, out] */,
-                int in, int out) {
+                int in, int out, bool prefetch) {
   constexpr int U = kUnroll / R;  // chunks of each row in flight per lane
   const int lane = threadIdx.x & 31;
   const int row0 = (blockIdx.x * kWarps + (threadIdx.x >> 5)) * R;
-  if (row0 >= out) return;  // the whole warp: no CTA-wide synchronisation below
+  if (row0 >= out)
+    return;  // the whole warp: no CTA-wide synchronisation below (an
+             // exited CTA counts as triggered for PDL)
   const int chunks = in / 8;
   const uint4* wr[R];
 #pragma unroll
   for (int r = 0; r < R; ++r)  // rows past `out` read the last row and are not written
     wr[r] = reinterpret_cast<const uint4*>(w + static_cast<int64_t>(min(row0 + r, out - 1)) * in);
+  if (prefetch && lane == 0) {  // weights (immutable): before the wait
+#pragma unroll
+    for (int r = 0; r < R; ++r)
+      l2_prefetch(wr[r], in * 2);
+  }
+  pdl_wait();
+  pdl_trigger();
   const uint4* xr = reinterpret_cast<const uint4*>(x);
   float acc[R][N];
 #pragma unroll
@@ -120,7 +131,7 @@ constexpr int rows_per_warp(int n) {
   return n <= 2 ? 1 : n <= 8 ? 2 : 4;
 }
 
-using Kernel = void (*)(const bf16*, const bf16*, void*, int, int);
+using Kernel = void (*)(const bf16*, const bf16*, void*, int, int, bool);
 
 template <bool F32_OUT, int... I>
 constexpr auto kernel_table(std::integer_sequence<int, I...>) {
@@ -128,13 +139,14 @@ constexpr auto kernel_table(std::integer_sequence<int, I...>) {
 }
 
 template <bool F32_OUT>
-void launch(const bf16* x, const bf16* w, void* y, int n, int in, int out, cudaStream_t s) {
+void launch_gemv(const bf16* x, const bf16* w, void* y, int n, int in, int out, cudaStream_t s) {
   // One instance per row count: the partial sums live in registers.
   static constexpr auto kKernels =
       kernel_table<F32_OUT>(std::make_integer_sequence<int, kGemvMaxRows>{});
   const int rows_per_cta = kWarps * rows_per_warp(n);
   const unsigned grid = static_cast<unsigned>((out + rows_per_cta - 1) / rows_per_cta);
-  kKernels[static_cast<size_t>(n - 1)]<<<grid, kWarps * 32, 0, s>>>(x, w, y, in, out);
+  launch(kKernels[static_cast<size_t>(n - 1)], grid, kWarps * 32, 0, s, x, w, y, in, out,
+         pdl_enabled());
 }
 
 }  // namespace
@@ -149,9 +161,9 @@ void gemv(const bf16* x, const bf16* w, void* y, bool y_fp32, int n, int in, int
   if (!gemv_supports(x, w, n, in))
     op_fail("gemv", "needs 1 <= n <= kGemvMaxRows, in % 8 == 0, aligned x, w");
   if (y_fp32) {
-    launch<true>(x, w, y, n, in, out, s);
+    launch_gemv<true>(x, w, y, n, in, out, s);
   } else {
-    launch<false>(x, w, y, n, in, out, s);
+    launch_gemv<false>(x, w, y, n, in, out, s);
   }
   check_launch("gemv");
 }

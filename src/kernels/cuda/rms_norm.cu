@@ -31,8 +31,8 @@ __global__ void __launch_bounds__(1024)
     add_rms_norm_kernel(float* __restrict__ x /* [n, dim] */, const bf16* delta /* [n, dim] */,
                         const bf16* __restrict__ w /* [dim] */, bf16* out /* [n, dim] */, int dim,
                         float eps) {
-  pdl_trigger();
   pdl_wait();
+  pdl_trigger();
   __shared__ float red[32];
   const int64_t row = blockIdx.x;
   float* xr = x + row * dim;

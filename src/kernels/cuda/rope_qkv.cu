@@ -52,8 +52,8 @@ __global__ void __launch_bounds__(256)
                     const int32_t* __restrict__ positions /* [n] */,
                     const float* __restrict__ inv_freq /* [head_dim / 2] */,
                     const int32_t* __restrict__ slot_mapping /* [n] */, KvLayer kv, int n_heads) {
-  pdl_trigger();
   pdl_wait();
+  pdl_trigger();
   extern __shared__ float cs[];
   const int hd = kv.head_dim;
   const int half = hd / 2;

@@ -54,11 +54,6 @@ __device__ __forceinline__ void mma_chunk(float (&d)[4], const uint4& lo, const 
   mma_bf16(d, lo.z, hi.z, lo.w, hi.w, b.z, b.w);
 }
 
-// [p, p + bytes) into L2 (p 16-byte aligned, bytes a multiple of 16).
-__device__ __forceinline__ void l2_prefetch(const void* p, int bytes) {
-  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(p), "r"(bytes) : "memory");
-}
-
 // What a CTA writes: y in fp32 or bf16, or SwiGLU of an interleaved gate/up
 // projection: m-tile T holds gate features 8T..8T+7 (its rows 0-7) and the
 // matching up features (rows 8-15), so y is [n, out / 2] bf16 with
@@ -90,7 +85,6 @@ __global__ void __launch_bounds__(kMaxSplit * 32)
       wr[i][h] = reinterpret_cast<const uint4*>(w + static_cast<int64_t>(m) * in) + t;
     }
   }
-  pdl_trigger();
   if (prefetch && t == 0 && c_end > c_begin) {
     // Before the wait (weights are immutable): this warp's weight slice into
     // L2, streaming while the kernel before still runs (PDL launches only).
@@ -101,6 +95,7 @@ __global__ void __launch_bounds__(kMaxSplit * 32)
         l2_prefetch(wr[i][h] + 4 * c_begin, (c_end - c_begin) * 64);
   }
   pdl_wait();
+  pdl_trigger();
   const uint4* xr[NT];
   bool xlive[NT];
 #pragma unroll

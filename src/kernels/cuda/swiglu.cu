@@ -21,8 +21,8 @@ template <int VEC>
 __global__ void __launch_bounds__(kThreads)
     silu_mul_kernel(const bf16* __restrict__ gate_up /* [n, 2 * ff] */,
                     bf16* __restrict__ out /* [n, ff] */, int64_t n, int ff, int block) {
-  pdl_trigger();
   pdl_wait();
+  pdl_trigger();
   const int per_row = ff / VEC;  // chunks per output row
   const int64_t total = n * per_row;
   for (int64_t c = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; c < total;

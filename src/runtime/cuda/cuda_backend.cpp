@@ -63,19 +63,20 @@ struct CudaBackend::Buffers {
   void* host = nullptr;    // pinned
   void* kv = nullptr;      // the pool, [num_blocks][layers][2][B][kv_dim] bf16
 
-  float* x = nullptr;          // [T, hidden] residual stream
-  bf16* xn = nullptr;          // [T, hidden] normed
-  bf16* qkv = nullptr;         // [T, q_dim + 2 kv_dim]
-  bf16* attn = nullptr;        // [T, q_dim]
-  bf16* delta = nullptr;       // [T, hidden] sublayer output
-  bf16* gu = nullptr;          // [T, 2 ff]
-  bf16* act = nullptr;         // [T, ff]
-  float* x_rows = nullptr;     // [R, hidden] rows that get logits
-  bf16* xn_rows = nullptr;     // [R, hidden]
-  float* logits = nullptr;     // [R, vocab]
-  void* attn_ws = nullptr;     // split-KV decode partials
-  void* cascade_ws = nullptr;  // shared-prefix attention partials
-  void* gemm_ws = nullptr;     // [kGemmWorkspace]
+  float* x = nullptr;                  // [T, hidden] residual stream
+  bf16* xn = nullptr;                  // [T, hidden] normed
+  bf16* qkv = nullptr;                 // [T, q_dim + 2 kv_dim]
+  bf16* attn = nullptr;                // [T, q_dim]
+  bf16* delta = nullptr;               // [T, hidden] sublayer output
+  bf16* gu = nullptr;                  // [T, 2 ff]
+  bf16* act = nullptr;                 // [T, ff]
+  float* x_rows = nullptr;             // [R, hidden] rows that get logits
+  bf16* xn_rows = nullptr;             // [R, hidden]
+  float* logits = nullptr;             // [R, vocab]
+  void* attn_ws = nullptr;             // split-KV decode partials
+  unsigned* merge_counters = nullptr;  // [max_seqs, heads] zeroed: decode's fused merge
+  void* cascade_ws = nullptr;          // shared-prefix attention partials
+  void* gemm_ws = nullptr;             // [kGemmWorkspace]
   void* sample_ws = nullptr;
   int32_t* d_in = nullptr;                   // [in_ints] the step's int arrays
   ops::SampleRowParams* d_params = nullptr;  // [R]
@@ -236,6 +237,7 @@ Status CudaBackend::allocate(uint64_t kv_bytes) {
       b.xn_rows = a.take<bf16>(R * H);
       b.logits = a.take<float>(R * V);
       b.attn_ws = a.take<uint8_t>(attn_ws);
+      b.merge_counters = a.take<unsigned>(ops::decode_merge_counters(b.max_seqs, c.num_heads));
       b.cascade_ws = a.take<uint8_t>(ops::cascade_workspace_bytes(
           opts_.cascade_min_prefix > 0 ? b.max_seqs : 0, c.num_heads, c.head_dim));
       b.gemm_ws = a.take<uint8_t>(kGemmWorkspace);
@@ -278,6 +280,8 @@ Status CudaBackend::allocate(uint64_t kv_bytes) {
     Arena ad(static_cast<uint8_t*>(b.device)), ah(static_cast<uint8_t*>(b.host));
     carve_device(ad);
     carve_host(ah);
+    CS_CUDA(cudaMemset(b.merge_counters, 0,
+                       sizeof(unsigned) * ops::decode_merge_counters(b.max_seqs, c.num_heads)));
     for (cudaEvent_t& e : b.staged)
       CS_CUDA(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
     return {};
@@ -586,7 +590,7 @@ Status CudaBackend::layers(const Shape& sh) {
     if (sh.decode || prefixed) {
       ops::paged_attention_decode(b.qkv, QKV, kv, sh.batch, b.attn, c.num_heads, scale,
                                   sh.decode ? sh.splits : sh.decode_splits, b.attn_ws, compute_,
-                                  prefixed ? &parts : nullptr);
+                                  prefixed ? &parts : nullptr, b.merge_counters);
     }
     CS_RETURN_IF_ERROR(linear(b.attn, w.wo, b.delta, Q, H));
     if (all_reduce_) CS_RETURN_IF_ERROR(all_reduce_(b.delta, static_cast<size_t>(n) * H, compute_));
