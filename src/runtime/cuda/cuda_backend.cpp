@@ -63,20 +63,21 @@ struct CudaBackend::Buffers {
   void* host = nullptr;    // pinned
   void* kv = nullptr;      // the pool, [num_blocks][layers][2][B][kv_dim] bf16
 
-  float* x = nullptr;                  // [T, hidden] residual stream
-  bf16* xn = nullptr;                  // [T, hidden] normed
-  bf16* qkv = nullptr;                 // [T, q_dim + 2 kv_dim]
-  bf16* attn = nullptr;                // [T, q_dim]
-  bf16* delta = nullptr;               // [T, hidden] sublayer output
-  bf16* gu = nullptr;                  // [T, 2 ff]
-  bf16* act = nullptr;                 // [T, ff]
-  float* x_rows = nullptr;             // [R, hidden] rows that get logits
-  bf16* xn_rows = nullptr;             // [R, hidden]
-  float* logits = nullptr;             // [R, vocab]
-  void* attn_ws = nullptr;             // split-KV decode partials
-  unsigned* merge_counters = nullptr;  // [max_seqs, heads] zeroed: decode's fused merge
-  void* cascade_ws = nullptr;          // shared-prefix attention partials
-  void* gemm_ws = nullptr;             // [kGemmWorkspace]
+  float* x = nullptr;          // [T, hidden] residual stream
+  bf16* xn = nullptr;          // [T, hidden] normed
+  bf16* qkv = nullptr;         // [T, q_dim + 2 kv_dim]
+  bf16* attn = nullptr;        // [T, q_dim]
+  bf16* delta = nullptr;       // [T, hidden] sublayer output
+  bf16* gu = nullptr;          // [T, 2 ff]
+  bf16* act = nullptr;         // [T, ff]
+  float* x_rows = nullptr;     // [R, hidden] rows that get logits
+  bf16* xn_rows = nullptr;     // [R, hidden]
+  float* logits = nullptr;     // [R, vocab]
+  void* attn_ws = nullptr;     // split-KV decode partials
+  void* cascade_ws = nullptr;  // shared-prefix attention partials
+  void* gemm_ws = nullptr;     // [kGemmWorkspace]
+  // [max_seqs, heads], zeroed at allocation: decode attention's fused merge.
+  unsigned* merge_counters = nullptr;
   void* sample_ws = nullptr;
   int32_t* d_in = nullptr;                   // [in_ints] the step's int arrays
   ops::SampleRowParams* d_params = nullptr;  // [R]
