@@ -83,6 +83,16 @@ __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const bf16* 
                : "memory");
 }
 
+// Four 8x8 b16 matrices: lanes 8i..8i+7 give the row addresses of matrix i;
+// lane l receives r[i] = {M_i[g][2t], M_i[g][2t+1]}.
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const bf16* p) {
+  const unsigned addr = static_cast<unsigned>(__cvta_generic_to_shared(p));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr)
+               : "memory");
+}
+
 // Stages the Q tile and returns this warp's A fragments. row_ptr(r) gives
 // the D contiguous bf16 of tile row r (16-byte aligned), or nullptr for a
 // padding row (zeros). Every thread calls it; smem is free again on return.
@@ -171,9 +181,11 @@ struct MmaRows {
     constexpr int BN = Cfg::BN;
     constexpr int LD = Cfg::LD;
     const int lane = threadIdx.x & 31;
-    const int g = lane >> 2;
     const int t = lane & 3;
-    // S = Q K^T: n-tile nt covers keys [8 nt, 8 nt + 8) of the tile.
+    // S = Q K^T: n-tile nt covers keys [8 nt, 8 nt + 8) of the tile. One
+    // ldmatrix.x4 gives the B fragments of n-tiles nt, nt + 1 for k-step kk:
+    // matrix i has keys 8 (nt + (i >> 1)) .. + 8 and dims 16 kk + 8 (i & 1) .. + 8
+    // (b0 = K[key lane / 4][dims 2t, 2t + 1], b1 the same 8 dims on).
     float sc[BN / 8][4];
 #pragma unroll
     for (int nt = 0; nt < BN / 8; ++nt)
@@ -181,9 +193,13 @@ struct MmaRows {
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk) {
 #pragma unroll
-      for (int nt = 0; nt < BN / 8; ++nt) {
-        const bf16* kp = ks + (nt * 8 + g) * LD + kk * 16 + 2 * t;
-        mma_16816(sc[nt], qa[kk], ld_shared_u32(kp), ld_shared_u32(kp + 8));
+      for (int nt = 0; nt < BN / 8; nt += 2) {
+        uint32_t b[4];
+        const int key = nt * 8 + (lane >> 4) * 8 + (lane & 7);
+        const int dim = kk * 16 + ((lane >> 3) & 1) * 8;
+        ldmatrix_x4(b, ks + key * LD + dim);
+        mma_16816(sc[nt], qa[kk], b[0], b[1]);
+        mma_16816(sc[nt + 1], qa[kk], b[2], b[3]);
       }
     }
 
