@@ -93,9 +93,17 @@ Result<std::unique_ptr<Engine>> Engine::create(const Model& model, Backend& back
   }
   std::unique_ptr<Engine> e(new Engine(model, backend, pool, config, metrics, connector));
   CS_ASSIGN_OR_RETURN(e->scheduler_, Scheduler::create(config.scheduler, pool, connector));
-  if (connector) {
-    connector->set_wakeup([raw = e.get()] { raw->inbox_cv_.notify_all(); });
-  }
+  // News from the connector's loader (host data read) or the backend's copy
+  // thread (a KV transfer done) ends the engine's short wait at once.
+  auto wake = [raw = e.get()] {
+    {
+      std::lock_guard<std::mutex> lk(raw->inbox_mu_);
+      raw->woken_ = true;
+    }
+    raw->inbox_cv_.notify_all();
+  };
+  backend.set_transfer_wakeup(wake);
+  if (connector) connector->set_wakeup(wake);
   e->thread_ = std::thread([raw = e.get()] { raw->loop(); });
   return e;
 }
@@ -121,6 +129,7 @@ Engine::Engine(const Model& model, Backend& backend, BlockPool& pool, const Engi
 Engine::~Engine() {
   stop();
   if (connector_) connector_->set_wakeup(nullptr);
+  backend_.set_transfer_wakeup(nullptr);
 }
 
 void Engine::stop() {
@@ -203,7 +212,8 @@ void Engine::loop() {
       const bool busy = worker_busy_ || !exports_.empty();
       std::unique_lock<std::mutex> lk(inbox_mu_);
       inbox_cv_.wait_for(lk, busy ? std::chrono::microseconds(200) : std::chrono::milliseconds(5),
-                         [&] { return stopping_ || !inbox_.empty() || !tasks_.empty(); });
+                         [&] { return stopping_ || woken_ || !inbox_.empty() || !tasks_.empty(); });
+      woken_ = false;
     }
   }
   // Shutdown: exports finish their copies (their blocks are ours); everything

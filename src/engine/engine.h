@@ -175,6 +175,7 @@ class Engine {
   std::deque<std::pair<GenerateRequest, std::shared_ptr<RequestStream>>> inbox_;
   std::deque<std::function<void()>> tasks_;
   bool stopping_ = false;
+  bool woken_ = false;  // news from the connector or a finished transfer: ends a wait
 
   // Engine-thread state.
   std::unordered_map<std::string, std::unique_ptr<Live>> live_;

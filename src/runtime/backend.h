@@ -13,6 +13,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -55,6 +56,10 @@ class Backend {
   virtual std::optional<Status> poll_transfer(TransferId id) = 0;
   // Blocks until done; its final status (the id is forgotten).
   virtual Status wait_transfer(TransferId id) = 0;
+  // Called from the backend's copy thread whenever a transfer finishes (so
+  // the engine polls at once, not at its next wake-up); null: none. After it
+  // returns, the previous one is no longer running.
+  virtual void set_transfer_wakeup(std::function<void()> /*wake*/) {}
 };
 
 }  // namespace cartserve

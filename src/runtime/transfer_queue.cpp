@@ -42,6 +42,11 @@ Status TransferQueue::wait(TransferId id) {
   return st;
 }
 
+void TransferQueue::set_on_done(std::function<void()> fn) {
+  std::lock_guard<std::mutex> lk(mu_);
+  on_done_ = std::move(fn);
+}
+
 void TransferQueue::loop() {
   std::unique_lock<std::mutex> lk(mu_);
   for (;;) {
@@ -54,6 +59,7 @@ void TransferQueue::loop() {
     lk.lock();
     done_[id] = std::move(st);
     cv_.notify_all();
+    if (on_done_) on_done_();
   }
 }
 

@@ -27,6 +27,10 @@ class TransferQueue {
   // nullopt while queued or running; then its status, once (the id is forgotten).
   std::optional<Status> poll(TransferId id);
   Status wait(TransferId id);
+  // Called (on the queue's thread, under its lock: keep it short) after each
+  // job finishes; null: none. After set_on_done returns, the old one is no
+  // longer running.
+  void set_on_done(std::function<void()> fn);
 
  private:
   void loop();
@@ -35,6 +39,7 @@ class TransferQueue {
   std::condition_variable cv_;
   std::deque<std::pair<TransferId, std::function<Status()>>> queue_;
   std::map<TransferId, std::optional<Status>> done_;  // nullopt: queued or running
+  std::function<void()> on_done_;
   TransferId next_ = 1;
   bool stop_ = false;
   std::thread thread_;

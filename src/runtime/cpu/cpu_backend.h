@@ -29,6 +29,9 @@ class CpuBackend final : public Backend {
   Result<TransferId> start_kv_save(const KvBlockList& blocks, const HostKv& dst) override;
   std::optional<Status> poll_transfer(TransferId id) override;
   Status wait_transfer(TransferId id) override;
+  void set_transfer_wakeup(std::function<void()> wake) override {
+    transfers_.set_on_done(std::move(wake));
+  }
 
   // Every named intermediate of the forward pass (golden dumps, debugging).
   void set_dump(TensorDumpFn fn) { forward_.set_dump(std::move(fn)); }

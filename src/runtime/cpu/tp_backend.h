@@ -47,6 +47,9 @@ class TpCpuBackend final : public Backend {
   Result<TransferId> start_kv_save(const KvBlockList& blocks, const HostKv& dst) override;
   std::optional<Status> poll_transfer(TransferId id) override;
   Status wait_transfer(TransferId id) override;
+  void set_transfer_wakeup(std::function<void()> wake) override {
+    transfers_.set_on_done(std::move(wake));
+  }
 
   const TpPlan& plan() const { return plan_; }
 
