@@ -18,7 +18,8 @@
 //    [query_start[s] / P + s, query_start[s + 1] / P + s + 1), which always
 //    holds ceil(q_len / P) tiles; a CTA finds its sequence by binary search
 //    and exits when its tile starts past the sequence's queries. The grid is
-//    num_tokens / P + num_seqs wide: host data only, no device sizes.
+//    num_tokens / P + num_seqs wide: host data only, no device sizes. CTA x
+//    takes flat tile gridDim.x - 1 - x: the heaviest causal tiles go first.
 //  - Warp w owns rows [16w, 16w + 16). Q is staged through shared memory
 //    once and kept in registers as mma A fragments. K/V tiles of BN
 //    positions (64 at head_dim 64, 32 at head_dim 128) are gathered through
@@ -106,10 +107,13 @@ __global__ void __launch_bounds__(Cfg::THREADS)
   extern __shared__ __align__(16) unsigned char dyn_smem[];
   bf16* smem = reinterpret_cast<bf16*>(dyn_smem);
 
-  const int s = tile_sequence(batch.query_start, batch.num_seqs, P, static_cast<int>(blockIdx.x));
+  // Flat tiles from the last: a causal sequence's last tiles see the most
+  // keys, so they start in the first wave and the short ones fill the tail.
+  const int b = static_cast<int>(gridDim.x - 1 - blockIdx.x);
+  const int s = tile_sequence(batch.query_start, batch.num_seqs, P, b);
   const int q_begin = batch.query_start[s];
   const int q_len = batch.query_start[s + 1] - q_begin;
-  const int q0 = (static_cast<int>(blockIdx.x) - (q_begin / P + s)) * P;  // first query of the tile
+  const int q0 = (b - (q_begin / P + s)) * P;  // first query of the tile
   if (q0 >= q_len) return;  // a spare tile of this sequence (CTA-uniform, before any barrier)
   if (skip != nullptr && skip[s] > 0) return;  // another op attends for this sequence
   const int ctx = batch.context_lens[s];
