@@ -148,12 +148,14 @@ void skinny_gemm_swiglu(const bf16* x, const bf16* w_gate_up, bf16* act, int n, 
 // (their rows not written: a mixed step's shared-prefix decode rows, which
 // paged_attention_decode with prefixed_only attends).
 // tile: the tensor-core kernel's CTA shape, {rows per CTA (64 or 128), keys
-// per K/V tile (32 or 64 at head_dim 128, 64 at head_dim 64)}; {0, 0}: the
-// default (prefill_tile). A row's bits depend on the keys per tile, not on
-// the rows per CTA.
+// per K/V tile (32 or 64 at head_dim 128, 64 at head_dim 64), rows per warp
+// (16, or 32 at 128 rows: two m-tiles per warp, Q read from shared memory)};
+// {0, 0}: the default (prefill_tile). A row's bits depend on the keys per
+// tile, not on the rows per CTA or per warp.
 struct PrefillTile {
   int rows = 0;
   int bn = 0;
+  int warp_rows = 16;
 };
 void paged_attention_prefill(const bf16* q, int64_t q_row_stride, const KvLayer& kv,
                              const AttnBatch& batch, bf16* out, int n_heads, float scale,

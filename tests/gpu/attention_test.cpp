@@ -442,8 +442,10 @@ int device_sms() {
 // Runs and checks one (problem, implementation, split count); returns the bits.
 std::vector<uint16_t> check(const Problem& p, Impl impl, int num_splits, cudaStream_t st,
                             PrefillTile tile = {}) {
-  const std::string tile_name =
-      tile.rows == 0 ? "" : " tile=" + std::to_string(tile.rows) + "x" + std::to_string(tile.bn);
+  const std::string tile_name = tile.rows == 0 ? ""
+                                               : " tile=" + std::to_string(tile.rows) + "x" +
+                                                     std::to_string(tile.bn) +
+                                                     (tile.warp_rows == 32 ? "/32" : "");
   SCOPED_TRACE(p.c.name + " " + impl_name(impl) + " splits=" + std::to_string(num_splits) +
                tile_name);
   const std::vector<uint16_t> out = run(p, impl, num_splits, st, tile);
@@ -468,10 +470,13 @@ void check_prefill_paths(const Case& c, uint32_t seed, cudaStream_t st) {
   for (int splits : {1, 2, 5, 16, auto_splits})
     check(*p, Impl::kPrefill, splits, st);
   check(*p, Impl::kPrefillSimple, 0, st);
-  // Every CTA shape; 64 and 128 rows per CTA give the same bits at the same
-  // keys per tile.
-  std::vector<PrefillTile> tiles = {{64, 64}, {128, 64}};
-  if (c.head_dim == 128) tiles.insert(tiles.begin(), {PrefillTile{64, 32}, PrefillTile{128, 32}});
+  // Every CTA shape; 64 and 128 rows per CTA, 16 or 32 rows per warp, give
+  // the same bits at the same keys per tile.
+  std::vector<PrefillTile> tiles = {{64, 64}, {128, 64}, {128, 64, 32}};
+  if (c.head_dim == 128) {
+    tiles.insert(tiles.begin(),
+                 {PrefillTile{64, 32}, PrefillTile{128, 32}, PrefillTile{128, 32, 32}});
+  }
   for (int splits : {1, auto_splits}) {
     std::vector<uint16_t> at64;
     for (const PrefillTile t : tiles) {

@@ -78,7 +78,9 @@ __global__ void __launch_bounds__(kMmaThreads)
         [&](const bf16* ks, const bf16* vs, int t) {
           // Only the split's last tile can reach past k_end (zero-filled keys).
           const int n0 = t * BN;
-          acc.tile(qa, ks, vs, n0, scale_log2, n0 + BN > k_end, k_end - 1, k_end - 1);
+          const int lim[1][2] = {{k_end - 1, k_end - 1}};
+          acc.tile([&](int, int kk, uint32_t(&f)[4]) { copy4(f, qa[kk]); }, ks, vs, n0, scale_log2,
+                   n0 + BN > k_end, lim);
         });
     acc.finish();
 #pragma unroll
@@ -88,7 +90,7 @@ __global__ void __launch_bounds__(kMmaThreads)
       const int64_t slot =
           (static_cast<int64_t>(members[r / group]) * n_heads + kvh * group + r % group) * NC +
           it.z;
-      acc.store_partial(half, o_part + slot * D, ml_part + 2 * slot);
+      acc.store_partial(0, half, o_part + slot * D, ml_part + 2 * slot);
     }
     // (for_each_kv_tile ends on a barrier: smem is free for the next item's Q)
   }

@@ -137,26 +137,44 @@ __global__ void __launch_bounds__(Cfg::THREADS)
   const int lane = tid & 31;
   const int g = lane >> 2;  // fragment row (and row + 8)
 
-  // Q tile -> shared -> A fragments (zero rows for padding).
-  uint32_t qa[D / 16][4];
-  load_q_fragments<Cfg>(
-      smem,
-      [&](int r) -> const bf16* {
-        if (r >= n_rows) return nullptr;
-        const int64_t row = q_begin + q0 + r / group;
-        return q + row * q_row_stride + (kvh * group + r % group) * D;
-      },
-      qa);
+  // Q tile -> shared (zero rows for padding) -> A fragments: kept in
+  // registers (MA = 1), or read from shared memory per K/V tile (MA = 2).
+  auto q_row = [&](int r) -> const bf16* {
+    if (r >= n_rows) return nullptr;
+    const int64_t row = q_begin + q0 + r / group;
+    return q + row * q_row_stride + (kvh * group + r % group) * D;
+  };
+  constexpr int MA = Cfg::MA;
+  uint32_t qa[Cfg::Q_IN_SMEM ? 1 : D / 16][4];
+  if constexpr (Cfg::Q_IN_SMEM) {
+    stage_q<Cfg>(smem + Cfg::Q_OFF, q_row);
+  } else {
+    load_q_fragments<Cfg>(smem, q_row, qa);
+  }
+  auto q_frag = [&](int a, int kk, uint32_t(&f)[4]) {
+    if constexpr (Cfg::Q_IN_SMEM) {
+      q_fragment<Cfg>(smem + Cfg::Q_OFF, a, kk, f);
+    } else {
+      copy4(f, qa[kk]);
+    }
+  };
 
-  // Causal limits (last visible key, inclusive) of this thread's two rows;
-  // a row with no key in [k_begin, k_end) (a split past it) computes over the
-  // whole split instead, and its partial is neither written nor merged.
-  const int r0 = warp * 16 + g;
-  const int r1 = r0 + 8;
-  const bool real0 = r0 < n_rows && first_lim + r0 / group >= k_begin;
-  const bool real1 = r1 < n_rows && first_lim + r1 / group >= k_begin;
-  const int lim0 = real0 ? first_lim + r0 / group : k_end - 1;
-  const int lim1 = real1 ? first_lim + r1 / group : k_end - 1;
+  // This thread's rows: m-tile a, half h is row warp * 16 MA + 16 a + g + 8 h.
+  // Causal limits (last visible key, inclusive); a row with no key in
+  // [k_begin, k_end) (a split past it) computes over the whole split
+  // instead, and its partial is neither written nor merged.
+  int rows[MA][2], lim[MA][2];
+  bool real[MA][2];
+#pragma unroll
+  for (int a = 0; a < MA; ++a) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int r = warp * 16 * MA + 16 * a + g + 8 * h;
+      rows[a][h] = r;
+      real[a][h] = r < n_rows && first_lim + r / group >= k_begin;
+      lim[a][h] = real[a][h] ? first_lim + r / group : k_end - 1;
+    }
+  }
 
   // Every row sees key k_begin, so its running max is finite after the first tile.
   MmaRows<Cfg> acc;
@@ -167,36 +185,26 @@ __global__ void __launch_bounds__(Cfg::THREADS)
       [&](const bf16* ks, const bf16* vs, int it) {
         const int n0 = it * BN;
         // Masking only on tiles that reach past some row's limit.
-        acc.tile(qa, ks, vs, n0, scale_log2, n0 + BN - 1 > first_lim, lim0, lim1);
+        acc.tile(q_frag, ks, vs, n0, scale_log2, n0 + BN - 1 > first_lim, lim);
       });
 
   // ---- epilogue ----
   acc.finish();
-  if constexpr (SPLIT) {
+  const int64_t out_stride = static_cast<int64_t>(n_heads) * D;
 #pragma unroll
-    for (int half = 0; half < 2; ++half) {
-      if (!(half == 0 ? real0 : real1)) continue;
-      const int r = half == 0 ? r0 : r1;
+  for (int a = 0; a < MA; ++a) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int r = rows[a][h];
       const int64_t row = q_begin + q0 + r / group;
       const int head = kvh * group + r % group;
-      const int64_t slot = (row * n_heads + head) * num_splits + blockIdx.z;
-      acc.store_partial(half, o_part + slot * D, ml_part + 2 * slot);
-    }
-  } else {
-    const int t = lane & 3;
-    const int64_t out_stride = static_cast<int64_t>(n_heads) * D;
-#pragma unroll
-    for (int half = 0; half < 2; ++half) {
-      const int r = half == 0 ? r0 : r1;
-      if (r >= n_rows) continue;
-      const float inv = 1.f / (half == 0 ? acc.l0 : acc.l1);  // l >= 1 (the max term contributes 1)
-      const int64_t row = q_begin + q0 + r / group;
-      const int head = kvh * group + r % group;
-      bf16* orow = out + row * out_stride + head * D;
-#pragma unroll
-      for (int dt = 0; dt < D / 8; ++dt) {
-        *reinterpret_cast<__nv_bfloat162*>(orow + dt * 8 + 2 * t) =
-            __floats2bfloat162_rn(acc.o[dt][2 * half] * inv, acc.o[dt][2 * half + 1] * inv);
+      if constexpr (SPLIT) {
+        if (!real[a][h]) continue;
+        const int64_t slot = (row * n_heads + head) * num_splits + blockIdx.z;
+        acc.store_partial(a, h, o_part + slot * D, ml_part + 2 * slot);
+      } else {
+        if (r >= n_rows) continue;
+        acc.store_out(a, h, out + row * out_stride + head * D);
       }
     }
   }
@@ -336,7 +344,7 @@ int prefill_num_splits(int num_tokens, int num_seqs, int n_heads, int num_kv_hea
 }
 
 PrefillTile prefill_tile(int /*num_tokens*/, int /*num_seqs*/, int head_dim) {
-  return {kBM, head_dim == 64 ? 64 : 32};
+  return {kBM, head_dim == 64 ? 64 : 32, 16};
 }
 
 namespace {
@@ -409,18 +417,21 @@ void paged_attention_prefill(const bf16* q, int64_t q_row_stride, const KvLayer&
   const PrefillLaunch a{q,     q_row_stride,   kv,         batch,     out, n_heads,
                         group, scale * kLog2e, num_splits, workspace, skip};
   const int D = kv.head_dim;
+  const bool wide = tile.warp_rows == 32;  // two m-tiles per warp (4 warps of 32 rows)
+  if (tile.warp_rows != 16 && !(wide && tile.rows == 128))
+    op_fail(kOp, "unsupported tile (32 rows per warp needs 128 rows per CTA)");
   if (D == 64 && tile.bn == 64 && tile.rows == 64) {
     launch_prefill<MmaCfg<64, 64, 4>>(a, s);
   } else if (D == 64 && tile.bn == 64 && tile.rows == 128) {
-    launch_prefill<MmaCfg<64, 64, 8>>(a, s);
+    wide ? launch_prefill<MmaCfg<64, 64, 4, 2>>(a, s) : launch_prefill<MmaCfg<64, 64, 8>>(a, s);
   } else if (D == 128 && tile.bn == 32 && tile.rows == 64) {
     launch_prefill<MmaCfg<128, 32, 4>>(a, s);
   } else if (D == 128 && tile.bn == 32 && tile.rows == 128) {
-    launch_prefill<MmaCfg<128, 32, 8>>(a, s);
+    wide ? launch_prefill<MmaCfg<128, 32, 4, 2>>(a, s) : launch_prefill<MmaCfg<128, 32, 8>>(a, s);
   } else if (D == 128 && tile.bn == 64 && tile.rows == 64) {
     launch_prefill<MmaCfg<128, 64, 4>>(a, s);
   } else if (D == 128 && tile.bn == 64 && tile.rows == 128) {
-    launch_prefill<MmaCfg<128, 64, 8>>(a, s);
+    wide ? launch_prefill<MmaCfg<128, 64, 4, 2>>(a, s) : launch_prefill<MmaCfg<128, 64, 8>>(a, s);
   } else {
     op_fail(kOp, "unsupported tile (rows 64 or 128; keys 32 or 64 at head_dim 128, 64 at 64)");
   }
