@@ -151,7 +151,12 @@ class ScopedEnv {
 // (greedy sampling, as a server step does).
 class Batch {
  public:
-  Batch(Backend& b, int vocab) : b_(b), vocab_(vocab) {}
+  // top_logprobs >= 1: every decode row also asks for its token's logprob and
+  // that many top logprobs (load_gen --logprobs sends 1).
+  Batch(Backend& b, int vocab, int top_logprobs = 0) : b_(b), vocab_(vocab) {
+    greedy_.logprobs = top_logprobs > 0;
+    greedy_.top_logprobs = top_logprobs;
+  }
 
   // Adds `count` sequences of `len` random tokens (prefilled, not timed).
   Status add(int count, int len, int chunk_tokens) {
@@ -984,6 +989,15 @@ int main(int argc, char** argv) {
       const std::string key = "decode_batch_" + std::to_string(batch) +
                               (ctx == 512 ? std::string() : "_ctx_" + std::to_string(ctx));
       figures[key] = decode_figure(key, batch, ms, floor_ms);
+      if (batch == 1) {  // the same step with a logprob and one top logprob per row (load_gen's)
+        Batch lp(b, c.vocab_size, 1);
+        if (lp.add(batch, ctx, 8192).ok()) {
+          if (auto lp_s = lp.median_step(10, 20 * repeats); lp_s.ok()) {
+            figures["decode_batch_1_logprobs"] =
+                decode_figure("decode_batch_1_logprobs", batch, 1e3 * *lp_s, floor_ms);
+          }
+        }
+      }
     }
     // Prefill of one sequence.
     for (int n : {512, 2048, 8192}) {
