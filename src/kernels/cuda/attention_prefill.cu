@@ -344,6 +344,9 @@ int prefill_num_splits(int num_tokens, int num_seqs, int n_heads, int num_kv_hea
 }
 
 PrefillTile prefill_tile(int /*num_tokens*/, int /*num_seqs*/, int head_dim) {
+  // CARTSERVE_PREFILL_WIDE=1: 128 rows on 4 warps of 32 (under measurement).
+  static const bool wide = env_flag("CARTSERVE_PREFILL_WIDE");
+  if (wide) return {128, head_dim == 64 ? 64 : 32, 32};
   return {kBM, head_dim == 64 ? 64 : 32, 16};
 }
 
