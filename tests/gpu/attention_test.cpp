@@ -500,7 +500,7 @@ std::vector<SeqSpec> decode_seqs(const std::vector<int>& ctxs) {
 // grid_ctas CTAs per KV head), then paged_attention_decode over the rest of
 // each sequence's keys, merging. Poisoned output and workspaces, as run().
 std::vector<uint16_t> run_cascade(const Problem& p, const CascadePlan& plan, int num_splits,
-                                  int grid_ctas, cudaStream_t st) {
+                                  int grid_ctas, cudaStream_t st, bool fused = false) {
   const size_t n = p.out_elems();
   DevBuf<uint16_t> out(n + kGuard);
   out.poison();
@@ -524,7 +524,8 @@ std::vector<uint16_t> run_cascade(const Problem& p, const CascadePlan& plan, int
   cascade_prefix_attention(p.q(), p.q_row_stride, p.kv, p.batch, work, grid_ctas, p.c.n_heads,
                            p.scale, parts, st);
   paged_attention_decode(p.q(), p.q_row_stride, p.kv, p.batch, reinterpret_cast<bf16*>(out.get()),
-                         p.c.n_heads, p.scale, num_splits, ws.get(), st, &parts);
+                         p.c.n_heads, p.scale, num_splits, ws.get(), st, &parts,
+                         fused ? merge_counters() : nullptr);
   ATTN_CUDA_OK(cudaGetLastError());
   ATTN_CUDA_OK(cudaStreamSynchronize(st));
   return output_bits(out, n);
@@ -653,6 +654,9 @@ TEST_F(PagedAttentionGpu, DecodeSharedPrefixCascade) {
     }
     EXPECT_TRUE(run_cascade(*p, solo, splits, 1, stream_) == out) << "a tile's mates changed bits";
     EXPECT_TRUE(run_cascade(*p, plan, splits, 1000, stream_) == out) << "the grid changed bits";
+    // The merge in the decode split kernel's last CTA: the same bits, twice.
+    for (int rep = 0; rep < 2; ++rep)
+      EXPECT_TRUE(run_cascade(*p, plan, splits, 7, stream_, true) == out) << "fused merge";
     // The sequences without a prefix get exactly the plain decode's bits.
     const std::vector<uint16_t> plain = run(*p, Impl::kDecode, splits, stream_);
     const size_t row = static_cast<size_t>(sh.heads) * sh.d;

@@ -36,11 +36,11 @@
 // combines the prefix partials (if any) and then the non-empty splits, in
 // order: M = max m_i, O = sum_i
 // exp2(m_i - M) o_i / sum_i exp2(m_i - M) l_i, rounded to bf16.
-// Fused merge (merge counters given, no prefix partials): each CTA counts
-// itself on its (sequence, CTA row) counter after its partials are visible;
-// the last active split merges the HG heads as the merge kernel would and
-// zeroes the counter. One launch less per layer (a decode step at batch 1
-// runs ~10 kernels per layer, each paying a launch gap).
+// Fused merge (merge counters given, prefix partials if any written earlier
+// on the same stream): each CTA counts itself on its (sequence, CTA row)
+// counter after its partials are visible; the last active split merges the
+// HG heads as the merge kernel would and zeroes the counter. One launch less per layer (a decode
+// step at batch 1 runs ~10 kernels per layer, each paying a launch gap).
 //
 // Workspace (floats), for the launch's num_seqs S, n_heads H, num_splits N:
 //   o_part [S, H, N, head_dim], then ml_part [S, H, N, 2] (max, sum);
@@ -144,7 +144,9 @@ __global__ void __launch_bounds__(kThreads)
                         float* __restrict__ o_part /* [num_seqs, n_heads, num_splits, D] */,
                         float* __restrict__ ml_part /* [num_seqs, n_heads, num_splits, 2] */,
                         unsigned* __restrict__ merge_count /* [num_seqs, gridDim.y] or null */,
-                        bf16* __restrict__ out /* [num_tokens, n_heads * D] (merge_count) */) {
+                        bf16* __restrict__ out /* [num_tokens, n_heads * D] (merge_count) */,
+                        const float* __restrict__ c_o /* [num_seqs, n_heads, NC, D] or null */,
+                        const float* __restrict__ c_ml /* [num_seqs, n_heads, NC, 2] */) {
   using Cfg = DecodeCfg<D, HG>;
   constexpr int TPR = Cfg::TPR;
   constexpr int RPP = Cfg::RPP;
@@ -177,13 +179,29 @@ __global__ void __launch_bounds__(kThreads)
   if (prefixed_only && first == 0) return;  // the prefill op's sequence (CTA-uniform)
   const int split_len = decode_split_len(ctx - first, num_splits);
   const int begin = first + split * split_len;
-  if (begin >= ctx) {                            // empty split (CTA-uniform): the merge skips it
-    if (merge_count != nullptr && split == 0) {  // no keys at all: zeros, as the merge writes
+  const int n_active = ctx > first ? (ctx - first + split_len - 1) / split_len : 0;
+  // The fused merge of the HG heads (decode_merge_kernel's function: the
+  // prefix partials first when the sequence has some, then the n_active
+  // splits), reading partials other CTAs wrote through L2.
+  auto merge_heads = [&] {
+    const int lane = threadIdx.x & 31;
+    for (int h = threadIdx.x >> 5; h < HG; h += kWarps) {
+      const int64_t item = static_cast<int64_t>(s) * n_heads + head0 + h;
+      const int64_t slot = item * num_splits;
       bf16* orow = out + static_cast<int64_t>(batch.query_start[s]) * n_heads * D +
-                   static_cast<int64_t>(head0) * D;
-      for (int i = threadIdx.x; i < HG * D; i += kThreads)
-        orow[i] = __float2bfloat16_rn(0.f);
+                   static_cast<int64_t>(head0 + h) * D;
+      if (c_o != nullptr && first > 0) {
+        const int64_t c0 = item * kMaxCascadeSplits;
+        merge_partials<D, true>(c_o + c0 * D, c_ml + 2 * c0, cascade_num_splits(first), orow, lane,
+                                o_part + slot * D, ml_part + 2 * slot, n_active);
+      } else {
+        merge_partials<D, true>(o_part + slot * D, ml_part + 2 * slot, n_active, orow, lane);
+      }
     }
+  };
+  if (begin >= ctx) {  // empty split (CTA-uniform): the merge skips it
+    // No keys at all: split 0 merges (zeros, or the prefix partials alone).
+    if (merge_count != nullptr && split == 0 && n_active == 0) merge_heads();
     return;
   }
   const int end = min(ctx, begin + split_len);
@@ -391,21 +409,14 @@ __global__ void __launch_bounds__(kThreads)
   __threadfence();
   __syncthreads();
   if (tid == 0) {
-    const int n_active = (ctx - first + split_len - 1) / split_len;
     unsigned* count = merge_count + static_cast<int64_t>(s) * gridDim.y + blockIdx.y;
     s_last = atomicAdd(count, 1u) + 1 == static_cast<unsigned>(n_active);
     if (s_last) *count = 0;  // every active split has counted: the next launch starts at 0
   }
   __syncthreads();
   if (!s_last) return;
-  __threadfence();  // acquire: the other splits' partials (read through L2)
-  const int n_active = (ctx - first + split_len - 1) / split_len;
-  for (int h = warp; h < HG; h += kWarps) {
-    const int64_t slot = (static_cast<int64_t>(s) * n_heads + head0 + h) * num_splits;
-    bf16* orow = out + static_cast<int64_t>(batch.query_start[s]) * n_heads * D +
-                 static_cast<int64_t>(head0 + h) * D;
-    merge_partials<D, true>(o_part + slot * D, ml_part + 2 * slot, n_active, orow, lane);
-  }
+  __threadfence();  // acquire: the other splits' partials
+  merge_heads();
 }
 
 template <int D>
@@ -457,13 +468,15 @@ struct SplitArgs {
   float* ml_part;
   unsigned* merge_count;
   bf16* out;
+  const float* c_o;
+  const float* c_ml;
 };
 
 template <int D, int HG>
 void launch_split(const dim3& grid, cudaStream_t st, const SplitArgs& a) {
   launch(decode_split_kernel<D, HG>, grid, kThreads, 0, st, a.q, a.q_row_stride, a.kv, a.batch,
          a.kv_begin, a.prefixed_only, a.n_heads, a.scale_log2, a.num_splits, a.bs_shift, a.o_part,
-         a.ml_part, a.merge_count, a.out);
+         a.ml_part, a.merge_count, a.out, a.c_o, a.c_ml);
 }
 
 template <int D>
@@ -567,12 +580,12 @@ void paged_attention_decode(const bf16* q, int64_t q_row_stride, const KvLayer& 
   const float* c_o = prefix != nullptr ? static_cast<const float*>(prefix->workspace) : nullptr;
   const float* c_ml = c_o != nullptr ? c_o + items * kMaxCascadeSplits * D : nullptr;
   const bool prefixed_only = prefix != nullptr && prefix->prefixed_only;
-  // The merge in the split kernel's last CTA (no prefix partials: those may
-  // come from another stream, after the split kernel starts).
-  unsigned* fused = prefix == nullptr ? merge_counters : nullptr;
+  // The merge in the split kernel's last CTA, unless the prefix partials
+  // come from another stream (they may land after the split kernel starts).
+  unsigned* fused = prefix == nullptr || prefix->ready == nullptr ? merge_counters : nullptr;
   const SplitArgs args{q,       q_row_stride, kv,         batch,    prefix_len, prefixed_only,
                        n_heads, scale_log2,   num_splits, bs_shift, o_part,     ml_part,
-                       fused,   out};
+                       fused,   out,          c_o,        c_ml};
   auto run = [&](auto split_hg, auto merge) {
     split_hg(hg, grid, s, args);
     check_launch("paged_attention_decode (split)");
