@@ -89,24 +89,23 @@ __device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (&a)[4],
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
-// Four 8x8 b16 matrices, transposed: lanes 8i..8i+7 give the row addresses
-// of matrix i; lane l receives r[i] = {M_i[2t][g], M_i[2t+1][g]}.
-__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const bf16* p) {
-  const unsigned addr = static_cast<unsigned>(__cvta_generic_to_shared(p));
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(addr)
-               : "memory");
-}
-
-// Four 8x8 b16 matrices: lanes 8i..8i+7 give the row addresses of matrix i;
-// lane l receives r[i] = {M_i[g][2t], M_i[g][2t+1]}.
+// Four 8x8 b16 matrices from shared memory: lanes 8i..8i+7 give the row
+// addresses of matrix i; lane l receives r[i] = {M_i[g][2t], M_i[g][2t+1]},
+// or with TRANS {M_i[2t][g], M_i[2t+1][g]}.
+template <bool TRANS = false>
 __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const bf16* p) {
   const unsigned addr = static_cast<unsigned>(__cvta_generic_to_shared(p));
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(addr)
-               : "memory");
+  if constexpr (TRANS) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(addr)
+                 : "memory");
+  } else {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(addr)
+                 : "memory");
+  }
 }
 
 // Writes the Q tile [ROWS][LD] at qs. row_ptr(r) gives the D contiguous bf16
@@ -322,7 +321,7 @@ struct MmaRows {
         uint32_t b[4];
         const int key = j * 16 + (lane & 7) + ((lane >> 3) & 1) * 8;
         const int dim = dt * 8 + (lane >> 4) * 8;
-        ldmatrix_x4_trans(b, vs + key * LD + dim);
+        ldmatrix_x4<true>(b, vs + key * LD + dim);
 #pragma unroll
         for (int a = 0; a < MA; ++a) {
           mma_16816(o[a][dt], pa[a][j], b[0], b[1]);
