@@ -94,7 +94,9 @@ Result<std::unique_ptr<Engine>> Engine::create(const Model& model, Backend& back
   std::unique_ptr<Engine> e(new Engine(model, backend, pool, config, metrics, connector));
   CS_ASSIGN_OR_RETURN(e->scheduler_, Scheduler::create(config.scheduler, pool, connector));
   // News from the connector's loader (host data read) or the backend's copy
-  // thread (a KV transfer done) ends the engine's short wait at once.
+  // thread (a KV transfer done) ends the engine's short wait at once. Both
+  // call it under their own locks; the engine never holds inbox_mu_ while
+  // calling out, so taking it here cannot deadlock.
   auto wake = [raw = e.get()] {
     {
       std::lock_guard<std::mutex> lk(raw->inbox_mu_);
@@ -135,14 +137,13 @@ Engine::~Engine() {
 void Engine::stop() {
   {
     std::lock_guard<std::mutex> lk(inbox_mu_);
-    if (stopping_) {
-      if (thread_.joinable() && std::this_thread::get_id() != thread_.get_id()) thread_.join();
-      return;
-    }
     stopping_ = true;
   }
   inbox_cv_.notify_all();
-  if (thread_.joinable()) thread_.join();
+  // One joiner at a time, never under inbox_mu_ (the engine thread's last
+  // steps and the wake-up take it).
+  std::lock_guard<std::mutex> lk(join_mu_);
+  if (thread_.joinable() && std::this_thread::get_id() != thread_.get_id()) thread_.join();
 }
 
 std::shared_ptr<RequestStream> Engine::submit(GenerateRequest request) {
@@ -235,10 +236,19 @@ void Engine::loop() {
                   make_error(ErrorCode::kUnavailable, "the engine is shutting down"));
     }
   }
-  std::lock_guard<std::mutex> lk(inbox_mu_);
-  for (auto& t : tasks_)
+  // stopping_ is set: nothing joins the inbox or the tasks any more. They run
+  // outside inbox_mu_, which is never held while calling out (the wake-up
+  // below takes it from under the connector's and the copy thread's locks).
+  std::deque<std::function<void()>> tasks;
+  std::deque<std::pair<GenerateRequest, std::shared_ptr<RequestStream>>> inbox;
+  {
+    std::lock_guard<std::mutex> lk(inbox_mu_);
+    tasks.swap(tasks_);
+    inbox.swap(inbox_);
+  }
+  for (auto& t : tasks)
     t();
-  for (auto& [g, s] : inbox_) {
+  for (auto& [g, s] : inbox) {
     EngineOutput o;
     o.finished = true;
     o.finish_reason = FinishReason::kError;

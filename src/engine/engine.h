@@ -176,6 +176,7 @@ class Engine {
   std::deque<std::function<void()>> tasks_;
   bool stopping_ = false;
   bool woken_ = false;  // news from the connector or a finished transfer: ends a wait
+  std::mutex join_mu_;  // serialises stop()'s join
 
   // Engine-thread state.
   std::unordered_map<std::string, std::unique_ptr<Live>> live_;

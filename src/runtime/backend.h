@@ -57,8 +57,8 @@ class Backend {
   // Blocks until done; its final status (the id is forgotten).
   virtual Status wait_transfer(TransferId id) = 0;
   // Called from the backend's copy thread whenever a transfer finishes (so
-  // the engine polls at once, not at its next wake-up); null: none. After it
-  // returns, the previous one is no longer running.
+  // the engine polls at once, not at its next wake-up); it must not block.
+  // null: none. After this returns, the previous one is no longer running.
   virtual void set_transfer_wakeup(std::function<void()> /*wake*/) {}
 };
 

@@ -27,9 +27,9 @@ class TransferQueue {
   // nullopt while queued or running; then its status, once (the id is forgotten).
   std::optional<Status> poll(TransferId id);
   Status wait(TransferId id);
-  // Called (on the queue's thread, under its lock: keep it short) after each
-  // job finishes; null: none. After set_on_done returns, the old one is no
-  // longer running.
+  // Called (on the queue's thread, under its lock: it must not block nor
+  // call into the queue) after each job finishes; null: none. After
+  // set_on_done returns, the old one is no longer running.
   void set_on_done(std::function<void()> fn);
 
  private:
