@@ -2,20 +2,23 @@
 // mma.sync: the causal kernel of attention_prefill.cu and the shared-prefix
 // kernel of attention_cascade.cu.
 //
-// A CTA of MmaCfg::WARPS warps (4 by default) owns 16 rows per warp, each a
-// (query row, query head) pair of one KV head; warp w owns rows [16w, 16w +
-// 16), and a thread the two rows r0 = 16w + g, r1 = r0 + 8 (g = lane / 4) of
-// the mma fragments. Q is staged through shared memory once and kept as A
-// fragments; K/V tiles of BN positions (MmaCfg) are gathered
+// A CTA of MmaCfg::WARPS warps (4 by default) owns 16 MA rows per warp
+// (MA = 1 by default), each a (query row, query head) pair of one KV head;
+// warp w owns rows [16 MA w, 16 MA (w + 1)), and a thread the rows
+// 16 MA w + 16 a + g and + 8 (g = lane / 4) of each m-tile a. Q is staged
+// through shared memory once and kept as A fragments (MA = 1) or read from
+// shared memory by ldmatrix per tile (MA = 2); K/V tiles of BN positions
+// (MmaCfg) are gathered
 // through a block table by cp.async into two shared stages (tile i + 1 loads
 // while tile i is computed). Per tile: S = Q K^T (bf16 mma, fp32
-// accumulators), scaled to log2 units, optionally masked, online softmax per
-// row (the 4 lanes of a quad hold one row), P rounded to bf16 and fed from
-// the S accumulators as A fragments, O += P V (V by ldmatrix.trans).
+// accumulators; K by ldmatrix), scaled to log2 units, optionally masked,
+// online softmax per row (the 4 lanes of a quad hold one row), P rounded to
+// bf16 and fed from the S accumulators as A fragments, O += P V (V by
+// ldmatrix.trans).
 //
 // Determinism: each row's results depend only on its own query, the keys and
 // BN (mma rows are independent, the quad reductions have a fixed order),
-// never on the other rows of the tile or on the warp count.
+// never on the other rows of the tile, the warp count or MA.
 #pragma once
 
 #ifdef CARTSERVE_WITH_CUDA

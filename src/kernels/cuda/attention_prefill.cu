@@ -21,7 +21,8 @@
 //    num_tokens / P + num_seqs wide: host data only, no device sizes. CTA x
 //    takes flat tile gridDim.x - 1 - x: the heaviest causal tiles go first.
 //  - Warp w owns rows [16w, 16w + 16). Q is staged through shared memory
-//    once and kept in registers as mma A fragments. K/V tiles of BN
+//    once and kept in registers as mma A fragments (the 128-row tile with
+//    32 rows per warp keeps Q in shared memory instead). K/V tiles of BN
 //    positions (64 at head_dim 64, 32 at head_dim 128) are gathered through
 //    the block table with cp.async (16-byte chunks, positions past the last
 //    key zero-filled) into two shared stages: tile i + 1 loads while tile i
