@@ -2,12 +2,15 @@
 // decode rows mixed), bf16 in and out, fp32 softmax and accumulation.
 //
 // Tensor-core kernel (prefill_mma_kernel), FlashAttention-2 style:
-//  - CTA shapes (PrefillTile): 64 or 128 rows (4 or 8 warps) by 32 or 64 keys
-//    per K/V tile at head_dim 128 (64 keys at 64), in dynamic shared memory.
-//    The default, 64 x 32 (64 x 64 at head_dim 64), was within 2% of the best
-//    at every shape measured on an H100 (8192-token causal prompt: 2.32 ms
-//    per layer, 128 x 64 2.28; bench/results/gpu-h100-2026-12-07-0044.json).
-//    Below, the default's numbers.
+//  - CTA shapes (PrefillTile): 64 or 128 rows (4 or 8 warps of 16 rows, or
+//    4 of 32) by 32 or 64 keys per K/V tile at head_dim 128 (64 keys at 64),
+//    in dynamic shared memory. The default, 64 x 32 (64 x 64 at head_dim 64):
+//    on an H100 (3B shape), an 8192-token causal prompt takes 2.05 ms per
+//    layer (201 TFLOP/s; 2.32 before K came by ldmatrix and the tiles went
+//    heaviest first), the best shape 128 x 64 on 4 warps of 32 rows 1.97;
+//    the TTFT shape (64 queries after 2048 keys) 28.6 us, the default the
+//    best there (bench/results/gpu-h100-2026-12-07-0445.json). Below, the
+//    default's numbers.
 //  - A CTA (128 threads, 4 warps) owns one KV head of one sequence and a tile
 //    of kBM = 64 rows. The rows pack the GQA group: row r is query
 //    q0 + r / group of the tile, query head kv_head * group + r % group, so
@@ -345,7 +348,8 @@ int prefill_num_splits(int num_tokens, int num_seqs, int n_heads, int num_kv_hea
 }
 
 PrefillTile prefill_tile(int /*num_tokens*/, int /*num_seqs*/, int head_dim) {
-  // CARTSERVE_PREFILL_WIDE=1: 128 rows on 4 warps of 32 (under measurement).
+  // CARTSERVE_PREFILL_WIDE=1: 128 rows on 4 warps of 32 (H100, 3B: 8192-token
+  // prompt 136.9 vs 140.4 ms, but slower at the TTFT shape; opt-in).
   static const bool wide = env_flag("CARTSERVE_PREFILL_WIDE");
   if (wide) return {128, head_dim == 64 ? 64 : 32, 32};
   return {kBM, head_dim == 64 ? 64 : 32, 16};
