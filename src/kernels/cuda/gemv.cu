@@ -47,9 +47,9 @@ __global__ void __launch_bounds__(kWarps * 32)
   constexpr int U = kUnroll / R;  // chunks of each row in flight per lane
   const int lane = threadIdx.x & 31;
   const int row0 = (blockIdx.x * kWarps + (threadIdx.x >> 5)) * R;
-  if (row0 >= out)
-    return;  // the whole warp: no CTA-wide synchronisation below (an
-             // exited CTA counts as triggered for PDL)
+  // The whole warp leaves: no CTA-wide synchronisation below (and an exited
+  // CTA counts as triggered for PDL).
+  if (row0 >= out) return;
   const int chunks = in / 8;
   const uint4* wr[R];
 #pragma unroll
