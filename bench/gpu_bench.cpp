@@ -13,8 +13,8 @@
 // figures go through the whole engine. Writes JSON; prints a table.
 //
 // Usage: gpu_bench MODEL [--out gpu_bench.json] [--repeats N] [--only GROUP] [--tp N]
-// GROUP (one set of figures, e.g. for a profiler run): linear, skinny, ops, decode,
-// decode1 (batch 1 only), cartdecode (decode over a shared cartridge prefix,
+// GROUP (one set of figures, e.g. for a profiler run): linear, skinny, ops, sampling,
+// attention, decode, decode1 (batch 1 only), cartdecode (decode over a shared cartridge prefix,
 // shared-prefix attention on and off), prefill or ttft. --tp N: the backend and serving
 // figures through N tensor-parallel ranks on GPUs 0..N-1 (the floors stay
 // one GPU's; the kernel tables are one GPU's).
@@ -37,6 +37,7 @@
 #include "bench_util.h"
 #include "cartridge/cartridge_io.h"
 #include "kernels/cuda_ops.h"
+#include "kernels/sampling_ops.h"
 #include "runtime/cuda/gemm.h"
 #include "server/serving_stack.h"
 
@@ -679,6 +680,62 @@ json prefill_tiles(const ModelConfig& c, double gemm_flops) {
   return rows;
 }
 
+// The sampler alone (ops::cuda::sample, one CTA per row) on random logits of
+// the model's vocabulary, at 1 and 64 rows: greedy, greedy with the chosen
+// token's logprob, with 1 and 20 top logprobs (what load_gen --logprobs and
+// the OpenAI top_logprobs ask), and a temperature-1 top_p 0.9 draw. The
+// floor: the logits' bytes read once at the copy rate.
+json sampling_ops(const ModelConfig& c, double copy_bw) {
+  namespace k = ops::cuda;
+  const int vocab = c.vocab_size;
+  struct Variant {
+    const char* name;
+    float temperature, top_p;
+    int num_logprobs;
+  };
+  const Variant variants[] = {{"greedy", 0.f, 1.f, -1},
+                              {"greedy_logprob", 0.f, 1.f, 0},
+                              {"greedy_top1", 0.f, 1.f, 1},
+                              {"greedy_top20", 0.f, 1.f, 20},
+                              {"top_p_0.9", 1.f, 0.9f, -1}};
+  json rows = json::array();
+  std::printf("sampling                 rows   us/launch   floor us\n");
+  for (const int n : {1, 64}) {
+    DeviceScratch d;
+    std::mt19937 rng(7);
+    std::normal_distribution<float> dist(0.f, 3.f);
+    std::vector<float> h(static_cast<size_t>(n) * vocab);
+    for (float& v : h)
+      v = dist(rng);
+    float* logits = d.upload(h);
+    void* ws = d.alloc<uint8_t>(k::sample_workspace_bytes(n, vocab, 0));
+    auto* token = d.alloc<int32_t>(static_cast<size_t>(n));
+    auto* logprob = d.alloc<float>(static_cast<size_t>(n));
+    auto* rank = d.alloc<int32_t>(static_cast<size_t>(n));
+    auto* top_ids = d.alloc<int32_t>(static_cast<size_t>(n) * k::kMaxTopLogprobs);
+    auto* top_lp = d.alloc<float>(static_cast<size_t>(n) * k::kMaxTopLogprobs);
+    const double floor_us = 1e6 * 4.0 * n * vocab / copy_bw;
+    for (const Variant& v : variants) {
+      std::vector<k::SampleRowParams> p(static_cast<size_t>(n));
+      for (int r = 0; r < n; ++r) {
+        p[static_cast<size_t>(r)].temperature = v.temperature;
+        p[static_cast<size_t>(r)].top_p = v.top_p;
+        p[static_cast<size_t>(r)].num_logprobs = v.num_logprobs;
+        p[static_cast<size_t>(r)].seed = 11u + static_cast<uint64_t>(r);
+      }
+      const k::SampleRowParams* dp = d.upload(p);
+      const bool lp = v.num_logprobs >= 0, top = v.num_logprobs > 0;
+      const double us = launch_us([&] {
+        k::sample(logits, vocab, dp, n, nullptr, ws, token, lp ? logprob : nullptr,
+                  lp ? rank : nullptr, top ? top_ids : nullptr, top ? top_lp : nullptr, nullptr);
+      });
+      rows.push_back({{"variant", v.name}, {"rows", n}, {"us", us}, {"floor_us", floor_us}});
+      std::printf("  %-20s %6d %11.1f %10.1f\n", v.name, n, us, floor_us);
+    }
+  }
+  return rows;
+}
+
 // Where a decode step's time goes besides the linear layers: every other op
 // of one layer at decode shapes (`batch` sequences of 512-token contexts),
 // each timed alone (launch_us), with the bytes it moves.
@@ -961,6 +1018,7 @@ int main(int argc, char** argv) {
   if (want("linear")) j["linear_layers"] = linear_layers(c, copy_bw);
   if (want("linear") || want("skinny")) j["skinny_shapes"] = skinny_shapes(c, copy_bw);
   if (want("ops")) j["decode_other_ops"] = {decode_ops(c, copy_bw, 1), decode_ops(c, copy_bw, 64)};
+  if (want("ops") || want("sampling")) j["sampling_ops"] = sampling_ops(c, copy_bw);
   if (want("ops") || want("attention")) j["attention_splits"] = attention_splits(c, copy_bw);
   if (want("ops") || want("attention")) j["prefill_tiles"] = prefill_tiles(c, flops);
   if (want("decode") || want("decode1") || want("prefill")) {

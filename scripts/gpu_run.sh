@@ -29,7 +29,7 @@
 #   bench:direct cartridge TTFT on the 3B shape with CARTSERVE_KV_LOAD_DIRECT=1 (promotions
 #              read page-locked host memory in place): gpu_bench_direct.json
 #   bench:GROUP one gpu_bench group on the 3B shape (decode, decode1, prefill, ttft, transfer,
-#              linear, ops, attention): gpu_bench_GROUP.json
+#              linear, ops, attention, sampling): gpu_bench_GROUP.json
 #   bench@VAR=VAL,VAR=VAL:GROUP  one gpu_bench group with those variables set:
 #              gpu_bench_GROUP_vars.json
 #   logits:tp2 (2+ GPUs) the 3B checkpoint through TP=2 (NCCL) against HF (logits_tp2_llama3b.json)
