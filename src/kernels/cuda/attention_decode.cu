@@ -134,6 +134,29 @@ struct DecodeCfg {
                 "s_red fits in the ring");
 };
 
+// Splits holding any of `keys` keys cut in pieces of split_len (the rest are empty).
+__device__ __forceinline__ int active_splits(int keys, int split_len) {
+  return keys > 0 ? (keys + split_len - 1) / split_len : 0;
+}
+
+// The merge of (sequence, query head) `item` into orow [D] by one warp: its
+// shared-prefix partials first when prefix > 0 (their keys come first), then
+// its n_active splits. COHERENT: see merge_partials.
+template <int D, bool COHERENT>
+__device__ __forceinline__ void merge_item(int64_t item, int prefix, int n_active, int num_splits,
+                                           const float* o_part, const float* ml_part,
+                                           const float* c_o, const float* c_ml, bf16* orow,
+                                           int lane) {
+  const int64_t slot0 = item * num_splits;
+  if (prefix > 0) {
+    const int64_t c0 = item * kMaxCascadeSplits;
+    merge_partials<D, COHERENT>(c_o + c0 * D, c_ml + 2 * c0, cascade_num_splits(prefix), orow, lane,
+                                o_part + slot0 * D, ml_part + 2 * slot0, n_active);
+  } else {
+    merge_partials<D, COHERENT>(o_part + slot0 * D, ml_part + 2 * slot0, n_active, orow, lane);
+  }
+}
+
 template <int D, int HG>
 __global__ void __launch_bounds__(kThreads)
     decode_split_kernel(const bf16* __restrict__ q /* [num_seqs] rows of q_row_stride */,
@@ -179,24 +202,16 @@ __global__ void __launch_bounds__(kThreads)
   if (prefixed_only && first == 0) return;  // the prefill op's sequence (CTA-uniform)
   const int split_len = decode_split_len(ctx - first, num_splits);
   const int begin = first + split * split_len;
-  const int n_active = ctx > first ? (ctx - first + split_len - 1) / split_len : 0;
-  // The fused merge of the HG heads (decode_merge_kernel's function: the
-  // prefix partials first when the sequence has some, then the n_active
-  // splits), reading partials other CTAs wrote through L2.
+  const int n_active = active_splits(ctx - first, split_len);
+  // The fused merge of the HG heads (decode_merge_kernel's), reading the
+  // partials other CTAs wrote through L2.
   auto merge_heads = [&] {
-    const int lane = threadIdx.x & 31;
     for (int h = threadIdx.x >> 5; h < HG; h += kWarps) {
-      const int64_t item = static_cast<int64_t>(s) * n_heads + head0 + h;
-      const int64_t slot = item * num_splits;
-      bf16* orow = out + static_cast<int64_t>(batch.query_start[s]) * n_heads * D +
-                   static_cast<int64_t>(head0 + h) * D;
-      if (c_o != nullptr && first > 0) {
-        const int64_t c0 = item * kMaxCascadeSplits;
-        merge_partials<D, true>(c_o + c0 * D, c_ml + 2 * c0, cascade_num_splits(first), orow, lane,
-                                o_part + slot * D, ml_part + 2 * slot, n_active);
-      } else {
-        merge_partials<D, true>(o_part + slot * D, ml_part + 2 * slot, n_active, orow, lane);
-      }
+      merge_item<D, true>(static_cast<int64_t>(s) * n_heads + head0 + h, first, n_active,
+                          num_splits, o_part, ml_part, c_o, c_ml,
+                          out + static_cast<int64_t>(batch.query_start[s]) * n_heads * D +
+                              static_cast<int64_t>(head0 + h) * D,
+                          threadIdx.x & 31);
     }
   };
   if (begin >= ctx) {  // empty split (CTA-uniform): the merge skips it
@@ -438,18 +453,11 @@ __global__ void __launch_bounds__(kMergeWarps * 32)
   const int prefix = prefix_len != nullptr ? prefix_len[s] : 0;
   if (prefixed_only && prefix == 0) return;  // warp-uniform
   const int keys = batch.context_lens[s] - prefix;
-  const int split_len = decode_split_len(keys, num_splits);
-  const int n_active = keys > 0 ? (keys + split_len - 1) / split_len : 0;  // <= num_splits
-  const int64_t slot0 = item * num_splits;
-  bf16* orow =
-      out + static_cast<int64_t>(batch.query_start[s]) * n_heads * D + static_cast<int64_t>(h) * D;
-  if (prefix > 0) {  // the prefix partials first (their keys come first), then the splits
-    const int64_t c0 = item * kMaxCascadeSplits;
-    merge_partials<D>(c_o + c0 * D, c_ml + 2 * c0, cascade_num_splits(prefix), orow, lane,
-                      o_part + slot0 * D, ml_part + 2 * slot0, n_active);
-  } else {
-    merge_partials<D>(o_part + slot0 * D, ml_part + 2 * slot0, n_active, orow, lane);
-  }
+  const int n_active = active_splits(keys, decode_split_len(keys, num_splits));
+  merge_item<D, false>(
+      item, prefix, n_active, num_splits, o_part, ml_part, c_o, c_ml,
+      out + static_cast<int64_t>(batch.query_start[s]) * n_heads * D + static_cast<int64_t>(h) * D,
+      lane);
 }
 
 // The split kernel's arguments past its template parameters.

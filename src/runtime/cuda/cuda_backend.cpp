@@ -224,6 +224,7 @@ Status CudaBackend::allocate(uint64_t kv_bytes) {
                    V = static_cast<uint64_t>(c.vocab_size);
     const size_t attn_ws =
         ops::decode_workspace_bytes(b.max_seqs, c.num_heads, c.head_dim, kMaxSplits);
+    const size_t merge_counters = ops::decode_merge_counters(b.max_seqs, c.num_heads);
     const size_t sample_ws = ops::sample_workspace_bytes(b.max_rows, c.vocab_size, kMaxEdits);
     constexpr uint64_t kTop = ops::kMaxTopLogprobs;
     auto carve_device = [&](Arena& a) {
@@ -238,7 +239,7 @@ Status CudaBackend::allocate(uint64_t kv_bytes) {
       b.xn_rows = a.take<bf16>(R * H);
       b.logits = a.take<float>(R * V);
       b.attn_ws = a.take<uint8_t>(attn_ws);
-      b.merge_counters = a.take<unsigned>(ops::decode_merge_counters(b.max_seqs, c.num_heads));
+      b.merge_counters = a.take<unsigned>(merge_counters);
       b.cascade_ws = a.take<uint8_t>(ops::cascade_workspace_bytes(
           opts_.cascade_min_prefix > 0 ? b.max_seqs : 0, c.num_heads, c.head_dim));
       b.gemm_ws = a.take<uint8_t>(kGemmWorkspace);
@@ -281,8 +282,7 @@ Status CudaBackend::allocate(uint64_t kv_bytes) {
     Arena ad(static_cast<uint8_t*>(b.device)), ah(static_cast<uint8_t*>(b.host));
     carve_device(ad);
     carve_host(ah);
-    CS_CUDA(cudaMemset(b.merge_counters, 0,
-                       sizeof(unsigned) * ops::decode_merge_counters(b.max_seqs, c.num_heads)));
+    CS_CUDA(cudaMemset(b.merge_counters, 0, sizeof(unsigned) * merge_counters));
     for (cudaEvent_t& e : b.staged)
       CS_CUDA(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
     return {};
