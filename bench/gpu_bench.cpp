@@ -726,7 +726,7 @@ json sampling_ops(const ModelConfig& c, double copy_bw) {
       const k::SampleRowParams* dp = d.upload(p);
       const bool lp = v.num_logprobs >= 0, top = v.num_logprobs > 0;
       const double us = launch_us([&] {
-        k::sample(logits, vocab, dp, n, nullptr, ws, token, lp ? logprob : nullptr,
+        k::sample(logits, vocab, dp, n, nullptr, ws, 0, token, lp ? logprob : nullptr,
                   lp ? rank : nullptr, top ? top_ids : nullptr, top ? top_lp : nullptr, nullptr);
       });
       rows.push_back({{"variant", v.name}, {"rows", n}, {"us", us}, {"floor_us", floor_us}});

@@ -80,17 +80,24 @@ int append_token_edits(const int32_t* prompt, size_t n_prompt, const int32_t* ou
                        size_t n_masked, int32_t vocab, std::vector<TokenEdit>& out);
 
 // Workspace of sample(): room for the raw logit of each edited token (so the
-// edits can be undone). max_rows and vocab are part of the contract for
-// later layouts; today only max_edits (the capacity of the edits array)
-// sizes it.
+// edits can be undone), then per row an arrival counter and what each chunk
+// of its logits holds (max, argmax, exp sum, top-n). The counters must be
+// zero before the first call: zero the workspace once after allocating it
+// (cudaMemset); every call leaves them zero.
 size_t sample_workspace_bytes(int max_rows, int vocab, int max_edits);
 
-// Samples one token per row. One CTA per row.
+// Samples one token per row. A row's logits are cut into chunks of 4096,
+// one CTA each (so a row's sums are the same bits in any batch); the row's
+// last CTA to finish completes it from the chunks' figures, and reads the
+// whole row again only for a draw (temperature > 0), an edit that moves the
+// argmax, the rank of a chosen token below the max, or a top-n too wide to
+// merge from the chunks.
 // logits: [n_rows, vocab] fp32; the edits are applied in place and undone,
 //   so the logits read back unchanged after the op.
-// rows: [n_rows]; edits: the concatenated edit lists (rows[r].edit_begin..end
-//   index it; may be null when no row has edits).
-// workspace: sample_workspace_bytes(...) bytes.
+// rows: [n_rows] (n_rows <= 65535); edits: the concatenated edit lists
+//   (rows[r].edit_begin..end index it; may be null when no row has edits).
+// workspace: sample_workspace_bytes(>= n_rows, vocab, max_edits) bytes,
+//   zeroed once (above); max_edits >= the length of edits.
 // out_token: [n_rows] (-1 for a row holding NaN or +inf).
 // out_logprob, out_rank: [n_rows]: the raw logprob of the chosen token and
 //   1 + the number of tokens with a strictly higher raw logit (0 and 0 for a
@@ -100,8 +107,9 @@ size_t sample_workspace_bytes(int max_rows, int vocab, int max_edits);
 // The four logprob outputs may be null when no row asks for logprobs
 // (out_top_* when no row asks for n > 0).
 void sample(float* logits, int vocab, const SampleRowParams* rows, int n_rows,
-            const TokenEdit* edits, void* workspace, int32_t* out_token, float* out_logprob,
-            int32_t* out_rank, int32_t* out_top_ids, float* out_top_logprobs, cudaStream_t s);
+            const TokenEdit* edits, void* workspace, int max_edits, int32_t* out_token,
+            float* out_logprob, int32_t* out_rank, int32_t* out_top_ids, float* out_top_logprobs,
+            cudaStream_t s);
 
 // Prompt logprobs: for each row, the raw logprob of tokens[row] and its rank,
 // plus the top top_n (0..20) tokens, exactly as Sampler::logprobs. No

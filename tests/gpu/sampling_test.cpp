@@ -169,14 +169,15 @@ Results run_gpu(const Batch& b, std::vector<float>* logits_after = nullptr) {
   Dev<float> logits(b.logits);
   Dev<cu::SampleRowParams> d_params(params);
   Dev<cu::TokenEdit> d_edits(edits);
-  Dev<uint8_t> ws(
-      cu::sample_workspace_bytes(static_cast<int>(n), b.vocab, static_cast<int>(edits.size())));
+  const int max_edits = static_cast<int>(edits.size());
+  Dev<uint8_t> ws(cu::sample_workspace_bytes(static_cast<int>(n), b.vocab, max_edits));
+  CUDA_OK(cudaMemset(ws.get(), 0, cu::sample_workspace_bytes(static_cast<int>(n), b.vocab, max_edits)));
   Dev<int32_t> token(n), rank(n), top_ids(n * cu::kMaxTopLogprobs);
   Dev<float> logprob(n), top_lp(n * cu::kMaxTopLogprobs);
   cudaStream_t s = nullptr;
   CUDA_OK(cudaStreamCreate(&s));
   cu::sample(logits.get(), b.vocab, d_params.get(), static_cast<int>(n), d_edits.get(), ws.get(),
-             token.get(), logprob.get(), rank.get(), top_ids.get(), top_lp.get(), s);
+             max_edits, token.get(), logprob.get(), rank.get(), top_ids.get(), top_lp.get(), s);
   CUDA_OK(cudaStreamSynchronize(s));
   CUDA_OK(cudaGetLastError());
   CUDA_OK(cudaStreamDestroy(s));
@@ -501,6 +502,59 @@ TEST(CudaSampling, Logprobs) {
       }
     });
     check("logprobs", b);
+  }
+}
+
+// The row is cut into chunks of 4096 logits, one CTA each: vocabularies of
+// one partial chunk, exactly one, one logit past it, and one so wide that the
+// top 20 cannot be merged from the chunks' lists (the whole-row select runs).
+// The best values are planted on both sides of a chunk edge, so the argmax
+// and the top lists break ties across chunks.
+TEST(CudaSampling, ChunkEdges) {
+  REQUIRE_GPU();
+  for (int vocab : {1000, 4096, 4097, 12289, 500000}) {
+    Batch b = make_batch(vocab, 48, 111, [vocab](Row& row, float* x, std::mt19937_64& rng) {
+      const float mx = *std::max_element(x, x + vocab) + 1.0f;
+      for (int at : {4095, 4096, 8191, 8192, vocab - 1})
+        if (at < vocab && rng() % 2) x[at] = mx;
+      const int ns[] = {-1, 0, 1, 20};
+      const int n = ns[rng() % 4];
+      row.sp.logprobs = n >= 0;
+      row.sp.top_logprobs = std::max(n, 0);
+      row.sp.temperature = (rng() % 3 == 0) ? 1.0f : 0.0f;
+      if (rng() % 4 == 0) {  // an edit may move the argmax
+        row.sp.presence_penalty = (rng() % 2) ? 3.0f : -3.0f;
+        row.output = {static_cast<int32_t>(rng() % static_cast<uint64_t>(vocab)),
+                      static_cast<int32_t>(std::min(4096, vocab - 1))};
+      }
+    });
+    check("chunk edges", b, 0);
+  }
+}
+
+// A row's token and logprobs are the same bits alone and in a batch.
+TEST(CudaSampling, SameBitsAloneAndInABatch) {
+  REQUIRE_GPU();
+  Batch b = make_batch(128256, 24, 112, [](Row& row, float*, std::mt19937_64& rng) {
+    row.sp.logprobs = true;
+    row.sp.top_logprobs = static_cast<int32_t>(rng() % 21);
+    row.sp.temperature = (rng() % 2) ? 0.7f : 0.0f;
+  });
+  const Results all = run_gpu(b);
+  for (size_t i : {size_t{0}, size_t{9}, size_t{23}}) {
+    Batch one = b;
+    one.rows = {b.rows[i]};
+    one.logits.assign(b.row_logits(i), b.row_logits(i) + b.vocab);
+    const Results r = run_gpu(one);
+    EXPECT_EQ(r.token[0], all.token[i]) << "row " << i;
+    EXPECT_EQ(0, std::memcmp(&r.logprob[0], &all.logprob[i], 4)) << "row " << i;
+    EXPECT_EQ(r.rank[0], all.rank[i]) << "row " << i;
+    const size_t base = i * cu::kMaxTopLogprobs;
+    for (int j = 0; j < cu::kMaxTopLogprobs; ++j) {
+      EXPECT_EQ(r.top_ids[static_cast<size_t>(j)], all.top_ids[base + static_cast<size_t>(j)]);
+      EXPECT_EQ(0, std::memcmp(&r.top_lp[static_cast<size_t>(j)],
+                               &all.top_lp[base + static_cast<size_t>(j)], 4));
+    }
   }
 }
 

@@ -1,10 +1,18 @@
 // The on-device sampler (kernels/sampling_ops.h): the CPU Sampler
-// (runtime/cpu/sampler.cpp) step for step, one CTA of kThreads per row.
+// (runtime/cpu/sampler.cpp) step for step.
 //
 // Design.
-//  - Every pass streams the row from global memory (128256 fp32 = 501 KB,
-//    too large for shared memory), kThreads threads strided so loads are
-//    coalesced. A row that samples with top_p costs about a dozen passes.
+//  - A row (128256 fp32 = 501 KB, too large for shared memory) is cut into
+//    chunks of kChunk logits, one CTA each, which find in one read what needs
+//    no decision: the chunk's max, validity, argmax, top-n and its sum of
+//    exp(x - chunk max). The row's last CTA to finish (an arrival counter)
+//    combines them in chunk order: a greedy row, with or without logprobs,
+//    is then done without reading the row again, and a single CTA does not
+//    stream 501 KB several times (about 57 us a pass at batch 1 before).
+//  - The rest is one CTA (the last) streaming the row, kThreads threads
+//    strided so loads are coalesced: a draw, an edit that moves the argmax,
+//    the rank of a token below the max. A row that samples with top_p costs
+//    about half a dozen passes.
 //  - Exact arithmetic where the CPU sums weights. A weight w = exp((x - m)/T)
 //    in [0, 1] is a float; it is split exactly into a 2-word fixed-point
 //    number Fx (a: units of 2^-40, b: units of 2^-80; the bits of a weight
@@ -63,8 +71,10 @@
 //
 // Known differences from the CPU sampler (all at fp rounding boundaries):
 //  - weight sums: exact here, rounded double on the CPU (see above);
-//  - log-sum-exp for logprobs: the same float weights summed in double in a
-//    different order, and the device log(): logprobs agree to ~1e-6;
+//  - log-sum-exp for logprobs: each chunk sums its float weights about its
+//    own max in double, rescaled by exp(chunk max - row max) (exactly 1 for
+//    the chunk holding the max), in another order than the CPU, and the
+//    device log(): logprobs agree to ~1e-6;
 //  - a CPU without FMA runs glibc's SSE2 expf, which can differ from the
 //    FMA variant in the last bit for a tiny fraction of inputs; a weight one
 //    ulp off moves a cumulative boundary by ~6e-8 of that weight.
@@ -84,8 +94,10 @@ namespace {
 
 using u64 = unsigned long long;
 
-constexpr int kThreads = 512;  // per CTA (one CTA per row)
+constexpr int kThreads = 512;  // per CTA
 constexpr int kWarps = kThreads / 32;
+constexpr int kPer = 8;                  // logits per thread in a chunk
+constexpr int kChunk = kThreads * kPer;  // logits per chunk CTA
 constexpr int kMaxBins = 2048;           // radix bins of the widest digit (11 bits)
 constexpr int kCpuBuckets = 4096;        // the CPU's top_p histogram (sampler.cpp kBuckets)
 constexpr float kGreedyEpsilon = 1e-5f;  // SamplingParams::kGreedyEpsilon
@@ -650,13 +662,9 @@ __device__ __forceinline__ bool argmax_better(ArgMax a, ArgMax b) {
   return a.v > b.v || (a.v == b.v && a.i < b.i);
 }
 
-// argmax, ties to the lowest id (all -inf: id 0, as the CPU).
-__device__ ArgMax block_argmax(const float* x, int n, Smem& sh) {
-  ArgMax best{-kInf, INT_MAX};
-  for (int i = static_cast<int>(threadIdx.x); i < n; i += kThreads) {
-    const ArgMax c{x[i], i};
-    if (argmax_better(c, best)) best = c;
-  }
+// The best of every thread's `best` (value descending, id ascending); every
+// thread gets it.
+__device__ ArgMax block_argmax_of(ArgMax best, Smem& sh) {
   for (int o = 16; o > 0; o >>= 1) {
     const ArgMax c{__shfl_xor_sync(kFull, best.v, o), __shfl_xor_sync(kFull, best.i, o)};
     if (argmax_better(c, best)) best = c;
@@ -673,6 +681,16 @@ __device__ ArgMax block_argmax(const float* x, int n, Smem& sh) {
   }
   __syncthreads();
   return t;
+}
+
+// argmax, ties to the lowest id (all -inf: id 0, as the CPU).
+__device__ ArgMax block_argmax(const float* x, int n, Smem& sh) {
+  ArgMax best{-kInf, INT_MAX};
+  for (int i = static_cast<int>(threadIdx.x); i < n; i += kThreads) {
+    const ArgMax c{x[i], i};
+    if (argmax_better(c, best)) best = c;
+  }
+  return block_argmax_of(best, sh);
 }
 
 // Steps 5 of the CPU sampler (build_support, apply_top_p, draw) on the
@@ -768,12 +786,230 @@ __device__ int32_t draw_token(const float* x, int n, const SampleRowParams& p, A
   return last_in_set(x, n, last, sh);
 }
 
+// ---- the row scan: one CTA per chunk of a row ------------------------------
+
+// What the CTA of one chunk of a row found; the row's last CTA reads them all.
+struct ChunkStat {
+  double z;      // sum of glibc_expf(x - m) over the chunk (rows with logprobs; 0 if m = -inf)
+  float m;       // the chunk's max (-inf: all -inf)
+  int32_t bad;   // a NaN or +inf in the chunk
+  int32_t arg;   // the lowest id holding m
+  int32_t n;     // entries of key/id: the chunk's best min(n_top, size), best first
+  uint32_t key[kMaxTopLogprobs];
+  int32_t id[kMaxTopLogprobs];
+};
+
+// Chunks of a row (depends on the vocabulary only, so a row's sums are the
+// same bits in any batch).
+__host__ __device__ constexpr int chunks_of(int vocab) {
+  return (vocab + kChunk - 1) / kChunk;
+}
+
+// A row's block of the workspace: its arrival counter, then its chunks' stats.
+__host__ __device__ constexpr size_t row_block_bytes(int vocab) {
+  return (16 + sizeof(ChunkStat) * static_cast<size_t>(chunks_of(vocab)) + 255) / 256 * 256;
+}
+
+// The saved raw logits of the edited tokens come first (max_edits floats).
+__host__ __device__ constexpr size_t saved_bytes(int max_edits) {
+  return (static_cast<size_t>(max_edits > 0 ? max_edits : 0) * sizeof(float) + 255) / 256 * 256;
+}
+
+// (key, id) strictly after (lk, li) in better order.
+__device__ __forceinline__ bool worse_than(uint32_t key, int32_t id, uint32_t lk, int32_t li) {
+  return key < lk || (key == lk && id > li);
+}
+
+// The best (key desc, id asc) over the block; every thread gets it. A thread
+// with nothing offers (0, INT_MAX), which loses to every element.
+__device__ void block_best(uint32_t& key, int32_t& id, Smem& sh) {
+  for (int o = 16; o > 0; o >>= 1) {
+    const uint32_t k2 = __shfl_xor_sync(kFull, key, o);
+    const int32_t i2 = __shfl_xor_sync(kFull, id, o);
+    if (k2 > key || (k2 == key && i2 < id)) {
+      key = k2;
+      id = i2;
+    }
+  }
+  if (lane_id() == 0) {
+    sh.red_a[warp_id()] = key;
+    sh.red_i[warp_id()] = id;
+  }
+  __syncthreads();
+  key = 0u;
+  id = INT_MAX;
+  for (int w = 0; w < kWarps; ++w) {
+    const auto k2 = static_cast<uint32_t>(sh.red_a[w]);
+    const int32_t i2 = sh.red_i[w];
+    if (k2 > key || (k2 == key && i2 < id)) {
+      key = k2;
+      id = i2;
+    }
+  }
+  __syncthreads();
+}
+
+// The chunk's part of every row-wide figure, from one read of its logits:
+// max, validity, argmax, the sum of exp for the log-sum-exp (about the
+// chunk's own max; the last CTA rescales) and the chunk's top n_top.
+__device__ void scan_chunk(const float* x, int begin, int end, bool want_lp, int n_top,
+                           ChunkStat* st, Smem& sh) {
+  const int tid = static_cast<int>(threadIdx.x);
+  float v[kPer];  // element begin + k * kThreads + tid (-inf past the end)
+  int32_t bad = 0;
+  ArgMax best{-kInf, INT_MAX};
+#pragma unroll
+  for (int k = 0; k < kPer; ++k) {
+    const int i = begin + k * kThreads + tid;
+    v[k] = i < end ? x[i] : -kInf;
+  }
+#pragma unroll
+  for (int k = 0; k < kPer; ++k) {
+    const int i = begin + k * kThreads + tid;
+    if (i >= end) continue;
+    bad |= (isnan(v[k]) || v[k] == kInf) ? 1 : 0;
+    const ArgMax c{v[k], i};
+    if (argmax_better(c, best)) best = c;
+  }
+  bad = block_max_i32(bad, sh);
+  best = block_argmax_of(best, sh);
+  double z = 0.0;
+  if (want_lp && best.v > -kInf) {
+#pragma unroll
+    for (int k = 0; k < kPer; ++k) {
+      if (begin + k * kThreads + tid < end)
+        z = __dadd_rn(z, static_cast<double>(glibc_expf(__fsub_rn(v[k], best.v))));
+    }
+    z = block_sum_f64(z, sh);
+  }
+  // The chunk's top n by rounds: each takes the best element after the last.
+  const int n = min(n_top, end - begin);
+  uint32_t lk = 0xffffffffu;
+  int32_t li = -1;  // before every element
+  for (int t = 0; t < n; ++t) {
+    uint32_t key = 0u;
+    int32_t id = INT_MAX;
+#pragma unroll
+    for (int k = 0; k < kPer; ++k) {
+      const int i = begin + k * kThreads + tid;
+      const uint32_t kk = key_of(v[k]);
+      if (i < end && worse_than(kk, i, lk, li) && (kk > key || (kk == key && i < id))) {
+        key = kk;
+        id = i;
+      }
+    }
+    block_best(key, id, sh);
+    if (tid == 0) {
+      st->key[t] = key;
+      st->id[t] = id;
+    }
+    lk = key;
+    li = id;
+  }
+  if (tid == 0) {
+    st->z = z;
+    st->m = best.v;
+    st->bad = bad;
+    st->arg = best.i;
+    st->n = n;
+  }
+}
+
+// The row-wide figures from the chunk stats (read through L2: other CTAs wrote
+// them), in chunk order.
+struct RowScan {
+  float m;      // the raw max
+  int32_t bad;  // a NaN or +inf in the row
+  ArgMax arg;   // the raw argmax (ties to the lowest id)
+  double z;     // sum over the row of exp(x - m), for the log-sum-exp
+};
+
+__device__ RowScan reduce_chunks(const ChunkStat* st, int n_chunks, bool want_lp, Smem& sh) {
+  const int tid = static_cast<int>(threadIdx.x);
+  ArgMax best{-kInf, INT_MAX};
+  int32_t bad = 0;
+  for (int c = tid; c < n_chunks; c += kThreads) {
+    const ArgMax a{__ldcg(&st[c].m), __ldcg(&st[c].arg)};
+    if (argmax_better(a, best)) best = a;
+    bad |= __ldcg(&st[c].bad);
+  }
+  RowScan r;
+  r.bad = block_max_i32(bad, sh);
+  r.arg = block_argmax_of(best, sh);
+  r.m = r.arg.v;
+  r.z = 0.0;
+  if (want_lp) {
+    // Each chunk's sum rescaled from its max to the row's: exp(m_c - m) is 1
+    // for the chunk holding the max (its weights are the CPU's), 0 for an
+    // all -inf chunk, NaN for an all -inf row (as the CPU's log-sum-exp).
+    double z = 0.0;
+    for (int c = tid; c < n_chunks; c += kThreads) {
+      const double f = exp(__dsub_rn(static_cast<double>(__ldcg(&st[c].m)), r.m));
+      z = __dadd_rn(z, __dmul_rn(__ldcg(&st[c].z), f));
+    }
+    r.z = block_sum_f64(z, sh);
+  }
+  return r;
+}
+
+// The row's top n_top (best first, ties by id) merged from the chunks' lists
+// (each the chunk's best min(n_top, size), best first) into sh.top_id.
+// Needs n_chunks <= kThreads and n_chunks * n_top <= kMaxBins.
+__device__ void merge_top(const ChunkStat* st, int n_chunks, int n_top, Smem& sh) {
+  const int tid = static_cast<int>(threadIdx.x);
+  // The lists into shared memory: chunk c's entry j at c * n_top + j.
+  for (int e = tid; e < n_chunks * n_top; e += kThreads) {
+    const int c = e / n_top;
+    const int j = e % n_top;
+    const bool in = j < __ldcg(&st[c].n);
+    sh.hist_a[e] = in ? __ldcg(&st[c].key[j]) : 0u;
+    sh.hist_b[e] = static_cast<u64>(in ? __ldcg(&st[c].id[j]) : INT_MAX);
+  }
+  __syncthreads();
+  int head = 0;  // thread c: the next entry of chunk c
+  const int avail = tid < n_chunks ? __ldcg(&st[tid].n) : 0;
+  for (int t = 0; t < n_top; ++t) {
+    uint32_t key = 0u;
+    int32_t id = INT_MAX;
+    if (head < avail) {
+      key = static_cast<uint32_t>(sh.hist_a[tid * n_top + head]);
+      id = static_cast<int32_t>(sh.hist_b[tid * n_top + head]);
+    }
+    const int32_t mine = id;
+    block_best(key, id, sh);
+    if (head < avail && mine == id) ++head;  // ids are distinct: only the winner's chunk moves
+    if (tid == 0) sh.top_id[t] = id;
+  }
+  __syncthreads();
+}
+
+// The argmax of the row after its edits: the raw argmax unless an edit moved
+// it (then one pass over the row), against the edited tokens' new values.
+__device__ ArgMax edited_argmax(const float* x, int n, const SampleRowParams& p,
+                                const TokenEdit* edits, ArgMax raw, Smem& sh) {
+  if (p.edit_end <= p.edit_begin) return raw;
+  ArgMax best{-kInf, INT_MAX};
+  int32_t moved = 0;
+  for (int j = p.edit_begin + static_cast<int>(threadIdx.x); j < p.edit_end; j += kThreads) {
+    const int32_t t = edits[j].token;
+    if (t < 0 || t >= n) continue;
+    moved |= t == raw.i ? 1 : 0;
+    const ArgMax c{x[t], t};
+    if (argmax_better(c, best)) best = c;
+  }
+  if (block_max_i32(moved, sh)) return block_argmax(x, n, sh);
+  best = block_argmax_of(best, sh);
+  // The raw argmax is not edited, so it is the best unedited token.
+  return argmax_better(raw, best) ? raw : best;
+}
+
 struct SampleArgs {
   float* logits;
   int vocab;
   const SampleRowParams* rows;
   const TokenEdit* edits;
-  float* saved;  // [edits] raw logits of the edited tokens
+  float* saved;      // [edits] raw logits of the edited tokens
+  uint8_t* blocks;   // [rows] row_block_bytes(vocab) each: counter, ChunkStat[chunks]
   int32_t* out_token;
   float* out_logprob;
   int32_t* out_rank;
@@ -781,31 +1017,45 @@ struct SampleArgs {
   float* out_top_logprobs;
 };
 
-__global__ void __launch_bounds__(kThreads) sample_kernel(SampleArgs a) {
+// Grid (chunks, rows). Every CTA scans its chunk of the row; the last to
+// arrive finishes the row (the CPU sampler's steps) from the chunks' stats,
+// going over the whole row again only where a step needs it: a draw, an edit
+// that moves the argmax, the rank of a token that is not the max, a top-n
+// too wide to merge.
+__global__ void __launch_bounds__(kThreads, 2) sample_kernel(SampleArgs a) {
   __shared__ Smem sh;
-  const int r = static_cast<int>(blockIdx.x);
+  __shared__ int s_last;
+  const int c = static_cast<int>(blockIdx.x);
+  const int r = static_cast<int>(blockIdx.y);
   const int n = a.vocab;
+  const int n_chunks = static_cast<int>(gridDim.x);
   const int tid = static_cast<int>(threadIdx.x);
   const SampleRowParams p = a.rows[r];
   float* x = a.logits + static_cast<size_t>(r) * static_cast<size_t>(n);  // [vocab]
+  uint8_t* block = a.blocks + static_cast<size_t>(r) * row_block_bytes(n);
+  auto* count = reinterpret_cast<unsigned*>(block);
+  auto* stats = reinterpret_cast<ChunkStat*>(block + 16);  // [chunks]
+  const bool want_lp = p.num_logprobs >= 0;
+  const int n_top = min(max(p.num_logprobs, 0), min(kMaxTopLogprobs, n));
+  const bool merge = n_chunks <= kThreads && n_chunks * n_top <= kMaxBins;
+  scan_chunk(x, c * kChunk, min(n, (c + 1) * kChunk), want_lp, merge ? n_top : 0, &stats[c], sh);
+  // Release: the stat is visible before the CTA is counted.
+  __threadfence();
+  __syncthreads();
+  if (tid == 0) {
+    s_last = atomicAdd(count, 1u) + 1 == static_cast<unsigned>(n_chunks);
+    if (s_last) *count = 0;  // every chunk has counted: the next launch starts at 0
+  }
+  __syncthreads();
+  if (!s_last) return;
+  __threadfence();  // acquire: the other chunks' stats
+
   int32_t* top_ids =
       a.out_top_ids ? a.out_top_ids + static_cast<size_t>(r) * kMaxTopLogprobs : nullptr;
   float* top_lp =
       a.out_top_logprobs ? a.out_top_logprobs + static_cast<size_t>(r) * kMaxTopLogprobs : nullptr;
-
-  // Raw maximum and validity (the CPU's check_row: NaN or +inf fails the row).
-  float mx = -kInf;
-  int32_t bad = 0;
-  for (int i = tid; i < n; i += kThreads) {
-    const float v = x[i];
-    bad |= (isnan(v) || v == kInf) ? 1 : 0;
-    mx = fmaxf(mx, v);
-  }
-  mx = block_max_f32(mx, sh);
-  bad = block_max_i32(bad, sh);
-  const bool want_lp = p.num_logprobs >= 0;
-  const int n_top = min(max(p.num_logprobs, 0), min(kMaxTopLogprobs, n));
-  if (bad) {
+  const RowScan row = reduce_chunks(stats, n_chunks, want_lp, sh);
+  if (row.bad) {
     if (tid == 0) {
       a.out_token[r] = -1;
       if (a.out_logprob) a.out_logprob[r] = __int_as_float(0x7fc00000);
@@ -819,8 +1069,20 @@ __global__ void __launch_bounds__(kThreads) sample_kernel(SampleArgs a) {
   // 1. Raw logprobs (everything that does not depend on the chosen token).
   double lse = 0.0;
   if (want_lp) {
-    lse = raw_lse(x, n, mx, sh);
-    if (n_top > 0 && top_ids && top_lp) raw_top_n(x, n, n_top, lse, top_ids, top_lp, sh);
+    lse = __dadd_rn(static_cast<double>(row.m), log(row.z));
+    if (n_top > 0 && top_ids && top_lp) {
+      if (merge) {
+        merge_top(stats, n_chunks, n_top, sh);
+        if (tid < n_top) {
+          const int32_t id = sh.top_id[tid];
+          top_ids[tid] = id;
+          top_lp[tid] = __double2float_rn(__dsub_rn(static_cast<double>(x[id]), lse));
+        }
+        __syncthreads();
+      } else {
+        raw_top_n(x, n, n_top, lse, top_ids, top_lp, sh);
+      }
+    }
   }
 
   // 2. Edits in place, raw values saved: mask, repetition, frequency/presence.
@@ -842,7 +1104,7 @@ __global__ void __launch_bounds__(kThreads) sample_kernel(SampleArgs a) {
   __syncthreads();
 
   // 3-5. Greedy or the draw.
-  const ArgMax am = block_argmax(x, n, sh);
+  const ArgMax am = edited_argmax(x, n, p, a.edits, row.arg, sh);
   const int32_t token = p.temperature < kGreedyEpsilon ? am.i : draw_token(x, n, p, am, sh);
 
   // Undo the edits.
@@ -852,12 +1114,13 @@ __global__ void __launch_bounds__(kThreads) sample_kernel(SampleArgs a) {
   }
   __syncthreads();
 
-  // 1 (continued). Logprob and rank of the chosen token in the raw row.
+  // 1 (continued). Logprob and rank of the chosen token in the raw row (no
+  // token is above the max).
   float logprob = 0.0f;
   int32_t rank = 0;
   if (want_lp) {
     const float chosen = x[token];
-    rank = raw_rank(x, n, chosen, sh);
+    rank = chosen == row.m ? 1 : raw_rank(x, n, chosen, sh);
     logprob = __double2float_rn(__dsub_rn(static_cast<double>(chosen), lse));
   }
   if (tid == 0) {
@@ -960,21 +1223,25 @@ int append_token_edits(const int32_t* prompt, size_t n_prompt, const int32_t* ou
 }
 
 size_t sample_workspace_bytes(int max_rows, int vocab, int max_edits) {
-  (void)max_rows;
-  (void)vocab;
-  const size_t edits = max_edits > 0 ? static_cast<size_t>(max_edits) : 0;
-  return std::max<size_t>(edits * sizeof(float), 16);  // [max_edits] saved raw logits
+  if (max_rows <= 0 || vocab <= 0) return saved_bytes(max_edits);
+  return saved_bytes(max_edits) + static_cast<size_t>(max_rows) * row_block_bytes(vocab);
 }
 
 void sample(float* logits, int vocab, const SampleRowParams* rows, int n_rows,
-            const TokenEdit* edits, void* workspace, int32_t* out_token, float* out_logprob,
-            int32_t* out_rank, int32_t* out_top_ids, float* out_top_logprobs, cudaStream_t s) {
-  if (n_rows < 0 || vocab <= 0 || vocab >= kMaxVocab) op_fail("sample", "bad shape");
+            const TokenEdit* edits, void* workspace, int max_edits, int32_t* out_token,
+            float* out_logprob, int32_t* out_rank, int32_t* out_top_ids, float* out_top_logprobs,
+            cudaStream_t s) {
+  if (n_rows < 0 || n_rows > 65535 || vocab <= 0 || vocab >= kMaxVocab)
+    op_fail("sample", "bad shape");
   if (n_rows == 0) return;
-  if (!logits || !rows || !out_token) op_fail("sample", "null logits, rows or out_token");
-  SampleArgs a{logits,    vocab,       rows,     edits,       static_cast<float*>(workspace),
-               out_token, out_logprob, out_rank, out_top_ids, out_top_logprobs};
-  sample_kernel<<<static_cast<unsigned>(n_rows), kThreads, 0, s>>>(a);
+  if (!logits || !rows || !out_token || !workspace)
+    op_fail("sample", "null logits, rows, workspace or out_token");
+  auto* ws = static_cast<uint8_t*>(workspace);
+  SampleArgs a{logits,    vocab,       rows,     edits,       reinterpret_cast<float*>(ws),
+               ws + saved_bytes(max_edits),       out_token, out_logprob, out_rank,
+               out_top_ids, out_top_logprobs};
+  const dim3 grid(static_cast<unsigned>(chunks_of(vocab)), static_cast<unsigned>(n_rows));
+  sample_kernel<<<grid, kThreads, 0, s>>>(a);
   check_launch("sample");
 }
 

@@ -283,6 +283,7 @@ Status CudaBackend::allocate(uint64_t kv_bytes) {
     carve_device(ad);
     carve_host(ah);
     CS_CUDA(cudaMemset(b.merge_counters, 0, sizeof(unsigned) * merge_counters));
+    CS_CUDA(cudaMemset(b.sample_ws, 0, sample_ws));  // the sampler's row counters
     for (cudaEvent_t& e : b.staged)
       CS_CUDA(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
     return {};
@@ -668,7 +669,7 @@ Status CudaBackend::sample(const StepInput& in, StepOutput& out) {
                             cudaMemcpyHostToDevice, compute_));
   }
   ops::sample(b.logits, vocab, b.d_params, n, edits.empty() ? nullptr : b.d_edits, b.sample_ws,
-              b.d_token, any_logprobs ? b.d_logprob : nullptr, any_logprobs ? b.d_rank : nullptr,
+              kMaxEdits, b.d_token, any_logprobs ? b.d_logprob : nullptr, any_logprobs ? b.d_rank : nullptr,
               any_top ? b.d_top_ids : nullptr, any_top ? b.d_top_lp : nullptr, compute_);
   constexpr int kTop = ops::kMaxTopLogprobs;
   CS_CUDA(
