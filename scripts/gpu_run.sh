@@ -7,6 +7,7 @@
 #   unit       the CUDA op tests (ctest label gpu: ops, attention, sampling vs the CPU; tensor
 #              parallel on one GPU vs TP=1, and over NCCL when 2+ GPUs are visible)
 #   unit:side  the shared-prefix tests with CARTSERVE_CASCADE_SIDE_STREAM=1
+#   unit@VAR=VAL,VAR=VAL:FILTER  the op tests matching the gtest FILTER with those variables set
 #   sanitizer  compute-sanitizer memcheck over the op tests and a whole forward pass
 #   logits     (logits:NAME for one shape) random-weight Llama-3.2-3B and SmolLM2-135M shapes written by HF
 #              transformers: our logits and greedy continuations against HF's
@@ -173,9 +174,13 @@ for s in "$@"; do
     unit) stage unit "$B/gpu_tests" ;;
     unit:side) CARTSERVE_CASCADE_SIDE_STREAM=1 stage unit_side "$B/gpu_tests" \
                  --gtest_filter='*Cascade*' ;;
+    unit@*) # unit@VAR=VAL,VAR=VAL:FILTER
+      spec=${s#unit@}; vars=${spec%%:*}; filter=${spec#*:}
+      name="unit_$(echo "$vars" | tr -c 'A-Za-z0-9\n' _ | tr A-Z a-z | sed 's/cartserve_//g')"
+      (IFS=, && export $vars && stage "$name" "$B/gpu_tests" --gtest_filter="$filter") ;;
     sanitizer)
       stage sanitizer compute-sanitizer --tool memcheck --error-exitcode 9 "$B/gpu_tests" \
-        --gtest_filter='CudaOps.*:PagedAttention*Decode*:*PrefillSharedCartridgePrefix:CudaSampling.Greedy*:CudaTp.SumBf16*:CudaTp.OneDevice*:CudaCascade.*:CudaKvLoad.*' &&
+        --gtest_filter='CudaOps.*:PagedAttention*Decode*:*PrefillSharedCartridgePrefix:CudaSampling.Greedy*:CudaSampling.ChunkEdges:CudaSampling.Logprobs:CudaTp.SumBf16*:CudaTp.OneDevice*:CudaCascade.*:CudaKvLoad.*' &&
         ckpt smollm2 && stage sanitizer_forward compute-sanitizer --tool memcheck --error-exitcode 9 \
           "$B/dump_logits" /tmp/ckpt/smollm2 /tmp/ckpt/smollm2/prompts.json /tmp --device cuda \
           --greedy 4 ;;

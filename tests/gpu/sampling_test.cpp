@@ -171,7 +171,8 @@ Results run_gpu(const Batch& b, std::vector<float>* logits_after = nullptr) {
   Dev<cu::TokenEdit> d_edits(edits);
   const int max_edits = static_cast<int>(edits.size());
   Dev<uint8_t> ws(cu::sample_workspace_bytes(static_cast<int>(n), b.vocab, max_edits));
-  CUDA_OK(cudaMemset(ws.get(), 0, cu::sample_workspace_bytes(static_cast<int>(n), b.vocab, max_edits)));
+  CUDA_OK(
+      cudaMemset(ws.get(), 0, cu::sample_workspace_bytes(static_cast<int>(n), b.vocab, max_edits)));
   Dev<int32_t> token(n), rank(n), top_ids(n * cu::kMaxTopLogprobs);
   Dev<float> logprob(n), top_lp(n * cu::kMaxTopLogprobs);
   cudaStream_t s = nullptr;

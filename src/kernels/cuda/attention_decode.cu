@@ -15,9 +15,10 @@
 //    per pass. The split is walked in stages of BN positions (64 at
 //    head_dim 64, 32 at 128; R = 4 rows per thread), gathered through the
 //    block table by cp.async (16-byte, coalesced: a row is 128 or 256
-//    contiguous bytes) into a 2-stage shared ring: stage i + 1 is in flight
-//    while stage i is computed, and its block ids were loaded one stage
-//    earlier still. Each thread copies exactly the pieces it later reads, so
+//    contiguous bytes) into a shared ring of KS stages (2 by default;
+//    CARTSERVE_DECODE_STAGES): stages i + 1 .. i + KS - 1 are in flight
+//    while stage i is computed, and the next one's block ids were loaded one
+//    stage earlier still. Each thread copies exactly the pieces it later reads, so
 //    the ring needs cp.async waits but no barrier; no registers hold loads.
 //  - Per stage: (A) each thread dots its 8 dims of q (registers, fp32) with
 //    its K rows for the HG heads; a reduce-scatter butterfly over the TPR
@@ -50,6 +51,8 @@
 // Determinism: fixed thread -> data mapping, fixed reduction trees, the
 // merge in split order, no atomics: the same batch and num_splits give the
 // same bits. No allocation, no host synchronisation: graph-capturable.
+#include <cstdlib>
+
 #include "kernels/cascade_split.h"
 #include "kernels/cuda/attention_internal.cuh"
 #include "kernels/cuda/common.cuh"
@@ -68,6 +71,18 @@ constexpr int kWarps = kThreads / 32;
 constexpr int kMinSplitLen = kDecodeChunk;
 constexpr int kMergeWarps = 4;
 constexpr int kResidentCtas = 2;  // split-kernel CTAs resident per SM, for decode_num_splits
+
+// Stages of the split kernel's K/V ring: CARTSERVE_DECODE_STAGES (2, 3 or 4;
+// default 2), read once. More stages keep more bytes in flight per CTA (a
+// 32 KB ring per 2 stages) at the cost of resident CTAs.
+int decode_stages() {
+  static const int stages = [] {
+    const char* v = std::getenv("CARTSERVE_DECODE_STAGES");
+    const int n = v != nullptr ? std::atoi(v) : 2;
+    return n == 3 || n == 4 ? n : 2;
+  }();
+  return stages;
+}
 
 __device__ __forceinline__ void bf16x8_to_f32(const uint4& u, float (&f)[8]) {
   const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&u);
@@ -119,7 +134,7 @@ struct BlockMap {
   }
 };
 
-template <int D, int HG>
+template <int D, int HG, int KS>
 struct DecodeCfg {
   static constexpr int TPR = D / 8;           // lanes per K/V row (one 16-byte chunk each)
   static constexpr int RPP = kThreads / TPR;  // rows per pass
@@ -127,7 +142,8 @@ struct DecodeCfg {
   // stages at head_dim 128 were measured slower: more registers, fewer CTAs).
   static constexpr int BN = D == 64 ? 64 : 32;
   static constexpr int R = BN / RPP;  // rows per thread per stage
-  static constexpr int kStages = 2;   // shared ring: stage i + 1 loads during stage i
+  static constexpr int kStages = KS;  // shared ring: stages i + 1 .. i + KS - 1 load during stage i
+  static constexpr int RING_BYTES = static_cast<int>(sizeof(bf16)) * kStages * 2 * BN * D;
   static_assert(32 % TPR == 0 && BN % RPP == 0 && BN % 32 == 0, "thread layout");
   static_assert(kDecodeChunk % BN == 0, "splits start on stage boundaries");
   static_assert(sizeof(float) * kWarps * HG * D <= sizeof(bf16) * kStages * 2 * BN * D,
@@ -157,7 +173,7 @@ __device__ __forceinline__ void merge_item(int64_t item, int prefix, int n_activ
   }
 }
 
-template <int D, int HG>
+template <int D, int HG, int KS>
 __global__ void __launch_bounds__(kThreads)
     decode_split_kernel(const bf16* __restrict__ q /* [num_seqs] rows of q_row_stride */,
                         int64_t q_row_stride, KvLayer kv, AttnBatch batch,
@@ -170,7 +186,7 @@ __global__ void __launch_bounds__(kThreads)
                         bf16* __restrict__ out /* [num_tokens, n_heads * D] (merge_count) */,
                         const float* __restrict__ c_o /* [num_seqs, n_heads, NC, D] or null */,
                         const float* __restrict__ c_ml /* [num_seqs, n_heads, NC, 2] */) {
-  using Cfg = DecodeCfg<D, HG>;
+  using Cfg = DecodeCfg<D, HG, KS>;
   constexpr int TPR = Cfg::TPR;
   constexpr int RPP = Cfg::RPP;
   constexpr int BN = Cfg::BN;
@@ -178,11 +194,13 @@ __global__ void __launch_bounds__(kThreads)
   constexpr int NP = HG <= 1 ? 1 : HG <= 2 ? 2 : HG <= 4 ? 4 : 8;  // HG rounded up to 2^k
   static_assert(HG >= 1 && HG <= 8 && NP <= TPR, "heads per CTA");
 
-  // K/V ring [stage][K, V][BN][D]: thread (rg, c) copies and later reads
-  // only its own 16-byte pieces (rows rg + i RPP, dims [8c, 8c + 8)), so the
-  // ring needs no barrier, only cp.async waits. After the loop it holds the
-  // cross-warp reduction buffer [kWarps][HG][D] floats.
-  __shared__ __align__(16) bf16 s_kv[Cfg::kStages][2][BN][D];
+  // K/V ring [KS][K, V][BN][D] (dynamic: Cfg::RING_BYTES): thread (rg, c)
+  // copies and later reads only its own 16-byte pieces (rows rg + i RPP,
+  // dims [8c, 8c + 8)), so the ring needs no barrier, only cp.async waits.
+  // After the loop it holds the cross-warp reduction buffer [kWarps][HG][D]
+  // floats.
+  extern __shared__ __align__(16) uint8_t s_ring[];
+  auto s_kv = reinterpret_cast<bf16(*)[2][BN][D]>(s_ring);
   // Double-buffered by stage parity, so a stage's phase A can overwrite them
   // while slower threads still read the previous stage's in phase C.
   __shared__ float s_p[2][HG][BN + 1];  // scores, then probabilities (+1: banks)
@@ -258,12 +276,16 @@ __global__ void __launch_bounds__(kThreads)
     }
   };
 
-  // Pipeline prologue: stage 0 in flight, then the block ids of stage 1.
+  // Pipeline prologue: stages 0 .. KS - 2 in flight (one commit group each,
+  // empty past the split), then the block ids of stage KS - 1.
   int blk[R];
   load_blocks(0, blk);
-  issue(0, blk);
-  cp_async_commit();
-  load_blocks(1, blk);
+#pragma unroll
+  for (int st = 0; st < KS - 1; ++st) {
+    if (st < n_stages) issue(st, blk);
+    cp_async_commit();
+    load_blocks(st + 1, blk);
+  }
 
   // q of the HG heads, this thread's 8 dims (fp32).
   float qf[HG][8];
@@ -287,14 +309,16 @@ __global__ void __launch_bounds__(kThreads)
   // (visible after the first stage's first barrier)
 
   for (int st = 0; st < n_stages; ++st) {
-    // Stage st + 1 in flight while st is computed; its block ids were loaded
-    // one stage earlier, the next ones now.
-    if (st + 1 < n_stages) {
-      issue(st + 1, blk);
-      load_blocks(st + 2, blk);
+    // Stages st + 1 .. st + KS - 1 in flight while st is computed; the
+    // newest one goes into the slot stage st - 1 used (this thread is done
+    // with its pieces there). Its block ids were loaded one stage earlier,
+    // the next ones now.
+    if (st + KS - 1 < n_stages) {
+      issue(st + KS - 1, blk);
+      load_blocks(st + KS, blk);
     }
-    cp_async_commit();   // (an empty group on the last stage keeps the count uniform)
-    cp_async_wait<1>();  // this thread's pieces of stage st have landed
+    cp_async_commit();        // (empty groups near the end keep the count uniform)
+    cp_async_wait<KS - 1>();  // this thread's pieces of stage st have landed
     const int slot = st % Cfg::kStages;
     const int buf = st & 1;
     const int p0 = begin + st * BN;
@@ -480,32 +504,49 @@ struct SplitArgs {
   const float* c_ml;
 };
 
-template <int D, int HG>
+template <int D, int HG, int KS>
 void launch_split(const dim3& grid, cudaStream_t st, const SplitArgs& a) {
-  launch(decode_split_kernel<D, HG>, grid, kThreads, 0, st, a.q, a.q_row_stride, a.kv, a.batch,
-         a.kv_begin, a.prefixed_only, a.n_heads, a.scale_log2, a.num_splits, a.bs_shift, a.o_part,
-         a.ml_part, a.merge_count, a.out, a.c_o, a.c_ml);
+  constexpr int kSmem = DecodeCfg<D, HG, KS>::RING_BYTES;
+  const auto kernel = decode_split_kernel<D, HG, KS>;
+  if (kSmem > 48 * 1024 && cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                kSmem) != cudaSuccess)
+    op_fail("paged_attention_decode", "cannot raise the split kernel's shared memory limit");
+  launch(kernel, grid, kThreads, kSmem, st, a.q, a.q_row_stride, a.kv, a.batch, a.kv_begin,
+         a.prefixed_only, a.n_heads, a.scale_log2, a.num_splits, a.bs_shift, a.o_part, a.ml_part,
+         a.merge_count, a.out, a.c_o, a.c_ml);
+}
+
+template <int D, int HG>
+void launch_split_ks(const dim3& grid, cudaStream_t st, const SplitArgs& a) {
+  switch (decode_stages()) {
+    case 3:
+      return launch_split<D, HG, 3>(grid, st, a);
+    case 4:
+      return launch_split<D, HG, 4>(grid, st, a);
+    default:
+      return launch_split<D, HG, 2>(grid, st, a);
+  }
 }
 
 template <int D>
 void launch_split_hg(int hg, const dim3& grid, cudaStream_t st, const SplitArgs& a) {
   switch (hg) {
     case 1:
-      return launch_split<D, 1>(grid, st, a);
+      return launch_split_ks<D, 1>(grid, st, a);
     case 2:
-      return launch_split<D, 2>(grid, st, a);
+      return launch_split_ks<D, 2>(grid, st, a);
     case 3:
-      return launch_split<D, 3>(grid, st, a);
+      return launch_split_ks<D, 3>(grid, st, a);
     case 4:
-      return launch_split<D, 4>(grid, st, a);
+      return launch_split_ks<D, 4>(grid, st, a);
     case 5:
-      return launch_split<D, 5>(grid, st, a);
+      return launch_split_ks<D, 5>(grid, st, a);
     case 6:
-      return launch_split<D, 6>(grid, st, a);
+      return launch_split_ks<D, 6>(grid, st, a);
     case 7:
-      return launch_split<D, 7>(grid, st, a);
+      return launch_split_ks<D, 7>(grid, st, a);
     default:
-      return launch_split<D, 8>(grid, st, a);
+      return launch_split_ks<D, 8>(grid, st, a);
   }
 }
 

@@ -790,11 +790,11 @@ __device__ int32_t draw_token(const float* x, int n, const SampleRowParams& p, A
 
 // What the CTA of one chunk of a row found; the row's last CTA reads them all.
 struct ChunkStat {
-  double z;      // sum of glibc_expf(x - m) over the chunk (rows with logprobs; 0 if m = -inf)
-  float m;       // the chunk's max (-inf: all -inf)
-  int32_t bad;   // a NaN or +inf in the chunk
-  int32_t arg;   // the lowest id holding m
-  int32_t n;     // entries of key/id: the chunk's best min(n_top, size), best first
+  double z;     // sum of glibc_expf(x - m) over the chunk (rows with logprobs; 0 if m = -inf)
+  float m;      // the chunk's max (-inf: all -inf)
+  int32_t bad;  // a NaN or +inf in the chunk
+  int32_t arg;  // the lowest id holding m
+  int32_t n;    // entries of key/id: the chunk's best min(n_top, size), best first
   uint32_t key[kMaxTopLogprobs];
   int32_t id[kMaxTopLogprobs];
 };
@@ -1008,8 +1008,8 @@ struct SampleArgs {
   int vocab;
   const SampleRowParams* rows;
   const TokenEdit* edits;
-  float* saved;      // [edits] raw logits of the edited tokens
-  uint8_t* blocks;   // [rows] row_block_bytes(vocab) each: counter, ChunkStat[chunks]
+  float* saved;     // [edits] raw logits of the edited tokens
+  uint8_t* blocks;  // [rows] row_block_bytes(vocab) each: counter, ChunkStat[chunks]
   int32_t* out_token;
   float* out_logprob;
   int32_t* out_rank;
@@ -1237,9 +1237,17 @@ void sample(float* logits, int vocab, const SampleRowParams* rows, int n_rows,
   if (!logits || !rows || !out_token || !workspace)
     op_fail("sample", "null logits, rows, workspace or out_token");
   auto* ws = static_cast<uint8_t*>(workspace);
-  SampleArgs a{logits,    vocab,       rows,     edits,       reinterpret_cast<float*>(ws),
-               ws + saved_bytes(max_edits),       out_token, out_logprob, out_rank,
-               out_top_ids, out_top_logprobs};
+  SampleArgs a{logits,
+               vocab,
+               rows,
+               edits,
+               reinterpret_cast<float*>(ws),
+               ws + saved_bytes(max_edits),
+               out_token,
+               out_logprob,
+               out_rank,
+               out_top_ids,
+               out_top_logprobs};
   const dim3 grid(static_cast<unsigned>(chunks_of(vocab)), static_cast<unsigned>(n_rows));
   sample_kernel<<<grid, kThreads, 0, s>>>(a);
   check_launch("sample");

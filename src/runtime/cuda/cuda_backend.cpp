@@ -669,8 +669,9 @@ Status CudaBackend::sample(const StepInput& in, StepOutput& out) {
                             cudaMemcpyHostToDevice, compute_));
   }
   ops::sample(b.logits, vocab, b.d_params, n, edits.empty() ? nullptr : b.d_edits, b.sample_ws,
-              kMaxEdits, b.d_token, any_logprobs ? b.d_logprob : nullptr, any_logprobs ? b.d_rank : nullptr,
-              any_top ? b.d_top_ids : nullptr, any_top ? b.d_top_lp : nullptr, compute_);
+              kMaxEdits, b.d_token, any_logprobs ? b.d_logprob : nullptr,
+              any_logprobs ? b.d_rank : nullptr, any_top ? b.d_top_ids : nullptr,
+              any_top ? b.d_top_lp : nullptr, compute_);
   constexpr int kTop = ops::kMaxTopLogprobs;
   CS_CUDA(
       cudaMemcpyAsync(b.h_token, b.d_token, sizeof(int32_t) * n, cudaMemcpyDeviceToHost, compute_));
