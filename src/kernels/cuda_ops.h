@@ -110,6 +110,12 @@ constexpr int kGemvMaxRows = 16;
 bool gemv_supports(const void* x, const void* w, int n, int in);
 void gemv(const bf16* x, const bf16* w, void* y, bool y_fp32, int n, int in, int out,
           cudaStream_t s);
+// The gate/up projection with SwiGLU in gemv's epilogue: act[n, ff] =
+// silu_mul of x @ w_gate_up^T, w_gate_up [2 * ff, in] interleaved in blocks of
+// 8 (ff % 8 == 0). The same bits as gemv into a bf16 projection followed by
+// silu_mul(..., 8), for 1 <= n <= kGemvMaxRows.
+void gemv_swiglu(const bf16* x, const bf16* w_gate_up, bf16* act, int n, int in, int ff,
+                 cudaStream_t s);
 
 // The linear layer of decode rows at any batch (twin: cpu linear_bf16): y[n,
 // out] = x[n, in] @ w[out, in]^T on tensor cores (mma.sync, bf16 in, fp32

@@ -526,6 +526,37 @@ TEST(CudaOps, SkinnyGemmSwigluIsProjectionThenSiluMul) {
   }
 }
 
+// The gate/up projection with SwiGLU in gemv's epilogue: the bits of gemv into
+// a bf16 projection followed by silu_mul over it, at every row count.
+TEST(CudaOps, GemvSwigluIsProjectionThenSiluMul) {
+  CS_REQUIRE_GPU();
+  Stream stream;
+  Seeds seeds(4700);
+  struct Dims {
+    int in, ff;
+  };
+  const Dims dims[] = {{576, 1536}, {3072, 8192}, {64, 24}, {8, 8}};
+  for (const Dims d : dims) {
+    const uint64_t seed = seeds.next();
+    const auto w = randn_bf16(static_cast<size_t>(2 * d.ff) * d.in, seed, 0.05f);
+    const auto x = randn_bf16(static_cast<size_t>(cuda::kGemvMaxRows) * d.in, seed + 1);
+    DeviceBuffer<uint16_t> d_w(w), d_x(x);
+    for (int n = 1; n <= cuda::kGemvMaxRows; ++n) {
+      SCOPED_TRACE(str("in", d.in) + " " + str("ff", d.ff) + " " + str("n", n));
+      DeviceBuffer<uint16_t> gu(static_cast<size_t>(n) * 2 * d.ff),
+          want(static_cast<size_t>(n) * d.ff), got(want.size());
+      got.poison();
+      cuda::gemv(bf(d_x), bf(d_w), gu.get(), false, n, d.in, 2 * d.ff, stream.get());
+      cuda::silu_mul(bf(gu), bf(want), n, d.ff, stream.get(), 8);
+      cuda::gemv_swiglu(bf(d_x), bf(d_w), bf(got), n, d.in, d.ff, stream.get());
+      stream.sync();
+      const auto g = got.download();
+      EXPECT_EQ(count_poison(g), 0u);
+      EXPECT_EQ(g, want.download());
+    }
+  }
+}
+
 // ---- silu_mul --------------------------------------------------------------
 
 TEST(CudaOps, SiluMul) {

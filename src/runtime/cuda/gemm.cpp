@@ -340,6 +340,10 @@ Status Gemm::run_swiglu(const __nv_bfloat16* x, const __nv_bfloat16* w_gate_up, 
   const int block = ops::cuda::gate_up_block(ff);
   const bool gemv =
       decode && n <= decode_gemv_rows_ && ops::cuda::gemv_supports(x, w_gate_up, n, in);
+  if (gemv && block == 8) {
+    ops::cuda::gemv_swiglu(x, w_gate_up, act, n, in, ff, s);
+    return {};
+  }
   if (!gemv && decode && skinny_ && block == 8 &&
       ops::cuda::skinny_gemm_supports(x, w_gate_up, in)) {
     ops::cuda::skinny_gemm_swiglu(x, w_gate_up, act, n, in, ff, s);

@@ -101,8 +101,8 @@ class Gemm {
              int out, cudaStream_t s, bool decode = false);
   // The gate/up projection and SwiGLU: act[n, ff] from x [n, in] and w_gate_up
   // [2 * ff, in] (gate/up rows in blocks of ops::cuda::gate_up_block(ff)).
-  // Decode rows with skinny on: one kernel (SwiGLU in its epilogue); else the
-  // projection into gu [n, 2 * ff] (bf16 scratch), then silu_mul.
+  // Decode rows through gemv or skinny: one kernel (SwiGLU in its epilogue);
+  // else the projection into gu [n, 2 * ff] (bf16 scratch), then silu_mul.
   Status run_swiglu(const __nv_bfloat16* x, const __nv_bfloat16* w_gate_up, __nv_bfloat16* gu,
                     __nv_bfloat16* act, int n, int in, int ff, cudaStream_t s, bool decode = false);
 
