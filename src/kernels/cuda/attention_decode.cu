@@ -508,8 +508,10 @@ template <int D, int HG, int KS>
 void launch_split(const dim3& grid, cudaStream_t st, const SplitArgs& a) {
   constexpr int kSmem = DecodeCfg<D, HG, KS>::RING_BYTES;
   const auto kernel = decode_split_kernel<D, HG, KS>;
-  if (kSmem > 48 * 1024 && cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                                kSmem) != cudaSuccess)
+  // Static and dynamic shared memory together may not pass 48 KB without the
+  // opt-in; the 2-stage ring (32 KB at head_dim 128) stays under it.
+  if (KS > 2 && cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem) !=
+                    cudaSuccess)
     op_fail("paged_attention_decode", "cannot raise the split kernel's shared memory limit");
   launch(kernel, grid, kThreads, kSmem, st, a.q, a.q_row_stride, a.kv, a.batch, a.kv_begin,
          a.prefixed_only, a.n_heads, a.scale_log2, a.num_splits, a.bs_shift, a.o_part, a.ml_part,
