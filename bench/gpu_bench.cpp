@@ -683,8 +683,9 @@ json prefill_tiles(const ModelConfig& c, double gemm_flops) {
 // The sampler alone (ops::cuda::sample, one CTA per row) on random logits of
 // the model's vocabulary, at 1 and 64 rows: greedy, greedy with the chosen
 // token's logprob, with 1 and 20 top logprobs (what load_gen --logprobs and
-// the OpenAI top_logprobs ask), and a temperature-1 top_p 0.9 draw. The
-// floor: the logits' bytes read once at the copy rate.
+// the OpenAI top_logprobs ask), and temperature-1 draws: plain (the OpenAI
+// API's default), top_k 50 and top_p 0.9. The floor: the logits' bytes read
+// once at the copy rate.
 json sampling_ops(const ModelConfig& c, double copy_bw) {
   namespace k = ops::cuda;
   const int vocab = c.vocab_size;
@@ -692,12 +693,13 @@ json sampling_ops(const ModelConfig& c, double copy_bw) {
     const char* name;
     float temperature, top_p;
     int num_logprobs;
+    int top_k;
   };
-  const Variant variants[] = {{"greedy", 0.f, 1.f, -1},
-                              {"greedy_logprob", 0.f, 1.f, 0},
-                              {"greedy_top1", 0.f, 1.f, 1},
-                              {"greedy_top20", 0.f, 1.f, 20},
-                              {"top_p_0.9", 1.f, 0.9f, -1}};
+  const Variant variants[] = {
+      {"greedy", 0.f, 1.f, -1, 0},        {"greedy_logprob", 0.f, 1.f, 0, 0},
+      {"greedy_top1", 0.f, 1.f, 1, 0},    {"greedy_top20", 0.f, 1.f, 20, 0},
+      {"temperature_1", 1.f, 1.f, -1, 0}, {"top_k_50", 1.f, 1.f, -1, 50},
+      {"top_p_0.9", 1.f, 0.9f, -1, 0}};
   json rows = json::array();
   std::printf("sampling                 rows   us/launch   floor us\n");
   for (const int n : {1, 64}) {
@@ -721,6 +723,7 @@ json sampling_ops(const ModelConfig& c, double copy_bw) {
         p[static_cast<size_t>(r)].temperature = v.temperature;
         p[static_cast<size_t>(r)].top_p = v.top_p;
         p[static_cast<size_t>(r)].num_logprobs = v.num_logprobs;
+        p[static_cast<size_t>(r)].top_k = v.top_k;
         p[static_cast<size_t>(r)].seed = 11u + static_cast<uint64_t>(r);
       }
       const k::SampleRowParams* dp = d.upload(p);
