@@ -80,8 +80,9 @@ int append_token_edits(const int32_t* prompt, size_t n_prompt, const int32_t* ou
                        size_t n_masked, int32_t vocab, std::vector<TokenEdit>& out);
 
 // Workspace of sample(): room for the raw logit of each edited token (so the
-// edits can be undone), then per row an arrival counter and what each chunk
-// of its logits holds (max, argmax, exp sum, top-n). The counters must be
+// edits can be undone), then per row two arrival counters, the state of a
+// pending draw and what each chunk of its logits holds (max, argmax, exp sum,
+// top-n, candidate weight). The counters must be
 // zero before the first call: zero the workspace once after allocating it
 // (cudaMemset); every call leaves them zero.
 size_t sample_workspace_bytes(int max_rows, int vocab, int max_edits);
@@ -89,9 +90,10 @@ size_t sample_workspace_bytes(int max_rows, int vocab, int max_edits);
 // Samples one token per row. A row's logits are cut into chunks of 4096,
 // one CTA each (so a row's sums are the same bits in any batch); the row's
 // last CTA to finish completes it from the chunks' figures, and reads the
-// whole row again only for a draw (temperature > 0), an edit that moves the
-// argmax, the rank of a chosen token below the max, or a top-n too wide to
-// merge from the chunks.
+// whole row again only for a draw with top_k or top_p, an edit that moves
+// the argmax, the rank of a chosen token below the max, or a top-n too wide
+// to merge from the chunks. A draw with neither top_k nor top_p takes a
+// second chunk-parallel pass (two kernels per call).
 // logits: [n_rows, vocab] fp32; the edits are applied in place and undone,
 //   so the logits read back unchanged after the op.
 // rows: [n_rows] (n_rows <= 65535); edits: the concatenated edit lists

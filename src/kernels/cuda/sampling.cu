@@ -9,10 +9,15 @@
 //    combines them in chunk order: a greedy row, with or without logprobs,
 //    is then done without reading the row again, and a single CTA does not
 //    stream 501 KB several times (about 57 us a pass at batch 1 before).
+//  - A plain draw (temperature and min_p only: the OpenAI API's default) is
+//    chunk-parallel too: a second kernel (draw_kernel) has each chunk's CTA
+//    sum its candidates' weights (exact, below), and the row's last CTA
+//    finds the chunk where the running total passes the target and walks
+//    that chunk alone.
 //  - The rest is one CTA (the last) streaming the row, kThreads threads
-//    strided so loads are coalesced: a draw, an edit that moves the argmax,
-//    the rank of a token below the max. A row that samples with top_p costs
-//    about half a dozen passes.
+//    strided so loads are coalesced: a draw with top_k or top_p, an edit that
+//    moves the argmax, the rank of a token below the max. A row that samples
+//    with top_p costs about a dozen passes.
 //  - Exact arithmetic where the CPU sums weights. A weight w = exp((x - m)/T)
 //    in [0, 1] is a float; it is split exactly into a 2-word fixed-point
 //    number Fx (a: units of 2^-40, b: units of 2^-80; the bits of a weight
@@ -424,14 +429,15 @@ struct Walk {
   Fx total;    // the set's whole weight (without base)
 };
 
-// The first element i (ascending) of `set` with base + sum_{j <= i} w_j > T.
-__device__ Walk first_in_id_order(const float* x, int n, const RowSet& set, Fx base, Fx T,
-                                  Smem& sh) {
+// The first element i (ascending) of `set` in ids [begin, end) with
+// base + sum_{begin <= j <= i} w_j > T.
+__device__ Walk first_in_id_order(const float* x, int begin, int end, const RowSet& set, Fx base,
+                                  Fx T, Smem& sh) {
   const int lane = lane_id();
   const int warp = warp_id();
-  const int seg = ((n + kWarps - 1) / kWarps + 31) / 32 * 32;  // [warp] contiguous segment
-  const int b0 = min(n, warp * seg);
-  const int e0 = min(n, b0 + seg);
+  const int seg = ((end - begin + kWarps - 1) / kWarps + 31) / 32 * 32;  // [warp] contiguous
+  const int b0 = min(end, begin + warp * seg);
+  const int e0 = min(end, b0 + seg);
   Fx s = fx_zero();
   for (int i = b0 + lane; i < e0; i += 32) {
     const float v = x[i];
@@ -496,10 +502,10 @@ __device__ Walk first_in_id_order(const float* x, int n, const RowSet& set, Fx b
   return out;
 }
 
-// The largest id in `set` (-1 when empty).
-__device__ int32_t last_in_set(const float* x, int n, const RowSet& set, Smem& sh) {
+// The largest id of `set` in [begin, end) (-1 when none).
+__device__ int32_t last_in_set(const float* x, int begin, int end, const RowSet& set, Smem& sh) {
   int32_t best = -1;
-  for (int i = static_cast<int>(threadIdx.x); i < n; i += kThreads) {
+  for (int i = begin + static_cast<int>(threadIdx.x); i < end; i += kThreads) {
     const float v = x[i];
     if (set.in(i, v, key_of(v))) best = i;
   }
@@ -582,7 +588,7 @@ __device__ Sel select_better(const float* x, int n, const RowSet& set, Fx base, 
     RowSet ties = set;
     ties.tie = true;
     ties.tie_key = prefix;
-    const Walk w = first_in_id_order(x, n, ties, base, T, sh);
+    const Walk w = first_in_id_order(x, 0, n, ties, base, T, sh);
     out.id = w.id;  // found: base + the ties' weight > T
     out.incl = w.incl;
   }
@@ -764,16 +770,16 @@ __device__ int32_t draw_token(const float* x, int n, const SampleRowParams& p, A
   const double u = uniform(p.seed, p.draw_index);
   const Fx target = fx_floor(__dmul_rn(u, fx_to_double(kept_total)), nullptr);  // X > u*total
   if (!edge) {
-    const Walk w = first_in_id_order(x, n, kept, fx_zero(), target, sh);
+    const Walk w = first_in_id_order(x, 0, n, kept, fx_zero(), target, sh);
     if (w.id >= 0) return w.id;
-    return last_in_set(x, n, kept, sh);  // the CPU's cand.back()
+    return last_in_set(x, 0, n, kept, sh);  // the CPU's cand.back()
   }
   RowSet above = kept;  // A: kept candidates of the buckets above b, by id
   above.bucket_mode = 1;
   above.bucket = bucket;
   above.lo = lo_d;
   above.scale = scale;
-  const Walk wa = first_in_id_order(x, n, above, fx_zero(), target, sh);
+  const Walk wa = first_in_id_order(x, 0, n, above, fx_zero(), target, sh);
   if (wa.id >= 0) return wa.id;
   RowSet edge_set = above;  // E: kept candidates of bucket b, in better order
   edge_set.bucket_mode = 2;
@@ -783,7 +789,7 @@ __device__ int32_t draw_token(const float* x, int n, const SampleRowParams& p, A
   RowSet last = cand;            // everything kept: the worst candidate
   last.tie = true;
   last.tie_key = key_of(lo);
-  return last_in_set(x, n, last, sh);
+  return last_in_set(x, 0, n, last, sh);
 }
 
 // ---- the row scan: one CTA per chunk of a row ------------------------------
@@ -805,9 +811,68 @@ __host__ __device__ constexpr int chunks_of(int vocab) {
   return (vocab + kChunk - 1) / kChunk;
 }
 
-// A row's block of the workspace: its arrival counter, then its chunks' stats.
+// A row whose draw the draw kernel does (sample_kernel decides, having
+// applied the edits it leaves in place for it).
+struct DrawRow {
+  double lse;       // the raw log-sum-exp (rows with logprobs)
+  ArgMax am;        // the argmax after the edits (am.v > -inf)
+  float raw_m;      // the raw max
+  int32_t n_top;    // top logprobs already written
+  int32_t pending;  // 1: the draw kernel finishes the row (sample_kernel sets it every call)
+};
+
+// One chunk's candidates for a plain draw: their weight (exact) and count.
+struct DrawChunk {
+  u64 a, b;
+  int32_t cnt;
+};
+
+// A row's block of the workspace: [arrival counters: sample, draw][DrawRow]
+// [ChunkStat, chunks][DrawChunk, chunks].
 __host__ __device__ constexpr size_t row_block_bytes(int vocab) {
-  return (16 + sizeof(ChunkStat) * static_cast<size_t>(chunks_of(vocab)) + 255) / 256 * 256;
+  return (16 + sizeof(DrawRow) +
+          (sizeof(ChunkStat) + sizeof(DrawChunk)) * static_cast<size_t>(chunks_of(vocab)) + 255) /
+         256 * 256;
+}
+
+struct RowBlock {
+  unsigned* count;       // sample_kernel's arrivals
+  unsigned* draw_count;  // draw_kernel's arrivals
+  DrawRow* draw;
+  ChunkStat* stats;   // [chunks]
+  DrawChunk* chunks;  // [chunks]
+};
+
+__device__ RowBlock row_block(uint8_t* blocks, int r, int vocab) {
+  uint8_t* b = blocks + static_cast<size_t>(r) * row_block_bytes(vocab);
+  auto* stats = reinterpret_cast<ChunkStat*>(b + 16 + sizeof(DrawRow));
+  return RowBlock{reinterpret_cast<unsigned*>(b), reinterpret_cast<unsigned*>(b) + 1,
+                  reinterpret_cast<DrawRow*>(b + 16), stats,
+                  reinterpret_cast<DrawChunk*>(stats + chunks_of(vocab))};
+}
+static_assert(sizeof(DrawRow) % 8 == 0 && sizeof(ChunkStat) % 8 == 0, "8-byte alignment");
+
+// A draw that sample_kernel leaves to draw_kernel: temperature, min_p, no
+// top_k and no top_p (the OpenAI API's default request), whose candidate
+// sums are chunk-parallel.
+__device__ __forceinline__ bool plain_draw(const SampleRowParams& p, int n) {
+  return p.temperature >= kGreedyEpsilon && p.top_p >= 1.0f && !(p.top_k > 0 && p.top_k < n);
+}
+
+// Whether this CTA is the last of the row's `n_chunks` to pass here (arrival
+// counter, reset by the last): the release before and the acquire after
+// make the other CTAs' writes before this point visible to the last.
+__device__ bool last_to_arrive(unsigned* count, int n_chunks, int* s_last) {
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    *s_last = atomicAdd(count, 1u) + 1 == static_cast<unsigned>(n_chunks);
+    if (*s_last) *count = 0;  // every chunk has counted: the next launch starts at 0
+  }
+  __syncthreads();
+  const bool last = *s_last != 0;
+  if (last) __threadfence();
+  return last;
 }
 
 // The saved raw logits of the edited tokens come first (max_edits floats).
@@ -1009,7 +1074,7 @@ struct SampleArgs {
   const SampleRowParams* rows;
   const TokenEdit* edits;
   float* saved;     // [edits] raw logits of the edited tokens
-  uint8_t* blocks;  // [rows] row_block_bytes(vocab) each: counter, ChunkStat[chunks]
+  uint8_t* blocks;  // [rows] row_block_bytes(vocab) each (RowBlock)
   int32_t* out_token;
   float* out_logprob;
   int32_t* out_rank;
@@ -1017,11 +1082,42 @@ struct SampleArgs {
   float* out_top_logprobs;
 };
 
+// The end of a row once its token is chosen: undo the edits, then the raw
+// logprob and rank of the token (no token is above the raw max raw_m), the
+// outputs, and the unused top slots.
+__device__ void finish_row(const SampleArgs& a, int r, const SampleRowParams& p, float* x, int n,
+                           int32_t token, float raw_m, double lse, int n_top, Smem& sh) {
+  const int tid = static_cast<int>(threadIdx.x);
+  for (int j = p.edit_begin + tid; j < p.edit_end; j += kThreads) {
+    const int32_t t = a.edits[j].token;
+    if (t >= 0 && t < n) x[t] = a.saved[j];
+  }
+  __syncthreads();
+  float logprob = 0.0f;
+  int32_t rank = 0;
+  if (p.num_logprobs >= 0) {
+    const float chosen = x[token];
+    rank = chosen == raw_m ? 1 : raw_rank(x, n, chosen, sh);
+    logprob = __double2float_rn(__dsub_rn(static_cast<double>(chosen), lse));
+  }
+  if (tid == 0) {
+    a.out_token[r] = token;
+    if (a.out_logprob) a.out_logprob[r] = logprob;
+    if (a.out_rank) a.out_rank[r] = rank;
+  }
+  if (tid >= n_top && tid < kMaxTopLogprobs) {
+    if (a.out_top_ids) a.out_top_ids[static_cast<size_t>(r) * kMaxTopLogprobs + tid] = -1;
+    if (a.out_top_logprobs)
+      a.out_top_logprobs[static_cast<size_t>(r) * kMaxTopLogprobs + tid] = -kInf;
+  }
+}
+
 // Grid (chunks, rows). Every CTA scans its chunk of the row; the last to
 // arrive finishes the row (the CPU sampler's steps) from the chunks' stats,
-// going over the whole row again only where a step needs it: a draw, an edit
-// that moves the argmax, the rank of a token that is not the max, a top-n
-// too wide to merge.
+// going over the whole row again only where a step needs it: a draw with
+// top_k or top_p, an edit that moves the argmax, the rank of a token that is
+// not the max, a top-n too wide to merge. A plain draw is left to
+// draw_kernel, with the edits still applied.
 __global__ void __launch_bounds__(kThreads, 2) sample_kernel(SampleArgs a) {
   __shared__ Smem sh;
   __shared__ int s_last;
@@ -1032,29 +1128,19 @@ __global__ void __launch_bounds__(kThreads, 2) sample_kernel(SampleArgs a) {
   const int tid = static_cast<int>(threadIdx.x);
   const SampleRowParams p = a.rows[r];
   float* x = a.logits + static_cast<size_t>(r) * static_cast<size_t>(n);  // [vocab]
-  uint8_t* block = a.blocks + static_cast<size_t>(r) * row_block_bytes(n);
-  auto* count = reinterpret_cast<unsigned*>(block);
-  auto* stats = reinterpret_cast<ChunkStat*>(block + 16);  // [chunks]
+  const RowBlock rb = row_block(a.blocks, r, n);
   const bool want_lp = p.num_logprobs >= 0;
   const int n_top = min(max(p.num_logprobs, 0), min(kMaxTopLogprobs, n));
   const bool merge = n_chunks <= kThreads && n_chunks * n_top <= kMaxBins;
-  scan_chunk(x, c * kChunk, min(n, (c + 1) * kChunk), want_lp, merge ? n_top : 0, &stats[c], sh);
-  // Release: the stat is visible before the CTA is counted.
-  __threadfence();
-  __syncthreads();
-  if (tid == 0) {
-    s_last = atomicAdd(count, 1u) + 1 == static_cast<unsigned>(n_chunks);
-    if (s_last) *count = 0;  // every chunk has counted: the next launch starts at 0
-  }
-  __syncthreads();
-  if (!s_last) return;
-  __threadfence();  // acquire: the other chunks' stats
+  scan_chunk(x, c * kChunk, min(n, (c + 1) * kChunk), want_lp, merge ? n_top : 0, &rb.stats[c], sh);
+  if (!last_to_arrive(rb.count, n_chunks, &s_last)) return;
+  if (tid == 0) rb.draw->pending = 0;
 
   int32_t* top_ids =
       a.out_top_ids ? a.out_top_ids + static_cast<size_t>(r) * kMaxTopLogprobs : nullptr;
   float* top_lp =
       a.out_top_logprobs ? a.out_top_logprobs + static_cast<size_t>(r) * kMaxTopLogprobs : nullptr;
-  const RowScan row = reduce_chunks(stats, n_chunks, want_lp, sh);
+  const RowScan row = reduce_chunks(rb.stats, n_chunks, want_lp, sh);
   if (row.bad) {
     if (tid == 0) {
       a.out_token[r] = -1;
@@ -1072,7 +1158,7 @@ __global__ void __launch_bounds__(kThreads, 2) sample_kernel(SampleArgs a) {
     lse = __dadd_rn(static_cast<double>(row.m), log(row.z));
     if (n_top > 0 && top_ids && top_lp) {
       if (merge) {
-        merge_top(stats, n_chunks, n_top, sh);
+        merge_top(rb.stats, n_chunks, n_top, sh);
         if (tid < n_top) {
           const int32_t id = sh.top_id[tid];
           top_ids[tid] = id;
@@ -1105,33 +1191,115 @@ __global__ void __launch_bounds__(kThreads, 2) sample_kernel(SampleArgs a) {
 
   // 3-5. Greedy or the draw.
   const ArgMax am = edited_argmax(x, n, p, a.edits, row.arg, sh);
+  if (am.v > -kInf && plain_draw(p, n)) {
+    if (tid == 0) *rb.draw = DrawRow{lse, am, row.m, n_top, 1};
+    return;
+  }
   const int32_t token = p.temperature < kGreedyEpsilon ? am.i : draw_token(x, n, p, am, sh);
+  finish_row(a, r, p, x, n, token, row.m, lse, n_top, sh);
+}
 
-  // Undo the edits.
-  for (int j = p.edit_begin + tid; j < p.edit_end; j += kThreads) {
-    const int32_t t = a.edits[j].token;
-    if (t >= 0 && t < n) x[t] = a.saved[j];
+// Grid (chunks, rows), after sample_kernel: the plain draws (plain_draw). Each
+// CTA sums its chunk's candidate weights (exact, so the row's total is the
+// same in any order); the row's last CTA finds the chunk where the running
+// total passes the target and walks that chunk alone in id order: the CPU's
+// acc += w; if (acc > target) over the candidates in id order.
+__global__ void __launch_bounds__(kThreads, 2) draw_kernel(SampleArgs a) {
+  __shared__ Smem sh;
+  __shared__ int s_last;
+  const int c = static_cast<int>(blockIdx.x);
+  const int r = static_cast<int>(blockIdx.y);
+  const int n = a.vocab;
+  const int n_chunks = static_cast<int>(gridDim.x);
+  const int tid = static_cast<int>(threadIdx.x);
+  const RowBlock rb = row_block(a.blocks, r, n);
+  if (!rb.draw->pending) return;  // the whole CTA
+  const DrawRow dr = *rb.draw;
+  const SampleRowParams p = a.rows[r];
+  float* x = a.logits + static_cast<size_t>(r) * static_cast<size_t>(n);  // [vocab], edited
+  const float m = dr.am.v;
+  RowSet cand;  // draw_token's candidates without top_k and top_p
+  cand.thr = p.min_p > 0.0f ? __fadd_rn(m, __fmul_rn(p.temperature, p.log_min_p)) : -kInf;
+  cand.finite = true;
+  cand.counts = false;
+  cand.m = m;
+  cand.inv_t = __fdiv_rn(1.0f, p.temperature);
+  const int begin = c * kChunk;
+  const int end = min(n, begin + kChunk);
+  int32_t cnt = 0;
+  Fx total = fx_zero();
+  for (int i = begin + tid; i < end; i += kThreads) {
+    const float v = x[i];
+    if (cand.in(i, v, 0u)) {
+      ++cnt;
+      total = fx_add(total, cand.weight(v));
+    }
+  }
+  cnt = block_sum_i32(cnt, sh);
+  total = block_sum_fx(total, sh);
+  if (tid == 0) rb.chunks[c] = DrawChunk{total.a, total.b, cnt};
+  if (!last_to_arrive(rb.draw_count, n_chunks, &s_last)) return;
+
+  // The chunks' sums in shared memory (hist_a/b: weight, hist_b's twin below).
+  const bool staged = n_chunks <= kMaxBins / 2;
+  for (int k = tid; staged && k < n_chunks; k += kThreads) {
+    sh.hist_a[k] = __ldcg(&rb.chunks[k].a);
+    sh.hist_b[k] = __ldcg(&rb.chunks[k].b);
+    sh.hist_a[kMaxBins / 2 + k] = static_cast<u64>(__ldcg(&rb.chunks[k].cnt));
   }
   __syncthreads();
-
-  // 1 (continued). Logprob and rank of the chosen token in the raw row (no
-  // token is above the max).
-  float logprob = 0.0f;
-  int32_t rank = 0;
-  if (want_lp) {
-    const float chosen = x[token];
-    rank = chosen == row.m ? 1 : raw_rank(x, n, chosen, sh);
-    logprob = __double2float_rn(__dsub_rn(static_cast<double>(chosen), lse));
-  }
   if (tid == 0) {
-    a.out_token[r] = token;
-    if (a.out_logprob) a.out_logprob[r] = logprob;
-    if (a.out_rank) a.out_rank[r] = rank;
+    const auto chunk = [&](int k) {
+      return staged ? DrawChunk{sh.hist_a[k], sh.hist_b[k],
+                                static_cast<int32_t>(sh.hist_a[kMaxBins / 2 + k])}
+                    : DrawChunk{__ldcg(&rb.chunks[k].a), __ldcg(&rb.chunks[k].b),
+                                __ldcg(&rb.chunks[k].cnt)};
+    };
+    Fx sum = fx_zero();
+    int last = -1;  // the last chunk holding a candidate
+    for (int k = 0; k < n_chunks; ++k) {
+      const DrawChunk d = chunk(k);
+      sum = fx_add(sum, Fx{d.a, d.b});
+      if (d.cnt > 0) last = k;
+    }
+    const double u = uniform(p.seed, p.draw_index);
+    const Fx target = fx_floor(__dmul_rn(u, fx_to_double(sum)), nullptr);  // X > u*total
+    Fx run = fx_zero();
+    int hit = -1;
+    for (int k = 0; k < n_chunks && hit < 0; ++k) {
+      const DrawChunk d = chunk(k);
+      const Fx next = fx_add(run, Fx{d.a, d.b});
+      if (fx_gt(next, target)) {
+        hit = k;
+      } else {
+        run = next;
+      }
+    }
+    const Fx nr = fx_norm(run);
+    sh.sel_digit = hit;
+    sh.walk_a = nr.a;  // the weight before chunk `hit`
+    sh.walk_b = nr.b;
+    sh.sel_a = target.a;
+    sh.sel_b = target.b;
+    sh.top_count = last;
   }
-  if (tid >= n_top && tid < kMaxTopLogprobs) {
-    if (top_ids) top_ids[tid] = -1;
-    if (top_lp) top_lp[tid] = -kInf;
+  __syncthreads();
+  const int hit = sh.sel_digit;
+  const int last = sh.top_count;
+  const Fx before{sh.walk_a, sh.walk_b};
+  const Fx target{sh.sel_a, sh.sel_b};
+  __syncthreads();
+  int32_t token = dr.am.i;  // no candidate (m itself is one, so not reached)
+  if (hit >= 0) {
+    const Walk w =
+        first_in_id_order(x, hit * kChunk, min(n, (hit + 1) * kChunk), cand, before, target, sh);
+    token = w.id;
   }
+  if (hit < 0 || token < 0) {  // past the total (rounding): the CPU's cand.back()
+    if (last >= 0) token = last_in_set(x, last * kChunk, min(n, (last + 1) * kChunk), cand, sh);
+  }
+  if (tid == 0) rb.draw->pending = 0;
+  finish_row(a, r, p, x, n, token, dr.raw_m, dr.lse, dr.n_top, sh);
 }
 
 __global__ void __launch_bounds__(kThreads)
@@ -1251,6 +1419,8 @@ void sample(float* logits, int vocab, const SampleRowParams* rows, int n_rows,
   const dim3 grid(static_cast<unsigned>(chunks_of(vocab)), static_cast<unsigned>(n_rows));
   sample_kernel<<<grid, kThreads, 0, s>>>(a);
   check_launch("sample");
+  draw_kernel<<<grid, kThreads, 0, s>>>(a);
+  check_launch("sample (draw)");
 }
 
 void token_logprobs(const float* logits, int vocab, int n_rows, const int32_t* tokens, int top_n,
