@@ -730,7 +730,8 @@ json sampling_ops(const ModelConfig& c, double copy_bw) {
       const bool lp = v.num_logprobs >= 0, top = v.num_logprobs > 0;
       const double us = launch_us([&] {
         k::sample(logits, vocab, dp, n, nullptr, ws, 0, token, lp ? logprob : nullptr,
-                  lp ? rank : nullptr, top ? top_ids : nullptr, top ? top_lp : nullptr, nullptr);
+                  lp ? rank : nullptr, top ? top_ids : nullptr, top ? top_lp : nullptr,
+                  v.temperature > 0.f, nullptr);
       });
       rows.push_back({{"variant", v.name}, {"rows", n}, {"us", us}, {"floor_us", floor_us}});
       std::printf("  %-20s %6d %11.1f %10.1f\n", v.name, n, us, floor_us);

@@ -108,10 +108,13 @@ size_t sample_workspace_bytes(int max_rows, int vocab, int max_edits);
 //   num_logprobs tokens best first (ties by id), the other slots -1 / -inf.
 // The four logprob outputs may be null when no row asks for logprobs
 // (out_top_* when no row asks for n > 0).
+// parallel_draws: launch the second kernel for the draws without top_k and
+//   top_p; false (when every row is greedy, saving the launch) leaves those
+//   draws to the row's single CTA: the same tokens, slower.
 void sample(float* logits, int vocab, const SampleRowParams* rows, int n_rows,
             const TokenEdit* edits, void* workspace, int max_edits, int32_t* out_token,
             float* out_logprob, int32_t* out_rank, int32_t* out_top_ids, float* out_top_logprobs,
-            cudaStream_t s);
+            bool parallel_draws, cudaStream_t s);
 
 // Prompt logprobs: for each row, the raw logprob of tokens[row] and its rank,
 // plus the top top_n (0..20) tokens, exactly as Sampler::logprobs. No

@@ -161,7 +161,9 @@ void build_device_rows(const Batch& b, std::vector<cu::SampleRowParams>& params,
 }
 
 // Runs the device sampler; `logits_after` gets the logits buffer afterwards.
-Results run_gpu(const Batch& b, std::vector<float>* logits_after = nullptr) {
+// parallel_draws: as sample()'s (false: every row by its single CTA).
+Results run_gpu(const Batch& b, std::vector<float>* logits_after = nullptr,
+                bool parallel_draws = true) {
   std::vector<cu::SampleRowParams> params;
   std::vector<cu::TokenEdit> edits;
   build_device_rows(b, params, edits);
@@ -178,7 +180,8 @@ Results run_gpu(const Batch& b, std::vector<float>* logits_after = nullptr) {
   cudaStream_t s = nullptr;
   CUDA_OK(cudaStreamCreate(&s));
   cu::sample(logits.get(), b.vocab, d_params.get(), static_cast<int>(n), d_edits.get(), ws.get(),
-             max_edits, token.get(), logprob.get(), rank.get(), top_ids.get(), top_lp.get(), s);
+             max_edits, token.get(), logprob.get(), rank.get(), top_ids.get(), top_lp.get(),
+             parallel_draws, s);
   CUDA_OK(cudaStreamSynchronize(s));
   CUDA_OK(cudaGetLastError());
   CUDA_OK(cudaStreamDestroy(s));
@@ -557,6 +560,31 @@ TEST(CudaSampling, SameBitsAloneAndInABatch) {
                                &all.top_lp[base + static_cast<size_t>(j)], 4));
     }
   }
+}
+
+// The draws without top_k and top_p go through the chunk-parallel draw
+// kernel, or (parallel_draws off) through the row's single CTA: the same
+// tokens, logprobs and ranks either way.
+TEST(CudaSampling, DrawKernelOrSingleCtaSameResults) {
+  REQUIRE_GPU();
+  Batch b = make_batch(128256, 32, 113, [](Row& row, float*, std::mt19937_64& rng) {
+    row.sp.logprobs = (rng() % 2) != 0;
+    row.sp.temperature = (rng() % 4 == 0) ? 0.0f : 0.9f;
+    if (rng() % 3 == 0) row.sp.min_p = 0.05f;
+    if (rng() % 3 == 0) {
+      row.sp.presence_penalty = 1.5f;
+      row.output = random_tokens(rng, 128256, 30);
+    }
+  });
+  std::vector<float> after_parallel, after_single;
+  const Results par = run_gpu(b, &after_parallel, true);
+  const Results one = run_gpu(b, &after_single, false);
+  EXPECT_EQ(par.token, one.token);
+  EXPECT_EQ(par.rank, one.rank);
+  EXPECT_EQ(0, std::memcmp(par.logprob.data(), one.logprob.data(), 4 * par.logprob.size()));
+  EXPECT_EQ(after_parallel, b.logits);  // edits undone by the draw kernel
+  EXPECT_EQ(after_single, b.logits);
+  check("draw kernel", b);
 }
 
 TEST(CudaSampling, TokenLogprobs) {

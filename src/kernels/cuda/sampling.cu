@@ -1080,6 +1080,7 @@ struct SampleArgs {
   int32_t* out_rank;
   int32_t* out_top_ids;
   float* out_top_logprobs;
+  bool parallel_draws;  // plain draws are left to draw_kernel
 };
 
 // The end of a row once its token is chosen: undo the edits, then the raw
@@ -1191,7 +1192,7 @@ __global__ void __launch_bounds__(kThreads, 2) sample_kernel(SampleArgs a) {
 
   // 3-5. Greedy or the draw.
   const ArgMax am = edited_argmax(x, n, p, a.edits, row.arg, sh);
-  if (am.v > -kInf && plain_draw(p, n)) {
+  if (a.parallel_draws && am.v > -kInf && plain_draw(p, n)) {
     if (tid == 0) *rb.draw = DrawRow{lse, am, row.m, n_top, 1};
     return;
   }
@@ -1398,7 +1399,7 @@ size_t sample_workspace_bytes(int max_rows, int vocab, int max_edits) {
 void sample(float* logits, int vocab, const SampleRowParams* rows, int n_rows,
             const TokenEdit* edits, void* workspace, int max_edits, int32_t* out_token,
             float* out_logprob, int32_t* out_rank, int32_t* out_top_ids, float* out_top_logprobs,
-            cudaStream_t s) {
+            bool parallel_draws, cudaStream_t s) {
   if (n_rows < 0 || n_rows > 65535 || vocab <= 0 || vocab >= kMaxVocab)
     op_fail("sample", "bad shape");
   if (n_rows == 0) return;
@@ -1415,12 +1416,15 @@ void sample(float* logits, int vocab, const SampleRowParams* rows, int n_rows,
                out_logprob,
                out_rank,
                out_top_ids,
-               out_top_logprobs};
+               out_top_logprobs,
+               parallel_draws};
   const dim3 grid(static_cast<unsigned>(chunks_of(vocab)), static_cast<unsigned>(n_rows));
   sample_kernel<<<grid, kThreads, 0, s>>>(a);
   check_launch("sample");
-  draw_kernel<<<grid, kThreads, 0, s>>>(a);
-  check_launch("sample (draw)");
+  if (parallel_draws) {
+    draw_kernel<<<grid, kThreads, 0, s>>>(a);
+    check_launch("sample (draw)");
+  }
 }
 
 void token_logprobs(const float* logits, int vocab, int n_rows, const int32_t* tokens, int top_n,

@@ -648,13 +648,14 @@ Status CudaBackend::sample(const StepInput& in, StepOutput& out) {
     rows.push_back(r.row);
   CS_RETURN_IF_ERROR(head_rows(rows.data(), n, nullptr));
   std::vector<ops::TokenEdit> edits;
-  bool any_logprobs = false, any_top = false;
+  bool any_logprobs = false, any_top = false, any_draw = false;
   for (int32_t i = 0; i < n; ++i) {
     const SampleRow& r = in.samples[static_cast<size_t>(i)];
     ops::SampleRowParams& p = b.h_params[i];
     p = device_sample_row(r, vocab, edits);
     any_logprobs = any_logprobs || p.num_logprobs >= 0;
     any_top = any_top || p.num_logprobs > 0;
+    any_draw = any_draw || p.temperature >= SamplingParams::kGreedyEpsilon;
   }
   if (edits.size() > static_cast<size_t>(kMaxEdits)) {
     return make_error(ErrorCode::kResourceExhausted,
@@ -671,7 +672,7 @@ Status CudaBackend::sample(const StepInput& in, StepOutput& out) {
   ops::sample(b.logits, vocab, b.d_params, n, edits.empty() ? nullptr : b.d_edits, b.sample_ws,
               kMaxEdits, b.d_token, any_logprobs ? b.d_logprob : nullptr,
               any_logprobs ? b.d_rank : nullptr, any_top ? b.d_top_ids : nullptr,
-              any_top ? b.d_top_lp : nullptr, compute_);
+              any_top ? b.d_top_lp : nullptr, any_draw, compute_);
   constexpr int kTop = ops::kMaxTopLogprobs;
   CS_CUDA(
       cudaMemcpyAsync(b.h_token, b.d_token, sizeof(int32_t) * n, cudaMemcpyDeviceToHost, compute_));
