@@ -85,6 +85,8 @@
 //    ulp off moves a cumulative boundary by ~6e-8 of that weight.
 // Shapes are validated by the caller except where the host side checks.
 
+#include <cooperative_groups.h>
+#include <cooperative_groups/reduce.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -96,6 +98,8 @@
 
 namespace cartserve::ops::cuda {
 namespace {
+
+namespace cg = cooperative_groups;
 
 using u64 = unsigned long long;
 
@@ -528,6 +532,7 @@ struct Sel {
 __device__ Sel select_better(const float* x, int n, const RowSet& set, Fx base, Fx T, bool want_id,
                              Smem& sh) {
   const int tid = static_cast<int>(threadIdx.x);
+  const auto warp = cg::tiled_partition<32>(cg::this_thread_block());
   uint32_t prefix = 0;
   uint32_t pmask = 0;
 #pragma unroll 1
@@ -541,7 +546,7 @@ __device__ Sel select_better(const float* x, int n, const RowSet& set, Fx base, 
     }
     if (tid == 0) sh.sel_digit = -1;
     __syncthreads();
-    // A trip count the same for the whole warp (the counts' match below).
+    // A trip count the same for the whole warp (the partitions below).
     const int n_up = (n + kThreads - 1) / kThreads * kThreads;
     for (int i = tid; i < n_up; i += kThreads) {
       const float v = i < n ? x[i] : -kInf;
@@ -555,10 +560,17 @@ __device__ Sel select_better(const float* x, int n, const RowSet& set, Fx base, 
         const unsigned peers = __match_any_sync(kFull, member ? d : 0xffffffffu);
         if (member && lane_id() == __ffs(static_cast<int>(peers)) - 1)
           atomicAdd(&sh.hist_a[d], static_cast<u64>(__popc(peers)));
-      } else if (member) {
-        const Fx w = set.weight(v);
-        if (w.a != 0ull) atomicAdd(&sh.hist_a[d], w.a);
-        if (w.b != 0ull) atomicAdd(&sh.hist_b[d], w.b);
+      } else {
+        // Masses likewise: the lanes of one digit sum theirs (exact), and
+        // the group's first lane adds the sum.
+        const Fx w = member ? set.weight(v) : fx_zero();
+        const auto group = cg::labeled_partition(warp, member ? d : 0xffffffffu);
+        const u64 sa = cg::reduce(group, w.a, cg::plus<u64>());
+        const u64 sb = cg::reduce(group, w.b, cg::plus<u64>());
+        if (member && group.thread_rank() == 0) {
+          if (sa != 0ull) atomicAdd(&sh.hist_a[d], sa);
+          if (sb != 0ull) atomicAdd(&sh.hist_b[d], sb);
+        }
       }
     }
     __syncthreads();
