@@ -85,8 +85,6 @@
 //    ulp off moves a cumulative boundary by ~6e-8 of that weight.
 // Shapes are validated by the caller except where the host side checks.
 
-#include <cooperative_groups.h>
-#include <cooperative_groups/reduce.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -98,8 +96,6 @@
 
 namespace cartserve::ops::cuda {
 namespace {
-
-namespace cg = cooperative_groups;
 
 using u64 = unsigned long long;
 
@@ -532,7 +528,6 @@ struct Sel {
 __device__ Sel select_better(const float* x, int n, const RowSet& set, Fx base, Fx T, bool want_id,
                              Smem& sh) {
   const int tid = static_cast<int>(threadIdx.x);
-  const auto warp = cg::tiled_partition<32>(cg::this_thread_block());
   uint32_t prefix = 0;
   uint32_t pmask = 0;
 #pragma unroll 1
@@ -546,32 +541,15 @@ __device__ Sel select_better(const float* x, int n, const RowSet& set, Fx base, 
     }
     if (tid == 0) sh.sel_digit = -1;
     __syncthreads();
-    // A trip count the same for the whole warp (the partitions below).
-    const int n_up = (n + kThreads - 1) / kThreads * kThreads;
-    for (int i = tid; i < n_up; i += kThreads) {
-      const float v = i < n ? x[i] : -kInf;
+    for (int i = tid; i < n; i += kThreads) {
+      const float v = x[i];
       const uint32_t key = key_of(v);
-      const bool member = i < n && (key & pmask) == prefix && set.in(i, v, key);
+      if ((key & pmask) != prefix || !set.in(i, v, key)) continue;
+      const Fx w = set.weight(v);
       const uint32_t d = (key >> shift) & dmask;
       // Integer atomics: exact, so the histogram does not depend on their order.
-      if (set.counts) {
-        // The lanes of a warp with the same digit add their count in one
-        // atomic (logits crowd a few top digits: per-lane atomics serialize).
-        const unsigned peers = __match_any_sync(kFull, member ? d : 0xffffffffu);
-        if (member && lane_id() == __ffs(static_cast<int>(peers)) - 1)
-          atomicAdd(&sh.hist_a[d], static_cast<u64>(__popc(peers)));
-      } else {
-        // Masses likewise: the lanes of one digit sum theirs (exact), and
-        // the group's first lane adds the sum.
-        const Fx w = member ? set.weight(v) : fx_zero();
-        const auto group = cg::labeled_partition(warp, member ? d : 0xffffffffu);
-        const u64 sa = cg::reduce(group, w.a, cg::plus<u64>());
-        const u64 sb = cg::reduce(group, w.b, cg::plus<u64>());
-        if (member && group.thread_rank() == 0) {
-          if (sa != 0ull) atomicAdd(&sh.hist_a[d], sa);
-          if (sb != 0ull) atomicAdd(&sh.hist_b[d], sb);
-        }
-      }
+      if (w.a != 0ull) atomicAdd(&sh.hist_a[d], w.a);
+      if (w.b != 0ull) atomicAdd(&sh.hist_b[d], w.b);
     }
     __syncthreads();
     // Bins from the top down: thread t owns bins nb-1-t*per .. nb-per-t*per.
@@ -721,33 +699,6 @@ __device__ ArgMax block_argmax(const float* x, int n, Smem& sh) {
   return block_argmax_of(best, sh);
 }
 
-// The candidates of ids [begin, end): count, total weight (exact), lowest
-// logit. Every thread gets them.
-struct CandSums {
-  int32_t cnt;
-  Fx total;
-  float lo;
-};
-
-__device__ CandSums candidate_sums(const float* x, int begin, int end, const RowSet& cand,
-                                   Smem& sh) {
-  int32_t cnt = 0;
-  Fx total = fx_zero();
-  float lo = kInf;
-  for (int i = begin + static_cast<int>(threadIdx.x); i < end; i += kThreads) {
-    const float v = x[i];
-    if (cand.in(i, v, 0u)) {
-      ++cnt;
-      total = fx_add(total, cand.weight(v));
-      lo = fminf(lo, v);
-    }
-  }
-  cnt = block_sum_i32(cnt, sh);
-  total = block_sum_fx(total, sh);
-  lo = block_min_f32(lo, sh);
-  return CandSums{cnt, total, lo};
-}
-
 // Steps 5 of the CPU sampler (build_support, apply_top_p, draw) on the
 // processed row x whose argmax is am.
 __device__ int32_t draw_token(const float* x, int n, const SampleRowParams& p, ArgMax am,
@@ -774,10 +725,21 @@ __device__ int32_t draw_token(const float* x, int n, const SampleRowParams& p, A
   cand.m = m;
   cand.inv_t = inv_t;
 
-  const CandSums sums = candidate_sums(x, 0, n, cand, sh);
-  const int32_t cnt = sums.cnt;
-  const Fx total = sums.total;
-  const float lo = sums.lo;
+  // Candidate count, total weight, lowest candidate logit.
+  int32_t cnt = 0;
+  Fx total = fx_zero();
+  float lo = kInf;
+  for (int i = static_cast<int>(threadIdx.x); i < n; i += kThreads) {
+    const float v = x[i];
+    if (cand.in(i, v, 0u)) {
+      ++cnt;
+      total = fx_add(total, cand.weight(v));
+      lo = fminf(lo, v);
+    }
+  }
+  cnt = block_sum_i32(cnt, sh);
+  total = block_sum_fx(total, sh);
+  lo = block_min_f32(lo, sh);
   if (cnt == 0) return am.i;  // (m itself is a candidate, so not reached)
 
   RowSet kept = cand;
@@ -1121,23 +1083,6 @@ struct SampleArgs {
   bool parallel_draws;  // plain draws are left to draw_kernel
 };
 
-// Where a CTA of the (chunks, rows) grid stands.
-struct ChunkCta {
-  int c, r, n_chunks, tid;
-  RowBlock rb;
-  float* x;  // [vocab] the row's logits
-};
-
-__device__ ChunkCta chunk_cta(const SampleArgs& a) {
-  const int r = static_cast<int>(blockIdx.y);
-  return ChunkCta{static_cast<int>(blockIdx.x),
-                  r,
-                  static_cast<int>(gridDim.x),
-                  static_cast<int>(threadIdx.x),
-                  row_block(a.blocks, r, a.vocab),
-                  a.logits + static_cast<size_t>(r) * static_cast<size_t>(a.vocab)};
-}
-
 // The end of a row once its token is chosen: undo the edits, then the raw
 // logprob and rank of the token (no token is above the raw max raw_m), the
 // outputs, and the unused top slots.
@@ -1177,11 +1122,14 @@ __device__ void finish_row(const SampleArgs& a, int r, const SampleRowParams& p,
 __global__ void __launch_bounds__(kThreads, 2) sample_kernel(SampleArgs a) {
   __shared__ Smem sh;
   __shared__ int s_last;
-  const ChunkCta cta = chunk_cta(a);
-  const int c = cta.c, r = cta.r, n = a.vocab, n_chunks = cta.n_chunks, tid = cta.tid;
-  const RowBlock& rb = cta.rb;
-  float* x = cta.x;
+  const int c = static_cast<int>(blockIdx.x);
+  const int r = static_cast<int>(blockIdx.y);
+  const int n = a.vocab;
+  const int n_chunks = static_cast<int>(gridDim.x);
+  const int tid = static_cast<int>(threadIdx.x);
   const SampleRowParams p = a.rows[r];
+  float* x = a.logits + static_cast<size_t>(r) * static_cast<size_t>(n);  // [vocab]
+  const RowBlock rb = row_block(a.blocks, r, n);
   const bool want_lp = p.num_logprobs >= 0;
   const int n_top = min(max(p.num_logprobs, 0), min(kMaxTopLogprobs, n));
   const bool merge = n_chunks <= kThreads && n_chunks * n_top <= kMaxBins;
@@ -1260,13 +1208,16 @@ __global__ void __launch_bounds__(kThreads, 2) sample_kernel(SampleArgs a) {
 __global__ void __launch_bounds__(kThreads, 2) draw_kernel(SampleArgs a) {
   __shared__ Smem sh;
   __shared__ int s_last;
-  const ChunkCta cta = chunk_cta(a);
-  const int c = cta.c, r = cta.r, n = a.vocab, n_chunks = cta.n_chunks, tid = cta.tid;
-  const RowBlock& rb = cta.rb;
+  const int c = static_cast<int>(blockIdx.x);
+  const int r = static_cast<int>(blockIdx.y);
+  const int n = a.vocab;
+  const int n_chunks = static_cast<int>(gridDim.x);
+  const int tid = static_cast<int>(threadIdx.x);
+  const RowBlock rb = row_block(a.blocks, r, n);
   if (!rb.draw->pending) return;  // the whole CTA
   const DrawRow dr = *rb.draw;
   const SampleRowParams p = a.rows[r];
-  float* x = cta.x;  // edited by sample_kernel
+  float* x = a.logits + static_cast<size_t>(r) * static_cast<size_t>(n);  // [vocab], edited
   const float m = dr.am.v;
   RowSet cand;  // draw_token's candidates without top_k and top_p
   cand.thr = p.min_p > 0.0f ? __fadd_rn(m, __fmul_rn(p.temperature, p.log_min_p)) : -kInf;
@@ -1276,8 +1227,18 @@ __global__ void __launch_bounds__(kThreads, 2) draw_kernel(SampleArgs a) {
   cand.inv_t = __fdiv_rn(1.0f, p.temperature);
   const int begin = c * kChunk;
   const int end = min(n, begin + kChunk);
-  const CandSums sums = candidate_sums(x, begin, end, cand, sh);
-  if (tid == 0) rb.chunks[c] = DrawChunk{sums.total.a, sums.total.b, sums.cnt};
+  int32_t cnt = 0;
+  Fx total = fx_zero();
+  for (int i = begin + tid; i < end; i += kThreads) {
+    const float v = x[i];
+    if (cand.in(i, v, 0u)) {
+      ++cnt;
+      total = fx_add(total, cand.weight(v));
+    }
+  }
+  cnt = block_sum_i32(cnt, sh);
+  total = block_sum_fx(total, sh);
+  if (tid == 0) rb.chunks[c] = DrawChunk{total.a, total.b, cnt};
   if (!last_to_arrive(rb.draw_count, n_chunks, &s_last)) return;
 
   // The chunks' sums in shared memory (hist_a/b: weight, hist_b's twin below).
