@@ -699,37 +699,38 @@ __device__ ArgMax block_argmax(const float* x, int n, Smem& sh) {
   return block_argmax_of(best, sh);
 }
 
-// Steps 5 of the CPU sampler (build_support, apply_top_p, draw) on the
-// processed row x whose argmax is am.
-__device__ int32_t draw_token(const float* x, int n, const SampleRowParams& p, ArgMax am,
-                              Smem& sh) {
-  const float m = am.v;
-  if (!(m > -kInf)) return am.i;  // everything masked: the argmax (id 0)
-  const float temp = p.temperature;
-  const float inv_t = __fdiv_rn(1.0f, temp);
-  float thr = -kInf;
-  if (p.min_p > 0.0f) thr = __fadd_rn(m, __fmul_rn(temp, p.log_min_p));
-  if (p.top_k > 0 && p.top_k < n) {
-    RowSet finite;
-    finite.finite = true;
-    const Sel s =
-        select_better(x, n, finite, fx_zero(), Fx{static_cast<u64>(p.top_k - 1), 0ull}, false, sh);
-    const float kth = s.found ? float_of_key(s.key) : -kInf;  // fewer finite: -inf
-    thr = thr < kth ? kth : thr;                              // std::max
-  }
+// The candidates of a draw about the processed max m: finite, at least
+// thr, weighted exp((v - m) / T). min_p_floor(p, m) is thr without top_k.
+__device__ __forceinline__ float min_p_floor(const SampleRowParams& p, float m) {
+  return p.min_p > 0.0f ? __fadd_rn(m, __fmul_rn(p.temperature, p.log_min_p)) : -kInf;
+}
 
+__device__ RowSet candidate_set(const SampleRowParams& p, float m, float thr) {
   RowSet cand;
   cand.thr = thr;
   cand.finite = true;
   cand.counts = false;
   cand.m = m;
-  cand.inv_t = inv_t;
+  cand.inv_t = __fdiv_rn(1.0f, p.temperature);
+  return cand;
+}
 
-  // Candidate count, total weight, lowest candidate logit.
+struct CandSums {
+  int32_t cnt;
+  Fx total;
+  float lo;
+};
+
+// The candidates in ids [begin, end): count, total weight (exact), lowest
+// logit. Every thread gets them. Not inlined: inlined into draw_token it
+// raised sample_kernel's spills (ptxas: 168 bytes loaded, 36 with the call).
+
+__device__ __noinline__ CandSums candidate_sums(const float* x, int begin, int end,
+                                                const RowSet& cand, Smem& sh) {
   int32_t cnt = 0;
   Fx total = fx_zero();
   float lo = kInf;
-  for (int i = static_cast<int>(threadIdx.x); i < n; i += kThreads) {
+  for (int i = begin + static_cast<int>(threadIdx.x); i < end; i += kThreads) {
     const float v = x[i];
     if (cand.in(i, v, 0u)) {
       ++cnt;
@@ -740,6 +741,30 @@ __device__ int32_t draw_token(const float* x, int n, const SampleRowParams& p, A
   cnt = block_sum_i32(cnt, sh);
   total = block_sum_fx(total, sh);
   lo = block_min_f32(lo, sh);
+  return CandSums{cnt, total, lo};
+}
+
+// Steps 5 of the CPU sampler (build_support, apply_top_p, draw) on the
+// processed row x whose argmax is am.
+__device__ int32_t draw_token(const float* x, int n, const SampleRowParams& p, ArgMax am,
+                              Smem& sh) {
+  const float m = am.v;
+  if (!(m > -kInf)) return am.i;  // everything masked: the argmax (id 0)
+  float thr = min_p_floor(p, m);
+  if (p.top_k > 0 && p.top_k < n) {
+    RowSet finite;
+    finite.finite = true;
+    const Sel s =
+        select_better(x, n, finite, fx_zero(), Fx{static_cast<u64>(p.top_k - 1), 0ull}, false, sh);
+    const float kth = s.found ? float_of_key(s.key) : -kInf;  // fewer finite: -inf
+    thr = thr < kth ? kth : thr;                              // std::max
+  }
+
+  const RowSet cand = candidate_set(p, m, thr);
+  const CandSums sums = candidate_sums(x, 0, n, cand, sh);
+  const int32_t cnt = sums.cnt;
+  const Fx total = sums.total;
+  const float lo = sums.lo;
   if (cnt == 0) return am.i;  // (m itself is a candidate, so not reached)
 
   RowSet kept = cand;
@@ -1083,6 +1108,23 @@ struct SampleArgs {
   bool parallel_draws;  // plain draws are left to draw_kernel
 };
 
+// Where a CTA of the (chunks, rows) grid stands.
+struct ChunkCta {
+  int c, r, n_chunks, tid;
+  RowBlock rb;
+  float* x;  // [vocab] the row's logits
+};
+
+__device__ ChunkCta chunk_cta(const SampleArgs& a) {
+  const int r = static_cast<int>(blockIdx.y);
+  return ChunkCta{static_cast<int>(blockIdx.x),
+                  r,
+                  static_cast<int>(gridDim.x),
+                  static_cast<int>(threadIdx.x),
+                  row_block(a.blocks, r, a.vocab),
+                  a.logits + static_cast<size_t>(r) * static_cast<size_t>(a.vocab)};
+}
+
 // The end of a row once its token is chosen: undo the edits, then the raw
 // logprob and rank of the token (no token is above the raw max raw_m), the
 // outputs, and the unused top slots.
@@ -1122,14 +1164,11 @@ __device__ void finish_row(const SampleArgs& a, int r, const SampleRowParams& p,
 __global__ void __launch_bounds__(kThreads, 2) sample_kernel(SampleArgs a) {
   __shared__ Smem sh;
   __shared__ int s_last;
-  const int c = static_cast<int>(blockIdx.x);
-  const int r = static_cast<int>(blockIdx.y);
-  const int n = a.vocab;
-  const int n_chunks = static_cast<int>(gridDim.x);
-  const int tid = static_cast<int>(threadIdx.x);
+  const ChunkCta cta = chunk_cta(a);
+  const int c = cta.c, r = cta.r, n = a.vocab, n_chunks = cta.n_chunks, tid = cta.tid;
+  const RowBlock& rb = cta.rb;
+  float* x = cta.x;
   const SampleRowParams p = a.rows[r];
-  float* x = a.logits + static_cast<size_t>(r) * static_cast<size_t>(n);  // [vocab]
-  const RowBlock rb = row_block(a.blocks, r, n);
   const bool want_lp = p.num_logprobs >= 0;
   const int n_top = min(max(p.num_logprobs, 0), min(kMaxTopLogprobs, n));
   const bool merge = n_chunks <= kThreads && n_chunks * n_top <= kMaxBins;
@@ -1208,37 +1247,17 @@ __global__ void __launch_bounds__(kThreads, 2) sample_kernel(SampleArgs a) {
 __global__ void __launch_bounds__(kThreads, 2) draw_kernel(SampleArgs a) {
   __shared__ Smem sh;
   __shared__ int s_last;
-  const int c = static_cast<int>(blockIdx.x);
-  const int r = static_cast<int>(blockIdx.y);
-  const int n = a.vocab;
-  const int n_chunks = static_cast<int>(gridDim.x);
-  const int tid = static_cast<int>(threadIdx.x);
-  const RowBlock rb = row_block(a.blocks, r, n);
+  const ChunkCta cta = chunk_cta(a);
+  const int c = cta.c, r = cta.r, n = a.vocab, n_chunks = cta.n_chunks, tid = cta.tid;
+  const RowBlock& rb = cta.rb;
   if (!rb.draw->pending) return;  // the whole CTA
   const DrawRow dr = *rb.draw;
   const SampleRowParams p = a.rows[r];
-  float* x = a.logits + static_cast<size_t>(r) * static_cast<size_t>(n);  // [vocab], edited
-  const float m = dr.am.v;
-  RowSet cand;  // draw_token's candidates without top_k and top_p
-  cand.thr = p.min_p > 0.0f ? __fadd_rn(m, __fmul_rn(p.temperature, p.log_min_p)) : -kInf;
-  cand.finite = true;
-  cand.counts = false;
-  cand.m = m;
-  cand.inv_t = __fdiv_rn(1.0f, p.temperature);
-  const int begin = c * kChunk;
-  const int end = min(n, begin + kChunk);
-  int32_t cnt = 0;
-  Fx total = fx_zero();
-  for (int i = begin + tid; i < end; i += kThreads) {
-    const float v = x[i];
-    if (cand.in(i, v, 0u)) {
-      ++cnt;
-      total = fx_add(total, cand.weight(v));
-    }
-  }
-  cnt = block_sum_i32(cnt, sh);
-  total = block_sum_fx(total, sh);
-  if (tid == 0) rb.chunks[c] = DrawChunk{total.a, total.b, cnt};
+  float* x = cta.x;  // edited by sample_kernel
+  // draw_token's candidates without top_k and top_p.
+  const RowSet cand = candidate_set(p, dr.am.v, min_p_floor(p, dr.am.v));
+  const CandSums sums = candidate_sums(x, c * kChunk, min(n, (c + 1) * kChunk), cand, sh);
+  if (tid == 0) rb.chunks[c] = DrawChunk{sums.total.a, sums.total.b, sums.cnt};
   if (!last_to_arrive(rb.draw_count, n_chunks, &s_last)) return;
 
   // The chunks' sums in shared memory (hist_a/b: weight, hist_b's twin below).
