@@ -62,6 +62,11 @@ struct AttnBatch {
 // x[n, dim] (fp32 residual stream) = table[ids[i], :]
 void embedding(const bf16* table, const int32_t* ids, float* x, int n, int dim, cudaStream_t s);
 
+// Queues the L2 fetch of [p, p + bytes) (its 16-byte aligned part) and
+// returns: a hint for a later reader of immutable data (weights); it
+// changes no memory.
+void prefetch_l2(const void* p, uint64_t bytes, cudaStream_t s);
+
 // out[i, :] = x[rows[i], :] for i < n (rows of the residual stream that feed the LM head).
 void gather_rows(const float* x, const int32_t* rows, float* out, int n, int dim, cudaStream_t s);
 

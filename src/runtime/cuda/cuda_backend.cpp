@@ -144,6 +144,9 @@ Result<std::unique_ptr<CudaBackend>> CudaBackend::create(const Model& model,
   CS_CUDA(cudaStreamCreateWithFlags(&b->side_, cudaStreamNonBlocking));
   CS_CUDA(cudaEventCreateWithFlags(&b->fork_, cudaEventDisableTiming));
   CS_CUDA(cudaEventCreateWithFlags(&b->join_, cudaEventDisableTiming));
+  CS_CUDA(cudaStreamCreateWithFlags(&b->prefetch_, cudaStreamNonBlocking));
+  CS_CUDA(cudaEventCreateWithFlags(&b->prefetch_fork_, cudaEventDisableTiming));
+  CS_CUDA(cudaEventCreateWithFlags(&b->prefetch_join_, cudaEventDisableTiming));
 
   KvSpec& spec = b->spec_;
   spec.dtype = DType::kBF16;
@@ -202,6 +205,9 @@ CudaBackend::~CudaBackend() {
   if (side_) cudaStreamDestroy(side_);
   if (fork_) cudaEventDestroy(fork_);
   if (join_) cudaEventDestroy(join_);
+  if (prefetch_) cudaStreamDestroy(prefetch_);
+  if (prefetch_fork_) cudaEventDestroy(prefetch_fork_);
+  if (prefetch_join_) cudaEventDestroy(prefetch_join_);
 }
 
 Status CudaBackend::allocate(uint64_t kv_bytes) {
@@ -560,12 +566,24 @@ Status CudaBackend::layers(const Shape& sh) {
     }
     return {};
   };
+  // The next linear layer's weights (w: [out, in] bf16) into L2, from when
+  // the work queued on compute_ so far completes (CudaOptions::l2_prefetch_bytes).
+  const uint64_t pf_cap = opts_.l2_prefetch_bytes;
+  auto prefetch = [&](const bf16* w, int64_t in_dim, int64_t out_dim) -> Status {
+    if (pf_cap == 0) return {};
+    CS_CUDA(cudaEventRecord(prefetch_fork_, compute_));
+    CS_CUDA(cudaStreamWaitEvent(prefetch_, prefetch_fork_, 0));
+    const uint64_t bytes = static_cast<uint64_t>(in_dim) * static_cast<uint64_t>(out_dim) * 2;
+    ops::prefetch_l2(w, std::min(pf_cap, bytes), prefetch_);
+    return {};
+  };
   ops::embedding(weights_.embed, sh.ids, b.x, n, H, compute_);
   for (int32_t l = 0; l < L; ++l) {
     const DeviceLayer& w = weights_.layers[static_cast<size_t>(l)];
     const ops::KvLayer kv = kv_layer(l);
     ops::add_rms_norm(b.x, l == 0 ? nullptr : b.delta, w.attn_norm, b.xn, n, H, eps, compute_);
     CS_RETURN_IF_ERROR(linear(b.xn, w.wqkv, b.qkv, H, QKV));
+    CS_RETURN_IF_ERROR(prefetch(w.wo, Q, H));  // during RoPE and attention
     ops::rope_qkv_write(b.qkv, w.bqkv, sh.pos, weights_.inv_freq, sh.slots, kv, n, c.num_heads,
                         compute_);
     // Sequences with a shared prefix (one row each): the prefix by the
@@ -596,6 +614,7 @@ Status CudaBackend::layers(const Shape& sh) {
     }
     CS_RETURN_IF_ERROR(linear(b.attn, w.wo, b.delta, Q, H));
     if (all_reduce_) CS_RETURN_IF_ERROR(all_reduce_(b.delta, static_cast<size_t>(n) * H, compute_));
+    CS_RETURN_IF_ERROR(prefetch(w.wgu, H, 2 * FF));  // during the norm
     ops::add_rms_norm(b.x, b.delta, w.ffn_norm, b.xn, n, H, eps, compute_);
     for (const Shape::Run& r : sh.runs) {
       const int64_t row = r.first;
@@ -604,6 +623,13 @@ Status CudaBackend::layers(const Shape& sh) {
     }
     CS_RETURN_IF_ERROR(linear(b.act, w.wdown, b.delta, FF, H));
     if (all_reduce_) CS_RETURN_IF_ERROR(all_reduce_(b.delta, static_cast<size_t>(n) * H, compute_));
+    if (l + 1 < L) {  // during the norm
+      CS_RETURN_IF_ERROR(prefetch(weights_.layers[static_cast<size_t>(l) + 1].wqkv, H, QKV));
+    }
+  }
+  if (pf_cap > 0) {  // the branch rejoins compute_ (a captured graph must end joined)
+    CS_CUDA(cudaEventRecord(prefetch_join_, prefetch_));
+    CS_CUDA(cudaStreamWaitEvent(compute_, prefetch_join_, 0));
   }
   // The last residual add (its normed output is recomputed per logit row).
   ops::add_rms_norm(b.x, b.delta, weights_.final_norm, b.xn, n, H, eps, compute_);
@@ -802,6 +828,12 @@ Status CudaBackend::logits_after_forward(const StepInput& in, std::vector<float>
 
 bool CudaOptions::cascade_side_stream_by_default() {
   return env_flag("CARTSERVE_CASCADE_SIDE_STREAM");
+}
+
+uint64_t CudaOptions::l2_prefetch_bytes_by_default() {
+  const char* v = std::getenv("CARTSERVE_L2_PREFETCH_MB");
+  const long long mb = v != nullptr ? std::atoll(v) : 0;
+  return mb > 0 ? static_cast<uint64_t>(mb) << 20 : 0;
 }
 
 bool CudaOptions::kv_load_direct_by_default() {

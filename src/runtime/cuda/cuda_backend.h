@@ -67,6 +67,13 @@ struct CudaOptions {
   // the DMA leaves them to the decode steps running beside a promotion.
   bool kv_load_direct = kv_load_direct_by_default();
   static bool kv_load_direct_by_default();
+  // Between two linear layers, up to this many bytes of the next one's
+  // weights are prefetched into L2 (ops::prefetch_l2 on a side stream, forked
+  // when the GEMM before completes) while the small kernels between them
+  // run; 0: off. Default from CARTSERVE_L2_PREFETCH_MB (MiB; off until
+  // measured on a GPU).
+  uint64_t l2_prefetch_bytes = l2_prefetch_bytes_by_default();
+  static uint64_t l2_prefetch_bytes_by_default();
 };
 
 class CudaBackend final : public Backend {
@@ -170,6 +177,11 @@ class CudaBackend final : public Backend {
   // branches).
   cudaStream_t side_ = nullptr;
   cudaEvent_t fork_ = nullptr, join_ = nullptr;
+  // CudaOptions::l2_prefetch_bytes: the prefetches run on prefetch_, each
+  // forked from compute_ at prefetch_fork_; layers() joins them back at
+  // prefetch_join_ (decode graphs capture the branch).
+  cudaStream_t prefetch_ = nullptr;
+  cudaEvent_t prefetch_fork_ = nullptr, prefetch_join_ = nullptr;
   // Decode graphs by bucket: (seqs, blocks per sequence, shared-prefix attention or not).
   using GraphKey = std::tuple<int32_t, int32_t, bool>;
   std::map<GraphKey, cudaGraphExec_t> graphs_;
