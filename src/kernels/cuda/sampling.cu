@@ -85,8 +85,6 @@
 //    ulp off moves a cumulative boundary by ~6e-8 of that weight.
 // Shapes are validated by the caller except where the host side checks.
 
-#include <cooperative_groups.h>
-#include <cooperative_groups/reduce.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -98,8 +96,6 @@
 
 namespace cartserve::ops::cuda {
 namespace {
-
-namespace cg = cooperative_groups;
 
 using u64 = unsigned long long;
 
@@ -532,7 +528,6 @@ struct Sel {
 __device__ Sel select_better(const float* x, int n, const RowSet& set, Fx base, Fx T, bool want_id,
                              Smem& sh) {
   const int tid = static_cast<int>(threadIdx.x);
-  const auto warp = cg::tiled_partition<32>(cg::this_thread_block());
   uint32_t prefix = 0;
   uint32_t pmask = 0;
 #pragma unroll 1
@@ -546,32 +541,15 @@ __device__ Sel select_better(const float* x, int n, const RowSet& set, Fx base, 
     }
     if (tid == 0) sh.sel_digit = -1;
     __syncthreads();
-    // A trip count the same for the whole warp (the partitions below).
-    const int n_up = (n + kThreads - 1) / kThreads * kThreads;
-    for (int i = tid; i < n_up; i += kThreads) {
-      const float v = i < n ? x[i] : -kInf;
+    for (int i = tid; i < n; i += kThreads) {
+      const float v = x[i];
       const uint32_t key = key_of(v);
-      const bool member = i < n && (key & pmask) == prefix && set.in(i, v, key);
+      if ((key & pmask) != prefix || !set.in(i, v, key)) continue;
+      const Fx w = set.weight(v);
       const uint32_t d = (key >> shift) & dmask;
       // Integer atomics: exact, so the histogram does not depend on their order.
-      if (set.counts) {
-        // The lanes of a warp with the same digit add their count in one
-        // atomic (logits crowd a few top digits: per-lane atomics serialize).
-        const unsigned peers = __match_any_sync(kFull, member ? d : 0xffffffffu);
-        if (member && lane_id() == __ffs(static_cast<int>(peers)) - 1)
-          atomicAdd(&sh.hist_a[d], static_cast<u64>(__popc(peers)));
-      } else {
-        // Masses likewise: the lanes of one digit sum theirs (exact), and
-        // the group's first lane adds the sum.
-        const Fx w = member ? set.weight(v) : fx_zero();
-        const auto group = cg::labeled_partition(warp, member ? d : 0xffffffffu);
-        const u64 sa = cg::reduce(group, w.a, cg::plus<u64>());
-        const u64 sb = cg::reduce(group, w.b, cg::plus<u64>());
-        if (member && group.thread_rank() == 0) {
-          if (sa != 0ull) atomicAdd(&sh.hist_a[d], sa);
-          if (sb != 0ull) atomicAdd(&sh.hist_b[d], sb);
-        }
-      }
+      if (w.a != 0ull) atomicAdd(&sh.hist_a[d], w.a);
+      if (w.b != 0ull) atomicAdd(&sh.hist_b[d], w.b);
     }
     __syncthreads();
     // Bins from the top down: thread t owns bins nb-1-t*per .. nb-per-t*per.
