@@ -643,6 +643,7 @@ json prefill_tiles(const ModelConfig& c, double gemm_flops) {
   std::vector<k::PrefillTile> tiles = {{64, 64}, {128, 64}, {128, 64, 32}};
   if (c.head_dim == 128) {
     tiles.insert(tiles.begin(), {k::PrefillTile{64, 32}, {128, 32}, {128, 32, 32}});
+    tiles.push_back({128, 64, 16, true});  // the wgmma kernel
   }
   for (const auto& [q_len, ctx] :
        {std::pair{8192, 8192}, std::pair{2048, 2048}, std::pair{64, 2112}}) {
@@ -662,19 +663,22 @@ json prefill_tiles(const ModelConfig& c, double gemm_flops) {
         k::paged_attention_prefill(qkv, QKV, ps.kv, ps.ab, out, c.num_heads, scale, splits, ws,
                                    nullptr, nullptr, t);
       });
-      const bool is_def = t.rows == def.rows && t.bn == def.bn && t.warp_rows == def.warp_rows;
+      const bool is_def = t.rows == def.rows && t.bn == def.bn && t.warp_rows == def.warp_rows &&
+                          t.wgmma == def.wgmma;
       rows.push_back({{"query_rows", q_len},
                       {"context", ctx},
                       {"rows_per_cta", t.rows},
                       {"keys_per_tile", t.bn},
                       {"rows_per_warp", t.warp_rows},
+                      {"wgmma", t.wgmma},
                       {"splits", splits},
                       {"default", is_def},
                       {"us", us},
                       {"tflop_per_s", flops / us / 1e6},
                       {"fraction_of_gemm_rate", flops / (us * 1e-6) / gemm_flops}});
-      std::printf("  q=%-5d ctx=%-5d %4dx%-2d/%-2d%s %6d %11.1f %9.0f\n", q_len, ctx, t.rows, t.bn,
-                  t.warp_rows, is_def ? "*" : " ", splits, us, flops / us / 1e6);
+      std::printf("  q=%-5d ctx=%-5d %4dx%-2d/%-2d%s%s %6d %11.1f %9.0f\n", q_len, ctx, t.rows,
+                  t.bn, t.warp_rows, t.wgmma ? "wg" : "  ", is_def ? "*" : " ", splits, us,
+                  flops / us / 1e6);
     }
   }
   return rows;

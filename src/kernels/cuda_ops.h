@@ -162,11 +162,13 @@ void skinny_gemm_swiglu(const bf16* x, const bf16* w_gate_up, bf16* act, int n, 
 // per K/V tile (32 or 64 at head_dim 128, 64 at head_dim 64), rows per warp
 // (16, or 32 at 128 rows: two m-tiles per warp, Q read from shared memory)};
 // {0, 0}: the default (prefill_tile). A row's bits depend on the keys per
-// tile, not on the rows per CTA or per warp.
+// tile and, with wgmma, on the kernel (its tensor-core sums run in another
+// order), not on the rows per CTA or per warp.
 struct PrefillTile {
   int rows = 0;
   int bn = 0;
   int warp_rows = 16;
+  bool wgmma = false;  // the Hopper warpgroup-MMA kernel: 128 rows x 64 keys, head_dim 128
 };
 void paged_attention_prefill(const bf16* q, int64_t q_row_stride, const KvLayer& kv,
                              const AttnBatch& batch, bf16* out, int n_heads, float scale,

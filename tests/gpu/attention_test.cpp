@@ -442,10 +442,10 @@ int device_sms() {
 // Runs and checks one (problem, implementation, split count); returns the bits.
 std::vector<uint16_t> check(const Problem& p, Impl impl, int num_splits, cudaStream_t st,
                             PrefillTile tile = {}) {
-  const std::string tile_name = tile.rows == 0 ? ""
-                                               : " tile=" + std::to_string(tile.rows) + "x" +
-                                                     std::to_string(tile.bn) +
-                                                     (tile.warp_rows == 32 ? "/32" : "");
+  const std::string tile_name =
+      tile.rows == 0 ? ""
+                     : " tile=" + std::to_string(tile.rows) + "x" + std::to_string(tile.bn) +
+                           (tile.warp_rows == 32 ? "/32" : "") + (tile.wgmma ? "/wgmma" : "");
   SCOPED_TRACE(p.c.name + " " + impl_name(impl) + " splits=" + std::to_string(num_splits) +
                tile_name);
   const std::vector<uint16_t> out = run(p, impl, num_splits, st, tile);
@@ -485,6 +485,15 @@ void check_prefill_paths(const Case& c, uint32_t seed, cudaStream_t st) {
       if (t.rows == 128) {
         EXPECT_EQ(bits, at64) << "rows per CTA changed the bits";
       }
+    }
+  }
+  // The wgmma kernel (Hopper; head_dim 128): against the reference at every
+  // split count, and the same bits run twice.
+  if (c.head_dim == 128) {
+    const PrefillTile wg{128, 64, 16, true};
+    for (int splits : {1, 2, 5, 16, auto_splits}) {
+      const std::vector<uint16_t> bits = check(*p, Impl::kPrefill, splits, st, wg);
+      EXPECT_EQ(run(*p, Impl::kPrefill, splits, st, wg), bits) << "wgmma: not deterministic";
     }
   }
 }

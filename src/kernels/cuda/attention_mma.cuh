@@ -214,52 +214,19 @@ struct MmaRows {
     }
   }
 
-  // One K/V tile in shared memory (ks, vs: [BN][LD]) holding keys n0 + [0, BN).
-  // q_frag(a, kk, f) gives m-tile a's A fragment for k-step kk. With
-  // need_mask, keys past lim[a][half] are masked for that row. Each row must
-  // see a finite score in its first tile.
-  template <typename QFrag>
-  __device__ __forceinline__ void tile(QFrag q_frag, const bf16* ks, const bf16* vs, int n0,
-                                       float scale_log2, bool need_mask, const int (&lim)[MA][2]) {
-    constexpr int BN = Cfg::BN;
-    constexpr int LD = Cfg::LD;
-    const int lane = threadIdx.x & 31;
-    const int t = lane & 3;
-    // S = Q K^T: n-tile nt covers keys [8 nt, 8 nt + 8) of the tile. One
-    // ldmatrix.x4 gives the B fragments of n-tiles nt, nt + 1 for k-step kk
-    // (for every m-tile): matrix i has keys 8 (nt + (i >> 1)) .. + 8 and dims
-    // 16 kk + 8 (i & 1) .. + 8 (b0 = K[key lane / 4][dims 2t, 2t + 1], b1 the
-    // same 8 dims on).
-    float sc[MA][BN / 8][4];
-#pragma unroll
-    for (int a = 0; a < MA; ++a)
-#pragma unroll
-      for (int nt = 0; nt < BN / 8; ++nt)
-        sc[a][nt][0] = sc[a][nt][1] = sc[a][nt][2] = sc[a][nt][3] = 0.f;
-#pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) {
-      uint32_t qa[MA][4];
-#pragma unroll
-      for (int a = 0; a < MA; ++a)
-        q_frag(a, kk, qa[a]);
-#pragma unroll
-      for (int nt = 0; nt < BN / 8; nt += 2) {
-        uint32_t b[4];
-        const int key = nt * 8 + (lane >> 4) * 8 + (lane & 7);
-        const int dim = kk * 16 + ((lane >> 3) & 1) * 8;
-        ldmatrix_x4(b, ks + key * LD + dim);
-#pragma unroll
-        for (int a = 0; a < MA; ++a) {
-          mma_16816(sc[a][nt], qa[a], b[0], b[1]);
-          mma_16816(sc[a][nt + 1], qa[a], b[2], b[3]);
-        }
-      }
-    }
-
-    // Per m-tile: scale, mask, row max, then P = exp2(S - m) as bf16 A
-    // fragments (k-step j covers keys [16 j, 16 j + 16) = n-tiles 2j (a[0],
-    // a[1]) and 2j + 1 (a[2], a[3])), the sums, and O rescaled.
-    uint32_t pa[MA][BN / 16][4];
+  // The scores sc of keys n0 + [0, BN) (this thread's fragment of S = Q K^T:
+  // m-tile a, n-tile nt holds keys n0 + 8 nt + 2t, + 1 of rows g (e = 0, 1)
+  // and g + 8 (e = 2, 3)) into the running softmax: per m-tile, scale, mask
+  // (keys past lim[a][half], with need_mask), row max, then P = exp2(S - m)
+  // as bf16 A fragments pa (k-step j covers keys [16 j, 16 j + 16) =
+  // n-tiles 2j (a[0], a[1]) and 2j + 1 (a[2], a[3])), the sums, and O
+  // rescaled. The caller adds P V.
+  template <int NT>  // n-tiles: NT * 8 keys
+  __device__ __forceinline__ void softmax(float (&sc)[MA][NT][4], int n0, float scale_log2,
+                                          bool need_mask, const int (&lim)[MA][2],
+                                          uint32_t (&pa)[MA][NT / 2][4]) {
+    constexpr int BN = NT * 8;
+    const int t = threadIdx.x & 3;
 #pragma unroll
     for (int a = 0; a < MA; ++a) {
       float mx0 = -INFINITY, mx1 = -INFINITY;
@@ -313,6 +280,51 @@ struct MmaRows {
         o[a][dt][3] *= alpha1;
       }
     }
+  }
+
+  // One K/V tile in shared memory (ks, vs: [BN][LD]) holding keys n0 + [0, BN).
+  // q_frag(a, kk, f) gives m-tile a's A fragment for k-step kk. With
+  // need_mask, keys past lim[a][half] are masked for that row. Each row must
+  // see a finite score in its first tile.
+  template <typename QFrag>
+  __device__ __forceinline__ void tile(QFrag q_frag, const bf16* ks, const bf16* vs, int n0,
+                                       float scale_log2, bool need_mask, const int (&lim)[MA][2]) {
+    constexpr int BN = Cfg::BN;
+    constexpr int LD = Cfg::LD;
+    const int lane = threadIdx.x & 31;
+    // S = Q K^T: n-tile nt covers keys [8 nt, 8 nt + 8) of the tile. One
+    // ldmatrix.x4 gives the B fragments of n-tiles nt, nt + 1 for k-step kk
+    // (for every m-tile): matrix i has keys 8 (nt + (i >> 1)) .. + 8 and dims
+    // 16 kk + 8 (i & 1) .. + 8 (b0 = K[key lane / 4][dims 2t, 2t + 1], b1 the
+    // same 8 dims on).
+    float sc[MA][BN / 8][4];
+#pragma unroll
+    for (int a = 0; a < MA; ++a)
+#pragma unroll
+      for (int nt = 0; nt < BN / 8; ++nt)
+        sc[a][nt][0] = sc[a][nt][1] = sc[a][nt][2] = sc[a][nt][3] = 0.f;
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+      uint32_t qa[MA][4];
+#pragma unroll
+      for (int a = 0; a < MA; ++a)
+        q_frag(a, kk, qa[a]);
+#pragma unroll
+      for (int nt = 0; nt < BN / 8; nt += 2) {
+        uint32_t b[4];
+        const int key = nt * 8 + (lane >> 4) * 8 + (lane & 7);
+        const int dim = kk * 16 + ((lane >> 3) & 1) * 8;
+        ldmatrix_x4(b, ks + key * LD + dim);
+#pragma unroll
+        for (int a = 0; a < MA; ++a) {
+          mma_16816(sc[a][nt], qa[a], b[0], b[1]);
+          mma_16816(sc[a][nt + 1], qa[a], b[2], b[3]);
+        }
+      }
+    }
+
+    uint32_t pa[MA][BN / 16][4];
+    softmax(sc, n0, scale_log2, need_mask, lim, pa);
 
     // O += P V. One ldmatrix.x4.trans gives the B fragments of two n-tiles
     // (dims [8 dt, 8 dt + 16)) for keys [16 j, 16 j + 16): matrix i has keys

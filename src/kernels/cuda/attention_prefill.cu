@@ -57,6 +57,7 @@
 
 #include "kernels/cuda/attention_internal.cuh"
 #include "kernels/cuda/attention_mma.cuh"
+#include "kernels/cuda/attention_wgmma.cuh"
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda_ops.h"
 
@@ -92,6 +93,105 @@ __device__ __forceinline__ int tile_sequence(const int32_t* query_start, int num
   return lo;
 }
 
+// The work of one tensor-core CTA: flat tile gridDim.x - 1 - blockIdx.x
+// (a causal sequence's last tiles see the most keys, so they start in the
+// first wave and the short ones fill the tail) of P queries x group heads,
+// KV head blockIdx.y, and with SPLIT the keys of split blockIdx.z.
+struct TileWork {
+  bool active;    // false: the CTA has nothing to do (CTA-uniform)
+  int64_t row0;   // flat row of the tile's first query
+  int n_rows;     // real rows [0, n_rows) (query r / group, head r % group)
+  int first_lim;  // causal limit (last visible key) of the tile's first query
+  int k_begin;    // this CTA's keys [k_begin, k_end), k_begin a multiple of 64
+  int k_end;
+  const int32_t* bt;  // the sequence's block table row
+};
+
+template <bool SPLIT>
+__device__ __forceinline__ TileWork tile_work(const AttnBatch& batch, int group, int P,
+                                              int num_splits, const int32_t* skip) {
+  TileWork w{};
+  const int b = static_cast<int>(gridDim.x - 1 - blockIdx.x);
+  const int s = tile_sequence(batch.query_start, batch.num_seqs, P, b);
+  const int q_begin = batch.query_start[s];
+  const int q_len = batch.query_start[s + 1] - q_begin;
+  const int q0 = (b - (q_begin / P + s)) * P;            // first query of the tile
+  w.active = q0 < q_len;                                 // else a spare tile of this sequence
+  if (skip != nullptr && skip[s] > 0) w.active = false;  // another op attends for it
+  if (!w.active) return w;
+  const int ctx = batch.context_lens[s];
+  const int q_hi = min(q0 + P, q_len);  // the tile's queries: [q0, q_hi)
+  w.row0 = q_begin + q0;
+  w.n_rows = (q_hi - q0) * group;  // <= the CTA's rows
+  w.first_lim = ctx - q_len + q0;
+  const int kv_hi = ctx - q_len + q_hi;  // keys the tile needs: [0, kv_hi)
+  w.k_begin = 0;
+  w.k_end = kv_hi;
+  if constexpr (SPLIT) {
+    const int len = decode_split_len(ctx, num_splits);
+    w.k_begin = static_cast<int>(blockIdx.z) * len;
+    if (w.k_begin >= kv_hi) w.active = false;  // no key of this split is visible to the tile
+    w.k_end = min(kv_hi, w.k_begin + len);
+  }
+  w.bt = batch.block_table + static_cast<int64_t>(s) * batch.max_blocks;
+  return w;
+}
+
+// This thread's rows: m-tile a, half h is row warp * 16 MA + 16 a + g + 8 h
+// (g = lane / 4), with its causal limit (last visible key, inclusive). A row
+// with no key in [k_begin, k_end) (a split past it) computes over the whole
+// split instead, and its partial is neither written nor merged.
+template <int MA>
+struct RowLimits {
+  int rows[MA][2], lim[MA][2];
+  bool real[MA][2];
+
+  __device__ __forceinline__ RowLimits(const TileWork& w, int group) {
+    const int warp = threadIdx.x >> 5;
+    const int g = (threadIdx.x & 31) >> 2;
+#pragma unroll
+    for (int a = 0; a < MA; ++a) {
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int r = warp * 16 * MA + 16 * a + g + 8 * h;
+        rows[a][h] = r;
+        real[a][h] = r < w.n_rows && w.first_lim + r / group >= w.k_begin;
+        lim[a][h] = real[a][h] ? w.first_lim + r / group : w.k_end - 1;
+      }
+    }
+  }
+};
+
+// The epilogue of both tensor-core kernels: each real row of this thread as
+// O / l into out, or with SPLIT unnormalised into the workspace.
+template <bool SPLIT, class Cfg>
+__device__ __forceinline__ void store_rows(MmaRows<Cfg>& acc, const RowLimits<Cfg::MA>& rl,
+                                           const TileWork& w, int kvh, int n_heads, int group,
+                                           int num_splits, bf16* __restrict__ out,
+                                           float* __restrict__ o_part,
+                                           float* __restrict__ ml_part) {
+  constexpr int D = Cfg::D;
+  acc.finish();
+  const int64_t out_stride = static_cast<int64_t>(n_heads) * D;
+#pragma unroll
+  for (int a = 0; a < Cfg::MA; ++a) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int r = rl.rows[a][h];
+      const int64_t row = w.row0 + r / group;
+      const int head = kvh * group + r % group;
+      if constexpr (SPLIT) {
+        if (!rl.real[a][h]) continue;
+        const int64_t slot = (row * n_heads + head) * num_splits + blockIdx.z;
+        acc.store_partial(a, h, o_part + slot * D, ml_part + 2 * slot);
+      } else {
+        if (r >= w.n_rows) continue;
+        acc.store_out(a, h, out + row * out_stride + head * D);
+      }
+    }
+  }
+}
+
 // SPLIT: blockIdx.z is a split of the keys (split_active in
 // attention_internal.cuh); the CTA writes unnormalised partials to o_part /
 // ml_part ([num_tokens, n_heads, num_splits, D] / [..., 2]) instead of out.
@@ -103,7 +203,6 @@ __global__ void __launch_bounds__(Cfg::THREADS)
                        int group, int P, float scale_log2, int num_splits,
                        float* __restrict__ o_part, float* __restrict__ ml_part,
                        const int32_t* __restrict__ skip /* [num_seqs] or null */) {
-  constexpr int D = Cfg::D;
   constexpr int BN = Cfg::BN;
   // Before the KV loop: the Q tile [ROWS][LD]. Then stage i (0, 1) holds
   // K [BN][LD] at i * 2 * TILE and V [BN][LD] right after it. Dynamic
@@ -111,45 +210,17 @@ __global__ void __launch_bounds__(Cfg::THREADS)
   extern __shared__ __align__(16) unsigned char dyn_smem[];
   bf16* smem = reinterpret_cast<bf16*>(dyn_smem);
 
-  // Flat tiles from the last: a causal sequence's last tiles see the most
-  // keys, so they start in the first wave and the short ones fill the tail.
-  const int b = static_cast<int>(gridDim.x - 1 - blockIdx.x);
-  const int s = tile_sequence(batch.query_start, batch.num_seqs, P, b);
-  const int q_begin = batch.query_start[s];
-  const int q_len = batch.query_start[s + 1] - q_begin;
-  const int q0 = (b - (q_begin / P + s)) * P;  // first query of the tile
-  if (q0 >= q_len) return;  // a spare tile of this sequence (CTA-uniform, before any barrier)
-  if (skip != nullptr && skip[s] > 0) return;  // another op attends for this sequence
-  const int ctx = batch.context_lens[s];
+  const TileWork w = tile_work<SPLIT>(batch, group, P, num_splits, skip);
+  if (!w.active) return;  // CTA-uniform, before any barrier
   const int kvh = blockIdx.y;
-  const int q_hi = min(q0 + P, q_len);     // the tile's queries: [q0, q_hi)
-  const int n_rows = (q_hi - q0) * group;  // real rows: [0, n_rows), n_rows <= ROWS
-  const int first_lim = ctx - q_len + q0;  // causal limit of the tile's first query
-  const int kv_hi = ctx - q_len + q_hi;    // keys the tile needs: [0, kv_hi)
-  // This CTA's keys: [k_begin, k_end), k_begin a multiple of 64 (so of BN).
-  int k_begin = 0, k_end = kv_hi;
-  if constexpr (SPLIT) {
-    const int len = decode_split_len(ctx, num_splits);
-    k_begin = static_cast<int>(blockIdx.z) * len;
-    if (k_begin >= kv_hi) return;  // no key of this split is visible to the tile (CTA-uniform)
-    k_end = min(kv_hi, k_begin + len);
-  }
-  const int32_t* bt = batch.block_table + static_cast<int64_t>(s) * batch.max_blocks;
-
-  const int tid = threadIdx.x;
-  const int warp = tid >> 5;
-  const int lane = tid & 31;
-  const int g = lane >> 2;  // fragment row (and row + 8)
 
   // Q tile -> shared (zero rows for padding) -> A fragments: kept in
   // registers (MA = 1), or read from shared memory per K/V tile (MA = 2).
   auto q_row = [&](int r) -> const bf16* {
-    if (r >= n_rows) return nullptr;
-    const int64_t row = q_begin + q0 + r / group;
-    return q + row * q_row_stride + (kvh * group + r % group) * D;
+    if (r >= w.n_rows) return nullptr;
+    return q + (w.row0 + r / group) * q_row_stride + (kvh * group + r % group) * Cfg::D;
   };
-  constexpr int MA = Cfg::MA;
-  uint32_t qa[Cfg::Q_IN_SMEM ? 1 : D / 16][4];
+  uint32_t qa[Cfg::Q_IN_SMEM ? 1 : Cfg::D / 16][4];
   if constexpr (Cfg::Q_IN_SMEM) {
     stage_q<Cfg>(smem + Cfg::Q_OFF, q_row);
   } else {
@@ -163,55 +234,136 @@ __global__ void __launch_bounds__(Cfg::THREADS)
     }
   };
 
-  // This thread's rows: m-tile a, half h is row warp * 16 MA + 16 a + g + 8 h.
-  // Causal limits (last visible key, inclusive); a row with no key in
-  // [k_begin, k_end) (a split past it) computes over the whole split
-  // instead, and its partial is neither written nor merged.
-  int rows[MA][2], lim[MA][2];
-  bool real[MA][2];
-#pragma unroll
-  for (int a = 0; a < MA; ++a) {
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const int r = warp * 16 * MA + 16 * a + g + 8 * h;
-      rows[a][h] = r;
-      real[a][h] = r < n_rows && first_lim + r / group >= k_begin;
-      lim[a][h] = real[a][h] ? first_lim + r / group : k_end - 1;
-    }
-  }
-
+  const RowLimits<Cfg::MA> rl(w, group);
   // Every row sees key k_begin, so its running max is finite after the first tile.
   MmaRows<Cfg> acc;
   acc.init();
   for_each_kv_tile<Cfg>(
-      smem, k_begin / BN, (k_end + BN - 1) / BN,
-      [&](int tile, int stage) { gather_kv_tile<Cfg>(smem, tile, stage, k_end, bt, kv, kvh); },
+      smem, w.k_begin / BN, (w.k_end + BN - 1) / BN,
+      [&](int tile, int stage) { gather_kv_tile<Cfg>(smem, tile, stage, w.k_end, w.bt, kv, kvh); },
       [&](const bf16* ks, const bf16* vs, int it) {
         const int n0 = it * BN;
         // Masking only on tiles that reach past some row's limit.
-        acc.tile(q_frag, ks, vs, n0, scale_log2, n0 + BN - 1 > first_lim, lim);
+        acc.tile(q_frag, ks, vs, n0, scale_log2, n0 + BN - 1 > w.first_lim, rl.lim);
       });
+  store_rows<SPLIT>(acc, rl, w, kvh, n_heads, group, num_splits, out, o_part, ml_part);
+}
 
-  // ---- epilogue ----
-  acc.finish();
-  const int64_t out_stride = static_cast<int64_t>(n_heads) * D;
-#pragma unroll
-  for (int a = 0; a < MA; ++a) {
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const int r = rows[a][h];
-      const int64_t row = q_begin + q0 + r / group;
-      const int head = kvh * group + r % group;
-      if constexpr (SPLIT) {
-        if (!real[a][h]) continue;
-        const int64_t slot = (row * n_heads + head) * num_splits + blockIdx.z;
-        acc.store_partial(a, h, o_part + slot * D, ml_part + 2 * slot);
-      } else {
-        if (r >= n_rows) continue;
-        acc.store_out(a, h, out + row * out_stride + head * D);
-      }
-    }
+// The wgmma kernel (head_dim 128; attention_wgmma.cuh): the same function
+// as prefill_mma_kernel over WgmmaCfg::ROWS rows per CTA, warpgroup wg owning
+// rows [64 wg, 64 wg + 64). Q stays in shared memory (swizzled); K/V tiles
+// of BN positions are gathered by cp.async into two swizzled stages (tile
+// i + 1 loads while tile i is computed). Per tile and warpgroup: S = Q K^T
+// (8 wgmma k-steps over the dims), MmaRows' softmax on the accumulators,
+// O += P V (4 k-steps over the positions, P from registers).
+template <bool SPLIT>
+__global__ void __launch_bounds__(WgmmaCfg::THREADS, 1)
+    prefill_wgmma_kernel(const bf16* __restrict__ q /* [num_tokens] rows of q_row_stride */,
+                         int64_t q_row_stride, KvLayer kv, AttnBatch batch,
+                         bf16* __restrict__ out /* [num_tokens, n_heads * D] */, int n_heads,
+                         int group, int P, float scale_log2, int num_splits,
+                         float* __restrict__ o_part, float* __restrict__ ml_part,
+                         const int32_t* __restrict__ skip /* [num_seqs] or null */) {
+  using Cfg = WgmmaCfg;
+  constexpr int D = Cfg::D;
+  constexpr int BN = Cfg::BN;
+  constexpr int CHUNKS = Cfg::CHUNKS;
+  // [Q: Q_BYTES][stage 0: K, V][stage 1: K, V], from a 1024-byte boundary.
+  extern __shared__ __align__(1024) unsigned char dyn_smem[];
+  const uint32_t raw = static_cast<uint32_t>(__cvta_generic_to_shared(dyn_smem));
+  const uint32_t pad = (1024u - (raw & 1023u)) & 1023u;
+  unsigned char* smem = dyn_smem + pad;
+  const uint32_t sbase = raw + pad;
+
+  const TileWork w = tile_work<SPLIT>(batch, group, P, num_splits, skip);
+  if (!w.active) return;  // CTA-uniform, before any barrier
+  const int kvh = blockIdx.y;
+  const int tid = threadIdx.x;
+  const int wg = tid >> 7;
+
+  // Q rows (zero for padding), swizzled, in the first cp.async group.
+  for (int i = tid; i < Cfg::ROWS * CHUNKS; i += Cfg::THREADS) {
+    const int r = i / CHUNKS;
+    const int c = i % CHUNKS;
+    const bool real = r < w.n_rows;
+    const bf16* src = q;
+    if (real) src = q + (w.row0 + r / group) * q_row_stride + (kvh * group + r % group) * D + c * 8;
+    cp_async_16(smem + sw128_offset(Cfg::ROWS, r, c), src, real);
   }
+  // K and V positions [tile * BN, + BN) into stage `stage`; past k_end: zeros.
+  const int bs = kv.block_size;
+  const int64_t kv_dim = static_cast<int64_t>(kv.num_kv_heads) * D;
+  auto gather = [&](int tile, int stage) {
+    unsigned char* ks = smem + Cfg::Q_BYTES + stage * 2 * Cfg::KV_BYTES;
+    unsigned char* vs = ks + Cfg::KV_BYTES;
+#pragma unroll
+    for (int j = 0; j < BN * CHUNKS / Cfg::THREADS; ++j) {
+      const int i = tid + j * Cfg::THREADS;
+      const int r = i / CHUNKS;
+      const int c = i % CHUNKS;
+      const int p = tile * BN + r;
+      const bool valid = p < w.k_end;
+      int64_t off = 0;
+      if (valid) {
+        off = static_cast<int64_t>(w.bt[p / bs]) * kv.block_stride +
+              static_cast<int64_t>(p % bs) * kv_dim + kvh * D + c * 8;
+      }
+      const uint32_t o = sw128_offset(BN, r, c);
+      cp_async_16(ks + o, kv.k + off, valid);
+      cp_async_16(vs + o, kv.v + off, valid);
+    }
+  };
+
+  const RowLimits<1> rl(w, group);
+  MmaRows<Cfg> acc;
+  acc.init();
+  const int tile0 = w.k_begin / BN;
+  const int n_tiles = (w.k_end + BN - 1) / BN;
+  gather(tile0, 0);  // tile it lives in stage (it - tile0) & 1
+  cp_async_commit();
+  // This warpgroup's Q rows: half kk / 4, rows 64 wg .., 32 (kk % 4) bytes in.
+  const uint32_t q_base = sbase + static_cast<uint32_t>(wg * 64 * 128);
+  for (int it = tile0; it < n_tiles; ++it) {
+    if (it + 1 < n_tiles) {
+      gather(it + 1, (it + 1 - tile0) & 1);
+      cp_async_commit();
+      cp_async_wait<1>();  // Q and tile it have landed (this thread's copies)
+    } else {
+      cp_async_wait<0>();
+    }
+    fence_proxy_async();
+    __syncthreads();  // ... and every thread's, visible to the tensor cores
+    const uint32_t k_base = sbase + Cfg::Q_BYTES + ((it - tile0) & 1) * 2 * Cfg::KV_BYTES;
+    const uint32_t v_base = k_base + Cfg::KV_BYTES;
+
+    float sc[1][BN / 8][4];
+#pragma unroll
+    for (int nt = 0; nt < BN / 8; ++nt)
+      sc[0][nt][0] = sc[0][nt][1] = sc[0][nt][2] = sc[0][nt][3] = 0.f;
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+      const uint32_t step = static_cast<uint32_t>((kk & 3) * 32);
+      const uint64_t da = sw128_desc(q_base + (kk >> 2) * (Cfg::ROWS * 128) + step, 16, 1024);
+      const uint64_t db = sw128_desc(k_base + (kk >> 2) * (BN * 128) + step, 16, 1024);
+      wgmma_64x64_ss(sc[0], da, db);
+    }
+    wgmma_commit();
+    wgmma_wait<0>();
+
+    const int n0 = it * BN;
+    uint32_t pa[1][BN / 16][4];
+    acc.softmax(sc, n0, scale_log2, n0 + BN - 1 > w.first_lim, rl.lim, pa);
+
+    wgmma_fence();
+#pragma unroll
+    for (int j = 0; j < BN / 16; ++j)
+      wgmma_64x128_rs(acc.o[0], pa[0][j], sw128_desc(v_base + j * 16 * 128, BN * 128, 1024));
+    wgmma_commit();
+    wgmma_wait<0>();
+    __syncthreads();  // this stage is free for tile it + 2
+  }
+  store_rows<SPLIT>(acc, rl, w, kvh, n_heads, group, num_splits, out, o_part, ml_part);
 }
 
 // ---- CUDA-core kernel ------------------------------------------------------
@@ -351,6 +503,10 @@ PrefillTile prefill_tile(int /*num_tokens*/, int /*num_seqs*/, int head_dim) {
   // CARTSERVE_PREFILL_WIDE=1: 128 rows on 4 warps of 32 (H100, 3B: 8192-token
   // prompt 136.9 vs 140.4 ms, but slower at the TTFT shape; opt-in).
   static const bool wide = env_flag("CARTSERVE_PREFILL_WIDE");
+  // CARTSERVE_PREFILL_WGMMA=1: the warpgroup-MMA kernel at head_dim 128
+  // (opt-in until measured).
+  static const bool wgmma = env_flag("CARTSERVE_PREFILL_WGMMA");
+  if (wgmma && head_dim == 128) return {WgmmaCfg::ROWS, WgmmaCfg::BN, 16, true};
   if (wide) return {128, head_dim == 64 ? 64 : 32, 32};
   return {kBM, head_dim == 64 ? 64 : 32, 16};
 }
@@ -371,7 +527,9 @@ struct PrefillLaunch {
   const int32_t* skip;
 };
 
-template <class Cfg>
+// Cfg: the CTA shape; WGMMA: prefill_wgmma_kernel (Cfg = WgmmaCfg), else
+// prefill_mma_kernel<Cfg>.
+template <class Cfg, bool WGMMA = false>
 void launch_prefill(const PrefillLaunch& a, cudaStream_t s) {
   constexpr int D = Cfg::D;
   const int P = Cfg::ROWS / a.group;  // queries per tile
@@ -383,7 +541,12 @@ void launch_prefill(const PrefillLaunch& a, cudaStream_t s) {
                                         static_cast<size_t>(a.n_heads) *
                                         static_cast<size_t>(a.num_splits) * static_cast<size_t>(D)
                          : nullptr;
-  auto kernel = split ? prefill_mma_kernel<Cfg, true> : prefill_mma_kernel<Cfg, false>;
+  decltype(&prefill_wgmma_kernel<true>) kernel = nullptr;  // both kernels' signature
+  if constexpr (WGMMA) {
+    kernel = split ? prefill_wgmma_kernel<true> : prefill_wgmma_kernel<false>;
+  } else {
+    kernel = split ? prefill_mma_kernel<Cfg, true> : prefill_mma_kernel<Cfg, false>;
+  }
   if (Cfg::SMEM_BYTES > 48 * 1024 &&
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg::SMEM_BYTES) !=
           cudaSuccess)
@@ -425,6 +588,13 @@ void paged_attention_prefill(const bf16* q, int64_t q_row_stride, const KvLayer&
   const PrefillLaunch a{q,     q_row_stride,   kv,         batch,     out, n_heads,
                         group, scale * kLog2e, num_splits, workspace, skip};
   const int D = kv.head_dim;
+  if (tile.wgmma) {
+    if (D != 128 || tile.rows != WgmmaCfg::ROWS || tile.bn != WgmmaCfg::BN)
+      op_fail(kOp, "the wgmma tile is 128 rows x 64 keys at head_dim 128");
+    launch_prefill<WgmmaCfg, true>(a, s);
+    check_launch(kOp);
+    return;
+  }
   const bool wide = tile.warp_rows == 32;  // two m-tiles per warp (4 warps of 32 rows)
   if (tile.warp_rows != 16 && !(wide && tile.rows == 128))
     op_fail(kOp, "unsupported tile (32 rows per warp needs 128 rows per CTA)");
