@@ -54,6 +54,8 @@
 // fixed shuffle trees), no atomics; the same launch gives the same bits.
 // No allocation, no host synchronisation: graph-capturable.
 #include <algorithm>
+#include <cstdlib>
+#include <cstring>
 
 #include "kernels/cuda/attention_internal.cuh"
 #include "kernels/cuda/attention_mma.cuh"
@@ -503,9 +505,20 @@ PrefillTile prefill_tile(int /*num_tokens*/, int /*num_seqs*/, int head_dim) {
   // CARTSERVE_PREFILL_WIDE=1: 128 rows on 4 warps of 32 (H100, 3B: 8192-token
   // prompt 136.9 vs 140.4 ms, but slower at the TTFT shape; opt-in).
   static const bool wide = env_flag("CARTSERVE_PREFILL_WIDE");
-  // CARTSERVE_PREFILL_WGMMA=1: the warpgroup-MMA kernel at head_dim 128
-  // (opt-in until measured).
-  static const bool wgmma = env_flag("CARTSERVE_PREFILL_WGMMA");
+  // At head_dim 128 on Hopper (compute capability 9; the build targets
+  // sm_90a) the warpgroup-MMA kernel, unless CARTSERVE_PREFILL_WGMMA=0
+  // (H100, 3B: an 8192-token prompt 121.3 vs 140.3 ms, 271 vs 207 TFLOP/s in
+  // attention; the TTFT shape 25.4 vs 27.7 us per layer;
+  // bench/results/gpu-h100-2026-12-07-1605.json). Never by batch shape: a
+  // row's bits depend on the kernel.
+  static const bool wgmma = [] {
+    const char* v = std::getenv("CARTSERVE_PREFILL_WGMMA");
+    if (v != nullptr && std::strcmp(v, "0") == 0) return false;
+    int dev = 0, major = 0;
+    return cudaGetDevice(&dev) == cudaSuccess &&
+           cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess &&
+           major == 9;
+  }();
   if (wgmma && head_dim == 128) return {WgmmaCfg::ROWS, WgmmaCfg::BN, 16, true};
   if (wide) return {128, head_dim == 64 ? 64 : 32, 32};
   return {kBM, head_dim == 64 ? 64 : 32, 16};
