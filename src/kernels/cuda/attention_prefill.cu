@@ -501,6 +501,12 @@ int prefill_num_splits(int num_tokens, int num_seqs, int n_heads, int num_kv_hea
   return static_cast<int>(std::max(1LL, splits));
 }
 
+#ifdef CARTSERVE_CUDA_SM90A
+constexpr bool kHaveWgmma = true;
+#else
+constexpr bool kHaveWgmma = false;  // CMAKE_CUDA_ARCHITECTURES without 90a
+#endif
+
 PrefillTile prefill_tile(int /*num_tokens*/, int /*num_seqs*/, int head_dim) {
   // CARTSERVE_PREFILL_WIDE=1: 128 rows on 4 warps of 32 (H100, 3B: 8192-token
   // prompt 136.9 vs 140.4 ms, but slower at the TTFT shape; opt-in).
@@ -512,6 +518,7 @@ PrefillTile prefill_tile(int /*num_tokens*/, int /*num_seqs*/, int head_dim) {
   // bench/results/gpu-h100-2026-12-07-1605.json). Never by batch shape: a
   // row's bits depend on the kernel.
   static const bool wgmma = [] {
+    if (!kHaveWgmma) return false;
     const char* v = std::getenv("CARTSERVE_PREFILL_WGMMA");
     if (v != nullptr && std::strcmp(v, "0") == 0) return false;
     int dev = 0, major = 0;
@@ -602,6 +609,7 @@ void paged_attention_prefill(const bf16* q, int64_t q_row_stride, const KvLayer&
                         group, scale * kLog2e, num_splits, workspace, skip};
   const int D = kv.head_dim;
   if (tile.wgmma) {
+    if (!kHaveWgmma) op_fail(kOp, "the wgmma kernel needs a build for sm_90a");
     if (D != 128 || tile.rows != WgmmaCfg::ROWS || tile.bn != WgmmaCfg::BN)
       op_fail(kOp, "the wgmma tile is 128 rows x 64 keys at head_dim 128");
     launch_prefill<WgmmaCfg, true>(a, s);
