@@ -1,10 +1,18 @@
 // Causal paged attention over a flat batch of query rows (prefill chunks and
 // decode rows mixed), bf16 in and out, fp32 softmax and accumulation.
 //
+// Warpgroup-MMA kernel (prefill_wgmma_kernel, Hopper, head_dim 128; the
+// default there, prefill_tile): the tile walk, GQA packing, split-KV and
+// epilogue of the mma.sync kernel below on 128-row CTAs of two warpgroups,
+// with S = Q K^T and O += P V on wgmma (operand layouts in
+// attention_wgmma.cuh). H100, 3B shape: an 8192-token prompt 1.52 ms per
+// layer (271 TFLOP/s), the TTFT shape 25.4 us
+// (bench/results/gpu-h100-2026-12-07-1605.json).
+//
 // Tensor-core kernel (prefill_mma_kernel), FlashAttention-2 style:
 //  - CTA shapes (PrefillTile): 64 or 128 rows (4 or 8 warps of 16 rows, or
 //    4 of 32) by 32 or 64 keys per K/V tile at head_dim 128 (64 keys at 64),
-//    in dynamic shared memory. The default, 64 x 32 (64 x 64 at head_dim 64):
+//    in dynamic shared memory. The default without wgmma, 64 x 32 (64 x 64 at head_dim 64):
 //    on an H100 (3B shape), an 8192-token causal prompt takes 2.05 ms per
 //    layer (201 TFLOP/s; 2.32 before K came by ldmatrix and the tiles went
 //    heaviest first), the best shape 128 x 64 on 4 warps of 32 rows 1.97;

@@ -70,8 +70,10 @@ struct CudaOptions {
   // Between two linear layers, up to this many bytes of the next one's
   // weights are prefetched into L2 (ops::prefetch_l2 on a side stream, forked
   // when the GEMM before completes) while the small kernels between them
-  // run; 0: off. Default from CARTSERVE_L2_PREFETCH_MB (MiB; off until
-  // measured on a GPU).
+  // run; 0: off. Default from CARTSERVE_L2_PREFETCH_MB (MiB). Off: on an
+  // H100 it gained nothing with cuBLASLt (batch 1 3.25-3.39 vs 3.27
+  // ms/step at 8-64 MiB, batch 64 slower) and 2% with the gemv
+  // (bench/results/gpu-h100-2026-12-07-1515.json).
   uint64_t l2_prefetch_bytes = l2_prefetch_bytes_by_default();
   static uint64_t l2_prefetch_bytes_by_default();
 };
