@@ -58,7 +58,9 @@
 # Inputs (built here by scripts/gpu_pack.sh, carried as .gpu/*): bundle.tgz (binaries +
 # 3 libraries) and gguf.part-N (the GGUF in 4 parts; the device tool carries at most 64 MiB
 # a call: the ~35 MiB bundle goes alone, then two parts a call). Results: $OUT (at most
-# 8 files come back): stages.jsonl, run.log, and one JSON per stage.
+# 8 files come back): stages.jsonl, run.log, and one JSON per stage; here,
+# tools/gpu/fold_results.py folds them into bench/results/gpu-*.json and
+# bench/target_table.py prints issue 11's table from that.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-$PWD/out}"

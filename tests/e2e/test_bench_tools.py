@@ -95,3 +95,30 @@ def test_targets_are_judged_on_h200_only_and_variants_by_name():
     assert r.returncode == 1 and "no gpu_bench figures" in r.stderr
     r = targets(H200_BASELINE)
     assert "| decode, batch 1, ms/step | 2.51 | 1.54 | 61% | 93.71 | 4.30 | <= 1.85 | no |" in r.stdout
+
+
+FOLD = os.path.join(ROOT, "tools", "gpu", "fold_results.py")
+
+
+def test_fold_results_keeps_stages_and_summaries(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "stages.jsonl").write_text('{"stage": "unit", "rc": 0, "seconds": 34}\n'
+                                      '{"stage": "bench", "rc": 1, "seconds": 9}\n')
+    (out / "run.log").write_text("bundle: abc\nNVIDIA H200, 143771 MiB, 580.1\n== unit\n")
+    (out / "serve_plain.json").write_text(json.dumps(
+        {"levels": [{"concurrency": 1, "output_tokens_per_s": 300.0, "per_request": [1, 2]}]}))
+    (out / "broken.json").write_text("{not json")
+    dst = tmp_path / "gpu-h200.json"
+    r = subprocess.run([sys.executable, FOLD, str(out), str(dst), "abc123", "a note"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    got = json.loads(dst.read_text())
+    assert got["machine"] == "NVIDIA H200, 143771 MiB, 580.1"
+    assert got["commit"] == "abc123" and got["note"] == "a note"
+    assert [s["stage"] for s in got["stages"]] == ["unit", "bench"]
+    assert got["serve_plain"] == {"levels": [{"concurrency": 1, "output_tokens_per_s": 300.0}]}
+    assert "unreadable" in got["broken"]
+    r = subprocess.run([sys.executable, FOLD, str(tmp_path / "nope"), str(dst), "c", "n"],
+                       capture_output=True, text=True)
+    assert r.returncode == 1 and "not a folder" in r.stderr
