@@ -30,8 +30,9 @@
 #include "kernels/cuda/attention_mma.cuh"
 
 // The wgmma instructions exist on sm_90a only (CMAKE_CUDA_ARCHITECTURES
-// 90a, the default); a device pass for another target compiles them to a trap
-// (paged_attention_prefill takes this kernel only when asked).
+// 90a, the default); a device pass for another target compiles them to a trap,
+// and the host side never launches the kernel in a build without 90a
+// (CARTSERVE_CUDA_SM90A, attention_prefill.cu).
 #if defined(__CUDA_ARCH__) && !defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #define CS_WGMMA(...) __trap()
 #else
