@@ -1,5 +1,6 @@
-"""bench/serve_table.py on committed GPU results: the served figures beside
-the in-process decode steps of the same run."""
+"""The bench tools on committed GPU results: bench/serve_table.py (the served
+figures beside the in-process decode steps of the same run),
+bench/target_table.py (issue 11's targets) and tools/gpu/fold_results.py."""
 import json
 import os
 import subprocess
@@ -10,8 +11,12 @@ TOOL = os.path.join(ROOT, "bench", "serve_table.py")
 H200 = os.path.join(ROOT, "bench", "results", "gpu-h200-2026-12-06-2044.json")
 
 
+def tool(path, *args):
+    return subprocess.run([sys.executable, path, *args], capture_output=True, text=True)
+
+
 def run(*args):
-    return subprocess.run([sys.executable, TOOL, *args], capture_output=True, text=True)
+    return tool(TOOL, *args)
 
 
 def test_rows_pair_each_level_with_the_same_batch_in_process():
@@ -49,7 +54,7 @@ H100_WGMMA = os.path.join(ROOT, "bench", "results", "gpu-h100-2026-12-07-1605.js
 
 
 def targets(*args):
-    return subprocess.run([sys.executable, TARGETS, *args], capture_output=True, text=True)
+    return tool(TARGETS, *args)
 
 
 def test_target_rows_put_each_figure_beside_its_floor_and_hf():
@@ -110,8 +115,7 @@ def test_fold_results_keeps_stages_and_summaries(tmp_path):
         {"levels": [{"concurrency": 1, "output_tokens_per_s": 300.0, "per_request": [1, 2]}]}))
     (out / "broken.json").write_text("{not json")
     dst = tmp_path / "gpu-h200.json"
-    r = subprocess.run([sys.executable, FOLD, str(out), str(dst), "abc123", "a note"],
-                       capture_output=True, text=True)
+    r = tool(FOLD, str(out), str(dst), "abc123", "a note")
     assert r.returncode == 0, r.stderr
     got = json.loads(dst.read_text())
     assert got["machine"] == "NVIDIA H200, 143771 MiB, 580.1"
@@ -119,6 +123,5 @@ def test_fold_results_keeps_stages_and_summaries(tmp_path):
     assert [s["stage"] for s in got["stages"]] == ["unit", "bench"]
     assert got["serve_plain"] == {"levels": [{"concurrency": 1, "output_tokens_per_s": 300.0}]}
     assert "unreadable" in got["broken"]
-    r = subprocess.run([sys.executable, FOLD, str(tmp_path / "nope"), str(dst), "c", "n"],
-                       capture_output=True, text=True)
+    r = tool(FOLD, str(tmp_path / "nope"), str(dst), "c", "n")
     assert r.returncode == 1 and "not a folder" in r.stderr

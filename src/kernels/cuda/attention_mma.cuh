@@ -162,35 +162,46 @@ __device__ __forceinline__ void load_q_fragments(bf16* smem, RowPtr row_ptr,
   __syncthreads();  // the Q staging area becomes K/V stage 0
 }
 
-// Gathers K/V positions [tile * BN, tile * BN + BN) of KV head kvh into
-// `stage` through block table row bt; positions >= k_end are zero-filled
-// (never read from the pool). Issues cp.async only (the caller commits).
-template <class Cfg>
-__device__ __forceinline__ void gather_kv_tile(bf16* smem, int tile, int stage, int k_end,
-                                               const int32_t* bt, const KvLayer& kv, int kvh) {
-  constexpr int D = Cfg::D;
-  constexpr int LD = Cfg::LD;
-  constexpr int CHUNKS = Cfg::CHUNKS;
-  bf16* ks = smem + stage * 2 * Cfg::TILE;
-  bf16* vs = ks + Cfg::TILE;
-  const int n0 = tile * Cfg::BN;
+// Gathers K/V positions [tile * BN, tile * BN + BN) of KV head kvh through
+// block table row bt, by THREADS threads: 16-byte chunk c (dims 8c .. 8c + 7)
+// of position row r goes to byte dst(r, c) of ks and of vs; positions >=
+// k_end are zero-filled (never read from the pool). Issues cp.async only
+// (the caller commits).
+template <int D, int BN, int THREADS, typename Dst>
+__device__ __forceinline__ void gather_kv_chunks(unsigned char* ks, unsigned char* vs, Dst dst,
+                                                 int tile, int k_end, const int32_t* bt,
+                                                 const KvLayer& kv, int kvh) {
+  constexpr int CHUNKS = D / 8;
+  static_assert((BN * CHUNKS) % THREADS == 0, "whole chunks per thread");
   const int bs = kv.block_size;
   const int64_t kv_dim = static_cast<int64_t>(kv.num_kv_heads) * D;
 #pragma unroll
-  for (int j = 0; j < Cfg::BN * CHUNKS / Cfg::THREADS; ++j) {
-    const int i = threadIdx.x + j * Cfg::THREADS;
+  for (int j = 0; j < BN * CHUNKS / THREADS; ++j) {
+    const int i = threadIdx.x + j * THREADS;
     const int r = i / CHUNKS;
     const int c = i % CHUNKS;
-    const int p = n0 + r;
+    const int p = tile * BN + r;
     const bool valid = p < k_end;
     int64_t off = 0;
     if (valid) {
       off = static_cast<int64_t>(bt[p / bs]) * kv.block_stride +
             static_cast<int64_t>(p % bs) * kv_dim + kvh * D + c * 8;
     }
-    cp_async_16(ks + r * LD + c * 8, kv.k + off, valid);
-    cp_async_16(vs + r * LD + c * 8, kv.v + off, valid);
+    const uint32_t o = dst(r, c);
+    cp_async_16(ks + o, kv.k + off, valid);
+    cp_async_16(vs + o, kv.v + off, valid);
   }
+}
+
+// gather_kv_chunks into `stage` of the padded [BN][LD] K/V tiles.
+template <class Cfg>
+__device__ __forceinline__ void gather_kv_tile(bf16* smem, int tile, int stage, int k_end,
+                                               const int32_t* bt, const KvLayer& kv, int kvh) {
+  bf16* ks = smem + stage * 2 * Cfg::TILE;
+  gather_kv_chunks<Cfg::D, Cfg::BN, Cfg::THREADS>(
+      reinterpret_cast<unsigned char*>(ks), reinterpret_cast<unsigned char*>(ks + Cfg::TILE),
+      [](int r, int c) { return static_cast<uint32_t>((r * Cfg::LD + c * 8) * 2); }, tile, k_end,
+      bt, kv, kvh);
 }
 
 // Online-softmax state of one thread's rows: in m-tile a (of MA), rows

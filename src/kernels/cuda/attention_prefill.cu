@@ -309,28 +309,12 @@ __global__ void __launch_bounds__(WgmmaCfgT<STAGES>::THREADS, 1)
   auto k_off = [&](int tile) {
     return Cfg::Q_BYTES + static_cast<uint32_t>((tile - tile0) % STAGES) * 2 * Cfg::KV_BYTES;
   };
-  // K and V positions [tile * BN, + BN) into their stage; past k_end: zeros.
-  const int bs = kv.block_size;
-  const int64_t kv_dim = static_cast<int64_t>(kv.num_kv_heads) * D;
+  // K and V positions [tile * BN, + BN) into their stage, swizzled.
   auto gather = [&](int tile) {
     unsigned char* ks = smem + k_off(tile);
-    unsigned char* vs = ks + Cfg::KV_BYTES;
-#pragma unroll
-    for (int j = 0; j < BN * CHUNKS / Cfg::THREADS; ++j) {
-      const int i = tid + j * Cfg::THREADS;
-      const int r = i / CHUNKS;
-      const int c = i % CHUNKS;
-      const int p = tile * BN + r;
-      const bool valid = p < w.k_end;
-      int64_t off = 0;
-      if (valid) {
-        off = static_cast<int64_t>(w.bt[p / bs]) * kv.block_stride +
-              static_cast<int64_t>(p % bs) * kv_dim + kvh * D + c * 8;
-      }
-      const uint32_t o = sw128_offset(BN, r, c);
-      cp_async_16(ks + o, kv.k + off, valid);
-      cp_async_16(vs + o, kv.v + off, valid);
-    }
+    gather_kv_chunks<D, BN, Cfg::THREADS>(
+        ks, ks + Cfg::KV_BYTES, [](int r, int c) { return sw128_offset(BN, r, c); }, tile, w.k_end,
+        w.bt, kv, kvh);
   };
 
   // This warpgroup's Q rows: half kk / 4, rows 64 wg .., 32 (kk % 4) bytes in.

@@ -61,7 +61,6 @@ struct WgmmaCfgT {
   // Q, STAGES x (K, V), and 1024 bytes to align the start.
   static constexpr uint32_t SMEM_BYTES = Q_BYTES + 2 * STAGES * KV_BYTES + 1024;
   static_assert(STAGES == 2 || STAGES == 3, "two or three K/V stages");
-  static_assert((BN * CHUNKS) % THREADS == 0, "whole chunks per thread");
   static_assert(64 % BN == 0, "splits of 64-position multiples start on tile boundaries");
 };
 using WgmmaCfg = WgmmaCfgT<2>;

@@ -724,7 +724,6 @@ struct CandSums {
 // The candidates in ids [begin, end): count, total weight (exact), lowest
 // logit. Every thread gets them. Not inlined: inlined into draw_token it
 // raised sample_kernel's spills (ptxas: 168 bytes loaded, 36 with the call).
-
 __device__ __noinline__ CandSums candidate_sums(const float* x, int begin, int end,
                                                 const RowSet& cand, Smem& sh) {
   int32_t cnt = 0;
