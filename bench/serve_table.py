@@ -20,9 +20,9 @@ cartridge decode 2048 shared positions plus 64 own ones; the served prompts
 are 32-256 words, after the 2048-token cartridge where one is named.
 Standard library only.
 """
-import argparse
-import json
 import sys
+
+from table_cli import emit, fmt, parse
 
 # serve entry -> (in-process figure for batch C, its label)
 KINDS = {
@@ -74,36 +74,23 @@ def rows(results):
     return out
 
 
-def fmt(v, spec):
-    return format(v, spec) if isinstance(v, (int, float)) else "-"
+def line(x):
+    return (f"| {x['kind']} | {x['concurrency']} | {fmt(x['served_output_tok_s'], '.0f')} "
+            f"| {fmt(x['ttft_ms_p50'], '.1f')} / {fmt(x['ttft_ms_p99'], '.1f')} "
+            f"| {fmt(x['itl_ms_p50'], '.2f')} / {fmt(x['itl_ms_p99'], '.2f')} "
+            f"| {fmt(x['tpot_ms_p50'], '.2f')} | {fmt(x['in_process_ms_per_step'], '.2f')} "
+            f"| {fmt(x['in_process_tok_s'], '.0f')} | {fmt(x['served_tpot_over_step'], '.2f')} |")
 
 
 def main(argv):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("results", help="a results JSON under bench/results/")
-    p.add_argument("--json", action="store_true", help="print the rows as JSON")
-    a = p.parse_args(argv)
-    with open(a.results) as f:
-        results = json.load(f)
+    a, results = parse(argv, __doc__)
     r = rows(results)
     if not r:
         print(f"{a.results}: no serve_* entries", file=sys.stderr)
         return 1
-    if a.json:
-        json.dump(r, sys.stdout, indent=1)
-        print()
-        return 0
-    print(f"{a.results} ({results.get('machine')}, commit {results.get('commit')})")
-    print("| kind | conc | served tok/s | TTFT p50/p99 ms | ITL p50/p99 ms | TPOT p50 ms "
-          "| in-process ms/step | in-process tok/s | TPOT / step |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for x in r:
-        print(f"| {x['kind']} | {x['concurrency']} | {fmt(x['served_output_tok_s'], '.0f')} "
-              f"| {fmt(x['ttft_ms_p50'], '.1f')} / {fmt(x['ttft_ms_p99'], '.1f')} "
-              f"| {fmt(x['itl_ms_p50'], '.2f')} / {fmt(x['itl_ms_p99'], '.2f')} "
-              f"| {fmt(x['tpot_ms_p50'], '.2f')} | {fmt(x['in_process_ms_per_step'], '.2f')} "
-              f"| {fmt(x['in_process_tok_s'], '.0f')} | {fmt(x['served_tpot_over_step'], '.2f')} |")
-    return 0
+    return emit(a, results, r, ("kind", "conc", "served tok/s", "TTFT p50/p99 ms",
+                                "ITL p50/p99 ms", "TPOT p50 ms", "in-process ms/step",
+                                "in-process tok/s", "TPOT / step"), line)
 
 
 if __name__ == "__main__":

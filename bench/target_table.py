@@ -16,9 +16,9 @@ file whose machine is an H200, else it reads "n/a". The promoted-cartridge
 TTFT target is 3 ms plus the cartridge's bytes at 45 GB/s. Standard library
 only.
 """
-import argparse
-import json
 import sys
+
+from table_cli import emit, fmt, parse
 
 GROUPS = ("decode", "decode1", "prefill", "ttft", "cartdecode")
 
@@ -104,19 +104,19 @@ def rows(results, prefer=()):
     ]
 
 
-def fmt(v, spec):
-    return format(v, spec) if isinstance(v, (int, float)) else "-"
+def line(x):
+    met = "n/a" if x["met"] is None else ("yes" if x["met"] else "no")
+    note = f" ({x['note']})" if x["note"] else ""
+    return (f"| {x['figure']}, {x['unit']} | {fmt(x['ours'], '.2f')}{note} "
+            f"| {fmt(x['floor'], '.2f')} | {fmt(x['fraction_of_floor'], '.0%')} "
+            f"| {fmt(x['hf_eager'], '.2f')} | {fmt(x['hf_static_compile'], '.2f')} "
+            f"| {x['target']} | {met} |")
 
 
 def main(argv):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("results", help="a results JSON under bench/results/")
-    p.add_argument("--json", action="store_true", help="print the rows as JSON")
-    p.add_argument("--prefer", nargs="*", default=[], metavar="KEY",
-                   help="entries whose figures win (variants, e.g. gpu_bench_prefill_prefill_wgmma_1)")
-    a = p.parse_args(argv)
-    with open(a.results) as fh:
-        results = json.load(fh)
+    a, results = parse(argv, __doc__, lambda p: p.add_argument(
+        "--prefer", nargs="*", default=[], metavar="KEY",
+        help="entries whose figures win (variants, e.g. gpu_bench_prefill_prefill_wgmma_1)"))
     missing = [k for k in a.prefer if k not in results]
     if missing:
         print(f"{a.results}: no entry {', '.join(missing)}", file=sys.stderr)
@@ -125,21 +125,8 @@ def main(argv):
     if all(x["ours"] is None for x in r):
         print(f"{a.results}: no gpu_bench figures", file=sys.stderr)
         return 1
-    if a.json:
-        json.dump(r, sys.stdout, indent=1)
-        print()
-        return 0
-    print(f"{a.results} ({results.get('machine')}, commit {results.get('commit')})")
-    print("| figure | ours | floor | of floor | HF eager | HF static+compile | target | met |")
-    print("|---|---|---|---|---|---|---|---|")
-    for x in r:
-        met = "n/a" if x["met"] is None else ("yes" if x["met"] else "no")
-        note = f" ({x['note']})" if x["note"] else ""
-        print(f"| {x['figure']}, {x['unit']} | {fmt(x['ours'], '.2f')}{note} "
-              f"| {fmt(x['floor'], '.2f')} | {fmt(x['fraction_of_floor'], '.0%')} "
-              f"| {fmt(x['hf_eager'], '.2f')} | {fmt(x['hf_static_compile'], '.2f')} "
-              f"| {x['target']} | {met} |")
-    return 0
+    return emit(a, results, r, ("figure", "ours", "floor", "of floor", "HF eager",
+                                "HF static+compile", "target", "met"), line)
 
 
 if __name__ == "__main__":
