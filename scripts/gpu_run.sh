@@ -55,9 +55,9 @@
 #              (--cascade-min-prefix 0): serve_cartridge.json, serve_cartridge_no_cascade.json
 #   soak       bench/soak/soak.py with the real SmolLM2 GGUF on --device cuda: 10,000 chat
 #              requests at concurrency 64 over 100 cartridges, residency churning: soak.json
-# Inputs (built here by scripts/gpu_pack.sh, carried as .gpu/*): bundle.tgz (binaries +
-# 3 libraries) and gguf.part-N (the GGUF in 4 parts; the device tool carries at most 64 MiB
-# a call: the ~35 MiB bundle goes alone, then two parts a call). Results: $OUT (at most
+# Inputs (built here by scripts/gpu_pack.sh, carried as .gpu/*): bundle.txz (binaries +
+# 3 libraries, ~10 MiB) and gguf.part-N (the GGUF in 4 parts of 24 MiB; the device tool
+# carries at most 64 MiB a call: the bundle and one part, or two parts). Results: $OUT (at most
 # 8 files come back): stages.jsonl, run.log, and one JSON per stage; here,
 # tools/gpu/fold_results.py folds them into bench/results/gpu-*.json and
 # bench/target_table.py prints issue 11's table from that.
@@ -67,9 +67,16 @@ OUT="${OUT:-$PWD/out}"
 mkdir -p "$OUT"
 G=/tmp/cartserve-gpu
 mkdir -p "$G"
-if [ -f .gpu/bundle.tgz ]; then
+if [ -f .gpu/bundle.txz ]; then  # Python's tarfile: xz may be missing there
   rm -rf "$G/bin" "$G/lib"
-  tar xzf .gpu/bundle.tgz -C "$G"
+  python3 - .gpu/bundle.txz "$G" <<'PY'
+import sys, tarfile
+with tarfile.open(sys.argv[1]) as t:
+    try:
+        t.extractall(sys.argv[2], filter="data")
+    except TypeError:  # Python without extraction filters
+        t.extractall(sys.argv[2])
+PY
 fi
 for p in .gpu/gguf.part-* .gpu/gguf.sha256; do
   if [ -f "$p" ]; then cp "$p" "$G/"; fi
