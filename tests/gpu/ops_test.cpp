@@ -402,6 +402,88 @@ TEST(CudaOps, GemvMatchesCpuLinear) {
   }
 }
 
+// stream_gemm's split-K scratch for the tests: partials of up to 1024 CTAs
+// and 4096 zeroed counters, as Gemm allocates them.
+struct StreamScratch {
+  DeviceBuffer<float> part{cuda::stream_gemm_scratch_bytes(1024) / sizeof(float)};
+  DeviceBuffer<unsigned> counters{std::vector<unsigned>(4096, 0u)};
+  cuda::StreamGemmScratch get() const {
+    return {part.get(), part.size() * sizeof(float), counters.get(),
+            static_cast<long long>(counters.size())};
+  }
+};
+
+TEST(CudaOps, StreamGemmMatchesCpuLinear) {
+  CS_REQUIRE_GPU();
+  Stream stream;
+  Seeds seeds(5600);
+  const StreamScratch scratch;
+  struct Dims {
+    int in, out;
+  };
+  // The projections of both model shapes, an LM-head-like wide one, odd outs.
+  const Dims dims[] = {{576, 960},   {1536, 576},   {3072, 5120}, {3072, 3072},
+                       {8192, 3072}, {3072, 20011}, {3072, 1001}, {64, 3}};
+  bool split = false;  // some shape runs split-K on this GPU
+  for (const Dims d : dims) {
+    const int splits = cuda::stream_gemm_splits(d.in, d.out, scratch.get());
+    split = split || splits > 1;
+    const LinearProblem lp(d.in, d.out, cuda::kStreamMaxRows, seeds.next());
+    DeviceBuffer<uint16_t> d_w(lp.w), d_x(lp.x);
+    std::vector<float> all;  // every row at n = kStreamMaxRows: the bits each n must give
+    // Every n-tile count (1-8 tiles of 8 rows), full and partial tiles.
+    for (const int n : {cuda::kStreamMaxRows, 1, 2, 7, 8, 9, 16, 23, 33, 48, 63}) {
+      ASSERT_TRUE(cuda::stream_gemm_supports(d_x.get(), d_w.get(), n, d.in));
+      const std::vector<float> want = lp.want(n, d.out);
+      const std::string what = str("in", d.in) + " " + str("out", d.out) + " " + str("n", n) + " " +
+                               str("splits", splits);
+      SCOPED_TRACE(what);
+      const auto got32 = check_linear("stream_gemm", what, want, stream, [&](void* y, bool f32) {
+        cuda::stream_gemm(bf(d_x), bf(d_w), y, f32, n, d.in, d.out, scratch.get(), stream.get());
+      });
+      // A row's bits do not depend on how many rows run with it (and the
+      // split counters start from zero again at every launch).
+      if (n == cuda::kStreamMaxRows) all = got32;
+      EXPECT_EQ(0, std::memcmp(all.data(), got32.data(), got32.size() * sizeof(float)));
+    }
+  }
+  EXPECT_TRUE(split) << "no shape took the split-K path";
+}
+
+// The gate/up projection with SwiGLU in stream_gemm's epilogue: the bits of
+// stream_gemm into a bf16 projection followed by silu_mul over it.
+TEST(CudaOps, StreamGemmSwigluIsProjectionThenSiluMul) {
+  CS_REQUIRE_GPU();
+  Stream stream;
+  Seeds seeds(4800);
+  const StreamScratch scratch;
+  struct Dims {
+    int in, ff;
+  };
+  const Dims dims[] = {{576, 1536}, {3072, 8192}, {64, 24}, {8192, 64}};
+  for (const Dims d : dims) {
+    const uint64_t seed = seeds.next();
+    const auto w = randn_bf16(static_cast<size_t>(2 * d.ff) * d.in, seed, 0.05f);
+    const auto x = randn_bf16(static_cast<size_t>(cuda::kStreamMaxRows) * d.in, seed + 1);
+    DeviceBuffer<uint16_t> d_w(w), d_x(x);
+    for (const int n : {1, 3, 8, 17, 40, cuda::kStreamMaxRows}) {
+      SCOPED_TRACE(str("in", d.in) + " " + str("ff", d.ff) + " " + str("n", n));
+      DeviceBuffer<uint16_t> gu(static_cast<size_t>(n) * 2 * d.ff),
+          want(static_cast<size_t>(n) * d.ff), got(want.size());
+      got.poison();
+      cuda::stream_gemm(bf(d_x), bf(d_w), gu.get(), false, n, d.in, 2 * d.ff, scratch.get(),
+                        stream.get());
+      cuda::silu_mul(bf(gu), bf(want), n, d.ff, stream.get(), 8);
+      cuda::stream_gemm_swiglu(bf(d_x), bf(d_w), bf(got), n, d.in, d.ff, scratch.get(),
+                               stream.get());
+      stream.sync();
+      const auto g = got.download();
+      EXPECT_EQ(count_poison(g), 0u);
+      EXPECT_EQ(g, want.download());
+    }
+  }
+}
+
 // CARTSERVE_GEMM_FIXED: every decode run of 1..64 rows of a weight shape
 // takes the one cuBLASLt configuration chosen for it (split-K forms
 // included), so a row's bits do not depend on how many rows run with it.
