@@ -391,8 +391,7 @@ class RotatingWeights {
 };
 
 // The model's linear layers alone, at the row counts of decode: the skinny
-// (CARTSERVE_SKINNY), gemv (CARTSERVE_DECODE_GEMV) and stream
-// (CARTSERVE_STREAM_GEMM) kernels against
+// (CARTSERVE_SKINNY) and gemv (CARTSERVE_DECODE_GEMV) kernels against
 // cuBLASLt on the same shapes (weights only: they dominate the bytes), as a
 // fraction of the copy bandwidth; cuBLASLt both with its heuristic's pick
 // (the backend's default) and with candidates timed (CARTSERVE_GEMM_TUNE).
@@ -415,10 +414,8 @@ json linear_layers(const ModelConfig& c, double copy_bw) {
   auto heuristic = cuda::Gemm::create(ws, 32 << 20, false, false, false);
   auto skinny = cuda::Gemm::create(ws, 32 << 20, false, true, false, 0);
   auto fixed = cuda::Gemm::create(ws, 32 << 20, false, false, false, 0, true);
-  auto streamed = cuda::Gemm::create(ws, 32 << 20, false, false, false, 0, false, true);
   json rows = json::array();
-  if (!with_gemv.ok() || !cublas.ok() || !heuristic.ok() || !skinny.ok() || !fixed.ok() ||
-      !streamed.ok())
+  if (!with_gemv.ok() || !cublas.ok() || !heuristic.ok() || !skinny.ok() || !fixed.ok())
     return rows;
   // The LM head writes fp32 logits, the others bf16.
   auto fp32_out = [](const LinearShape& sh) { return sh.name == std::string("lm_head"); };
@@ -427,9 +424,9 @@ json linear_layers(const ModelConfig& c, double copy_bw) {
       (void)g.run(x, weights.next(sh), y, fp32_out(sh), n, sh.in, sh.out, nullptr, decode);
     });
   };
-  std::printf("%-8s %3s %10s %10s %10s %10s %10s %10s %8s %8s %8s %8s %8s %6s %6s\n", "linear", "n",
-              "skinny us", "gemv us", "stream us", "heur. us", "tuned us", "fixed us", "skinny %",
-              "gemv %", "stream %", "tuned %", "fixed %", "splitk", "fix.sk");
+  std::printf("%-8s %3s %10s %10s %10s %10s %10s %8s %8s %8s %8s %6s %6s\n", "linear", "n",
+              "skinny us", "gemv us", "heur. us", "tuned us", "fixed us", "skinny %", "gemv %",
+              "tuned %", "fixed %", "splitk", "fix.sk");
   for (const LinearShape& sh : shapes) {
     const double bytes = 2.0 * sh.in * static_cast<double>(sh.out);
     for (const int n : kRows) {
@@ -440,8 +437,6 @@ json linear_layers(const ModelConfig& c, double copy_bw) {
       const cuda::Gemm::Choice fc = (**fixed).choice(n, sh.in, sh.out, fp32_out(sh));
       // gemv takes at most kGemvMaxRows rows (more go to cuBLASLt).
       const double g = n <= ops::cuda::kGemvMaxRows ? time_us(**with_gemv, sh, n, false) : b;
-      // stream_gemm takes decode runs of up to kStreamMaxRows rows (CARTSERVE_STREAM_GEMM).
-      const double st = n <= ops::cuda::kStreamMaxRows ? time_us(**streamed, sh, n, true) : hb;
       const double floor_us = 1e6 * bytes / copy_bw;
       const cuda::Gemm::Choice tuned = (**cublas).choice(n, sh.in, sh.out, fp32_out(sh));
       rows.push_back({{"layer", sh.name},
@@ -461,19 +456,15 @@ json linear_layers(const ModelConfig& c, double copy_bw) {
                       {"floor_us", floor_us},
                       {"skinny_us", k},
                       {"gemv_us", g},
-                      {"stream_us", st},
-                      {"stream_fraction_of_floor", floor_us / st},
                       {"cublaslt_us", b},
                       {"cublaslt_heuristic_us", hb},
                       {"skinny_fraction_of_floor", floor_us / k},
                       {"gemv_fraction_of_floor", floor_us / g},
                       {"cublaslt_fraction_of_floor", floor_us / b}});
       std::printf(
-          "%-8s %3d %10.2f %10.2f %10.2f %10.2f %10.2f %10.2f %7.0f%% %7.0f%% %7.0f%% %7.0f%% "
-          "%7.0f%% %6d %6d\n",
-          sh.name, n, k, g, st, hb, b, fx, 100.0 * floor_us / k, 100.0 * floor_us / g,
-          100.0 * floor_us / st, 100.0 * floor_us / b, 100.0 * floor_us / fx, tuned.split_k,
-          fc.split_k);
+          "%-8s %3d %10.2f %10.2f %10.2f %10.2f %10.2f %7.0f%% %7.0f%% %7.0f%% %7.0f%% %6d %6d\n",
+          sh.name, n, k, g, hb, b, fx, 100.0 * floor_us / k, 100.0 * floor_us / g,
+          100.0 * floor_us / b, 100.0 * floor_us / fx, tuned.split_k, fc.split_k);
     }
   }
   return rows;

@@ -145,35 +145,6 @@ void skinny_gemm_shaped(const bf16* x, const bf16* w, void* y, bool y_fp32, int 
 void skinny_gemm_swiglu(const bf16* x, const bf16* w_gate_up, bf16* act, int n, int in, int ff,
                         cudaStream_t s);
 
-// The linear layer of up to kStreamMaxRows rows on tensor cores, tiled through
-// shared memory (twin: cpu linear_bf16): y[n, out] = x[n, in] @ w[out, in]^T,
-// y fp32 when y_fp32 else bf16, for 1 <= n <= 64, in % 64 == 0 and 16-byte
-// aligned x, w (stream_gemm_supports). A stream over w (cp.async ring, 64
-// features per CTA, split-K across CTAs by stream_gemm_splits). Batch-invariant:
-// a row's bits depend only on its x, w, `in` and the split count, which depends
-// only on (in, out), the SM count and the scratch; never on n or other rows.
-constexpr int kStreamMaxRows = 64;
-// Device scratch of the split-K partial tiles: `part` (part_bytes) and
-// `counters` (counters_len unsigned, zeros before the first call; each launch
-// leaves them zero). One launch at a time may use it.
-struct StreamGemmScratch {
-  float* part = nullptr;
-  size_t part_bytes = 0;
-  unsigned* counters = nullptr;
-  long long counters_len = 0;
-};
-// Partial bytes for up to `max_blocks` CTAs (blocks x splits) at 64 rows.
-size_t stream_gemm_scratch_bytes(int max_blocks);
-int stream_gemm_splits(int in, int out, const StreamGemmScratch& scratch);
-bool stream_gemm_supports(const void* x, const void* w, int n, int in);
-void stream_gemm(const bf16* x, const bf16* w, void* y, bool y_fp32, int n, int in, int out,
-                 const StreamGemmScratch& scratch, cudaStream_t s);
-// stream_gemm of a gate/up projection interleaved in blocks of 8 with SwiGLU
-// in its epilogue: act[n, ff] (ff % 8 == 0), the bits of stream_gemm into bf16
-// followed by silu_mul(..., 8).
-void stream_gemm_swiglu(const bf16* x, const bf16* w_gate_up, bf16* act, int n, int in, int ff,
-                        const StreamGemmScratch& scratch, cudaStream_t s);
-
 // Causal paged attention over any mix of prefill chunks and decode rows.
 // q: [num_tokens] rows of n_heads * head_dim, row i at q + i * q_row_stride
 // (it may point into the fused qkv buffer); out: [num_tokens, n_heads *

@@ -3,7 +3,7 @@
 //
 // Design: the weights are read once and dominate the bytes, so the kernel is
 // a stream over w. One warp owns R output rows (1, 2 or 4 by n): its 32 lanes
-// walk them in 16-byte chunks (lane j takes chunks j, j + 32, ...), eight
+// walk them in 16-byte chunks (lane j takes chunks j, j + 32, ...), four
 // chunks in flight per lane, and multiply each against the same chunk of every
 // x row (x is small and stays in L1/L2; one x load serves the R rows). Each
 // lane keeps R x n fp32 partial sums; a butterfly over the warp adds them and
@@ -27,7 +27,7 @@ namespace cartserve::ops::cuda {
 namespace {
 
 constexpr int kWarps = 8;   // rows per CTA
-constexpr int kUnroll = 8;  // 16-byte chunks in flight per lane (128 B)
+constexpr int kUnroll = 4;  // 16-byte chunks in flight per lane
 
 // sum_k w[k] * x[k] over 8 bf16 pairs packed in two uint4.
 __device__ __forceinline__ float dot8(const uint4& w, const uint4& x, float acc) {
@@ -85,21 +85,17 @@ __global__ void __launch_bounds__(kWarps * 32)
     for (int t = 0; t < N; ++t)
       acc[r][t] = 0.f;
   // Each x chunk is loaded once for the warp's R rows. Every accumulator takes
-  // its lane's chunks in increasing order whatever U and R are. A pass issues
-  // all its (up to U x R) weight loads before the first FMA; the last pass
-  // loads only the chunks that exist (a row of 3072 bf16 is 12 chunks a lane:
-  // passes of 8 and 4, two memory round trips).
-  for (int c = lane; c < chunks; c += U * 32) {
+  // its lane's chunks in increasing order whatever U and R are.
+  int c = lane;
+  for (; c + (U - 1) * 32 < chunks; c += U * 32) {
     uint4 wv[U][R];
 #pragma unroll
     for (int u = 0; u < U; ++u)
 #pragma unroll
       for (int r = 0; r < R; ++r)
-        wv[u][r] = c + u * 32 < chunks ? __ldcs(wr[r] + c + u * 32)  // streamed once
-                                       : make_uint4(0, 0, 0, 0);
+        wv[u][r] = __ldcs(wr[r] + c + u * 32);  // streamed once: do not keep in cache
 #pragma unroll
     for (int u = 0; u < U; ++u) {
-      if (c + u * 32 >= chunks) break;  // no FMA for a missing chunk: the same bits
 #pragma unroll
       for (int t = 0; t < N; ++t) {
         const uint4 xv = __ldg(xr + static_cast<int64_t>(t) * chunks + c + u * 32);
@@ -107,6 +103,19 @@ __global__ void __launch_bounds__(kWarps * 32)
         for (int r = 0; r < R; ++r)
           acc[r][t] = dot8(wv[u][r], xv, acc[r][t]);
       }
+    }
+  }
+  for (; c < chunks; c += 32) {
+    uint4 wv[R];
+#pragma unroll
+    for (int r = 0; r < R; ++r)
+      wv[r] = __ldcs(wr[r] + c);
+#pragma unroll
+    for (int t = 0; t < N; ++t) {
+      const uint4 xv = __ldg(xr + static_cast<int64_t>(t) * chunks + c);
+#pragma unroll
+      for (int r = 0; r < R; ++r)
+        acc[r][t] = dot8(wv[r], xv, acc[r][t]);
     }
   }
 #pragma unroll

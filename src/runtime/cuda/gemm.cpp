@@ -33,13 +33,9 @@ bool Gemm::skinny_by_default() {
   return env_flag("CARTSERVE_SKINNY");
 }
 
-bool Gemm::stream_by_default() {
-  return env_flag("CARTSERVE_STREAM_GEMM");
-}
-
 Result<std::unique_ptr<Gemm>> Gemm::create(void* workspace, size_t workspace_bytes, bool gemv,
-                                           bool skinny, bool tune, int decode_gemv_rows, bool fixed,
-                                           bool stream) {
+                                           bool skinny, bool tune, int decode_gemv_rows,
+                                           bool fixed) {
   std::unique_ptr<Gemm> g(new Gemm());
   CS_CUBLAS(cublasLtCreate(&g->handle_));
   g->workspace_ = workspace;
@@ -49,18 +45,6 @@ Result<std::unique_ptr<Gemm>> Gemm::create(void* workspace, size_t workspace_byt
   g->tune_ = tune;
   g->decode_gemv_rows_ = std::clamp(decode_gemv_rows, 0, ops::cuda::kGemvMaxRows);
   g->fixed_ = fixed;
-  g->stream_ = stream;
-  if (stream) {
-    // Split-K partials of up to 1024 CTAs (16 MiB) and a counter per feature
-    // block of up to 4096 (the splits fit them, whatever the shape).
-    constexpr int kCtas = 1024, kCounters = 4096;
-    auto& sc = g->stream_scratch_;
-    sc.part_bytes = ops::cuda::stream_gemm_scratch_bytes(kCtas);
-    sc.counters_len = kCounters;
-    CS_CUDA(cudaMalloc(reinterpret_cast<void**>(&sc.part), sc.part_bytes));
-    CS_CUDA(cudaMalloc(reinterpret_cast<void**>(&sc.counters), kCounters * sizeof(unsigned)));
-    CS_CUDA(cudaMemset(sc.counters, 0, kCounters * sizeof(unsigned)));
-  }
   return g;
 }
 
@@ -73,8 +57,6 @@ Gemm::~Gemm() {
   }
   if (handle_) cublasLtDestroy(handle_);
   if (probe_) cudaFree(probe_);
-  cudaFree(stream_scratch_.part);
-  cudaFree(stream_scratch_.counters);
 }
 
 // Column-major view: Y^T [out, n] = W [out, in] (stored as W^T [in, out], ld in,
@@ -197,8 +179,6 @@ Result<cublasLtMatmulAlgo_t> Gemm::fixed_algo(int in, int out, bool y_fp32, cons
     const size_t need = x_bytes + static_cast<size_t>(kFixedMaxRows) * out * 4;
     if (need > probe_bytes_) {
       if (probe_) cudaFree(probe_);
-      cudaFree(stream_scratch_.part);
-      cudaFree(stream_scratch_.counters);
       probe_ = nullptr;
       probe_bytes_ = 0;
       CS_CUDA(cudaMalloc(&probe_, need));
@@ -334,10 +314,6 @@ Status Gemm::run(const __nv_bfloat16* x, const __nv_bfloat16* w, void* y, bool y
     ops::cuda::gemv(x, w, y, y_fp32, n, in, out, s);
     return {};
   }
-  if (decode && stream_ && ops::cuda::stream_gemm_supports(x, w, n, in)) {
-    ops::cuda::stream_gemm(x, w, y, y_fp32, n, in, out, stream_scratch_, s);
-    return {};
-  }
   if (decode && skinny_ && ops::cuda::skinny_gemm_supports(x, w, in)) {
     ops::cuda::skinny_gemm(x, w, y, y_fp32, n, in, out, s);
     return {};
@@ -366,11 +342,6 @@ Status Gemm::run_swiglu(const __nv_bfloat16* x, const __nv_bfloat16* w_gate_up, 
       decode && n <= decode_gemv_rows_ && ops::cuda::gemv_supports(x, w_gate_up, n, in);
   if (gemv && block == 8) {
     ops::cuda::gemv_swiglu(x, w_gate_up, act, n, in, ff, s);
-    return {};
-  }
-  if (!gemv && decode && stream_ && block == 8 &&
-      ops::cuda::stream_gemm_supports(x, w_gate_up, n, in)) {
-    ops::cuda::stream_gemm_swiglu(x, w_gate_up, act, n, in, ff, stream_scratch_, s);
     return {};
   }
   if (!gemv && decode && skinny_ && block == 8 &&

@@ -28,10 +28,6 @@
 //    (tensor cores), batch-invariant at every row count but slower (57-87%
 //    of the copy rate at 1 row, 26-54% at 64 rows: decode at batch 64 7.65
 //    ms/step against 5.12; bench/results/gpu-h100-2026-12-06-1718.json).
-//  - CARTSERVE_STREAM_GEMM=1: decode runs of up to 64 rows go to
-//    ops::cuda::stream_gemm (tensor cores, the weights streamed through a
-//    shared-memory ring, split-K across CTAs with the partials added in split
-//    order), batch-invariant at every count up to 64.
 //  - CARTSERVE_GEMM_FIXED=1: decode runs of 1..kFixedMaxRows rows take one
 //    cuBLASLt configuration per weight shape (fixed_algo). Rows came out
 //    bit-equal at every count tested (1-64) on the tested shapes, at the
@@ -67,16 +63,12 @@ class Gemm {
                                               bool skinny = skinny_by_default(),
                                               bool tune = tune_by_default(),
                                               int decode_gemv_rows = decode_gemv_rows_by_default(),
-                                              bool fixed = fixed_by_default(),
-                                              bool stream = stream_by_default());
+                                              bool fixed = fixed_by_default());
   static bool gemv_by_default();
   // CARTSERVE_DECODE_GEMV=N: decode runs of up to N rows (0..kGemvMaxRows;
   // default 0) through gemv.
   static int decode_gemv_rows_by_default();
   static bool skinny_by_default();
-  // CARTSERVE_STREAM_GEMM=1: decode runs of up to kStreamMaxRows rows through
-  // ops::cuda::stream_gemm (see the top of this file).
-  static bool stream_by_default();
   // CARTSERVE_GEMM_FIXED=1: one cuBLASLt configuration per weight shape for
   // every decode run of up to kFixedMaxRows rows (see fixed_algo).
   static bool fixed_by_default();
@@ -87,8 +79,7 @@ class Gemm {
   // Whether `decode` rows of a run of `n` take a batch-invariant kernel (so a
   // step's decode rows must run apart from its prompt rows).
   bool invariant_decode(int n) const {
-    return skinny_ || (n > 0 && (n <= decode_gemv_rows_ || (fixed_ && n <= kFixedMaxRows) ||
-                                 (stream_ && n <= ops::cuda::kStreamMaxRows)));
+    return skinny_ || (n > 0 && (n <= decode_gemv_rows_ || (fixed_ && n <= kFixedMaxRows)));
   }
   // The cuBLASLt configuration a shape runs with (its decode runs' fixed one
   // when fixed; zeros before its first call or when a custom kernel takes
@@ -155,8 +146,6 @@ class Gemm {
   int decode_gemv_rows_ = 0;  // decode runs of up to this many rows through ops::cuda::gemv
   bool tune_ = false;         // time cuBLASLt's candidates per shape (up to kTuneMaxRows rows)
   bool fixed_ = false;        // one configuration per weight shape for decode runs (fixed_algo)
-  bool stream_ = false;       // decode runs of <= kStreamMaxRows rows through stream_gemm
-  ops::cuda::StreamGemmScratch stream_scratch_;  // its split-K partials (owned)
   std::map<std::tuple<int, int, bool>, cublasLtMatmulAlgo_t> fixed_algos_;  // (in, out, y_fp32)
   void* probe_ = nullptr;  // [probe_bytes_] operands for choosing fixed configurations
   size_t probe_bytes_ = 0;
