@@ -597,10 +597,11 @@ json attention_splits(const ModelConfig& c, double copy_bw) {
     void* ws =
         d.alloc<uint8_t>(k::decode_workspace_bytes(rows_q, c.num_heads, c.head_dim, kMaxSplits));
     const bool decode = sh.q_len == 1;
-    const int auto_splits = decode ? k::decode_num_splits(sh.seqs, c.num_kv_heads,
-                                                          ps.ab.max_context_len, kMaxSplits, sms)
-                                   : k::prefill_num_splits(sh.q_len, 1, c.num_heads, c.num_kv_heads,
-                                                           ps.ab.max_context_len, kMaxSplits, sms);
+    const int auto_splits =
+        decode
+            ? k::decode_num_splits(sh.seqs, c.num_kv_heads, ps.ab.max_context_len, kMaxSplits, sms)
+            : k::prefill_num_splits(sh.q_len, 1, c.num_heads, c.num_kv_heads, ps.ab.max_context_len,
+                                    kMaxSplits, sms, c.head_dim);
     const double kv_bytes = 2.0 * 2.0 * sh.seqs * sh.ctx * KVD;
     for (int splits : {1, 2, 3, 4, 6, 8, 16, 32, auto_splits}) {
       const double us = launch_us([&] {
@@ -651,14 +652,17 @@ json prefill_tiles(const ModelConfig& c, double gemm_flops) {
     PagedSetup ps(d, c, 1, q_len, ctx);
     auto* qkv = d.alloc<k::bf16>(static_cast<size_t>(q_len) * QKV, 0x3c);
     auto* out = d.alloc<k::bf16>(static_cast<size_t>(q_len) * Q);
-    const int splits = k::prefill_num_splits(q_len, 1, c.num_heads, c.num_kv_heads,
-                                             ps.ab.max_context_len, kMaxSplits, sms);
-    void* ws = d.alloc<uint8_t>(k::decode_workspace_bytes(q_len, c.num_heads, c.head_dim, splits));
+    void* ws =
+        d.alloc<uint8_t>(k::decode_workspace_bytes(q_len, c.num_heads, c.head_dim, kMaxSplits));
     // Causal: query i sees ctx - q_len + i + 1 keys; QK^T and PV, 2 FLOP per MAC.
     const double pairs = static_cast<double>(q_len) * (ctx - q_len) + q_len * (q_len + 1) / 2.0;
     const double flops = 4.0 * pairs * c.head_dim * c.num_heads;
     const k::PrefillTile def = k::prefill_tile(q_len, 1, c.head_dim);
     for (const k::PrefillTile t : tiles) {
+      // The split count the backend would take with this tile.
+      const int splits =
+          k::prefill_num_splits(q_len, 1, c.num_heads, c.num_kv_heads, ps.ab.max_context_len,
+                                kMaxSplits, sms, c.head_dim, t);
       const double us = launch_us([&] {
         k::paged_attention_prefill(qkv, QKV, ps.kv, ps.ab, out, c.num_heads, scale, splits, ws,
                                    nullptr, nullptr, t);
@@ -900,7 +904,7 @@ json prefill_budget(const ModelConfig& c, double copy_bw, double gemm_flops, int
   if (!gemm.ok()) return json::object();
   const float scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
   const int splits = k::prefill_num_splits(n, 1, c.num_heads, c.num_kv_heads, ps.ab.max_context_len,
-                                           kMaxSplits, device_sms());
+                                           kMaxSplits, device_sms(), c.head_dim);
   void* aws = d.alloc<uint8_t>(k::decode_workspace_bytes(n, c.num_heads, c.head_dim, kMaxSplits));
   auto linear = [&](const k::bf16* xin, void* y, bool f32, int rows, int i, int o) {
     (void)(*gemm)->run(xin, w, y, f32, rows, i, o, nullptr);

@@ -176,10 +176,12 @@ void paged_attention_prefill(const bf16* q, int64_t q_row_stride, const KvLayer&
                              const int32_t* skip = nullptr, PrefillTile tile = {});
 // The CTA shape paged_attention_prefill takes by default for this batch.
 PrefillTile prefill_tile(int num_tokens, int num_seqs, int head_dim);
-// A split count that fills the GPU for this batch shape (1 when the unsplit
-// grid already does, or when the contexts are short).
+// A split count that fills the GPU with at most one wave of `tile`'s CTAs
+// for this batch shape (1 when the unsplit grid already fills it, or when the
+// contexts are short). tile.rows == 0: the default tile at this head_dim.
 int prefill_num_splits(int num_tokens, int num_seqs, int n_heads, int num_kv_heads,
-                       int max_context_len, int max_splits, int num_sms);
+                       int max_context_len, int max_splits, int num_sms, int head_dim,
+                       PrefillTile tile = {});
 
 // The same for a batch where every sequence has one query row (decode):
 // the KV length is split over `num_splits` CTAs per (sequence, KV head), the

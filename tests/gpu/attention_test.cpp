@@ -466,7 +466,7 @@ void check_prefill_paths(const Case& c, uint32_t seed, cudaStream_t st) {
   const auto p = make_problem(c, seed);
   const int auto_splits =
       prefill_num_splits(p->batch.num_tokens, p->batch.num_seqs, c.n_heads, c.n_kv_heads,
-                         p->batch.max_context_len, kMaxSplits, device_sms());
+                         p->batch.max_context_len, kMaxSplits, device_sms(), c.head_dim);
   for (int splits : {1, 2, 5, 16, auto_splits})
     check(*p, Impl::kPrefill, splits, st);
   check(*p, Impl::kPrefillSimple, 0, st);
@@ -823,13 +823,17 @@ TEST(PagedAttentionDecodeHost, NumSplitsAndWorkspace) {
   EXPECT_EQ(decode_num_splits(32, 8, 32768, 64, 132), 3);  // 256 CTAs: toward two waves
   EXPECT_EQ(decode_num_splits(4, 8, 32768, 1, 132), 1);
   EXPECT_EQ(decode_workspace_bytes(4, 32, 128, 16), size_t{4} * 32 * 16 * 130 * sizeof(float));
-  // Prefill: split only while the unsplit grid is under a wave (2 CTAs per
-  // SM) and each split keeps at least 256 keys.
-  EXPECT_EQ(prefill_num_splits(64, 1, 24, 8, 2112, 32, 132), 9);  // 4 tiles x 8 KV heads
-  EXPECT_EQ(prefill_num_splits(64, 1, 24, 8, 2112, 4, 132), 4);   // workspace cap
-  EXPECT_EQ(prefill_num_splits(64, 1, 24, 8, 300, 32, 132), 2);   // short context
-  EXPECT_EQ(prefill_num_splits(8192, 1, 24, 8, 8192, 32, 132), 1);
-  EXPECT_EQ(prefill_num_splits(64, 1, 24, 8, 2112, 1, 132), 1);
+  // Prefill: as many splits as fit one wave (2 CTAs of the mma.sync kernel
+  // per SM, one of the wgmma kernel), each keeping at least 256 keys.
+  const PrefillTile mma{64, 32}, wg{128, 64, 16, true};
+  EXPECT_EQ(prefill_num_splits(64, 1, 24, 8, 2112, 32, 132, 128, mma), 8);  // 8 x 32 CTAs <= 264
+  EXPECT_EQ(prefill_num_splits(64, 1, 24, 8, 2112, 32, 132, 128, wg), 8);   // 8 x 16 CTAs <= 132
+  EXPECT_EQ(prefill_num_splits(64, 1, 24, 8, 2112, 32, 114, 128, wg), 7);   // fewer SMs
+  EXPECT_EQ(prefill_num_splits(64, 1, 24, 8, 2112, 4, 132, 128, mma), 4);   // workspace cap
+  EXPECT_EQ(prefill_num_splits(64, 1, 24, 8, 300, 32, 132, 128, mma), 2);   // short context
+  EXPECT_EQ(prefill_num_splits(8192, 1, 24, 8, 8192, 32, 132, 128, wg), 1);
+  EXPECT_EQ(prefill_num_splits(64, 1, 24, 8, 2112, 1, 132, 128, mma), 1);
+  EXPECT_EQ(prefill_num_splits(256, 1, 24, 8, 4096, 32, 132, 128, wg), 2);  // 56 CTAs: 2 fit
   // Every split of a sequence is non-empty up to n_active, and they cover ctx.
   for (int ctx : {1, 63, 64, 65, 1000, 3000}) {
     for (int splits : {1, 2, 3, 7, 16, 64}) {

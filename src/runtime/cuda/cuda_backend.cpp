@@ -405,7 +405,7 @@ Status CudaBackend::forward(const StepInput& in) {
         std::min<int64_t>(kMaxSplits, int64_t{b.max_seqs} * kMaxSplits / std::max(n, 1)));
     sh.splits =
         ops::prefill_num_splits(n, seqs, model_.config.num_heads, model_.config.num_kv_heads,
-                                in.max_context_len, cap, num_sms_);
+                                in.max_context_len, cap, num_sms_, model_.config.head_dim);
     sh.decode_splits = ops::decode_num_splits(seqs, model_.config.num_kv_heads, in.max_context_len,
                                               kMaxSplits, num_sms_);
   }
