@@ -266,19 +266,16 @@ __global__ void __launch_bounds__(Cfg::THREADS)
 // positions are gathered by cp.async into STAGES swizzled stages. Per tile
 // and warpgroup: S = Q K^T (8 wgmma k-steps over the dims), MmaRows' softmax
 // on the accumulators, O += P V (4 k-steps over the positions, P from
-// registers). STAGES 2: tile i + 1 loads while tile i is computed. STAGES 3:
-// tile i + 2 loads, and S of tile i + 1 is issued before tile i's softmax so
-// that the tensor cores compute it meanwhile; the same operations in the
-// same order, so the same bits.
-template <bool SPLIT, int STAGES>
-__global__ void __launch_bounds__(WgmmaCfgT<STAGES>::THREADS, 1)
+// registers). Tile i + 1 loads while tile i is computed.
+template <bool SPLIT>
+__global__ void __launch_bounds__(WgmmaCfg::THREADS, 1)
     prefill_wgmma_kernel(const bf16* __restrict__ q /* [num_tokens] rows of q_row_stride */,
                          int64_t q_row_stride, KvLayer kv, AttnBatch batch,
                          bf16* __restrict__ out /* [num_tokens, n_heads * D] */, int n_heads,
                          int group, int P, float scale_log2, int num_splits,
                          float* __restrict__ o_part, float* __restrict__ ml_part,
                          const int32_t* __restrict__ skip /* [num_seqs] or null */) {
-  using Cfg = WgmmaCfgT<STAGES>;
+  using Cfg = WgmmaCfg;
   constexpr int D = Cfg::D;
   constexpr int BN = Cfg::BN;
   constexpr int CHUNKS = Cfg::CHUNKS;
@@ -306,9 +303,9 @@ __global__ void __launch_bounds__(WgmmaCfgT<STAGES>::THREADS, 1)
   }
   const int tile0 = w.k_begin / BN;
   const int n_tiles = (w.k_end + BN - 1) / BN;
-  // Tile `tile` lives in stage (tile - tile0) % STAGES: K at k_off, V after it.
+  // Tile `tile` lives in stage (tile - tile0) % 2: K at k_off, V after it.
   auto k_off = [&](int tile) {
-    return Cfg::Q_BYTES + static_cast<uint32_t>((tile - tile0) % STAGES) * 2 * Cfg::KV_BYTES;
+    return Cfg::Q_BYTES + static_cast<uint32_t>((tile - tile0) % Cfg::STAGES) * 2 * Cfg::KV_BYTES;
   };
   // K and V positions [tile * BN, + BN) into their stage, swizzled.
   auto gather = [&](int tile) {
@@ -351,65 +348,25 @@ __global__ void __launch_bounds__(WgmmaCfgT<STAGES>::THREADS, 1)
   acc.init();
   float sc[1][BN / 8][4];
   uint32_t pa[1][BN / 16][4];
-  if constexpr (STAGES == 2) {
-    gather(tile0);
-    cp_async_commit();
-    for (int it = tile0; it < n_tiles; ++it) {
-      if (it + 1 < n_tiles) {
-        gather(it + 1);
-        cp_async_commit();
-        cp_async_wait<1>();  // Q and tile it have landed (this thread's copies)
-      } else {
-        cp_async_wait<0>();
-      }
-      fence_proxy_async();
-      __syncthreads();  // ... and every thread's, visible to the tensor cores
-      issue_s(sc, it);
-      wgmma_wait<0>();
-      const int n0 = it * BN;
-      acc.softmax(sc, n0, scale_log2, n0 + BN - 1 > w.first_lim, rl.lim, pa);
-      issue_pv(acc, pa, it);
-      wgmma_wait<0>();
-      __syncthreads();  // this stage is free for tile it + 2
-    }
-  } else {
-    // Prologue: Q and tile0 (one group), tile0 + 1; S of tile0.
-    gather(tile0);
-    cp_async_commit();
-    if (tile0 + 1 < n_tiles) {
-      gather(tile0 + 1);
+  gather(tile0);
+  cp_async_commit();
+  for (int it = tile0; it < n_tiles; ++it) {
+    if (it + 1 < n_tiles) {
+      gather(it + 1);
       cp_async_commit();
-      cp_async_wait<1>();
+      cp_async_wait<1>();  // Q and tile it have landed (this thread's copies)
     } else {
       cp_async_wait<0>();
     }
     fence_proxy_async();
-    __syncthreads();
-    issue_s(sc, tile0);
+    __syncthreads();  // ... and every thread's, visible to the tensor cores
+    issue_s(sc, it);
     wgmma_wait<0>();
-    float sn[1][BN / 8][4];  // S of tile it + 1, computed during tile it's softmax
-    for (int it = tile0; it < n_tiles; ++it) {
-      const bool next = it + 1 < n_tiles;
-      if (next) cp_async_wait<0>();  // tile it + 1 (the last group committed)
-      fence_proxy_async();
-      // Tile it + 1 visible to the tensor cores; every warpgroup is past
-      // tile it - 1's P V, so its stage takes tile it + 2.
-      __syncthreads();
-      if (it + 2 < n_tiles) {
-        gather(it + 2);
-        cp_async_commit();
-      }
-      if (next) issue_s(sn, it + 1);
-      const int n0 = it * BN;
-      acc.softmax(sc, n0, scale_log2, n0 + BN - 1 > w.first_lim, rl.lim, pa);
-      issue_pv(acc, pa, it);
-      wgmma_wait<0>();  // S of tile it + 1 and P V of tile it
-#pragma unroll
-      for (int nt = 0; nt < BN / 8; ++nt)
-#pragma unroll
-        for (int e = 0; e < 4; ++e)
-          sc[0][nt][e] = sn[0][nt][e];
-    }
+    const int n0 = it * BN;
+    acc.softmax(sc, n0, scale_log2, n0 + BN - 1 > w.first_lim, rl.lim, pa);
+    issue_pv(acc, pa, it);
+    wgmma_wait<0>();
+    __syncthreads();  // this stage is free for tile it + 2
   }
   store_rows<SPLIT>(acc, rl, w, kvh, n_heads, group, num_splits, out, o_part, ml_part);
 }
@@ -599,7 +556,7 @@ struct PrefillLaunch {
   const int32_t* skip;
 };
 
-// Cfg: the CTA shape; WGMMA: prefill_wgmma_kernel (Cfg = WgmmaCfgT), else
+// Cfg: the CTA shape; WGMMA: prefill_wgmma_kernel (Cfg = WgmmaCfg), else
 // prefill_mma_kernel<Cfg>.
 template <class Cfg, bool WGMMA = false>
 void launch_prefill(const PrefillLaunch& a, cudaStream_t s) {
@@ -613,10 +570,9 @@ void launch_prefill(const PrefillLaunch& a, cudaStream_t s) {
                                         static_cast<size_t>(a.n_heads) *
                                         static_cast<size_t>(a.num_splits) * static_cast<size_t>(D)
                          : nullptr;
-  decltype(&prefill_wgmma_kernel<true, 2>) kernel = nullptr;  // both kernels' signature
+  decltype(&prefill_wgmma_kernel<true>) kernel = nullptr;  // both kernels' signature
   if constexpr (WGMMA) {
-    kernel =
-        split ? prefill_wgmma_kernel<true, Cfg::STAGES> : prefill_wgmma_kernel<false, Cfg::STAGES>;
+    kernel = split ? prefill_wgmma_kernel<true> : prefill_wgmma_kernel<false>;
   } else {
     kernel = split ? prefill_mma_kernel<Cfg, true> : prefill_mma_kernel<Cfg, false>;
   }
@@ -665,10 +621,7 @@ void paged_attention_prefill(const bf16* q, int64_t q_row_stride, const KvLayer&
     if (!kHaveWgmma) op_fail(kOp, "the wgmma kernel needs a build for sm_90a");
     if (D != 128 || tile.rows != WgmmaCfg::ROWS || tile.bn != WgmmaCfg::BN)
       op_fail(kOp, "the wgmma tile is 128 rows x 64 keys at head_dim 128");
-    // CARTSERVE_PREFILL_WGMMA_OVERLAP=1: three stages, S of the next tile
-    // beside this tile's softmax (same bits; not yet measured).
-    static const bool overlap = env_flag("CARTSERVE_PREFILL_WGMMA_OVERLAP");
-    overlap ? launch_prefill<WgmmaCfgT<3>, true>(a, s) : launch_prefill<WgmmaCfg, true>(a, s);
+    launch_prefill<WgmmaCfg, true>(a, s);
     check_launch(kOp);
     return;
   }
