@@ -1010,6 +1010,9 @@ int main(int argc, char** argv) {
   }
   const Model& m = **model;
   const ModelConfig& c = m.config;
+  // A model of a shorter context (SmolLM2: 8192) gets its own; the 8192-token
+  // prefill then does not fit, the decode figures do.
+  o.max_model_len = static_cast<int32_t>(std::min<int64_t>(8448, c.max_position_embeddings));
   const double copy_bw = copy_bandwidth();
   const double flops = gemm_rate();
 
