@@ -82,9 +82,9 @@ constexpr float kLog2e = 1.4426950408889634f;
 constexpr int kBM = kMmaRows;  // rows of the default CTA (and the widest GQA group it takes)
 // Split-KV (prefill_num_splits): as many splits as fit one wave of
 // kPrefillResidentCtas CTAs per SM (what the kernel's ~200 registers per
-// thread allow; the wgmma kernel's CTA takes a whole SM), each split at
-// least kPrefillMinSplitLen keys so that the
-// Q tile load and the partial write stay small beside the K/V it reads.
+// thread allow; the wgmma kernel's CTA takes a whole SM), each split at least
+// kPrefillMinSplitLen keys so that the Q tile load and the partial write stay
+// small beside the K/V it reads.
 constexpr int kPrefillResidentCtas = 2;
 constexpr int kPrefillMinSplitLen = 256;
 
