@@ -1001,7 +1001,6 @@ int main(int argc, char** argv) {
   o.device = "cuda";
   o.max_num_batched_tokens = 8192;
   o.max_num_seqs = 256;
-  o.max_model_len = 8448;
   o.tensor_parallel_size = tp;
   auto model = load_model_for(o, false);
   if (!model.ok()) {
@@ -1010,8 +1009,9 @@ int main(int argc, char** argv) {
   }
   const Model& m = **model;
   const ModelConfig& c = m.config;
-  // A model of a shorter context (SmolLM2: 8192) gets its own; the 8192-token
-  // prefill then does not fit, the decode figures do.
+  // 8448 positions (the 8192-token prefill and its decode), or a shorter
+  // model's whole context (SmolLM2: 8192; its decode figures fit). Read by
+  // make_backend, not by the load.
   o.max_model_len = static_cast<int32_t>(std::min<int64_t>(8448, c.max_position_embeddings));
   const double copy_bw = copy_bandwidth();
   const double flops = gemm_rate();
