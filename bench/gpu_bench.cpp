@@ -38,6 +38,7 @@
 #include "cartridge/cartridge_io.h"
 #include "kernels/cuda_ops.h"
 #include "kernels/sampling_ops.h"
+#include "runtime/cuda/cuda_backend.h"
 #include "runtime/cuda/gemm.h"
 #include "server/serving_stack.h"
 
@@ -566,6 +567,12 @@ struct PagedSetup {
   }
 };
 
+// Whether the backends of this run take the norm-folded forward (the
+// budget tables then time its scaled RoPE and SwiGLU instead of add_rms_norm).
+bool folded_forward() {
+  return cuda::CudaOptions::fold_norms_by_default() && cuda::Gemm::plain_by_default();
+}
+
 int device_sms() {
   int dev = 0, sms = 0;
   cudaGetDevice(&dev);
@@ -793,13 +800,23 @@ json decode_ops(const ModelConfig& c, double copy_bw, int batch) {
     std::function<void()> run;
   };
   const double nd = n;
+  // The norm-folded forward (CudaOptions::fold_norms) runs the scaled RoPE
+  // and SwiGLU and no add_rms_norm; the unfolded one the others.
+  const bool fold = folded_forward();
+  const int L = c.num_layers;
+  auto* xb = d.alloc<k::bf16>(static_cast<size_t>(n) * H, 0x3c);  // bf16 residual
+  const k::RowRmsScale rs{xb, H, c.rms_norm_eps};
   const Op ops[] = {
       {"embedding", 1, nd * H * (2 + 4), [&] { k::embedding(table, d_ids, x, n, H, nullptr); }},
-      {"add_rms_norm", 2 * c.num_layers, nd * H * (4 + 4 + 2 + 2),
+      {"add_rms_norm", fold ? 0 : 2 * L, nd * H * (4 + 4 + 2 + 2),
        [&] { k::add_rms_norm(x, delta, norm_w, xn, n, H, c.rms_norm_eps, nullptr); }},
-      {"rope_qkv_write", c.num_layers, nd * (2.0 * QKV * 2 + 2.0 * KVD * 2),
+      {"rope_qkv_write", fold ? 0 : L, nd * (2.0 * QKV * 2 + 2.0 * KVD * 2),
        [&] {
          k::rope_qkv_write(qkv, nullptr, d_pos, d_inv, d_slots, kv, n, c.num_heads, nullptr);
+       }},
+      {"rope_qkv_write_scaled", fold ? L : 0, nd * (2.0 * QKV * 2 + 2.0 * KVD * 2 + 2.0 * H),
+       [&] {
+         k::rope_qkv_write(qkv, nullptr, d_pos, d_inv, d_slots, kv, n, c.num_heads, nullptr, rs);
        }},
       {"attention_decode", c.num_layers, nd * (kCtx * 2.0 * KVD * 2 + 2.0 * Q * 2),
        [&] {
@@ -810,7 +827,9 @@ json decode_ops(const ModelConfig& c, double copy_bw, int batch) {
        [&] {
          k::paged_attention_decode(qkv, QKV, kv, ab, attn, c.num_heads, scale, splits, ws, nullptr);
        }},
-      {"silu_mul", c.num_layers, nd * FF * (4 + 2), [&] { k::silu_mul(gu, act, n, FF, nullptr); }},
+      {"silu_mul", fold ? 0 : L, nd * FF * (4 + 2), [&] { k::silu_mul(gu, act, n, FF, nullptr); }},
+      {"silu_mul_scaled", fold ? L : 0, nd * (FF * (4 + 2) + 2.0 * H),
+       [&] { k::silu_mul_scaled(gu, act, n, FF, rs, nullptr); }},
   };
   json rows = json::array();
   double total_us = 0;
@@ -916,15 +935,19 @@ json prefill_budget(const ModelConfig& c, double copy_bw, double gemm_flops, int
     double flops, bytes;  // per launch; the floor is the larger of the two times
     std::function<void()> run;
   };
+  const bool fold = folded_forward();  // as in decode_ops
+  auto* xb = d.alloc<k::bf16>(static_cast<size_t>(n) * H, 0x3c);
+  const k::RowRmsScale rs{fold ? xb : nullptr, H, c.rms_norm_eps};
   const Op ops[] = {
       {"embedding", 1, 0, nd * H * (2 + 4), [&] { k::embedding(table, d_ids, x, n, H, nullptr); }},
-      {"add_rms_norm", 2 * L, 0, nd * H * (4 + 4 + 2 + 2),
+      {"add_rms_norm", fold ? 0 : 2 * L, 0, nd * H * (4 + 4 + 2 + 2),
        [&] { k::add_rms_norm(x, delta, norm_w, in, n, H, c.rms_norm_eps, nullptr); }},
       {"linear_qkv", L, 2 * nd * H * QKV, 2.0 * H * QKV,
        [&] { linear(in, qkv, false, n, H, QKV); }},
-      {"rope_qkv_write", L, 0, nd * (2.0 * QKV * 2 + 2.0 * KVD * 2),
+      {fold ? "rope_qkv_write_scaled" : "rope_qkv_write", L, 0,
+       nd * (2.0 * QKV * 2 + 2.0 * KVD * 2 + (fold ? 2.0 * H : 0.0)),
        [&] {
-         k::rope_qkv_write(qkv, nullptr, d_pos, d_inv, d_slots, ps.kv, n, c.num_heads, nullptr);
+         k::rope_qkv_write(qkv, nullptr, d_pos, d_inv, d_slots, ps.kv, n, c.num_heads, nullptr, rs);
        }},
       {"attention_prefill", L, 4.0 * c.num_heads * c.head_dim * nd * (nd + 1) / 2,
        nd * (2.0 * QKV + 2.0 * Q),
@@ -935,7 +958,14 @@ json prefill_budget(const ModelConfig& c, double copy_bw, double gemm_flops, int
       {"linear_o", L, 2 * nd * Q * H, 2.0 * Q * H, [&] { linear(attn, in, false, n, Q, H); }},
       {"linear_gate_up", L, 2 * nd * H * 2 * FF, 2.0 * H * 2 * FF,
        [&] { linear(in, gu, false, n, H, 2 * FF); }},
-      {"silu_mul", L, 0, nd * FF * (4 + 2), [&] { k::silu_mul(gu, act, n, FF, nullptr); }},
+      {fold ? "silu_mul_scaled" : "silu_mul", L, 0, nd * (FF * (4 + 2) + (fold ? 2.0 * H : 0.0)),
+       [&] {
+         if (fold) {
+           k::silu_mul_scaled(gu, act, n, FF, rs, nullptr);
+         } else {
+           k::silu_mul(gu, act, n, FF, nullptr);
+         }
+       }},
       {"linear_down", L, 2 * nd * FF * H, 2.0 * FF * H, [&] { linear(act, in, false, n, FF, H); }},
       {"linear_lm_head", 1, 2.0 * H * c.vocab_size, 2.0 * H * c.vocab_size,
        [&] { linear(in, logits, true, 1, H, c.vocab_size); }},
@@ -1016,7 +1046,10 @@ int main(int argc, char** argv) {
   const double copy_bw = copy_bandwidth();
   const double flops = gemm_rate();
 
-  json j = {{"benchmark", "gpu_bench"}, {"model", m.path}, {"repeats", repeats}};
+  json j = {{"benchmark", "gpu_bench"},
+            {"model", m.path},
+            {"repeats", repeats},
+            {"folded_norms", folded_forward()}};
   int dev = 0;
   cudaDeviceProp prop{};
   cudaGetDevice(&dev);

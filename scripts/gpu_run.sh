@@ -189,7 +189,7 @@ for s in "$@"; do
       (IFS=, && export $vars && stage "$name" "$B/gpu_tests" --gtest_filter="$filter") ;;
     sanitizer)
       stage sanitizer compute-sanitizer --tool memcheck --error-exitcode 9 "$B/gpu_tests" \
-        --gtest_filter='CudaOps.*:PagedAttention*Decode*:*PrefillSharedCartridgePrefix:CudaSampling.Greedy*:CudaSampling.ChunkEdges:CudaSampling.Logprobs:CudaSampling.TemperatureOnly:CudaSampling.MinTokensMask:CudaSampling.DrawKernelOrSingleCtaSameResults:CudaSampling.TopPAllEqual:CudaBackendPrefetch.*:CudaTp.SumBf16*:CudaTp.OneDevice*:CudaCascade.*:CudaKvLoad.*' &&
+        --gtest_filter='CudaOps.*:PagedAttention*Decode*:*PrefillSharedCartridgePrefix:CudaSampling.Greedy*:CudaSampling.ChunkEdges:CudaSampling.Logprobs:CudaSampling.TemperatureOnly:CudaSampling.MinTokensMask:CudaSampling.DrawKernelOrSingleCtaSameResults:CudaSampling.TopPAllEqual:CudaBackendPrefetch.*:CudaTp.SumBf16*:CudaTp.OneDevice*:CudaCascade.*:CudaKvLoad.*:CudaBackendFold.*' &&
         ckpt smollm2 && stage sanitizer_forward compute-sanitizer --tool memcheck --error-exitcode 9 \
           "$B/dump_logits" /tmp/ckpt/smollm2 /tmp/ckpt/smollm2/prompts.json /tmp --device cuda \
           --greedy 4 ;;

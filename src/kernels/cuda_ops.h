@@ -61,6 +61,20 @@ struct AttnBatch {
 
 // x[n, dim] (fp32 residual stream) = table[ids[i], :]
 void embedding(const bf16* table, const int32_t* ids, float* x, int n, int dim, cudaStream_t s);
+// The same into a bf16 residual stream (a copy of the rows).
+void embedding(const bf16* table, const int32_t* ids, bf16* x, int n, int dim, cudaStream_t s);
+
+// RMSNorm folded into the linear layer after it (the norm-folded forward,
+// runtime/cuda/cuda_backend.cpp): the layer's weight columns carry the norm
+// weight, so its output is W (x * w) = inv_rms(x) * (W' x), and the kernel
+// that consumes that output multiplies each row by inv_rms of the residual
+// row it came from: 1 / sqrt(mean(x^2) + eps), x the bf16 residual [n, dim]
+// read in fp32 (the same formula as add_rms_norm's).
+struct RowRmsScale {
+  const bf16* x = nullptr;  // [n, dim] residual rows, or null: no scaling
+  int dim = 0;
+  float eps = 0.f;
+};
 
 // Queues the L2 fetch of [p, p + bytes) (its 16-byte aligned part) and
 // returns: a hint for a later reader of immutable data (weights); it
@@ -84,9 +98,11 @@ void add_rms_norm(float* x, const bf16* delta, const bf16* w, bf16* out, int n, 
 // qkv: [n, (n_heads + 2 * n_kv_heads) * head_dim], each row q | k | v;
 // bias: [(n_heads + 2 * n_kv_heads) * head_dim]; positions, slot_mapping: [n];
 // inv_freq: [head_dim / 2].
+// With scale.x set, each row is first multiplied by its residual row's
+// inv_rms (before the bias; see RowRmsScale) and v is stored back scaled.
 void rope_qkv_write(bf16* qkv, const bf16* bias, const int32_t* positions, const float* inv_freq,
                     const int32_t* slot_mapping, const KvLayer& kv, int n, int n_heads,
-                    cudaStream_t s);
+                    cudaStream_t s, RowRmsScale scale = {});
 
 // SwiGLU over the fused gate/up projection: out[i, j] = silu(g) * u, where a
 // row of gate_up [n, 2 * ff] holds gate and up features in alternating blocks
@@ -94,6 +110,10 @@ void rope_qkv_write(bf16* qkv, const bf16* bias, const int32_t* positions, const
 // g = gate_up[i, gate_up_offset(j, block)], u = the element `block` after it.
 // out: [n, ff].
 void silu_mul(const bf16* gate_up, bf16* out, int n, int ff, cudaStream_t s, int block = 0);
+// The same with g and u of row i first multiplied by inv_rms of residual row
+// i (RowRmsScale; scale.x non-null): out = silu(g * r) * (u * r).
+void silu_mul_scaled(const bf16* gate_up, bf16* out, int n, int ff, const RowRmsScale& scale,
+                     cudaStream_t s, int block = 0);
 // Where gate feature j sits in a gate/up row interleaved in blocks of `block`.
 constexpr int64_t gate_up_offset(int64_t j, int64_t block) {
   return 2 * (j / block) * block + j % block;

@@ -118,6 +118,14 @@ std::vector<float> inv_freq_table(int head_dim, double theta) {
   return inv;
 }
 
+// 1 / sqrt(mean(x^2) + eps) of a row, in double (the twin of row_inv_rms).
+float row_inv_rms_ref(const float* x, int dim, float eps) {
+  double ss = 0;
+  for (int i = 0; i < dim; ++i)
+    ss += static_cast<double>(x[i]) * x[i];
+  return static_cast<float>(1.0 / std::sqrt(ss / dim + eps));
+}
+
 std::vector<int32_t> shuffled_iota(int n, uint64_t seed) {
   std::vector<int32_t> v(static_cast<size_t>(n));
   std::iota(v.begin(), v.end(), 0);
@@ -155,6 +163,16 @@ TEST(CudaOps, Embedding) {
       const ErrStats e = compare(d_x.download(), ref, 0.0, 0.0);  // widening is exact
       report("embedding", what, e);
       EXPECT_EQ(e.n_bad, 0u) << describe_bad(e);
+      // Into a bf16 residual stream: the table rows, bit for bit.
+      DeviceBuffer<uint16_t> d_xb(ref.size());
+      d_xb.poison();
+      cuda::embedding(bf(d_table), d_ids.get(), bf(d_xb), n, dim, stream.get());
+      stream.sync();
+      std::vector<uint16_t> want(ref.size());
+      for (int r = 0; r < n; ++r)
+        std::copy_n(table.begin() + static_cast<ptrdiff_t>(ids[static_cast<size_t>(r)]) * dim, dim,
+                    want.begin() + static_cast<ptrdiff_t>(r) * dim);
+      EXPECT_EQ(first_mismatch(d_xb.download(), want), -1) << "bf16 rows differ";
     }
   }
 }
@@ -243,10 +261,14 @@ TEST(CudaOps, AddRmsNorm) {
 
 // ---- rope_qkv_write ------------------------------------------------------
 
+// scaled: each row first multiplied by inv_rms of a residual row [hidden]
+// (the norm-folded forward's RowRmsScale); the twin scales the fp32 row by
+// the same factor computed in double.
 void run_rope_qkv(const ModelDims& m, int block_size, int n, bool with_bias, uint64_t seed,
-                  Stream& stream) {
+                  Stream& stream, bool scaled = false) {
   const std::string what = std::string(m.name) + " " + str("bs", block_size) + " " + str("n", n) +
-                           " " + str("bias", with_bias) + " " + str("seed", seed);
+                           " " + str("bias", with_bias) + (scaled ? " scaled" : "") + " " +
+                           str("seed", seed);
   SCOPED_TRACE(what);
   const int H = m.n_heads, KV = m.n_kv_heads, hd = m.head_dim;
   const int width = (H + 2 * KV) * hd;
@@ -274,16 +296,28 @@ void run_rope_qkv(const ModelDims& m, int block_size, int n, bool with_bias, uin
   }
 
   std::vector<float> ref = from_bf16(qkv);
+  const auto resid = randn_bf16(static_cast<size_t>(n) * m.hidden, seed + 4, 3.f);
+  const float eps = 1e-5f;
+  if (scaled) {
+    const auto rf = from_bf16(resid);
+    for (int r = 0; r < n; ++r) {
+      const float f = row_inv_rms_ref(rf.data() + static_cast<size_t>(r) * m.hidden, m.hidden, eps);
+      for (int j = 0; j < width; ++j)
+        ref[static_cast<size_t>(r) * width + static_cast<size_t>(j)] *= f;
+    }
+  }
   const auto bias_f = from_bf16(bias);
   ops::cpu::rope_qkv(ref.data(), with_bias ? bias_f.data() : nullptr, positions.data(),
                      ops::RopeTable{inv.data(), hd}, n, H, KV);
 
   DeviceBuffer<uint16_t> d_qkv(qkv), d_bias(bias), d_pool(num_blocks * g.block_stride());
+  DeviceBuffer<uint16_t> d_resid(resid);
   DeviceBuffer<int32_t> d_pos(positions), d_slots(slots);
   DeviceBuffer<float> d_inv(inv);
   d_pool.poison();
+  const cuda::RowRmsScale scale{scaled ? bf(d_resid) : nullptr, m.hidden, eps};
   cuda::rope_qkv_write(bf(d_qkv), with_bias ? bf(d_bias) : nullptr, d_pos.get(), d_inv.get(),
-                       d_slots.get(), g.layer_view(d_pool, layer), n, H, stream.get());
+                       d_slots.get(), g.layer_view(d_pool, layer), n, H, stream.get(), scale);
   stream.sync();
 
   const auto got = d_qkv.download();
@@ -321,6 +355,18 @@ TEST(CudaOps, RopeQkvWrite) {
         for (const bool with_bias : {false, true})
           run_rope_qkv(*m, bs, n, with_bias, seeds.next(), stream);
       }
+    }
+  }
+}
+
+TEST(CudaOps, RopeQkvWriteScaledByResidualRms) {
+  CS_REQUIRE_GPU();
+  Stream stream;
+  Seeds seeds(4500);
+  for (const ModelDims* m : {&kSmolLM2, &kLlama3B, &kOdd}) {  // kOdd: hidden 100, scalar rms
+    for (const int n : kRowCounts) {
+      for (const bool with_bias : {false, true})
+        run_rope_qkv(*m, 16, n, with_bias, seeds.next(), stream, /*scaled=*/true);
     }
   }
 }
@@ -405,6 +451,50 @@ TEST(CudaOps, GemvMatchesCpuLinear) {
 // CARTSERVE_GEMM_FIXED: every decode run of 1..64 rows of a weight shape
 // takes the one cuBLASLt configuration chosen for it (split-K forms
 // included), so a row's bits do not depend on how many rows run with it.
+// Gemm::accumulate: y += x @ w^T in place (cuBLASLt beta = 1, one rounding
+// of the fp32 sum) at decode and prefill row counts, with the default and the
+// fixed decode configurations; against the twin plus the old y in fp32.
+TEST(CudaOps, GemmAccumulateAddsIntoY) {
+  CS_REQUIRE_GPU();
+  Stream stream;
+  Seeds seeds(5650);
+  DeviceBuffer<uint8_t> ws(32 << 20);
+  for (const bool fixed : {false, true}) {
+    auto gemm = ::cartserve::cuda::Gemm::create(ws.get(), 32 << 20, false, false, false, 0, fixed);
+    ASSERT_TRUE(gemm.ok()) << gemm.status().message();
+    ASSERT_TRUE((*gemm)->plain());
+    for (const auto& [in, out] : {std::pair{3072, 3072}, {8192, 3072}, {576, 576}, {1536, 576}}) {
+      for (const int n : {1, 7, 64, 300}) {
+        const uint64_t seed = seeds.next();
+        const std::string what = str("in", in) + " " + str("out", out) + " " + str("n", n) +
+                                 str(" fixed", fixed) + " " + str("seed", seed);
+        SCOPED_TRACE(what);
+        const LinearProblem lp(in, out, n, seed);
+        const auto y0 = randn_bf16(static_cast<size_t>(n) * out, seed + 7, 4.f);
+        std::vector<float> want = lp.want(n, out);
+        const auto y0f = from_bf16(y0);
+        for (size_t i = 0; i < want.size(); ++i)
+          want[i] += y0f[i];
+        DeviceBuffer<uint16_t> d_w(lp.w), d_x(lp.x), d_y(y0);
+        const Status st = (*gemm)->accumulate(bf(d_x), bf(d_w), bf(d_y), n, in, out, stream.get(),
+                                              /*decode=*/n <= 64);
+        ASSERT_TRUE(st.ok()) << st.message();
+        stream.sync();
+        const ErrStats e = compare(from_bf16(d_y.download()), want, kBf16Rtol, 1e-3);
+        report("gemm accumulate", what, e);
+        EXPECT_EQ(e.n_bad, 0u) << describe_bad(e);
+        EXPECT_LT(e.rel, rel_norm_bound(want.size()));
+      }
+    }
+  }
+  // A gemv path refuses (the backend then keeps the unfolded forward).
+  auto gemv = ::cartserve::cuda::Gemm::create(ws.get(), 32 << 20, false, false, false, 4, false);
+  ASSERT_TRUE(gemv.ok());
+  EXPECT_FALSE((*gemv)->plain());
+  DeviceBuffer<uint16_t> d(static_cast<size_t>(64));
+  EXPECT_FALSE((*gemv)->accumulate(bf(d), bf(d), bf(d), 1, 8, 8, stream.get()).ok());
+}
+
 TEST(CudaOps, GemmFixedDecodeConfigIsBatchInvariant) {
   CS_REQUIRE_GPU();
   Stream stream;
@@ -559,6 +649,22 @@ TEST(CudaOps, GemvSwigluIsProjectionThenSiluMul) {
 
 // ---- silu_mul --------------------------------------------------------------
 
+// [n, 2 * ff] rows of [gate | up] in the backend's layout: gate and up
+// features alternating in blocks of `block` (cuda::gate_up_offset).
+std::vector<uint16_t> interleave_gate_up(const std::vector<uint16_t>& gate_up, int n, int ff,
+                                         int block) {
+  std::vector<uint16_t> inter(gate_up.size());
+  for (int i = 0; i < n; ++i) {
+    for (int j = 0; j < ff; ++j) {
+      const size_t row = static_cast<size_t>(i) * 2 * ff;
+      const auto o = static_cast<size_t>(cuda::gate_up_offset(j, block));
+      inter[row + o] = gate_up[row + static_cast<size_t>(j)];
+      inter[row + o + static_cast<size_t>(block)] = gate_up[row + static_cast<size_t>(ff + j)];
+    }
+  }
+  return inter;
+}
+
 TEST(CudaOps, SiluMul) {
   CS_REQUIRE_GPU();
   Stream stream;
@@ -589,17 +695,55 @@ TEST(CudaOps, SiluMul) {
       // The backend's layout (gate and up rows alternating in blocks): the
       // same outputs, bit for bit.
       const int block = cuda::gate_up_block(ff);
-      std::vector<uint16_t> inter(gate_up.size());
-      for (int i = 0; i < n; ++i) {
-        for (int j = 0; j < ff; ++j) {
-          const size_t row = static_cast<size_t>(i) * 2 * ff;
-          const auto o = static_cast<size_t>(cuda::gate_up_offset(j, block));
-          inter[row + o] = gate_up[row + static_cast<size_t>(j)];
-          inter[row + o + static_cast<size_t>(block)] = gate_up[row + static_cast<size_t>(ff + j)];
-        }
-      }
-      DeviceBuffer<uint16_t> d_inter(inter), d_out2(ref.size());
+      DeviceBuffer<uint16_t> d_inter(interleave_gate_up(gate_up, n, ff, block)), d_out2(ref.size());
       cuda::silu_mul(bf(d_inter), bf(d_out2), n, ff, stream.get(), block);
+      stream.sync();
+      EXPECT_EQ(d_out2.download(), got) << "block " << block;
+    }
+  }
+}
+
+// silu(g * r) * (u * r), r = inv_rms of a residual row [hidden] (the
+// norm-folded forward): against the twin on rows scaled in fp32, and the
+// interleaved layout bit for bit.
+TEST(CudaOps, SiluMulScaledByResidualRms) {
+  CS_REQUIRE_GPU();
+  Stream stream;
+  Seeds seeds(5500);
+  const float eps = 1e-5f;
+  for (const ModelDims* m : {&kSmolLM2, &kLlama3B, &kOdd}) {
+    for (const int n : kRowCounts) {
+      const int ff = m->ff;
+      const uint64_t seed = seeds.next();
+      const std::string what = std::string(m->name) + " " + str("n", n) + " " + str("seed", seed);
+      SCOPED_TRACE(what);
+      const auto gate_up = randn_bf16(static_cast<size_t>(n) * 2 * ff, seed, 30.f);
+      const auto resid = randn_bf16(static_cast<size_t>(n) * m->hidden, seed + 1, 10.f);
+      std::vector<float> scaled = from_bf16(gate_up);
+      const auto rf = from_bf16(resid);
+      for (int i = 0; i < n; ++i) {
+        const float f =
+            row_inv_rms_ref(rf.data() + static_cast<size_t>(i) * m->hidden, m->hidden, eps);
+        for (int j = 0; j < 2 * ff; ++j)
+          scaled[static_cast<size_t>(i) * 2 * ff + static_cast<size_t>(j)] *= f;
+      }
+      std::vector<float> ref(static_cast<size_t>(n) * ff);
+      ops::cpu::silu_mul_fused(scaled.data(), ref.data(), n, ff);
+
+      DeviceBuffer<uint16_t> d_gu(gate_up), d_resid(resid), d_out(ref.size());
+      d_out.poison();
+      const cuda::RowRmsScale scale{bf(d_resid), m->hidden, eps};
+      cuda::silu_mul_scaled(bf(d_gu), bf(d_out), n, ff, scale, stream.get());
+      stream.sync();
+      const auto got = d_out.download();
+      EXPECT_EQ(count_poison(got), 0u);
+      const ErrStats e = compare(from_bf16(got), ref, kBf16Rtol, 1e-6);
+      report("silu_mul_scaled", what, e);
+      EXPECT_EQ(e.n_bad, 0u) << describe_bad(e);
+      EXPECT_LT(e.rel, rel_norm_bound(ref.size()));
+      const int block = cuda::gate_up_block(ff);
+      DeviceBuffer<uint16_t> d_inter(interleave_gate_up(gate_up, n, ff, block)), d_out2(ref.size());
+      cuda::silu_mul_scaled(bf(d_inter), bf(d_out2), n, ff, scale, stream.get(), block);
       stream.sync();
       EXPECT_EQ(d_out2.download(), got) << "block " << block;
     }

@@ -167,6 +167,35 @@ __device__ inline float block_sum(float v, float* shared /* [32] */) {
   return total;
 }
 
+// 1 / sqrt(mean(x^2) + eps) of a bf16 row xr [dim], in fp32 (IEEE sqrt and
+// division, as add_rms_norm): called by every thread of the block; the
+// summation order depends only on blockDim.x and dim, so every CTA that
+// computes a row's factor gets the same bits. vec: dim % 8 == 0 and xr
+// 16-byte aligned.
+__device__ inline float row_inv_rms(const __nv_bfloat16* xr, int dim, float eps, bool vec,
+                                    float* shared /* [32] */) {
+  float ss = 0.f;
+  if (vec) {
+    for (int c = threadIdx.x; c < dim / 8; c += blockDim.x) {
+      const uint4 u = *reinterpret_cast<const uint4*>(xr + 8 * c);
+      const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&u);
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const float2 v = __bfloat1622float2(h[i]);
+        ss += v.x * v.x;
+        ss += v.y * v.y;
+      }
+    }
+  } else {
+    for (int i = threadIdx.x; i < dim; i += blockDim.x) {
+      const float v = __bfloat162float(xr[i]);
+      ss += v * v;
+    }
+  }
+  const float total = block_sum(ss, shared);
+  return 1.0f / sqrtf(total / static_cast<float>(dim) + eps);
+}
+
 // Maximum over the block, same shape rules as block_sum.
 __device__ inline float block_max(float v, float* shared /* [32] */) {
   v = warp_max(v);

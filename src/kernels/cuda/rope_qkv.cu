@@ -15,6 +15,9 @@
 // multiple of 8 or a pointer is not 16-byte aligned. Every element of the
 // row and of the slot is written by exactly one thread; no atomics. A row
 // with a negative slot is still rotated, it only skips the cache writes.
+// With a RowRmsScale (the norm-folded forward), the CTA first computes its
+// residual row's inv_rms (row_inv_rms, a block reduction) and every element
+// is multiplied by it in fp32 before the bias; v is then always stored back.
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda_ops.h"
 
@@ -51,10 +54,12 @@ __global__ void __launch_bounds__(256)
                     const bf16* __restrict__ bias /* [(n_heads + 2 * n_kv) * head_dim] or null */,
                     const int32_t* __restrict__ positions /* [n] */,
                     const float* __restrict__ inv_freq /* [head_dim / 2] */,
-                    const int32_t* __restrict__ slot_mapping /* [n] */, KvLayer kv, int n_heads) {
+                    const int32_t* __restrict__ slot_mapping /* [n] */, KvLayer kv, int n_heads,
+                    RowRmsScale scale) {
   pdl_wait();
   pdl_trigger();
   extern __shared__ float cs[];
+  __shared__ float red[32];
   const int hd = kv.head_dim;
   const int half = hd / 2;
   const int n_kv = kv.num_kv_heads;
@@ -70,6 +75,13 @@ __global__ void __launch_bounds__(256)
     cs[half + i] = sn;
   }
   __syncthreads();
+  // Row factor (CTA-uniform branch: every thread reduces).
+  float r = 1.f;
+  if (scale.x != nullptr) {
+    const bool vec = scale.dim % 8 == 0 && (reinterpret_cast<uintptr_t>(scale.x) & 15) == 0;
+    r = row_inv_rms(scale.x + row * scale.dim, scale.dim, scale.eps, vec, red);
+  }
+  const bool scaled = scale.x != nullptr;
 
   // Slot s of this layer: block s / block_size, offset s % block_size.
   const int32_t slot = slot_mapping[row];
@@ -94,6 +106,13 @@ __global__ void __launch_bounds__(256)
       float a[VEC], b[VEC];
       load_vec<VEC>(xr + lo, a);
       load_vec<VEC>(xr + lo + half, b);
+      if (scaled) {
+#pragma unroll
+        for (int j = 0; j < VEC; ++j) {
+          a[j] *= r;
+          b[j] *= r;
+        }
+      }
       if (bias != nullptr) {
         float ba[VEC], bb[VEC];
         load_vec<VEC>(bias + lo, ba);
@@ -126,14 +145,19 @@ __global__ void __launch_bounds__(256)
       const int off = (n_heads + n_kv + kvh) * hd + d0;
       float v[VEC];
       load_vec<VEC>(xr + off, v);
+      if (scaled) {
+#pragma unroll
+        for (int j = 0; j < VEC; ++j)
+          v[j] *= r;
+      }
       if (bias != nullptr) {
         float bv[VEC];
         load_vec<VEC>(bias + off, bv);
 #pragma unroll
         for (int j = 0; j < VEC; ++j)
           v[j] += bv[j];
-        store_vec<VEC>(xr + off, v);
       }
+      if (scaled || bias != nullptr) store_vec<VEC>(xr + off, v);
       if (v_dst != nullptr) store_vec<VEC>(v_dst + kvh * hd + d0, v);
     }
   }
@@ -143,12 +167,13 @@ __global__ void __launch_bounds__(256)
 
 void rope_qkv_write(bf16* qkv, const bf16* bias, const int32_t* positions, const float* inv_freq,
                     const int32_t* slot_mapping, const KvLayer& kv, int n, int n_heads,
-                    cudaStream_t s) {
+                    cudaStream_t s, RowRmsScale scale) {
   if (n <= 0) return;
   const int hd = kv.head_dim;
   if (hd <= 0 || hd % 2 != 0) op_fail("rope_qkv_write", "head_dim must be positive and even");
   if (n_heads <= 0 || kv.num_kv_heads <= 0 || kv.block_size <= 0)
     op_fail("rope_qkv_write", "bad head counts or block size");
+  if (scale.x != nullptr && scale.dim <= 0) op_fail("rope_qkv_write", "scale dim must be positive");
   const int half = hd / 2;
   const bool vec = half % 8 == 0 && kv.block_stride % 8 == 0 && aligned16(qkv) &&
                    (bias == nullptr || aligned16(bias)) && aligned16(kv.k) && aligned16(kv.v);
@@ -159,10 +184,10 @@ void rope_qkv_write(bf16* qkv, const bf16* bias, const int32_t* positions, const
   const size_t smem = sizeof(float) * static_cast<size_t>(hd);  // cos and sin, half each
   if (vec) {
     launch(rope_qkv_kernel<8>, n, threads, smem, s, qkv, bias, positions, inv_freq, slot_mapping,
-           kv, n_heads);
+           kv, n_heads, scale);
   } else {
     launch(rope_qkv_kernel<1>, n, threads, smem, s, qkv, bias, positions, inv_freq, slot_mapping,
-           kv, n_heads);
+           kv, n_heads, scale);
   }
   check_launch("rope_qkv_write");
 }

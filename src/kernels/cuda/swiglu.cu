@@ -8,6 +8,10 @@
 // element per step. The math is fp32: g / (1 + expf(-g)) * u (expf, not
 // __expf; for g -> -inf the quotient goes to -0, never NaN), rounded once to
 // bf16. The grid is sized from the host-known n * ff.
+// silu_mul_scaled (the norm-folded forward): grid (n, column blocks), each
+// CTA first computes its row's inv_rms r from the residual row (row_inv_rms;
+// every CTA of a row gets the same bits), then one chunk per thread:
+// silu(g * r) * (u * r), r applied in fp32 to the bf16 projections.
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda_ops.h"
 
@@ -46,7 +50,54 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+template <int VEC>
+__global__ void __launch_bounds__(kThreads)
+    silu_mul_scaled_kernel(const bf16* __restrict__ gate_up /* [n, 2 * ff] */,
+                           bf16* __restrict__ out /* [n, ff] */, int ff, int block,
+                           RowRmsScale scale) {
+  pdl_wait();
+  pdl_trigger();
+  __shared__ float red[32];
+  const int64_t row = blockIdx.x;
+  const bool vec = scale.dim % 8 == 0 && (reinterpret_cast<uintptr_t>(scale.x) & 15) == 0;
+  const float r = row_inv_rms(scale.x + row * scale.dim, scale.dim, scale.eps, vec, red);
+  const int j = (static_cast<int>(blockIdx.y) * kThreads + static_cast<int>(threadIdx.x)) * VEC;
+  if (j >= ff) return;
+  const bf16* g = gate_up + row * 2 * ff + gate_up_offset(j, block);
+  bf16* o = out + row * ff + j;
+  if constexpr (VEC == 8) {
+    float gv[8], uv[8], ov[8];
+    load_bf16x8(g, gv);
+    load_bf16x8(g + block, uv);
+#pragma unroll
+    for (int k = 0; k < 8; ++k)
+      ov[k] = silu_times(gv[k] * r, uv[k] * r);
+    store_bf16x8(o, ov);
+  } else {
+    *o =
+        __float2bfloat16_rn(silu_times(__bfloat162float(g[0]) * r, __bfloat162float(g[block]) * r));
+  }
+}
+
 }  // namespace
+
+void silu_mul_scaled(const bf16* gate_up, bf16* out, int n, int ff, const RowRmsScale& scale,
+                     cudaStream_t s, int block) {
+  if (n <= 0 || ff <= 0) return;
+  if (block == 0) block = ff;
+  if (block < 0 || ff % block != 0) op_fail("silu_mul_scaled", "block must divide ff");
+  if (scale.x == nullptr || scale.dim <= 0) op_fail("silu_mul_scaled", "needs the residual rows");
+  const bool vec = block % 8 == 0 && aligned16(gate_up) && aligned16(out);
+  const int chunks = vec ? ff / 8 : ff;
+  const dim3 grid(static_cast<unsigned>(n),
+                  static_cast<unsigned>((chunks + kThreads - 1) / kThreads));
+  if (vec) {
+    launch(silu_mul_scaled_kernel<8>, grid, kThreads, 0, s, gate_up, out, ff, block, scale);
+  } else {
+    launch(silu_mul_scaled_kernel<1>, grid, kThreads, 0, s, gate_up, out, ff, block, scale);
+  }
+  check_launch("silu_mul_scaled");
+}
 
 void silu_mul(const bf16* gate_up, bf16* out, int n, int ff, cudaStream_t s, int block) {
   if (n <= 0 || ff <= 0) return;

@@ -132,7 +132,9 @@ Result<std::unique_ptr<CudaBackend>> CudaBackend::create(const Model& model,
     return make_error(ErrorCode::kUnavailable, "--device cuda: no CUDA GPU is visible");
   }
   CS_CUDA(cudaSetDevice(opts.device));
-  auto weights = DeviceWeights::upload(model);
+  // (a tensor-parallel rank's backend gets its all-reduce after this: the
+  // TP backend turns fold_norms off)
+  auto weights = DeviceWeights::upload(model, opts.fold_norms && Gemm::plain_by_default());
   if (!weights.ok()) return weights.status();
   std::unique_ptr<CudaBackend> b(new CudaBackend(model, opts, std::move(weights).value()));
   cudaDeviceProp prop{};
@@ -557,13 +559,32 @@ Status CudaBackend::layers(const Shape& sh) {
   const int H = c.hidden_size, Q = c.q_dim(), QKV = c.q_dim() + 2 * KVD, FF = c.intermediate_size;
   const float eps = c.rms_norm_eps;
   const float scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
-  // y[n, out] = x[n, in] @ w^T (bf16), run by run.
-  auto linear = [&](const bf16* x, const bf16* w, bf16* y, int in_dim, int out_dim) -> Status {
+  // Norm-folded (CudaOptions::fold_norms): the residual stream is bf16 in
+  // b.x's memory; wqkv and wgu carry the norm weights, RoPE and SwiGLU apply
+  // inv_rms of the residual rows (rs), the o and down projections add into
+  // the residual. Else: the fp32 residual, add_rms_norm into b.xn, and the
+  // projections' outputs in b.delta.
+  const bool fold = weights_.folded_norms;
+  bf16* xb = reinterpret_cast<bf16*>(b.x);  // [T, hidden] bf16 (fold only)
+  const ops::RowRmsScale rs{fold ? xb : nullptr, H, eps};
+  const bf16* gemm_in = fold ? xb : b.xn;  // the input of the QKV and gate/up projections
+  // y[n, out] = x[n, in] @ w^T (bf16), or y += that (acc), run by run.
+  auto linear = [&](const bf16* x, const bf16* w, bf16* y, int in_dim, int out_dim,
+                    bool acc = false) -> Status {
     for (const Shape::Run& r : sh.runs) {
-      CS_RETURN_IF_ERROR(gemm_->run(x + static_cast<int64_t>(r.first) * in_dim, w,
-                                    y + static_cast<int64_t>(r.first) * out_dim, false, r.count,
-                                    in_dim, out_dim, compute_, r.decode));
+      const bf16* xr = x + static_cast<int64_t>(r.first) * in_dim;
+      bf16* yr = y + static_cast<int64_t>(r.first) * out_dim;
+      CS_RETURN_IF_ERROR(
+          acc ? gemm_->accumulate(xr, w, yr, r.count, in_dim, out_dim, compute_, r.decode)
+              : gemm_->run(xr, w, yr, false, r.count, in_dim, out_dim, compute_, r.decode));
     }
+    return {};
+  };
+  // The residual update from a projection of `x` (o or down).
+  auto residual = [&](const bf16* x, const bf16* w, int in_dim) -> Status {
+    if (fold) return linear(x, w, xb, in_dim, H, true);
+    CS_RETURN_IF_ERROR(linear(x, w, b.delta, in_dim, H));
+    if (all_reduce_) CS_RETURN_IF_ERROR(all_reduce_(b.delta, static_cast<size_t>(n) * H, compute_));
     return {};
   };
   // The next linear layer's weights (w: [out, in] bf16) into L2, from when
@@ -577,15 +598,21 @@ Status CudaBackend::layers(const Shape& sh) {
     ops::prefetch_l2(w, std::min(pf_cap, bytes), prefetch_);
     return {};
   };
-  ops::embedding(weights_.embed, sh.ids, b.x, n, H, compute_);
+  if (fold) {
+    ops::embedding(weights_.embed, sh.ids, xb, n, H, compute_);
+  } else {
+    ops::embedding(weights_.embed, sh.ids, b.x, n, H, compute_);
+  }
   for (int32_t l = 0; l < L; ++l) {
     const DeviceLayer& w = weights_.layers[static_cast<size_t>(l)];
     const ops::KvLayer kv = kv_layer(l);
-    ops::add_rms_norm(b.x, l == 0 ? nullptr : b.delta, w.attn_norm, b.xn, n, H, eps, compute_);
-    CS_RETURN_IF_ERROR(linear(b.xn, w.wqkv, b.qkv, H, QKV));
+    if (!fold) {
+      ops::add_rms_norm(b.x, l == 0 ? nullptr : b.delta, w.attn_norm, b.xn, n, H, eps, compute_);
+    }
+    CS_RETURN_IF_ERROR(linear(gemm_in, w.wqkv, b.qkv, H, QKV));
     CS_RETURN_IF_ERROR(prefetch(w.wo, Q, H));  // during RoPE and attention
     ops::rope_qkv_write(b.qkv, w.bqkv, sh.pos, weights_.inv_freq, sh.slots, kv, n, c.num_heads,
-                        compute_);
+                        compute_, rs);
     // Sequences with a shared prefix (one row each): the prefix by the
     // cascade kernel, the rest by the decode kernel, which merges both; in a
     // mixed step the prefill kernel takes every other sequence.
@@ -612,17 +639,17 @@ Status CudaBackend::layers(const Shape& sh) {
                                   sh.decode ? sh.splits : sh.decode_splits, b.attn_ws, compute_,
                                   prefixed ? &parts : nullptr, b.merge_counters);
     }
-    CS_RETURN_IF_ERROR(linear(b.attn, w.wo, b.delta, Q, H));
-    if (all_reduce_) CS_RETURN_IF_ERROR(all_reduce_(b.delta, static_cast<size_t>(n) * H, compute_));
+    CS_RETURN_IF_ERROR(residual(b.attn, w.wo, Q));
     CS_RETURN_IF_ERROR(prefetch(w.wgu, H, 2 * FF));  // during the norm
-    ops::add_rms_norm(b.x, b.delta, w.ffn_norm, b.xn, n, H, eps, compute_);
+    if (!fold) ops::add_rms_norm(b.x, b.delta, w.ffn_norm, b.xn, n, H, eps, compute_);
     for (const Shape::Run& r : sh.runs) {
       const int64_t row = r.first;
-      CS_RETURN_IF_ERROR(gemm_->run_swiglu(b.xn + row * H, w.wgu, b.gu + row * 2 * FF,
-                                           b.act + row * FF, r.count, H, FF, compute_, r.decode));
+      const ops::RowRmsScale rr{fold ? xb + row * H : nullptr, H, eps};
+      CS_RETURN_IF_ERROR(gemm_->run_swiglu(gemm_in + row * H, w.wgu, b.gu + row * 2 * FF,
+                                           b.act + row * FF, r.count, H, FF, compute_, r.decode,
+                                           rr));
     }
-    CS_RETURN_IF_ERROR(linear(b.act, w.wdown, b.delta, FF, H));
-    if (all_reduce_) CS_RETURN_IF_ERROR(all_reduce_(b.delta, static_cast<size_t>(n) * H, compute_));
+    CS_RETURN_IF_ERROR(residual(b.act, w.wdown, FF));
     if (l + 1 < L) {  // during the norm
       CS_RETURN_IF_ERROR(prefetch(weights_.layers[static_cast<size_t>(l) + 1].wqkv, H, QKV));
     }
@@ -631,8 +658,9 @@ Status CudaBackend::layers(const Shape& sh) {
     CS_CUDA(cudaEventRecord(prefetch_join_, prefetch_));
     CS_CUDA(cudaStreamWaitEvent(compute_, prefetch_join_, 0));
   }
-  // The last residual add (its normed output is recomputed per logit row).
-  ops::add_rms_norm(b.x, b.delta, weights_.final_norm, b.xn, n, H, eps, compute_);
+  // The last residual add (its normed output is recomputed per logit row);
+  // folded, the down projection made it.
+  if (!fold) ops::add_rms_norm(b.x, b.delta, weights_.final_norm, b.xn, n, H, eps, compute_);
   return {};
 }
 
@@ -640,7 +668,12 @@ Status CudaBackend::head(const int32_t* d_rows, int n) {
   Buffers& b = *buf_;
   const ModelConfig& c = model_.config;
   if (n == 0) return {};
-  ops::gather_rows(b.x, d_rows, b.x_rows, n, c.hidden_size, compute_);
+  if (weights_.folded_norms) {  // rows of the bf16 residual, widened (a row gather)
+    ops::embedding(reinterpret_cast<const bf16*>(b.x), d_rows, b.x_rows, n, c.hidden_size,
+                   compute_);
+  } else {
+    ops::gather_rows(b.x, d_rows, b.x_rows, n, c.hidden_size, compute_);
+  }
   ops::add_rms_norm(b.x_rows, nullptr, weights_.final_norm, b.xn_rows, n, c.hidden_size,
                     c.rms_norm_eps, compute_);
   // Sampled rows: their logits must not depend on the other rows of the step.
@@ -838,6 +871,11 @@ uint64_t CudaOptions::l2_prefetch_bytes_by_default() {
 
 bool CudaOptions::kv_load_direct_by_default() {
   return env_flag("CARTSERVE_KV_LOAD_DIRECT");
+}
+
+bool CudaOptions::fold_norms_by_default() {
+  const char* v = std::getenv("CARTSERVE_FOLD_NORMS");
+  return v == nullptr || std::strcmp(v, "0") != 0;
 }
 
 Status CudaBackend::transfer(const HostKv& kv, const KvBlockList& blocks, bool load) {

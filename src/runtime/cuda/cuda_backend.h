@@ -76,6 +76,15 @@ struct CudaOptions {
   // (bench/results/gpu-h100-2026-12-07-1515.json).
   uint64_t l2_prefetch_bytes = l2_prefetch_bytes_by_default();
   static uint64_t l2_prefetch_bytes_by_default();
+  // The norm-folded forward (CudaBackend::layers): a bf16 residual stream,
+  // the RMSNorm weights folded into the QKV and gate/up weights, inv_rms
+  // applied by the kernels after those projections (RoPE, SwiGLU), and the
+  // residual adds done by the o and down projections (cuBLASLt beta = 1):
+  // two kernels less per layer. Taken only when every GEMM goes to cuBLASLt
+  // (Gemm::plain_by_default) and there is no all-reduce (TP = 1). Default
+  // on; CARTSERVE_FOLD_NORMS=0 keeps the fp32 residual and add_rms_norm.
+  bool fold_norms = fold_norms_by_default();
+  static bool fold_norms_by_default();
 };
 
 class CudaBackend final : public Backend {
@@ -97,6 +106,8 @@ class CudaBackend final : public Backend {
   }
 
   uint64_t weight_bytes() const { return weights_.nbytes(); }
+  // Whether the forward is the norm-folded one (CudaOptions::fold_norms).
+  bool folded_norms() const { return weights_.folded_norms; }
 
   // Tensor parallelism (tp_cuda_backend.h): called after o_proj and after
   // down with the layer's partial output [count] bf16, to turn it into the

@@ -25,8 +25,10 @@ class Packer {
   explicit Packer(bool measure) : measure_(measure) {}
 
   // Appends the rows of every tensor (each [rows_i, cols], same cols) as one
-  // matrix; returns its offset.
-  uint64_t matrix(std::initializer_list<const Tensor*> parts) {
+  // matrix; returns its offset. col_scale (non-empty: [cols]) multiplies
+  // column j in fp32 before the one rounding to bf16 (a folded RMSNorm weight).
+  uint64_t matrix(std::initializer_list<const Tensor*> parts,
+                  const std::vector<float>& col_scale = {}) {
     int64_t numel = 0;
     for (const Tensor* t : parts)
       numel += t->numel();
@@ -34,7 +36,7 @@ class Packer {
     if (measure_) return off;
     auto* dst = reinterpret_cast<uint16_t*>(image_.data() + off);
     for (const Tensor* t : parts) {
-      to_bf16(*t, dst);
+      to_bf16(*t, dst, col_scale);
       dst += t->numel();
     }
     return off;
@@ -42,14 +44,15 @@ class Packer {
   // Gate [ff, cols] and up [ff, cols] as one [2 * ff, cols] matrix whose rows
   // alternate in blocks of `block` (which divides ff): gate rows [k*block,
   // (k+1)*block), then the same up rows, for k = 0, 1, ...
-  uint64_t gate_up(const Tensor& gate, const Tensor& up, int64_t block) {
+  uint64_t gate_up(const Tensor& gate, const Tensor& up, int64_t block,
+                   const std::vector<float>& col_scale = {}) {
     const int64_t ff = gate.dim(0), cols = gate.numel() / ff;
     const uint64_t off = reserve(static_cast<uint64_t>(2 * ff * cols) * sizeof(uint16_t));
     if (measure_) return off;
     auto* dst = reinterpret_cast<uint16_t*>(image_.data() + off);
     std::vector<uint16_t> g(static_cast<size_t>(ff * cols)), u(g.size());
-    to_bf16(gate, g.data());
-    to_bf16(up, u.data());
+    to_bf16(gate, g.data(), col_scale);
+    to_bf16(up, u.data(), col_scale);
     const size_t block_elems = static_cast<size_t>(block * cols);
     for (int64_t k = 0; k < ff / block; ++k) {
       std::memcpy(dst + 2 * k * block_elems, g.data() + k * block_elems, block_elems * 2);
@@ -73,9 +76,9 @@ class Packer {
     size_ = aligned(size_ + bytes);
     return off;
   }
-  static void to_bf16(const Tensor& t, uint16_t* dst) {
+  static void to_bf16(const Tensor& t, uint16_t* dst, const std::vector<float>& col_scale = {}) {
     const auto n = static_cast<size_t>(t.numel());
-    if (t.dtype() == DType::kBF16) {
+    if (t.dtype() == DType::kBF16 && col_scale.empty()) {
       std::memcpy(dst, t.raw(), n * sizeof(uint16_t));
       return;
     }
@@ -86,6 +89,11 @@ class Packer {
           convert_to_f32(t.dtype(),
                          static_cast<const uint8_t*>(t.raw()) + b * dtype_size(t.dtype()),
                          tmp.data(), e - b);
+          if (!col_scale.empty()) {
+            const size_t cols = col_scale.size();
+            for (size_t i = b; i < e; ++i)
+              tmp[i - b] *= col_scale[i % cols];
+          }
           convert_from_f32(tmp.data(), DType::kBF16, dst + b, e - b);
         },
         1 << 16);
@@ -105,7 +113,14 @@ struct Offsets {
   std::vector<Layer> layers;
 };
 
-Offsets pack(const Model& model, Packer& p) {
+// A norm weight [hidden] in fp32.
+std::vector<float> to_f32(const Tensor& t) {
+  std::vector<float> v(static_cast<size_t>(t.numel()));
+  convert_to_f32(t.dtype(), t.raw(), v.data(), v.size());
+  return v;
+}
+
+Offsets pack(const Model& model, Packer& p, bool fold_norms) {
   const ModelWeights& w = model.weights;
   Offsets o;
   o.embed = p.matrix({&w.embed});
@@ -117,13 +132,17 @@ Offsets pack(const Model& model, Packer& p) {
   for (const LayerWeights& l : w.layers) {
     Offsets::Layer ol{};
     ol.attn_norm = p.matrix({&l.attn_norm});
-    ol.wqkv = p.matrix({&l.wq, &l.wk, &l.wv});
+    // Folded: W' = W diag(norm weight), the norm's weight applied by the
+    // projection (the consumer of its output applies inv_rms).
+    const std::vector<float> attn_cols = fold_norms ? to_f32(l.attn_norm) : std::vector<float>{};
+    const std::vector<float> ffn_cols = fold_norms ? to_f32(l.ffn_norm) : std::vector<float>{};
+    ol.wqkv = p.matrix({&l.wq, &l.wk, &l.wv}, attn_cols);
     ol.bias = !l.bq.empty();
     if (ol.bias) ol.bqkv = p.matrix({&l.bq, &l.bk, &l.bv});
     ol.wo = p.matrix({&l.wo});
     ol.ffn_norm = p.matrix({&l.ffn_norm});
-    ol.wgu =
-        p.gate_up(l.w_gate, l.w_up, ops::cuda::gate_up_block(static_cast<int>(l.w_gate.dim(0))));
+    ol.wgu = p.gate_up(l.w_gate, l.w_up,
+                       ops::cuda::gate_up_block(static_cast<int>(l.w_gate.dim(0))), ffn_cols);
     ol.wdown = p.matrix({&l.w_down});
     o.layers.push_back(ol);
   }
@@ -134,13 +153,13 @@ Offsets pack(const Model& model, Packer& p) {
 
 uint64_t DeviceWeights::bytes_needed(const Model& model) {
   Packer p(/*measure=*/true);
-  pack(model, p);
+  pack(model, p, false);
   return p.size();
 }
 
-Result<DeviceWeights> DeviceWeights::upload(const Model& model) {
+Result<DeviceWeights> DeviceWeights::upload(const Model& model, bool fold_norms) {
   Packer measure(true);
-  pack(model, measure);
+  pack(model, measure, fold_norms);
   DeviceWeights dw;
   dw.bytes_ = measure.size();
   Status st = cuda_status(cudaMalloc(&dw.base_, dw.bytes_), "cudaMalloc (weights)");
@@ -150,7 +169,7 @@ Result<DeviceWeights> DeviceWeights::upload(const Model& model) {
   }
   Packer p(false);
   p.allocate(dw.bytes_);
-  const Offsets o = pack(model, p);
+  const Offsets o = pack(model, p, fold_norms);
   CS_CUDA(cudaMemcpy(dw.base_, p.data(), p.size(), cudaMemcpyHostToDevice));
   auto* base = static_cast<const uint8_t*>(dw.base_);
   auto at = [&](uint64_t off) { return reinterpret_cast<const bf16*>(base + off); };
@@ -158,6 +177,7 @@ Result<DeviceWeights> DeviceWeights::upload(const Model& model) {
   dw.lm_head = at(o.lm_head);
   dw.final_norm = at(o.final_norm);
   dw.inv_freq = reinterpret_cast<const float*>(base + o.inv_freq);
+  dw.folded_norms = fold_norms;
   for (const auto& l : o.layers) {
     DeviceLayer d;
     d.attn_norm = at(l.attn_norm);
@@ -183,6 +203,7 @@ DeviceWeights& DeviceWeights::operator=(DeviceWeights&& o) noexcept {
     lm_head = o.lm_head;
     final_norm = o.final_norm;
     inv_freq = o.inv_freq;
+    folded_norms = o.folded_norms;
     layers = std::move(o.layers);
     base_ = std::exchange(o.base_, nullptr);
     bytes_ = std::exchange(o.bytes_, 0);

@@ -3,7 +3,9 @@
 // one [2 * ff, hidden] with their rows alternating in blocks of
 // ops::cuda::gate_up_block(ff) (8: a skinny_gemm m-tile holds matching gate and
 // up features, so SwiGLU fits its epilogue). From any host weights (fp32 or
-// bf16; GGUF files are dequantized at load).
+// bf16; GGUF files are dequantized at load). With fold_norms, wqkv and wgu
+// carry their RMSNorm weights (column j times attn_norm[j] / ffn_norm[j],
+// rounded once): the norm-folded forward of runtime/cuda/cuda_backend.cpp.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -33,7 +35,7 @@ class DeviceWeights {
  public:
   // Bytes the upload will take (to size the KV cache before it happens).
   static uint64_t bytes_needed(const Model& model);
-  static Result<DeviceWeights> upload(const Model& model);
+  static Result<DeviceWeights> upload(const Model& model, bool fold_norms = false);
   DeviceWeights(DeviceWeights&& o) noexcept;
   DeviceWeights& operator=(DeviceWeights&& o) noexcept;
   DeviceWeights(const DeviceWeights&) = delete;
@@ -45,6 +47,7 @@ class DeviceWeights {
   const bf16* final_norm = nullptr;  // [hidden]
   const float* inv_freq = nullptr;   // [head_dim / 2] RoPE table, scaling applied
   std::vector<DeviceLayer> layers;
+  bool folded_norms = false;  // wqkv and wgu carry the norm weights
   uint64_t nbytes() const { return bytes_; }
 
  private:

@@ -334,10 +334,41 @@ Status Gemm::run(const __nv_bfloat16* x, const __nv_bfloat16* w, void* y, bool y
   return {};
 }
 
+Status Gemm::accumulate(const __nv_bfloat16* x, const __nv_bfloat16* w, __nv_bfloat16* y, int n,
+                        int in, int out, cudaStream_t s, bool decode) {
+  if (n == 0) return {};
+  if (!plain()) {
+    return make_error(ErrorCode::kInternal,
+                      "Gemm::accumulate runs on cuBLASLt only (gemv and skinny paths are on)");
+  }
+  const bool fixed = decode && fixed_ && n <= kFixedMaxRows;
+  cublasLtMatmulAlgo_t algo{};
+  if (fixed) {
+    CS_ASSIGN_OR_RETURN(algo, fixed_algo(in, out, false, w, s));
+  }
+  // x null: the plan's descriptors and pick without timing (timing would
+  // add into y once per candidate).
+  CS_ASSIGN_OR_RETURN(const Plan* p, plan(n, in, out, false, nullptr, w, y, s));
+  const float alpha = 1.0f, beta = 1.0f;
+  CS_CUBLAS(cublasLtMatmul(handle_, p->op, &alpha, w, p->a, x, p->b, &beta, y, p->c, y, p->c,
+                           fixed ? &algo : &p->algo, workspace_, workspace_bytes_, s));
+  return {};
+}
+
 Status Gemm::run_swiglu(const __nv_bfloat16* x, const __nv_bfloat16* w_gate_up, __nv_bfloat16* gu,
-                        __nv_bfloat16* act, int n, int in, int ff, cudaStream_t s, bool decode) {
+                        __nv_bfloat16* act, int n, int in, int ff, cudaStream_t s, bool decode,
+                        const ops::cuda::RowRmsScale& scale) {
   if (n == 0) return {};
   const int block = ops::cuda::gate_up_block(ff);
+  if (scale.x != nullptr) {  // the norm-folded forward: cuBLASLt, then the scaled SwiGLU
+    if (!plain()) {
+      return make_error(ErrorCode::kInternal,
+                        "Gemm::run_swiglu with a row scale runs on cuBLASLt only");
+    }
+    CS_RETURN_IF_ERROR(run(x, w_gate_up, gu, false, n, in, 2 * ff, s, decode));
+    ops::cuda::silu_mul_scaled(gu, act, n, ff, scale, s, block);
+    return {};
+  }
   const bool gemv =
       decode && n <= decode_gemv_rows_ && ops::cuda::gemv_supports(x, w_gate_up, n, in);
   if (gemv && block == 8) {

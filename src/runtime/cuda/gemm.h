@@ -76,6 +76,13 @@ class Gemm {
   // CARTSERVE_GEMM_TUNE=1 turns the per-shape timing of cuBLASLt's candidates on.
   static bool tune_by_default();
   bool skinny() const { return skinny_; }
+  // Every call goes to cuBLASLt (no gemv or skinny path): what accumulate()
+  // and a scaled run_swiglu() need.
+  bool plain() const { return !gemv_ && !skinny_ && decode_gemv_rows_ == 0; }
+  // The same decision from the environment, before a Gemm exists.
+  static bool plain_by_default() {
+    return !gemv_by_default() && !skinny_by_default() && decode_gemv_rows_by_default() == 0;
+  }
   // Whether `decode` rows of a run of `n` take a batch-invariant kernel (so a
   // step's decode rows must run apart from its prompt rows).
   bool invariant_decode(int n) const {
@@ -99,12 +106,21 @@ class Gemm {
   // decode: rows whose bits must not depend on n (see the top of this file).
   Status run(const __nv_bfloat16* x, const __nv_bfloat16* w, void* y, bool y_fp32, int n, int in,
              int out, cudaStream_t s, bool decode = false);
+  // y[n, out] += x[n, in] @ w[out, in]^T (bf16 y, fp32 accumulation, one
+  // rounding: cuBLASLt's beta = 1, in place): the residual add of the
+  // norm-folded forward. cuBLASLt only (plain()); the algorithm is the
+  // shape's heuristic (or fixed) pick, never timed on y.
+  Status accumulate(const __nv_bfloat16* x, const __nv_bfloat16* w, __nv_bfloat16* y, int n, int in,
+                    int out, cudaStream_t s, bool decode = false);
   // The gate/up projection and SwiGLU: act[n, ff] from x [n, in] and w_gate_up
   // [2 * ff, in] (gate/up rows in blocks of ops::cuda::gate_up_block(ff)).
   // Decode rows through gemv or skinny: one kernel (SwiGLU in its epilogue);
   // else the projection into gu [n, 2 * ff] (bf16 scratch), then silu_mul.
+  // With scale.x set (the norm-folded forward; plain() only): the projection,
+  // then silu_mul_scaled.
   Status run_swiglu(const __nv_bfloat16* x, const __nv_bfloat16* w_gate_up, __nv_bfloat16* gu,
-                    __nv_bfloat16* act, int n, int in, int ff, cudaStream_t s, bool decode = false);
+                    __nv_bfloat16* act, int n, int in, int ff, cudaStream_t s, bool decode = false,
+                    const ops::cuda::RowRmsScale& scale = {});
 
  private:
   Gemm() = default;

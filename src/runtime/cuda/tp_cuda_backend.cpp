@@ -54,6 +54,7 @@ Result<std::unique_ptr<TpCudaBackend>> TpCudaBackend::create(const Model& model,
     CudaOptions ro = opts;
     ro.device = devices[static_cast<size_t>(r)];
     ro.cuda_graphs = opts.cuda_graphs && b->comm_->capturable();
+    ro.fold_norms = false;  // the residual adds wait for the all-reduce (CudaOptions)
     CS_ASSIGN_OR_RETURN(k.backend, CudaBackend::create(*k.shard, ro));
     k.backend->set_all_reduce([comm = b->comm_.get(), r](bf16* data, size_t n, cudaStream_t s) {
       return comm->all_reduce_sum(r, data, n, s);
