@@ -14,6 +14,7 @@
 #include <cstdio>
 #include <vector>
 
+#include "gpu/backend_options.h"
 #include "gpu/gpu_test_util.h"
 #include "runtime/cpu/cpu_backend.h"
 #include "runtime/cuda/cuda_backend.h"
@@ -78,11 +79,7 @@ std::vector<float> run(Backend& b, int vocab) {
 }
 
 std::vector<float> run_gpu(const Model& m, int32_t cascade_min_prefix) {
-  cuda::CudaOptions o;
-  o.kv_cache_tokens = 256;
-  o.max_num_batched_tokens = 64;
-  o.max_num_seqs = 8;
-  o.max_model_len = 128;
+  cuda::CudaOptions o = gpu_test::small_backend_options();
   o.cascade_min_prefix = cascade_min_prefix;
   auto b = cuda::CudaBackend::create(m, o);
   EXPECT_TRUE(b.ok()) << b.status().to_string();

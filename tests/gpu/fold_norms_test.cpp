@@ -18,6 +18,7 @@
 #include <cstring>
 #include <vector>
 
+#include "gpu/backend_options.h"
 #include "gpu/gpu_test_util.h"
 #include "runtime/cpu/cpu_backend.h"
 #include "runtime/cuda/cuda_backend.h"
@@ -29,11 +30,7 @@ namespace cartserve {
 namespace {
 
 cuda::CudaOptions options(bool fold) {
-  cuda::CudaOptions o;
-  o.kv_cache_tokens = 256;
-  o.max_num_batched_tokens = 64;
-  o.max_num_seqs = 8;
-  o.max_model_len = 128;
+  cuda::CudaOptions o = gpu_test::small_backend_options();
   o.fold_norms = fold;
   return o;
 }

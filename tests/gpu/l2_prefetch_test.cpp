@@ -12,6 +12,7 @@
 #include <utility>
 #include <vector>
 
+#include "gpu/backend_options.h"
 #include "gpu/gpu_test_util.h"
 #include "kernels/cuda_ops.h"
 #include "runtime/cuda/cuda_backend.h"
@@ -45,11 +46,7 @@ TEST(CudaOps, PrefetchL2ChangesNothing) {
 }
 
 cuda::CudaOptions options(uint64_t prefetch_bytes) {
-  cuda::CudaOptions o;
-  o.kv_cache_tokens = 256;
-  o.max_num_batched_tokens = 64;
-  o.max_num_seqs = 8;
-  o.max_model_len = 128;
+  cuda::CudaOptions o = gpu_test::small_backend_options();
   o.l2_prefetch_bytes = prefetch_bytes;
   return o;
 }

@@ -21,6 +21,7 @@
 #include <thread>
 
 #include "backend_driver.h"
+#include "gpu/backend_options.h"
 #include "gpu/gpu_test_util.h"
 #include "kernels/cuda_ops.h"
 #include "runtime/cpu/cpu_backend.h"
@@ -125,12 +126,7 @@ TEST(CudaTp, OneDeviceAllReduceIsTheRankOrderedSum) {
 }
 
 cuda::CudaOptions gpu_options() {
-  cuda::CudaOptions o;
-  o.kv_cache_tokens = 256;
-  o.max_num_batched_tokens = 64;
-  o.max_num_seqs = 8;
-  o.max_model_len = 128;
-  return o;
+  return gpu_test::small_backend_options();
 }
 
 using testing::max_abs_diff;

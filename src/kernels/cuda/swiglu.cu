@@ -21,6 +21,24 @@ namespace {
 
 constexpr int kThreads = 256;
 
+// One chunk of VEC outputs: o = silu(g r) * (u r), g at `g`, u `block` after
+// it (r = 1: unscaled; x * 1.0f is x, so the bits are silu_mul's).
+template <int VEC>
+__device__ __forceinline__ void swiglu_chunk(const bf16* g, int block, bf16* o, float r) {
+  if constexpr (VEC == 8) {
+    float gv[8], uv[8], ov[8];
+    load_bf16x8(g, gv);
+    load_bf16x8(g + block, uv);
+#pragma unroll
+    for (int k = 0; k < 8; ++k)
+      ov[k] = silu_times(gv[k] * r, uv[k] * r);
+    store_bf16x8(o, ov);
+  } else {
+    *o =
+        __float2bfloat16_rn(silu_times(__bfloat162float(g[0]) * r, __bfloat162float(g[block]) * r));
+  }
+}
+
 template <int VEC>
 __global__ void __launch_bounds__(kThreads)
     silu_mul_kernel(const bf16* __restrict__ gate_up /* [n, 2 * ff] */,
@@ -34,19 +52,8 @@ __global__ void __launch_bounds__(kThreads)
     const int64_t row = c / per_row;
     const int j = static_cast<int>(c - row * per_row) * VEC;
     // A chunk of VEC never straddles two blocks (block % VEC == 0).
-    const bf16* g = gate_up + row * 2 * ff + gate_up_offset(j, block);
-    bf16* o = out + row * ff + j;
-    if constexpr (VEC == 8) {
-      float gv[8], uv[8], ov[8];
-      load_bf16x8(g, gv);
-      load_bf16x8(g + block, uv);
-#pragma unroll
-      for (int k = 0; k < 8; ++k)
-        ov[k] = silu_times(gv[k], uv[k]);
-      store_bf16x8(o, ov);
-    } else {
-      *o = __float2bfloat16_rn(silu_times(__bfloat162float(g[0]), __bfloat162float(g[block])));
-    }
+    swiglu_chunk<VEC>(gate_up + row * 2 * ff + gate_up_offset(j, block), block, out + row * ff + j,
+                      1.f);
   }
 }
 
@@ -63,20 +70,8 @@ __global__ void __launch_bounds__(kThreads)
   const float r = row_inv_rms(scale.x + row * scale.dim, scale.dim, scale.eps, vec, red);
   const int j = (static_cast<int>(blockIdx.y) * kThreads + static_cast<int>(threadIdx.x)) * VEC;
   if (j >= ff) return;
-  const bf16* g = gate_up + row * 2 * ff + gate_up_offset(j, block);
-  bf16* o = out + row * ff + j;
-  if constexpr (VEC == 8) {
-    float gv[8], uv[8], ov[8];
-    load_bf16x8(g, gv);
-    load_bf16x8(g + block, uv);
-#pragma unroll
-    for (int k = 0; k < 8; ++k)
-      ov[k] = silu_times(gv[k] * r, uv[k] * r);
-    store_bf16x8(o, ov);
-  } else {
-    *o =
-        __float2bfloat16_rn(silu_times(__bfloat162float(g[0]) * r, __bfloat162float(g[block]) * r));
-  }
+  swiglu_chunk<VEC>(gate_up + row * 2 * ff + gate_up_offset(j, block), block, out + row * ff + j,
+                    r);
 }
 
 }  // namespace

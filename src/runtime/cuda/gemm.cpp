@@ -322,13 +322,20 @@ Status Gemm::run(const __nv_bfloat16* x, const __nv_bfloat16* w, void* y, bool y
     ops::cuda::gemv(x, w, y, y_fp32, n, in, out, s);
     return {};
   }
+  return cublaslt(x, w, y, y_fp32, n, in, out, s, decode, false);
+}
+
+Status Gemm::cublaslt(const __nv_bfloat16* x, const __nv_bfloat16* w, void* y, bool y_fp32, int n,
+                      int in, int out, cudaStream_t s, bool decode, bool add) {
   const bool fixed = decode && fixed_ && n <= kFixedMaxRows;
   cublasLtMatmulAlgo_t algo{};
   if (fixed) {
     CS_ASSIGN_OR_RETURN(algo, fixed_algo(in, out, y_fp32, w, s));
   }
-  CS_ASSIGN_OR_RETURN(const Plan* p, plan(n, in, out, y_fp32, x, w, y, s));
-  const float alpha = 1.0f, beta = 0.0f;
+  // Adding into y: the plan's descriptors and pick without timing (x null),
+  // which would add into y once per candidate.
+  CS_ASSIGN_OR_RETURN(const Plan* p, plan(n, in, out, y_fp32, add ? nullptr : x, w, y, s));
+  const float alpha = 1.0f, beta = add ? 1.0f : 0.0f;
   CS_CUBLAS(cublasLtMatmul(handle_, p->op, &alpha, w, p->a, x, p->b, &beta, y, p->c, y, p->c,
                            fixed ? &algo : &p->algo, workspace_, workspace_bytes_, s));
   return {};
@@ -341,18 +348,7 @@ Status Gemm::accumulate(const __nv_bfloat16* x, const __nv_bfloat16* w, __nv_bfl
     return make_error(ErrorCode::kInternal,
                       "Gemm::accumulate runs on cuBLASLt only (gemv and skinny paths are on)");
   }
-  const bool fixed = decode && fixed_ && n <= kFixedMaxRows;
-  cublasLtMatmulAlgo_t algo{};
-  if (fixed) {
-    CS_ASSIGN_OR_RETURN(algo, fixed_algo(in, out, false, w, s));
-  }
-  // x null: the plan's descriptors and pick without timing (timing would
-  // add into y once per candidate).
-  CS_ASSIGN_OR_RETURN(const Plan* p, plan(n, in, out, false, nullptr, w, y, s));
-  const float alpha = 1.0f, beta = 1.0f;
-  CS_CUBLAS(cublasLtMatmul(handle_, p->op, &alpha, w, p->a, x, p->b, &beta, y, p->c, y, p->c,
-                           fixed ? &algo : &p->algo, workspace_, workspace_bytes_, s));
-  return {};
+  return cublaslt(x, w, y, false, n, in, out, s, decode, true);
 }
 
 Status Gemm::run_swiglu(const __nv_bfloat16* x, const __nv_bfloat16* w_gate_up, __nv_bfloat16* gu,

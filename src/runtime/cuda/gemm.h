@@ -150,6 +150,10 @@ class Gemm {
   // timing), the heuristic's pick for kFixedMaxRows rows.
   Result<cublasLtMatmulAlgo_t> fixed_algo(int in, int out, bool y_fp32, const void* w,
                                           cudaStream_t s);
+  // y = x @ w^T (add: y += that) on cuBLASLt: the shape's plan, or its fixed
+  // decode configuration.
+  Status cublaslt(const __nv_bfloat16* x, const __nv_bfloat16* w, void* y, bool y_fp32, int n,
+                  int in, int out, cudaStream_t s, bool decode, bool add);
   // Up to `max` heuristic picks for the plan's shape.
   Result<std::vector<cublasLtMatmulAlgo_t>> heuristic(const Plan& p, int max) const;
   // Median milliseconds of the algorithm on the plan's shape (1 warm-up, 5 timed).
