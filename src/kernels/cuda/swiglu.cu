@@ -21,23 +21,33 @@ namespace {
 
 constexpr int kThreads = 256;
 
-// One chunk of VEC outputs: o = silu(g r) * (u r), g at `g`, u `block` after
-// it (r = 1: unscaled; x * 1.0f is x, so the bits are silu_mul's).
+// One chunk of VEC gate features (at g) and their up features (`block`
+// after them), loaded; store() writes silu(g r) * (u r) (r = 1: unscaled;
+// x * 1.0f is x, so the bits are silu_mul's).
 template <int VEC>
-__device__ __forceinline__ void swiglu_chunk(const bf16* g, int block, bf16* o, float r) {
-  if constexpr (VEC == 8) {
-    float gv[8], uv[8], ov[8];
-    load_bf16x8(g, gv);
-    load_bf16x8(g + block, uv);
-#pragma unroll
-    for (int k = 0; k < 8; ++k)
-      ov[k] = silu_times(gv[k] * r, uv[k] * r);
-    store_bf16x8(o, ov);
-  } else {
-    *o =
-        __float2bfloat16_rn(silu_times(__bfloat162float(g[0]) * r, __bfloat162float(g[block]) * r));
+struct GateUpChunk {
+  float g[VEC], u[VEC];
+  __device__ __forceinline__ void load(const bf16* gp, int block) {
+    if constexpr (VEC == 8) {
+      load_bf16x8(gp, g);
+      load_bf16x8(gp + block, u);
+    } else {
+      g[0] = __bfloat162float(gp[0]);
+      u[0] = __bfloat162float(gp[block]);
+    }
   }
-}
+  __device__ __forceinline__ void store(bf16* o, float r) const {
+    float ov[VEC];
+#pragma unroll
+    for (int k = 0; k < VEC; ++k)
+      ov[k] = silu_times(g[k] * r, u[k] * r);
+    if constexpr (VEC == 8) {
+      store_bf16x8(o, ov);
+    } else {
+      *o = __float2bfloat16_rn(ov[0]);
+    }
+  }
+};
 
 template <int VEC>
 __global__ void __launch_bounds__(kThreads)
@@ -52,8 +62,9 @@ __global__ void __launch_bounds__(kThreads)
     const int64_t row = c / per_row;
     const int j = static_cast<int>(c - row * per_row) * VEC;
     // A chunk of VEC never straddles two blocks (block % VEC == 0).
-    swiglu_chunk<VEC>(gate_up + row * 2 * ff + gate_up_offset(j, block), block, out + row * ff + j,
-                      1.f);
+    GateUpChunk<VEC> ch;
+    ch.load(gate_up + row * 2 * ff + gate_up_offset(j, block), block);
+    ch.store(out + row * ff + j, 1.f);
   }
 }
 
@@ -66,12 +77,13 @@ __global__ void __launch_bounds__(kThreads)
   pdl_trigger();
   __shared__ float red[32];
   const int64_t row = blockIdx.x;
+  const int j = (static_cast<int>(blockIdx.y) * kThreads + static_cast<int>(threadIdx.x)) * VEC;
+  // The chunk's loads are in flight while the row factor is reduced.
+  GateUpChunk<VEC> ch;
+  if (j < ff) ch.load(gate_up + row * 2 * ff + gate_up_offset(j, block), block);
   const bool vec = scale.dim % 8 == 0 && (reinterpret_cast<uintptr_t>(scale.x) & 15) == 0;
   const float r = row_inv_rms(scale.x + row * scale.dim, scale.dim, scale.eps, vec, red);
-  const int j = (static_cast<int>(blockIdx.y) * kThreads + static_cast<int>(threadIdx.x)) * VEC;
-  if (j >= ff) return;
-  swiglu_chunk<VEC>(gate_up + row * 2 * ff + gate_up_offset(j, block), block, out + row * ff + j,
-                    r);
+  if (j < ff) ch.store(out + row * ff + j, r);
 }
 
 }  // namespace
