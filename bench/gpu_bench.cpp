@@ -12,10 +12,10 @@
 // backend through the runtime seam (sampling included); the cartridge
 // figures go through the whole engine. Writes JSON; prints a table.
 //
-// Usage: gpu_bench MODEL [--out gpu_bench.json] [--repeats N] [--only GROUP] [--tp N]
-// GROUP (one set of figures, e.g. for a profiler run): linear, skinny, ops, sampling,
-// attention, decode, decode1 (batch 1 only), cartdecode (decode over a shared cartridge prefix,
-// shared-prefix attention on and off), prefill or ttft. --tp N: the backend and serving
+// Usage: gpu_bench MODEL [--out gpu_bench.json] [--repeats N] [--only GROUP[,GROUP...]] [--tp N]
+// GROUP (one set of figures, e.g. for a profiler run; several: their union): linear, skinny, ops,
+// sampling, attention, decode, decode1 (batch 1 only), cartdecode (decode over a shared cartridge
+// prefix, shared-prefix attention on and off), prefill or ttft. --tp N: the backend and serving
 // figures through N tensor-parallel ranks on GPUs 0..N-1 (the floors stay
 // one GPU's; the kernel tables are one GPU's).
 #include <cuda_runtime.h>
@@ -1011,7 +1011,8 @@ json decode_figure(const std::string& key, int batch, double ms, double floor_ms
 
 int main(int argc, char** argv) {
   if (argc < 2) {
-    std::fprintf(stderr, "usage: %s MODEL [--out FILE] [--repeats N] [--only GROUP] [--tp N]\n",
+    std::fprintf(stderr,
+                 "usage: %s MODEL [--out FILE] [--repeats N] [--only GROUP[,GROUP...]] [--tp N]\n",
                  argv[0]);
     return 2;
   }
@@ -1019,7 +1020,17 @@ int main(int argc, char** argv) {
   int repeats = 5;
   std::string only;  // one group of figures (a profiler run), else all
   int tp = 1;        // --tp N: decode and prefill through N ranks on GPUs 0..N-1 (NCCL)
-  auto want = [&](const char* group) { return only.empty() || only == group; };
+  // --only GROUP[,GROUP...]
+  auto want = [&](const char* group) {
+    if (only.empty()) return true;
+    const std::string g = group;
+    for (size_t at = 0; at <= only.size();) {
+      const size_t end = std::min(only.find(',', at), only.size());
+      if (only.compare(at, end - at, g) == 0) return true;
+      at = end + 1;
+    }
+    return false;
+  };
   for (int i = 2; i + 1 < argc; i += 2) {
     if (std::string(argv[i]) == "--out") out_path = argv[i + 1];
     if (std::string(argv[i]) == "--repeats") repeats = std::max(1, std::atoi(argv[i + 1]));

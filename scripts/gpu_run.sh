@@ -22,7 +22,8 @@
 #              (one rank per GPU, NCCL): gpu_bench_tp1.json, gpu_bench_tp2.json
 #   bench:cart decode over a shared 2048-token cartridge with and without shared-prefix
 #              attention on the 3B shape: gpu_bench_cart.json
-#   bench:smollm2   decode at batch 1 and 64 on the SmolLM2-135M shape: gpu_bench_smollm2.json
+#   bench:smollm2   decode at batch 1 and 64 on the SmolLM2-135M shape, with the batch-1 budget
+#              (its linear layers and other ops timed alone): gpu_bench_smollm2.json
 #   bench:tune decode and cartridge TTFT on the 3B shape with CARTSERVE_GEMM_TUNE=1 (cuBLASLt
 #              candidates and their split-K forms timed per shape): gpu_bench_tune*.json
 #   bench:fixed decode on the 3B shape with CARTSERVE_GEMM_FIXED=1 (one cuBLASLt configuration
@@ -211,7 +212,7 @@ for s in "$@"; do
     bench:cart) ckpt llama3b && stage bench_cart "$B/gpu_bench" /tmp/ckpt/llama3b \
                   --only cartdecode --out "$OUT/gpu_bench_cart.json" ;;
     bench:smollm2) ckpt smollm2 && stage bench_smollm2 "$B/gpu_bench" /tmp/ckpt/smollm2 \
-                     --only decode --out "$OUT/gpu_bench_smollm2.json" ;;
+                     --only decode,linear,ops --out "$OUT/gpu_bench_smollm2.json" ;;
     bench:tune) ckpt llama3b && CARTSERVE_GEMM_TUNE=1 stage bench_tune "$B/gpu_bench" \
                   /tmp/ckpt/llama3b --only decode --out "$OUT/gpu_bench_tune.json" &&
                   CARTSERVE_GEMM_TUNE=1 stage bench_tune_ttft "$B/gpu_bench" /tmp/ckpt/llama3b \
