@@ -718,8 +718,9 @@ TEST(CudaOps, SiluMul) {
 }
 
 // silu(g * r) * (u * r), r = inv_rms of a residual row [hidden] (the
-// norm-folded forward): against the twin on rows scaled in fp32, and the
-// interleaved layout bit for bit.
+// norm-folded forward): against the twin on rows scaled in fp32, the
+// interleaved layout bit for bit, and a row's bits alone as among 300 rows
+// (where each thread takes four chunks).
 TEST(CudaOps, SiluMulScaledByResidualRms) {
   CS_REQUIRE_GPU();
   Stream stream;
@@ -760,6 +761,13 @@ TEST(CudaOps, SiluMulScaledByResidualRms) {
       cuda::silu_mul_scaled(bf(d_inter), bf(d_out2), n, ff, scale, stream.get(), block);
       stream.sync();
       EXPECT_EQ(d_out2.download(), got) << "block " << block;
+      if (n > 7) {  // the first 7 rows alone (one chunk per thread): the same bits
+        DeviceBuffer<uint16_t> d_out3(static_cast<size_t>(7) * ff);
+        cuda::silu_mul_scaled(bf(d_gu), bf(d_out3), 7, ff, scale, stream.get());
+        stream.sync();
+        EXPECT_EQ(d_out3.download(),
+                  std::vector<uint16_t>(got.begin(), got.begin() + static_cast<ptrdiff_t>(7) * ff));
+      }
     }
   }
 }

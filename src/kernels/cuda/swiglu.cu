@@ -68,7 +68,10 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-template <int VEC>
+// K chunks per thread, kThreads * K consecutive chunks per CTA (K = 4 for
+// prompt-sized row counts: the row factor's reads and reduction then serve
+// four times the outputs).
+template <int VEC, int K>
 __global__ void __launch_bounds__(kThreads)
     silu_mul_scaled_kernel(const bf16* __restrict__ gate_up /* [n, 2 * ff] */,
                            bf16* __restrict__ out /* [n, ff] */, int ff, int block,
@@ -77,13 +80,21 @@ __global__ void __launch_bounds__(kThreads)
   pdl_trigger();
   __shared__ float red[32];
   const int64_t row = blockIdx.x;
-  const int j = (static_cast<int>(blockIdx.y) * kThreads + static_cast<int>(threadIdx.x)) * VEC;
-  // The chunk's loads are in flight while the row factor is reduced.
-  GateUpChunk<VEC> ch;
-  if (j < ff) ch.load(gate_up + row * 2 * ff + gate_up_offset(j, block), block);
+  // The chunks' loads are in flight while the row factor is reduced.
+  GateUpChunk<VEC> ch[K];
+  int j[K];
+#pragma unroll
+  for (int k = 0; k < K; ++k) {
+    j[k] =
+        ((static_cast<int>(blockIdx.y) * K + k) * kThreads + static_cast<int>(threadIdx.x)) * VEC;
+    if (j[k] < ff) ch[k].load(gate_up + row * 2 * ff + gate_up_offset(j[k], block), block);
+  }
   const bool vec = scale.dim % 8 == 0 && (reinterpret_cast<uintptr_t>(scale.x) & 15) == 0;
   const float r = row_inv_rms(scale.x + row * scale.dim, scale.dim, scale.eps, vec, red);
-  if (j < ff) ch.store(out + row * ff + j, r);
+#pragma unroll
+  for (int k = 0; k < K; ++k) {
+    if (j[k] < ff) ch[k].store(out + row * ff + j[k], r);
+  }
 }
 
 }  // namespace
@@ -96,12 +107,18 @@ void silu_mul_scaled(const bf16* gate_up, bf16* out, int n, int ff, const RowRms
   if (scale.x == nullptr || scale.dim <= 0) op_fail("silu_mul_scaled", "needs the residual rows");
   const bool vec = block % 8 == 0 && aligned16(gate_up) && aligned16(out);
   const int chunks = vec ? ff / 8 : ff;
+  // Decode-sized row counts: one chunk per thread (more CTAs, each one load
+  // deep); from kWideRows rows, four.
+  constexpr int kWideRows = 256;
+  const int k = n >= kWideRows ? 4 : 1;
   const dim3 grid(static_cast<unsigned>(n),
-                  static_cast<unsigned>((chunks + kThreads - 1) / kThreads));
+                  static_cast<unsigned>((chunks + kThreads * k - 1) / (kThreads * k)));
   if (vec) {
-    launch(silu_mul_scaled_kernel<8>, grid, kThreads, 0, s, gate_up, out, ff, block, scale);
+    launch(k == 4 ? silu_mul_scaled_kernel<8, 4> : silu_mul_scaled_kernel<8, 1>, grid, kThreads, 0,
+           s, gate_up, out, ff, block, scale);
   } else {
-    launch(silu_mul_scaled_kernel<1>, grid, kThreads, 0, s, gate_up, out, ff, block, scale);
+    launch(k == 4 ? silu_mul_scaled_kernel<1, 4> : silu_mul_scaled_kernel<1, 1>, grid, kThreads, 0,
+           s, gate_up, out, ff, block, scale);
   }
   check_launch("silu_mul_scaled");
 }
