@@ -663,6 +663,21 @@ TEST(CudaOps, GemvSwigluIsProjectionThenSiluMul) {
 
 // ---- silu_mul --------------------------------------------------------------
 
+// A bf16 output (poisoned before the op) against its fp32 twin: every
+// element written, within kBf16Rtol element-wise and rel_norm_bound
+// norm-wise. Returns the output's bits.
+std::vector<uint16_t> check_bf16_output(const char* op, const std::string& what,
+                                        DeviceBuffer<uint16_t>& d_out,
+                                        const std::vector<float>& ref) {
+  const auto got = d_out.download();
+  EXPECT_EQ(count_poison(got), 0u);
+  const ErrStats e = compare(from_bf16(got), ref, kBf16Rtol, 1e-6);
+  report(op, what, e);
+  EXPECT_EQ(e.n_bad, 0u) << describe_bad(e);
+  EXPECT_LT(e.rel, rel_norm_bound(ref.size()));
+  return got;
+}
+
 // [n, 2 * ff] rows of [gate | up] in the backend's layout: gate and up
 // features alternating in blocks of `block` (cuda::gate_up_offset).
 std::vector<uint16_t> interleave_gate_up(const std::vector<uint16_t>& gate_up, int n, int ff,
@@ -700,12 +715,7 @@ TEST(CudaOps, SiluMul) {
       d_out.poison();
       cuda::silu_mul(bf(d_gu), bf(d_out), n, ff, stream.get());
       stream.sync();
-      const auto got = d_out.download();
-      EXPECT_EQ(count_poison(got), 0u);
-      const ErrStats e = compare(from_bf16(got), ref, kBf16Rtol, 1e-6);
-      report("silu_mul", what, e);
-      EXPECT_EQ(e.n_bad, 0u) << describe_bad(e);
-      EXPECT_LT(e.rel, rel_norm_bound(ref.size()));
+      const auto got = check_bf16_output("silu_mul", what, d_out, ref);
       // The backend's layout (gate and up rows alternating in blocks): the
       // same outputs, bit for bit.
       const int block = cuda::gate_up_block(ff);
@@ -750,12 +760,7 @@ TEST(CudaOps, SiluMulScaledByResidualRms) {
       const cuda::RowRmsScale scale{bf(d_resid), m->hidden, eps};
       cuda::silu_mul_scaled(bf(d_gu), bf(d_out), n, ff, scale, stream.get());
       stream.sync();
-      const auto got = d_out.download();
-      EXPECT_EQ(count_poison(got), 0u);
-      const ErrStats e = compare(from_bf16(got), ref, kBf16Rtol, 1e-6);
-      report("silu_mul_scaled", what, e);
-      EXPECT_EQ(e.n_bad, 0u) << describe_bad(e);
-      EXPECT_LT(e.rel, rel_norm_bound(ref.size()));
+      const auto got = check_bf16_output("silu_mul_scaled", what, d_out, ref);
       const int block = cuda::gate_up_block(ff);
       DeviceBuffer<uint16_t> d_inter(interleave_gate_up(gate_up, n, ff, block)), d_out2(ref.size());
       cuda::silu_mul_scaled(bf(d_inter), bf(d_out2), n, ff, scale, stream.get(), block);

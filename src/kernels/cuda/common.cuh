@@ -170,12 +170,12 @@ __device__ inline float block_sum(float v, float* shared /* [32] */) {
 // 1 / sqrt(mean(x^2) + eps) of a bf16 row xr [dim], in fp32 (IEEE sqrt and
 // division, as add_rms_norm): called by every thread of the block; the
 // summation order depends only on blockDim.x and dim, so every CTA that
-// computes a row's factor gets the same bits. vec: dim % 8 == 0 and xr
-// 16-byte aligned.
-__device__ inline float row_inv_rms(const __nv_bfloat16* xr, int dim, float eps, bool vec,
+// computes a row's factor gets the same bits. 16-byte loads when dim % 8 == 0
+// and xr is 16-byte aligned.
+__device__ inline float row_inv_rms(const __nv_bfloat16* xr, int dim, float eps,
                                     float* shared /* [32] */) {
   float ss = 0.f;
-  if (vec) {
+  if (dim % 8 == 0 && (reinterpret_cast<uintptr_t>(xr) & 15) == 0) {
     for (int c = threadIdx.x; c < dim / 8; c += blockDim.x) {
       const uint4 u = *reinterpret_cast<const uint4*>(xr + 8 * c);
       const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&u);

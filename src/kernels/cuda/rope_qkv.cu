@@ -76,12 +76,8 @@ __global__ void __launch_bounds__(256)
   }
   __syncthreads();
   // Row factor (CTA-uniform branch: every thread reduces).
-  float r = 1.f;
-  if (scale.x != nullptr) {
-    const bool vec = scale.dim % 8 == 0 && (reinterpret_cast<uintptr_t>(scale.x) & 15) == 0;
-    r = row_inv_rms(scale.x + row * scale.dim, scale.dim, scale.eps, vec, red);
-  }
   const bool scaled = scale.x != nullptr;
+  const float r = scaled ? row_inv_rms(scale.x + row * scale.dim, scale.dim, scale.eps, red) : 1.f;
 
   // Slot s of this layer: block s / block_size, offset s % block_size.
   const int32_t slot = slot_mapping[row];

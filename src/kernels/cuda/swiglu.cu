@@ -10,8 +10,9 @@
 // bf16. The grid is sized from the host-known n * ff.
 // silu_mul_scaled (the norm-folded forward): grid (n, column blocks), each
 // CTA first computes its row's inv_rms r from the residual row (row_inv_rms;
-// every CTA of a row gets the same bits), then one chunk per thread:
-// silu(g * r) * (u * r), r applied in fp32 to the bf16 projections.
+// every CTA of a row gets the same bits), then one chunk per thread (four
+// from 256 rows): silu(g * r) * (u * r), r applied in fp32 to the bf16
+// projections.
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda_ops.h"
 
@@ -89,8 +90,7 @@ __global__ void __launch_bounds__(kThreads)
         ((static_cast<int>(blockIdx.y) * K + k) * kThreads + static_cast<int>(threadIdx.x)) * VEC;
     if (j[k] < ff) ch[k].load(gate_up + row * 2 * ff + gate_up_offset(j[k], block), block);
   }
-  const bool vec = scale.dim % 8 == 0 && (reinterpret_cast<uintptr_t>(scale.x) & 15) == 0;
-  const float r = row_inv_rms(scale.x + row * scale.dim, scale.dim, scale.eps, vec, red);
+  const float r = row_inv_rms(scale.x + row * scale.dim, scale.dim, scale.eps, red);
 #pragma unroll
   for (int k = 0; k < K; ++k) {
     if (j[k] < ff) ch[k].store(out + row * ff + j[k], r);
