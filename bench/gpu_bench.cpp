@@ -1057,10 +1057,13 @@ int main(int argc, char** argv) {
   const double copy_bw = copy_bandwidth();
   const double flops = gemm_rate();
 
-  json j = {{"benchmark", "gpu_bench"},
-            {"model", m.path},
-            {"repeats", repeats},
-            {"folded_norms", folded_forward()}};
+  json j = {
+      {"benchmark", "gpu_bench"},
+      {"model", m.path},
+      {"repeats", repeats},
+      {"folded_norms", folded_forward()},
+      // decode steps of 1-4 sequences through the persistent kernel
+      {"persistent_decode", folded_forward() && cuda::CudaOptions::persistent_decode_by_default()}};
   int dev = 0;
   cudaDeviceProp prop{};
   cudaGetDevice(&dev);

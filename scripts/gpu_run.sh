@@ -38,6 +38,10 @@
 #              and against TP=1 (logits_tp2_vs_tp1.json: bf16 tolerance, greedy agreement)
 #   smollm2:tp2 (2+ GPUs) the smollm2 stage's validation tiers with the servers at
 #              --tensor-parallel-size 2 (tiers_tp2.jsonl)
+#   persistent the persistent decode kernel (CARTSERVE_PERSISTENT_DECODE=1): its tests, then
+#              under memcheck (each at most 3 minutes: a barrier that never opens hangs), then
+#              decode on the 3B and SmolLM2 shapes: gpu_bench_persistent.json,
+#              gpu_bench_smollm2_persistent.json (PERSISTENT_PREFETCH_KB=N: that prefetch too)
 #   pdl        with CARTSERVE_PDL=1 (programmatic dependent launch): the op tests, then decode
 #              and the linear layers on the 3B shape: gpu_bench_pdl.json
 #   profile    per-kernel GPU time of decode at batch 1 on the 3B shape (nsys, graph nodes
@@ -202,6 +206,15 @@ for s in "$@"; do
                     /tmp/ckpt/llama3b --only decode --out "$OUT/gpu_bench_skinny.json" ;;
     bench:gemv) ckpt llama3b && CARTSERVE_DECODE_GEMV=1 stage bench_gemv "$B/gpu_bench" \
                   /tmp/ckpt/llama3b --only decode --out "$OUT/gpu_bench_gemv.json" ;;
+    persistent)
+      stage unit_persistent timeout 180 "$B/gpu_tests" --gtest_filter='CudaBackendPersistent.*' &&
+        stage sanitizer_persistent timeout 180 compute-sanitizer --tool memcheck \
+          --error-exitcode 9 "$B/gpu_tests" --gtest_filter='CudaBackendPersistent.*' &&
+        ckpt llama3b && CARTSERVE_PERSISTENT_DECODE=1 stage bench_persistent timeout 300 \
+          "$B/gpu_bench" /tmp/ckpt/llama3b --only decode --out "$OUT/gpu_bench_persistent.json" &&
+        ckpt smollm2 && CARTSERVE_PERSISTENT_DECODE=1 stage bench_smollm2_persistent timeout 120 \
+          "$B/gpu_bench" /tmp/ckpt/smollm2 --only decode \
+          --out "$OUT/gpu_bench_smollm2_persistent.json" ;;
     pdl) CARTSERVE_PDL=1 stage unit_pdl "$B/gpu_tests" &&
            ckpt llama3b && CARTSERVE_PDL=1 stage bench_pdl "$B/gpu_bench" /tmp/ckpt/llama3b \
              --only decode --out "$OUT/gpu_bench_pdl.json" ;;

@@ -243,6 +243,59 @@ inline size_t decode_merge_counters(int max_seqs, int n_heads) {
   return max_seqs > 0 && n_heads > 0 ? static_cast<size_t>(max_seqs) * n_heads : 0;
 }
 
+// ---- persistent decode (CudaOptions::persistent_decode) ---------------------
+// Every layer of a decode step of up to kPersistentMaxRows rows in one
+// cooperative launch (decode_persistent.cu): the norm-folded forward of
+// runtime/cuda/cuda_backend.cpp (bf16 residual x, norm weights folded into
+// wqkv and wgu), five phases per layer between grid-wide barriers.
+constexpr int kPersistentMaxRows = 4;
+// Splits of one (row, KV head) at most; the workspace holds that many
+// partials per (row, query head).
+constexpr int kPersistentMaxSplits = 32;
+struct PersistentLayer {
+  const bf16* wqkv = nullptr;   // [q_dim + 2 kv_dim, hidden], attn_norm folded in
+  const bf16* bqkv = nullptr;   // [q_dim + 2 kv_dim] or null
+  const bf16* wo = nullptr;     // [hidden, q_dim]
+  const bf16* wgu = nullptr;    // [2 ff, hidden], gate/up in blocks of 8, ffn_norm folded in
+  const bf16* wdown = nullptr;  // [hidden, ff]
+};
+struct PersistentDecode {
+  const PersistentLayer* layers = nullptr;  // device [num_layers]
+  int num_layers = 0, hidden = 0, ff = 0, n_heads = 0;
+  KvLayer kv;                   // layer 0's; layer l's K and V lie kv_layer_stride further
+  int64_t kv_layer_stride = 0;  // elements
+  // Row t is sequence t, one decode row at position positions[t] ==
+  // context_lens[t] - 1 (its own K/V written to slot_mapping[t] unless < 0).
+  AttnBatch batch;                        // num_seqs = the rows
+  const int32_t* positions = nullptr;     // [rows]
+  const int32_t* slot_mapping = nullptr;  // [rows]
+  const float* inv_freq = nullptr;        // [head_dim / 2]
+  float eps = 0.f;                        // RMSNorm
+  float scale = 0.f;                      // softmax scale (1 / sqrt(head_dim))
+  bf16* x = nullptr;          // [rows, hidden] residual stream (in: embeddings; out: final)
+  bf16* qkv = nullptr;        // [rows, q_dim + 2 kv_dim] scratch
+  bf16* attn = nullptr;       // [rows, q_dim] scratch
+  bf16* act = nullptr;        // [rows, ff] scratch
+  void* workspace = nullptr;  // persistent_decode_workspace_bytes(n_heads, head_dim)
+  // persistent_decode_counters(num_kv_heads) uint32, set to zero by the launch.
+  unsigned* counters = nullptr;
+  // Bytes of the next phase's weight slice each CTA asks L2 for before a
+  // barrier (0: none).
+  int prefetch_bytes = 0;
+};
+size_t persistent_decode_workspace_bytes(int n_heads, int head_dim);
+inline size_t persistent_decode_counters(int num_kv_heads) {
+  return 1 + static_cast<size_t>(kPersistentMaxRows) * static_cast<size_t>(num_kv_heads);
+}
+// Whether the shapes fit the kernel: head_dim 64 or 128, hidden, q_dim and ff
+// multiples of 64, ff a multiple of 16 (gate/up blocks of 8), the GQA group
+// at most 16, the phases' shared memory within the device's limit.
+bool persistent_decode_supported(int hidden, int ff, int n_heads, int n_kv_heads, int head_dim);
+// One step's layers for `rows` (1..kPersistentMaxRows) decode rows on the
+// `num_sms` SMs (one CTA each). Capturable (a memset and a cooperative
+// kernel node). A row's bits do not depend on the other rows nor on `rows`.
+void decode_layers_persistent(const PersistentDecode& p, int rows, int num_sms, cudaStream_t s);
+
 // ---- shared-prefix (cascade) attention ----------------------------------------
 // Decode sequences whose first keys lie in the same physical KV blocks (a
 // cartridge, a cached prompt prefix) attend over those keys together: one

@@ -171,13 +171,16 @@ __device__ inline float block_sum(float v, float* shared /* [32] */) {
 // division, as add_rms_norm): called by every thread of the block; the
 // summation order depends only on blockDim.x and dim, so every CTA that
 // computes a row's factor gets the same bits. 16-byte loads when dim % 8 == 0
-// and xr is 16-byte aligned.
+// and xr is 16-byte aligned. COHERENT: loads through L2 only (__ldcg), for a
+// row another CTA of the same kernel wrote (16-byte path only).
+template <bool COHERENT = false>
 __device__ inline float row_inv_rms(const __nv_bfloat16* xr, int dim, float eps,
                                     float* shared /* [32] */) {
   float ss = 0.f;
-  if (dim % 8 == 0 && (reinterpret_cast<uintptr_t>(xr) & 15) == 0) {
+  if (COHERENT || (dim % 8 == 0 && (reinterpret_cast<uintptr_t>(xr) & 15) == 0)) {
     for (int c = threadIdx.x; c < dim / 8; c += blockDim.x) {
-      const uint4 u = *reinterpret_cast<const uint4*>(xr + 8 * c);
+      const uint4* p = reinterpret_cast<const uint4*>(xr + 8 * c);
+      const uint4 u = COHERENT ? __ldcg(p) : *p;
       const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&u);
 #pragma unroll
       for (int i = 0; i < 4; ++i) {
@@ -216,6 +219,20 @@ __device__ inline float block_max(float v, float* shared /* [32] */) {
 }
 
 // ---- 16-byte vector access (pointers 16-byte aligned) ----------------------
+
+// acc + sum_k w[k] * x[k] over 8 bf16 pairs packed in two uint4, in k order (fp32 FMAs).
+__device__ __forceinline__ float dot_bf16x8(const uint4& w, const uint4& x, float acc) {
+  const auto* wp = reinterpret_cast<const __nv_bfloat162*>(&w);
+  const auto* xp = reinterpret_cast<const __nv_bfloat162*>(&x);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const float2 a = __bfloat1622float2(wp[i]);
+    const float2 b = __bfloat1622float2(xp[i]);
+    acc = fmaf(a.x, b.x, acc);
+    acc = fmaf(a.y, b.y, acc);
+  }
+  return acc;
+}
 
 // 8 bf16 -> 8 floats (exact).
 // SwiGLU of one feature in fp32: silu(g) * u = g / (1 + exp(-g)) * u (expf,

@@ -29,20 +29,6 @@ namespace {
 constexpr int kWarps = 8;   // rows per CTA
 constexpr int kUnroll = 4;  // 16-byte chunks in flight per lane
 
-// sum_k w[k] * x[k] over 8 bf16 pairs packed in two uint4.
-__device__ __forceinline__ float dot8(const uint4& w, const uint4& x, float acc) {
-  const auto* wp = reinterpret_cast<const __nv_bfloat162*>(&w);
-  const auto* xp = reinterpret_cast<const __nv_bfloat162*>(&x);
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    const float2 a = __bfloat1622float2(wp[i]);
-    const float2 b = __bfloat1622float2(xp[i]);
-    acc = fmaf(a.x, b.x, acc);
-    acc = fmaf(a.y, b.y, acc);
-  }
-  return acc;
-}
-
 // What the kernel writes: y [N, out] in fp32 or bf16, or act [N, out / 2]
 // (bf16) with R = 2 rows per warp, a gate row and its up row.
 enum Epilogue { kF32, kBf16, kSwiglu };
@@ -101,7 +87,7 @@ __global__ void __launch_bounds__(kWarps * 32)
         const uint4 xv = __ldg(xr + static_cast<int64_t>(t) * chunks + c + u * 32);
 #pragma unroll
         for (int r = 0; r < R; ++r)
-          acc[r][t] = dot8(wv[u][r], xv, acc[r][t]);
+          acc[r][t] = dot_bf16x8(wv[u][r], xv, acc[r][t]);
       }
     }
   }
@@ -115,7 +101,7 @@ __global__ void __launch_bounds__(kWarps * 32)
       const uint4 xv = __ldg(xr + static_cast<int64_t>(t) * chunks + c);
 #pragma unroll
       for (int r = 0; r < R; ++r)
-        acc[r][t] = dot8(wv[r], xv, acc[r][t]);
+        acc[r][t] = dot_bf16x8(wv[r], xv, acc[r][t]);
     }
   }
 #pragma unroll

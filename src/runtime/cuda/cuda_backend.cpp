@@ -78,6 +78,11 @@ struct CudaBackend::Buffers {
   void* gemm_ws = nullptr;     // [kGemmWorkspace]
   // [max_seqs, heads], zeroed at allocation: decode attention's fused merge.
   unsigned* merge_counters = nullptr;
+  // The persistent decode kernel's (CudaOptions::persistent_decode; empty
+  // otherwise): per-layer weights, split partials, barrier and merge counters.
+  ops::PersistentLayer* persist_layers = nullptr;  // [layers]
+  void* persist_ws = nullptr;
+  unsigned* persist_counters = nullptr;
   void* sample_ws = nullptr;
   int32_t* d_in = nullptr;                   // [in_ints] the step's int arrays
   ops::SampleRowParams* d_params = nullptr;  // [R]
@@ -149,6 +154,20 @@ Result<std::unique_ptr<CudaBackend>> CudaBackend::create(const Model& model,
   CS_CUDA(cudaStreamCreateWithFlags(&b->prefetch_, cudaStreamNonBlocking));
   CS_CUDA(cudaEventCreateWithFlags(&b->prefetch_fork_, cudaEventDisableTiming));
   CS_CUDA(cudaEventCreateWithFlags(&b->prefetch_join_, cudaEventDisableTiming));
+  if (opts.persistent_decode) {
+    int coop = 0;
+    CS_CUDA(cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, opts.device));
+    const bool fits = ops::persistent_decode_supported(c.hidden_size, c.intermediate_size,
+                                                       c.num_heads, c.num_kv_heads, c.head_dim);
+    b->persistent_ = b->weights_.folded_norms && fits && coop != 0;
+    if (!b->persistent_) {
+      LOG_WARN(
+          "persistent decode is off: it needs the norm-folded forward (TP 1, cuBLASLt "
+          "GEMMs){}{}",
+          fits ? "" : ", and this model's shapes do not fit the kernel",
+          coop != 0 ? "" : ", and cooperative launches");
+    }
+  }
 
   KvSpec& spec = b->spec_;
   spec.dtype = DType::kBF16;
@@ -233,6 +252,7 @@ Status CudaBackend::allocate(uint64_t kv_bytes) {
     const size_t attn_ws =
         ops::decode_workspace_bytes(b.max_seqs, c.num_heads, c.head_dim, kMaxSplits);
     const size_t merge_counters = ops::decode_merge_counters(b.max_seqs, c.num_heads);
+    const bool persist = persistent_;
     const size_t sample_ws = ops::sample_workspace_bytes(b.max_rows, c.vocab_size, kMaxEdits);
     constexpr uint64_t kTop = ops::kMaxTopLogprobs;
     auto carve_device = [&](Arena& a) {
@@ -248,6 +268,11 @@ Status CudaBackend::allocate(uint64_t kv_bytes) {
       b.logits = a.take<float>(R * V);
       b.attn_ws = a.take<uint8_t>(attn_ws);
       b.merge_counters = a.take<unsigned>(merge_counters);
+      b.persist_layers = a.take<ops::PersistentLayer>(persist ? c.num_layers : 0);
+      b.persist_ws = a.take<uint8_t>(
+          persist ? ops::persistent_decode_workspace_bytes(c.num_heads, c.head_dim) : 0);
+      b.persist_counters =
+          a.take<unsigned>(persist ? ops::persistent_decode_counters(c.num_kv_heads) : 0);
       b.cascade_ws = a.take<uint8_t>(ops::cascade_workspace_bytes(
           opts_.cascade_min_prefix > 0 ? b.max_seqs : 0, c.num_heads, c.head_dim));
       b.gemm_ws = a.take<uint8_t>(kGemmWorkspace);
@@ -291,6 +316,13 @@ Status CudaBackend::allocate(uint64_t kv_bytes) {
     carve_device(ad);
     carve_host(ah);
     CS_CUDA(cudaMemset(b.merge_counters, 0, sizeof(unsigned) * merge_counters));
+    if (persist) {
+      std::vector<ops::PersistentLayer> layers;
+      for (const DeviceLayer& w : weights_.layers)
+        layers.push_back({w.wqkv, w.bqkv, w.wo, w.wgu, w.wdown});
+      CS_CUDA(cudaMemcpy(b.persist_layers, layers.data(),
+                         sizeof(ops::PersistentLayer) * layers.size(), cudaMemcpyHostToDevice));
+    }
     CS_CUDA(cudaMemset(b.sample_ws, 0, sample_ws));  // the sampler's row counters
     for (cudaEvent_t& e : b.staged)
       CS_CUDA(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
@@ -600,6 +632,32 @@ Status CudaBackend::layers(const Shape& sh) {
   };
   if (fold) {
     ops::embedding(weights_.embed, sh.ids, xb, n, H, compute_);
+    if (persistent_ && sh.decode && n <= ops::kPersistentMaxRows && sh.cascade.items == nullptr &&
+        !all_reduce_) {
+      ops::PersistentDecode p;
+      p.layers = b.persist_layers;
+      p.num_layers = L;
+      p.hidden = H;
+      p.ff = FF;
+      p.n_heads = c.num_heads;
+      p.kv = kv_layer(0);
+      p.kv_layer_stride = kv_layer(1 % L).k - p.kv.k;
+      p.batch = sh.batch;
+      p.positions = sh.pos;
+      p.slot_mapping = sh.slots;
+      p.inv_freq = weights_.inv_freq;
+      p.eps = eps;
+      p.scale = scale;
+      p.x = xb;
+      p.qkv = b.qkv;
+      p.attn = b.attn;
+      p.act = b.act;
+      p.workspace = b.persist_ws;
+      p.counters = b.persist_counters;
+      p.prefetch_bytes = opts_.persistent_prefetch_bytes;
+      ops::decode_layers_persistent(p, n, num_sms_, compute_);
+      return {};
+    }
   } else {
     ops::embedding(weights_.embed, sh.ids, b.x, n, H, compute_);
   }
@@ -876,6 +934,16 @@ bool CudaOptions::kv_load_direct_by_default() {
 bool CudaOptions::fold_norms_by_default() {
   const char* v = std::getenv("CARTSERVE_FOLD_NORMS");
   return v == nullptr || std::strcmp(v, "0") != 0;
+}
+
+bool CudaOptions::persistent_decode_by_default() {
+  return env_flag("CARTSERVE_PERSISTENT_DECODE");
+}
+
+int CudaOptions::persistent_prefetch_bytes_by_default() {
+  const char* v = std::getenv("CARTSERVE_PERSISTENT_PREFETCH_KB");
+  const long long kb = v != nullptr ? std::atoll(v) : 32;
+  return static_cast<int>(std::clamp<long long>(kb, 0, 1 << 20) << 10);
 }
 
 Status CudaBackend::transfer(const HostKv& kv, const KvBlockList& blocks, bool load) {

@@ -85,6 +85,20 @@ struct CudaOptions {
   // on; CARTSERVE_FOLD_NORMS=0 keeps the fp32 residual and add_rms_norm.
   bool fold_norms = fold_norms_by_default();
   static bool fold_norms_by_default();
+  // Decode steps of up to ops::cuda::kPersistentMaxRows sequences run every
+  // layer in one persistent kernel (ops::cuda::decode_layers_persistent: five
+  // phases per layer between grid-wide barriers instead of ~7 kernels, the
+  // next weights asked of L2 before each barrier). Needs the folded forward
+  // and shapes it supports; a sequence's bits are then the same at 1..4
+  // rows but not those of the per-op path. Default from
+  // CARTSERVE_PERSISTENT_DECODE=1 (off until measured on a GPU).
+  bool persistent_decode = persistent_decode_by_default();
+  static bool persistent_decode_by_default();
+  // Bytes of its next weight slice each CTA of that kernel prefetches into
+  // L2 before a barrier (4x before attention, which reads no weights); 0:
+  // none. Default from CARTSERVE_PERSISTENT_PREFETCH_KB (32).
+  int persistent_prefetch_bytes = persistent_prefetch_bytes_by_default();
+  static int persistent_prefetch_bytes_by_default();
 };
 
 class CudaBackend final : public Backend {
@@ -108,6 +122,9 @@ class CudaBackend final : public Backend {
   uint64_t weight_bytes() const { return weights_.nbytes(); }
   // Whether the forward is the norm-folded one (CudaOptions::fold_norms).
   bool folded_norms() const { return weights_.folded_norms; }
+  // Whether decode steps of up to 4 sequences take the persistent kernel
+  // (CudaOptions::persistent_decode, when the model and device allow it).
+  bool persistent_decode() const { return persistent_; }
 
   // Tensor parallelism (tp_cuda_backend.h): called after o_proj and after
   // down with the layer's partial output [count] bf16, to turn it into the
@@ -203,6 +220,7 @@ class CudaBackend final : public Backend {
   bool cascade_ok_ = false;        // the model's shapes and buffers suit cascade_prefix_attention
   std::unique_ptr<TransferQueue> transfers_;  // its jobs use the copy stream and staging
   AllReduce all_reduce_;                      // tensor parallelism only
+  bool persistent_ = false;                   // CudaOptions::persistent_decode in effect
 };
 
 }  // namespace cartserve::cuda

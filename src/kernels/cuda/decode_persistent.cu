@@ -1,0 +1,666 @@
+// A decode step's layers in one persistent kernel (the norm-folded forward):
+// for 1..kPersistentMaxRows rows, every layer's five phases run in one
+// cooperative launch of one CTA per SM, separated by grid-wide barriers
+// instead of kernel boundaries. At batch 1 the graph of per-op kernels pays
+// a launch gap and a ramp-up per kernel (~7 per layer); here the step pays a
+// barrier per phase, and before each barrier every CTA asks L2 for the start
+// of its next weight slice, so HBM keeps streaming while CTAs wait.
+//
+// Phases of layer l (x: the bf16 residual rows, staged into shared memory by
+// every CTA that reads them):
+//  1. qkv = bf16(x @ wqkv^T), the raw projection (wqkv carries attn_norm);
+//  2. attention. Items (row t, KV head g, split s) over the CTAs; an item
+//     first makes its q heads as rope_qkv_write would (times the row's
+//     inv_rms, plus the bias, rotated, rounded to bf16) and, for the split
+//     holding the row's own position, its k and v, which it writes to the
+//     cache slot. Then it walks its positions in stages of kChunk through
+//     shared memory (K and V rows read once for the GQA group), with an
+//     online softmax in log2 units as paged_attention_decode. One split: the
+//     output is written; several: partials to the workspace, and the last
+//     split to count itself on the (t, g) counter merges them in split order
+//     and zeroes the counter;
+//  3. x += bf16(attn @ wo^T) (the product rounded, then added and rounded:
+//     cuBLASLt's beta = 1 as Gemm::accumulate runs it);
+//  4. act = silu(g r) * (u r), g and u the bf16 gate and up projections of x
+//     (wgu carries ffn_norm), r the row's inv_rms;
+//  5. x += bf16(act @ wdown^T).
+// A linear phase: CTA c owns a contiguous range of weight rows (whole
+// granules: 16 rows for gate/up, so each gate row's up row is its own); a
+// unit is (row, slice of in / slices columns); warps take units in turn,
+// their 32 lanes walking the slice's 16-byte chunks (kUnroll in flight per
+// lane) against every staged x row. The slices' sums are added in order.
+// The summation order depends only on the shapes and the SM count, never on
+// the row count or the other rows: a row's bits are the same alone or in a
+// batch (not the bits of the cuBLASLt path).
+// Memory: data written inside the launch is read through L2 (__ldcg) or
+// shared memory; weights, the block table and the step's inputs come from
+// before the launch. Grid barrier: a counter zeroed before the launch; each
+// CTA adds 1 after a fence and waits for epoch * gridDim.x (the cooperative
+// launch makes every CTA resident).
+#include <algorithm>
+#include <climits>
+#include <set>
+#include <utility>
+
+#include "kernels/cuda/common.cuh"
+#include "kernels/cuda_ops.h"
+
+namespace cartserve::ops::cuda {
+
+namespace {
+
+constexpr int kThreads = 512;
+constexpr int kWarps = kThreads / 32;
+constexpr int kChunk = 64;  // attention positions per shared-memory stage
+constexpr int kUnroll = 4;  // 16-byte weight chunks in flight per lane
+constexpr int kMaxGroup = 16;
+constexpr uint32_t kPiece = 64 << 10;  // bytes per L2 prefetch instruction
+constexpr float kLog2e = 1.4426950408889634f;
+
+struct LinearShape {
+  int in = 0, out = 0;  // w [out, in]
+  int granule = 1;      // CTA row ranges are whole granules
+  int slices = 1;       // a unit is one row's columns [s in / slices, (s + 1) in / slices)
+};
+
+struct Plan {
+  LinearShape qkv, o, gu, down;
+  int xs_bytes = 0;  // shared memory for the staged rows; the partial sums follow
+};
+
+// ---- shared-memory layout of the attention phase (bytes, 16-byte aligned) ----
+struct AttnSmem {
+  int k, v, q, sc, cs, stats, nk, nv, flag, total;
+  __host__ __device__ AttnSmem(int D, int G) {
+    auto up = [](int b) { return (b + 15) / 16 * 16; };
+    k = 0;                               // bf16 [kChunk][D]
+    v = k + up(kChunk * D * 2);          // bf16 [kChunk][D]
+    q = v + up(kChunk * D * 2);          // f32 [G][D]
+    sc = q + up(G * D * 4);              // f32 [G][kChunk]
+    cs = sc + up(G * kChunk * 4);        // f32 [D]: cos | sin
+    stats = cs + up(D * 4);              // f32 [3][kMaxGroup]: max, sum, alpha
+    nk = stats + up(3 * kMaxGroup * 4);  // bf16 [D] the row's own k
+    nv = nk + up(D * 2);                 // bf16 [D] its v
+    flag = nv + up(D * 2);               // int
+    total = flag + 16;
+  }
+};
+
+__device__ __forceinline__ float bf16_round(float v) {
+  return __bfloat162float(__float2bfloat16_rn(v));
+}
+
+__device__ __forceinline__ unsigned ld_acquire(const unsigned* p) {
+  unsigned v;
+  asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+  return v;
+}
+
+// Every CTA's writes before the call are visible to every CTA after it.
+__device__ __forceinline__ void grid_sync(unsigned* counter, unsigned& epoch) {
+  ++epoch;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    __threadfence();
+    atomicAdd(counter, 1u);
+    const unsigned target = epoch * gridDim.x;
+    while (ld_acquire(counter) < target) {
+    }
+    __threadfence();
+  }
+  __syncthreads();
+}
+
+// This CTA's rows [r0, r1) of a linear phase.
+__device__ __forceinline__ void cta_rows(const LinearShape& s, int& r0, int& r1) {
+  const int64_t granules = s.out / s.granule;
+  r0 = static_cast<int>(granules * blockIdx.x / gridDim.x) * s.granule;
+  r1 = static_cast<int>(granules * (blockIdx.x + 1) / gridDim.x) * s.granule;
+}
+
+// Asks L2 for the first `cap` bytes of this CTA's rows of w (weights:
+// immutable, so the request may run ahead of the phase that reads them).
+__device__ __forceinline__ void prefetch_rows(const bf16* w, const LinearShape& s, int cap) {
+  if (cap <= 0) return;
+  int r0, r1;
+  cta_rows(s, r0, r1);
+  const uint64_t all = static_cast<uint64_t>(r1 - r0) * static_cast<uint64_t>(s.in) * 2;
+  const uint64_t bytes = std::min<uint64_t>(all, static_cast<uint64_t>(cap)) & ~uint64_t{15};
+  const char* base = reinterpret_cast<const char*>(w + static_cast<int64_t>(r0) * s.in);
+  for (uint64_t off = threadIdx.x * uint64_t{kPiece}; off < bytes;
+       off += uint64_t{kThreads} * kPiece)
+    l2_prefetch(base + off, static_cast<int>(std::min<uint64_t>(kPiece, bytes - off)));
+}
+
+// dst [rows, dim] (shared) = src [rows, dim] (global, written in this launch).
+__device__ __forceinline__ void stage_rows(const bf16* src, int rows, int dim, bf16* dst) {
+  const int n = rows * dim / 8;
+  const uint4* s = reinterpret_cast<const uint4*>(src);
+  uint4* d = reinterpret_cast<uint4*>(dst);
+  for (int i = threadIdx.x; i < n; i += kThreads)
+    d[i] = __ldcg(s + i);
+  __syncthreads();
+}
+
+enum Epilogue { kStore, kAddResidual, kSwiglu };
+
+// y from the staged rows xs [N, in] and this CTA's rows of w (see the file
+// comment). kStore: y[t, row] = bf16(sum); kAddResidual: y[t, row] =
+// bf16(y + bf16(sum)); kSwiglu: y[t, f] = silu(g r[t]) * (u r[t]) for the gate
+// rows' features f. part: shared [units, N].
+template <int N, int EPI>
+__device__ void linear_phase(const LinearShape& s, const bf16* __restrict__ w, const bf16* xs,
+                             float* part, bf16* y, int y_stride, const float (&r)[N]) {
+  int r0, r1;
+  cta_rows(s, r0, r1);
+  const int chunks = s.in / 8;
+  const int per = chunks / s.slices;
+  const int units = (r1 - r0) * s.slices;
+  const int lane = threadIdx.x & 31;
+  const uint4* xv = reinterpret_cast<const uint4*>(xs);
+  for (int u = threadIdx.x >> 5; u < units; u += kWarps) {
+    const int row = r0 + u / s.slices;
+    const int c0 = (u % s.slices) * per;
+    const uint4* wr = reinterpret_cast<const uint4*>(w + static_cast<int64_t>(row) * s.in) + c0;
+    const uint4* xr = xv + c0;
+    float acc[N];
+#pragma unroll
+    for (int t = 0; t < N; ++t)
+      acc[t] = 0.f;
+    int c = lane;
+    for (; c + (kUnroll - 1) * 32 < per; c += kUnroll * 32) {
+      uint4 wv[kUnroll];
+#pragma unroll
+      for (int k = 0; k < kUnroll; ++k)
+        wv[k] = __ldcs(wr + c + 32 * k);  // streamed once
+#pragma unroll
+      for (int k = 0; k < kUnroll; ++k) {
+#pragma unroll
+        for (int t = 0; t < N; ++t)
+          acc[t] = dot_bf16x8(wv[k], xr[t * chunks + c + 32 * k], acc[t]);
+      }
+    }
+    for (; c < per; c += 32) {
+      const uint4 wv = __ldcs(wr + c);
+#pragma unroll
+      for (int t = 0; t < N; ++t)
+        acc[t] = dot_bf16x8(wv, xr[t * chunks + c], acc[t]);
+    }
+#pragma unroll
+    for (int t = 0; t < N; ++t)
+      acc[t] = warp_sum(acc[t]);
+    if (lane == 0) {
+#pragma unroll
+      for (int t = 0; t < N; ++t)
+        part[u * N + t] = acc[t];
+    }
+  }
+  __syncthreads();
+  // The sum over a local row's slices, in slice order.
+  auto total = [&](int local_row, int t) {
+    const float* p = part + local_row * s.slices * N + t;
+    float v = p[0];
+    for (int k = 1; k < s.slices; ++k)
+      v += p[k * N];
+    return v;
+  };
+  if constexpr (EPI == kSwiglu) {
+    // Gate row 16 b + k (k < 8) and its up row 16 b + k + 8 -> feature 8 b + k.
+    const int pairs = (r1 - r0) / 2;
+    for (int i = threadIdx.x; i < pairs * N; i += kThreads) {
+      const int q = i / N, t = i % N;
+      const int lg = 16 * (q / 8) + q % 8;
+      const float g = bf16_round(total(lg, t));
+      const float u = bf16_round(total(lg + 8, t));
+      const int f = (r0 / 16 + q / 8) * 8 + q % 8;
+      y[static_cast<int64_t>(t) * y_stride + f] =
+          __float2bfloat16_rn(silu_times(g * r[t], u * r[t]));
+    }
+  } else {
+    for (int i = threadIdx.x; i < (r1 - r0) * N; i += kThreads) {
+      const int lr = i / N, t = i % N;
+      bf16* yp = y + static_cast<int64_t>(t) * y_stride + r0 + lr;
+      const float v = total(lr, t);
+      if constexpr (EPI == kStore) {
+        *yp = __float2bfloat16_rn(v);
+      } else {
+        *yp = __float2bfloat16_rn(__bfloat162float(__ldcg(yp)) + bf16_round(v));
+      }
+    }
+  }
+}
+
+// KV positions per split of a row with `ctx` keys: whole stages, at most
+// kPersistentMaxSplits splits.
+__device__ __forceinline__ int split_len(int ctx) {
+  const int per = (ctx + kPersistentMaxSplits - 1) / kPersistentMaxSplits;
+  const int whole = (per + kChunk - 1) / kChunk * kChunk;
+  return whole > kChunk ? whole : kChunk;
+}
+
+// Phase 2 of layer `kv`'s attention (see the file comment).
+template <int D>
+__device__ void attention_phase(const PersistentDecode& p, int rows, const KvLayer& kv,
+                                const bf16* __restrict__ bias, uint8_t* smem, float* red,
+                                unsigned* counters) {
+  constexpr int half = D / 2;
+  constexpr int DPL = D / 32;  // dims per lane in a score
+  const int nkv = kv.num_kv_heads;
+  const int G = p.n_heads / nkv;
+  const int Q = p.n_heads * D;
+  const int64_t KVD = static_cast<int64_t>(nkv) * D;
+  const int64_t QKV = Q + 2 * KVD;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const float scale_log2 = p.scale * kLog2e;
+  const AttnSmem L(D, G);
+  bf16* sk = reinterpret_cast<bf16*>(smem + L.k);
+  bf16* sv = reinterpret_cast<bf16*>(smem + L.v);
+  float* sq = reinterpret_cast<float*>(smem + L.q);
+  float* ssc = reinterpret_cast<float*>(smem + L.sc);
+  float* scs = reinterpret_cast<float*>(smem + L.cs);
+  float* s_m = reinterpret_cast<float*>(smem + L.stats);
+  float* s_l = s_m + kMaxGroup;
+  float* s_a = s_l + kMaxGroup;
+  bf16* snk = reinterpret_cast<bf16*>(smem + L.nk);
+  bf16* snv = reinterpret_cast<bf16*>(smem + L.nv);
+  int* s_flag = reinterpret_cast<int*>(smem + L.flag);
+  float* o_part = static_cast<float*>(p.workspace);  // [R, n_heads, MS, D]
+  float* ml_part = o_part + static_cast<int64_t>(kPersistentMaxRows) * p.n_heads *
+                                kPersistentMaxSplits * D;  // [R, n_heads, MS, 2]
+
+  for (int item = blockIdx.x;; item += gridDim.x) {
+    // Item -> (row t, KV head g, split sp): rows in order, then heads, then splits.
+    int t = 0, rem = item, ctx = 0, len = 0, n_splits = 0;
+    for (; t < rows; ++t) {
+      ctx = p.batch.context_lens[t];
+      len = split_len(ctx);
+      n_splits = ctx > 0 ? (ctx + len - 1) / len : 0;
+      if (rem < nkv * n_splits) break;
+      rem -= nkv * n_splits;
+    }
+    if (t >= rows) break;  // (CTA-uniform)
+    const int g = rem / n_splits, sp = rem % n_splits;
+    const int begin = sp * len, end = std::min(ctx, begin + len);
+    const int pos = p.positions[t];
+    const bool own = pos >= begin && pos < end;  // this split makes the row's k and v
+    const bf16* qrow = p.qkv + t * QKV;
+    const float r =
+        row_inv_rms<true>(p.x + static_cast<int64_t>(t) * p.hidden, p.hidden, p.eps, red);
+    for (int i = tid; i < half; i += kThreads) {
+      float sn, cn;
+      sincosf(static_cast<float>(pos) * p.inv_freq[i], &sn, &cn);
+      scs[i] = cn;
+      scs[half + i] = sn;
+    }
+    __syncthreads();
+    // Element i < half of the head at `off` of the row and its partner
+    // i + half, scaled, biased, rotated and rounded (rope_qkv_write's math).
+    auto rotate = [&](int64_t off, int i, float& ra, float& rb) {
+      float a = __bfloat162float(__ldcg(qrow + off)) * r;
+      float b = __bfloat162float(__ldcg(qrow + off + half)) * r;
+      if (bias != nullptr) {
+        a += __bfloat162float(bias[off]);
+        b += __bfloat162float(bias[off + half]);
+      }
+      const float c = scs[i], sn = scs[half + i];
+      ra = bf16_round(a * c - b * sn);
+      rb = bf16_round(b * c + a * sn);
+    };
+    for (int i = tid; i < G * half; i += kThreads) {
+      const int h = i / half, j = i % half;
+      float ra, rb;
+      rotate(static_cast<int64_t>(g * G + h) * D + j, j, ra, rb);
+      sq[h * D + j] = ra;
+      sq[h * D + j + half] = rb;
+    }
+    if (own) {
+      const int32_t slot = p.slot_mapping[t];
+      const int64_t dst = slot >= 0 ? static_cast<int64_t>(slot / kv.block_size) * kv.block_stride +
+                                          static_cast<int64_t>(slot % kv.block_size) * KVD + g * D
+                                    : -1;
+      for (int j = tid; j < half; j += kThreads) {
+        float ra, rb;
+        rotate(Q + static_cast<int64_t>(g) * D + j, j, ra, rb);
+        snk[j] = __float2bfloat16_rn(ra);
+        snk[j + half] = __float2bfloat16_rn(rb);
+        if (dst >= 0) {
+          kv.k[dst + j] = snk[j];
+          kv.k[dst + j + half] = snk[j + half];
+        }
+      }
+      for (int j = tid; j < D; j += kThreads) {
+        const int64_t off = Q + KVD + static_cast<int64_t>(g) * D + j;
+        float v = __bfloat162float(__ldcg(qrow + off)) * r;
+        if (bias != nullptr) v += __bfloat162float(bias[off]);
+        snv[j] = __float2bfloat16_rn(v);
+        if (dst >= 0) kv.v[dst + j] = snv[j];
+      }
+    }
+    if (tid < G) {
+      s_m[tid] = -INFINITY;
+      s_l[tid] = 0.f;
+    }
+    // Thread tid owns the (head, dim pair) items tid and tid + kThreads of
+    // [G, half] (G * half <= 2 kThreads).
+    float acc[2][2] = {{0.f, 0.f}, {0.f, 0.f}};
+    __syncthreads();
+    const int32_t* bt = p.batch.block_table + static_cast<int64_t>(t) * p.batch.max_blocks;
+    for (int p0 = begin; p0 < end; p0 += kChunk) {
+      const int cnt = end - p0 < kChunk ? end - p0 : kChunk;
+      // K and V rows of the stage (zeros past its end; the row's own from shared).
+      for (int i = tid; i < kChunk * (D / 8); i += kThreads) {
+        const int row = i / (D / 8), c = i % (D / 8);
+        const int pp = p0 + row;
+        uint4 kx = make_uint4(0, 0, 0, 0), vx = kx;
+        if (row < cnt) {
+          if (own && pp == pos) {
+            kx = reinterpret_cast<const uint4*>(snk)[c];
+            vx = reinterpret_cast<const uint4*>(snv)[c];
+          } else {
+            const int64_t off = static_cast<int64_t>(bt[pp / kv.block_size]) * kv.block_stride +
+                                static_cast<int64_t>(pp % kv.block_size) * KVD + g * D + c * 8;
+            kx = __ldcg(reinterpret_cast<const uint4*>(kv.k + off));
+            vx = __ldcg(reinterpret_cast<const uint4*>(kv.v + off));
+          }
+        }
+        reinterpret_cast<uint4*>(sk)[i] = kx;
+        reinterpret_cast<uint4*>(sv)[i] = vx;
+      }
+      __syncthreads();
+      // Scores in log2 units, one warp per (head, position).
+      for (int pr = warp; pr < G * kChunk; pr += kWarps) {
+        const int h = pr / kChunk, row = pr % kChunk;
+        if (row >= cnt) {
+          if (lane == 0) ssc[h * kChunk + row] = -INFINITY;
+          continue;
+        }
+        const bf16* kr = sk + row * D + lane * DPL;
+        const float* qh = sq + h * D + lane * DPL;
+        float d = 0.f;
+#pragma unroll
+        for (int e = 0; e < DPL; ++e)
+          d = fmaf(qh[e], __bfloat162float(kr[e]), d);
+        d = warp_sum(d);
+        if (lane == 0) ssc[h * kChunk + row] = d * scale_log2;
+      }
+      __syncthreads();
+      // Softmax statistics, one warp per head (kChunk == 64: two per lane).
+      for (int h = warp; h < G; h += kWarps) {
+        float* sh = ssc + h * kChunk;
+        float v0 = sh[lane], v1 = sh[lane + 32];
+        const float m_old = s_m[h];
+        const float m_new = fmaxf(m_old, warp_max(fmaxf(v0, v1)));  // finite: cnt >= 1
+        v0 = exp2f(v0 - m_new);
+        v1 = exp2f(v1 - m_new);
+        sh[lane] = v0;
+        sh[lane + 32] = v1;
+        const float sum = warp_sum(v0 + v1);
+        if (lane == 0) {
+          const float a = exp2f(m_old - m_new);  // 0 on the first stage
+          s_a[h] = a;
+          s_l[h] = s_l[h] * a + sum;
+          s_m[h] = m_new;
+        }
+      }
+      __syncthreads();
+      // acc = acc * alpha + P V.
+#pragma unroll
+      for (int k = 0; k < 2; ++k) {
+        const int idx = tid + k * kThreads;
+        if (idx >= G * half) break;
+        const int h = idx / half, d2 = idx % half;
+        const float a = s_a[h];
+        float o0 = acc[k][0] * a, o1 = acc[k][1] * a;
+        const float* ph = ssc + h * kChunk;
+        const __nv_bfloat162* vc = reinterpret_cast<const __nv_bfloat162*>(sv) + d2;
+        for (int row = 0; row < cnt; ++row) {
+          const float2 vv = __bfloat1622float2(vc[row * half]);
+          o0 = fmaf(ph[row], vv.x, o0);
+          o1 = fmaf(ph[row], vv.y, o1);
+        }
+        acc[k][0] = o0;
+        acc[k][1] = o1;
+      }
+      __syncthreads();  // the next stage overwrites sk, sv and ssc
+    }
+    bf16* orow = p.attn + static_cast<int64_t>(t) * Q + static_cast<int64_t>(g) * G * D;
+    if (n_splits == 1) {
+#pragma unroll
+      for (int k = 0; k < 2; ++k) {
+        const int idx = tid + k * kThreads;
+        if (idx >= G * half) break;
+        const int h = idx / half, d2 = idx % half;
+        const float inv = 1.f / s_l[h];
+        reinterpret_cast<__nv_bfloat162*>(orow + h * D)[d2] =
+            __floats2bfloat162_rn(acc[k][0] * inv, acc[k][1] * inv);
+      }
+    } else {
+      const int64_t slot0 = (static_cast<int64_t>(t) * p.n_heads + g * G) * kPersistentMaxSplits;
+#pragma unroll
+      for (int k = 0; k < 2; ++k) {
+        const int idx = tid + k * kThreads;
+        if (idx >= G * half) break;
+        const int h = idx / half, d2 = idx % half;
+        float* o = o_part + (slot0 + h * kPersistentMaxSplits + sp) * D + 2 * d2;
+        o[0] = acc[k][0];
+        o[1] = acc[k][1];
+      }
+      if (tid < G) {
+        float* ml = ml_part + 2 * (slot0 + tid * kPersistentMaxSplits + sp);
+        ml[0] = s_m[tid];
+        ml[1] = s_l[tid];
+      }
+      __syncthreads();
+      unsigned* counter = counters + t * nkv + g;
+      if (tid == 0) {
+        __threadfence();  // the partials before the count
+        const unsigned before = atomicAdd(counter, 1u);
+        __threadfence();
+        *s_flag = before == static_cast<unsigned>(n_splits - 1);
+      }
+      __syncthreads();
+      if (*s_flag) {  // the last split: merge in split order
+#pragma unroll
+        for (int k = 0; k < 2; ++k) {
+          const int idx = tid + k * kThreads;
+          if (idx >= G * half) break;
+          const int h = idx / half, d2 = idx % half;
+          const int64_t base = slot0 + h * kPersistentMaxSplits;
+          float big_m = -INFINITY;
+          for (int s = 0; s < n_splits; ++s)
+            big_m = fmaxf(big_m, __ldcg(ml_part + 2 * (base + s)));
+          float o0 = 0.f, o1 = 0.f, big_l = 0.f;
+          for (int s = 0; s < n_splits; ++s) {
+            const float wgt = exp2f(__ldcg(ml_part + 2 * (base + s)) - big_m);
+            big_l = fmaf(wgt, __ldcg(ml_part + 2 * (base + s) + 1), big_l);
+            const float* o = o_part + (base + s) * D + 2 * d2;
+            o0 = fmaf(wgt, __ldcg(o), o0);
+            o1 = fmaf(wgt, __ldcg(o + 1), o1);
+          }
+          const float inv = 1.f / big_l;
+          reinterpret_cast<__nv_bfloat162*>(orow + h * D)[d2] =
+              __floats2bfloat162_rn(o0 * inv, o1 * inv);
+        }
+        if (tid == 0) *counter = 0;  // for the next layer (read past two barriers)
+      }
+    }
+    __syncthreads();  // shared memory is reused by the next item
+  }
+}
+
+template <int N, int D>
+__global__ void __launch_bounds__(kThreads, 1)
+    decode_persistent_kernel(const PersistentDecode p, const Plan plan) {
+  extern __shared__ __align__(16) uint8_t smem[];
+  __shared__ float red[32];
+  unsigned* barrier = p.counters;
+  unsigned* merge = p.counters + 1;
+  unsigned epoch = 0;
+  const int H = p.hidden, FF = p.ff, Q = p.n_heads * D;
+  const int QKV = Q + 2 * p.kv.num_kv_heads * D;
+  bf16* xs = reinterpret_cast<bf16*>(smem);                      // [N, in] staged rows
+  float* part = reinterpret_cast<float*>(smem + plan.xs_bytes);  // [units, N]
+  const float none[N] = {};
+  const int pf = p.prefetch_bytes;
+  for (int l = 0; l < p.num_layers; ++l) {
+    const PersistentLayer w = p.layers[l];
+    KvLayer kv = p.kv;
+    kv.k += l * p.kv_layer_stride;
+    kv.v += l * p.kv_layer_stride;
+    // 1. QKV.
+    stage_rows(p.x, N, H, xs);
+    linear_phase<N, kStore>(plan.qkv, w.wqkv, xs, part, p.qkv, QKV, none);
+    prefetch_rows(w.wo, plan.o, 4 * pf);  // during attention, which reads no weights
+    grid_sync(barrier, epoch);
+    // 2. Attention.
+    attention_phase<D>(p, N, kv, w.bqkv, smem, red, merge);
+    grid_sync(barrier, epoch);
+    // 3. o projection into the residual.
+    stage_rows(p.attn, N, Q, xs);
+    linear_phase<N, kAddResidual>(plan.o, w.wo, xs, part, p.x, H, none);
+    prefetch_rows(w.wgu, plan.gu, pf);
+    grid_sync(barrier, epoch);
+    // 4. gate/up and SwiGLU.
+    stage_rows(p.x, N, H, xs);
+    float rf[N];
+#pragma unroll
+    for (int t = 0; t < N; ++t)
+      rf[t] = row_inv_rms(xs + t * H, H, p.eps, red);
+    linear_phase<N, kSwiglu>(plan.gu, w.wgu, xs, part, p.act, FF, rf);
+    prefetch_rows(w.wdown, plan.down, pf);
+    grid_sync(barrier, epoch);
+    // 5. down projection into the residual.
+    stage_rows(p.act, N, FF, xs);
+    linear_phase<N, kAddResidual>(plan.down, w.wdown, xs, part, p.x, H, none);
+    if (l + 1 < p.num_layers) {
+      prefetch_rows(p.layers[l + 1].wqkv, plan.qkv, pf);
+      grid_sync(barrier, epoch);
+    }
+  }
+}
+
+// Slices per row: the fewest lane-iterations for this CTA's most rows.
+LinearShape plan_linear(int in, int out, int granule, int grid) {
+  const int chunks = in / 8;
+  const int rows = (out / granule + grid - 1) / grid * granule;
+  LinearShape s{in, out, granule, 1};
+  long best = LONG_MAX;
+  for (int k = 1; k <= 8; k *= 2) {
+    if (chunks % k != 0) continue;
+    const long cost =
+        static_cast<long>((rows * k + kWarps - 1) / kWarps) * ((chunks / k + 31) / 32);
+    if (cost < best) {
+      best = cost;
+      s.slices = k;
+    }
+  }
+  return s;
+}
+
+int most_units(const LinearShape& s, int grid) {
+  return (s.out / s.granule + grid - 1) / grid * s.granule * s.slices;
+}
+
+using Kernel = void (*)(const PersistentDecode, const Plan);
+
+template <int N>
+Kernel kernel_for(int head_dim) {
+  return head_dim == 64 ? decode_persistent_kernel<N, 64> : decode_persistent_kernel<N, 128>;
+}
+
+size_t attention_smem(int head_dim, int group) {
+  return static_cast<size_t>(AttnSmem(head_dim, group).total);
+}
+
+size_t plan_smem(const Plan& plan, int rows, int grid) {
+  const int units = std::max({most_units(plan.qkv, grid), most_units(plan.o, grid),
+                              most_units(plan.gu, grid), most_units(plan.down, grid)});
+  return static_cast<size_t>(plan.xs_bytes) + sizeof(float) * units * rows;
+}
+
+int device_smem_limit() {
+  int dev = 0, limit = 0;
+  cudaGetDevice(&dev);
+  cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
+  return limit;
+}
+
+}  // namespace
+
+size_t persistent_decode_workspace_bytes(int n_heads, int head_dim) {
+  return sizeof(float) * static_cast<size_t>(kPersistentMaxRows) * n_heads * kPersistentMaxSplits *
+         (static_cast<size_t>(head_dim) + 2);
+}
+
+bool persistent_decode_supported(int hidden, int ff, int n_heads, int n_kv_heads, int head_dim) {
+  if (head_dim != 64 && head_dim != 128) return false;
+  if (n_kv_heads <= 0 || n_heads % n_kv_heads != 0 || n_heads / n_kv_heads > kMaxGroup) {
+    return false;
+  }
+  const int q = n_heads * head_dim;
+  if (hidden % 64 != 0 || q % 64 != 0 || ff % 64 != 0) return false;
+  // The largest staged rows (the attention phase needs less at these shapes).
+  const size_t xs = sizeof(bf16) * kPersistentMaxRows * std::max({hidden, q, ff});
+  const size_t need = std::max(xs + (64 << 10), attention_smem(head_dim, n_heads / n_kv_heads));
+  return need <= static_cast<size_t>(device_smem_limit());
+}
+
+void decode_layers_persistent(const PersistentDecode& p, int rows, int num_sms, cudaStream_t s) {
+  const int D = p.kv.head_dim, nkv = p.kv.num_kv_heads;
+  if (rows < 1 || rows > kPersistentMaxRows || num_sms < 1 || p.layers == nullptr ||
+      p.counters == nullptr || p.workspace == nullptr || nkv <= 0 || p.n_heads % nkv != 0 ||
+      !persistent_decode_supported(p.hidden, p.ff, p.n_heads, nkv, D)) {
+    op_fail("decode_layers_persistent", "unsupported rows or shapes (persistent_decode_supported)");
+  }
+  const int grid = num_sms;
+  const int Q = p.n_heads * D, QKV = Q + 2 * nkv * D;
+  Plan plan;
+  plan.qkv = plan_linear(p.hidden, QKV, 1, grid);
+  plan.o = plan_linear(Q, p.hidden, 1, grid);
+  plan.gu = plan_linear(p.hidden, 2 * p.ff, 16, grid);
+  plan.down = plan_linear(p.ff, p.hidden, 1, grid);
+  plan.xs_bytes = static_cast<int>(sizeof(bf16)) * rows * std::max({p.hidden, Q, p.ff});
+  plan.xs_bytes = (plan.xs_bytes + 15) / 16 * 16;
+  const size_t smem = std::max(plan_smem(plan, rows, grid), attention_smem(D, p.n_heads / nkv));
+  Kernel k = nullptr;
+  switch (rows) {
+    case 1:
+      k = kernel_for<1>(D);
+      break;
+    case 2:
+      k = kernel_for<2>(D);
+      break;
+    case 3:
+      k = kernel_for<3>(D);
+      break;
+    default:
+      k = kernel_for<4>(D);
+      break;
+  }
+  // Once per kernel and size (the first step of a bucket runs eagerly,
+  // before its graph is captured).
+  static std::set<std::pair<Kernel, size_t>> ready;
+  if (ready.insert({k, smem}).second) {
+    CS_CUDA_CHECK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                       static_cast<int>(smem)));
+    int per_sm = 0;
+    CS_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, k, kThreads, smem));
+    if (per_sm < 1) op_fail("decode_layers_persistent", "one CTA per SM does not fit");
+  }
+  CS_CUDA_CHECK(
+      cudaMemsetAsync(p.counters, 0, sizeof(unsigned) * persistent_decode_counters(nkv), s));
+  cudaLaunchAttribute attr[1] = {};
+  attr[0].id = cudaLaunchAttributeCooperative;
+  attr[0].val.cooperative = 1;
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(static_cast<unsigned>(grid));
+  cfg.blockDim = dim3(kThreads);
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = s;
+  cfg.attrs = attr;
+  cfg.numAttrs = 1;
+  (void)cudaLaunchKernelEx(&cfg, k, p, plan);
+  check_launch("decode_layers_persistent");
+}
+
+}  // namespace cartserve::ops::cuda
