@@ -9,7 +9,9 @@ A results file (scripts/gpu_run.sh's stages folded into one JSON) may hold
 gpu_bench's figures under "gpu_bench" or split by group ("gpu_bench_decode",
 "gpu_bench_prefill", "gpu_bench_ttft", ...; a key with a variable after the
 group, such as "gpu_bench_prefill_prefill_wgmma_1", is a variant and is not
-read unless named by --prefer, whose entries' figures win), the SmolLM2-shape decode under "gpu_bench_smollm2", and
+read unless named by --prefer, whose entries' figures win; a preferred key
+naming smollm2 gives the SmolLM2 figure), the SmolLM2-shape decode under
+"gpu_bench_smollm2", and
 tools/gpu/hf_reference.py's baseline under a key starting "hf_baseline".
 The targets are the H200's (issue 11): "met" is judged only on a results
 file whose machine is an H200, else it reads "n/a". The promoted-cartridge
@@ -44,8 +46,9 @@ def baseline(results):
 
 
 def rows(results, prefer=()):
-    f = figures(results, prefer=prefer)
-    small = figures(results, "gpu_bench_smollm2")
+    # Preferred entries of the SmolLM2 shape (their key names it) give its figure.
+    f = figures(results, prefer=[k for k in prefer if "smollm2" not in k])
+    small = figures(results, "gpu_bench_smollm2", prefer=[k for k in prefer if "smollm2" in k])
     eager, comp = baseline(results)
     h200 = "H200" in str(results.get("machine") or "")
 

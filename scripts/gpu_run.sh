@@ -39,9 +39,10 @@
 #   smollm2:tp2 (2+ GPUs) the smollm2 stage's validation tiers with the servers at
 #              --tensor-parallel-size 2 (tiers_tp2.jsonl)
 #   persistent the persistent decode kernel (CARTSERVE_PERSISTENT_DECODE=1): its tests, then
-#              under memcheck (each at most 3 minutes: a barrier that never opens hangs), then
-#              decode on the 3B and SmolLM2 shapes: gpu_bench_persistent.json,
-#              gpu_bench_smollm2_persistent.json (PERSISTENT_PREFETCH_KB=N: that prefetch too)
+#              under memcheck (every command under `timeout`: a barrier that never opens
+#              hangs), then decode at batch 1 on the SmolLM2 and 3B shapes, per-op and
+#              persistent with CARTSERVE_PERSISTENT_PREFETCH_KB 64, 0, 256:
+#              gpu_bench_decode1_{smollm2,llama3b}[_persistent_KB].json
 #   pdl        with CARTSERVE_PDL=1 (programmatic dependent launch): the op tests, then decode
 #              and the linear layers on the 3B shape: gpu_bench_pdl.json
 #   profile    per-kernel GPU time of decode at batch 1 on the 3B shape (nsys, graph nodes
@@ -146,6 +147,18 @@ profile() {
   "$nsys" stats -q -r cuda_gpu_kern_sum -f csv -o "$OUT/decode_kernels" /tmp/prof.nsys-rep
 }
 
+persistent_bench() {  # persistent_bench NAME: decode at batch 1, per-op, then persistent at 3 prefetches
+  ckpt "$1" || return 1
+  stage "bench_decode1_$1" timeout 240 "$B/gpu_bench" "/tmp/ckpt/$1" --only decode1 \
+    --out "$OUT/gpu_bench_decode1_$1.json" || return 1
+  local kb
+  for kb in 64 0 256; do
+    CARTSERVE_PERSISTENT_DECODE=1 CARTSERVE_PERSISTENT_PREFETCH_KB=$kb \
+      stage "bench_decode1_$1_persistent_$kb" timeout 240 "$B/gpu_bench" "/tmp/ckpt/$1" \
+      --only decode1 --out "$OUT/gpu_bench_decode1_$1_persistent_$kb.json" || return 1
+  done
+}
+
 serve() {  # serve LABEL [CARTRIDGE_ID [SERVER_ARG...]]
   local cart=/tmp/cartserve_gpu_bench_cartridge.safetensors
   local args=(--server cartserve --cartserve-bin "$B/cartserve" --model /tmp/ckpt/llama3b
@@ -208,13 +221,9 @@ for s in "$@"; do
                   /tmp/ckpt/llama3b --only decode --out "$OUT/gpu_bench_gemv.json" ;;
     persistent)
       stage unit_persistent timeout 180 "$B/gpu_tests" --gtest_filter='CudaBackendPersistent.*' &&
-        stage sanitizer_persistent timeout 180 compute-sanitizer --tool memcheck \
+        stage sanitizer_persistent timeout 300 compute-sanitizer --tool memcheck \
           --error-exitcode 9 "$B/gpu_tests" --gtest_filter='CudaBackendPersistent.*' &&
-        ckpt llama3b && CARTSERVE_PERSISTENT_DECODE=1 stage bench_persistent timeout 300 \
-          "$B/gpu_bench" /tmp/ckpt/llama3b --only decode --out "$OUT/gpu_bench_persistent.json" &&
-        ckpt smollm2 && CARTSERVE_PERSISTENT_DECODE=1 stage bench_smollm2_persistent timeout 120 \
-          "$B/gpu_bench" /tmp/ckpt/smollm2 --only decode \
-          --out "$OUT/gpu_bench_smollm2_persistent.json" ;;
+        persistent_bench smollm2 && persistent_bench llama3b ;;
     pdl) CARTSERVE_PDL=1 stage unit_pdl "$B/gpu_tests" &&
            ckpt llama3b && CARTSERVE_PDL=1 stage bench_pdl "$B/gpu_bench" /tmp/ckpt/llama3b \
              --only decode --out "$OUT/gpu_bench_pdl.json" ;;

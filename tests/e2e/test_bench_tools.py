@@ -102,6 +102,28 @@ def test_targets_are_judged_on_h200_only_and_variants_by_name():
     assert "| decode, batch 1, ms/step | 2.51 | 1.54 | 61% | 93.71 | 4.30 | <= 1.85 | no |" in r.stdout
 
 
+def test_a_preferred_smollm2_entry_gives_the_smollm2_figure(tmp_path):
+    # The persistent stage's variants: a key naming smollm2 goes to that row only.
+    src = os.path.join(ROOT, "bench", "results", "gpu-h100-2026-12-08-0051.json")
+    results = json.load(open(src))
+    results["gpu_bench_decode1_smollm2_persistent_64"] = {
+        "figures": {"decode_batch_1": {"ms_per_step": 0.5, "floor_ms_per_step": 0.09}}}
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(results))
+
+    def rows(*prefer):
+        r = targets(str(path), "--json", *(("--prefer",) + prefer if prefer else ()))
+        assert r.returncode == 0, r.stderr
+        return {x["figure"]: x["ours"] for x in json.loads(r.stdout)}
+
+    plain = rows()
+    small = "SmolLM2-135M shape, decode batch 1"
+    assert plain[small] == results["gpu_bench_smollm2"]["figures"]["decode_batch_1"]["ms_per_step"]
+    preferred = rows("gpu_bench_decode1_smollm2_persistent_64")
+    assert preferred[small] == 0.5
+    assert preferred["decode, batch 1"] == plain["decode, batch 1"]  # the 3B row is not touched
+
+
 FOLD = os.path.join(ROOT, "tools", "gpu", "fold_results.py")
 
 

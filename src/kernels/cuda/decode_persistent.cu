@@ -244,7 +244,9 @@ __device__ void attention_phase(const PersistentDecode& p, int rows, const KvLay
                                 const bf16* __restrict__ bias, uint8_t* smem, float* red,
                                 unsigned* counters) {
   constexpr int half = D / 2;
-  constexpr int DPL = D / 32;  // dims per lane in a score
+  constexpr int DPL = D / 32;                       // dims per lane in a score
+  constexpr int PER = kChunk * (D / 8) / kThreads;  // 16-byte K (and V) pieces per thread
+  static_assert(PER * kThreads == kChunk * (D / 8), "a stage is whole pieces per thread");
   const int nkv = kv.num_kv_heads;
   const int G = p.n_heads / nkv;
   const int Q = p.n_heads * D;
@@ -284,6 +286,42 @@ __device__ void attention_phase(const PersistentDecode& p, int rows, const KvLay
     const int pos = p.positions[t];
     const bool own = pos >= begin && pos < end;  // this split makes the row's k and v
     const bf16* qrow = p.qkv + t * QKV;
+    const int32_t* bt = p.batch.block_table + static_cast<int64_t>(t) * p.batch.max_blocks;
+    // A stage's K and V rows pass through registers (this thread's PER
+    // 16-byte pieces of each): loaded while the previous stage is computed
+    // (the first while q is made), stored to shared memory after it.
+    uint4 kx[PER], vx[PER];
+    auto load_stage = [&](int p0) {
+      const int cnt = end - p0 < kChunk ? end - p0 : kChunk;
+#pragma unroll
+      for (int j = 0; j < PER; ++j) {
+        const int i = tid + j * kThreads;
+        const int row = i / (D / 8), c = i % (D / 8);
+        const int pp = p0 + row;
+        kx[j] = make_uint4(0, 0, 0, 0);  // past the stage's end: zeros (p = 0 there)
+        vx[j] = kx[j];
+        if (row < cnt && !(own && pp == pos)) {
+          const int64_t off = static_cast<int64_t>(bt[pp / kv.block_size]) * kv.block_stride +
+                              static_cast<int64_t>(pp % kv.block_size) * KVD + g * D + c * 8;
+          kx[j] = __ldcg(reinterpret_cast<const uint4*>(kv.k + off));
+          vx[j] = __ldcg(reinterpret_cast<const uint4*>(kv.v + off));
+        }
+      }
+    };
+    auto store_stage = [&](int p0) {  // the row's own position from shared memory
+#pragma unroll
+      for (int j = 0; j < PER; ++j) {
+        const int i = tid + j * kThreads;
+        const int row = i / (D / 8), c = i % (D / 8);
+        if (own && p0 + row == pos) {
+          kx[j] = reinterpret_cast<const uint4*>(snk)[c];
+          vx[j] = reinterpret_cast<const uint4*>(snv)[c];
+        }
+        reinterpret_cast<uint4*>(sk)[i] = kx[j];
+        reinterpret_cast<uint4*>(sv)[i] = vx[j];
+      }
+    };
+    load_stage(begin);
     const float r =
         row_inv_rms<true>(p.x + static_cast<int64_t>(t) * p.hidden, p.hidden, p.eps, red);
     for (int i = tid; i < half; i += kThreads) {
@@ -344,29 +382,11 @@ __device__ void attention_phase(const PersistentDecode& p, int rows, const KvLay
     // [G, half] (G * half <= 2 kThreads).
     float acc[2][2] = {{0.f, 0.f}, {0.f, 0.f}};
     __syncthreads();
-    const int32_t* bt = p.batch.block_table + static_cast<int64_t>(t) * p.batch.max_blocks;
     for (int p0 = begin; p0 < end; p0 += kChunk) {
       const int cnt = end - p0 < kChunk ? end - p0 : kChunk;
-      // K and V rows of the stage (zeros past its end; the row's own from shared).
-      for (int i = tid; i < kChunk * (D / 8); i += kThreads) {
-        const int row = i / (D / 8), c = i % (D / 8);
-        const int pp = p0 + row;
-        uint4 kx = make_uint4(0, 0, 0, 0), vx = kx;
-        if (row < cnt) {
-          if (own && pp == pos) {
-            kx = reinterpret_cast<const uint4*>(snk)[c];
-            vx = reinterpret_cast<const uint4*>(snv)[c];
-          } else {
-            const int64_t off = static_cast<int64_t>(bt[pp / kv.block_size]) * kv.block_stride +
-                                static_cast<int64_t>(pp % kv.block_size) * KVD + g * D + c * 8;
-            kx = __ldcg(reinterpret_cast<const uint4*>(kv.k + off));
-            vx = __ldcg(reinterpret_cast<const uint4*>(kv.v + off));
-          }
-        }
-        reinterpret_cast<uint4*>(sk)[i] = kx;
-        reinterpret_cast<uint4*>(sv)[i] = vx;
-      }
+      store_stage(p0);
       __syncthreads();
+      if (p0 + kChunk < end) load_stage(p0 + kChunk);  // in flight during this stage
       // Scores in log2 units, one warp per (head, position).
       for (int pr = warp; pr < G * kChunk; pr += kWarps) {
         const int h = pr / kChunk, row = pr % kChunk;

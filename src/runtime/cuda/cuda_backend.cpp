@@ -942,8 +942,8 @@ bool CudaOptions::persistent_decode_by_default() {
 
 int CudaOptions::persistent_prefetch_bytes_by_default() {
   const char* v = std::getenv("CARTSERVE_PERSISTENT_PREFETCH_KB");
-  const long long kb = v != nullptr ? std::atoll(v) : 32;
-  return static_cast<int>(std::clamp<long long>(kb, 0, 1 << 20) << 10);
+  const long long kb = v != nullptr ? std::atoll(v) : 64;
+  return static_cast<int>(std::clamp<long long>(kb, 0, 1 << 16) << 10);
 }
 
 Status CudaBackend::transfer(const HostKv& kv, const KvBlockList& blocks, bool load) {
