@@ -41,8 +41,8 @@
 #   persistent the persistent decode kernel (CARTSERVE_PERSISTENT_DECODE=1): its tests, then
 #              under memcheck (every command under `timeout`: a barrier that never opens
 #              hangs), then decode at batch 1 on the SmolLM2 and 3B shapes, per-op and
-#              persistent with CARTSERVE_PERSISTENT_PREFETCH_KB 64, 0, 256:
-#              gpu_bench_decode1_{smollm2,llama3b}[_persistent_KB].json
+#              persistent with CARTSERVE_PERSISTENT_PREFETCH_KB 64, 0, 256 (and on SmolLM2's
+#              CARTSERVE_PERSISTENT_CTAS 32, 66): gpu_bench_decode1_{smollm2,llama3b}[_persistent_*].json
 #   pdl        with CARTSERVE_PDL=1 (programmatic dependent launch): the op tests, then decode
 #              and the linear layers on the 3B shape: gpu_bench_pdl.json
 #   profile    per-kernel GPU time of decode at batch 1 on the 3B shape (nsys, graph nodes
@@ -151,11 +151,17 @@ persistent_bench() {  # persistent_bench NAME: decode at batch 1, per-op, then p
   ckpt "$1" || return 1
   stage "bench_decode1_$1" timeout 240 "$B/gpu_bench" "/tmp/ckpt/$1" --only decode1 \
     --out "$OUT/gpu_bench_decode1_$1.json" || return 1
-  local kb
-  for kb in 64 0 256; do
-    CARTSERVE_PERSISTENT_DECODE=1 CARTSERVE_PERSISTENT_PREFETCH_KB=$kb \
-      stage "bench_decode1_$1_persistent_$kb" timeout 240 "$B/gpu_bench" "/tmp/ckpt/$1" \
-      --only decode1 --out "$OUT/gpu_bench_decode1_$1_persistent_$kb.json" || return 1
+  local v
+  for v in 64 0 256; do
+    CARTSERVE_PERSISTENT_DECODE=1 CARTSERVE_PERSISTENT_PREFETCH_KB=$v \
+      stage "bench_decode1_$1_persistent_$v" timeout 240 "$B/gpu_bench" "/tmp/ckpt/$1" \
+      --only decode1 --out "$OUT/gpu_bench_decode1_$1_persistent_$v.json" || return 1
+  done
+  [ "$1" = smollm2 ] || return 0
+  for v in 32 66; do  # fewer CTAs: cheaper barriers for a small model
+    CARTSERVE_PERSISTENT_DECODE=1 CARTSERVE_PERSISTENT_CTAS=$v \
+      stage "bench_decode1_$1_persistent_ctas_$v" timeout 240 "$B/gpu_bench" "/tmp/ckpt/$1" \
+      --only decode1 --out "$OUT/gpu_bench_decode1_$1_persistent_ctas_$v.json" || return 1
   done
 }
 

@@ -277,24 +277,29 @@ struct PersistentDecode {
   bf16* attn = nullptr;       // [rows, q_dim] scratch
   bf16* act = nullptr;        // [rows, ff] scratch
   void* workspace = nullptr;  // persistent_decode_workspace_bytes(n_heads, head_dim)
-  // persistent_decode_counters(num_kv_heads) uint32, set to zero by the launch.
+  // persistent_decode_counters(num_kv_heads) uint32 (the grid barrier's, then
+  // 128 bytes on, the merge counters), set to zero by the launch.
   unsigned* counters = nullptr;
   // Bytes of the next phase's weight slice each CTA asks L2 for before a
   // barrier (0: none).
   int prefetch_bytes = 0;
 };
 size_t persistent_decode_workspace_bytes(int n_heads, int head_dim);
+constexpr int kMergeCounters = 32;  // offset of the merge counters (own cache line)
 inline size_t persistent_decode_counters(int num_kv_heads) {
-  return 1 + static_cast<size_t>(kPersistentMaxRows) * static_cast<size_t>(num_kv_heads);
+  return kMergeCounters + static_cast<size_t>(kPersistentMaxRows) * num_kv_heads;
 }
-// Whether the shapes fit the kernel: head_dim 64 or 128, hidden, q_dim and ff
-// multiples of 64, ff a multiple of 16 (gate/up blocks of 8), the GQA group
-// at most 16, the phases' shared memory within the device's limit.
-bool persistent_decode_supported(int hidden, int ff, int n_heads, int n_kv_heads, int head_dim);
-// One step's layers for `rows` (1..kPersistentMaxRows) decode rows on the
-// `num_sms` SMs (one CTA each). Capturable (a memset and a cooperative
-// kernel node). A row's bits do not depend on the other rows nor on `rows`.
-void decode_layers_persistent(const PersistentDecode& p, int rows, int num_sms, cudaStream_t s);
+// Whether the shapes fit the kernel on `ctas` CTAs of the current device:
+// head_dim 64 or 128, hidden, q_dim and ff multiples of 64, the GQA group at
+// most 16, 1 <= ctas <= the SM count (one CTA per SM), the phases' shared
+// memory within the device's limit.
+bool persistent_decode_supported(int hidden, int ff, int n_heads, int n_kv_heads, int head_dim,
+                                 int ctas);
+// One step's layers for `rows` (1..kPersistentMaxRows, == batch.num_seqs)
+// decode rows on `ctas` CTAs (all resident: a cooperative launch).
+// Capturable (a memset and a cooperative kernel node). A row's bits do not
+// depend on the other rows nor on `rows` (they do on ctas).
+void decode_layers_persistent(const PersistentDecode& p, int rows, int ctas, cudaStream_t s);
 
 // ---- shared-prefix (cascade) attention ----------------------------------------
 // Decode sequences whose first keys lie in the same physical KV blocks (a

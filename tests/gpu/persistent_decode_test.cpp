@@ -6,6 +6,7 @@
 // 190 prompt tokens, then eight decode steps over changing subsets (1, 2, 3
 // (a padded bucket of 4) and 4 rows; contexts past 64 positions take several
 // attention splits and the counter merge), graphs captured and replayed.
+// Then on 4 CTAs: a 2200-token context, GQA groups of 16 and 1, hidden 1024.
 //
 // Bounds: the persistent kernel sums in another order than cuBLASLt, so its
 // distance to the CPU may differ from the per-op path's, but by at most twice
@@ -34,24 +35,41 @@
 namespace cartserve {
 namespace {
 
-constexpr int kSeqs = 4;
-constexpr int kBlocksPerSeq = 16;  // 256 positions each
-constexpr int64_t kKvTokens = (kSeqs * kBlocksPerSeq + 2) * 16;
+// Sequences, their prompts and the decode steps (the sequences each step appends to).
+struct Script {
+  int blocks_per_seq = 16;  // sequence i: blocks 1 + i * blocks_per_seq, ...
+  std::vector<int> prompts;
+  std::vector<std::vector<int>> steps;
+  int64_t kv_tokens() const {
+    return (static_cast<int64_t>(prompts.size()) * blocks_per_seq + 2) * 16;
+  }
+};
 
-cuda::CudaOptions options(bool persistent) {
+// Four sequences of 70, 130, 5 and 190 tokens; steps of 1, 2, 3 (a padded
+// bucket of 4) and 4 rows.
+Script four_sequences() {
+  Script s;
+  s.prompts = {70, 130, 5, 190};
+  s.steps = {{0}, {0, 1}, {0, 1, 2}, {0, 1, 2, 3}, {0, 1, 2, 3}, {1, 3}, {2}, {0}};
+  return s;
+}
+
+cuda::CudaOptions options(const Script& sc, bool persistent, int ctas = 0) {
   cuda::CudaOptions o = gpu_test::small_backend_options();
-  o.kv_cache_tokens = kKvTokens;
-  o.max_num_batched_tokens = 256;
-  o.max_model_len = 256;
+  o.kv_cache_tokens = sc.kv_tokens();
+  o.max_model_len = sc.blocks_per_seq * 16;
+  o.max_num_batched_tokens =
+      std::max(256, (*std::max_element(sc.prompts.begin(), sc.prompts.end()) + 255) / 256 * 256);
   o.fold_norms = true;
   o.persistent_decode = persistent;
+  o.persistent_ctas = ctas;
   return o;
 }
 
-// Sequences in blocks of their own (sequence i: blocks 1 + 16 i ...).
+// Sequences in blocks of their own.
 class Seqs {
  public:
-  explicit Seqs(Backend& b) : b_(b), len_(kSeqs, 0) {}
+  Seqs(Backend& b, int n, int blocks_per_seq) : b_(b), bps_(blocks_per_seq), len_(n, 0) {}
 
   // Appends tokens[k] to sequence seqs[k] (one step, every row's logits).
   std::vector<float> step(const std::vector<int>& seqs,
@@ -66,9 +84,9 @@ class Seqs {
     int32_t row = 0;
     for (size_t k = 0; k < seqs.size(); ++k) {
       const auto s = static_cast<size_t>(seqs[k]);
-      std::vector<int32_t> table(kBlocksPerSeq);
-      for (int i = 0; i < kBlocksPerSeq; ++i)
-        table[static_cast<size_t>(i)] = 1 + seqs[k] * kBlocksPerSeq + i;
+      std::vector<int32_t> table(static_cast<size_t>(bps_));
+      for (int i = 0; i < bps_; ++i)
+        table[static_cast<size_t>(i)] = 1 + seqs[k] * bps_ + i;
       in.append_sequence(table, B, len_[s], tokens[k]);
       len_[s] += static_cast<int32_t>(tokens[k].size());
       for (size_t i = 0; i < tokens[k].size(); ++i) {
@@ -84,6 +102,7 @@ class Seqs {
 
  private:
   Backend& b_;
+  int bps_;
   std::vector<int32_t> len_;
 };
 
@@ -92,34 +111,68 @@ int32_t token(int seq, int i, int vocab) {
 }
 
 // The prompts (every prompt row's logits), then the decode steps.
-std::vector<float> run_script(Backend& b, int vocab) {
-  Seqs s(b);
+std::vector<float> run_script(Backend& b, const Script& sc, int vocab) {
+  Seqs s(b, static_cast<int>(sc.prompts.size()), sc.blocks_per_seq);
   std::vector<float> all;
   auto add = [&](const std::vector<float>& v) { all.insert(all.end(), v.begin(), v.end()); };
-  const int prompt[kSeqs] = {70, 130, 5, 190};
-  for (int q = 0; q < kSeqs; ++q) {
+  for (size_t q = 0; q < sc.prompts.size(); ++q) {
     std::vector<int32_t> p;
-    for (int i = 0; i < prompt[q]; ++i)
-      p.push_back(token(q, i, vocab));
-    add(s.step({q}, {p}));
+    for (int i = 0; i < sc.prompts[q]; ++i)
+      p.push_back(token(static_cast<int>(q), i, vocab));
+    add(s.step({static_cast<int>(q)}, {p}));
   }
-  const std::vector<std::vector<int>> steps = {{0},          {0, 1}, {0, 1, 2}, {0, 1, 2, 3},
-                                               {0, 1, 2, 3}, {1, 3}, {2},       {0}};
-  for (size_t k = 0; k < steps.size(); ++k) {
+  for (size_t k = 0; k < sc.steps.size(); ++k) {
     std::vector<std::vector<int32_t>> toks;
-    for (int q : steps[k])
+    for (int q : sc.steps[k])
       toks.push_back({token(q, 1000 + static_cast<int>(k), vocab)});
-    add(s.step(steps[k], toks));
+    add(s.step(sc.steps[k], toks));
   }
   return all;
 }
 
-std::vector<float> gpu_run(const Model& m, bool persistent) {
-  auto b = cuda::CudaBackend::create(m, options(persistent));
+std::vector<float> gpu_run(const Model& m, const Script& sc, bool persistent, int ctas = 0) {
+  auto b = cuda::CudaBackend::create(m, options(sc, persistent, ctas));
   EXPECT_TRUE(b.ok()) << b.status().to_string();
   if (!b.ok()) return {};
   EXPECT_EQ((*b)->persistent_decode(), persistent);
-  return run_script(**b, m.config.vocab_size);
+  return run_script(**b, sc, m.config.vocab_size);
+}
+
+// The script on the CPU (fp32), per-op and persistent (ctas) against the
+// bounds of the file comment.
+void check_against_cpu_and_per_op(const Model& m, const Script& sc, const char* name,
+                                  int ctas = 0) {
+  const int vocab = m.config.vocab_size;
+  auto cpu = CpuBackend::create(m, 16, KvBudget{0, sc.kv_tokens()});
+  ASSERT_TRUE(cpu.ok());
+  const std::vector<float> ref = run_script(**cpu, sc, vocab);
+  const std::vector<float> per_op = gpu_run(m, sc, false);
+  const std::vector<float> pers = gpu_run(m, sc, true, ctas);
+  ASSERT_EQ(per_op.size(), ref.size());
+  ASSERT_EQ(pers.size(), ref.size());
+  const float d_op = testing::max_abs_diff(ref, per_op);
+  const float d_pers = testing::max_abs_diff(ref, pers);
+  std::printf(
+      "[persistent] %s: max|dlogit| vs CPU fp32 persistent %.3e, per-op %.3e, "
+      "between them %.3e\n",
+      name, d_pers, d_op, testing::max_abs_diff(per_op, pers));
+  EXPECT_LE(d_pers, 2.f * d_op + 1e-3f);
+  int decided = 0;
+  for (size_t r = 0; r * vocab < ref.size(); ++r) {
+    const float* c = ref.data() + r * vocab;
+    const float* g = pers.data() + r * vocab;
+    std::vector<float> row(c, c + vocab);
+    std::partial_sort(row.begin(), row.begin() + 2, row.end(), std::greater<>());
+    if (row[0] - row[1] <= 2.f * d_pers) continue;
+    ++decided;
+    EXPECT_EQ(std::max_element(g, g + vocab) - g, std::max_element(c, c + vocab) - c)
+        << "row " << r;
+  }
+  std::printf("[persistent] %s: top-1 checked on %d of %zu rows\n", name, decided,
+              ref.size() / vocab);
+  const std::vector<float> again = gpu_run(m, sc, true, ctas);
+  ASSERT_EQ(again.size(), pers.size());
+  EXPECT_EQ(0, std::memcmp(again.data(), pers.data(), pers.size() * sizeof(float)));
 }
 
 struct Case {
@@ -140,37 +193,36 @@ TEST(CudaBackendPersistent, DecodeMatchesThePerOpForwardAndTheCpu) {
     spec.kv_heads = k.kv_heads;
     spec.bias = k.bias;
     auto m = testing::random_model(spec);
-    const int vocab = m->config.vocab_size;
-    auto cpu = CpuBackend::create(*m, 16, KvBudget{0, kKvTokens});
-    ASSERT_TRUE(cpu.ok());
-    const std::vector<float> ref = run_script(**cpu, vocab);
-    const std::vector<float> per_op = gpu_run(*m, false);
-    const std::vector<float> pers = gpu_run(*m, true);
-    ASSERT_EQ(per_op.size(), ref.size());
-    ASSERT_EQ(pers.size(), ref.size());
-    const float d_op = testing::max_abs_diff(ref, per_op);
-    const float d_pers = testing::max_abs_diff(ref, pers);
-    std::printf(
-        "[persistent] %s: max|dlogit| vs CPU fp32 persistent %.3e, per-op %.3e, "
-        "between them %.3e\n",
-        k.name, d_pers, d_op, testing::max_abs_diff(per_op, pers));
-    EXPECT_LE(d_pers, 2.f * d_op + 1e-3f);
-    int decided = 0;
-    for (size_t r = 0; r * vocab < ref.size(); ++r) {
-      const float* c = ref.data() + r * vocab;
-      const float* g = pers.data() + r * vocab;
-      std::vector<float> row(c, c + vocab);
-      std::partial_sort(row.begin(), row.begin() + 2, row.end(), std::greater<>());
-      if (row[0] - row[1] <= 2.f * d_pers) continue;
-      ++decided;
-      EXPECT_EQ(std::max_element(g, g + vocab) - g, std::max_element(c, c + vocab) - c)
-          << "row " << r;
-    }
-    std::printf("[persistent] %s: top-1 checked on %d of %zu rows\n", k.name, decided,
-                ref.size() / vocab);
-    const std::vector<float> again = gpu_run(*m, true);
-    ASSERT_EQ(again.size(), pers.size());
-    EXPECT_EQ(0, std::memcmp(again.data(), pers.data(), pers.size() * sizeof(float)));
+    check_against_cpu_and_per_op(*m, four_sequences(), k.name);
+  }
+}
+
+// The paths the small shapes above leave out: 4 CTAs (several attention
+// items and weight units per CTA, the 4-deep weight loop: 128-512 chunks per
+// row), a 2200-token context (splits of 128 positions: two shared-memory
+// stages each, the rescale and the next stage loaded during the first), a
+// GQA group of 16 at head_dim 128 (each thread owns two (head, dim pair)
+// items), and the MHA case (group 1).
+TEST(CudaBackendPersistent, FewCtasLongContextsAndWideGroups) {
+  CS_REQUIRE_GPU();
+  if (!cuda::Gemm::plain_by_default()) GTEST_SKIP() << "a gemv or skinny path is on: no folding";
+  Script sc;
+  sc.blocks_per_seq = 144;  // 2304 positions
+  sc.prompts = {2200, 10};
+  sc.steps = {{0}, {0, 1}, {1}, {0, 1}, {0}};
+  for (const Case& k : {Case{"d128 g16", 128, 32, 2, false}, Case{"d64 g1", 64, 8, 8, true}}) {
+    SCOPED_TRACE(k.name);
+    testing::RandomModelSpec spec = testing::gpu_test_spec();
+    spec.hidden = 1024;
+    spec.intermediate = 1024;
+    spec.layers = 2;
+    spec.head_dim = k.head_dim;
+    spec.heads = k.heads;
+    spec.kv_heads = k.kv_heads;
+    spec.bias = k.bias;
+    auto m = testing::random_model(spec);
+    m->config.max_position_embeddings = 4096;
+    check_against_cpu_and_per_op(*m, sc, k.name, /*ctas=*/4);
   }
 }
 
@@ -179,10 +231,11 @@ TEST(CudaBackendPersistent, ARowHasTheSameBitsAloneAndInABatch) {
   if (!cuda::Gemm::plain_by_default()) GTEST_SKIP() << "a gemv or skinny path is on: no folding";
   auto m = testing::random_model(testing::gpu_test_spec());
   const int vocab = m->config.vocab_size;
-  auto b = cuda::CudaBackend::create(*m, options(true));
+  Script sc = four_sequences();
+  auto b = cuda::CudaBackend::create(*m, options(sc, true));
   ASSERT_TRUE(b.ok()) << b.status().to_string();
   ASSERT_TRUE((*b)->persistent_decode());
-  Seqs s(**b);
+  Seqs s(**b, 4, sc.blocks_per_seq);
   // Sequences 0 and 1: the same 150-token prompt (3 attention splits).
   std::vector<int32_t> p;
   for (int i = 0; i < 150; ++i)

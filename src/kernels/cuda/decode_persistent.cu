@@ -39,7 +39,8 @@
 // launch makes every CTA resident).
 #include <algorithm>
 #include <climits>
-#include <set>
+#include <map>
+#include <mutex>
 #include <utility>
 
 #include "kernels/cuda/common.cuh"
@@ -415,6 +416,7 @@ __device__ void attention_phase(const PersistentDecode& p, int rows, const KvLay
         sh[lane] = v0;
         sh[lane + 32] = v1;
         const float sum = warp_sum(v0 + v1);
+        __syncwarp();  // every lane has read s_m[h] before lane 0 updates it
         if (lane == 0) {
           const float a = exp2f(m_old - m_new);  // 0 on the first stage
           s_a[h] = a;
@@ -514,7 +516,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   extern __shared__ __align__(16) uint8_t smem[];
   __shared__ float red[32];
   unsigned* barrier = p.counters;
-  unsigned* merge = p.counters + 1;
+  unsigned* merge = p.counters + kMergeCounters;
   unsigned epoch = 0;
   const int H = p.hidden, FF = p.ff, Q = p.n_heads * D;
   const int QKV = Q + 2 * p.kv.num_kv_heads * D;
@@ -588,21 +590,52 @@ Kernel kernel_for(int head_dim) {
   return head_dim == 64 ? decode_persistent_kernel<N, 64> : decode_persistent_kernel<N, 128>;
 }
 
-size_t attention_smem(int head_dim, int group) {
-  return static_cast<size_t>(AttnSmem(head_dim, group).total);
+Plan make_plan(int hidden, int ff, int n_heads, int n_kv_heads, int head_dim, int rows, int grid) {
+  const int Q = n_heads * head_dim, QKV = Q + 2 * n_kv_heads * head_dim;
+  Plan plan;
+  plan.qkv = plan_linear(hidden, QKV, 1, grid);
+  plan.o = plan_linear(Q, hidden, 1, grid);
+  plan.gu = plan_linear(hidden, 2 * ff, 16, grid);
+  plan.down = plan_linear(ff, hidden, 1, grid);
+  plan.xs_bytes = static_cast<int>(sizeof(bf16)) * rows * std::max({hidden, Q, ff});
+  plan.xs_bytes = (plan.xs_bytes + 15) / 16 * 16;
+  return plan;
 }
 
-size_t plan_smem(const Plan& plan, int rows, int grid) {
+// Dynamic shared memory of a launch: the linear phases' (staged rows, then
+// the partial sums) or the attention phase's, whichever is larger.
+size_t launch_smem(const Plan& plan, int rows, int grid, int head_dim, int group) {
   const int units = std::max({most_units(plan.qkv, grid), most_units(plan.o, grid),
                               most_units(plan.gu, grid), most_units(plan.down, grid)});
-  return static_cast<size_t>(plan.xs_bytes) + sizeof(float) * units * rows;
+  const size_t linear = static_cast<size_t>(plan.xs_bytes) + sizeof(float) * units * rows;
+  return std::max(linear, static_cast<size_t>(AttnSmem(head_dim, group).total));
 }
 
-int device_smem_limit() {
-  int dev = 0, limit = 0;
+int device_attribute(cudaDeviceAttr a) {
+  int dev = 0, v = 0;
   cudaGetDevice(&dev);
-  cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
-  return limit;
+  cudaDeviceGetAttribute(&v, a, dev);
+  return v;
+}
+
+// Raises k's dynamic shared-memory limit to smem on the current device if
+// it is lower (the limit is per function and device) and checks that one
+// CTA per SM fits; under a lock, once per new maximum (the first step of a
+// bucket runs eagerly, before its graph is captured).
+void prepare(Kernel k, size_t smem) {
+  static std::mutex mu;
+  static std::map<std::pair<int, Kernel>, size_t> limit;
+  int dev = 0;
+  CS_CUDA_CHECK(cudaGetDevice(&dev));
+  std::lock_guard<std::mutex> lock(mu);
+  size_t& have = limit[{dev, k}];
+  if (smem <= have) return;
+  CS_CUDA_CHECK(
+      cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+  int per_sm = 0;
+  CS_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, k, kThreads, smem));
+  if (per_sm < 1) op_fail("decode_layers_persistent", "one CTA per SM does not fit");
+  have = smem;
 }
 
 }  // namespace
@@ -612,36 +645,39 @@ size_t persistent_decode_workspace_bytes(int n_heads, int head_dim) {
          (static_cast<size_t>(head_dim) + 2);
 }
 
-bool persistent_decode_supported(int hidden, int ff, int n_heads, int n_kv_heads, int head_dim) {
+bool persistent_decode_supported(int hidden, int ff, int n_heads, int n_kv_heads, int head_dim,
+                                 int ctas) {
   if (head_dim != 64 && head_dim != 128) return false;
   if (n_kv_heads <= 0 || n_heads % n_kv_heads != 0 || n_heads / n_kv_heads > kMaxGroup) {
     return false;
   }
   const int q = n_heads * head_dim;
   if (hidden % 64 != 0 || q % 64 != 0 || ff % 64 != 0) return false;
-  // The largest staged rows (the attention phase needs less at these shapes).
-  const size_t xs = sizeof(bf16) * kPersistentMaxRows * std::max({hidden, q, ff});
-  const size_t need = std::max(xs + (64 << 10), attention_smem(head_dim, n_heads / n_kv_heads));
-  return need <= static_cast<size_t>(device_smem_limit());
+  if (ctas < 1 || ctas > device_attribute(cudaDevAttrMultiProcessorCount)) return false;
+  const Plan plan = make_plan(hidden, ff, n_heads, n_kv_heads, head_dim, kPersistentMaxRows, ctas);
+  const size_t smem = launch_smem(plan, kPersistentMaxRows, ctas, head_dim, n_heads / n_kv_heads);
+  return smem <= static_cast<size_t>(device_attribute(cudaDevAttrMaxSharedMemoryPerBlockOptin));
 }
 
-void decode_layers_persistent(const PersistentDecode& p, int rows, int num_sms, cudaStream_t s) {
-  const int D = p.kv.head_dim, nkv = p.kv.num_kv_heads;
-  if (rows < 1 || rows > kPersistentMaxRows || num_sms < 1 || p.layers == nullptr ||
-      p.counters == nullptr || p.workspace == nullptr || nkv <= 0 || p.n_heads % nkv != 0 ||
-      !persistent_decode_supported(p.hidden, p.ff, p.n_heads, nkv, D)) {
-    op_fail("decode_layers_persistent", "unsupported rows or shapes (persistent_decode_supported)");
+void decode_layers_persistent(const PersistentDecode& p, int rows, int ctas, cudaStream_t s) {
+  const KvLayer& kv = p.kv;
+  const int D = kv.head_dim, nkv = kv.num_kv_heads;
+  if (rows < 1 || rows > kPersistentMaxRows || rows != p.batch.num_seqs ||
+      !persistent_decode_supported(p.hidden, p.ff, p.n_heads, nkv, D, ctas)) {
+    op_fail("decode_layers_persistent",
+            "rows must be 1..kPersistentMaxRows and the batch's sequences, the shapes and CTA "
+            "count supported (persistent_decode_supported)");
   }
-  const int grid = num_sms;
-  const int Q = p.n_heads * D, QKV = Q + 2 * nkv * D;
-  Plan plan;
-  plan.qkv = plan_linear(p.hidden, QKV, 1, grid);
-  plan.o = plan_linear(Q, p.hidden, 1, grid);
-  plan.gu = plan_linear(p.hidden, 2 * p.ff, 16, grid);
-  plan.down = plan_linear(p.ff, p.hidden, 1, grid);
-  plan.xs_bytes = static_cast<int>(sizeof(bf16)) * rows * std::max({p.hidden, Q, p.ff});
-  plan.xs_bytes = (plan.xs_bytes + 15) / 16 * 16;
-  const size_t smem = std::max(plan_smem(plan, rows, grid), attention_smem(D, p.n_heads / nkv));
+  if (p.layers == nullptr || p.counters == nullptr || p.positions == nullptr ||
+      p.slot_mapping == nullptr || p.inv_freq == nullptr || p.batch.context_lens == nullptr ||
+      p.batch.block_table == nullptr || kv.block_size <= 0 || kv.block_stride % 8 != 0 ||
+      p.kv_layer_stride % 8 != 0 || !aligned16(kv.k) || !aligned16(kv.v) || !aligned16(p.x) ||
+      !aligned16(p.qkv) || !aligned16(p.attn) || !aligned16(p.act) || !aligned16(p.workspace)) {
+    op_fail("decode_layers_persistent",
+            "needs every array, a positive block size, 16-byte aligned buffers and KV strides");
+  }
+  const Plan plan = make_plan(p.hidden, p.ff, p.n_heads, nkv, D, rows, ctas);
+  const size_t smem = launch_smem(plan, rows, ctas, D, p.n_heads / nkv);
   Kernel k = nullptr;
   switch (rows) {
     case 1:
@@ -657,23 +693,14 @@ void decode_layers_persistent(const PersistentDecode& p, int rows, int num_sms, 
       k = kernel_for<4>(D);
       break;
   }
-  // Once per kernel and size (the first step of a bucket runs eagerly,
-  // before its graph is captured).
-  static std::set<std::pair<Kernel, size_t>> ready;
-  if (ready.insert({k, smem}).second) {
-    CS_CUDA_CHECK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                       static_cast<int>(smem)));
-    int per_sm = 0;
-    CS_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, k, kThreads, smem));
-    if (per_sm < 1) op_fail("decode_layers_persistent", "one CTA per SM does not fit");
-  }
+  prepare(k, smem);
   CS_CUDA_CHECK(
       cudaMemsetAsync(p.counters, 0, sizeof(unsigned) * persistent_decode_counters(nkv), s));
   cudaLaunchAttribute attr[1] = {};
   attr[0].id = cudaLaunchAttributeCooperative;
   attr[0].val.cooperative = 1;
   cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = dim3(static_cast<unsigned>(grid));
+  cfg.gridDim = dim3(static_cast<unsigned>(ctas));
   cfg.blockDim = dim3(kThreads);
   cfg.dynamicSmemBytes = smem;
   cfg.stream = s;

@@ -157,15 +157,18 @@ Result<std::unique_ptr<CudaBackend>> CudaBackend::create(const Model& model,
   if (opts.persistent_decode) {
     int coop = 0;
     CS_CUDA(cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, opts.device));
-    const bool fits = ops::persistent_decode_supported(c.hidden_size, c.intermediate_size,
-                                                       c.num_heads, c.num_kv_heads, c.head_dim);
+    b->persistent_ctas_ = opts.persistent_ctas > 0
+                              ? std::min(opts.persistent_ctas, prop.multiProcessorCount)
+                              : prop.multiProcessorCount;
+    const bool fits =
+        ops::persistent_decode_supported(c.hidden_size, c.intermediate_size, c.num_heads,
+                                         c.num_kv_heads, c.head_dim, b->persistent_ctas_);
     b->persistent_ = b->weights_.folded_norms && fits && coop != 0;
     if (!b->persistent_) {
-      LOG_WARN(
-          "persistent decode is off: it needs the norm-folded forward (TP 1, cuBLASLt "
-          "GEMMs){}{}",
-          fits ? "" : ", and this model's shapes do not fit the kernel",
-          coop != 0 ? "" : ", and cooperative launches");
+      LOG_WARN("persistent decode is off: {}",
+               !b->weights_.folded_norms ? "it needs the norm-folded forward (TP 1, cuBLASLt GEMMs)"
+               : !fits ? "this model's shapes or the CTA count do not fit the kernel"
+                       : "this device has no cooperative launches");
     }
   }
 
@@ -655,7 +658,7 @@ Status CudaBackend::layers(const Shape& sh) {
       p.workspace = b.persist_ws;
       p.counters = b.persist_counters;
       p.prefetch_bytes = opts_.persistent_prefetch_bytes;
-      ops::decode_layers_persistent(p, n, num_sms_, compute_);
+      ops::decode_layers_persistent(p, n, persistent_ctas_, compute_);
       return {};
     }
   } else {
@@ -944,6 +947,11 @@ int CudaOptions::persistent_prefetch_bytes_by_default() {
   const char* v = std::getenv("CARTSERVE_PERSISTENT_PREFETCH_KB");
   const long long kb = v != nullptr ? std::atoll(v) : 64;
   return static_cast<int>(std::clamp<long long>(kb, 0, 1 << 16) << 10);
+}
+
+int CudaOptions::persistent_ctas_by_default() {
+  const char* v = std::getenv("CARTSERVE_PERSISTENT_CTAS");
+  return v != nullptr ? std::max(0, std::atoi(v)) : 0;
 }
 
 Status CudaBackend::transfer(const HostKv& kv, const KvBlockList& blocks, bool load) {

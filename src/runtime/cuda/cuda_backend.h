@@ -100,6 +100,11 @@ struct CudaOptions {
   // about the bytes HBM moves during a barrier).
   int persistent_prefetch_bytes = persistent_prefetch_bytes_by_default();
   static int persistent_prefetch_bytes_by_default();
+  // CTAs of that kernel (0: one per SM). Fewer make its barriers cheaper and
+  // each CTA's share of the weights larger. Default from
+  // CARTSERVE_PERSISTENT_CTAS.
+  int persistent_ctas = persistent_ctas_by_default();
+  static int persistent_ctas_by_default();
 };
 
 class CudaBackend final : public Backend {
@@ -222,6 +227,7 @@ class CudaBackend final : public Backend {
   std::unique_ptr<TransferQueue> transfers_;  // its jobs use the copy stream and staging
   AllReduce all_reduce_;                      // tensor parallelism only
   bool persistent_ = false;                   // CudaOptions::persistent_decode in effect
+  int persistent_ctas_ = 0;                   // its grid
 };
 
 }  // namespace cartserve::cuda
