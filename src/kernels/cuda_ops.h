@@ -26,6 +26,8 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "kernels/persistent_plan.h"
+
 namespace cartserve::ops::cuda {
 
 using bf16 = __nv_bfloat16;
@@ -249,9 +251,6 @@ inline size_t decode_merge_counters(int max_seqs, int n_heads) {
 // runtime/cuda/cuda_backend.cpp (bf16 residual x, norm weights folded into
 // wqkv and wgu), five phases per layer between grid-wide barriers.
 constexpr int kPersistentMaxRows = 4;
-// Splits of one (row, KV head) at most; the workspace holds that many
-// partials per (row, query head).
-constexpr int kPersistentMaxSplits = 32;
 struct PersistentLayer {
   const bf16* wqkv = nullptr;   // [q_dim + 2 kv_dim, hidden], attn_norm folded in
   const bf16* bqkv = nullptr;   // [q_dim + 2 kv_dim] or null

@@ -38,53 +38,29 @@
 // CTA adds 1 after a fence and waits for epoch * gridDim.x (the cooperative
 // launch makes every CTA resident).
 #include <algorithm>
-#include <climits>
 #include <map>
 #include <mutex>
 #include <utility>
 
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda_ops.h"
+#include "kernels/persistent_plan.h"
 
 namespace cartserve::ops::cuda {
 
 namespace {
 
-constexpr int kThreads = 512;
-constexpr int kWarps = kThreads / 32;
-constexpr int kChunk = 64;  // attention positions per shared-memory stage
-constexpr int kUnroll = 4;  // 16-byte weight chunks in flight per lane
-constexpr int kMaxGroup = 16;
+constexpr int kThreads = kPersistentThreads;
+constexpr int kWarps = kPersistentWarps;
+constexpr int kChunk = kPersistentChunk;
+constexpr int kUnroll = 4;             // 16-byte weight chunks in flight per lane
 constexpr uint32_t kPiece = 64 << 10;  // bytes per L2 prefetch instruction
 constexpr float kLog2e = 1.4426950408889634f;
-
-struct LinearShape {
-  int in = 0, out = 0;  // w [out, in]
-  int granule = 1;      // CTA row ranges are whole granules
-  int slices = 1;       // a unit is one row's columns [s in / slices, (s + 1) in / slices)
-};
+using LinearShape = PersistentLinear;
 
 struct Plan {
   LinearShape qkv, o, gu, down;
   int xs_bytes = 0;  // shared memory for the staged rows; the partial sums follow
-};
-
-// ---- shared-memory layout of the attention phase (bytes, 16-byte aligned) ----
-struct AttnSmem {
-  int k, v, q, sc, cs, stats, nk, nv, flag, total;
-  __host__ __device__ AttnSmem(int D, int G) {
-    auto up = [](int b) { return (b + 15) / 16 * 16; };
-    k = 0;                               // bf16 [kChunk][D]
-    v = k + up(kChunk * D * 2);          // bf16 [kChunk][D]
-    q = v + up(kChunk * D * 2);          // f32 [G][D]
-    sc = q + up(G * D * 4);              // f32 [G][kChunk]
-    cs = sc + up(G * kChunk * 4);        // f32 [D]: cos | sin
-    stats = cs + up(D * 4);              // f32 [3][kMaxGroup]: max, sum, alpha
-    nk = stats + up(3 * kMaxGroup * 4);  // bf16 [D] the row's own k
-    nv = nk + up(D * 2);                 // bf16 [D] its v
-    flag = nv + up(D * 2);               // int
-    total = flag + 16;
-  }
 };
 
 __device__ __forceinline__ float bf16_round(float v) {
@@ -114,9 +90,7 @@ __device__ __forceinline__ void grid_sync(unsigned* counter, unsigned& epoch) {
 
 // This CTA's rows [r0, r1) of a linear phase.
 __device__ __forceinline__ void cta_rows(const LinearShape& s, int& r0, int& r1) {
-  const int64_t granules = s.out / s.granule;
-  r0 = static_cast<int>(granules * blockIdx.x / gridDim.x) * s.granule;
-  r1 = static_cast<int>(granules * (blockIdx.x + 1) / gridDim.x) * s.granule;
+  persistent_cta_rows(s, static_cast<int>(blockIdx.x), static_cast<int>(gridDim.x), r0, r1);
 }
 
 // Asks L2 for the first `cap` bytes of this CTA's rows of w (weights:
@@ -231,14 +205,6 @@ __device__ void linear_phase(const LinearShape& s, const bf16* __restrict__ w, c
   }
 }
 
-// KV positions per split of a row with `ctx` keys: whole stages, at most
-// kPersistentMaxSplits splits.
-__device__ __forceinline__ int split_len(int ctx) {
-  const int per = (ctx + kPersistentMaxSplits - 1) / kPersistentMaxSplits;
-  const int whole = (per + kChunk - 1) / kChunk * kChunk;
-  return whole > kChunk ? whole : kChunk;
-}
-
 // Phase 2 of layer `kv`'s attention (see the file comment).
 template <int D>
 __device__ void attention_phase(const PersistentDecode& p, int rows, const KvLayer& kv,
@@ -255,15 +221,15 @@ __device__ void attention_phase(const PersistentDecode& p, int rows, const KvLay
   const int64_t QKV = Q + 2 * KVD;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const float scale_log2 = p.scale * kLog2e;
-  const AttnSmem L(D, G);
+  const PersistentAttnSmem L(D, G);
   bf16* sk = reinterpret_cast<bf16*>(smem + L.k);
   bf16* sv = reinterpret_cast<bf16*>(smem + L.v);
   float* sq = reinterpret_cast<float*>(smem + L.q);
   float* ssc = reinterpret_cast<float*>(smem + L.sc);
   float* scs = reinterpret_cast<float*>(smem + L.cs);
   float* s_m = reinterpret_cast<float*>(smem + L.stats);
-  float* s_l = s_m + kMaxGroup;
-  float* s_a = s_l + kMaxGroup;
+  float* s_l = s_m + kPersistentMaxGroup;
+  float* s_a = s_l + kPersistentMaxGroup;
   bf16* snk = reinterpret_cast<bf16*>(smem + L.nk);
   bf16* snv = reinterpret_cast<bf16*>(smem + L.nv);
   int* s_flag = reinterpret_cast<int*>(smem + L.flag);
@@ -272,18 +238,10 @@ __device__ void attention_phase(const PersistentDecode& p, int rows, const KvLay
                                 kPersistentMaxSplits * D;  // [R, n_heads, MS, 2]
 
   for (int item = blockIdx.x;; item += gridDim.x) {
-    // Item -> (row t, KV head g, split sp): rows in order, then heads, then splits.
-    int t = 0, rem = item, ctx = 0, len = 0, n_splits = 0;
-    for (; t < rows; ++t) {
-      ctx = p.batch.context_lens[t];
-      len = split_len(ctx);
-      n_splits = ctx > 0 ? (ctx + len - 1) / len : 0;
-      if (rem < nkv * n_splits) break;
-      rem -= nkv * n_splits;
-    }
-    if (t >= rows) break;  // (CTA-uniform)
-    const int g = rem / n_splits, sp = rem % n_splits;
-    const int begin = sp * len, end = std::min(ctx, begin + len);
+    PersistentItem it;
+    if (!persistent_item(p.batch.context_lens, rows, nkv, item, it)) break;  // (CTA-uniform)
+    const int t = it.row, g = it.kv_head, sp = it.split, n_splits = it.splits;
+    const int begin = it.begin, end = it.end;
     const int pos = p.positions[t];
     const bool own = pos >= begin && pos < end;  // this split makes the row's k and v
     const bf16* qrow = p.qkv + t * QKV;
@@ -561,28 +519,6 @@ __global__ void __launch_bounds__(kThreads, 1)
   }
 }
 
-// Slices per row: the fewest lane-iterations for this CTA's most rows.
-LinearShape plan_linear(int in, int out, int granule, int grid) {
-  const int chunks = in / 8;
-  const int rows = (out / granule + grid - 1) / grid * granule;
-  LinearShape s{in, out, granule, 1};
-  long best = LONG_MAX;
-  for (int k = 1; k <= 8; k *= 2) {
-    if (chunks % k != 0) continue;
-    const long cost =
-        static_cast<long>((rows * k + kWarps - 1) / kWarps) * ((chunks / k + 31) / 32);
-    if (cost < best) {
-      best = cost;
-      s.slices = k;
-    }
-  }
-  return s;
-}
-
-int most_units(const LinearShape& s, int grid) {
-  return (s.out / s.granule + grid - 1) / grid * s.granule * s.slices;
-}
-
 using Kernel = void (*)(const PersistentDecode, const Plan);
 
 template <int N>
@@ -593,10 +529,10 @@ Kernel kernel_for(int head_dim) {
 Plan make_plan(int hidden, int ff, int n_heads, int n_kv_heads, int head_dim, int rows, int grid) {
   const int Q = n_heads * head_dim, QKV = Q + 2 * n_kv_heads * head_dim;
   Plan plan;
-  plan.qkv = plan_linear(hidden, QKV, 1, grid);
-  plan.o = plan_linear(Q, hidden, 1, grid);
-  plan.gu = plan_linear(hidden, 2 * ff, 16, grid);
-  plan.down = plan_linear(ff, hidden, 1, grid);
+  plan.qkv = persistent_plan_linear(hidden, QKV, 1, grid);
+  plan.o = persistent_plan_linear(Q, hidden, 1, grid);
+  plan.gu = persistent_plan_linear(hidden, 2 * ff, 16, grid);
+  plan.down = persistent_plan_linear(ff, hidden, 1, grid);
   plan.xs_bytes = static_cast<int>(sizeof(bf16)) * rows * std::max({hidden, Q, ff});
   plan.xs_bytes = (plan.xs_bytes + 15) / 16 * 16;
   return plan;
@@ -605,10 +541,11 @@ Plan make_plan(int hidden, int ff, int n_heads, int n_kv_heads, int head_dim, in
 // Dynamic shared memory of a launch: the linear phases' (staged rows, then
 // the partial sums) or the attention phase's, whichever is larger.
 size_t launch_smem(const Plan& plan, int rows, int grid, int head_dim, int group) {
-  const int units = std::max({most_units(plan.qkv, grid), most_units(plan.o, grid),
-                              most_units(plan.gu, grid), most_units(plan.down, grid)});
+  const int units =
+      std::max({persistent_most_units(plan.qkv, grid), persistent_most_units(plan.o, grid),
+                persistent_most_units(plan.gu, grid), persistent_most_units(plan.down, grid)});
   const size_t linear = static_cast<size_t>(plan.xs_bytes) + sizeof(float) * units * rows;
-  return std::max(linear, static_cast<size_t>(AttnSmem(head_dim, group).total));
+  return std::max(linear, static_cast<size_t>(PersistentAttnSmem(head_dim, group).total));
 }
 
 int device_attribute(cudaDeviceAttr a) {
@@ -648,7 +585,7 @@ size_t persistent_decode_workspace_bytes(int n_heads, int head_dim) {
 bool persistent_decode_supported(int hidden, int ff, int n_heads, int n_kv_heads, int head_dim,
                                  int ctas) {
   if (head_dim != 64 && head_dim != 128) return false;
-  if (n_kv_heads <= 0 || n_heads % n_kv_heads != 0 || n_heads / n_kv_heads > kMaxGroup) {
+  if (n_kv_heads <= 0 || n_heads % n_kv_heads != 0 || n_heads / n_kv_heads > kPersistentMaxGroup) {
     return false;
   }
   const int q = n_heads * head_dim;
