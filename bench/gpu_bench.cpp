@@ -37,6 +37,7 @@
 #include "bench_util.h"
 #include "cartridge/cartridge_io.h"
 #include "kernels/cuda_ops.h"
+#include "kernels/persistent_timeline.h"
 #include "kernels/sampling_ops.h"
 #include "runtime/cuda/cuda_backend.h"
 #include "runtime/cuda/gemm.h"
@@ -571,6 +572,28 @@ struct PagedSetup {
 // budget tables then time its scaled RoPE and SwiGLU instead of add_rms_norm).
 bool folded_forward() {
   return cuda::CudaOptions::fold_norms_by_default() && cuda::Gemm::plain_by_default();
+}
+
+// Where the last persistent decode step's time went, by phase
+// (CARTSERVE_PERSISTENT_TIMELINE=1; null otherwise).
+json persistent_timeline(Backend& b, int layers) {
+  auto* cb = dynamic_cast<cuda::CudaBackend*>(&b);
+  if (cb == nullptr || !cb->persistent_decode()) return nullptr;
+  auto t = cb->persistent_timeline();
+  if (!t.ok() || t->empty()) return nullptr;
+  const ops::PersistentTimeline s =
+      ops::summarize_persistent_timeline(*t, layers, cb->persistent_ctas());
+  json phases = json::array();
+  std::printf("persistent step %.1f us (%d CTAs), per layer:\n", s.step_us, cb->persistent_ctas());
+  for (const auto& ph : s.phases) {
+    phases.push_back({{"phase", ph.phase},
+                      {"work_max_us", ph.work_max_us},
+                      {"work_mean_us", ph.work_mean_us},
+                      {"barrier_us", ph.barrier_us}});
+    std::printf("  %-9s work %.2f us (slowest CTA) %.2f (mean), barrier %.2f us\n", ph.phase,
+                ph.work_max_us, ph.work_mean_us, ph.barrier_us);
+  }
+  return {{"step_us", s.step_us}, {"ctas", cb->persistent_ctas()}, {"phases", phases}};
 }
 
 int device_sms() {
@@ -1116,6 +1139,9 @@ int main(int argc, char** argv) {
             figures["decode_batch_1_logprobs"] =
                 decode_figure("decode_batch_1_logprobs", batch, 1e3 * *lp_s, floor_ms);
           }
+        }
+        if (auto tl = persistent_timeline(b, c.num_layers); !tl.is_null()) {
+          j["persistent_timeline_b1"] = tl;
         }
       }
     }

@@ -42,7 +42,8 @@
 #              under memcheck (every command under `timeout`: a barrier that never opens
 #              hangs), then decode at batch 1 on the SmolLM2 and 3B shapes, per-op and
 #              persistent with CARTSERVE_PERSISTENT_PREFETCH_KB 64, 0, 256 (and on SmolLM2's
-#              CARTSERVE_PERSISTENT_CTAS 32, 66): gpu_bench_decode1_{smollm2,llama3b}[_persistent_*].json
+#              CARTSERVE_PERSISTENT_CTAS 32, 66): gpu_bench_decode1_{smollm2,llama3b}[_persistent_*].json,
+#              each persistent one with where its step went by phase (persistent_timeline_b1)
 #   pdl        with CARTSERVE_PDL=1 (programmatic dependent launch): the op tests, then decode
 #              and the linear layers on the 3B shape: gpu_bench_pdl.json
 #   profile    per-kernel GPU time of decode at batch 1 on the 3B shape (nsys, graph nodes
@@ -152,8 +153,8 @@ persistent_bench() {  # persistent_bench NAME: decode at batch 1, per-op, then p
   stage "bench_decode1_$1" timeout 240 "$B/gpu_bench" "/tmp/ckpt/$1" --only decode1 \
     --out "$OUT/gpu_bench_decode1_$1.json" || return 1
   local v
-  for v in 64 0 256; do
-    CARTSERVE_PERSISTENT_DECODE=1 CARTSERVE_PERSISTENT_PREFETCH_KB=$v \
+  for v in 64 0 256; do  # (with the per-phase timeline: persistent_timeline_b1)
+    CARTSERVE_PERSISTENT_DECODE=1 CARTSERVE_PERSISTENT_PREFETCH_KB=$v CARTSERVE_PERSISTENT_TIMELINE=1 \
       stage "bench_decode1_$1_persistent_$v" timeout 240 "$B/gpu_bench" "/tmp/ckpt/$1" \
       --only decode1 --out "$OUT/gpu_bench_decode1_$1_persistent_$v.json" || return 1
   done

@@ -282,6 +282,10 @@ struct PersistentDecode {
   // Bytes of the next phase's weight slice each CTA asks L2 for before a
   // barrier (0: none).
   int prefetch_bytes = 0;
+  // Or null. Else [events, 2, ctas] global-timer ns (persistent_timeline.h):
+  // event 0 each CTA's start, event k (1 .. 5 L - 1) its arrival at barrier k
+  // and its release from it, event 5 L its end (arrivals only).
+  unsigned long long* timeline = nullptr;
 };
 size_t persistent_decode_workspace_bytes(int n_heads, int head_dim);
 constexpr int kMergeCounters = 32;  // offset of the merge counters (own cache line)

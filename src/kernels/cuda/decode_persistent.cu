@@ -73,17 +73,35 @@ __device__ __forceinline__ unsigned ld_acquire(const unsigned* p) {
   return v;
 }
 
+__device__ __forceinline__ unsigned long long global_ns() {
+  unsigned long long t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  return t;
+}
+
+// PersistentDecode::timeline: this CTA's event `event` (arrival 0: start;
+// release: after the barrier) at the global timer, by thread 0.
+__device__ __forceinline__ void mark(unsigned long long* timeline, int event, bool release) {
+  if (timeline != nullptr) {
+    timeline[(2 * static_cast<int64_t>(event) + (release ? 1 : 0)) * gridDim.x + blockIdx.x] =
+        global_ns();
+  }
+}
+
 // Every CTA's writes before the call are visible to every CTA after it.
-__device__ __forceinline__ void grid_sync(unsigned* counter, unsigned& epoch) {
+__device__ __forceinline__ void grid_sync(unsigned* counter, unsigned& epoch,
+                                          unsigned long long* timeline) {
   ++epoch;
   __syncthreads();
   if (threadIdx.x == 0) {
+    mark(timeline, static_cast<int>(epoch), false);
     __threadfence();
     atomicAdd(counter, 1u);
     const unsigned target = epoch * gridDim.x;
     while (ld_acquire(counter) < target) {
     }
     __threadfence();
+    mark(timeline, static_cast<int>(epoch), true);
   }
   __syncthreads();
 }
@@ -482,6 +500,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   float* part = reinterpret_cast<float*>(smem + plan.xs_bytes);  // [units, N]
   const float none[N] = {};
   const int pf = p.prefetch_bytes;
+  if (threadIdx.x == 0) mark(p.timeline, 0, false);
   for (int l = 0; l < p.num_layers; ++l) {
     const PersistentLayer w = p.layers[l];
     KvLayer kv = p.kv;
@@ -491,15 +510,15 @@ __global__ void __launch_bounds__(kThreads, 1)
     stage_rows(p.x, N, H, xs);
     linear_phase<N, kStore>(plan.qkv, w.wqkv, xs, part, p.qkv, QKV, none);
     prefetch_rows(w.wo, plan.o, 4 * pf);  // during attention, which reads no weights
-    grid_sync(barrier, epoch);
+    grid_sync(barrier, epoch, p.timeline);
     // 2. Attention.
     attention_phase<D>(p, N, kv, w.bqkv, smem, red, merge);
-    grid_sync(barrier, epoch);
+    grid_sync(barrier, epoch, p.timeline);
     // 3. o projection into the residual.
     stage_rows(p.attn, N, Q, xs);
     linear_phase<N, kAddResidual>(plan.o, w.wo, xs, part, p.x, H, none);
     prefetch_rows(w.wgu, plan.gu, pf);
-    grid_sync(barrier, epoch);
+    grid_sync(barrier, epoch, p.timeline);
     // 4. gate/up and SwiGLU.
     stage_rows(p.x, N, H, xs);
     float rf[N];
@@ -508,15 +527,17 @@ __global__ void __launch_bounds__(kThreads, 1)
       rf[t] = row_inv_rms(xs + t * H, H, p.eps, red);
     linear_phase<N, kSwiglu>(plan.gu, w.wgu, xs, part, p.act, FF, rf);
     prefetch_rows(w.wdown, plan.down, pf);
-    grid_sync(barrier, epoch);
+    grid_sync(barrier, epoch, p.timeline);
     // 5. down projection into the residual.
     stage_rows(p.act, N, FF, xs);
     linear_phase<N, kAddResidual>(plan.down, w.wdown, xs, part, p.x, H, none);
     if (l + 1 < p.num_layers) {
       prefetch_rows(p.layers[l + 1].wqkv, plan.qkv, pf);
-      grid_sync(barrier, epoch);
+      grid_sync(barrier, epoch, p.timeline);
     }
   }
+  __syncthreads();
+  if (threadIdx.x == 0) mark(p.timeline, 5 * p.num_layers, false);
 }
 
 using Kernel = void (*)(const PersistentDecode, const Plan);

@@ -9,6 +9,7 @@
 #include "core/progress.h"
 #include "kernels/cascade_split.h"
 #include "kernels/cuda_ops.h"
+#include "kernels/persistent_timeline.h"
 #include "kernels/sampling_ops.h"
 #include "runtime/cuda/cuda_status.h"
 #include "runtime/cuda/device_sampling.h"
@@ -83,6 +84,7 @@ struct CudaBackend::Buffers {
   ops::PersistentLayer* persist_layers = nullptr;  // [layers]
   void* persist_ws = nullptr;
   unsigned* persist_counters = nullptr;
+  unsigned long long* persist_timeline = nullptr;  // (CudaOptions::persistent_timeline)
   void* sample_ws = nullptr;
   int32_t* d_in = nullptr;                   // [in_ints] the step's int arrays
   ops::SampleRowParams* d_params = nullptr;  // [R]
@@ -276,6 +278,10 @@ Status CudaBackend::allocate(uint64_t kv_bytes) {
           persist ? ops::persistent_decode_workspace_bytes(c.num_heads, c.head_dim) : 0);
       b.persist_counters =
           a.take<unsigned>(persist ? ops::persistent_decode_counters(c.num_kv_heads) : 0);
+      b.persist_timeline = a.take<unsigned long long>(
+          persist && opts_.persistent_timeline
+              ? ::cartserve::ops::persistent_timeline_stamps(c.num_layers, persistent_ctas_)
+              : 0);
       b.cascade_ws = a.take<uint8_t>(ops::cascade_workspace_bytes(
           opts_.cascade_min_prefix > 0 ? b.max_seqs : 0, c.num_heads, c.head_dim));
       b.gemm_ws = a.take<uint8_t>(kGemmWorkspace);
@@ -658,6 +664,7 @@ Status CudaBackend::layers(const Shape& sh) {
       p.workspace = b.persist_ws;
       p.counters = b.persist_counters;
       p.prefetch_bytes = opts_.persistent_prefetch_bytes;
+      p.timeline = opts_.persistent_timeline ? b.persist_timeline : nullptr;
       ops::decode_layers_persistent(p, n, persistent_ctas_, compute_);
       return {};
     }
@@ -937,6 +944,16 @@ bool CudaOptions::kv_load_direct_by_default() {
 bool CudaOptions::fold_norms_by_default() {
   const char* v = std::getenv("CARTSERVE_FOLD_NORMS");
   return v == nullptr || std::strcmp(v, "0") != 0;
+}
+
+Result<std::vector<uint64_t>> CudaBackend::persistent_timeline() {
+  if (!persistent_ || !opts_.persistent_timeline) return std::vector<uint64_t>{};
+  std::vector<uint64_t> t(
+      ::cartserve::ops::persistent_timeline_stamps(model_.config.num_layers, persistent_ctas_));
+  CS_CUDA(cudaMemcpyAsync(t.data(), buf_->persist_timeline, sizeof(uint64_t) * t.size(),
+                          cudaMemcpyDeviceToHost, compute_));
+  CS_CUDA(cudaStreamSynchronize(compute_));
+  return t;
 }
 
 bool CudaOptions::persistent_decode_by_default() {

@@ -28,6 +28,7 @@
 #include <utility>
 #include <vector>
 
+#include "core/env.h"
 #include "kernels/cuda_ops.h"
 #include "model/model.h"
 #include "runtime/backend.h"
@@ -105,6 +106,10 @@ struct CudaOptions {
   // CARTSERVE_PERSISTENT_CTAS.
   int persistent_ctas = persistent_ctas_by_default();
   static int persistent_ctas_by_default();
+  // Its CTAs stamp the global timer at every barrier (ops::cuda::
+  // PersistentDecode::timeline; CudaBackend::persistent_timeline reads the
+  // last step's). Default from CARTSERVE_PERSISTENT_TIMELINE=1.
+  bool persistent_timeline = env_flag("CARTSERVE_PERSISTENT_TIMELINE");
 };
 
 class CudaBackend final : public Backend {
@@ -131,6 +136,11 @@ class CudaBackend final : public Backend {
   // Whether decode steps of up to 4 sequences take the persistent kernel
   // (CudaOptions::persistent_decode, when the model and device allow it).
   bool persistent_decode() const { return persistent_; }
+  int persistent_ctas() const { return persistent_ctas_; }
+  // The last persistent step's stamps (CudaOptions::persistent_timeline;
+  // empty without): kernels/persistent_timeline.h reads them. Waits for the
+  // compute stream.
+  Result<std::vector<uint64_t>> persistent_timeline();
 
   // Tensor parallelism (tp_cuda_backend.h): called after o_proj and after
   // down with the layer's partial output [count] bf16, to turn it into the

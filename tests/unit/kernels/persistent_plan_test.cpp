@@ -4,9 +4,11 @@
 // exactly one item, the partial-sum and shared-memory sizes the launcher
 // derives from the plan large enough.
 #include "kernels/persistent_plan.h"
+#include "kernels/persistent_timeline.h"
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <random>
 #include <vector>
 
@@ -154,6 +156,47 @@ TEST(PersistentPlan, AttentionSharedMemoryIsAlignedAndDisjoint) {
       EXPECT_LE(m.total, 64 << 10);  // under every Hopper CTA's limit with room to spare
     }
   }
+}
+
+// kernels/persistent_timeline.h on stamps made up with known work and
+// barrier times: CTA c works 1000 (k + 1) + 10 c ns in phase k, and leaves
+// each barrier 200 + 10 c ns after the last CTA arrives.
+TEST(PersistentTimeline, PhasesGetTheirWorkAndBarrierTimes) {
+  constexpr int L = 3, C = 4;
+  const int last = kPersistentPhases * L;
+  std::vector<uint64_t> t(persistent_timeline_stamps(L, C), 0);
+  auto at = [&](int e, int r, int c) -> uint64_t& {
+    return t[(2 * static_cast<size_t>(e) + static_cast<size_t>(r)) * C + static_cast<size_t>(c)];
+  };
+  std::vector<uint64_t> from(C);
+  for (int c = 0; c < C; ++c)
+    from[static_cast<size_t>(c)] = at(0, 0, c) = 1'000'000 + 5 * static_cast<uint64_t>(c);
+  for (int e = 1; e <= last; ++e) {
+    uint64_t latest = 0;
+    for (int c = 0; c < C; ++c) {
+      const uint64_t work = 1000 * (1 + (e - 1) % kPersistentPhases) + 10 * c;
+      at(e, 0, c) = from[static_cast<size_t>(c)] + work;
+      latest = std::max(latest, at(e, 0, c));
+    }
+    if (e == last) break;
+    for (int c = 0; c < C; ++c)
+      from[static_cast<size_t>(c)] = at(e, 1, c) = latest + 200 + 10 * static_cast<uint64_t>(c);
+  }
+  const PersistentTimeline s = summarize_persistent_timeline(t, L, C);
+  uint64_t end = 0;
+  for (int c = 0; c < C; ++c)
+    end = std::max(end, at(last, 0, c));
+  EXPECT_DOUBLE_EQ(s.step_us, static_cast<double>(end - 1'000'000) / 1e3);
+  for (int k = 0; k < kPersistentPhases; ++k) {
+    SCOPED_TRACE(k);
+    const PersistentPhaseTimes& p = s.phases[static_cast<size_t>(k)];
+    EXPECT_NEAR(p.work_max_us, (1000.0 * (k + 1) + 30) / 1e3, 1e-9);
+    EXPECT_NEAR(p.work_mean_us, (1000.0 * (k + 1) + 15) / 1e3, 1e-9);
+    EXPECT_NEAR(p.barrier_us, 0.215, 1e-9);  // 200 + mean(0, 10, 20, 30)
+  }
+  EXPECT_STREQ(s.phases[1].phase, "attention");
+  // Too few stamps: nothing is read.
+  EXPECT_EQ(summarize_persistent_timeline(std::vector<uint64_t>(10), L, C).step_us, 0.0);
 }
 
 }  // namespace
