@@ -301,8 +301,9 @@ bool persistent_decode_supported(int hidden, int ff, int n_heads, int n_kv_heads
 // One step's layers for `rows` (1..kPersistentMaxRows, == batch.num_seqs)
 // decode rows on `ctas` CTAs (all resident: a cooperative launch).
 // Capturable (a memset and a cooperative kernel node). A row's bits do not
-// depend on the other rows nor on `rows` (they do on ctas).
-void decode_layers_persistent(const PersistentDecode& p, int rows, int ctas, cudaStream_t s);
+// depend on the other rows nor on `rows` (they do on ctas). False: the
+// cooperative launch was refused (nothing ran but the memset).
+bool decode_layers_persistent(const PersistentDecode& p, int rows, int ctas, cudaStream_t s);
 
 // ---- shared-prefix (cascade) attention ----------------------------------------
 // Decode sequences whose first keys lie in the same physical KV blocks (a

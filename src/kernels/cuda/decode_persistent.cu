@@ -56,6 +56,7 @@ constexpr int kChunk = kPersistentChunk;
 constexpr int kUnroll = 4;             // 16-byte weight chunks in flight per lane
 constexpr uint32_t kPiece = 64 << 10;  // bytes per L2 prefetch instruction
 constexpr float kLog2e = 1.4426950408889634f;
+constexpr unsigned long long kBarrierTimeoutNs = 10'000'000'000ull;  // 10 s
 using LinearShape = PersistentLinear;
 
 struct Plan {
@@ -98,7 +99,12 @@ __device__ __forceinline__ void grid_sync(unsigned* counter, unsigned& epoch,
     __threadfence();
     atomicAdd(counter, 1u);
     const unsigned target = epoch * gridDim.x;
+    // A barrier that does not open within kBarrierTimeoutNs is a bug (or a
+    // CTA that never became resident): trap, so the step fails with a CUDA
+    // error instead of hanging the server.
+    const unsigned long long t0 = global_ns();
     while (ld_acquire(counter) < target) {
+      if (global_ns() - t0 > kBarrierTimeoutNs) __trap();
     }
     __threadfence();
     mark(timeline, static_cast<int>(epoch), true);
@@ -617,7 +623,7 @@ bool persistent_decode_supported(int hidden, int ff, int n_heads, int n_kv_heads
   return smem <= static_cast<size_t>(device_attribute(cudaDevAttrMaxSharedMemoryPerBlockOptin));
 }
 
-void decode_layers_persistent(const PersistentDecode& p, int rows, int ctas, cudaStream_t s) {
+bool decode_layers_persistent(const PersistentDecode& p, int rows, int ctas, cudaStream_t s) {
   const KvLayer& kv = p.kv;
   const int D = kv.head_dim, nkv = kv.num_kv_heads;
   if (rows < 1 || rows > kPersistentMaxRows || rows != p.batch.num_seqs ||
@@ -664,8 +670,14 @@ void decode_layers_persistent(const PersistentDecode& p, int rows, int ctas, cud
   cfg.stream = s;
   cfg.attrs = attr;
   cfg.numAttrs = 1;
-  (void)cudaLaunchKernelEx(&cfg, k, p, plan);
-  check_launch("decode_layers_persistent");
+  // A cooperative launch can be refused where the SMs are shared (MPS, green
+  // contexts): the caller falls back to the per-op kernels.
+  if (cudaLaunchKernelEx(&cfg, k, p, plan) != cudaSuccess) {
+    const cudaError_t err = cudaGetLastError();  // (clears it)
+    std::fprintf(stderr, "decode_layers_persistent: launch refused: %s\n", cudaGetErrorString(err));
+    return false;
+  }
+  return true;
 }
 
 }  // namespace cartserve::ops::cuda

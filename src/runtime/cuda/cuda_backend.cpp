@@ -665,8 +665,9 @@ Status CudaBackend::layers(const Shape& sh) {
       p.counters = b.persist_counters;
       p.prefetch_bytes = opts_.persistent_prefetch_bytes;
       p.timeline = opts_.persistent_timeline ? b.persist_timeline : nullptr;
-      ops::decode_layers_persistent(p, n, persistent_ctas_, compute_);
-      return {};
+      if (ops::decode_layers_persistent(p, n, persistent_ctas_, compute_)) return {};
+      LOG_WARN("persistent decode is off: its cooperative launch was refused");
+      persistent_ = false;  // this step and the next ones take the per-op kernels
     }
   } else {
     ops::embedding(weights_.embed, sh.ids, b.x, n, H, compute_);
