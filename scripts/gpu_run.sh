@@ -34,6 +34,10 @@
 #              linear, ops, attention, sampling): gpu_bench_GROUP.json
 #   bench@VAR=VAL,VAR=VAL:GROUP  one gpu_bench group with those variables set:
 #              gpu_bench_GROUP_vars.json
+#   logits@VAR=VAL,VAR=VAL:NAME  the logits of one shape with those variables set:
+#              logits_NAME_vars.json (e.g. logits@CARTSERVE_PERSISTENT_DECODE=1:smollm2)
+#   smollm2@VAR=VAL,VAR=VAL  the smollm2 stage with those variables set (servers and tools
+#              inherit them): smollm2_golden_vars.json, tiers_vars.jsonl
 #   logits:tp2 (2+ GPUs) the 3B checkpoint through TP=2 (NCCL) against HF (logits_tp2_llama3b.json)
 #              and against TP=1 (logits_tp2_vs_tp1.json: bf16 tolerance, greedy agreement)
 #   smollm2:tp2 (2+ GPUs) the smollm2 stage's validation tiers with the servers at
@@ -119,13 +123,13 @@ ckpt() {  # ckpt NAME: the random checkpoint of that shape (written once per mac
 }
 
 logits() {  # logits NAME [TP]: our logits and greedy continuations against HF's
-  local tp=${2:-1} dir="/tmp/ours/$1_tp${2:-1}"
+  local tp=${2:-1} dir="/tmp/ours/$1_tp${2:-1}${SUFFIX:-}"
   ckpt "$1" || return 1
   rm -rf "$dir" && mkdir -p "$dir"
   "$B/dump_logits" "/tmp/ckpt/$1" "/tmp/ckpt/$1/prompts.json" "$dir" --device cuda \
     --greedy 64 --tp "$tp" || return 1
-  local name="logits_$1.json"
-  [ "$tp" = 1 ] || name="logits_tp${tp}_$1.json"
+  local name="logits_$1${SUFFIX:-}.json"
+  [ "$tp" = 1 ] || name="logits_tp${tp}_$1${SUFFIX:-}.json"
   python3 tools/gpu/hf_reference.py compare "/tmp/ckpt/$1" "$dir" "$OUT/$name"
 }
 
@@ -193,7 +197,7 @@ smollm2() {  # smollm2 [TIER_REPORT]: greedy text, canary and tiers on the real 
   "$B/dump_logits" "$GGUF" tests/fixtures/model/smollm2_golden.json /tmp/ours/golden \
     --device cuda --greedy 64 || rc=1
   python3 tools/gpu/golden_greedy.py tests/fixtures/model/smollm2_golden.json \
-    /tmp/ours/golden "$OUT/smollm2_golden.json" || rc=1
+    /tmp/ours/golden "$OUT/smollm2_golden${SUFFIX:-}.json" || rc=1
   CARTSERVE_TEST_DEVICE=cuda CARTSERVE_TEST_MODEL="$GGUF" "$B/model_tests" \
     --gtest_filter='*Canary*:*AcrossDevices*' || rc=1
   CARTSERVE_TEST_DEVICE=cuda CARTSERVE_TEST_MODEL="$GGUF" CARTSERVE_BIN="$B/cartserve" \
@@ -219,6 +223,14 @@ for s in "$@"; do
           "$B/dump_logits" /tmp/ckpt/smollm2 /tmp/ckpt/smollm2/prompts.json /tmp --device cuda \
           --greedy 4 ;;
     logits) stage logits_smollm2 logits smollm2; stage logits_llama3b logits llama3b ;;
+    logits@*|smollm2@*) # logits@VAR=VAL,...:NAME, smollm2@VAR=VAL,...: with those variables
+      spec=${s#*@}; vars=${spec%%:*}
+      sfx="_$(echo "$vars" | tr -c 'A-Za-z0-9\n' _ | tr A-Z a-z | sed 's/cartserve_//g')"
+      if [ "${s%%@*}" = logits ]; then
+        (IFS=, && export $vars && SUFFIX=$sfx stage "logits_${spec#*:}$sfx" logits "${spec#*:}")
+      else
+        (IFS=, && export $vars && SUFFIX=$sfx stage "smollm2$sfx" smollm2 "$OUT/tiers$sfx.jsonl")
+      fi ;;
     logits:tp2) stage logits_tp2 logits_tp2 ;;
     logits:*) stage "logits_${s#logits:}" logits "${s#logits:}" ;;
     bench) ckpt llama3b && stage bench "$B/gpu_bench" /tmp/ckpt/llama3b --out "$OUT/gpu_bench.json" ;;
