@@ -65,17 +65,7 @@ TEST(CudaBackendFold, FoldedForwardMatchesTheCpuAndTheUnfolded) {
                 d_fold, d_unf);
     EXPECT_LE(d_fold, 2.f * d_unf + 1e-3f);
     EXPECT_GT(d_fold, 0.f);  // the folded path ran (it cannot match the fp32 CPU bit for bit)
-    int decided = 0;
-    for (size_t r = 0; r * vocab < ref.size(); ++r) {
-      const float* c = ref.data() + r * vocab;
-      const float* g = folded.data() + r * vocab;
-      std::vector<float> row(c, c + vocab);
-      std::partial_sort(row.begin(), row.begin() + 2, row.end(), std::greater<>());
-      if (row[0] - row[1] <= 2.f * d_fold) continue;
-      ++decided;
-      EXPECT_EQ(std::max_element(g, g + vocab) - g, std::max_element(c, c + vocab) - c)
-          << "row " << r;
-    }
+    const int decided = testing::expect_decided_top1(ref, folded, vocab, 2.f * d_fold);
     std::printf("[fold norms] bias %d: top-1 checked on %d of %zu rows\n", bias, decided,
                 ref.size() / vocab);
     const std::vector<float> again = gpu_logits(*m, true);

@@ -157,17 +157,7 @@ void check_against_cpu_and_per_op(const Model& m, const Script& sc, const char* 
       "between them %.3e\n",
       name, d_pers, d_op, testing::max_abs_diff(per_op, pers));
   EXPECT_LE(d_pers, 2.f * d_op + 1e-3f);
-  int decided = 0;
-  for (size_t r = 0; r * vocab < ref.size(); ++r) {
-    const float* c = ref.data() + r * vocab;
-    const float* g = pers.data() + r * vocab;
-    std::vector<float> row(c, c + vocab);
-    std::partial_sort(row.begin(), row.begin() + 2, row.end(), std::greater<>());
-    if (row[0] - row[1] <= 2.f * d_pers) continue;
-    ++decided;
-    EXPECT_EQ(std::max_element(g, g + vocab) - g, std::max_element(c, c + vocab) - c)
-        << "row " << r;
-  }
+  const int decided = testing::expect_decided_top1(ref, pers, vocab, 2.f * d_pers);
   std::printf("[persistent] %s: top-1 checked on %d of %zu rows\n", name, decided,
               ref.size() / vocab);
   const std::vector<float> again = gpu_run(m, sc, true, ctas);

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
 #include <vector>
 
 #include <gtest/gtest.h>
@@ -31,6 +32,26 @@ inline std::vector<float> tp_run_logits(Backend& b, int vocab) {
     if (step.ok()) all.insert(all.end(), step->begin(), step->end());
   }
   return all;
+}
+
+// Rows [n, vocab] of `got` against `ref`: where ref's top-2 gap exceeds
+// `margin`, both pick the same top-1 token (a failure per row). Returns the
+// rows so decided.
+inline int expect_decided_top1(const std::vector<float>& ref, const std::vector<float>& got,
+                               int vocab, float margin) {
+  EXPECT_EQ(ref.size(), got.size());
+  int decided = 0;
+  const auto V = static_cast<size_t>(vocab);
+  for (size_t r = 0; (r + 1) * V <= std::min(ref.size(), got.size()); ++r) {
+    const float* c = ref.data() + r * V;
+    const float* g = got.data() + r * V;
+    std::vector<float> row(c, c + V);
+    std::partial_sort(row.begin(), row.begin() + 2, row.end(), std::greater<>());
+    if (row[0] - row[1] <= margin) continue;
+    ++decided;
+    EXPECT_EQ(std::max_element(g, g + V) - g, std::max_element(c, c + V) - c) << "row " << r;
+  }
+  return decided;
 }
 
 inline float max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
