@@ -29,14 +29,17 @@
 // unit is (row, slice of in / slices columns); warps take units in turn,
 // their 32 lanes walking the slice's 16-byte chunks (kUnroll in flight per
 // lane) against every staged x row. The slices' sums are added in order.
-// The summation order depends only on the shapes and the SM count, never on
+// (The split of rows, units and attention items: kernels/persistent_plan.h.)
+// The summation order depends only on the shapes and the CTA count, never on
 // the row count or the other rows: a row's bits are the same alone or in a
 // batch (not the bits of the cuBLASLt path).
 // Memory: data written inside the launch is read through L2 (__ldcg) or
 // shared memory; weights, the block table and the step's inputs come from
 // before the launch. Grid barrier: a counter zeroed before the launch; each
 // CTA adds 1 after a fence and waits for epoch * gridDim.x (the cooperative
-// launch makes every CTA resident).
+// launch makes every CTA resident; a wait past 10 s traps). With
+// PersistentDecode::timeline, thread 0 of each CTA stamps the global timer
+// at its start, at each barrier's arrival and release, and at its end.
 #include <algorithm>
 #include <map>
 #include <mutex>
