@@ -57,6 +57,7 @@ constexpr int kThreads = kPersistentThreads;
 constexpr int kWarps = kPersistentWarps;
 constexpr int kChunk = kPersistentChunk;
 constexpr int kUnroll = 4;             // 16-byte weight chunks in flight per lane
+constexpr int kPrime = 2;              // of them loaded before the input rows are staged
 constexpr uint32_t kPiece = 64 << 10;  // bytes per L2 prefetch instruction
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr unsigned long long kBarrierTimeoutNs = 10'000'000'000ull;  // 10 s
@@ -146,25 +147,54 @@ __device__ __forceinline__ void stage_rows(const bf16* src, int rows, int dim, b
 
 enum Epilogue { kStore, kAddResidual, kSwiglu };
 
-// y from the staged rows xs [N, in] and this CTA's rows of w (see the file
-// comment). kStore: y[t, row] = bf16(sum); kAddResidual: y[t, row] =
-// bf16(y + bf16(sum)); kSwiglu: y[t, f] = silu(g r[t]) * (u r[t]) for the gate
-// rows' features f. part: shared [units, N].
+// The input rows of a linear phase: src [N, in] (global, written in this
+// launch) staged into shared memory xs; for SwiGLU also each row's inv_rms
+// (RMSNorm eps) into r.
+struct PhaseInput {
+  const bf16* src;
+  bf16* xs;
+  float eps;
+  float* red;  // shared [32]
+};
+
+// y from the rows of `in` and this CTA's rows of w (see the file comment).
+// kStore: y[t, row] = bf16(sum); kAddResidual: y[t, row] = bf16(y +
+// bf16(sum)); kSwiglu: y[t, f] = silu(g r[t]) * (u r[t]) for the gate rows'
+// features f. part: shared [units, N]. Each warp's first weight loads are in
+// flight while the input rows are staged.
 template <int N, int EPI>
-__device__ void linear_phase(const LinearShape& s, const bf16* __restrict__ w, const bf16* xs,
-                             float* part, bf16* y, int y_stride, const float (&r)[N]) {
+__device__ void linear_phase(const LinearShape& s, const bf16* __restrict__ w, const PhaseInput& in,
+                             float* part, bf16* y, int y_stride) {
   int r0, r1;
   cta_rows(s, r0, r1);
   const int chunks = s.in / 8;
   const int per = chunks / s.slices;
   const int units = (r1 - r0) * s.slices;
   const int lane = threadIdx.x & 31;
-  const uint4* xv = reinterpret_cast<const uint4*>(xs);
-  for (int u = threadIdx.x >> 5; u < units; u += kWarps) {
+  const int first_unit = threadIdx.x >> 5;
+  auto unit_weights = [&](int u) {  // unit u's first chunk of this lane's row slice
     const int row = r0 + u / s.slices;
-    const int c0 = (u % s.slices) * per;
-    const uint4* wr = reinterpret_cast<const uint4*>(w + static_cast<int64_t>(row) * s.in) + c0;
-    const uint4* xr = xv + c0;
+    return reinterpret_cast<const uint4*>(w + static_cast<int64_t>(row) * s.in) +
+           (u % s.slices) * per;
+  };
+  // The first unrolled step of the warp's first unit, before the staging.
+  const bool primed = first_unit < units && lane + (kUnroll - 1) * 32 < per;
+  uint4 prime[kPrime];
+  if (primed) {
+    const uint4* wr = unit_weights(first_unit);
+#pragma unroll
+    for (int k = 0; k < kPrime; ++k)
+      prime[k] = __ldcs(wr + lane + 32 * k);
+  }
+  stage_rows(in.src, N, s.in, in.xs);
+  float r[N];
+#pragma unroll
+  for (int t = 0; t < N; ++t)
+    r[t] = EPI == kSwiglu ? row_inv_rms(in.xs + t * s.in, s.in, in.eps, in.red) : 1.f;
+  const uint4* xv = reinterpret_cast<const uint4*>(in.xs);
+  for (int u = first_unit; u < units; u += kWarps) {
+    const uint4* wr = unit_weights(u);
+    const uint4* xr = xv + (u % s.slices) * per;
     float acc[N];
 #pragma unroll
     for (int t = 0; t < N; ++t)
@@ -172,9 +202,15 @@ __device__ void linear_phase(const LinearShape& s, const bf16* __restrict__ w, c
     int c = lane;
     for (; c + (kUnroll - 1) * 32 < per; c += kUnroll * 32) {
       uint4 wv[kUnroll];
+      if (primed && u == first_unit && c == lane) {
 #pragma unroll
-      for (int k = 0; k < kUnroll; ++k)
-        wv[k] = __ldcs(wr + c + 32 * k);  // streamed once
+        for (int k = 0; k < kUnroll; ++k)
+          wv[k] = k < kPrime ? prime[k] : __ldcs(wr + c + 32 * k);
+      } else {
+#pragma unroll
+        for (int k = 0; k < kUnroll; ++k)
+          wv[k] = __ldcs(wr + c + 32 * k);  // streamed once
+      }
 #pragma unroll
       for (int k = 0; k < kUnroll; ++k) {
 #pragma unroll
@@ -507,7 +543,6 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int QKV = Q + 2 * p.kv.num_kv_heads * D;
   bf16* xs = reinterpret_cast<bf16*>(smem);                      // [N, in] staged rows
   float* part = reinterpret_cast<float*>(smem + plan.xs_bytes);  // [units, N]
-  const float none[N] = {};
   const int pf = p.prefetch_bytes;
   if (threadIdx.x == 0) mark(p.timeline, 0, false);
   for (int l = 0; l < p.num_layers; ++l) {
@@ -516,30 +551,22 @@ __global__ void __launch_bounds__(kThreads, 1)
     kv.k += l * p.kv_layer_stride;
     kv.v += l * p.kv_layer_stride;
     // 1. QKV.
-    stage_rows(p.x, N, H, xs);
-    linear_phase<N, kStore>(plan.qkv, w.wqkv, xs, part, p.qkv, QKV, none);
+    linear_phase<N, kStore>(plan.qkv, w.wqkv, {p.x, xs, p.eps, red}, part, p.qkv, QKV);
     prefetch_rows(w.wo, plan.o, 4 * pf);  // during attention, which reads no weights
     grid_sync(barrier, epoch, p.timeline);
     // 2. Attention.
     attention_phase<D>(p, N, kv, w.bqkv, smem, red, merge);
     grid_sync(barrier, epoch, p.timeline);
     // 3. o projection into the residual.
-    stage_rows(p.attn, N, Q, xs);
-    linear_phase<N, kAddResidual>(plan.o, w.wo, xs, part, p.x, H, none);
+    linear_phase<N, kAddResidual>(plan.o, w.wo, {p.attn, xs, p.eps, red}, part, p.x, H);
     prefetch_rows(w.wgu, plan.gu, pf);
     grid_sync(barrier, epoch, p.timeline);
     // 4. gate/up and SwiGLU.
-    stage_rows(p.x, N, H, xs);
-    float rf[N];
-#pragma unroll
-    for (int t = 0; t < N; ++t)
-      rf[t] = row_inv_rms(xs + t * H, H, p.eps, red);
-    linear_phase<N, kSwiglu>(plan.gu, w.wgu, xs, part, p.act, FF, rf);
+    linear_phase<N, kSwiglu>(plan.gu, w.wgu, {p.x, xs, p.eps, red}, part, p.act, FF);
     prefetch_rows(w.wdown, plan.down, pf);
     grid_sync(barrier, epoch, p.timeline);
     // 5. down projection into the residual.
-    stage_rows(p.act, N, FF, xs);
-    linear_phase<N, kAddResidual>(plan.down, w.wdown, xs, part, p.x, H, none);
+    linear_phase<N, kAddResidual>(plan.down, w.wdown, {p.act, xs, p.eps, red}, part, p.x, H);
     if (l + 1 < p.num_layers) {
       prefetch_rows(p.layers[l + 1].wqkv, plan.qkv, pf);
       grid_sync(barrier, epoch, p.timeline);
