@@ -44,10 +44,12 @@
 #              --tensor-parallel-size 2 (tiers_tp2.jsonl)
 #   persistent the persistent decode kernel (CARTSERVE_PERSISTENT_DECODE=1): its tests, then
 #              under memcheck (every command under `timeout`: a barrier that never opens
-#              hangs), then decode at batch 1 on the SmolLM2 and 3B shapes, per-op and
-#              persistent with CARTSERVE_PERSISTENT_PREFETCH_KB 64, 0, 256 (and on SmolLM2's
-#              CARTSERVE_PERSISTENT_CTAS 32, 66): gpu_bench_decode1_{smollm2,llama3b}[_persistent_*].json,
-#              each persistent one with where its step went by phase (persistent_timeline_b1)
+#              hangs), then decode at batch 1 on the SmolLM2 shape, per-op and persistent
+#              with CARTSERVE_PERSISTENT_PREFETCH_KB 64, 0, 256 and CARTSERVE_PERSISTENT_CTAS
+#              32, 66: gpu_bench_decode1_smollm2[_persistent_*].json, each persistent one with
+#              where its step went by phase (persistent_timeline_b1)
+#   persistent:3b  the same decode benchmarks on the 3B shape (prefetch 64, 0, 256):
+#              gpu_bench_decode1_llama3b[_persistent_*].json (a call of its own: ~5 minutes)
 #   pdl        with CARTSERVE_PDL=1 (programmatic dependent launch): the op tests, then decode
 #              and the linear layers on the 3B shape: gpu_bench_pdl.json
 #   profile    per-kernel GPU time of decode at batch 1 on the 3B shape (nsys, graph nodes
@@ -242,7 +244,8 @@ for s in "$@"; do
       stage unit_persistent timeout 180 "$B/gpu_tests" --gtest_filter='CudaBackendPersistent.*' &&
         stage sanitizer_persistent timeout 300 compute-sanitizer --tool memcheck \
           --error-exitcode 9 "$B/gpu_tests" --gtest_filter='CudaBackendPersistent.*' &&
-        persistent_bench smollm2 && persistent_bench llama3b ;;
+        persistent_bench smollm2 ;;
+    persistent:3b) persistent_bench llama3b ;;
     pdl) CARTSERVE_PDL=1 stage unit_pdl "$B/gpu_tests" &&
            ckpt llama3b && CARTSERVE_PDL=1 stage bench_pdl "$B/gpu_bench" /tmp/ckpt/llama3b \
              --only decode --out "$OUT/gpu_bench_pdl.json" ;;
