@@ -166,7 +166,7 @@ persistent_bench() {  # persistent_bench NAME: decode at batch 1, per-op, then p
   done
   [ "$1" = smollm2 ] || return 0
   for v in 32 66; do  # fewer CTAs: cheaper barriers for a small model
-    CARTSERVE_PERSISTENT_DECODE=1 CARTSERVE_PERSISTENT_CTAS=$v \
+    CARTSERVE_PERSISTENT_DECODE=1 CARTSERVE_PERSISTENT_CTAS=$v CARTSERVE_PERSISTENT_TIMELINE=1 \
       stage "bench_decode1_$1_persistent_ctas_$v" timeout 240 "$B/gpu_bench" "/tmp/ckpt/$1" \
       --only decode1 --out "$OUT/gpu_bench_decode1_$1_persistent_ctas_$v.json" || return 1
   done

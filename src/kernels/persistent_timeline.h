@@ -48,9 +48,15 @@ inline PersistentTimeline summarize_persistent_timeline(const std::vector<uint64
   if (num_layers < 1 || ctas < 1 || t.size() < persistent_timeline_stamps(num_layers, ctas)) {
     return out;
   }
+  // Stamps are ns since the epoch (~1.8e18): a double holds them only to
+  // 256 ns, so they are read relative to the first start.
+  uint64_t base = t[0];
+  for (int c = 1; c < ctas; ++c)
+    base = std::min<uint64_t>(base, t[static_cast<size_t>(c)]);
   auto at = [&](int e, int r, int c) {
-    return static_cast<double>(
-        t[(2 * static_cast<size_t>(e) + static_cast<size_t>(r)) * ctas + static_cast<size_t>(c)]);
+    const uint64_t v =
+        t[(2 * static_cast<size_t>(e) + static_cast<size_t>(r)) * ctas + static_cast<size_t>(c)];
+    return static_cast<double>(static_cast<int64_t>(v - base));
   };
   double first = at(0, 0, 0), end = at(last, 0, 0);
   for (int c = 1; c < ctas; ++c) {

@@ -26,6 +26,7 @@
 
 #include "gpu/backend_options.h"
 #include "gpu/gpu_test_util.h"
+#include "kernels/persistent_timeline.h"
 #include "runtime/cpu/cpu_backend.h"
 #include "runtime/cuda/cuda_backend.h"
 #include "runtime/cuda/gemm.h"
@@ -63,6 +64,7 @@ cuda::CudaOptions options(const Script& sc, bool persistent, int ctas = 0) {
   o.fold_norms = true;
   o.persistent_decode = persistent;
   o.persistent_ctas = ctas;
+  o.persistent_timeline = persistent;  // (its stamps run too, under memcheck as well)
   return o;
 }
 
@@ -130,12 +132,33 @@ std::vector<float> run_script(Backend& b, const Script& sc, int vocab) {
   return all;
 }
 
+// The last step's timeline: every phase took time, the step at least its CTAs' work.
+void expect_timeline(cuda::CudaBackend& b, int layers) {
+  auto t = b.persistent_timeline();
+  ASSERT_TRUE(t.ok()) << t.status().to_string();
+  const ops::PersistentTimeline s =
+      ops::summarize_persistent_timeline(*t, layers, b.persistent_ctas());
+  double parts = 0;
+  for (const auto& ph : s.phases) {
+    EXPECT_GT(ph.work_max_us, 0.0) << ph.phase;
+    EXPECT_GE(ph.work_max_us, ph.work_mean_us) << ph.phase;
+    parts += ph.work_mean_us;
+  }
+  // Each CTA's work over the step's 5 L phases fits in the step.
+  EXPECT_GE(s.step_us * (1 + 1e-6), layers * parts);
+  EXPECT_LT(s.step_us, 1e6);  // under a second
+}
+
 std::vector<float> gpu_run(const Model& m, const Script& sc, bool persistent, int ctas = 0) {
   auto b = cuda::CudaBackend::create(m, options(sc, persistent, ctas));
   EXPECT_TRUE(b.ok()) << b.status().to_string();
   if (!b.ok()) return {};
   EXPECT_EQ((*b)->persistent_decode(), persistent);
-  return run_script(**b, sc, m.config.vocab_size);
+  std::vector<float> logits = run_script(**b, sc, m.config.vocab_size);
+  // Still on: no launch was refused (the per-op fallback would pass as well).
+  EXPECT_EQ((*b)->persistent_decode(), persistent);
+  if (persistent) expect_timeline(**b, m.config.num_layers);
+  return logits;
 }
 
 // The script on the CPU (fp32), per-op and persistent (ctas) against the
@@ -253,6 +276,7 @@ TEST(CudaBackendPersistent, ARowHasTheSameBitsAloneAndInABatch) {
                 big);
     EXPECT_LE(d, 1e-5f * big);
   }
+  EXPECT_TRUE((*b)->persistent_decode());
 }
 
 }  // namespace

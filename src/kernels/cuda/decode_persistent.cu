@@ -108,7 +108,9 @@ __device__ __forceinline__ void grid_sync(unsigned* counter, unsigned& epoch,
     // error instead of hanging the server.
     const unsigned long long t0 = global_ns();
     while (ld_acquire(counter) < target) {
-      if (global_ns() - t0 > kBarrierTimeoutNs) __trap();
+      if (static_cast<long long>(global_ns() - t0) > static_cast<long long>(kBarrierTimeoutNs)) {
+        __trap();
+      }
     }
     __threadfence();
     mark(timeline, static_cast<int>(epoch), true);
@@ -187,10 +189,14 @@ __device__ void linear_phase(const LinearShape& s, const bf16* __restrict__ w, c
       prime[k] = __ldcs(wr + lane + 32 * k);
   }
   stage_rows(in.src, N, s.in, in.xs);
-  float r[N];
+  __shared__ float r[N];  // SwiGLU's row factors (read after the barrier below)
+  if constexpr (EPI == kSwiglu) {
 #pragma unroll
-  for (int t = 0; t < N; ++t)
-    r[t] = EPI == kSwiglu ? row_inv_rms(in.xs + t * s.in, s.in, in.eps, in.red) : 1.f;
+    for (int t = 0; t < N; ++t) {
+      const float f = row_inv_rms(in.xs + t * s.in, s.in, in.eps, in.red);
+      if (threadIdx.x == 0) r[t] = f;
+    }
+  }
   const uint4* xv = reinterpret_cast<const uint4*>(in.xs);
   for (int u = first_unit; u < units; u += kWarps) {
     const uint4* wr = unit_weights(u);
@@ -665,8 +671,10 @@ bool decode_layers_persistent(const PersistentDecode& p, int rows, int ctas, cud
   if (p.layers == nullptr || p.counters == nullptr || p.positions == nullptr ||
       p.slot_mapping == nullptr || p.inv_freq == nullptr || p.batch.context_lens == nullptr ||
       p.batch.block_table == nullptr || kv.block_size <= 0 || kv.block_stride % 8 != 0 ||
-      p.kv_layer_stride % 8 != 0 || !aligned16(kv.k) || !aligned16(kv.v) || !aligned16(p.x) ||
-      !aligned16(p.qkv) || !aligned16(p.attn) || !aligned16(p.act) || !aligned16(p.workspace)) {
+      p.kv_layer_stride % 8 != 0 || p.workspace == nullptr || p.x == nullptr || p.qkv == nullptr ||
+      p.attn == nullptr || p.act == nullptr || kv.k == nullptr || kv.v == nullptr ||
+      !aligned16(kv.k) || !aligned16(kv.v) || !aligned16(p.x) || !aligned16(p.qkv) ||
+      !aligned16(p.attn) || !aligned16(p.act) || !aligned16(p.workspace)) {
     op_fail("decode_layers_persistent",
             "needs every array, a positive block size, 16-byte aligned buffers and KV strides");
   }

@@ -668,6 +668,12 @@ Status CudaBackend::layers(const Shape& sh) {
       if (ops::decode_layers_persistent(p, n, persistent_ctas_, compute_)) return {};
       LOG_WARN("persistent decode is off: its cooperative launch was refused");
       persistent_ = false;  // this step and the next ones take the per-op kernels
+      // Graphs captured with the kernel are captured again without it (an
+      // executable graph still in flight is freed when it completes).
+      for (auto& [key, exec] : graphs_)
+        cudaGraphExecDestroy(exec);
+      graphs_.clear();
+      graph_seen_.clear();
     }
   } else {
     ops::embedding(weights_.embed, sh.ids, b.x, n, H, compute_);

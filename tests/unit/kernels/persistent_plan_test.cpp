@@ -160,9 +160,12 @@ TEST(PersistentPlan, AttentionSharedMemoryIsAlignedAndDisjoint) {
 
 // kernels/persistent_timeline.h on stamps made up with known work and
 // barrier times: CTA c works 1000 (k + 1) + 10 c ns in phase k, and leaves
-// each barrier 200 + 10 c ns after the last CTA arrives.
+// each barrier 200 + 10 c ns after the last CTA arrives; to the ns.
 TEST(PersistentTimeline, PhasesGetTheirWorkAndBarrierTimes) {
   constexpr int L = 3, C = 4;
+  // The global timer counts ns since the epoch: stamps near 1.8e18, where a
+  // double resolves only 256 ns.
+  constexpr uint64_t kBase = 1'765'000'000'000'000'123ull;
   const int last = kPersistentPhases * L;
   std::vector<uint64_t> t(persistent_timeline_stamps(L, C), 0);
   auto at = [&](int e, int r, int c) -> uint64_t& {
@@ -170,7 +173,7 @@ TEST(PersistentTimeline, PhasesGetTheirWorkAndBarrierTimes) {
   };
   std::vector<uint64_t> from(C);
   for (int c = 0; c < C; ++c)
-    from[static_cast<size_t>(c)] = at(0, 0, c) = 1'000'000 + 5 * static_cast<uint64_t>(c);
+    from[static_cast<size_t>(c)] = at(0, 0, c) = kBase + 5 * static_cast<uint64_t>(c);
   for (int e = 1; e <= last; ++e) {
     uint64_t latest = 0;
     for (int c = 0; c < C; ++c) {
@@ -186,7 +189,7 @@ TEST(PersistentTimeline, PhasesGetTheirWorkAndBarrierTimes) {
   uint64_t end = 0;
   for (int c = 0; c < C; ++c)
     end = std::max(end, at(last, 0, c));
-  EXPECT_DOUBLE_EQ(s.step_us, static_cast<double>(end - 1'000'000) / 1e3);
+  EXPECT_DOUBLE_EQ(s.step_us, static_cast<double>(end - kBase) / 1e3);
   for (int k = 0; k < kPersistentPhases; ++k) {
     SCOPED_TRACE(k);
     const PersistentPhaseTimes& p = s.phases[static_cast<size_t>(k)];
