@@ -132,7 +132,9 @@ std::vector<float> run_script(Backend& b, const Script& sc, int vocab) {
   return all;
 }
 
-// The last step's timeline: every phase took time, the step at least its CTAs' work.
+// The last step's timeline: stamps in order, the step at least its CTAs'
+// work (not that each phase took time: the global timer may tick in ~1 us
+// steps, longer than a phase of these small models).
 void expect_timeline(cuda::CudaBackend& b, int layers) {
   auto t = b.persistent_timeline();
   ASSERT_TRUE(t.ok()) << t.status().to_string();
@@ -140,12 +142,14 @@ void expect_timeline(cuda::CudaBackend& b, int layers) {
       ops::summarize_persistent_timeline(*t, layers, b.persistent_ctas());
   double parts = 0;
   for (const auto& ph : s.phases) {
-    EXPECT_GT(ph.work_max_us, 0.0) << ph.phase;
+    EXPECT_GE(ph.work_mean_us, 0.0) << ph.phase;
     EXPECT_GE(ph.work_max_us, ph.work_mean_us) << ph.phase;
+    EXPECT_GE(ph.barrier_us, 0.0) << ph.phase;
     parts += ph.work_mean_us;
   }
   // Each CTA's work over the step's 5 L phases fits in the step.
   EXPECT_GE(s.step_us * (1 + 1e-6), layers * parts);
+  EXPECT_GT(s.step_us, 0.0);
   EXPECT_LT(s.step_us, 1e6);  // under a second
 }
 
