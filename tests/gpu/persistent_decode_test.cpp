@@ -22,6 +22,7 @@
 #include <cstdio>
 #include <cstring>
 #include <functional>
+#include <map>
 #include <vector>
 
 #include "gpu/backend_options.h"
@@ -41,6 +42,10 @@ struct Script {
   int blocks_per_seq = 16;  // sequence i: blocks 1 + i * blocks_per_seq, ...
   std::vector<int> prompts;
   std::vector<std::vector<int>> steps;
+  // A cartridge-like shared prefix: sequence 1 starts with sequence 0's first
+  // `shared_blocks` blocks (written by sequence 0's prompt; its own prompt
+  // follows them), and the decode steps report that prefix for both.
+  int shared_blocks = 0;
   int64_t kv_tokens() const {
     return (static_cast<int64_t>(prompts.size()) * blocks_per_seq + 2) * 16;
   }
@@ -71,13 +76,26 @@ cuda::CudaOptions options(const Script& sc, bool persistent, int ctas = 0) {
 // Sequences in blocks of their own.
 class Seqs {
  public:
-  Seqs(Backend& b, int n, int blocks_per_seq) : b_(b), bps_(blocks_per_seq), len_(n, 0) {}
+  Seqs(Backend& b, int n, int blocks_per_seq)
+      : b_(b), bps_(blocks_per_seq), len_(n, 0), borrowed_(n, 0), prefix_(n, 0) {}
+
+  // Sequence `seq` starts with `from`'s first `blocks` blocks, already
+  // written; decode steps report them as a shared prefix of both.
+  void share(int seq, int from, int blocks) {
+    const int32_t B = b_.kv_spec().block_size;
+    borrowed_[static_cast<size_t>(seq)] = blocks;
+    base_from_[seq] = from;
+    len_[static_cast<size_t>(seq)] = blocks * B;
+    prefix_[static_cast<size_t>(seq)] = prefix_[static_cast<size_t>(from)] = blocks * B;
+  }
 
   // Appends tokens[k] to sequence seqs[k] (one step, every row's logits).
   std::vector<float> step(const std::vector<int>& seqs,
                           const std::vector<std::vector<int32_t>>& tokens) {
     const int32_t B = b_.kv_spec().block_size;
     StepInput in;
+    bool any_prefix = false;
+    std::vector<int32_t> prefixes;
     for (size_t k = 0; k < seqs.size(); ++k) {
       const int32_t kv_len =
           len_[static_cast<size_t>(seqs[k])] + static_cast<int32_t>(tokens[k].size());
@@ -87,9 +105,13 @@ class Seqs {
     for (size_t k = 0; k < seqs.size(); ++k) {
       const auto s = static_cast<size_t>(seqs[k]);
       std::vector<int32_t> table(static_cast<size_t>(bps_));
-      for (int i = 0; i < bps_; ++i)
-        table[static_cast<size_t>(i)] = 1 + seqs[k] * bps_ + i;
+      for (int i = 0; i < bps_; ++i) {
+        const bool borrowed = i < borrowed_[s];
+        table[static_cast<size_t>(i)] = 1 + (borrowed ? base_from_[seqs[k]] : seqs[k]) * bps_ + i;
+      }
       in.append_sequence(table, B, len_[s], tokens[k]);
+      if (tokens[k].size() == 1) any_prefix |= prefix_[s] > 0;  // (decode rows only)
+      prefixes.push_back(tokens[k].size() == 1 ? prefix_[s] : 0);
       len_[s] += static_cast<int32_t>(tokens[k].size());
       for (size_t i = 0; i < tokens[k].size(); ++i) {
         SampleRow r;
@@ -97,6 +119,7 @@ class Seqs {
         in.samples.push_back(r);
       }
     }
+    if (any_prefix) in.shared_prefix = prefixes;
     std::vector<float> logits;
     EXPECT_TRUE(b_.logits(in, logits).ok());
     return logits;
@@ -106,6 +129,9 @@ class Seqs {
   Backend& b_;
   int bps_;
   std::vector<int32_t> len_;
+  std::vector<int> borrowed_;  // leading blocks taken from another sequence
+  std::map<int, int> base_from_;
+  std::vector<int32_t> prefix_;  // shared prefix reported in decode steps
 };
 
 int32_t token(int seq, int i, int vocab) {
@@ -115,6 +141,7 @@ int32_t token(int seq, int i, int vocab) {
 // The prompts (every prompt row's logits), then the decode steps.
 std::vector<float> run_script(Backend& b, const Script& sc, int vocab) {
   Seqs s(b, static_cast<int>(sc.prompts.size()), sc.blocks_per_seq);
+  if (sc.shared_blocks > 0) s.share(1, 0, sc.shared_blocks);
   std::vector<float> all;
   auto add = [&](const std::vector<float>& v) { all.insert(all.end(), v.begin(), v.end()); };
   for (size_t q = 0; q < sc.prompts.size(); ++q) {
@@ -241,6 +268,22 @@ TEST(CudaBackendPersistent, FewCtasLongContextsAndWideGroups) {
     m->config.max_position_embeddings = 4096;
     check_against_cpu_and_per_op(*m, sc, k.name, /*ctas=*/4);
   }
+}
+
+// Decode rows over a cartridge-like shared prefix (320 positions, at least
+// the per-op path's cascade threshold of 256): the persistent kernel takes
+// them whole (no shared-prefix plan) and still matches the CPU and the per-op
+// path, which attends the prefix with the cascade kernel.
+TEST(CudaBackendPersistent, DecodesOverASharedPrefix) {
+  CS_REQUIRE_GPU();
+  if (!cuda::Gemm::plain_by_default()) GTEST_SKIP() << "a gemv or skinny path is on: no folding";
+  Script sc;
+  sc.blocks_per_seq = 32;
+  sc.prompts = {330, 12, 40};  // sequence 1: 320 borrowed positions, then 12 of its own
+  sc.shared_blocks = 20;
+  sc.steps = {{1}, {0, 1}, {0, 1, 2}, {1, 2}, {0, 1}};
+  auto m = testing::random_model(testing::gpu_test_spec());
+  check_against_cpu_and_per_op(*m, sc, "shared prefix");
 }
 
 TEST(CudaBackendPersistent, ARowHasTheSameBitsAloneAndInABatch) {

@@ -560,6 +560,9 @@ ops::KvLayer CudaBackend::kv_layer(int32_t l) const {
 
 bool CudaBackend::plan_step_cascade(const StepInput& in) {
   if (!cascade_ok_ || in.shared_prefix.empty()) return false;
+  // The persistent kernel attends over the whole context itself (a
+  // cartridge's prefix included).
+  if (persistent_step(in)) return false;
   const ModelConfig& c = model_.config;
   plan_cascade(in.shared_prefix, in.query_start, in.context_lens, in.block_table, in.max_blocks,
                spec_.block_size, c.num_heads / c.num_kv_heads, opts_.cascade_min_prefix,
@@ -641,8 +644,7 @@ Status CudaBackend::layers(const Shape& sh) {
   };
   if (fold) {
     ops::embedding(weights_.embed, sh.ids, xb, n, H, compute_);
-    if (persistent_ && sh.decode && n <= ops::kPersistentMaxRows && sh.cascade.items == nullptr &&
-        !all_reduce_) {
+    if (persistent_ && sh.decode && n <= ops::kPersistentMaxRows && !all_reduce_) {
       ops::PersistentDecode p;
       p.layers = b.persist_layers;
       p.num_layers = L;

@@ -189,6 +189,12 @@ class CudaBackend final : public Backend {
   // Plans a decode step's shared-prefix attention into cascade_plan_ (false:
   // none).
   bool plan_step_cascade(const StepInput& in);
+  // Whether the step's layers run in the persistent kernel (decode rows, at
+  // most kPersistentMaxRows of them, CudaOptions::persistent_decode on).
+  bool persistent_step(const StepInput& in) const {
+    return persistent_ && in.max_query_len == 1 &&
+           in.num_tokens() <= ops::cuda::kPersistentMaxRows && !all_reduce_;
+  }
   // Writes that plan for the device at h / d (4-int aligned; room for
   // cap_items items and num_seqs >= the step's sequences, the rest padding);
   // returns the ints written.
