@@ -397,6 +397,7 @@ Status CudaBackend::forward(const StepInput& in) {
     return b.d_in + at;
   };
   Shape sh;
+  sh.persistent = persistent_step(in);
   sh.ids = put(in.token_ids.data(), static_cast<size_t>(n));
   sh.pos = put(in.positions.data(), static_cast<size_t>(n));
   sh.slots = put(in.slot_mapping.data(), static_cast<size_t>(n));
@@ -500,6 +501,7 @@ Status CudaBackend::forward_decode(const StepInput& in) {
   qs[bs] = bs;
   size_t count = static_cast<size_t>(table - h) + S * static_cast<size_t>(bb);
   Shape sh;
+  sh.persistent = persistent_step(in);
   const bool cascade = plan_step_cascade(in);
   if (cascade) {  // room for the bucket's most items: a fixed layout
     count = (count + 3) / 4 * 4;
@@ -644,7 +646,7 @@ Status CudaBackend::layers(const Shape& sh) {
   };
   if (fold) {
     ops::embedding(weights_.embed, sh.ids, xb, n, H, compute_);
-    if (persistent_ && sh.decode && n <= ops::kPersistentMaxRows && !all_reduce_) {
+    if (sh.persistent && persistent_) {  // (persistent_: off after a refused launch)
       ops::PersistentDecode p;
       p.layers = b.persist_layers;
       p.num_layers = L;

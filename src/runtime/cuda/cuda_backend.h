@@ -164,8 +164,9 @@ class CudaBackend final : public Backend {
     const int32_t* slots = nullptr;  // [n]
     ops::cuda::AttnBatch batch;
     bool decode = false;
-    int splits = 1;         // attention's split-KV count (decode or prefill kernel)
-    int decode_splits = 1;  // a mixed step's: for its shared-prefix decode rows
+    bool persistent = false;  // the layers run in the persistent kernel (persistent_step)
+    int splits = 1;           // attention's split-KV count (decode or prefill kernel)
+    int decode_splits = 1;    // a mixed step's: for its shared-prefix decode rows
     // Shared-prefix decode rows (runtime/cascade_plan.h): the work list and
     // each sequence's prefix length (device); cascade.items == nullptr: none.
     ops::cuda::CascadeWork cascade;
